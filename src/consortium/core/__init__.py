@@ -1,0 +1,1 @@
+"""Bottom layer: identities, canonical encoding, errors, membership and configuration."""

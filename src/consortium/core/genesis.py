@@ -1,0 +1,225 @@
+"""The genesis manifest: who the members are, the quorum, and the purposes data may be used for.
+
+The manifest body is signed by every member (domain `genesis`); it becomes entry 0 of the ledger.
+On disk it is JSON (`genesis.json`) so operators can read it; what is signed is the canonical
+dag-cbor encoding of the body, so JSON formatting never matters.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from consortium.core.encoding import Domain, digest
+from consortium.core.errors import GenesisError, IdentityError, SignatureError
+from consortium.core.files import atomic_write
+from consortium.core.identity import NodeIdentity, PublicIdentity, verify_signature
+
+GENESIS_FILE = "genesis.json"
+MANIFEST_VERSION = 1
+
+
+def quorum_for(n: int) -> int:
+    """Cosignatures needed for finality: ceil(2n/3)."""
+    return math.ceil(2 * n / 3)
+
+
+@dataclass(frozen=True)
+class Purpose:
+    """A purpose data may be used for, with its differential-privacy budget (epsilon, delta)."""
+
+    name: str
+    epsilon: float | None = None
+    delta: float | None = None
+
+    def to_body(self) -> dict[str, Any]:
+        return {"name": self.name, "epsilon": self.epsilon, "delta": self.delta}
+
+
+@dataclass
+class Genesis:
+    consortium: str
+    members: list[PublicIdentity]
+    quorum: int
+    purposes: list[Purpose]
+    created: int
+    signatures: dict[str, bytes] = field(default_factory=dict)
+
+    # -- construction ----------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        consortium: str,
+        members: list[PublicIdentity],
+        purposes: list[Purpose],
+        created: int,
+        quorum: int | None = None,
+    ) -> Genesis:
+        if not members:
+            raise GenesisError("a consortium needs at least one member")
+        if not purposes:
+            raise GenesisError("declare at least one purpose (--purpose NAME)")
+        seen: set[str] = set()
+        for m in members:
+            m.verify_binding()
+            if m.node_id in seen:
+                raise GenesisError(f"member {m.name} ({m.node_id}) is listed twice")
+            seen.add(m.node_id)
+        names = [m.name for m in members]
+        if len(set(names)) != len(names):
+            raise GenesisError("member names must be unique")
+        q = quorum_for(len(members)) if quorum is None else quorum
+        if not 1 <= q <= len(members):
+            raise GenesisError(f"quorum {q} must be between 1 and {len(members)}")
+        return cls(consortium, list(members), q, list(purposes), created)
+
+    # -- canonical body and signatures ----------------------------------------------------------
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "version": MANIFEST_VERSION,
+            "consortium": self.consortium,
+            "created": self.created,
+            "quorum": self.quorum,
+            "members": [
+                {
+                    "name": m.name,
+                    "node_id": m.node_id,
+                    "public_key": m.public_key,
+                    "address": m.address,
+                    "tls_cert": m.tls_cert_pem,
+                    "tls_binding": m.tls_binding,
+                }
+                for m in self.members
+            ],
+            "purposes": [p.to_body() for p in self.purposes],
+        }
+
+    def digest(self) -> bytes:
+        return digest(self.body())
+
+    def member(self, node_id: str) -> PublicIdentity:
+        for m in self.members:
+            if m.node_id == node_id:
+                return m
+        raise GenesisError(f"{node_id} is not a member of this consortium")
+
+    def member_by_name(self, name: str) -> PublicIdentity:
+        for m in self.members:
+            if m.name == name:
+                return m
+        raise GenesisError(f"no member named {name!r}")
+
+    def is_member(self, node_id: str) -> bool:
+        return any(m.node_id == node_id for m in self.members)
+
+    def purpose(self, name: str) -> Purpose:
+        for p in self.purposes:
+            if p.name == name:
+                return p
+        known = ", ".join(p.name for p in self.purposes)
+        raise GenesisError(f"purpose {name!r} is not declared in genesis (declared: {known})")
+
+    def sign(self, identity: NodeIdentity) -> None:
+        if not self.is_member(identity.node_id):
+            raise GenesisError(f"{identity.name} ({identity.node_id}) is not listed in this manifest")
+        self.signatures[identity.node_id] = identity.sign(Domain.GENESIS, self.body())
+
+    def verify(self) -> None:
+        """Raise GenesisError naming the first member whose signature is missing or invalid."""
+        body = self.body()
+        for sid in self.signatures:
+            if not self.is_member(sid):
+                raise GenesisError(f"signature from {sid}, which is not a member")
+        for m in self.members:
+            try:
+                m.verify_binding()
+            except IdentityError as exc:
+                raise GenesisError(str(exc)) from exc
+            sig = self.signatures.get(m.node_id)
+            if sig is None:
+                raise GenesisError(f"member {m.name} ({m.node_id}) has not signed the manifest")
+            try:
+                verify_signature(m.public_key, Domain.GENESIS, body, sig)
+            except SignatureError as exc:
+                raise GenesisError(f"invalid signature from member {m.name} ({m.node_id})") from exc
+
+    def missing_signatures(self) -> list[str]:
+        return [m.name for m in self.members if m.node_id not in self.signatures]
+
+    # -- files -----------------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": MANIFEST_VERSION,
+            "consortium": self.consortium,
+            "created": self.created,
+            "quorum": self.quorum,
+            "members": [m.to_json() for m in self.members],
+            "purposes": [p.to_body() for p in self.purposes],
+            "signatures": {k: v.hex() for k, v in sorted(self.signatures.items())},
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> Genesis:
+        try:
+            if data["version"] != MANIFEST_VERSION:
+                raise GenesisError(f"unsupported manifest version {data['version']}")
+            members = [PublicIdentity.from_json(m) for m in data["members"]]
+            purposes = [
+                Purpose(str(p["name"]), p.get("epsilon"), p.get("delta")) for p in data["purposes"]
+            ]
+            raw_sigs = data.get("signatures", {})
+            if not isinstance(raw_sigs, dict):
+                raise GenesisError("signatures must be a map from node id to hex signature")
+            sigs = {str(k): bytes.fromhex(v) for k, v in raw_sigs.items()}
+            return cls(
+                str(data["consortium"]),
+                members,
+                int(data["quorum"]),
+                purposes,
+                int(data["created"]),
+                sigs,
+            )
+        except GenesisError:
+            raise
+        except (KeyError, TypeError, ValueError, IdentityError) as exc:
+            raise GenesisError(f"malformed genesis manifest: {exc}") from exc
+
+    @classmethod
+    def from_body(cls, body: Any, signatures: dict[str, bytes]) -> Genesis:
+        """Rebuild from the canonical body stored in ledger entry 0."""
+        try:
+            members = [
+                PublicIdentity(
+                    m["name"], m["public_key"], m["address"], m["tls_cert"], m["tls_binding"]
+                )
+                for m in body["members"]
+            ]
+            purposes = [Purpose(p["name"], p["epsilon"], p["delta"]) for p in body["purposes"]]
+            g = cls(body["consortium"], members, body["quorum"], purposes, body["created"], dict(signatures))
+        except (KeyError, TypeError) as exc:
+            raise GenesisError(f"malformed genesis body: {exc}") from exc
+        if g.body() != body:
+            raise GenesisError("genesis body is not in canonical form")
+        return g
+
+    def save(self, path: Path) -> None:
+        atomic_write(Path(path), json.dumps(self.to_json(), indent=2).encode())
+
+    @classmethod
+    def load(cls, path: Path) -> Genesis:
+        path = Path(path)
+        if path.is_dir():
+            path = path / GENESIS_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise GenesisError(f"genesis manifest not found: {path}") from exc
+        except (OSError, ValueError) as exc:
+            raise GenesisError(f"cannot read genesis manifest {path}: {exc}") from exc
+        return cls.from_json(data)

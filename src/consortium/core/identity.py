@@ -1,0 +1,279 @@
+"""Node identities: an Ed25519 signing key, its printable NodeId, and a TLS key bound to it.
+
+gRPC's TLS stack refuses Ed25519 certificates, so each node also holds an ECDSA P-256 key for
+mutual TLS; the Ed25519 identity signs that key's public bytes (as libp2p's TLS handshake does),
+and peers check the binding on every connection.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.x509.oid import NameOID
+from multiformats import CID, multihash
+
+from consortium.core.encoding import Domain, signing_payload
+from consortium.core.errors import IdentityError, SignatureError
+from consortium.core.files import atomic_write
+
+KEY_FILE = "node.key"
+TLS_KEY_FILE = "tls.key"
+PUBLIC_FILE = "node.pub"
+SIGNATURE_BYTES = 64
+
+
+def node_id_for(public_key: bytes) -> str:
+    """The printable id of a node: CIDv1 (libp2p-key codec) of the sha2-256 of its public key."""
+    if len(public_key) != 32:
+        raise IdentityError(f"an Ed25519 public key is 32 bytes, got {len(public_key)}")
+    return str(CID("base32", 1, "libp2p-key", multihash.digest(public_key, "sha2-256")))
+
+
+def verify_signature(public_key: bytes, domain: Domain, obj: Any, signature: bytes) -> None:
+    """Raise SignatureError unless `signature` by `public_key` covers `obj` in `domain`."""
+    if len(signature) != SIGNATURE_BYTES:
+        raise SignatureError(f"signature is {len(signature)} bytes, expected {SIGNATURE_BYTES}")
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(
+            signature, signing_payload(domain, obj)
+        )
+    except (InvalidSignature, ValueError) as exc:
+        raise SignatureError(f"invalid {domain.value} signature") from exc
+
+
+def is_valid_signature(public_key: bytes, domain: Domain, obj: Any, signature: bytes) -> bool:
+    try:
+        verify_signature(public_key, domain, obj, signature)
+    except SignatureError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class PublicIdentity:
+    """What a node publishes about itself (`node.pub`): enough to be listed in a genesis."""
+
+    name: str
+    public_key: bytes
+    address: str
+    tls_cert_pem: str
+    tls_binding: bytes
+
+    @property
+    def node_id(self) -> str:
+        return node_id_for(self.public_key)
+
+    def binding_body(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "tls_public_key": tls_public_key_der(self.tls_cert_pem)}
+
+    def verify_binding(self) -> None:
+        """Check that the identity key vouches for the TLS certificate's key."""
+        try:
+            verify_signature(self.public_key, Domain.TLS_BINDING, self.binding_body(), self.tls_binding)
+        except SignatureError as exc:
+            raise IdentityError(
+                f"TLS certificate of {self.name} ({self.node_id}) is not bound to its identity key"
+            ) from exc
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "node_id": self.node_id,
+            "public_key": self.public_key.hex(),
+            "address": self.address,
+            "tls_cert": self.tls_cert_pem,
+            "tls_binding": self.tls_binding.hex(),
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> PublicIdentity:
+        try:
+            ident = cls(
+                name=str(data["name"]),
+                public_key=bytes.fromhex(data["public_key"]),
+                address=str(data["address"]),
+                tls_cert_pem=str(data["tls_cert"]),
+                tls_binding=bytes.fromhex(data["tls_binding"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IdentityError(f"malformed public identity: {exc}") from exc
+        if "node_id" in data and data["node_id"] != ident.node_id:
+            raise IdentityError(f"node_id of {ident.name} does not match its public key")
+        ident.verify_binding()
+        return ident
+
+    @classmethod
+    def load(cls, path: Path) -> PublicIdentity:
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise IdentityError(f"public identity file not found: {path}") from exc
+        except (OSError, ValueError) as exc:
+            raise IdentityError(f"cannot read public identity {path}: {exc}") from exc
+        return cls.from_json(data)
+
+
+def tls_public_key_der(cert_pem: str) -> bytes:
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    except ValueError as exc:
+        raise IdentityError(f"malformed TLS certificate: {exc}") from exc
+    return cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+class NodeIdentity:
+    """A node's private keys. Never logged, never written without 0600 permissions."""
+
+    def __init__(
+        self,
+        name: str,
+        signing_key: Ed25519PrivateKey,
+        tls_key: ec.EllipticCurvePrivateKey,
+        tls_cert_pem: str,
+        address: str,
+    ) -> None:
+        self.name = name
+        self._signing_key = signing_key
+        self._tls_key = tls_key
+        self.tls_cert_pem = tls_cert_pem
+        self.address = address
+        self.public_key = signing_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        self.node_id = node_id_for(self.public_key)
+
+    def __repr__(self) -> str:  # never show key material
+        return f"NodeIdentity(name={self.name!r}, node_id={self.node_id!r})"
+
+    @classmethod
+    def generate(cls, name: str, address: str = "127.0.0.1:0") -> NodeIdentity:
+        signing_key = Ed25519PrivateKey.generate()
+        tls_key = ec.generate_private_key(ec.SECP256R1())
+        public = signing_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        cert = _self_signed_cert(tls_key, node_id_for(public), address)
+        return cls(name, signing_key, tls_key, cert, address)
+
+    def sign(self, domain: Domain, obj: Any) -> bytes:
+        return self._signing_key.sign(signing_payload(domain, obj))
+
+    def public(self) -> PublicIdentity:
+        unbound = PublicIdentity(self.name, self.public_key, self.address, self.tls_cert_pem, b"")
+        return PublicIdentity(
+            self.name,
+            self.public_key,
+            self.address,
+            self.tls_cert_pem,
+            self.sign(Domain.TLS_BINDING, unbound.binding_body()),
+        )
+
+    def tls_key_pem(self) -> bytes:
+        return self._tls_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def save(self, directory: Path, passphrase: str | None = None) -> None:
+        """Write node.key and tls.key (0600, optionally encrypted) and node.pub; refuse to overwrite."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for fname in (KEY_FILE, TLS_KEY_FILE, PUBLIC_FILE):
+            if (directory / fname).exists():
+                raise IdentityError(f"{directory / fname} already exists; refusing to overwrite a key")
+        enc: serialization.KeySerializationEncryption = (
+            serialization.BestAvailableEncryption(passphrase.encode())
+            if passphrase
+            else serialization.NoEncryption()
+        )
+        meta = json.dumps({"name": self.name, "address": self.address, "tls_cert": self.tls_cert_pem})
+        _write_private(
+            directory / KEY_FILE,
+            self._signing_key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc
+            ),
+        )
+        _write_private(
+            directory / TLS_KEY_FILE,
+            self._tls_key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc
+            ),
+        )
+        atomic_write(directory / "node.json", meta.encode())
+        atomic_write(directory / PUBLIC_FILE, json.dumps(self.public().to_json(), indent=2).encode())
+
+    @classmethod
+    def load(cls, directory: Path, passphrase: str | None = None) -> NodeIdentity:
+        directory = Path(directory)
+        key_path = directory / KEY_FILE
+        if not key_path.exists():
+            raise IdentityError(f"no node key in {directory}; run `consortium node init` first")
+        mode = stat.S_IMODE(key_path.stat().st_mode)
+        if mode & 0o077:
+            raise IdentityError(f"{key_path} has permissions {oct(mode)}; run chmod 600 on it")
+        pw = passphrase.encode() if passphrase else None
+        try:
+            signing_key = serialization.load_pem_private_key(key_path.read_bytes(), pw)
+            tls_key = serialization.load_pem_private_key((directory / TLS_KEY_FILE).read_bytes(), pw)
+            meta = json.loads((directory / "node.json").read_text())
+        except TypeError as exc:
+            raise IdentityError(
+                f"{key_path} is encrypted: pass --passphrase or set CONSORTIUM_PASSPHRASE"
+                if pw is None
+                else f"{key_path} is not encrypted, but a passphrase was given"
+            ) from exc
+        except ValueError as exc:
+            raise IdentityError(f"cannot decrypt {key_path}: wrong passphrase or corrupt key") from exc
+        except (OSError, KeyError) as exc:
+            raise IdentityError(f"cannot read identity in {directory}: {exc}") from exc
+        if not isinstance(signing_key, Ed25519PrivateKey) or not isinstance(
+            tls_key, ec.EllipticCurvePrivateKey
+        ):
+            raise IdentityError(f"{directory} does not hold an Ed25519 identity and an ECDSA TLS key")
+        return cls(meta["name"], signing_key, tls_key, meta["tls_cert"], meta["address"])
+
+
+def _self_signed_cert(key: ec.EllipticCurvePrivateKey, node_id: str, address: str) -> str:
+    host = address.rsplit(":", 1)[0] or "127.0.0.1"
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node_id[:64])])
+    alt: list[x509.GeneralName] = [x509.DNSName("localhost")]
+    try:
+        alt.append(x509.IPAddress(ipaddress.ip_address(host)))
+    except ValueError:
+        alt.append(x509.DNSName(host))
+    if host != "127.0.0.1":
+        alt.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    atomic_write(path, data, mode=0o600)
