@@ -252,7 +252,9 @@ class NodeIdentity:
 def _self_signed_cert(key: ec.EllipticCurvePrivateKey, node_id: str, address: str) -> str:
     host = address.rsplit(":", 1)[0] or "127.0.0.1"
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node_id[:64])])
-    alt: list[x509.GeneralName] = [x509.DNSName("localhost")]
+    # The node id (a 59-character base32 CID, a valid DNS label) is a SAN so a client can pin the
+    # exact peer it dials with ssl_target_name_override=node_id.
+    alt: list[x509.GeneralName] = [x509.DNSName(node_id), x509.DNSName("localhost")]
     try:
         alt.append(x509.IPAddress(ipaddress.ip_address(host)))
     except ValueError:

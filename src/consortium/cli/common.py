@@ -1,0 +1,43 @@
+"""Shared CLI helpers: one clear error line instead of a traceback."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import NoReturn, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+from consortium.core.errors import ConsortiumError
+
+console = Console()
+err_console = Console(stderr=True)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print one red error line on stderr and exit with `code`."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn ConsortiumError (and a few OS errors a user can cause) into one line + exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except ConsortiumError as exc:
+            fail(str(exc), exc.exit_code)
+        except FileNotFoundError as exc:
+            fail(f"file not found: {exc.filename}", 2)
+        except PermissionError as exc:
+            fail(f"permission denied: {exc.filename}", 2)
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+
+    return wrapper
