@@ -31,6 +31,8 @@ class Domain(enum.Enum):
     TLS_BINDING = "tls-binding"
     ROUND = "round"
     MESSAGE = "message"
+    CHAIN_KEY = "chain-key"
+    CHAIN_ACCOUNT = "chain-account"
 
 
 def encode(obj: Any) -> bytes:

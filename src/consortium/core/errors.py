@@ -61,3 +61,19 @@ class ForkError(LedgerError):
 
 class AuditError(ConsortiumError):
     """An audit found tampering; the message names the first problem."""
+
+
+class TransportError(ConsortiumError):
+    """A peer is unreachable, timed out, or a request to it failed."""
+
+
+class PeerRefused(TransportError):
+    """A peer answered but refused: unauthenticated, too large, or its handler raised an error."""
+
+
+class ModelError(ConsortiumError):
+    """Model weights or a model configuration do not fit (names, shapes, dtypes, values)."""
+
+
+class ChainError(ConsortiumError):
+    """An Ethereum node refused, reverted or could not be reached while anchoring tree heads."""

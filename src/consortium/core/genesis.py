@@ -126,7 +126,9 @@ class Genesis:
 
     def sign(self, identity: NodeIdentity) -> None:
         if not self.is_member(identity.node_id):
-            raise GenesisError(f"{identity.name} ({identity.node_id}) is not listed in this manifest")
+            raise GenesisError(
+                f"{identity.name} ({identity.node_id}) is not listed in this manifest"
+            )
         self.signatures[identity.node_id] = identity.sign(Domain.GENESIS, self.body())
 
     def verify(self) -> None:
@@ -201,7 +203,14 @@ class Genesis:
                 for m in body["members"]
             ]
             purposes = [Purpose(p["name"], p["epsilon"], p["delta"]) for p in body["purposes"]]
-            g = cls(body["consortium"], members, body["quorum"], purposes, body["created"], dict(signatures))
+            g = cls(
+                body["consortium"],
+                members,
+                body["quorum"],
+                purposes,
+                body["created"],
+                dict(signatures),
+            )
         except (KeyError, TypeError) as exc:
             raise GenesisError(f"malformed genesis body: {exc}") from exc
         if g.body() != body:

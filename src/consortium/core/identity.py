@@ -80,7 +80,9 @@ class PublicIdentity:
     def verify_binding(self) -> None:
         """Check that the identity key vouches for the TLS certificate's key."""
         try:
-            verify_signature(self.public_key, Domain.TLS_BINDING, self.binding_body(), self.tls_binding)
+            verify_signature(
+                self.public_key, Domain.TLS_BINDING, self.binding_body(), self.tls_binding
+            )
         except SignatureError as exc:
             raise IdentityError(
                 f"TLS certificate of {self.name} ({self.node_id}) is not bound to its identity key"
@@ -191,18 +193,22 @@ class NodeIdentity:
     # -- files ---------------------------------------------------------------------------------
 
     def save(self, directory: Path, passphrase: str | None = None) -> None:
-        """Write node.key and tls.key (0600, optionally encrypted) and node.pub; refuse to overwrite."""
+        """Write node.key and tls.key (0600, maybe encrypted) and node.pub; never overwrite."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         for fname in (KEY_FILE, TLS_KEY_FILE, PUBLIC_FILE):
             if (directory / fname).exists():
-                raise IdentityError(f"{directory / fname} already exists; refusing to overwrite a key")
+                raise IdentityError(
+                    f"{directory / fname} already exists; refusing to overwrite a key"
+                )
         enc: serialization.KeySerializationEncryption = (
             serialization.BestAvailableEncryption(passphrase.encode())
             if passphrase
             else serialization.NoEncryption()
         )
-        meta = json.dumps({"name": self.name, "address": self.address, "tls_cert": self.tls_cert_pem})
+        meta = json.dumps(
+            {"name": self.name, "address": self.address, "tls_cert": self.tls_cert_pem}
+        )
         _write_private(
             directory / KEY_FILE,
             self._signing_key.private_bytes(
@@ -216,7 +222,9 @@ class NodeIdentity:
             ),
         )
         atomic_write(directory / "node.json", meta.encode())
-        atomic_write(directory / PUBLIC_FILE, json.dumps(self.public().to_json(), indent=2).encode())
+        atomic_write(
+            directory / PUBLIC_FILE, json.dumps(self.public().to_json(), indent=2).encode()
+        )
 
     @classmethod
     def load(cls, directory: Path, passphrase: str | None = None) -> NodeIdentity:
@@ -230,7 +238,9 @@ class NodeIdentity:
         pw = passphrase.encode() if passphrase else None
         try:
             signing_key = serialization.load_pem_private_key(key_path.read_bytes(), pw)
-            tls_key = serialization.load_pem_private_key((directory / TLS_KEY_FILE).read_bytes(), pw)
+            tls_key = serialization.load_pem_private_key(
+                (directory / TLS_KEY_FILE).read_bytes(), pw
+            )
             meta = json.loads((directory / "node.json").read_text())
         except TypeError as exc:
             raise IdentityError(
@@ -239,13 +249,17 @@ class NodeIdentity:
                 else f"{key_path} is not encrypted, but a passphrase was given"
             ) from exc
         except ValueError as exc:
-            raise IdentityError(f"cannot decrypt {key_path}: wrong passphrase or corrupt key") from exc
+            raise IdentityError(
+                f"cannot decrypt {key_path}: wrong passphrase or corrupt key"
+            ) from exc
         except (OSError, KeyError) as exc:
             raise IdentityError(f"cannot read identity in {directory}: {exc}") from exc
         if not isinstance(signing_key, Ed25519PrivateKey) or not isinstance(
             tls_key, ec.EllipticCurvePrivateKey
         ):
-            raise IdentityError(f"{directory} does not hold an Ed25519 identity and an ECDSA TLS key")
+            raise IdentityError(
+                f"{directory} does not hold an Ed25519 identity and an ECDSA TLS key"
+            )
         return cls(meta["name"], signing_key, tls_key, meta["tls_cert"], meta["address"])
 
 
@@ -261,7 +275,7 @@ def _self_signed_cert(key: ec.EllipticCurvePrivateKey, node_id: str, address: st
         alt.append(x509.DNSName(host))
     if host != "127.0.0.1":
         alt.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

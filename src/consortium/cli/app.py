@@ -1,0 +1,25 @@
+"""The `consortium` command."""
+
+from __future__ import annotations
+
+import typer
+
+from consortium.cli import identity
+
+app = typer.Typer(
+    help="Consortium: decentralized, privacy-preserving machine learning with an auditable ledger.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+node_app = typer.Typer(help="Create and run a node.", no_args_is_help=True)
+node_app.command("init")(identity.node_init)
+app.add_typer(node_app, name="node")
+app.add_typer(identity.genesis_app, name="genesis", no_args_is_help=True)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

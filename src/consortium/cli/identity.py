@@ -1,0 +1,126 @@
+"""`consortium node init` and `consortium genesis create|sign|verify`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from consortium.cli.common import console, fail, handle_errors
+from consortium.core.errors import ConfigError
+from consortium.core.genesis import GENESIS_FILE, Genesis, Purpose
+from consortium.core.identity import NodeIdentity, PublicIdentity
+
+genesis_app = typer.Typer(help="Create, sign and verify the genesis manifest of a consortium.")
+
+PASSPHRASE = typer.Option(
+    None,
+    "--passphrase",
+    envvar="CONSORTIUM_PASSPHRASE",
+    help="Encrypt/decrypt the private keys with this passphrase (or set CONSORTIUM_PASSPHRASE).",
+)
+
+
+@handle_errors
+def node_init(
+    name: str = typer.Option(
+        ..., "--name", help="Human-readable member name, unique in the consortium."
+    ),
+    directory: Path = typer.Option(..., "--dir", help="Folder for this node's keys and state."),
+    address: str = typer.Option(
+        "127.0.0.1:7000", "--address", help="host:port where peers reach this node over gRPC."
+    ),
+    passphrase: str | None = PASSPHRASE,
+) -> None:
+    """Create a node identity: Ed25519 key (0600), TLS key bound to it, and a public node.pub."""
+    if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").isalnum():
+        fail("--name must be 1-64 letters, digits, '-' or '_'", 2)
+    _check_address(address)
+    ident = NodeIdentity.generate(name, address)
+    ident.save(directory, passphrase)
+    console.print(f"created node [bold]{name}[/] id {ident.node_id}")
+    console.print(f"share {directory / 'node.pub'} with the other members; keep node.key private")
+
+
+def _check_address(address: str) -> None:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--address must be host:port, got {address!r}")
+
+
+def _parse_purpose(text: str) -> Purpose:
+    """NAME or NAME:EPSILON:DELTA."""
+    parts = text.split(":")
+    if len(parts) == 1 and parts[0]:
+        return Purpose(parts[0])
+    if len(parts) == 3 and parts[0]:
+        try:
+            eps, delta = float(parts[1]), float(parts[2])
+        except ValueError as exc:
+            raise ConfigError(f"purpose budget must be numbers: {text!r}") from exc
+        if eps <= 0 or not 0 < delta < 1:
+            raise ConfigError(f"purpose budget needs epsilon > 0 and 0 < delta < 1: {text!r}")
+        return Purpose(parts[0], eps, delta)
+    raise ConfigError(f"--purpose must be NAME or NAME:EPSILON:DELTA, got {text!r}")
+
+
+@genesis_app.command("create")
+@handle_errors
+def genesis_create(
+    member: list[Path] = typer.Option(..., "--member", help="A member's node.pub (repeat)."),
+    purpose: list[str] = typer.Option(
+        ..., "--purpose", help="A purpose data may be used for: NAME or NAME:EPSILON:DELTA."
+    ),
+    consortium: str = typer.Option("consortium", "--name", help="Name of the consortium."),
+    out: Path = typer.Option(Path(GENESIS_FILE), "--out", help="Where to write the manifest."),
+    quorum: int | None = typer.Option(None, help="Cosignatures for finality (default ceil(2n/3))."),
+) -> None:
+    """Write an unsigned genesis manifest listing the members and purposes."""
+    if out.exists():
+        fail(f"{out} already exists; refusing to overwrite a manifest", 2)
+    members = [PublicIdentity.load(p) for p in member]
+    g = Genesis.create(
+        consortium, members, [_parse_purpose(p) for p in purpose], int(time.time()), quorum
+    )
+    g.save(out)
+    console.print(
+        f"wrote {out}: {len(members)} members, quorum {g.quorum}; "
+        "each member now runs `consortium genesis sign`"
+    )
+
+
+@genesis_app.command("sign")
+@handle_errors
+def genesis_sign(
+    directory: Path = typer.Option(..., "--dir", help="The signing node's folder."),
+    manifest: Path | None = typer.Option(
+        None, "--genesis", help="Manifest to sign in place (default DIR/genesis.json)."
+    ),
+    passphrase: str | None = PASSPHRASE,
+) -> None:
+    """Add this node's signature to the manifest."""
+    path = manifest or directory / GENESIS_FILE
+    g = Genesis.load(path)
+    ident = NodeIdentity.load(directory, passphrase)
+    g.sign(ident)
+    g.save(path)
+    missing = g.missing_signatures()
+    console.print(
+        f"{ident.name} signed {path}; "
+        + (f"still missing: {', '.join(missing)}" if missing else "all members have signed")
+    )
+
+
+@genesis_app.command("verify")
+@handle_errors
+def genesis_verify(
+    manifest: Path = typer.Argument(Path(GENESIS_FILE), help="Manifest file or node folder."),
+) -> None:
+    """Check every member's signature; exits non-zero naming the first problem."""
+    g = Genesis.load(manifest)
+    g.verify()
+    console.print(
+        f"genesis OK: consortium {g.consortium!r}, {len(g.members)} members, quorum {g.quorum}, "
+        f"purposes {', '.join(p.name for p in g.purposes)}, digest {g.digest().hex()[:16]}…"
+    )

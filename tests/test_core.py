@@ -1,0 +1,177 @@
+"""Core: canonical encoding, domain separation, identities and the genesis manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from consortium.core.encoding import Domain, decode, encode, signing_payload
+from consortium.core.errors import EncodingError, GenesisError, IdentityError, SignatureError
+from consortium.core.genesis import Genesis, Purpose, quorum_for
+from consortium.core.identity import (
+    NodeIdentity,
+    PublicIdentity,
+    is_valid_signature,
+    node_id_for,
+    verify_signature,
+)
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text() | st.binary(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(json_values)
+def test_equal_objects_encode_to_identical_bytes(obj: object) -> None:
+    assert encode(obj) == encode(decode(encode(obj)))
+
+
+def test_key_order_does_not_change_encoding() -> None:
+    a = {"b": 1, "a": [1, 2, {"z": b"x", "y": None}]}
+    b = {"a": [1, 2, {"y": None, "z": b"x"}], "b": 1}
+    assert encode(a) == encode(b)
+
+
+def test_decode_refuses_non_canonical_bytes() -> None:
+    # a map with keys out of canonical order: {"b": 1, "a": 2}
+    raw = bytes([0xA2, 0x61, ord("b"), 0x01, 0x61, ord("a"), 0x02])
+    with pytest.raises(EncodingError):
+        decode(raw)
+    with pytest.raises(EncodingError):
+        decode(b"\xff\xff")
+
+
+def test_signature_for_one_domain_does_not_verify_in_another() -> None:
+    ident = NodeIdentity.generate("a")
+    body = {"size": 3, "root": b"\x00" * 32}
+    sig = ident.sign(Domain.TREE_HEAD, body)
+    verify_signature(ident.public_key, Domain.TREE_HEAD, body, sig)
+    assert not is_valid_signature(ident.public_key, Domain.GENESIS, body, sig)
+    assert not is_valid_signature(ident.public_key, Domain.TREE_HEAD, {**body, "size": 4}, sig)
+    assert signing_payload(Domain.TREE_HEAD, body) != signing_payload(Domain.GENESIS, body)
+    with pytest.raises(SignatureError):
+        verify_signature(ident.public_key, Domain.TREE_HEAD, body, sig[:10])
+
+
+def test_node_id_is_a_printable_cid_of_the_key() -> None:
+    ident = NodeIdentity.generate("a")
+    assert ident.node_id.startswith("b") and ident.node_id.isalnum()
+    assert ident.node_id == node_id_for(ident.public_key)
+    assert node_id_for(bytes(32)) != ident.node_id
+    with pytest.raises(IdentityError):
+        node_id_for(b"short")
+
+
+def test_identity_files_are_private_and_round_trip(tmp_path: Path) -> None:
+    ident = NodeIdentity.generate("alice", "127.0.0.1:7001")
+    ident.save(tmp_path / "a")
+    mode = stat.S_IMODE((tmp_path / "a" / "node.key").stat().st_mode)
+    assert mode == 0o600
+    loaded = NodeIdentity.load(tmp_path / "a")
+    assert loaded.node_id == ident.node_id
+    pub = PublicIdentity.load(tmp_path / "a" / "node.pub")
+    assert pub.node_id == ident.node_id and pub.address == "127.0.0.1:7001"
+    assert "PRIVATE" not in (tmp_path / "a" / "node.pub").read_text()
+    with pytest.raises(IdentityError, match="refusing to overwrite"):
+        ident.save(tmp_path / "a")
+
+
+def test_encrypted_key_needs_the_passphrase(tmp_path: Path) -> None:
+    ident = NodeIdentity.generate("bob")
+    ident.save(tmp_path, passphrase="correct horse")
+    assert b"ENCRYPTED" in (tmp_path / "node.key").read_bytes()
+    assert NodeIdentity.load(tmp_path, "correct horse").node_id == ident.node_id
+    with pytest.raises(IdentityError, match="encrypted"):
+        NodeIdentity.load(tmp_path)
+    with pytest.raises(IdentityError, match="wrong passphrase"):
+        NodeIdentity.load(tmp_path, "wrong")
+
+
+def test_loose_key_permissions_are_refused(tmp_path: Path) -> None:
+    NodeIdentity.generate("c").save(tmp_path)
+    os.chmod(tmp_path / "node.key", 0o644)
+    with pytest.raises(IdentityError, match="chmod 600"):
+        NodeIdentity.load(tmp_path)
+
+
+def test_tampered_tls_binding_is_refused(tmp_path: Path) -> None:
+    ident = NodeIdentity.generate("d")
+    other = NodeIdentity.generate("e")
+    data = ident.public().to_json()
+    data["tls_cert"] = other.tls_cert_pem  # swap in someone else's TLS key
+    with pytest.raises(IdentityError, match="not bound"):
+        PublicIdentity.from_json(data)
+
+
+def _genesis(n: int) -> tuple[list[NodeIdentity], Genesis]:
+    ids = [NodeIdentity.generate(f"n{i}", f"127.0.0.1:{7100 + i}") for i in range(n)]
+    g = Genesis.create("test", [i.public() for i in ids], [Purpose("research", 3.0, 1e-5)], 1)
+    return ids, g
+
+
+def test_quorum_is_two_thirds_rounded_up() -> None:
+    assert [quorum_for(n) for n in (1, 2, 3, 4, 5, 6, 7)] == [1, 2, 2, 3, 4, 4, 5]
+    assert _genesis(5)[1].quorum == 4
+
+
+def test_genesis_fully_signed_verifies_and_round_trips(tmp_path: Path) -> None:
+    ids, g = _genesis(3)
+    for i in ids:
+        g.sign(i)
+    g.verify()
+    g.save(tmp_path / "genesis.json")
+    again = Genesis.load(tmp_path)
+    again.verify()
+    assert again.digest() == g.digest()
+
+
+def test_genesis_missing_signature_names_the_member() -> None:
+    ids, g = _genesis(3)
+    g.sign(ids[0])
+    g.sign(ids[2])
+    with pytest.raises(GenesisError, match="n1"):
+        g.verify()
+    assert g.missing_signatures() == ["n1"]
+
+
+def test_genesis_invalid_signature_names_the_member(tmp_path: Path) -> None:
+    ids, g = _genesis(3)
+    for i in ids:
+        g.sign(i)
+    data = g.to_json()
+    sig = bytearray(bytes.fromhex(data["signatures"][ids[1].node_id]))
+    sig[0] ^= 1
+    data["signatures"][ids[1].node_id] = sig.hex()
+    (tmp_path / "genesis.json").write_text(json.dumps(data))
+    with pytest.raises(GenesisError, match="invalid signature from member n1"):
+        Genesis.load(tmp_path).verify()
+
+
+def test_genesis_duplicate_member_is_refused() -> None:
+    a = NodeIdentity.generate("a")
+    with pytest.raises(GenesisError, match="listed twice"):
+        Genesis.create("x", [a.public(), a.public()], [Purpose("p")], 1)
+
+
+def test_outsider_cannot_sign_genesis() -> None:
+    _, g = _genesis(2)
+    with pytest.raises(GenesisError, match="not listed"):
+        g.sign(NodeIdentity.generate("mallory"))
+
+
+def test_body_survives_canonical_round_trip() -> None:
+    ids, g = _genesis(2)
+    for i in ids:
+        g.sign(i)
+    rebuilt = Genesis.from_body(decode(encode(g.body())), g.signatures)
+    rebuilt.verify()
