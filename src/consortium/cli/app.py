@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from consortium.cli import identity
+from consortium.cli import demo, identity, run
+from consortium.cli.store import app as store_app
 
 app = typer.Typer(
     help="Consortium: decentralized, privacy-preserving machine learning with an auditable ledger.",
@@ -13,8 +14,13 @@ app = typer.Typer(
 )
 node_app = typer.Typer(help="Create and run a node.", no_args_is_help=True)
 node_app.command("init")(identity.node_init)
+node_app.command("start")(run.node_start)
 app.add_typer(node_app, name="node")
 app.add_typer(identity.genesis_app, name="genesis", no_args_is_help=True)
+app.add_typer(run.run_app, name="run")
+app.add_typer(store_app, name="store", help="Put, get and verify content-addressed artifacts.")
+app.command("audit")(run.audit)
+app.command("demo")(demo.demo)
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from consortium.core.encoding import decode
 from consortium.core.errors import EncodingError, IntegrityError, NotFoundError, StoreError
-from consortium.store.cid import CID, as_cid, check, cid_for, parse_cid
+from consortium.store.cid import CID, as_cid, check, cid_for, cid_key, parse_cid
 
 #: Largest chunk of a file stored as one raw block.
 CHUNK_SIZE = 1024 * 1024
@@ -67,7 +67,7 @@ class BlockStore:
         return f"BlockStore({str(self.root)!r})"
 
     def path_for(self, cid: CID | str) -> Path:
-        key = str(as_cid(cid))
+        key = cid_key(as_cid(cid))
         return self.blocks_dir / _shard(key) / key
 
     # -- writing -------------------------------------------------------------------------------
@@ -162,7 +162,7 @@ class BlockStore:
             cid = parse_cid(path.name)
         except StoreError:
             return None
-        key = str(cid)
+        key = cid_key(cid)
         if key != path.name or _shard(key) != path.parent.name:
             return None
         return cid

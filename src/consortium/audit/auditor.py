@@ -1,0 +1,197 @@
+"""Re-verify a node or run folder from its bytes alone, trusting nothing that was stored derived.
+
+Order of checks (the first problem found is the one reported, named by entry index or CID):
+1. entry 0 is a genesis manifest signed by every member (and equals `genesis.json` if present);
+2. every entry decodes canonically and carries valid member signatures;
+3. the Merkle root is recomputed from the entry bytes (stored leaf hashes and tree rows are not
+   trusted) and every stored tree head's root must equal it at that size; every stored cosignature
+   must be valid, and a head with at least a quorum of them is final;
+4. the stored tree agrees with the entries (so proofs served to peers are honest);
+5. every CID an entry references is resolved and re-hashed, recursively, and every block in the
+   store re-hashes to its CID;
+6. recorded equivocation evidence is reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from consortium.core.encoding import Domain
+from consortium.core.errors import AuditError, ConsortiumError
+from consortium.core.genesis import GENESIS_FILE, Genesis
+from consortium.ledger.entries import Entry, check_signature, genesis_from_entry
+from consortium.ledger.frontier import Frontier
+from consortium.ledger.heads import TreeHead
+from consortium.ledger.log import Ledger
+from consortium.store.blockstore import BlockStore
+from consortium.store.objects import walk
+
+LEDGER_FILE = "ledger.sqlite"
+STORE_DIR = "store"
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class AuditReport:
+    consortium: str = ""
+    members: int = 0
+    quorum: int = 0
+    entries: int = 0
+    kinds: dict[str, int] = field(default_factory=dict)
+    heads: int = 0
+    final_heads: int = 0
+    latest_final_size: int = 0
+    root: bytes = b""
+    artifacts: int = 0
+    blocks: int = 0
+    equivocations: list[str] = field(default_factory=list)
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def _fail(message: str) -> AuditError:
+    return AuditError(f"audit failed: {message}")
+
+
+def audit(directory: Path, progress: Progress | None = None) -> AuditReport:
+    """Audit `directory` (a node or run folder); raise AuditError naming the first problem."""
+    directory = Path(directory)
+    ledger_path = directory / LEDGER_FILE
+    if not ledger_path.exists():
+        raise AuditError(f"no ledger at {ledger_path}: is {directory} a node or run folder?")
+    report = AuditReport()
+    try:
+        ledger = Ledger.open(ledger_path)
+    except ConsortiumError as exc:
+        raise _fail(f"cannot open ledger: {exc}") from exc
+    with ledger:
+        genesis = _check_genesis(directory, ledger, report)
+        references, roots = _check_entries(ledger, genesis, report, progress)
+        _check_heads(ledger, genesis, roots, report)
+        try:
+            ledger.fsck()
+        except ConsortiumError as exc:
+            raise _fail(f"stored Merkle tree: {exc}") from exc
+        for blob in ledger.raw_equivocations():
+            report.equivocations.append(blob.hex()[:32])
+    _check_store(directory / STORE_DIR, references, report, progress)
+    if report.equivocations:
+        raise _fail(f"{len(report.equivocations)} equivocation(s) by members are on record")
+    return report
+
+
+def _check_genesis(directory: Path, ledger: Ledger, report: AuditReport) -> Genesis:
+    first = next(ledger.raw_entries(0, 1), None)
+    if first is None:
+        raise _fail("entry 0: the ledger is empty")
+    try:
+        genesis = genesis_from_entry(Entry.from_bytes(first[1]))
+    except ConsortiumError as exc:
+        raise _fail(f"entry 0: {exc}") from exc
+    local = directory / GENESIS_FILE
+    if local.exists():
+        try:
+            on_disk = Genesis.load(local)
+        except ConsortiumError as exc:
+            raise _fail(f"{GENESIS_FILE}: {exc}") from exc
+        if on_disk.digest() != genesis.digest():
+            raise _fail(f"{GENESIS_FILE} differs from the manifest in ledger entry 0")
+    report.consortium = genesis.consortium
+    report.members = len(genesis.members)
+    report.quorum = genesis.quorum
+    return genesis
+
+
+def _check_entries(
+    ledger: Ledger, genesis: Genesis, report: AuditReport, progress: Progress | None
+) -> tuple[dict[str, int], dict[int, bytes]]:
+    """Verify every entry; return the CIDs referenced (-> first entry) and the recomputed root
+    at every size a stored head claims."""
+    wanted = {size for size, *_ in ledger.raw_cosignatures()}
+    frontier = Frontier.empty()
+    roots: dict[int, bytes] = {0: frontier.root()}
+    references: dict[str, int] = {}
+    total = ledger.size
+    expected = 0
+    for idx, data in ledger.raw_entries():
+        if idx != expected:
+            raise _fail(f"entry {expected}: missing")
+        expected += 1
+        try:
+            entry = Entry.from_bytes(data)
+            if idx == 0:
+                if entry.kind != "genesis":
+                    raise ConsortiumError("entry 0 is not the genesis manifest")
+            else:
+                if entry.kind == "genesis":
+                    raise ConsortiumError("a second genesis entry")
+                entry.verify(genesis)
+        except ConsortiumError as exc:
+            raise _fail(f"entry {idx}: {exc}") from exc
+        report.kinds[entry.kind] = report.kinds.get(entry.kind, 0) + 1
+        for cid in entry.references():
+            references.setdefault(str(cid), idx)
+        frontier = frontier.append(data)
+        if frontier.size in wanted:
+            roots[frontier.size] = frontier.root()
+        if progress and idx % 5000 == 0:
+            progress("entries", idx, total)
+    if expected != total:
+        raise _fail(f"entry {expected}: missing (ledger claims {total} entries)")
+    report.entries = total
+    report.root = frontier.root()
+    return references, roots
+
+
+def _check_heads(
+    ledger: Ledger, genesis: Genesis, roots: dict[int, bytes], report: AuditReport
+) -> None:
+    keys = {m.node_id: m.public_key for m in genesis.members}
+    signers: dict[tuple[int, bytes, int], set[str]] = {}
+    for size, root, time, node_id, sig in ledger.raw_cosignatures():
+        where = f"tree head of size {size}"
+        if size > report.entries:
+            raise _fail(f"{where}: the ledger has only {report.entries} entries")
+        if roots.get(size) != root:
+            raise _fail(f"{where}: root does not match the entries (entry {size - 1} or earlier)")
+        if node_id not in keys:
+            raise _fail(f"{where}: cosigned by {node_id}, not a member")
+        body = TreeHead(size, root, time).body()
+        if not check_signature(keys[node_id], Domain.TREE_HEAD, body, sig):
+            raise _fail(f"{where}: invalid cosignature from {genesis.member(node_id).name}")
+        signers.setdefault((size, root, time), set()).add(node_id)
+    report.heads = len(signers)
+    final = [k for k, v in signers.items() if len(v) >= genesis.quorum]
+    report.final_heads = len(final)
+    report.latest_final_size = max((k[0] for k in final), default=0)
+
+
+def _check_store(
+    store_dir: Path, references: dict[str, int], report: AuditReport, progress: Progress | None
+) -> None:
+    if not references and not store_dir.exists():
+        return
+    store = BlockStore(store_dir, create=False) if store_dir.exists() else None
+    if store is None:
+        first = min(references.items(), key=lambda kv: kv[1])
+        raise _fail(f"entry {first[1]} references {first[0]}, but there is no store")
+    reached: set[str] = set()
+    for n, (cid, idx) in enumerate(sorted(references.items(), key=lambda kv: kv[1])):
+        try:
+            for sub in walk(store, cid):
+                if str(sub) not in reached:
+                    reached.add(str(sub))
+                    store.get_block(sub)  # re-hashed on read
+        except ConsortiumError as exc:
+            raise _fail(f"CID {cid} (referenced by entry {idx}): {exc}") from exc
+        if progress and n % 100 == 0:
+            progress("artifacts", n, len(references))
+    report.artifacts = len(references)
+    found = store.verify_report()
+    if found.corrupt:
+        raise _fail(f"CID {found.corrupt[0]}: block bytes do not match the CID")
+    if found.stray:
+        raise _fail(f"store: stray file {found.stray[0]}")
+    report.blocks = found.checked

@@ -1,0 +1,1 @@
+"""A node composes identity, ledger, store, learner and protocol over a transport."""

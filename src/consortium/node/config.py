@@ -1,0 +1,90 @@
+"""Node and run configuration (TOML, validated by pydantic; every option has a default)."""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from consortium.core.encoding import encode
+from consortium.core.errors import ConfigError
+
+NODE_CONFIG_FILE = "node.toml"
+
+
+class DataConfig(BaseModel):
+    """This node's private data: which dataset, and which shard of it this node holds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset: str = Field("digits", description="digits | breast_cancer | fashion-mnist")
+    data_dir: str | None = Field(None, description="folder of the Fashion-MNIST IDX files")
+    partition: Literal["all", "iid", "dirichlet"] = Field("all", description="how to shard")
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (label skew)")
+    parts: int = Field(1, ge=1, description="number of shards the dataset is cut into")
+    index: int = Field(0, ge=0, description="which shard this node holds")
+    seed: int = Field(0, description="seeds the split and the partition")
+
+
+class NodeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: DataConfig = DataConfig()
+    listen: str | None = Field(None, description="host:port to bind (default: node.pub address)")
+    peers: dict[str, str] = Field(default_factory=dict, description="node id -> address override")
+    tick_seconds: float = Field(0.1, gt=0, description="how often deadlines are checked")
+
+
+class RunConfig(BaseModel):
+    """What every member agrees to train; committed in round 1's ledger record."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    purpose: str = "research"
+    rounds: int = Field(10, ge=1, le=100_000)
+    dataset: str = "digits"
+    model: str = "mlp"
+    strategy: Literal["fedavg", "fedprox"] = "fedavg"
+    mu: float = Field(0.0, ge=0)
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(0.05, gt=0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    seed: int = 0
+    min_updates: int = Field(1, ge=1)
+    collect_timeout: float = Field(10.0, gt=0)
+    round_timeout: float = Field(30.0, gt=0)
+    started: int = Field(0, description="ms since the epoch when the run was started")
+
+    def body(self) -> dict[str, Any]:
+        return self.model_dump()
+
+    def run_id(self) -> str:
+        return hashlib.sha256(encode(self.body())).hexdigest()[:16]
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> RunConfig:
+        try:
+            return cls.model_validate(body)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid run config: {_first(exc)}") from exc
+
+
+def _first(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+
+
+def load_node_config(directory: Path) -> NodeConfig:
+    path = Path(directory) / NODE_CONFIG_FILE
+    if not path.exists():
+        return NodeConfig()
+    try:
+        return NodeConfig.model_validate(tomllib.loads(path.read_text()))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_first(exc)}") from exc

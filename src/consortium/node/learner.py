@@ -1,0 +1,97 @@
+"""The learning side of a node: its private shard, local training and aggregation.
+
+This is the only path from a node's data to training (the consent issue hooks its filter here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from consortium.core.errors import ConfigError
+from consortium.learning import (
+    TrainConfig,
+    build_model,
+    evaluate,
+    get_strategy,
+    get_weights,
+    load_dataset,
+    partition_dirichlet,
+    partition_iid,
+    set_weights,
+    train_local,
+)
+from consortium.learning.adapter import Weights
+from consortium.learning.datasets import Dataset
+from consortium.learning.serialize import weights_from_bytes, weights_to_bytes
+from consortium.node.config import DataConfig, RunConfig
+
+
+def node_shard(data: DataConfig, dataset: Dataset) -> np.ndarray:
+    """Indices of the training examples this node holds."""
+    y = dataset.y_train
+    if data.partition == "all" or data.parts == 1:
+        return np.arange(len(y))
+    rng = np.random.default_rng(data.seed)
+    parts = (
+        partition_iid(y, data.parts, rng)
+        if data.partition == "iid"
+        else partition_dirichlet(y, data.parts, data.alpha, rng)
+    )
+    if data.index >= data.parts:
+        raise ConfigError(f"shard index {data.index} out of range for {data.parts} parts")
+    return np.asarray(parts[data.index])
+
+
+def initial_weights(run: RunConfig, dataset: Dataset) -> Weights:
+    model = build_model(run.model, dataset.input_shape, dataset.num_classes, seed=run.seed)
+    return get_weights(model)
+
+
+class Learner:
+    def __init__(self, data: DataConfig, run: RunConfig, dataset: Dataset | None = None) -> None:
+        self.run = run
+        data_dir = Path(data.data_dir) if data.data_dir else None
+        ds = dataset or load_dataset(run.dataset, data_dir, seed=data.seed)
+        self.dataset = ds
+        idx = node_shard(data, ds)
+        rng = np.random.default_rng(data.seed + 7919 * (data.index + 1))
+        idx = rng.permutation(idx)
+        n_val = max(1, len(idx) // 10)
+        self.x_val, self.y_val = ds.x_train[idx[:n_val]], ds.y_train[idx[:n_val]]
+        self.x, self.y = ds.x_train[idx[n_val:]], ds.y_train[idx[n_val:]]
+        self.model = build_model(run.model, ds.input_shape, ds.num_classes, seed=run.seed)
+        self.like = get_weights(self.model)
+        self.strategy = get_strategy(
+            run.strategy, **({"mu": run.mu} if run.strategy == "fedprox" else {})
+        )
+        self.cfg = TrainConfig(
+            epochs=run.epochs,
+            batch_size=run.batch_size,
+            lr=run.lr,
+            optimizer=run.optimizer,
+            proximal_mu=self.strategy.client_config().get("proximal_mu", 0.0),
+            seed=run.seed,
+        )
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.y)
+
+    def train(self, global_model: bytes, round_no: int) -> tuple[int, bytes, dict[str, Any]]:
+        """Train from the global model; return (samples, update bytes, metrics)."""
+        weights = weights_from_bytes(global_model, self.like)
+        set_weights(self.model, weights)
+        _, acc = evaluate(self.model, self.x_val, self.y_val)
+        cfg = self.cfg.model_copy(update={"seed": self.run.seed * 100_003 + round_no})
+        res = train_local(self.model, self.x, self.y, cfg, global_weights=weights)
+        update = weights_to_bytes(get_weights(self.model))
+        return res.num_samples, update, {"loss": float(res.loss), "accuracy": float(acc)}
+
+    def aggregate(self, updates: Sequence[tuple[str, int, bytes]]) -> bytes:
+        """FedAvg/FedProx of the participants' weights (shape-checked against the model)."""
+        parsed = [(n, weights_from_bytes(u, self.like)) for _, n, u in updates]
+        return weights_to_bytes(self.strategy.aggregate(parsed))

@@ -1,0 +1,366 @@
+"""A running node: the I/O around the sans-I/O round machine.
+
+The node owns the side effects the protocol asks for: it trains (in a worker thread), sends
+messages through its transport, appends committed entries to its SQLite ledger, stores models in
+its content-addressed store, and answers peers' catch-up requests (`sync`, `model`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from multiformats import CID
+
+from consortium.core.encoding import decode, encode
+from consortium.core.errors import ConfigError, ConsortiumError, LedgerError, TransportError
+from consortium.core.files import atomic_write
+from consortium.core.genesis import GENESIS_FILE, Genesis
+from consortium.core.identity import NodeIdentity
+from consortium.learning.serialize import weights_to_bytes
+from consortium.ledger.frontier import Frontier
+from consortium.ledger.heads import CosignedHead, TreeHead
+from consortium.ledger.log import Ledger
+from consortium.ledger.replica import sync as sync_ledger
+from consortium.node.config import NodeConfig, RunConfig, load_node_config
+from consortium.node.learner import Learner, initial_weights
+from consortium.protocol.messages import Commit, StartRun, decode_message, encode_message
+from consortium.protocol.round import (
+    Action,
+    Broadcast,
+    Committed,
+    Note,
+    RoundMachine,
+    RoundSettings,
+    Send,
+    Train,
+)
+from consortium.store.blockstore import CHUNK_SIZE, BlockStore
+from consortium.store.cid import cid_for
+from consortium.store.objects import get_bytes, put_bytes
+from consortium.transport.base import Transport
+
+LEDGER_FILE = "ledger.sqlite"
+STORE_DIR = "store"
+STATUS_FILE = "status.json"
+
+log = logging.getLogger("consortium.node")
+
+
+def model_cid(data: bytes, store: BlockStore) -> CID:
+    """The CID the store gives `data`: computed directly for one block, else by storing it."""
+    if len(data) <= CHUNK_SIZE:
+        return cid_for(data, "raw")
+    return put_bytes(store, data)
+
+
+def run_records(ledger: Ledger) -> list[dict[str, Any]]:
+    """Round records of the latest run on this ledger, in order."""
+    out: list[dict[str, Any]] = []
+    run = None
+    for entry in ledger.iter_entries(1):
+        if entry.kind != "round":
+            continue
+        body = entry.body
+        if body.get("round") == 1:
+            run, out = body.get("run"), []
+        if body.get("run") == run:
+            out.append(body)
+    return out
+
+
+def open_node_state(directory: Path) -> tuple[Genesis, Ledger, BlockStore]:
+    """Open (creating on first start) this node's ledger and store."""
+    genesis = Genesis.load(directory / GENESIS_FILE)
+    genesis.verify()
+    path = directory / LEDGER_FILE
+    ledger = Ledger.open(path) if path.exists() else Ledger.create(path, genesis)
+    if ledger.genesis().digest() != genesis.digest():
+        raise LedgerError(f"{path} belongs to another consortium than {GENESIS_FILE}")
+    return genesis, ledger, BlockStore(directory / STORE_DIR)
+
+
+class _Snapshot:
+    """A peer's ledger as one sync reply, seen through the replica's LedgerSource protocol."""
+
+    def __init__(self, reply: dict[str, Any], start: int) -> None:
+        self._size = int(reply["size"])
+        self._start = start
+        self._entries = list(reply["entries"])
+        self._heads = [CosignedHead.from_dict(h) for h in reply["heads"]]
+        self._proof = (int(reply["proof_old"]), int(reply["proof_new"]), list(reply["proof"]))
+
+    def size(self) -> int:
+        return self._size
+
+    def entries(self, start: int, end: int) -> list[bytes]:
+        return self._entries[start - self._start : end - self._start]
+
+    def cosigned_heads(self) -> list[CosignedHead]:
+        return self._heads
+
+    def consistency_proof(self, old: int, new: int) -> list[bytes]:
+        if (old, new) != self._proof[:2]:
+            raise LedgerError(f"peer sent a proof for {self._proof[:2]}, needed {(old, new)}")
+        return self._proof[2]
+
+
+class Node:
+    def __init__(
+        self,
+        directory: Path,
+        identity: NodeIdentity,
+        transport: Transport,
+        config: NodeConfig | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.dir = Path(directory)
+        self.identity = identity
+        self.transport = transport
+        self.config = config or load_node_config(self.dir)
+        self.clock = clock
+        self.genesis, self.ledger, self.store = open_node_state(self.dir)
+        self.name = identity.name
+        self.peers = [m.node_id for m in self.genesis.members if m.node_id != identity.node_id]
+        self.machine: RoundMachine | None = None
+        self.run: RunConfig | None = None
+        self.learner: Learner | None = None
+        self.global_model: bytes = b""
+        self.finished = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ticker: asyncio.Task[None] | None = None
+        self._training = False
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.transport.start(self._handle)
+        self._ticker = asyncio.create_task(self._tick_loop())
+        await self.catch_up()
+        self._resume()
+        self._write_status()
+
+    async def stop(self) -> None:
+        if self._ticker:
+            self._ticker.cancel()
+        for t in list(self._tasks):
+            t.cancel()
+        await self.transport.stop()
+        self.ledger.close()
+
+    # -- run control -----------------------------------------------------------------------------
+
+    def start_run(self, run: RunConfig) -> None:
+        self.genesis.purpose(run.purpose)  # ConsortiumError if not a declared purpose
+        if self.machine is not None and not self.finished.is_set():
+            raise ConfigError("a run is already in progress on this node")
+        self._setup_run(run)
+        self.global_model = weights_to_bytes(initial_weights(run, self._dataset()))
+        put_bytes(self.store, self.global_model)
+        self._begin(1)
+
+    def _dataset(self) -> Any:
+        assert self.learner is not None
+        return self.learner.dataset
+
+    def _setup_run(self, run: RunConfig) -> None:
+        self.run = run
+        self.learner = Learner(self.config.data, run)
+        settings = RoundSettings(
+            run_id=run.run_id(),
+            config=run.body(),
+            min_updates=run.min_updates,
+            collect_timeout=run.collect_timeout,
+            round_timeout=run.round_timeout,
+        )
+        self.machine = RoundMachine(
+            self.identity,
+            self.genesis,
+            settings,
+            self.learner.aggregate,
+            lambda data: model_cid(data, self.store),
+        )
+        self.finished.clear()
+
+    def _resume(self) -> None:
+        """After a restart: continue the latest run from the ledger, if it is not finished."""
+        records = run_records(self.ledger)
+        if not records or "config" not in records[0]:
+            return
+        run = RunConfig.from_body(records[0]["config"])
+        last = records[-1]
+        self._setup_run(run)
+        self.global_model = get_bytes(self.store, last["model"])
+        if last["round"] >= run.rounds:
+            self.finished.set()
+            return
+        log.info("%s: resuming run %s at round %d", self.name, run.run_id(), last["round"] + 1)
+        self._begin(last["round"] + 1)
+
+    def _begin(self, round_no: int) -> None:
+        assert self.machine is not None
+        frontier = self._frontier()
+        self._execute(self.machine.begin(round_no, frontier, frontier.root(), self.clock()))
+
+    def _frontier(self) -> Frontier:
+        return Frontier(self.ledger.size, tuple(h for _, h in self.ledger._frontier))
+
+    # -- protocol actions ------------------------------------------------------------------------
+
+    def _execute(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                self._spawn(self._send(action.to, encode_message(action.message)))
+            elif isinstance(action, Broadcast):
+                payload = encode_message(action.message)
+                for peer in self.peers:
+                    self._spawn(self._send(peer, payload))
+            elif isinstance(action, Train):
+                self._spawn(self._train(action.round))
+            elif isinstance(action, Committed):
+                self._commit(action)
+            elif isinstance(action, Note):
+                log.warning("%s: %s", self.name, action.text)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, peer: str, payload: bytes) -> None:
+        try:
+            await self.transport.request(peer, "msg", payload, timeout=10.0)
+        except TransportError as exc:
+            log.info("%s: message to %s not delivered: %s", self.name, peer[:16], exc)
+
+    async def _train(self, round_no: int) -> None:
+        assert self.learner is not None and self.machine is not None
+        learner, model = self.learner, self.global_model
+        n, update, metrics = await asyncio.to_thread(learner.train, model, round_no)
+        if self.machine.round == round_no:
+            self._execute(self.machine.on_trained(n, update, metrics, self.clock()))
+
+    def _commit(self, c: Committed) -> None:
+        assert self.run is not None
+        p = c.proposal
+        self.ledger.append(c.entry)
+        head = TreeHead(p.size, p.root, p.time)
+        for node_id, sig in sorted(c.cosignatures.items()):
+            self.ledger.add_cosignature(head, node_id, sig)
+        put_bytes(self.store, p.model)
+        self.global_model = p.model
+        leader = c.entry.body.get("leader", "")
+        log.info("%s: round %d committed (leader %s)", self.name, c.round, str(leader)[:16])
+        self._write_status()
+        if c.round >= self.run.rounds:
+            self.finished.set()
+            self._write_status()
+        else:
+            self._begin(c.round + 1)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.tick_seconds)
+            if self.machine is not None and not self.finished.is_set():
+                self._execute(self.machine.tick(self.clock()))
+
+    def _write_status(self) -> None:
+        records = run_records(self.ledger)
+        status = {
+            "node": self.name,
+            "size": self.ledger.size,
+            "round": records[-1]["round"] if records else 0,
+            "rounds": self.run.rounds if self.run else 0,
+            "finished": self.finished.is_set(),
+        }
+        atomic_write(self.dir / STATUS_FILE, json.dumps(status).encode())
+
+    # -- catch-up --------------------------------------------------------------------------------
+
+    async def catch_up(self) -> int:
+        """Pull entries we miss from any peer; verified against a final head before appending."""
+        appended = 0
+        for peer in self.peers:
+            start = self.ledger.size
+            try:
+                raw = await self.transport.request(peer, "sync", encode({"from": start}), 10.0)
+                result = sync_ledger(self.ledger, _Snapshot(decode(raw), start))
+            except (ConsortiumError, KeyError, TypeError, ValueError) as exc:
+                log.info("%s: catch-up from %s failed: %s", self.name, peer[:16], exc)
+                continue
+            appended += result.appended
+        if appended:
+            await self._fetch_latest_model()
+            log.info("%s: caught up %d entries", self.name, appended)
+        return appended
+
+    async def _fetch_latest_model(self) -> None:
+        records = run_records(self.ledger)
+        if not records:
+            return
+        cid = records[-1]["model"]
+        if self.store.has(cid):
+            return
+        for peer in self.peers:
+            try:
+                data = await self.transport.request(peer, "model", encode({"cid": str(cid)}), 30.0)
+            except TransportError:
+                continue
+            if model_cid(data, self.store) == cid:  # never accept a model not matching the record
+                put_bytes(self.store, data)
+                return
+            log.warning("%s: peer %s sent a model that does not match %s", self.name, peer, cid)
+
+    # -- requests from peers ---------------------------------------------------------------------
+
+    async def _handle(self, sender: str, method: str, payload: bytes) -> bytes:
+        if method == "msg":
+            msg = decode_message(payload)
+            if isinstance(msg, StartRun):
+                self.start_run(RunConfig.from_body(msg.config))
+            elif self.machine is not None:
+                self._execute(self.machine.on_message(sender, msg, self.clock()))
+                if self._behind(msg):
+                    self._spawn(self._catch_up_and_resume())
+            return b""
+        if method == "sync":
+            return self._sync_reply(decode(payload))
+        if method == "model":
+            req = decode(payload)
+            return get_bytes(self.store, str(req["cid"]))
+        raise ConfigError(f"unknown method {method!r}")
+
+    def _behind(self, msg: Any) -> bool:
+        """A commit for a later round, or any message two rounds ahead: we missed a commit."""
+        m = self.machine
+        if m is None:
+            return False
+        r = getattr(msg, "round", 0)
+        return r > m.round + 1 or (isinstance(msg, Commit) and r > m.round)
+
+    async def _catch_up_and_resume(self) -> None:
+        if await self.catch_up():
+            self._resume()
+
+    def _sync_reply(self, req: Any) -> bytes:
+        start = int(req["from"])
+        if not 0 <= start <= self.ledger.size:
+            raise LedgerError(f"cannot serve entries from {start}")
+        final = self.ledger.latest_final_head()
+        new = final.head.size if final else 0
+        heads = [h.to_dict() for h in self.ledger.cosigned_heads() if h.head.size >= start]
+        proof = self.ledger.consistency_proof(start, new) if 0 < start <= new else []
+        reply = {
+            "size": self.ledger.size,
+            "entries": [d for _, d in self.ledger.raw_entries(start, new)] if new > start else [],
+            "heads": heads,
+            "proof_old": start,
+            "proof_new": new,
+            "proof": proof,
+        }
+        return encode(reply)

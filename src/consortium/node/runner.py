@@ -1,0 +1,66 @@
+"""Run one node process over gRPC until it is stopped (`consortium node start`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from consortium.core.genesis import GENESIS_FILE, Genesis
+from consortium.core.identity import NodeIdentity
+from consortium.node.config import RunConfig, load_node_config
+from consortium.node.node import Node
+from consortium.protocol.messages import StartRun, encode_message
+from consortium.transport.grpc_transport import GrpcTransport
+
+
+def make_transport(directory: Path, identity: NodeIdentity, listen: bool = True) -> GrpcTransport:
+    cfg = load_node_config(directory)
+    genesis = Genesis.load(directory / GENESIS_FILE)
+    return GrpcTransport(
+        identity,
+        genesis.members,
+        (cfg.listen or identity.address) if listen else None,
+        addresses=cfg.peers,
+    )
+
+
+async def serve(directory: Path, passphrase: str | None, exit_when_finished: bool) -> None:
+    identity = NodeIdentity.load(directory, passphrase)
+    node = Node(directory, identity, make_transport(directory, identity))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await node.start()
+    logging.getLogger("consortium.node").info("%s: listening as %s", node.name, identity.node_id)
+    waiters = [asyncio.create_task(stop.wait())]
+    if exit_when_finished:
+        waiters.append(asyncio.create_task(node.finished.wait()))
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    if exit_when_finished and node.finished.is_set():
+        await asyncio.sleep(2.0)  # linger so slower peers can still fetch the last commit
+    for w in waiters:
+        w.cancel()
+    await node.stop()
+
+
+async def start_run(directory: Path, passphrase: str | None, run: RunConfig) -> list[str]:
+    """Ask every member (this node included) to start `run`; return members that refused."""
+    identity = NodeIdentity.load(directory, passphrase)
+    genesis = Genesis.load(directory / GENESIS_FILE)
+    genesis.purpose(run.purpose)
+    transport = make_transport(directory, identity, listen=False)
+    payload = encode_message(StartRun(run.body()))
+    failed: list[str] = []
+
+    async def one(member_id: str, name: str) -> None:
+        try:
+            await transport.request(member_id, "msg", payload, timeout=15.0)
+        except Exception as exc:  # report every refusal, keep asking the others
+            failed.append(f"{name}: {exc}")
+
+    await asyncio.gather(*(one(m.node_id, m.name) for m in genesis.members))
+    await transport.stop()
+    return failed

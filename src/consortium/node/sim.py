@@ -1,0 +1,146 @@
+"""Start a whole consortium on 127.0.0.1 as separate OS processes (the demo and e2e tests).
+
+Each member gets its own folder (keys, genesis, node.toml, ledger, store) and its own
+`consortium node start` process; nothing is shared but the network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from consortium.core.errors import ConsortiumError
+from consortium.core.genesis import GENESIS_FILE, Genesis, Purpose
+from consortium.core.identity import NodeIdentity
+from consortium.node.config import NODE_CONFIG_FILE
+from consortium.node.node import STATUS_FILE
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def create_consortium(
+    root: Path,
+    n: int,
+    *,
+    dataset: str = "digits",
+    partition: str = "dirichlet",
+    alpha: float = 0.5,
+    seed: int = 0,
+    purpose: Purpose | None = None,
+    data_dir: str | None = None,
+) -> list[Path]:
+    """Create n member folders under root with a fully signed genesis and per-node data shards."""
+    if n < 1:
+        raise ConsortiumError("a consortium needs at least one node")
+    root.mkdir(parents=True, exist_ok=True)
+    ids = [
+        NodeIdentity.generate(f"node{i}", f"127.0.0.1:{port}")
+        for i, port in enumerate(free_ports(n))
+    ]
+    genesis = Genesis.create(
+        "demo", [i.public() for i in ids], [purpose or Purpose("research")], int(time.time())
+    )
+    for ident in ids:
+        genesis.sign(ident)
+    genesis.verify()
+    dirs = []
+    for i, ident in enumerate(ids):
+        d = root / ident.name
+        ident.save(d)
+        genesis.save(d / GENESIS_FILE)
+        dd = f'data_dir = "{data_dir}"\n' if data_dir else ""
+        (d / NODE_CONFIG_FILE).write_text(
+            "[data]\n"
+            f'dataset = "{dataset}"\n{dd}partition = "{partition}"\nalpha = {alpha}\n'
+            f"parts = {n}\nindex = {i}\nseed = {seed}\n"
+        )
+        dirs.append(d)
+    return dirs
+
+
+@dataclass
+class Cluster:
+    """Node processes started from member folders; kill/restart them to inject faults."""
+
+    dirs: list[Path]
+    procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, i: int) -> None:
+        log = open(self.dirs[i] / "node.log", "ab")  # noqa: SIM115 - owned by the child
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        self.procs[i] = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "consortium.cli.app",
+                "node",
+                "start",
+                "--dir",
+                str(self.dirs[i]),
+                "--exit-when-finished",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+    def start_all(self) -> None:
+        for i in range(len(self.dirs)):
+            self.start(i)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.time() + timeout
+        for i, d in enumerate(self.dirs):
+            while not (d / STATUS_FILE).exists():
+                proc = self.procs.get(i)
+                if proc is not None and proc.poll() is not None:
+                    tail = (d / "node.log").read_text()[-800:]
+                    raise ConsortiumError(f"node{i} exited at start:\n{tail}")
+                if time.time() > deadline:
+                    raise ConsortiumError(f"node{i} did not start within {timeout:.0f} s")
+                time.sleep(0.1)
+
+    def kill(self, i: int) -> None:
+        proc = self.procs.pop(i, None)
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+
+    def status(self, i: int) -> dict[str, object]:
+        try:
+            data: dict[str, object] = json.loads((self.dirs[i] / STATUS_FILE).read_text())
+            return data
+        except (OSError, ValueError):
+            return {}
+
+    def alive(self) -> list[int]:
+        return [i for i, p in self.procs.items() if p.poll() is None]
+
+    def stop_all(self, grace: float = 5.0) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.terminate()
+        deadline = time.time() + grace
+        for p in self.procs.values():
+            try:
+                p.wait(max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs.clear()

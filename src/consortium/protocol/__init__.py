@@ -1,0 +1,1 @@
+"""Sans-I/O protocol state machines: round schedule, rounds with failover, cosigning, SecAgg+."""

@@ -1,0 +1,246 @@
+"""Messages of the round protocol: small immutable classes with canonical bodies.
+
+Every message travels as canonical dag-cbor of `to_body()`; `decode_message` is the only way in,
+and it shape-checks every field, because every message from a peer is treated as hostile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from consortium.core.encoding import decode, encode
+from consortium.core.errors import ConsortiumError
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class ProtocolError(ConsortiumError):
+    """A peer sent a malformed, out-of-place or unverifiable protocol message."""
+
+
+def _int(body: dict[str, Any], key: str, lo: int = 0, hi: int = 2**63) -> int:
+    v = body.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v < hi:
+        raise ProtocolError(f"field {key!r} must be an integer in [{lo}, {hi})")
+    return v
+
+
+def _bytes(body: dict[str, Any], key: str, max_len: int = MAX_MESSAGE_BYTES) -> bytes:
+    v = body.get(key)
+    if not isinstance(v, bytes) or len(v) > max_len:
+        raise ProtocolError(f"field {key!r} must be bytes of at most {max_len}")
+    return v
+
+
+def _str(body: dict[str, Any], key: str, max_len: int = 256) -> str:
+    v = body.get(key)
+    if not isinstance(v, str) or len(v) > max_len:
+        raise ProtocolError(f"field {key!r} must be a string of at most {max_len} characters")
+    return v
+
+
+def _dict(body: dict[str, Any], key: str) -> dict[str, Any]:
+    v = body.get(key)
+    if not isinstance(v, dict):
+        raise ProtocolError(f"field {key!r} must be a map")
+    return v
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A leader's proposed ledger entry, the tree head it yields, and the new model's bytes."""
+
+    entry: bytes
+    size: int
+    root: bytes
+    time: int
+    model: bytes
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "entry": self.entry,
+            "size": self.size,
+            "root": self.root,
+            "time": self.time,
+            "model": self.model,
+        }
+
+    @classmethod
+    def from_body(cls, b: dict[str, Any]) -> Proposal:
+        return cls(
+            _bytes(b, "entry", 4 * 1024 * 1024),
+            _int(b, "size", 1),
+            _bytes(b, "root", 32),
+            _int(b, "time"),
+            _bytes(b, "model"),
+        )
+
+
+@dataclass(frozen=True)
+class StartRun:
+    """Asks every member to start the run described by `config` (committed in round 1's record)."""
+
+    TYPE: ClassVar[str] = "start-run"
+    config: dict[str, Any]
+
+    def to_body(self) -> dict[str, Any]:
+        return {"config": self.config}
+
+    @classmethod
+    def from_body(cls, b: dict[str, Any]) -> StartRun:
+        return cls(_dict(b, "config"))
+
+
+@dataclass(frozen=True)
+class Update:
+    """A participant's local result for one round, sent to that attempt's leader."""
+
+    TYPE: ClassVar[str] = "update"
+    run: str
+    round: int
+    attempt: int
+    num_samples: int
+    update: bytes
+    metrics: dict[str, Any]
+    accepted: Proposal | None = None
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "run": self.run,
+            "round": self.round,
+            "attempt": self.attempt,
+            "num_samples": self.num_samples,
+            "update": self.update,
+            "metrics": self.metrics,
+            "accepted": None if self.accepted is None else self.accepted.to_body(),
+        }
+
+    @classmethod
+    def from_body(cls, b: dict[str, Any]) -> Update:
+        acc = b.get("accepted")
+        return cls(
+            _str(b, "run"),
+            _int(b, "round", 1),
+            _int(b, "attempt"),
+            _int(b, "num_samples", 1, 2**40),
+            _bytes(b, "update"),
+            _dict(b, "metrics"),
+            None if acc is None else Proposal.from_body(_dict(b, "accepted")),
+        )
+
+
+@dataclass(frozen=True)
+class Propose:
+    TYPE: ClassVar[str] = "propose"
+    run: str
+    round: int
+    attempt: int
+    proposal: Proposal
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "run": self.run,
+            "round": self.round,
+            "attempt": self.attempt,
+            "proposal": self.proposal.to_body(),
+        }
+
+    @classmethod
+    def from_body(cls, b: dict[str, Any]) -> Propose:
+        return cls(
+            _str(b, "run"),
+            _int(b, "round", 1),
+            _int(b, "attempt"),
+            Proposal.from_body(_dict(b, "proposal")),
+        )
+
+
+@dataclass(frozen=True)
+class Vote:
+    """A participant's cosignature on the proposed tree head."""
+
+    TYPE: ClassVar[str] = "vote"
+    run: str
+    round: int
+    size: int
+    root: bytes
+    signature: bytes
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "run": self.run,
+            "round": self.round,
+            "size": self.size,
+            "root": self.root,
+            "signature": self.signature,
+        }
+
+    @classmethod
+    def from_body(cls, b: dict[str, Any]) -> Vote:
+        return cls(
+            _str(b, "run"),
+            _int(b, "round", 1),
+            _int(b, "size", 1),
+            _bytes(b, "root", 32),
+            _bytes(b, "signature", 64),
+        )
+
+
+@dataclass(frozen=True)
+class Commit:
+    """A final round: the entry, its tree head and at least a quorum of cosignatures."""
+
+    TYPE: ClassVar[str] = "commit"
+    run: str
+    round: int
+    proposal: Proposal
+    cosignatures: dict[str, bytes]
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "run": self.run,
+            "round": self.round,
+            "proposal": self.proposal.to_body(),
+            "cosignatures": dict(self.cosignatures),
+        }
+
+    @classmethod
+    def from_body(cls, b: dict[str, Any]) -> Commit:
+        sigs = _dict(b, "cosignatures")
+        if len(sigs) > 10_000 or not all(
+            isinstance(k, str) and isinstance(v, bytes) and len(v) == 64 for k, v in sigs.items()
+        ):
+            raise ProtocolError("cosignatures must map node ids to 64-byte signatures")
+        return cls(
+            _str(b, "run"), _int(b, "round", 1), Proposal.from_body(_dict(b, "proposal")), sigs
+        )
+
+
+Message = StartRun | Update | Propose | Vote | Commit
+_TYPES: dict[str, Any] = {c.TYPE: c for c in (StartRun, Update, Propose, Vote, Commit)}
+
+
+def encode_message(msg: Message) -> bytes:
+    return encode({"type": msg.TYPE, "body": msg.to_body()})
+
+
+def decode_message(data: bytes) -> Message:
+    """Parse and shape-check a message from a peer; raise ProtocolError on anything else."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        obj = decode(data)
+    except ConsortiumError as exc:
+        raise ProtocolError(f"undecodable message: {exc}") from exc
+    if (
+        not isinstance(obj, dict)
+        or set(obj) != {"type", "body"}
+        or not isinstance(obj["body"], dict)
+    ):
+        raise ProtocolError("message must be a map {type, body}")
+    cls = _TYPES.get(obj["type"]) if isinstance(obj["type"], str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown message type {obj['type']!r}")
+    msg: Message = cls.from_body(obj["body"])
+    return msg

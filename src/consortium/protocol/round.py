@@ -1,0 +1,450 @@
+"""One node's view of the training rounds of a run, as a sans-I/O state machine.
+
+Theory of operation
+-------------------
+Round r starts on every node when round r-1 is committed (round 1 when the run starts). Each node
+trains locally (the `Train` action; the node feeds the result back with `on_trained`) and sends its
+`Update` to the leader of the current attempt, which `schedule.leader_for` derives from the latest
+final tree head alone. The leader waits for every member's update, or for `collect_timeout` with at
+least `min_updates`, aggregates, and broadcasts a `Propose`: a signed "round" ledger entry, the tree
+head the ledger has once it is appended, and the new model. Each participant re-checks everything
+(the entry's signature and fields, its own update's hash, the model's CID, the head = its own ledger
+plus this entry) and answers with a `Vote`, its cosignature of that head. With a quorum of
+cosignatures the head is final: the leader broadcasts `Commit` and every node appends the entry.
+
+Failover: when an attempt is not committed within `round_timeout`, every node moves to attempt a+1,
+whose leader is the next member in the schedule's order, and re-sends its update there. Safety: an
+honest node never cosigns two different heads of the same size, so at most one entry can become
+final for a ledger position; a node that already voted reports the proposal it accepted in its next
+`Update`, and a new leader re-proposes such a proposal instead of a new one, so a leader that died
+after collecting votes does not leave the round stuck.
+
+Transitions (phase x event -> phase), all in this file:
+    TRAINING   on_trained            → COLLECTING (leader) | AWAITING (others, Update sent)
+    COLLECTING Update / tick         → COLLECTING | VOTING (proposal broadcast)
+    VOTING     Vote (quorum reached) → DONE (Commit broadcast, Committed action)
+    AWAITING   Propose (valid)       → AWAITING (Vote sent)
+    any        Commit (valid)        → DONE (Committed action)
+    any≠DONE   tick past deadline    → next attempt: COLLECTING (new leader) | AWAITING
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from multiformats import CID
+
+from consortium.core.encoding import Domain
+from consortium.core.errors import ConsortiumError
+from consortium.core.genesis import Genesis
+from consortium.core.identity import NodeIdentity, is_valid_signature
+from consortium.ledger.entries import Entry, make_record
+from consortium.ledger.frontier import Frontier
+from consortium.ledger.heads import TreeHead
+from consortium.protocol.messages import Commit, Message, Proposal, Propose, Update, Vote
+from consortium.protocol.schedule import leader_for
+
+#: Aggregates (node id, sample count, update bytes) into the new model's bytes. Pure compute.
+Aggregator = Callable[[Sequence[tuple[str, int, bytes]]], bytes]
+#: The CID the store will give these bytes (computed without storing them).
+CidOf = Callable[[bytes], CID]
+
+
+class Phase(enum.Enum):
+    TRAINING = "training"
+    COLLECTING = "collecting"
+    VOTING = "voting"
+    AWAITING = "awaiting"
+    DONE = "done"
+
+
+# -- actions the node must carry out --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Send:
+    to: str
+    message: Message
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    message: Message
+
+
+@dataclass(frozen=True)
+class Train:
+    round: int
+
+
+@dataclass(frozen=True)
+class Committed:
+    round: int
+    proposal: Proposal
+    entry: Entry
+    cosignatures: dict[str, bytes]
+
+
+@dataclass(frozen=True)
+class Note:
+    text: str
+
+
+Action = Send | Broadcast | Train | Committed | Note
+
+
+@dataclass(frozen=True)
+class RoundSettings:
+    run_id: str
+    config: dict[str, Any]
+    min_updates: int = 1
+    collect_timeout: float = 10.0
+    round_timeout: float = 30.0
+
+
+@dataclass
+class _LocalResult:
+    num_samples: int
+    update: bytes
+    metrics: dict[str, Any]
+
+
+@dataclass
+class _State:
+    round: int = 0
+    attempt: int = 0
+    phase: Phase = Phase.DONE
+    frontier: Frontier = field(default_factory=Frontier.empty)
+    head_root: bytes = b""
+    attempt_started: float = 0.0
+    local: _LocalResult | None = None
+    updates: dict[str, Update] = field(default_factory=dict)
+    proposal: Proposal | None = None
+    votes: dict[str, bytes] = field(default_factory=dict)
+    accepted: Proposal | None = None
+    early: dict[str, Update] = field(default_factory=dict)  # next round's updates, held back
+
+
+class RoundMachine:
+    def __init__(
+        self,
+        identity: NodeIdentity,
+        genesis: Genesis,
+        settings: RoundSettings,
+        aggregate: Aggregator,
+        cid_of: CidOf,
+    ) -> None:
+        self.me = identity.node_id
+        self._identity = identity
+        self.genesis = genesis
+        self.settings = settings
+        self._aggregate = aggregate
+        self._cid_of = cid_of
+        self.members = sorted(m.node_id for m in genesis.members)
+        self._keys = {m.node_id: m.public_key for m in genesis.members}
+        self._voted: dict[int, bytes] = {}  # ledger size -> root this node cosigned
+        self.s = _State()
+
+    # -- queries -------------------------------------------------------------------------------
+
+    @property
+    def round(self) -> int:
+        return self.s.round
+
+    @property
+    def phase(self) -> Phase:
+        return self.s.phase
+
+    def leader(self, attempt: int | None = None) -> str:
+        a = self.s.attempt if attempt is None else attempt
+        return leader_for(self.s.head_root, self.s.round, a, self.members)
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def begin(
+        self, round_no: int, frontier: Frontier, head_root: bytes, now: float
+    ) -> list[Action]:
+        """Start round `round_no` on a ledger whose right edge is `frontier`."""
+        early = {k: u for k, u in self.s.early.items() if u.round == round_no}
+        self.s = _State(
+            round=round_no,
+            phase=Phase.TRAINING,
+            frontier=frontier,
+            head_root=head_root,
+            attempt_started=now,
+        )
+        actions: list[Action] = [Train(round_no)]
+        for sender, upd in early.items():
+            actions += self._on_update(sender, upd, now)
+        return actions
+
+    def on_trained(
+        self, num_samples: int, update: bytes, metrics: dict[str, Any], now: float
+    ) -> list[Action]:
+        s = self.s
+        if s.phase is Phase.DONE:
+            return []
+        s.local = _LocalResult(num_samples, update, metrics)
+        if self.leader() == self.me:
+            s.updates[self.me] = self._my_update()
+            s.phase = Phase.COLLECTING
+            return self._maybe_propose(now)
+        s.phase = Phase.AWAITING
+        return [Send(self.leader(), self._my_update())]
+
+    def on_message(self, sender: str, msg: Message, now: float) -> list[Action]:
+        """Handle a message from an authenticated member; refusals come back as Note actions."""
+        if sender not in self._keys:
+            return [Note(f"refused message from non-member {sender}")]
+        try:
+            if isinstance(msg, Update):
+                return self._on_update(sender, msg, now)
+            if isinstance(msg, Propose):
+                return self._on_propose(sender, msg)
+            if isinstance(msg, Vote):
+                return self._on_vote(sender, msg, now)
+            if isinstance(msg, Commit):
+                return self._on_commit(sender, msg)
+        except ConsortiumError as exc:
+            return [Note(f"refused {type(msg).__name__.lower()} from {self._name(sender)}: {exc}")]
+        return []
+
+    def tick(self, now: float) -> list[Action]:
+        s = self.s
+        if s.phase is Phase.DONE:
+            return []
+        if now >= s.attempt_started + self.settings.round_timeout:
+            return self._next_attempt(now)
+        if s.phase is Phase.COLLECTING:
+            return self._maybe_propose(now)
+        return []
+
+    # -- handlers -------------------------------------------------------------------------------
+
+    def _on_update(self, sender: str, msg: Update, now: float) -> list[Action]:
+        s = self.s
+        if msg.run != self.settings.run_id:
+            raise ConsortiumError(f"update for another run {msg.run!r}")
+        if msg.round == s.round + 1 or (msg.round == s.round and s.phase is Phase.DONE):
+            s.early[sender] = msg
+            return []
+        if msg.round != s.round:
+            return []  # stale
+        if self.leader(msg.attempt) != self.me:
+            raise ConsortiumError(
+                f"update for attempt {msg.attempt}, which this node does not lead"
+            )
+        if msg.attempt > s.attempt:  # the sender timed out before us: follow it
+            actions = self._switch_attempt(msg.attempt, now)
+        elif msg.attempt < s.attempt:
+            return []
+        else:
+            actions = []
+        s.updates[sender] = msg
+        if s.phase in (Phase.COLLECTING, Phase.TRAINING, Phase.AWAITING):
+            actions += self._maybe_propose(now)
+        return actions
+
+    def _maybe_propose(self, now: float) -> list[Action]:
+        s = self.s
+        if s.local is None or self.leader() != self.me or s.proposal is not None:
+            return []
+        s.phase = Phase.COLLECTING
+        everyone = len(s.updates) == len(self.members)
+        waited = now >= s.attempt_started + self.settings.collect_timeout
+        if not (everyone or (waited and len(s.updates) >= self.settings.min_updates)):
+            return []
+        accepted = [p for p in self._reported_proposals() if self._is_valid_proposal(p)]
+        if accepted:
+            proposal = accepted[0]
+            note = [Note(f"round {s.round}: re-proposing the entry a previous leader had proposed")]
+        else:
+            proposal = self._build_proposal(now)
+            note = []
+        s.proposal = proposal
+        s.phase = Phase.VOTING
+        s.votes = {}
+        msg = Propose(self.settings.run_id, s.round, s.attempt, proposal)
+        return [*note, Broadcast(msg), *self._vote_for(proposal, self.me, now)]
+
+    def _reported_proposals(self) -> list[Proposal]:
+        """Proposals that participants say they already cosigned, in a deterministic order."""
+        found = {u.accepted.root: u.accepted for u in self.s.updates.values() if u.accepted}
+        return [found[k] for k in sorted(found)]
+
+    def _is_valid_proposal(self, p: Proposal) -> bool:
+        try:
+            self._check_proposal(p)
+        except ConsortiumError:
+            return False
+        return True
+
+    def _build_proposal(self, now: float) -> Proposal:
+        s = self.s
+        ups = sorted(s.updates.items())
+        model = self._aggregate([(nid, u.num_samples, u.update) for nid, u in ups])
+        body: dict[str, Any] = {
+            "run": self.settings.run_id,
+            "round": s.round,
+            "attempt": s.attempt,
+            "leader": self.me,
+            "participants": [nid for nid, _ in ups],
+            "dropouts": [m for m in self.members if m not in s.updates],
+            "samples": {nid: u.num_samples for nid, u in ups},
+            "updates": {nid: hashlib.sha256(u.update).digest() for nid, u in ups},
+            "metrics": {nid: u.metrics for nid, u in ups},
+            "model": self._cid_of(model),
+        }
+        if s.round == 1:
+            body["config"] = self.settings.config
+        ms = int(now * 1000)
+        entry = make_record(self._identity, "round", body, ms)
+        data = entry.to_bytes()
+        root = s.frontier.append(data).root()
+        return Proposal(data, s.frontier.size + 1, root, ms, model)
+
+    def _check_proposal(self, p: Proposal) -> Entry:
+        """Everything a participant re-checks before cosigning; raises on the first problem."""
+        s = self.s
+        entry = Entry.from_bytes(p.entry)
+        entry.verify(self.genesis)
+        if entry.kind != "round":
+            raise ConsortiumError(f"proposed entry is a {entry.kind!r}, not a round record")
+        body = entry.body
+        if body.get("run") != self.settings.run_id or body.get("round") != s.round:
+            raise ConsortiumError("proposed record is for another run or round")
+        if entry.author != body.get("leader"):
+            raise ConsortiumError("record author is not the leader it names")
+        if p.size != s.frontier.size + 1 or p.root != s.frontier.append(p.entry).root():
+            raise ConsortiumError("proposed tree head is not this ledger plus the entry")
+        if body.get("model") != self._cid_of(p.model):
+            raise ConsortiumError("model bytes do not match the model CID in the record")
+        samples, hashes = body.get("samples"), body.get("updates")
+        if not isinstance(samples, dict) or not isinstance(hashes, dict):
+            raise ConsortiumError("record lacks sample counts or update commitments")
+        if sorted(samples) != sorted(hashes) or sorted(samples) != body.get("participants"):
+            raise ConsortiumError("participants, sample counts and commitments disagree")
+        if s.local is not None and self.me in hashes:
+            if hashes[self.me] != hashlib.sha256(s.local.update).digest():
+                raise ConsortiumError("the record commits to an update this node did not send")
+            if samples[self.me] != s.local.num_samples:
+                raise ConsortiumError("the record misstates this node's sample count")
+        if s.round == 1 and body.get("config") != self.settings.config:
+            raise ConsortiumError("round 1 record does not carry the agreed run config")
+        return entry
+
+    def _on_propose(self, sender: str, msg: Propose) -> list[Action]:
+        s = self.s
+        if msg.run != self.settings.run_id or msg.round != s.round or s.phase is Phase.DONE:
+            return []
+        if self.leader(msg.attempt) != sender:
+            raise ConsortiumError(f"not the leader of round {s.round} attempt {msg.attempt}")
+        self._check_proposal(msg.proposal)
+        s.accepted = msg.proposal
+        return self._vote_for(msg.proposal, sender, None)
+
+    def _vote_for(self, p: Proposal, leader: str, now: float | None) -> list[Action]:
+        prior = self._voted.get(p.size)
+        if prior is not None and prior != p.root:
+            return [Note(f"refused to cosign a second head of size {p.size} (would equivocate)")]
+        self._voted[p.size] = p.root
+        sig = self._identity.sign(Domain.TREE_HEAD, TreeHead(p.size, p.root, p.time).body())
+        vote = Vote(self.settings.run_id, self.s.round, p.size, p.root, sig)
+        if leader == self.me:
+            return self._on_vote(self.me, vote, now if now is not None else 0.0)
+        return [Send(leader, vote)]
+
+    def _on_vote(self, sender: str, msg: Vote, now: float) -> list[Action]:
+        s = self.s
+        p = s.proposal
+        if p is None or s.phase is not Phase.VOTING or msg.round != s.round:
+            return []
+        if (msg.size, msg.root) != (p.size, p.root):
+            raise ConsortiumError("vote for a different head")
+        head = TreeHead(p.size, p.root, p.time).body()
+        if not is_valid_signature(self._keys[sender], Domain.TREE_HEAD, head, msg.signature):
+            raise ConsortiumError("invalid cosignature")
+        s.votes[sender] = msg.signature
+        if len(s.votes) < self.genesis.quorum:
+            return []
+        s.phase = Phase.DONE
+        commit = Commit(self.settings.run_id, s.round, p, dict(s.votes))
+        return [
+            Broadcast(commit),
+            Committed(s.round, p, Entry.from_bytes(p.entry), dict(s.votes)),
+        ]
+
+    def _on_commit(self, sender: str, msg: Commit) -> list[Action]:
+        s = self.s
+        if msg.run != self.settings.run_id or msg.round != s.round or s.phase is Phase.DONE:
+            if msg.round > s.round:
+                return [Note(f"commit for round {msg.round} while at {s.round}: catch up needed")]
+            return []
+        p = msg.proposal
+        head = TreeHead(p.size, p.root, p.time).body()
+        valid = {
+            nid: sig
+            for nid, sig in msg.cosignatures.items()
+            if nid in self._keys
+            and is_valid_signature(self._keys[nid], Domain.TREE_HEAD, head, sig)
+        }
+        if len(valid) < self.genesis.quorum:
+            raise ConsortiumError(
+                f"commit has {len(valid)} valid cosignatures, quorum is {self.genesis.quorum}"
+            )
+        entry = self._check_proposal(p)
+        s.phase = Phase.DONE
+        return [Committed(s.round, p, entry, valid)]
+
+    # -- failover -------------------------------------------------------------------------------
+
+    def _next_attempt(self, now: float) -> list[Action]:
+        s = self.s
+        old = self.leader()
+        actions: list[Action] = [
+            Note(
+                f"round {s.round}: leader {self._name(old)} missed its deadline; "
+                f"{self._name(self.leader(s.attempt + 1))} takes over"
+            )
+        ]
+        return actions + self._switch_attempt(s.attempt + 1, now)
+
+    def _switch_attempt(self, attempt: int, now: float) -> list[Action]:
+        s = self.s
+        s.attempt = attempt
+        s.attempt_started = now
+        s.updates = {}
+        s.proposal = None
+        s.votes = {}
+        if s.local is None:
+            s.phase = Phase.TRAINING
+            return []
+        if self.leader() == self.me:
+            s.phase = Phase.COLLECTING
+            s.updates[self.me] = self._my_update()
+            return []
+        s.phase = Phase.AWAITING
+        return [Send(self.leader(), self._my_update())]
+
+    def _my_update(self) -> Update:
+        s = self.s
+        assert s.local is not None
+        return Update(
+            self.settings.run_id,
+            s.round,
+            s.attempt,
+            s.local.num_samples,
+            s.local.update,
+            s.local.metrics,
+            s.accepted,
+        )
+
+    def _name(self, node_id: str) -> str:
+        for m in self.genesis.members:
+            if m.node_id == node_id:
+                return m.name
+        return node_id[:12]
