@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_utils import is_checksum_address, to_checksum_address
+from eth_typing import ChecksumAddress
+from eth_utils.address import is_checksum_address, to_checksum_address
 
 from consortium.core.encoding import Domain
 from consortium.core.errors import IdentityError, SignatureError
@@ -53,7 +54,9 @@ def account_from_keystore(path: Path, passphrase: str) -> LocalAccount:
     except FileNotFoundError as exc:
         raise IdentityError(f"keystore file not found: {path}") from exc
     except ValueError as exc:  # wrong MAC (passphrase) or malformed JSON; both are ValueErrors
-        raise IdentityError(f"cannot decrypt keystore {path}: wrong passphrase or corrupt file") from exc
+        raise IdentityError(
+            f"cannot decrypt keystore {path}: wrong passphrase or corrupt file"
+        ) from exc
     except (OSError, KeyError, TypeError) as exc:
         raise IdentityError(f"cannot read keystore {path}: {type(exc).__name__}") from exc
     account: LocalAccount = Account.from_key(key)
@@ -69,9 +72,7 @@ def bind_account(identity: NodeIdentity, address: str) -> bytes:
     return identity.sign(Domain.CHAIN_ACCOUNT, _binding_body(identity.node_id, checksum(address)))
 
 
-def verify_account_binding(
-    public_key: bytes, node_id: str, address: str, signature: bytes
-) -> None:
+def verify_account_binding(public_key: bytes, node_id: str, address: str, signature: bytes) -> None:
     """Raise IdentityError unless `signature` binds `address` to the node with `public_key`."""
     try:
         verify_signature(
@@ -81,10 +82,10 @@ def verify_account_binding(
         raise IdentityError(f"EVM address {address} is not bound to node {node_id}") from exc
 
 
-def checksum(address: str) -> str:
+def checksum(address: str) -> ChecksumAddress:
     """The EIP-55 form of `address`, refusing anything that is not a 20-byte hex address."""
     try:
-        out: str = to_checksum_address(address)
+        out: ChecksumAddress = to_checksum_address(address)
     except (ValueError, TypeError) as exc:
         raise IdentityError(f"not an Ethereum address: {address!r}") from exc
     if not is_checksum_address(out):  # pragma: no cover - to_checksum_address guarantees this

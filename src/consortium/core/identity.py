@@ -8,6 +8,7 @@ and peers check the binding on every connection.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
 import json
 import stat
@@ -31,6 +32,7 @@ KEY_FILE = "node.key"
 TLS_KEY_FILE = "tls.key"
 PUBLIC_FILE = "node.pub"
 SIGNATURE_BYTES = 64
+_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 
 def node_id_for(public_key: bytes) -> str:
@@ -161,13 +163,23 @@ class NodeIdentity:
         return f"NodeIdentity(name={self.name!r}, node_id={self.node_id!r})"
 
     @classmethod
-    def generate(cls, name: str, address: str = "127.0.0.1:0") -> NodeIdentity:
-        signing_key = Ed25519PrivateKey.generate()
-        tls_key = ec.generate_private_key(ec.SECP256R1())
+    def generate(
+        cls, name: str, address: str = "127.0.0.1:0", *, seed: bytes | None = None
+    ) -> NodeIdentity:
+        """A fresh identity; with `seed`, a reproducible one (simulations and tests only)."""
+        if seed is None:
+            signing_key = Ed25519PrivateKey.generate()
+            tls_key = ec.generate_private_key(ec.SECP256R1())
+        else:
+            signing_key = Ed25519PrivateKey.from_private_bytes(
+                hashlib.sha256(b"ed25519/" + seed).digest()
+            )
+            scalar = int.from_bytes(hashlib.sha256(b"p256/" + seed).digest(), "big")
+            tls_key = ec.derive_private_key(scalar % (_P256_ORDER - 1) + 1, ec.SECP256R1())
         public = signing_key.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
-        cert = _self_signed_cert(tls_key, node_id_for(public), address)
+        cert = _self_signed_cert(tls_key, node_id_for(public), address, fixed=seed is not None)
         return cls(name, signing_key, tls_key, cert, address)
 
     def sign(self, domain: Domain, obj: Any) -> bytes:
@@ -263,7 +275,9 @@ class NodeIdentity:
         return cls(meta["name"], signing_key, tls_key, meta["tls_cert"], meta["address"])
 
 
-def _self_signed_cert(key: ec.EllipticCurvePrivateKey, node_id: str, address: str) -> str:
+def _self_signed_cert(
+    key: ec.EllipticCurvePrivateKey, node_id: str, address: str, *, fixed: bool = False
+) -> str:
     host = address.rsplit(":", 1)[0] or "127.0.0.1"
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node_id[:64])])
     # The node id (a 59-character base32 CID, a valid DNS label) is a SAN so a client can pin the
@@ -275,18 +289,22 @@ def _self_signed_cert(key: ec.EllipticCurvePrivateKey, node_id: str, address: st
         alt.append(x509.DNSName(host))
     if host != "127.0.0.1":
         alt.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
-    now = datetime.datetime.now(datetime.UTC)
+    now = (
+        datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+        if fixed
+        else datetime.datetime.now(datetime.UTC)
+    )
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
+        .serial_number(1 if fixed else x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=3650))
         .add_extension(x509.SubjectAlternativeName(alt), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
+        .sign(key, hashes.SHA256(), ecdsa_deterministic=fixed)
     )
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 

@@ -44,17 +44,25 @@ def create_consortium(
     seed: int = 0,
     purpose: Purpose | None = None,
     data_dir: str | None = None,
+    reproducible: bool = False,
 ) -> list[Path]:
-    """Create n member folders under root with a fully signed genesis and per-node data shards."""
+    """Create n member folders under root with a fully signed genesis and per-node data shards.
+
+    `reproducible` derives keys and times from `seed` (simulations that must give the same root).
+    """
     if n < 1:
         raise ConsortiumError("a consortium needs at least one node")
     root.mkdir(parents=True, exist_ok=True)
+    ports = [7000 + i for i in range(n)] if reproducible else free_ports(n)
     ids = [
-        NodeIdentity.generate(f"node{i}", f"127.0.0.1:{port}")
-        for i, port in enumerate(free_ports(n))
+        NodeIdentity.generate(
+            f"node{i}", f"127.0.0.1:{port}", seed=f"{seed}/{i}".encode() if reproducible else None
+        )
+        for i, port in enumerate(ports)
     ]
+    created = 1_767_225_600 if reproducible else int(time.time())
     genesis = Genesis.create(
-        "demo", [i.public() for i in ids], [purpose or Purpose("research")], int(time.time())
+        "demo", [i.public() for i in ids], [purpose or Purpose("research")], created
     )
     for ident in ids:
         genesis.sign(ident)
