@@ -1,0 +1,229 @@
+"""SecAgg+ messages: small frozen dataclasses with canonical bodies for any transport.
+
+`to_body()` gives a dict of str/bytes/int/lists that `consortium.core.encoding.encode` accepts;
+`from_body()` (or `parse_message`) checks every field's type and raises `RejectedMessage` naming
+the sender, so a hostile peer's garbage never reaches the state machines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+from consortium.protocol.secagg.errors import RejectedMessage
+
+Pairs = tuple[tuple[str, bytes], ...]
+M = TypeVar("M", bound="_Message")
+
+
+def _get(body: dict[str, Any], name: str, typ: type, who: str) -> Any:
+    value = body.get(name)
+    if not isinstance(value, typ) or isinstance(value, bool):
+        raise RejectedMessage(who, f"field {name!r} must be {typ.__name__}")
+    return value
+
+
+def _pairs(body: dict[str, Any], name: str, who: str) -> Pairs:
+    raw = _get(body, name, dict, who)
+    if not all(isinstance(k, str) and isinstance(v, bytes) for k, v in raw.items()):
+        raise RejectedMessage(who, f"field {name!r} must map node ids to bytes")
+    return tuple(sorted(raw.items()))
+
+
+def _ids(body: dict[str, Any], name: str, who: str) -> tuple[str, ...]:
+    raw = _get(body, name, list, who)
+    if not all(isinstance(v, str) for v in raw) or len(set(raw)) != len(raw):
+        raise RejectedMessage(who, f"field {name!r} must be a list of distinct node ids")
+    return tuple(sorted(raw))
+
+
+def _who(body: Any) -> str:
+    for key in ("sender", "recipient"):
+        if isinstance(body, dict) and isinstance(body.get(key), str):
+            return str(body[key])
+    return "<unknown>"
+
+
+@dataclass(frozen=True)
+class _Message:
+    TYPE: ClassVar[str] = ""
+    round_id: bytes
+
+    def _base(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "round": self.round_id}
+
+    @classmethod
+    def from_body(cls: type[M], body: Any) -> M:
+        msg = parse_message(body)
+        if not isinstance(msg, cls):
+            raise RejectedMessage(_who(body), f"expected a {cls.TYPE} message, got {msg.TYPE}")
+        return msg
+
+
+@dataclass(frozen=True)
+class AdvertiseKeys(_Message):
+    """Client -> aggregator: the two X25519 public keys of this round."""
+
+    TYPE: ClassVar[str] = "secagg/advertise-keys"
+    sender: str
+    enc_key: bytes
+    mask_key: bytes
+
+    def to_body(self) -> dict[str, Any]:
+        return self._base() | {"sender": self.sender, "enc": self.enc_key, "mask": self.mask_key}
+
+
+@dataclass(frozen=True)
+class NeighbourKeys(_Message):
+    """Aggregator -> client: public keys of the neighbours that advertised (id, enc, mask)."""
+
+    TYPE: ClassVar[str] = "secagg/neighbour-keys"
+    recipient: str
+    keys: tuple[tuple[str, bytes, bytes], ...]
+
+    def to_body(self) -> dict[str, Any]:
+        return self._base() | {
+            "recipient": self.recipient,
+            "keys": {node: [enc, mask] for node, enc, mask in self.keys},
+        }
+
+
+@dataclass(frozen=True)
+class EncryptedShares(_Message):
+    """Client -> aggregator: one AEAD ciphertext of shares per neighbour, plus a commitment
+    (SHA-256) to the self-mask seed so a reconstructed seed can be checked."""
+
+    TYPE: ClassVar[str] = "secagg/encrypted-shares"
+    sender: str
+    seed_commitment: bytes
+    ciphertexts: Pairs
+
+    def to_body(self) -> dict[str, Any]:
+        return self._base() | {
+            "sender": self.sender,
+            "commit": self.seed_commitment,
+            "shares": dict(self.ciphertexts),
+        }
+
+
+@dataclass(frozen=True)
+class ShareDelivery(_Message):
+    """Aggregator -> client: the ciphertexts its neighbours addressed to it (sender, ct)."""
+
+    TYPE: ClassVar[str] = "secagg/share-delivery"
+    recipient: str
+    ciphertexts: Pairs
+
+    def to_body(self) -> dict[str, Any]:
+        return self._base() | {"recipient": self.recipient, "shares": dict(self.ciphertexts)}
+
+
+@dataclass(frozen=True)
+class MaskedInput(_Message):
+    """Client -> aggregator: the masked vector, little-endian uint32 words."""
+
+    TYPE: ClassVar[str] = "secagg/masked-input"
+    sender: str
+    vector: bytes
+
+    def to_body(self) -> dict[str, Any]:
+        return self._base() | {"sender": self.sender, "vector": self.vector}
+
+
+@dataclass(frozen=True)
+class UnmaskRequest(_Message):
+    """Aggregator -> client: reveal seed shares of `survivors`, mask-key shares of `dropped`."""
+
+    TYPE: ClassVar[str] = "secagg/unmask-request"
+    recipient: str
+    survivors: tuple[str, ...]
+    dropped: tuple[str, ...]
+
+    def to_body(self) -> dict[str, Any]:
+        return self._base() | {
+            "recipient": self.recipient,
+            "survivors": list(self.survivors),
+            "dropped": list(self.dropped),
+        }
+
+
+@dataclass(frozen=True)
+class UnmaskResponse(_Message):
+    """Client -> aggregator: the requested shares, keyed by the peer whose secret they share."""
+
+    TYPE: ClassVar[str] = "secagg/unmask-response"
+    sender: str
+    seed_shares: Pairs
+    key_shares: Pairs
+
+    def to_body(self) -> dict[str, Any]:
+        return self._base() | {
+            "sender": self.sender,
+            "seeds": dict(self.seed_shares),
+            "keys": dict(self.key_shares),
+        }
+
+
+Message = (
+    AdvertiseKeys
+    | NeighbourKeys
+    | EncryptedShares
+    | ShareDelivery
+    | MaskedInput
+    | UnmaskRequest
+    | UnmaskResponse
+)
+
+
+def parse_message(body: Any) -> Message:
+    """Rebuild a message from its canonical body, checking every field."""
+    who = _who(body)
+    if not isinstance(body, dict):
+        raise RejectedMessage(who, "message body must be a map")
+    kind = body.get("type")
+    rid = _get(body, "round", bytes, who)
+    if kind == AdvertiseKeys.TYPE:
+        return AdvertiseKeys(
+            rid,
+            _get(body, "sender", str, who),
+            _get(body, "enc", bytes, who),
+            _get(body, "mask", bytes, who),
+        )
+    if kind == NeighbourKeys.TYPE:
+        raw = _get(body, "keys", dict, who)
+        keys: list[tuple[str, bytes, bytes]] = []
+        for node, pair in sorted(raw.items()):
+            if not (
+                isinstance(pair, list)
+                and len(pair) == 2
+                and all(isinstance(b, bytes) for b in pair)
+            ):
+                raise RejectedMessage(who, "field 'keys' must map ids to [enc, mask] bytes")
+            keys.append((node, pair[0], pair[1]))
+        return NeighbourKeys(rid, _get(body, "recipient", str, who), tuple(keys))
+    if kind == EncryptedShares.TYPE:
+        return EncryptedShares(
+            rid,
+            _get(body, "sender", str, who),
+            _get(body, "commit", bytes, who),
+            _pairs(body, "shares", who),
+        )
+    if kind == ShareDelivery.TYPE:
+        return ShareDelivery(rid, _get(body, "recipient", str, who), _pairs(body, "shares", who))
+    if kind == MaskedInput.TYPE:
+        return MaskedInput(rid, _get(body, "sender", str, who), _get(body, "vector", bytes, who))
+    if kind == UnmaskRequest.TYPE:
+        return UnmaskRequest(
+            rid,
+            _get(body, "recipient", str, who),
+            _ids(body, "survivors", who),
+            _ids(body, "dropped", who),
+        )
+    if kind == UnmaskResponse.TYPE:
+        return UnmaskResponse(
+            rid,
+            _get(body, "sender", str, who),
+            _pairs(body, "seeds", who),
+            _pairs(body, "keys", who),
+        )
+    raise RejectedMessage(who, f"unknown message type {kind!r}")

@@ -1,0 +1,195 @@
+"""SecAgg+ under hostile input: bad messages are refused by name, the round goes on or aborts."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from consortium.core.errors import ConsortiumError
+from consortium.protocol.secagg import (
+    ClientStage,
+    DoubleRevealError,
+    MaskedInput,
+    RejectedMessage,
+    SecAggAbort,
+    SecAggAggregator,
+    SecAggClient,
+    SecAggError,
+    SecAggParams,
+    SecAggStateError,
+    UnmaskRequest,
+    parse_message,
+)
+
+N, D = 10, 32
+
+
+@pytest.fixture
+def params() -> SecAggParams:
+    return SecAggParams.create(b"hostile", [f"n{i}" for i in range(N)], D, k=9, threshold=6)
+
+
+class Round:
+    """Steps a round by hand so a test can tamper between stages."""
+
+    def __init__(self, params: SecAggParams) -> None:
+        self.params = params
+        self.clients = {
+            p: SecAggClient(params, p, rng=np.random.default_rng(i))
+            for i, p in enumerate(params.participants)
+        }
+        self.agg = SecAggAggregator(params)
+        self.words = {p: np.full(D, i + 1, dtype=np.uint32) for i, p in enumerate(self.clients)}
+
+    def to_inputs(self) -> None:
+        for c in self.clients.values():
+            self.agg.receive_keys(c.advertise_keys())
+        for m in self.agg.finish_keys():
+            self.agg.receive_shares(self.clients[m.recipient].receive_neighbour_keys(m))
+        for dlv in self.agg.finish_shares():
+            self.clients[dlv.recipient].receive_shares(dlv)
+
+    def finish(self, skip: frozenset[str] = frozenset()) -> np.ndarray:
+        for r in self.agg.finish_inputs():
+            self.agg.receive_unmask(self.clients[r.recipient].receive_unmask_request(r))
+        return self.agg.finish().words
+
+
+def test_bad_masked_inputs_are_refused_and_sender_dropped(params: SecAggParams) -> None:
+    r = Round(params)
+    r.to_inputs()
+    p = params.participants
+    cases = {
+        p[0]: MaskedInput(params.round_id, p[0], bytes(4 * D - 4)),  # wrong length
+        p[1]: MaskedInput(params.round_id, p[1], bytes(4 * D + 1)),  # oversized
+        p[2]: MaskedInput(b"other-round", p[2], bytes(4 * D)),  # another round
+    }
+    for sender, msg in cases.items():
+        with pytest.raises(RejectedMessage, match=sender) as info:
+            r.agg.receive_masked_input(msg)
+        assert info.value.sender == sender
+    with pytest.raises(RejectedMessage, match="intruder"):
+        r.agg.receive_masked_input(MaskedInput(params.round_id, "intruder", bytes(4 * D)))
+    good = set(p) - set(cases)
+    for node in sorted(good):
+        r.agg.receive_masked_input(r.clients[node].masked_input(r.words[node]))
+    # A second input from an honest node is refused too, and drops it.
+    with pytest.raises(RejectedMessage, match="second"):
+        r.agg.receive_masked_input(MaskedInput(params.round_id, p[3], bytes(4 * D)))
+    good.discard(p[3])
+    assert set(cases) | {p[3]} <= r.agg.dropped
+    total = r.finish()
+    expected = sum(int(r.words[n][0]) for n in good)
+    assert np.array_equal(total, np.full(D, expected, dtype=np.uint32))
+    assert {e.sender for e in r.agg.rejections} >= set(cases) | {"intruder", p[3]}
+
+
+def test_wrong_dtype_is_refused_at_parse_and_at_client(params: SecAggParams) -> None:
+    body = MaskedInput(params.round_id, "n1", bytes(4 * D)).to_body()
+    with pytest.raises(RejectedMessage, match="n1"):
+        parse_message(body | {"vector": list(range(D))})
+    with pytest.raises(RejectedMessage, match="unknown message type"):
+        parse_message(body | {"type": "secagg/bogus"})
+    r = Round(params)
+    r.to_inputs()
+    with pytest.raises(SecAggError, match="uint32"):
+        r.clients["n1"].masked_input(np.zeros(D, dtype=np.float64))  # type: ignore[arg-type]
+
+
+def test_tampered_share_fails_aead_naming_sender(params: SecAggParams) -> None:
+    r = Round(params)
+    for c in r.clients.values():
+        r.agg.receive_keys(c.advertise_keys())
+    for m in r.agg.finish_keys():
+        r.agg.receive_shares(r.clients[m.recipient].receive_neighbour_keys(m))
+    deliveries = r.agg.finish_shares()
+    dlv = deliveries[0]
+    sender, ct = dlv.ciphertexts[0]
+    bad = replace(dlv, ciphertexts=((sender, ct[:-1] + bytes([ct[-1] ^ 1])), *dlv.ciphertexts[1:]))
+    with pytest.raises(RejectedMessage, match="authentication") as info:
+        r.clients[dlv.recipient].receive_shares(bad)
+    assert info.value.sender == sender
+    # A share relayed to the wrong recipient fails too: the AEAD binds sender and recipient.
+    other = deliveries[1]
+    moved = replace(other, ciphertexts=((sender, ct), *other.ciphertexts[1:]))
+    if sender in dict(other.ciphertexts):
+        with pytest.raises(RejectedMessage, match=sender):
+            r.clients[other.recipient].receive_shares(moved)
+
+
+def test_client_refuses_double_reveal(params: SecAggParams) -> None:
+    r = Round(params)
+    r.to_inputs()
+    for node, c in r.clients.items():
+        r.agg.receive_masked_input(c.masked_input(r.words[node]))
+    requests = {q.recipient: q for q in r.agg.finish_inputs()}
+    for q in requests.values():  # the aggregator never asks for both secrets of a peer
+        assert not set(q.survivors) & set(q.dropped)
+    me = params.participants[0]
+    peer = sorted(params.neighbours(me))[0]
+    evil = UnmaskRequest(params.round_id, me, requests[me].survivors, (peer,))
+    with pytest.raises(DoubleRevealError, match=peer):
+        r.clients[me].receive_unmask_request(evil)
+    assert r.clients[me].stage is ClientStage.UNMASK  # nothing was revealed
+    resp = r.clients[me].receive_unmask_request(requests[me])
+    assert {p for p, _ in resp.seed_shares} == set(requests[me].survivors)
+    with pytest.raises(SecAggStateError):
+        r.clients[me].receive_unmask_request(requests[me])
+
+
+def test_rejections_beyond_threshold_abort(params: SecAggParams) -> None:
+    r = Round(params)
+    r.to_inputs()
+    with pytest.raises(SecAggError):
+        for node in params.participants:
+            r.agg.receive_masked_input(MaskedInput(params.round_id, node, b"x"))
+    with pytest.raises(SecAggAbort):
+        r.agg.finish_inputs()
+
+
+def test_out_of_order_calls_are_state_errors(params: SecAggParams) -> None:
+    c = SecAggClient(params, "n0", rng=np.random.default_rng(0))
+    with pytest.raises(SecAggStateError):
+        c.masked_input(np.zeros(D, dtype=np.uint32))
+    agg = SecAggAggregator(params)
+    with pytest.raises(SecAggStateError):
+        agg.finish_inputs()
+    with pytest.raises(SecAggError, match="not a participant"):
+        SecAggClient(params, "stranger")
+    assert issubclass(SecAggError, ConsortiumError)
+
+
+def test_message_for_another_round_at_client(params: SecAggParams) -> None:
+    r = Round(params)
+    for c in r.clients.values():
+        r.agg.receive_keys(c.advertise_keys())
+    m = r.agg.finish_keys()[0]
+    with pytest.raises(RejectedMessage, match="another round"):
+        r.clients[m.recipient].receive_neighbour_keys(replace(m, round_id=b"old"))
+
+
+def test_bad_unmask_responses(params: SecAggParams) -> None:
+    r = Round(params)
+    r.to_inputs()
+    for node, c in r.clients.items():
+        r.agg.receive_masked_input(c.masked_input(r.words[node]))
+    requests = r.agg.finish_inputs()
+    liar, shorty = requests[0].recipient, requests[1].recipient
+    for q in requests:
+        resp = r.clients[q.recipient].receive_unmask_request(q)
+        if q.recipient == shorty:  # truncated share: refused by name, round goes on
+            bad = replace(
+                resp, seed_shares=((resp.seed_shares[0][0], b"\x01"), *resp.seed_shares[1:])
+            )
+            with pytest.raises(RejectedMessage, match=shorty):
+                r.agg.receive_unmask(bad)
+            continue
+        if q.recipient == liar:  # well-formed but wrong share values
+            resp = replace(resp, seed_shares=tuple((p, bytes(66)) for p, _ in resp.seed_shares))
+        r.agg.receive_unmask(resp)
+    # A wrong share cannot yield a wrong sum: the seed commitment catches it.
+    with pytest.raises(SecAggAbort, match=r"reconstruct|commitment"):
+        r.agg.finish()
+    assert shorty not in r.agg.dropped  # its masked input is still part of the sum
