@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck bench clean
+ANVIL_DIR := .tmp/anvil
+
+.PHONY: venv demo test lint typecheck bench clean anvil
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +20,13 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/consortium demo
 
-test: $(STAMP)
+# A real Ethereum JSON-RPC node for the chain tests, from the npm registry (skipped if unavailable).
+anvil:
+	@ls $(ANVIL_DIR)/node_modules/@foundry-rs/anvil-*/bin/anvil >/dev/null 2>&1 || \
+	  npm install --prefix $(ANVIL_DIR) --no-audit --no-fund --loglevel=error @foundry-rs/anvil@1.7.1 \
+	  || echo "anvil could not be installed: its test will be skipped"
+
+test: $(STAMP) anvil
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
@@ -31,7 +39,10 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/ledger.py
+	$(BIN)/consortium bench ledger
+	$(BIN)/consortium bench secagg --n 10,100 --d 10000,100000
+	$(BIN)/consortium bench anchor
+	$(BIN)/consortium bench rounds
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

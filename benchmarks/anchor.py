@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 import os
 import shutil
 import socket
@@ -116,13 +117,13 @@ def bench_anvil(binary: str, members: list[LocalAccount], n: int) -> dict[str, A
         proc.wait(timeout=10)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--anchors", type=int, default=100)
     ap.add_argument("--members", type=int, default=4)
     ap.add_argument("--anvil", help="path to the anvil binary (default: search)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     members = [derive_account(NodeIdentity.generate(f"n{i}")) for i in range(args.members)]
     benches: dict[str, Callable[[], dict[str, Any]]] = {
         "embedded (py-evm)": lambda: bench_embedded(members, args.anchors)
@@ -135,12 +136,13 @@ def main() -> None:
         results["anvil 127.0.0.1"] = {"skipped": "anvil not found"}
     if args.json:
         print(json.dumps(results, indent=2))
-        return
+        return 0
     for name, r in results.items():
         print(f"{name}:")
         for k, v in r.items():
             print(f"  {k:>20}: {v:.1f}" if isinstance(v, float) else f"  {k:>20}: {v}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""End to end: real node processes over gRPC with mutual TLS, with faults injected by killing them."""
+"""End to end: real node processes over gRPC with mutual TLS; faults by killing them."""
 
 from __future__ import annotations
 
@@ -37,7 +37,12 @@ def _wait(cond: object, timeout: float, what: str) -> None:
 
 def _run(rounds: int) -> RunConfig:
     return RunConfig(
-        rounds=rounds, lr=0.1, epochs=2, min_updates=2, collect_timeout=3.0, round_timeout=8.0,
+        rounds=rounds,
+        lr=0.1,
+        epochs=2,
+        min_updates=2,
+        collect_timeout=3.0,
+        round_timeout=8.0,
         started=int(time.time() * 1000),
     )
 
@@ -71,7 +76,9 @@ def test_processes_train_over_grpc_and_survive_faults(tmp_path: Path) -> None:
         victim = next(i for i in range(4) if i not in (leader, 0))
         cluster.kill(victim)
         # It may have sent its update for round nxt before dying; round nxt+1 it misses entirely.
-        _wait(lambda: len(_records(dirs[0])) >= nxt + 1, 90, f"round {nxt + 1} without node{victim}")
+        _wait(
+            lambda: len(_records(dirs[0])) >= nxt + 1, 90, f"round {nxt + 1} without node{victim}"
+        )
         rec = _records(dirs[0])[nxt]
         assert ids[victim] not in rec["participants"]  # type: ignore[operator]
         assert len(rec["participants"]) == 3  # type: ignore[arg-type]

@@ -14,10 +14,12 @@ Order of checks (the first problem found is the one reported, named by entry ind
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from consortium.audit.entries_check import CHUNK, check_all
 from consortium.core.encoding import Domain
 from consortium.core.errors import AuditError, ConsortiumError
 from consortium.core.genesis import GENESIS_FILE, Genesis
@@ -55,8 +57,19 @@ def _fail(message: str) -> AuditError:
     return AuditError(f"audit failed: {message}")
 
 
-def audit(directory: Path, progress: Progress | None = None) -> AuditReport:
-    """Audit `directory` (a node or run folder); raise AuditError naming the first problem."""
+def audit(
+    directory: Path, progress: Progress | None = None, workers: int | None = None
+) -> AuditReport:
+    """Audit `directory` (a node or run folder); raise AuditError naming the first problem.
+
+    Signatures are checked on `workers` processes (default: every core)."""
+    try:
+        return _audit(Path(directory), progress, workers)
+    except sqlite3.Error as exc:  # a damaged database file is tampering too, never a traceback
+        raise _fail(f"ledger database is damaged: {exc}") from exc
+
+
+def _audit(directory: Path, progress: Progress | None, workers: int | None) -> AuditReport:
     directory = Path(directory)
     ledger_path = directory / LEDGER_FILE
     if not ledger_path.exists():
@@ -68,7 +81,7 @@ def audit(directory: Path, progress: Progress | None = None) -> AuditReport:
         raise _fail(f"cannot open ledger: {exc}") from exc
     with ledger:
         genesis = _check_genesis(directory, ledger, report)
-        references, roots = _check_entries(ledger, genesis, report, progress)
+        references, roots = _check_entries(ledger, genesis, report, progress, workers)
         _check_heads(ledger, genesis, roots, report)
         try:
             ledger.fsck()
@@ -105,41 +118,43 @@ def _check_genesis(directory: Path, ledger: Ledger, report: AuditReport) -> Gene
 
 
 def _check_entries(
-    ledger: Ledger, genesis: Genesis, report: AuditReport, progress: Progress | None
+    ledger: Ledger,
+    genesis: Genesis,
+    report: AuditReport,
+    progress: Progress | None,
+    workers: int | None,
 ) -> tuple[dict[str, int], dict[int, bytes]]:
     """Verify every entry; return the CIDs referenced (-> first entry) and the recomputed root
     at every size a stored head claims."""
     wanted = {size for size, *_ in ledger.raw_cosignatures()}
-    frontier = Frontier.empty()
-    roots: dict[int, bytes] = {0: frontier.root()}
-    references: dict[str, int] = {}
+    wanted |= {size for size, *_ in ledger.raw_heads()}
+    rows = list(ledger.raw_entries())
     total = ledger.size
-    expected = 0
-    for idx, data in ledger.raw_entries():
+    for expected, (idx, _) in enumerate(rows):
         if idx != expected:
             raise _fail(f"entry {expected}: missing")
-        expected += 1
-        try:
-            entry = Entry.from_bytes(data)
-            if idx == 0:
-                if entry.kind != "genesis":
-                    raise ConsortiumError("entry 0 is not the genesis manifest")
-            else:
-                if entry.kind == "genesis":
-                    raise ConsortiumError("a second genesis entry")
-                entry.verify(genesis)
-        except ConsortiumError as exc:
-            raise _fail(f"entry {idx}: {exc}") from exc
-        report.kinds[entry.kind] = report.kinds.get(entry.kind, 0) + 1
-        for cid in entry.references():
-            references.setdefault(str(cid), idx)
-        frontier = frontier.append(data)
-        if frontier.size in wanted:
-            roots[frontier.size] = frontier.root()
-        if progress and idx % 5000 == 0:
-            progress("entries", idx, total)
-    if expected != total:
-        raise _fail(f"entry {expected}: missing (ledger claims {total} entries)")
+    if len(rows) != total:
+        raise _fail(f"entry {len(rows)}: missing (ledger claims {total} entries)")
+    first = Entry.from_bytes(rows[0][1])  # entry 0 was verified as the genesis manifest
+    report.kinds = {first.kind: 1}
+    references: dict[str, int] = {}
+    frontier = Frontier.empty().append(rows[0][1])
+    roots: dict[int, bytes] = {0: Frontier.empty().root(), 1: frontier.root()}
+    keys = {m.node_id: m.public_key for m in genesis.members}
+    chunks = [rows[i : i + CHUNK] for i in range(1, len(rows), CHUNK)]
+    for n, result in enumerate(check_all(chunks, keys, workers)):
+        if result.error is not None:
+            raise _fail(f"entry {result.error[0]}: {result.error[1]}")
+        for kind, count in result.kinds.items():
+            report.kinds[kind] = report.kinds.get(kind, 0) + count
+        for cid, idx in result.references:
+            references.setdefault(cid, idx)
+        for leaf in result.leaf_hashes:
+            frontier = frontier.append_hash(leaf)
+            if frontier.size in wanted:
+                roots[frontier.size] = frontier.root()
+        if progress:
+            progress("entries", min(total, (n + 1) * CHUNK), total)
     report.entries = total
     report.root = frontier.root()
     return references, roots
@@ -149,6 +164,9 @@ def _check_heads(
     ledger: Ledger, genesis: Genesis, roots: dict[int, bytes], report: AuditReport
 ) -> None:
     keys = {m.node_id: m.public_key for m in genesis.members}
+    for size, root, _ in ledger.raw_heads():
+        if roots.get(size) != root:
+            raise _fail(f"tree head of size {size}: root does not match the entries")
     signers: dict[tuple[int, bytes, int], set[str]] = {}
     for size, root, time, node_id, sig in ledger.raw_cosignatures():
         where = f"tree head of size {size}"

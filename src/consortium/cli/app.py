@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from consortium.cli import demo, identity, run
+from consortium.cli.bench import bench_app
 from consortium.cli.store import app as store_app
 
 app = typer.Typer(
@@ -21,6 +22,7 @@ app.add_typer(run.run_app, name="run")
 app.add_typer(store_app, name="store", help="Put, get and verify content-addressed artifacts.")
 app.command("audit")(run.audit)
 app.command("demo")(demo.demo)
+app.add_typer(bench_app, name="bench")
 
 
 def main() -> None:

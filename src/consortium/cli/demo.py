@@ -14,6 +14,7 @@ from rich.table import Table
 from consortium.audit import audit as audit_folder
 from consortium.cli.common import console, handle_errors
 from consortium.core.errors import ConsortiumError
+from consortium.core.genesis import Genesis
 from consortium.learning import (
     TrainConfig,
     build_model,
@@ -48,7 +49,7 @@ def demo(
     alpha: float = typer.Option(0.5, help="Dirichlet label-skew concentration of the shards."),
     seed: int = typer.Option(0, help="Seed of shards, initial model and batch order."),
     model: str = typer.Option("mlp", help="mlp | cnn | logreg."),
-    epochs: int = typer.Option(1, min=1, help="Local epochs per round."),
+    epochs: int = typer.Option(2, min=1, help="Local epochs per round."),
     lr: float = typer.Option(0.05, help="Learning rate."),
     out: Path | None = typer.Option(None, "--dir", help="Run folder (default runs/demo-TIME)."),
 ) -> None:
@@ -59,7 +60,7 @@ def demo(
         raise ConsortiumError(f"{root} is not empty; pick another --dir")
     console.print(
         f"[bold]Consortium demo[/]: {nodes} nodes, {rounds} rounds, {dataset}, "
-        f"Dirichlet(α={alpha}) shards, run folder {root}"
+        f"Dirichlet(alpha={alpha}) shards, run folder {root}"
     )
     dirs = create_consortium(root, nodes, dataset=dataset, alpha=alpha, seed=seed)
     cluster = Cluster(dirs)
@@ -75,24 +76,23 @@ def demo(
         round_timeout=15.0,
         started=int(time.time() * 1000),
     )
-    names = {}
+    genesis = Genesis.load(dirs[0] / "genesis.json")
+    names = {m.node_id: m.name for m in genesis.members}
     try:
         cluster.start_all()
         cluster.wait_ready()
         failed = asyncio.run(start_run(dirs[0], None, run))
         if failed:
             raise ConsortiumError("run did not start on: " + "; ".join(failed))
-        records = _follow(dirs[0], run, cluster)
+        records = _follow(dirs[0], run, cluster, names)
     finally:
         cluster.stop_all()
-    from consortium.core.genesis import Genesis
-
-    genesis = Genesis.load(dirs[0] / "genesis.json")
-    names = {m.node_id: m.name for m in genesis.members}
     _summary(root, dirs, run, records, names, t0)
 
 
-def _follow(d: Path, run: RunConfig, cluster: Cluster) -> list[dict[str, Any]]:
+def _follow(
+    d: Path, run: RunConfig, cluster: Cluster, names: dict[str, str]
+) -> list[dict[str, Any]]:
     columns = [
         TextColumn("[bold]round {task.completed}/{task.total}"),
         BarColumn(),
@@ -116,7 +116,7 @@ def _follow(d: Path, run: RunConfig, cluster: Cluster) -> list[dict[str, Any]]:
                 progress.update(
                     task,
                     completed=len(records),
-                    description=f"leader {last['leader'][-8:]} · local acc "
+                    description=f"leader {names.get(last['leader'], '?')} · local acc "
                     f"{sum(accs) / max(1, len(accs)):.3f} · {len(last['participants'])} nodes",
                 )
     return records
@@ -136,7 +136,11 @@ def _summary(
     set_weights(final, weights_from_bytes(get_bytes(store, records[-1]["model"])))
     acc = evaluate(final, ds.x_test, ds.y_test)[1]
     central = train_centralized(
-        ds, run.model, run.rounds * run.epochs, TrainConfig(lr=run.lr, seed=run.seed), run.seed
+        ds,
+        run.model,
+        run.rounds * run.epochs,
+        TrainConfig(lr=run.lr, momentum=run.momentum, seed=run.seed),
+        run.seed,
     )
     table = Table(title="Rounds")
     for col in ("round", "leader", "attempt", "participants", "mean local acc"):
@@ -151,7 +155,7 @@ def _summary(
             f"{sum(accs) / max(1, len(accs)):.3f}",
         )
     console.print(table)
-    samples = {names.get(k, k): v for k, v in sorted(records[0]["samples"].items())}
+    samples = dict(sorted((names.get(k, k), v) for k, v in records[0]["samples"].items()))
     report = audit_folder(dirs[0])
     roots = set()
     for d in dirs:

@@ -8,6 +8,7 @@ and peers check the binding on every connection.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import ipaddress
 import json
@@ -72,8 +73,9 @@ class PublicIdentity:
     tls_cert_pem: str
     tls_binding: bytes
 
-    @property
+    @functools.cached_property
     def node_id(self) -> str:
+        # Cached: building a CID object costs milliseconds in multiformats' type checks.
         return node_id_for(self.public_key)
 
     def binding_body(self) -> dict[str, Any]:

@@ -131,14 +131,14 @@ def _fashion_mnist(data_dir: Path | None, test_fraction: float, seed: int) -> Da
         if labels.size and int(labels.max()) >= 10:
             raise ConfigError(f"Fashion-MNIST {split}: label {int(labels.max())} out of range 0-9")
 
-    def images(key: str) -> FloatArray:
+    def scaled(key: str) -> FloatArray:
         return (parts[key].astype(np.float32) / 255.0)[:, None, :, :]
 
     return Dataset(
         "fashion-mnist",
-        images("train_images"),
+        scaled("train_images"),
         parts["train_labels"].astype(np.int64),
-        images("test_images"),
+        scaled("test_images"),
         parts["test_labels"].astype(np.int64),
         (1, 28, 28),
         10,

@@ -22,7 +22,11 @@ class Frontier:
 
     def append(self, entry_bytes: bytes) -> Frontier:
         """The frontier after appending one entry (RFC 9162 leaf hashing)."""
-        hashes = [*self.hashes, leaf_hash(entry_bytes)]
+        return self.append_hash(leaf_hash(entry_bytes))
+
+    def append_hash(self, leaf: bytes) -> Frontier:
+        """The frontier after appending a leaf whose hash is `leaf`."""
+        hashes = [*self.hashes, leaf]
         size = self.size + 1
         # A subtree of width 2^k closes when the low k bits of the new size are zero: merge the
         # two right-most hashes once for every trailing zero bit of the new size.

@@ -150,9 +150,7 @@ def _check_hashes(proof: Sequence[bytes]) -> None:
             raise ProofError(f"proof element is {len(p)} bytes, expected {HASH_SIZE}")
 
 
-def root_from_inclusion_proof(
-    index: int, size: int, leaf: bytes, proof: Sequence[bytes]
-) -> bytes:
+def root_from_inclusion_proof(index: int, size: int, leaf: bytes, proof: Sequence[bytes]) -> bytes:
     """Recompute the root an inclusion proof implies (raises ProofError if it is malformed)."""
     _check_hashes([leaf, *proof])
     if not 0 <= index < size:

@@ -49,10 +49,11 @@ class RunConfig(BaseModel):
     model: str = "mlp"
     strategy: Literal["fedavg", "fedprox"] = "fedavg"
     mu: float = Field(0.0, ge=0)
-    epochs: int = Field(1, ge=1)
+    epochs: int = Field(2, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(0.05, gt=0)
     optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1)
     seed: int = 0
     min_updates: int = Field(1, ge=1)
     collect_timeout: float = Field(10.0, gt=0)

@@ -73,6 +73,7 @@ class Learner:
             batch_size=run.batch_size,
             lr=run.lr,
             optimizer=run.optimizer,
+            momentum=run.momentum,
             proximal_mu=self.strategy.client_config().get("proximal_mu", 0.0),
             seed=run.seed,
         )

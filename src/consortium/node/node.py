@@ -23,7 +23,6 @@ from consortium.core.files import atomic_write
 from consortium.core.genesis import GENESIS_FILE, Genesis
 from consortium.core.identity import NodeIdentity
 from consortium.learning.serialize import weights_to_bytes
-from consortium.ledger.frontier import Frontier
 from consortium.ledger.heads import CosignedHead, TreeHead
 from consortium.ledger.log import Ledger
 from consortium.ledger.replica import sync as sync_ledger
@@ -204,11 +203,8 @@ class Node:
 
     def _begin(self, round_no: int) -> None:
         assert self.machine is not None
-        frontier = self._frontier()
+        frontier = self.ledger.frontier()
         self._execute(self.machine.begin(round_no, frontier, frontier.root(), self.clock()))
-
-    def _frontier(self) -> Frontier:
-        return Frontier(self.ledger.size, tuple(h for _, h in self.ledger._frontier))
 
     # -- protocol actions ------------------------------------------------------------------------
 

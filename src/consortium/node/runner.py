@@ -7,6 +7,8 @@ import logging
 import signal
 from pathlib import Path
 
+import torch
+
 from consortium.core.genesis import GENESIS_FILE, Genesis
 from consortium.core.identity import NodeIdentity
 from consortium.node.config import RunConfig, load_node_config
@@ -27,6 +29,9 @@ def make_transport(directory: Path, identity: NodeIdentity, listen: bool = True)
 
 
 async def serve(directory: Path, passphrase: str | None, exit_when_finished: bool) -> None:
+    # One torch thread per node process: several nodes share a few cores, and oversubscribed
+    # threads made local training ~10x slower on a 2-core machine.
+    torch.set_num_threads(1)
     identity = NodeIdentity.load(directory, passphrase)
     node = Node(directory, identity, make_transport(directory, identity))
     stop = asyncio.Event()

@@ -1,0 +1,373 @@
+"""Round benchmark: latency, bytes on the wire and accuracy of real nodes in one process.
+
+    python benchmarks/rounds.py [--nodes 5,20] [--datasets digits,fashion-mnist]
+        [--partitions iid,0.1,0.5] [--rounds 10] [--fashion-train 12000] [--out FILE.md]
+
+Each configuration starts N real `Node`s (SQLite ledgers, content-addressed stores, Ed25519
+signatures, PyTorch training in worker threads) on one asyncio loop, talking over an
+`InProcessNetwork` with a real clock. Every transport is wrapped in `CountingTransport`, which adds
+the request and reply payload sizes of every request any node makes to one counter. Deadlines are
+generous (collect 60 s, round 120 s, min_updates = N), so a healthy run never fails over; a run
+that did is flagged in the notes.
+
+- Round latency: on node 0, from the start of round r (its `_begin`) to its commit of round r;
+  round 1 is left out when there is more than one round, because it also covers every node
+  loading its data.
+- Federated accuracy: the model of the last committed round, read from node 0's store, on the
+  dataset's test split. Centralized accuracy: the same model trained on the pooled training set
+  for rounds x epochs epochs (the same number of passes over each sample), same optimizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from consortium.core.identity import NodeIdentity
+from consortium.learning import TrainConfig, build_model, evaluate, load_dataset, set_weights
+from consortium.learning.central import train_centralized
+from consortium.learning.datasets import FASHION_MNIST_DIR, Dataset, read_idx
+from consortium.learning.serialize import weights_from_bytes
+from consortium.node.config import RunConfig, load_node_config
+from consortium.node.node import Node, run_records
+from consortium.node.sim import create_consortium
+from consortium.protocol.round import Committed
+from consortium.store.objects import get_bytes
+from consortium.transport.base import DEFAULT_TIMEOUT, Handler
+from consortium.transport.inprocess import InProcessNetwork, InProcessTransport
+
+SEED = 0
+MODEL = "mlp"
+COLUMNS = (
+    "dataset",
+    "partition",
+    "nodes",
+    "rounds",
+    "round latency median (s)",
+    "p95 (s)",
+    "MB sent per round",
+    "federated acc",
+    "centralized acc",
+)
+
+
+class ByteCounter:
+    def __init__(self) -> None:
+        self.bytes = 0
+
+
+class CountingTransport:
+    """An InProcessTransport that adds every request's and reply's payload size to a counter."""
+
+    def __init__(self, inner: InProcessTransport, counter: ByteCounter) -> None:
+        self.inner = inner
+        self.counter = counter
+        self.node_id = inner.node_id
+
+    async def start(self, handler: Handler) -> None:
+        await self.inner.start(handler)
+
+    async def stop(self) -> None:
+        await self.inner.stop()
+
+    async def request(
+        self, peer: str, method: str, payload: bytes, timeout: float = DEFAULT_TIMEOUT
+    ) -> bytes:
+        self.counter.bytes += len(payload)  # sent even if no reply comes back
+        reply = await self.inner.request(peer, method, payload, timeout)
+        self.counter.bytes += len(reply)
+        return reply
+
+
+class TimedNode(Node):
+    """A Node that notes when each round begins and commits (perf_counter seconds)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.begun: dict[int, float] = {}
+        self.committed: dict[int, float] = {}
+
+    def _begin(self, round_no: int) -> None:
+        self.begun[round_no] = time.perf_counter()
+        super()._begin(round_no)
+
+    def _commit(self, c: Committed) -> None:
+        self.committed[c.round] = time.perf_counter()
+        super()._commit(c)  # appends, then begins the next round
+
+
+@dataclass
+class Result:
+    dataset: str
+    partition: str
+    nodes: int
+    rounds: int
+    latencies: list[float]
+    bytes_per_round: float
+    federated_acc: float
+    centralized_acc: float
+    notes: list[str] = field(default_factory=list)
+
+    def cells(self) -> list[str]:
+        lat = self.latencies
+        med = statistics.median(lat) if lat else float("nan")
+        p95 = float(np.percentile(lat, 95)) if lat else float("nan")
+        return [
+            self.dataset,
+            self.partition,
+            str(self.nodes),
+            str(self.rounds),
+            f"{med:.2f}",
+            f"{p95:.2f}",
+            f"{self.bytes_per_round / 1e6:.2f}",
+            f"{self.federated_acc:.3f}",
+            f"{self.centralized_acc:.3f}",
+        ]
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """Write an unsigned-byte IDX file (gzip), the format read_idx reads."""
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    with gzip.open(path, "wb", compresslevel=1) as fh:
+        fh.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def fashion_subset(src: Path, dst: Path, n_train: int, seed: int) -> Path:
+    """A Fashion-MNIST folder with a seeded random n_train-sample training set, full test set."""
+    dst.mkdir(parents=True, exist_ok=True)
+    images = read_idx(src / "train-images-idx3-ubyte.gz", ndim=3)
+    labels = read_idx(src / "train-labels-idx1-ubyte.gz", ndim=1)
+    pick = np.sort(np.random.default_rng(seed).permutation(len(labels))[:n_train])
+    _write_idx(dst / "train-images-idx3-ubyte.gz", images[pick])
+    _write_idx(dst / "train-labels-idx1-ubyte.gz", labels[pick])
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copyfile(src / name, dst / name)
+    return dst
+
+
+def _run_config(args: argparse.Namespace, dataset: str, n: int) -> RunConfig:
+    return RunConfig(
+        rounds=args.rounds,
+        dataset=dataset,
+        model=MODEL,
+        seed=SEED,
+        min_updates=n,
+        collect_timeout=args.collect_timeout,
+        round_timeout=args.round_timeout,
+        started=int(time.time() * 1000),
+    )
+
+
+def _final_accuracy(node: Node, dataset: Dataset) -> float:
+    records = run_records(node.ledger)
+    weights = weights_from_bytes(get_bytes(node.store, records[-1]["model"]))
+    model = build_model(MODEL, dataset.input_shape, dataset.num_classes, seed=SEED)
+    set_weights(model, weights)
+    return evaluate(model, dataset.x_test, dataset.y_test)[1]
+
+
+async def run_federated(
+    root: Path,
+    args: argparse.Namespace,
+    dataset: Dataset,
+    data_dir: Path | None,
+    partition: str,
+    n: int,
+) -> tuple[list[float], float, float, list[str]]:
+    """One run: (round latencies on node 0, bytes per round, federated accuracy, notes)."""
+    iid = partition == "iid"
+    dirs = create_consortium(
+        root,
+        n,
+        dataset=dataset.name,
+        partition="iid" if iid else "dirichlet",
+        alpha=0.5 if iid else float(partition),
+        seed=SEED,
+        data_dir=str(data_dir) if data_dir else None,
+    )
+    net = InProcessNetwork(seed=SEED)
+    counter = ByteCounter()
+    nodes: list[TimedNode] = []
+    for d in dirs:
+        ident = NodeIdentity.load(d)
+        transport = CountingTransport(InProcessTransport(net, ident.node_id), counter)
+        nodes.append(TimedNode(d, ident, transport, load_node_config(d)))
+    notes: list[str] = []
+    try:
+        for node in nodes:
+            await node.start()
+        counter.bytes = 0  # start-up catch-up requests are not round traffic
+        run = _run_config(args, dataset.name, n)
+        for node in nodes:
+            node.start_run(run)
+        async with asyncio.timeout(args.run_timeout):
+            await asyncio.gather(*(node.finished.wait() for node in nodes))
+        sent = counter.bytes
+        first = nodes[0]
+        records = run_records(first.ledger)
+        if len({node.ledger.root() for node in nodes}) != 1:
+            notes.append("replicas disagree at the end of the run")
+        failovers = sum(1 for r in records if r.get("attempt", 0) > 0)
+        if failovers:
+            notes.append(f"{failovers} round(s) needed a failover")
+        short = [r["round"] for r in records if len(r.get("participants", [])) < n]
+        if short:
+            notes.append(f"rounds {short} committed without every node's update")
+        skip = 2 if args.rounds > 1 else 1
+        latencies = [
+            first.committed[r] - first.begun[r] for r in range(skip, args.rounds + 1)
+        ]
+        acc = _final_accuracy(first, dataset)
+        return latencies, sent / args.rounds, acc, notes
+    finally:
+        for node in nodes:
+            await node.stop()
+
+
+def centralized_accuracy(dataset: Dataset, args: argparse.Namespace) -> float:
+    run = RunConfig()  # defaults: the same optimizer settings as the federated runs
+    cfg = TrainConfig(
+        epochs=run.epochs,
+        batch_size=run.batch_size,
+        lr=run.lr,
+        optimizer=run.optimizer,
+        momentum=run.momentum,
+        seed=SEED,
+    )
+    return train_centralized(dataset, MODEL, args.rounds * run.epochs, cfg, seed=SEED)
+
+
+def markdown(results: list[Result], notes: list[str]) -> str:
+    lines = [
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join("---" for _ in COLUMNS) + "|",
+    ]
+    lines += ["| " + " | ".join(r.cells()) + " |" for r in results]
+    run_notes = [f"{r.dataset}/{r.partition}/{r.nodes}: {n}" for r in results for n in r.notes]
+    all_notes = notes + run_notes
+    if all_notes:
+        lines += ["", "Notes:", *[f"- {n}" for n in all_notes]]
+    return "\n".join(lines) + "\n"
+
+
+def _csv(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="consortium bench rounds",
+        description="Round latency, bytes per round and accuracy vs centralized, in one process.",
+    )
+    p.add_argument("--nodes", default="5,20", help="comma-separated node counts")
+    p.add_argument("--datasets", default="digits,fashion-mnist", help="comma-separated datasets")
+    p.add_argument(
+        "--partitions", default="iid,0.1,0.5", help="'iid' and/or Dirichlet alphas, comma-separated"
+    )
+    p.add_argument("--rounds", type=int, default=10, help="rounds per run")
+    p.add_argument(
+        "--fashion-train",
+        type=int,
+        default=12000,
+        help="Fashion-MNIST training samples used (random subset; 0 = all 60000)",
+    )
+    p.add_argument("--fashion-dir", type=Path, default=FASHION_MNIST_DIR)
+    p.add_argument("--collect-timeout", type=float, default=60.0)
+    p.add_argument("--round-timeout", type=float, default=120.0)
+    p.add_argument("--run-timeout", type=float, default=900.0, help="give up on a run after this")
+    p.add_argument("--out", type=Path, help="also write the markdown table here")
+    args = p.parse_args(argv)
+    args.node_counts = [int(x) for x in _csv(args.nodes)]
+    args.dataset_names = _csv(args.datasets)
+    args.partition_names = _csv(args.partitions)
+    for part in args.partition_names:
+        if part != "iid":
+            try:
+                if not float(part) > 0:
+                    raise ValueError
+            except ValueError:
+                p.error(f"partition {part!r} is neither 'iid' nor a positive Dirichlet alpha")
+    if args.rounds < 1 or any(n < 1 for n in args.node_counts):
+        p.error("--rounds and --nodes must be at least 1")
+    return args
+
+
+def _prepare(name: str, args: argparse.Namespace, tmp: Path, notes: list[str]) -> Path | None:
+    """The data_dir nodes should load `name` from (None: the default); raises if unavailable."""
+    if name != "fashion-mnist":
+        return None
+    src = Path(args.fashion_dir)
+    if not (src / "train-images-idx3-ubyte.gz").is_file():
+        raise FileNotFoundError(src)
+    if args.fashion_train and args.fashion_train < 60000:
+        notes.append(
+            f"fashion-mnist: random {args.fashion_train}-sample subset of the 60000 training "
+            "images (--fashion-train), full 10000-image test set"
+        )
+        return fashion_subset(src, tmp / "fashion-subset", args.fashion_train, SEED)
+    return src
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(1)  # many nodes share few cores: one thread each
+    results: list[Result] = []
+    notes = [
+        f"model {MODEL}, RunConfig defaults (epochs 2, batch 32, sgd lr 0.05 momentum 0.9), "
+        f"min_updates = nodes, seed {SEED}; centralized: {args.rounds * 2} epochs on the "
+        "pooled training set (nodes also hold back 10% of their shard for validation)",
+        "latency: node 0, round begin to commit, rounds 2.." + str(args.rounds)
+        + " (round 1 also covers data loading); MB = request + reply payload bytes "
+        "of all nodes / rounds",
+    ]
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-rounds-") as tmpname:
+        tmp = Path(tmpname)
+        for name in args.dataset_names:
+            try:
+                data_dir = _prepare(name, args, tmp, notes)
+            except FileNotFoundError as exc:
+                msg = f"{name}: skipped, no data in {exc} (apt-get install dataset-fashion-mnist)"
+                print(msg, file=sys.stderr)
+                notes.append(msg)
+                continue
+            dataset = load_dataset(name, data_dir, seed=SEED)
+            t = time.perf_counter()
+            central = centralized_accuracy(dataset, args)
+            print(f"{name}: centralized {central:.3f} ({time.perf_counter() - t:.0f} s)",
+                  file=sys.stderr)
+            for part in args.partition_names:
+                for n in args.node_counts:
+                    t = time.perf_counter()
+                    root = tmp / f"{name}-{part}-{n}"
+                    lat, per_round, acc, run_notes = asyncio.run(
+                        run_federated(root, args, dataset, data_dir, part, n)
+                    )
+                    shutil.rmtree(root, ignore_errors=True)
+                    res = Result(name, part, n, args.rounds, lat, per_round, acc, central,
+                                 run_notes)
+                    results.append(res)
+                    print(f"{' | '.join(res.cells())} ({time.perf_counter() - t:.0f} s)",
+                          file=sys.stderr)
+    notes.append(f"total wall time {time.perf_counter() - started:.0f} s")
+    table = markdown(results, notes)
+    print(table, end="")
+    if args.out:
+        args.out.write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,445 @@
+"""The ledger: an append-only RFC 9162 Merkle log of entries, persisted in SQLite.
+
+Every complete aligned subtree is stored as it completes (tree(level, idx, hash)), so an append
+writes one leaf plus amortised one parent row, the current root folds O(log n) stored nodes, and a
+proof at any past size is O(log n) lookups fetched in one query. Entries, their tree rows and any
+heads commit in a single transaction: a crash leaves either the whole batch or none of it.
+
+Durability: WAL with synchronous=FULL. NORMAL is crash-safe against a killed process but may
+lose the last commits on power loss; a node that cosigned a head for size N and then came back
+with fewer entries could sign a different root for N, i.e. equivocate. Batching amortises the fsync.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+
+from consortium.core.errors import ForkError, LedgerError
+from consortium.core.genesis import Genesis
+from consortium.core.identity import NodeIdentity
+from consortium.ledger import merkle
+from consortium.ledger.entries import GENESIS_KIND, Entry, genesis_entry, genesis_from_entry
+from consortium.ledger.frontier import Frontier
+from consortium.ledger.heads import (
+    Cosignature,
+    CosignedHead,
+    Equivocation,
+    TreeHead,
+    find_equivocations,
+)
+
+FORMAT = b"consortium-ledger/1"
+
+_SCHEMA = """
+CREATE TABLE meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE entries(idx INTEGER PRIMARY KEY, data BLOB NOT NULL, leaf_hash BLOB NOT NULL);
+CREATE TABLE tree(level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,
+                  PRIMARY KEY(level, idx)) WITHOUT ROWID;
+CREATE TABLE heads(size INTEGER NOT NULL, root BLOB NOT NULL, time INTEGER NOT NULL,
+                   PRIMARY KEY(size, root, time)) WITHOUT ROWID;
+-- time is part of the signed head body, so a cosignature belongs to (size, root, time).
+CREATE TABLE cosignatures(size INTEGER NOT NULL, root BLOB NOT NULL, time INTEGER NOT NULL,
+                          node_id TEXT NOT NULL, signature BLOB NOT NULL,
+                          PRIMARY KEY(size, root, time, node_id)) WITHOUT ROWID;
+CREATE TABLE equivocations(id INTEGER PRIMARY KEY, evidence BLOB NOT NULL UNIQUE);
+"""
+
+
+class Ledger:
+    """Use `Ledger.create` or `Ledger.open`; one writer process per file."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+        self._size = 0
+        self._frontier: list[tuple[int, bytes]] = []  # (level, hash) of the right edge, big first
+        self._genesis: Genesis | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        return conn
+
+    @classmethod
+    def create(cls, path: Path | str, genesis: Genesis) -> Ledger:
+        """A new ledger whose entry 0 is `genesis` (which must be signed by every member)."""
+        path = Path(path)
+        if path.exists():
+            raise LedgerError(f"{path} already exists; refusing to overwrite a ledger")
+        genesis.verify()
+        conn = cls._connect(path)
+        ledger = cls(conn, path)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA.split(";"):  # not executescript: it would COMMIT early
+                conn.execute(statement)
+            conn.execute("INSERT INTO meta VALUES ('format', ?)", (FORMAT,))
+            ledger._insert([genesis_entry(genesis).data])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.close()
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(path) + suffix).unlink(missing_ok=True)
+            raise
+        ledger._genesis = genesis
+        return ledger
+
+    @classmethod
+    def open(cls, path: Path | str) -> Ledger:
+        path = Path(path)
+        if not path.is_file():
+            raise LedgerError(f"no ledger at {path}; create one with the genesis manifest first")
+        try:
+            conn = cls._connect(path)
+            row = conn.execute("SELECT value FROM meta WHERE key='format'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{path} is not a consortium ledger: {exc}") from exc
+        if row is None or bytes(row[0]) != FORMAT:
+            conn.close()
+            raise LedgerError(f"{path} is not a consortium ledger (format {row!r})")
+        ledger = cls(conn, path)
+        ledger._reload()
+        ledger.genesis()
+        return ledger
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- internal: tree maintenance -----------------------------------------------------------
+
+    def _stored_size(self) -> int:
+        row = self._conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM entries").fetchone()
+        return int(row[0])
+
+    def _reload(self) -> None:
+        """Rebuild the in-memory right edge from stored nodes (after open or another writer)."""
+        size = self._stored_size()
+        nodes = merkle.subtrees(0, size)
+        got = self._nodes(nodes)
+        self._frontier = [(level, got[(level, idx)]) for level, idx in nodes]
+        self._size = size
+
+    def _nodes(self, wanted: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        # One primary-key lookup per node (a row-value IN list makes SQLite scan the table).
+        out: dict[tuple[int, int], bytes] = {}
+        for node in set(wanted):
+            row = self._conn.execute(
+                "SELECT hash FROM tree WHERE level=? AND idx=?", node
+            ).fetchone()
+            if row is None:
+                raise LedgerError(f"ledger tree is missing node {node}; the file is damaged")
+            out[node] = bytes(row[0])
+        return out
+
+    @staticmethod
+    def _extend(
+        frontier: list[tuple[int, bytes]], start: int, leaves: Iterable[bytes]
+    ) -> list[tuple[int, int, bytes]]:
+        """Push leaf hashes onto `frontier` (in place); return the tree rows that completed."""
+        rows: list[tuple[int, int, bytes]] = []
+        n = start
+        for h in leaves:
+            level = 0
+            rows.append((0, n, h))
+            while frontier and frontier[-1][0] == level:
+                h = merkle.node_hash(frontier.pop()[1], h)
+                level += 1
+                rows.append((level, n >> level, h))
+            frontier.append((level, h))
+            n += 1
+        return rows
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE … COMMIT; on failure roll back and restore the in-memory edge."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        saved = (self._size, list(self._frontier))
+        try:
+            if self._stored_size() != self._size:  # another writer appended since we looked
+                self._reload()
+                saved = (self._size, list(self._frontier))
+            yield
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            self._size, self._frontier = saved
+            raise
+
+    def _insert(self, datas: Sequence[bytes]) -> int:
+        """Append raw entry bytes inside an open transaction; return the first new index."""
+        first = self._size
+        leaves = [merkle.leaf_hash(d) for d in datas]
+        rows = self._extend(self._frontier, first, leaves)
+        self._conn.executemany(
+            "INSERT INTO entries(idx, data, leaf_hash) VALUES (?,?,?)",
+            zip(range(first, first + len(datas)), datas, leaves, strict=True),
+        )
+        self._conn.executemany("INSERT INTO tree(level, idx, hash) VALUES (?,?,?)", rows)
+        self._size = first + len(datas)
+        return first
+
+    # -- reading -------------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def genesis(self) -> Genesis:
+        if self._genesis is None:
+            self._genesis = genesis_from_entry(self.entry(0))
+        return self._genesis
+
+    def entry_bytes(self, index: int) -> bytes:
+        row = self._conn.execute("SELECT data FROM entries WHERE idx=?", (index,)).fetchone()
+        if row is None:
+            raise LedgerError(f"no entry {index}; the ledger has {self._size} entries")
+        return bytes(row[0])
+
+    def entry(self, index: int) -> Entry:
+        return Entry.from_bytes(self.entry_bytes(index))
+
+    def iter_entries(self, start: int = 0, end: int | None = None) -> Iterator[Entry]:
+        for _, data in self.raw_entries(start, end):
+            yield Entry.from_bytes(data)
+
+    def leaf_hash(self, index: int) -> bytes:
+        return self._nodes([(0, index)])[(0, index)]
+
+    def root(self, size: int | None = None) -> bytes:
+        """Root of the tree over the first `size` entries (default: all)."""
+        if size is None or size == self._size:
+            return merkle.fold([h for _, h in self._frontier])
+        if not 0 <= size <= self._size:
+            raise LedgerError(f"no tree of size {size}; the ledger has {self._size} entries")
+        nodes = merkle.subtrees(0, size)
+        got = self._nodes(nodes)
+        return merkle.fold([got[n] for n in nodes])
+
+    def frontier(self) -> Frontier:
+        """The right edge of the tree: enough to compute the root after further appends."""
+        return Frontier(self._size, tuple(h for _, h in self._frontier))
+
+    def head(self, time: int) -> TreeHead:
+        return TreeHead(self._size, self.root(), time)
+
+    def _proof(self, ranges: list[tuple[int, int]]) -> list[bytes]:
+        got = self._nodes(merkle.needed_subtrees(ranges))
+        return [merkle.fold([got[n] for n in merkle.subtrees(lo, hi)]) for lo, hi in ranges]
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
+        size = self._size if size is None else size
+        if size > self._size:
+            raise LedgerError(f"no tree of size {size}; the ledger has {self._size} entries")
+        return self._proof(merkle.inclusion_ranges(index, size))
+
+    def consistency_proof(self, old: int, new: int | None = None) -> list[bytes]:
+        new = self._size if new is None else new
+        if new > self._size:
+            raise LedgerError(f"no tree of size {new}; the ledger has {self._size} entries")
+        return self._proof(merkle.consistency_ranges(old, new))
+
+    # -- raw accessors for auditors: recompute everything, trust nothing stored ----------------
+
+    def raw_entries(self, start: int = 0, end: int | None = None) -> Iterator[tuple[int, bytes]]:
+        end = self._size if end is None else end
+        cur = self._conn.execute(
+            "SELECT idx, CAST(data AS BLOB) FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx",
+            (start, end),
+        )
+        for idx, data in cur:
+            yield int(idx), bytes(data)
+
+    def raw_tree(self) -> Iterator[tuple[int, int, bytes]]:
+        for level, idx, h in self._conn.execute("SELECT level, idx, hash FROM tree"):
+            yield int(level), int(idx), bytes(h)
+
+    def raw_cosignatures(self) -> Iterator[tuple[int, bytes, int, str, bytes]]:
+        cur = self._conn.execute(
+            "SELECT size, root, time, node_id, signature FROM cosignatures ORDER BY size"
+        )
+        for size, root, time, node_id, sig in cur:
+            yield int(size), bytes(root), int(time), str(node_id), bytes(sig)
+
+    def raw_heads(self) -> Iterator[tuple[int, bytes, int]]:
+        for size, root, time in self._conn.execute("SELECT size, root, time FROM heads"):
+            yield int(size), bytes(root), int(time)
+
+    def raw_equivocations(self) -> Iterator[bytes]:
+        for (blob,) in self._conn.execute("SELECT evidence FROM equivocations ORDER BY id"):
+            yield bytes(blob)
+
+    def fsck(self) -> bytes:
+        """Recompute every leaf and tree row from entry bytes; return the root or raise."""
+        level: list[bytes] = []
+        for idx, data in self.raw_entries():
+            if idx != len(level):
+                raise LedgerError(f"ledger entry {len(level)} is missing")
+            level.append(merkle.leaf_hash(data))
+        if len(level) != self._size:
+            raise LedgerError(f"ledger holds {len(level)} entries, expected {self._size}")
+        expected: dict[tuple[int, int], bytes] = {}
+        lv = 0
+        while level:
+            expected.update(((lv, i), h) for i, h in enumerate(level))
+            level = [merkle.node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+            lv += 1
+        stored = {(lv_, i): h for lv_, i, h in self.raw_tree()}
+        if stored != expected:
+            bad = sorted(set(stored.items()) ^ set(expected.items()))[:1]
+            raise LedgerError(f"ledger tree disagrees with its entries at node {bad[0][:2]}")
+        root = merkle.root_from_leaf_hashes([expected[(0, i)] for i in range(self._size)])
+        if root != self.root():
+            raise LedgerError("ledger root disagrees with its entries")
+        return root
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def _check_entry(self, entry: Entry) -> None:
+        if entry.kind == GENESIS_KIND:
+            raise LedgerError("a genesis entry can only be entry 0")
+        entry.verify(self.genesis())
+
+    def append(self, entry: Entry, *, verify: bool = True) -> int:
+        """Append one entry (signatures checked against genesis); return its index."""
+        return self.append_many([entry], verify=verify)
+
+    def append_many(self, entries: Sequence[Entry], *, verify: bool = True) -> int:
+        """Append entries in one transaction; return the index of the first.
+
+        `verify=False` is for entries this process has already verified (replica sync, or a
+        node appending what it just signed itself).
+        """
+        if verify:
+            for e in entries:
+                self._check_entry(e)
+        if not entries:
+            return self._size
+        with self._transaction():
+            return self._insert([e.data for e in entries])
+
+    # -- heads and cosignatures ----------------------------------------------------------------
+
+    def sign_head(self, identity: NodeIdentity, time: int) -> CosignedHead:
+        """Sign the current head as `identity` and store the cosignature."""
+        head = self.head(time)
+        cosig = head.sign(identity)
+        self.add_cosignature(head, cosig.node_id, cosig.signature)
+        return self.cosigned_head(head)
+
+    def _stored_heads_of_size(self, size: int) -> list[CosignedHead]:
+        rows = self._conn.execute(
+            "SELECT root, time, node_id, signature FROM cosignatures WHERE size=? "
+            "ORDER BY root, time, node_id",
+            (size,),
+        ).fetchall()
+        heads: dict[tuple[bytes, int], CosignedHead] = {}
+        for root, time, node_id, sig in rows:
+            key = (bytes(root), int(time))
+            ch = heads.setdefault(key, CosignedHead(TreeHead(size, key[0], key[1])))
+            ch.cosignatures.append(Cosignature(str(node_id), bytes(sig)))
+        return list(heads.values())
+
+    def _record_equivocations(self, evidence: Iterable[Equivocation]) -> None:
+        with self._transaction():
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO equivocations(evidence) VALUES (?)",
+                [(e.to_bytes(),) for e in evidence],
+            )
+
+    def check_equivocation(
+        self, head: TreeHead, node_id: str, signature: bytes
+    ) -> list[Equivocation]:
+        """Evidence that `node_id`, by signing `head`, contradicted a head we stored; recorded."""
+        incoming = CosignedHead(head, [Cosignature(node_id, signature)])
+        found = [
+            ev
+            for stored in self._stored_heads_of_size(head.size)
+            if stored.head.root != head.root
+            for ev in find_equivocations(stored, incoming, self.genesis())
+        ]
+        if found:
+            self._record_equivocations(found)
+        return found
+
+    def add_cosignature(self, head: TreeHead, node_id: str, signature: bytes) -> None:
+        """Store a member's valid signature on a head of *this* log.
+
+        A head whose root differs from ours at its size raises ForkError, after recording
+        equivocation evidence if that member had signed our root for the same size.
+        """
+        head.check_signature(self.genesis(), node_id, signature)
+        evidence = self.check_equivocation(head, node_id, signature)
+        if head.size > self._size:
+            raise LedgerError(
+                f"head for size {head.size} is beyond this ledger "
+                f"({self._size} entries); sync first"
+            )
+        if head.root != self.root(head.size):
+            who = self.genesis().member(node_id).name
+            note = "; equivocation evidence recorded" if evidence else ""
+            raise ForkError(
+                f"{who} ({node_id}) signed a root for size {head.size} that is not ours{note}"
+            )
+        with self._transaction():
+            self._store_cosignatures(head, [Cosignature(node_id, signature)])
+
+    def _store_cosignatures(self, head: TreeHead, cosigs: Iterable[Cosignature]) -> None:
+        self._conn.execute(
+            "INSERT OR IGNORE INTO heads(size, root, time) VALUES (?,?,?)",
+            (head.size, head.root, head.time),
+        )
+        self._conn.executemany(
+            "INSERT OR IGNORE INTO cosignatures VALUES (?,?,?,?,?)",
+            [(head.size, head.root, head.time, c.node_id, c.signature) for c in cosigs],
+        )
+
+    def cosigned_head(self, head: TreeHead) -> CosignedHead:
+        for ch in self._stored_heads_of_size(head.size):
+            if ch.head == head:
+                return ch
+        return CosignedHead(head)
+
+    def cosigned_heads(self) -> list[CosignedHead]:
+        """Every stored head with its cosignatures, by size."""
+        rows = self._conn.execute(
+            "SELECT h.size, h.root, h.time, c.node_id, c.signature FROM heads h "
+            "LEFT JOIN cosignatures c ON c.size=h.size AND c.root=h.root AND c.time=h.time "
+            "ORDER BY h.size, h.time, h.root, c.node_id"
+        ).fetchall()
+        out: dict[tuple[int, bytes, int], CosignedHead] = {}
+        for size, root, time, node_id, sig in rows:
+            key = (int(size), bytes(root), int(time))
+            ch = out.setdefault(key, CosignedHead(TreeHead(*key)))
+            if node_id is not None:
+                ch.cosignatures.append(Cosignature(str(node_id), bytes(sig)))
+        return list(out.values())
+
+    def latest_final_head(self) -> CosignedHead | None:
+        genesis = self.genesis()
+        finals = [ch for ch in self.cosigned_heads() if ch.is_final(genesis)]
+        return max(finals, key=lambda ch: (ch.head.size, ch.head.time)) if finals else None
+
+    def equivocations(self) -> list[Equivocation]:
+        return [Equivocation.from_bytes(b) for b in self.raw_equivocations()]
+
+    def __repr__(self) -> str:
+        return f"Ledger({str(self.path)!r}, size={self._size})"
