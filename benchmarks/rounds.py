@@ -225,15 +225,23 @@ async def run_federated(
         short = [r["round"] for r in records if len(r.get("participants", [])) < n]
         if short:
             notes.append(f"rounds {short} committed without every node's update")
-        skip = 2 if args.rounds > 1 else 1
-        latencies = [
-            first.committed[r] - first.begun[r] for r in range(skip, args.rounds + 1)
-        ]
+        latencies = [first.committed[r] - first.begun[r] for r in _timed_rounds(args.rounds)]
         acc = _final_accuracy(first, dataset)
         return latencies, sent / args.rounds, acc, notes
     finally:
         for node in nodes:
             await node.stop()
+
+
+def _timed_rounds(rounds: int) -> range:
+    """Rounds whose latency counts: round 1 also covers every node loading its data."""
+    return range(2 if rounds > 1 else 1, rounds + 1)
+
+
+def _latency_rounds(rounds: int) -> str:
+    r = _timed_rounds(rounds)
+    why = " (round 1 also covers data loading)" if r.start > 1 else ""
+    return f"rounds {r.start}..{r.stop - 1}{why}"
 
 
 def centralized_accuracy(dataset: Dataset, args: argparse.Namespace) -> float:
@@ -328,9 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         f"model {MODEL}, RunConfig defaults (epochs 2, batch 32, sgd lr 0.05 momentum 0.9), "
         f"min_updates = nodes, seed {SEED}; centralized: {args.rounds * 2} epochs on the "
         "pooled training set (nodes also hold back 10% of their shard for validation)",
-        "latency: node 0, round begin to commit, rounds 2.." + str(args.rounds)
-        + " (round 1 also covers data loading); MB = request + reply payload bytes "
-        "of all nodes / rounds",
+        f"latency: node 0, round begin to commit, {_latency_rounds(args.rounds)}; "
+        "MB = request + reply payload bytes of all nodes' requests / rounds",
     ]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-rounds-") as tmpname:
@@ -346,8 +353,10 @@ def main(argv: list[str] | None = None) -> int:
             dataset = load_dataset(name, data_dir, seed=SEED)
             t = time.perf_counter()
             central = centralized_accuracy(dataset, args)
-            print(f"{name}: centralized {central:.3f} ({time.perf_counter() - t:.0f} s)",
-                  file=sys.stderr)
+            print(
+                f"{name}: centralized {central:.3f} ({time.perf_counter() - t:.0f} s)",
+                file=sys.stderr,
+            )
             for part in args.partition_names:
                 for n in args.node_counts:
                     t = time.perf_counter()
@@ -356,11 +365,14 @@ def main(argv: list[str] | None = None) -> int:
                         run_federated(root, args, dataset, data_dir, part, n)
                     )
                     shutil.rmtree(root, ignore_errors=True)
-                    res = Result(name, part, n, args.rounds, lat, per_round, acc, central,
-                                 run_notes)
+                    res = Result(
+                        name, part, n, args.rounds, lat, per_round, acc, central, run_notes
+                    )
                     results.append(res)
-                    print(f"{' | '.join(res.cells())} ({time.perf_counter() - t:.0f} s)",
-                          file=sys.stderr)
+                    print(
+                        f"{' | '.join(res.cells())} ({time.perf_counter() - t:.0f} s)",
+                        file=sys.stderr,
+                    )
     notes.append(f"total wall time {time.perf_counter() - started:.0f} s")
     table = markdown(results, notes)
     print(table, end="")
