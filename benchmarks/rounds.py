@@ -212,11 +212,16 @@ async def run_federated(
         run = _run_config(args, dataset.name, n)
         for node in nodes:
             node.start_run(run)
-        async with asyncio.timeout(args.run_timeout):
-            await asyncio.gather(*(node.finished.wait() for node in nodes))
+        try:
+            async with asyncio.timeout(args.run_timeout):
+                await asyncio.gather(*(node.finished.wait() for node in nodes))
+        except TimeoutError:
+            notes.append(f"run stopped after {args.run_timeout:g} s (--run-timeout) unfinished")
         sent = counter.bytes
         first = nodes[0]
         records = run_records(first.ledger)
+        if not records:
+            return [], float("nan"), float("nan"), [*notes, "no round committed"]
         if len({node.ledger.root() for node in nodes}) != 1:
             notes.append("replicas disagree at the end of the run")
         failovers = sum(1 for r in records if r.get("attempt", 0) > 0)
@@ -225,9 +230,9 @@ async def run_federated(
         short = [r["round"] for r in records if len(r.get("participants", [])) < n]
         if short:
             notes.append(f"rounds {short} committed without every node's update")
-        latencies = [first.committed[r] - first.begun[r] for r in _timed_rounds(args.rounds)]
-        acc = _final_accuracy(first, dataset)
-        return latencies, sent / args.rounds, acc, notes
+        done = [r for r in _timed_rounds(args.rounds) if r in first.committed]
+        latencies = [first.committed[r] - first.begun[r] for r in done]
+        return latencies, sent / len(records), _final_accuracy(first, dataset), notes
     finally:
         for node in nodes:
             await node.stop()
@@ -288,7 +293,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--fashion-train",
         type=int,
-        default=12000,
+        default=0,
         help="Fashion-MNIST training samples used (random subset; 0 = all 60000)",
     )
     p.add_argument("--fashion-dir", type=Path, default=FASHION_MNIST_DIR)
