@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from consortium.audit import audit
+from consortium.core.layout import LEDGER_FILE, STORE_DIR
 from consortium.learning import build_model, evaluate, load_dataset, set_weights
 from consortium.learning.serialize import weights_from_bytes
 from consortium.ledger.log import Ledger
 from consortium.node.config import RunConfig
-from consortium.node.node import LEDGER_FILE, STORE_DIR, run_records
+from consortium.node.node import run_records
 from consortium.node.runner import start_run
 from consortium.node.sim import Cluster, create_consortium
 from consortium.protocol.schedule import leader_for
@@ -111,3 +112,5 @@ def test_processes_train_over_grpc_and_survive_faults(tmp_path: Path) -> None:
     assert acc > 0.7, f"federated accuracy {acc:.3f} below floor"
     report = audit(dirs[watcher])
     assert report.entries == run.rounds + 1 and report.final_heads == run.rounds
+    # The node that crashed and caught up holds every artifact too (fetched and re-hashed).
+    assert audit(dirs[victim]).entries >= 4

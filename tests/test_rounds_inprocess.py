@@ -8,72 +8,13 @@ from pathlib import Path
 import pytest
 
 from consortium.core.identity import NodeIdentity
+from consortium.core.layout import LEDGER_FILE
 from consortium.ledger.log import Ledger
-from consortium.node.config import RunConfig, load_node_config
-from consortium.node.node import LEDGER_FILE, Node, run_records
-from consortium.node.sim import create_consortium
-from consortium.protocol.messages import StartRun, encode_message
+from consortium.node.node import Node, run_records
+from consortium.protocol.messages import StartRun
 from consortium.protocol.round import Phase
-from consortium.transport.inprocess import InProcessNetwork, InProcessTransport
-
-
-class Clock:
-    """Virtual time: deadlines pass only when the test says so, so runs are reproducible."""
-
-    def __init__(self) -> None:
-        self.now = 1_767_225_600.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-async def _cluster(root: Path, n: int, seed: int) -> tuple[list[Node], InProcessNetwork, Clock]:
-    dirs = create_consortium(root, n, alpha=0.5, seed=seed, reproducible=True)
-    net = InProcessNetwork()
-    clock = Clock()
-    nodes = []
-    for d in dirs:
-        ident = NodeIdentity.load(d)
-        cfg = load_node_config(d).model_copy(update={"tick_seconds": 0.02})
-        nodes.append(Node(d, ident, InProcessTransport(net, ident.node_id), cfg, clock=clock))
-    for node in nodes:
-        await node.start()
-    return nodes, net, clock
-
-
-def _run(rounds: int, seed: int = 0) -> RunConfig:
-    return RunConfig(
-        rounds=rounds,
-        seed=seed,
-        lr=0.1,
-        epochs=2,
-        min_updates=2,
-        collect_timeout=5.0,
-        round_timeout=20.0,
-        started=1,
-    )
-
-
-async def _start(nodes: list[Node], run: RunConfig) -> None:
-    payload = encode_message(StartRun(run.body()))
-    for node in nodes:
-        await nodes[0].transport.request(node.identity.node_id, "msg", payload)
-
-
-async def _until_finished(nodes: list[Node], clock: Clock, step: float, limit: float = 120) -> None:
-    """Let real time pass; when nothing commits for a while, move virtual time past a deadline."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + limit
-    last, idle = -1, 0
-    while not all(n.finished.is_set() for n in nodes):
-        assert loop.time() < end, "run did not finish"
-        await asyncio.sleep(0.05)
-        size = sum(n.ledger.size for n in nodes)
-        idle = idle + 1 if size == last else 0
-        last = size
-        if idle > 40:  # 2 s of real time without a commit: let a deadline pass
-            clock.now += step
-            idle = 0
+from consortium.transport.inprocess import InProcessTransport
+from tests.inprocess_cluster import cluster, run_config, start, until_finished
 
 
 def _roots(nodes: list[Node]) -> set[bytes]:
@@ -81,10 +22,10 @@ def _roots(nodes: list[Node]) -> set[bytes]:
 
 
 async def _train_once(root: Path, seed: int) -> tuple[bytes, list[dict[str, object]]]:
-    nodes, _, clock = await _cluster(root, 3, seed)
+    nodes, _, clock = await cluster(root, 3, seed)
     try:
-        await _start(nodes, _run(3, seed))
-        await _until_finished(nodes, clock, step=0.0)  # no deadline may pass: same times
+        await start(nodes, run_config(3, seed))
+        await until_finished(nodes, clock, step=0.0)  # no deadline may pass: same times
         assert len(_roots(nodes)) == 1, "replicas disagree"
         return nodes[0].ledger.root(), run_records(nodes[0].ledger)
     finally:
@@ -103,10 +44,10 @@ def test_same_seed_gives_same_ledger_root(tmp_path: Path) -> None:
 
 
 async def _failover(root: Path) -> None:
-    nodes, net, clock = await _cluster(root, 4, seed=1)
+    nodes, net, clock = await cluster(root, 4, seed=1)
     by_id = {n.identity.node_id: n for n in nodes}
     try:
-        await _start(nodes, _run(3, 1))
+        await start(nodes, run_config(3, 1))
         # Wait for round 2 to begin, then cut its leader off while it collects updates.
         loop = asyncio.get_running_loop()
         end = loop.time() + 60
@@ -119,7 +60,7 @@ async def _failover(root: Path) -> None:
         leader = by_id[nodes[0].machine.leader()]  # type: ignore[union-attr]
         net.disconnect(leader.identity.node_id)
         survivors = [n for n in nodes if n is not leader]
-        await _until_finished(survivors, clock, step=6.0)
+        await until_finished(survivors, clock, step=6.0)
         assert len(_roots(survivors)) == 1
         records = run_records(survivors[0].ledger)
         r2 = records[1]
@@ -141,9 +82,9 @@ def test_leader_cut_off_mid_round_is_replaced(tmp_path: Path) -> None:
 
 def test_outsider_messages_are_refused(tmp_path: Path) -> None:
     async def go() -> None:
-        nodes, net, _ = await _cluster(tmp_path, 3, seed=2)
+        nodes, net, _ = await cluster(tmp_path, 3, seed=2)
         try:
-            await _start(nodes, _run(1, 2))
+            await start(nodes, run_config(1, 2))
             mallory = NodeIdentity.generate("mallory")
             t = InProcessTransport(net, mallory.node_id)
             assert nodes[0].machine is not None
@@ -162,12 +103,12 @@ def test_outsider_messages_are_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("n", [3])
-def test_all_replicas_identical_after_run(tmp_path: Path, n: int) -> None:
+def test_all_replicas_identical_afterrun_config(tmp_path: Path, n: int) -> None:
     async def go() -> None:
-        nodes, _, clock = await _cluster(tmp_path, n, seed=5)
+        nodes, _, clock = await cluster(tmp_path, n, seed=5)
         try:
-            await _start(nodes, _run(2, 5))
-            await _until_finished(nodes, clock, step=0.0)
+            await start(nodes, run_config(2, 5))
+            await until_finished(nodes, clock, step=0.0)
             assert len(_roots(nodes)) == 1
             assert all(n.ledger.size == 3 for n in nodes)
             final = nodes[0].ledger.latest_final_head()

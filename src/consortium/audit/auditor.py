@@ -20,18 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from consortium.audit.entries_check import CHUNK, check_all
+from consortium.chain.check import check_anchored, check_deployment
+from consortium.chain.client import RECORD_FILE, AnchorChain, AnchoredHead
 from consortium.core.encoding import Domain
 from consortium.core.errors import AuditError, ConsortiumError
 from consortium.core.genesis import GENESIS_FILE, Genesis
+from consortium.core.layout import CHAIN_DIR, LEDGER_FILE, STORE_DIR
 from consortium.ledger.entries import Entry, check_signature, genesis_from_entry
 from consortium.ledger.frontier import Frontier
 from consortium.ledger.heads import TreeHead
 from consortium.ledger.log import Ledger
 from consortium.store.blockstore import BlockStore
 from consortium.store.objects import walk
-
-LEDGER_FILE = "ledger.sqlite"
-STORE_DIR = "store"
 
 Progress = Callable[[str, int, int], None]
 
@@ -50,6 +50,8 @@ class AuditReport:
     artifacts: int = 0
     blocks: int = 0
     equivocations: list[str] = field(default_factory=list)
+    anchored: int = 0
+    latest_anchored_size: int = 0
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -81,7 +83,11 @@ def _audit(directory: Path, progress: Progress | None, workers: int | None) -> A
         raise _fail(f"cannot open ledger: {exc}") from exc
     with ledger:
         genesis = _check_genesis(directory, ledger, report)
-        references, roots = _check_entries(ledger, genesis, report, progress, workers)
+        anchored = _read_chain(directory / CHAIN_DIR, genesis)
+        references, roots = _check_entries(
+            ledger, genesis, report, progress, workers, {h.size for h in anchored}
+        )
+        _check_anchors(anchored, roots, report)
         _check_heads(ledger, genesis, roots, report)
         try:
             ledger.fsck()
@@ -123,11 +129,13 @@ def _check_entries(
     report: AuditReport,
     progress: Progress | None,
     workers: int | None,
+    anchored_sizes: set[int],
 ) -> tuple[dict[str, int], dict[int, bytes]]:
     """Verify every entry; return the CIDs referenced (-> first entry) and the recomputed root
     at every size a stored head claims."""
     wanted = {size for size, *_ in ledger.raw_cosignatures()}
     wanted |= {size for size, *_ in ledger.raw_heads()}
+    wanted |= anchored_sizes
     rows = list(ledger.raw_entries())
     total = ledger.size
     for expected, (idx, _) in enumerate(rows):
@@ -158,6 +166,43 @@ def _check_entries(
     report.entries = total
     report.root = frontier.root()
     return references, roots
+
+
+def _read_chain(chain_dir: Path, genesis: Genesis) -> list[AnchoredHead]:
+    """The heads anchored on the folder's embedded chain, after checking the contract is ours."""
+    if not (chain_dir / RECORD_FILE).exists():
+        return []
+    try:
+        with AnchorChain.embedded(chain_dir, readonly=True) as chain:
+            if chain.contract_address is None:
+                return []
+            problems = check_deployment(
+                chain.members(),
+                chain.genesis_digest(),
+                chain.code_matches(),
+                [m.evm_address for m in genesis.members if m.evm_address],
+                genesis.digest(),
+            )
+            heads = chain.anchored_heads()
+    except ConsortiumError as exc:
+        raise _fail(f"chain: {exc}") from exc
+    if problems:
+        raise _fail(f"chain: {problems[0]}")
+    return heads
+
+
+def _check_anchors(
+    anchored: list[AnchoredHead], roots: dict[int, bytes], report: AuditReport
+) -> None:
+    """Every anchored head must be a prefix of the entries as they are now."""
+    size = max(roots)
+    # The roots are recomputed from the entries, so a matching anchored root at size s already
+    # proves the local history extends it: no separate consistency proof is needed.
+    problems = check_anchored(anchored, size, lambda s: roots[s], lambda _a, _b: True)
+    if problems:
+        raise _fail(f"chain: {problems[0]}")
+    report.anchored = len(anchored)
+    report.latest_anchored_size = max((h.size for h in anchored), default=0)
 
 
 def _check_heads(

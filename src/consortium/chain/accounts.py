@@ -25,7 +25,7 @@ from eth_utils.address import is_checksum_address, to_checksum_address
 
 from consortium.core.encoding import Domain
 from consortium.core.errors import IdentityError, SignatureError
-from consortium.core.identity import NodeIdentity, verify_signature
+from consortium.core.identity import NodeIdentity, evm_binding_body, verify_signature
 
 #: The message a node signs to derive its account key. Changing it changes every address.
 DERIVATION_MESSAGE: dict[str, Any] = {"purpose": "evm-account-key", "curve": "secp256k1", "v": 1}
@@ -63,20 +63,21 @@ def account_from_keystore(path: Path, passphrase: str) -> LocalAccount:
     return account
 
 
-def _binding_body(node_id: str, address: str) -> dict[str, Any]:
-    return {"node_id": node_id, "evm_address": address}
-
-
 def bind_account(identity: NodeIdentity, address: str) -> bytes:
     """The identity key's signature vouching that `address` is this node's anchoring account."""
-    return identity.sign(Domain.CHAIN_ACCOUNT, _binding_body(identity.node_id, checksum(address)))
+    return identity.sign(
+        Domain.CHAIN_ACCOUNT, evm_binding_body(identity.node_id, checksum(address))
+    )
 
 
 def verify_account_binding(public_key: bytes, node_id: str, address: str, signature: bytes) -> None:
     """Raise IdentityError unless `signature` binds `address` to the node with `public_key`."""
     try:
         verify_signature(
-            public_key, Domain.CHAIN_ACCOUNT, _binding_body(node_id, checksum(address)), signature
+            public_key,
+            Domain.CHAIN_ACCOUNT,
+            evm_binding_body(node_id, checksum(address)),
+            signature,
         )
     except SignatureError as exc:
         raise IdentityError(f"EVM address {address} is not bound to node {node_id}") from exc

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,9 @@ def _cache_key(source: str) -> str:
     return h.hexdigest()
 
 
+_COMPILE_LOCK = threading.Lock()
+
+
 def compiled_contract(cache_dir: Path | None = None, source: str | None = None) -> CompiledContract:
     """The compiled anchor contract (ABI and bytecode), from cache when possible."""
     text = SOURCE_PATH.read_text() if source is None else source
@@ -51,7 +55,8 @@ def compiled_contract(cache_dir: Path | None = None, source: str | None = None) 
     path = Path(cache_dir) / f"TreeHeadAnchor-{key[:16]}.json" if cache_dir else None
     if path and (cached := _load(path, key)) is not None:
         return cached  # not kept in memory: only our own compiler's output is trusted there
-    result = _compile(text, key)
+    with _COMPILE_LOCK:  # vyper keeps global compiler settings: one compile at a time
+        result = _memory.get(key) or _compile(text, key)
     if path:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, json.dumps(_to_json(result)).encode())

@@ -15,6 +15,7 @@ from consortium.audit import audit as audit_folder
 from consortium.cli.common import console, handle_errors
 from consortium.core.errors import ConsortiumError
 from consortium.core.genesis import Genesis
+from consortium.core.layout import LEDGER_FILE, STORE_DIR
 from consortium.learning import (
     TrainConfig,
     build_model,
@@ -26,7 +27,7 @@ from consortium.learning import (
 from consortium.learning.serialize import weights_from_bytes
 from consortium.ledger.log import Ledger
 from consortium.node.config import RunConfig
-from consortium.node.node import LEDGER_FILE, STORE_DIR, run_records
+from consortium.node.node import run_records
 from consortium.node.runner import start_run
 from consortium.node.sim import Cluster, create_consortium
 from consortium.store.blockstore import BlockStore
@@ -51,6 +52,11 @@ def demo(
     model: str = typer.Option("mlp", help="mlp | cnn | logreg."),
     epochs: int = typer.Option(2, min=1, help="Local epochs per round."),
     lr: float = typer.Option(0.05, help="Learning rate."),
+    anchor_every: int = typer.Option(
+        5,
+        min=0,
+        help="Anchor the final tree head on each node's embedded EVM chain every k rounds.",
+    ),
     out: Path | None = typer.Option(None, "--dir", help="Run folder (default runs/demo-TIME)."),
 ) -> None:
     """Create a consortium, train it over gRPC with mTLS, compare with central training, audit."""
@@ -71,6 +77,7 @@ def demo(
         epochs=epochs,
         lr=lr,
         seed=seed,
+        anchor_every=anchor_every,
         min_updates=max(1, (nodes + 1) // 2),
         collect_timeout=5.0,
         round_timeout=15.0,
@@ -169,5 +176,9 @@ def _summary(
         f"{report.final_heads} final heads; replicas agree: {len(roots) == 1}"
     )
     console.print(f"run folder: {root.resolve()}")
-    console.print(f"audit {dirs[0]}: OK ({report.artifacts} artifacts re-hashed)")
+    console.print(
+        f"audit {dirs[0]}: OK ({report.artifacts} artifacts re-hashed, "
+        f"{report.anchored} anchored heads match the chain, latest size "
+        f"{report.latest_anchored_size})"
+    )
     console.print(f"done in {time.time() - t0:.1f} s")

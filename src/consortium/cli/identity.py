@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from consortium.chain.accounts import derive_account
 from consortium.cli.common import console, fail, handle_errors
 from consortium.core.errors import ConfigError
 from consortium.core.genesis import GENESIS_FILE, Genesis, Purpose
@@ -38,6 +39,7 @@ def node_init(
         fail("--name must be 1-64 letters, digits, '-' or '_'", 2)
     _check_address(address)
     ident = NodeIdentity.generate(name, address)
+    ident.evm_address = derive_account(ident).address  # for anchoring; derived, no key file
     ident.save(directory, passphrase)
     console.print(f"created node [bold]{name}[/] id {ident.node_id}")
     console.print(f"share {directory / 'node.pub'} with the other members; keep node.key private")

@@ -53,6 +53,9 @@ def run_start(
     momentum: float = typer.Option(0.9, help="SGD momentum."),
     seed: int = typer.Option(0, help="Seed of the initial model and batch order."),
     round_timeout: float = typer.Option(30.0, help="Seconds before a leader is replaced."),
+    anchor_every: int = typer.Option(
+        0, min=0, help="Anchor the final head on each node's embedded EVM chain every k rounds."
+    ),
     passphrase: str | None = PASSPHRASE,
 ) -> None:
     """Ask every member to start a training run (from any member)."""
@@ -72,6 +75,7 @@ def run_start(
             "momentum": momentum,
             "seed": seed,
             "round_timeout": round_timeout,
+            "anchor_every": anchor_every,
             "collect_timeout": round_timeout / 3,
             "started": int(time.time() * 1000),
         }
@@ -93,6 +97,7 @@ def audit(
     console.print(
         f"audit OK: consortium {r.consortium!r}, {r.members} members (quorum {r.quorum}); "
         f"{r.entries} entries ({kinds}); {r.final_heads} final heads of {r.heads}, "
-        f"latest final size {r.latest_final_size}; {r.artifacts} artifacts, {r.blocks} blocks "
+        f"latest final size {r.latest_final_size}; {r.anchored} anchored heads (latest size "
+        f"{r.latest_anchored_size}); {r.artifacts} artifacts, {r.blocks} blocks "
         f"re-hashed; root {r.root.hex()[:16]}… in {time.perf_counter() - t0:.2f} s"
     )

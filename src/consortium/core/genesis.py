@@ -66,6 +66,7 @@ class Genesis:
         seen: set[str] = set()
         for m in members:
             m.verify_binding()
+            m.verify_evm_binding()
             if m.node_id in seen:
                 raise GenesisError(f"member {m.name} ({m.node_id}) is listed twice")
             seen.add(m.node_id)
@@ -93,6 +94,8 @@ class Genesis:
                     "address": m.address,
                     "tls_cert": m.tls_cert_pem,
                     "tls_binding": m.tls_binding,
+                    "evm_address": m.evm_address,
+                    "evm_binding": m.evm_binding,
                 }
                 for m in self.members
             ],
@@ -140,6 +143,7 @@ class Genesis:
         for m in self.members:
             try:
                 m.verify_binding()
+                m.verify_evm_binding()
             except IdentityError as exc:
                 raise GenesisError(str(exc)) from exc
             sig = self.signatures.get(m.node_id)
@@ -198,7 +202,13 @@ class Genesis:
         try:
             members = [
                 PublicIdentity(
-                    m["name"], m["public_key"], m["address"], m["tls_cert"], m["tls_binding"]
+                    m["name"],
+                    m["public_key"],
+                    m["address"],
+                    m["tls_cert"],
+                    m["tls_binding"],
+                    m["evm_address"],
+                    m["evm_binding"],
                 )
                 for m in body["members"]
             ]

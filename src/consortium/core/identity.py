@@ -72,6 +72,9 @@ class PublicIdentity:
     address: str
     tls_cert_pem: str
     tls_binding: bytes
+    #: The node's EVM account for anchoring (optional) and the identity key's signature on it.
+    evm_address: str = ""
+    evm_binding: bytes = b""
 
     @functools.cached_property
     def node_id(self) -> str:
@@ -92,6 +95,22 @@ class PublicIdentity:
                 f"TLS certificate of {self.name} ({self.node_id}) is not bound to its identity key"
             ) from exc
 
+    def verify_evm_binding(self) -> None:
+        """Check that the identity key vouches for the EVM address (if one is published)."""
+        if not self.evm_address and not self.evm_binding:
+            return
+        try:
+            verify_signature(
+                self.public_key,
+                Domain.CHAIN_ACCOUNT,
+                evm_binding_body(self.node_id, self.evm_address),
+                self.evm_binding,
+            )
+        except SignatureError as exc:
+            raise IdentityError(
+                f"EVM address {self.evm_address} of {self.name} is not bound to its identity key"
+            ) from exc
+
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -100,6 +119,8 @@ class PublicIdentity:
             "address": self.address,
             "tls_cert": self.tls_cert_pem,
             "tls_binding": self.tls_binding.hex(),
+            "evm_address": self.evm_address,
+            "evm_binding": self.evm_binding.hex(),
         }
 
     @classmethod
@@ -111,12 +132,15 @@ class PublicIdentity:
                 address=str(data["address"]),
                 tls_cert_pem=str(data["tls_cert"]),
                 tls_binding=bytes.fromhex(data["tls_binding"]),
+                evm_address=str(data.get("evm_address", "")),
+                evm_binding=bytes.fromhex(data.get("evm_binding", "")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise IdentityError(f"malformed public identity: {exc}") from exc
         if "node_id" in data and data["node_id"] != ident.node_id:
             raise IdentityError(f"node_id of {ident.name} does not match its public key")
         ident.verify_binding()
+        ident.verify_evm_binding()
         return ident
 
     @classmethod
@@ -128,6 +152,11 @@ class PublicIdentity:
         except (OSError, ValueError) as exc:
             raise IdentityError(f"cannot read public identity {path}: {exc}") from exc
         return cls.from_json(data)
+
+
+def evm_binding_body(node_id: str, evm_address: str) -> dict[str, Any]:
+    """What a node's identity key signs (domain chain-account) to publish its EVM address."""
+    return {"node_id": node_id, "evm_address": evm_address}
 
 
 def tls_public_key_der(cert_pem: str) -> bytes:
@@ -150,8 +179,11 @@ class NodeIdentity:
         tls_key: ec.EllipticCurvePrivateKey,
         tls_cert_pem: str,
         address: str,
+        evm_address: str = "",
     ) -> None:
         self.name = name
+        #: EVM account published in node.pub (set by `node init`; derived from the identity key).
+        self.evm_address = evm_address
         self._signing_key = signing_key
         self._tls_key = tls_key
         self.tls_cert_pem = tls_cert_pem
@@ -189,12 +221,19 @@ class NodeIdentity:
 
     def public(self) -> PublicIdentity:
         unbound = PublicIdentity(self.name, self.public_key, self.address, self.tls_cert_pem, b"")
+        evm_binding = (
+            self.sign(Domain.CHAIN_ACCOUNT, evm_binding_body(self.node_id, self.evm_address))
+            if self.evm_address
+            else b""
+        )
         return PublicIdentity(
             self.name,
             self.public_key,
             self.address,
             self.tls_cert_pem,
             self.sign(Domain.TLS_BINDING, unbound.binding_body()),
+            self.evm_address,
+            evm_binding,
         )
 
     def tls_key_pem(self) -> bytes:
@@ -274,7 +313,14 @@ class NodeIdentity:
             raise IdentityError(
                 f"{directory} does not hold an Ed25519 identity and an ECDSA TLS key"
             )
-        return cls(meta["name"], signing_key, tls_key, meta["tls_cert"], meta["address"])
+        return cls(
+            meta["name"],
+            signing_key,
+            tls_key,
+            meta["tls_cert"],
+            meta["address"],
+            meta.get("evm_address", ""),
+        )
 
 
 def _self_signed_cert(

@@ -11,8 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from consortium.core.encoding import encode
 from consortium.core.errors import ConfigError
-
-NODE_CONFIG_FILE = "node.toml"
+from consortium.core.layout import NODE_CONFIG_FILE
 
 
 class DataConfig(BaseModel):
@@ -58,6 +57,7 @@ class RunConfig(BaseModel):
     min_updates: int = Field(1, ge=1)
     collect_timeout: float = Field(10.0, gt=0)
     round_timeout: float = Field(30.0, gt=0)
+    anchor_every: int = Field(0, ge=0, description="anchor the final head every k rounds (0: off)")
     started: int = Field(0, description="ms since the epoch when the run was started")
 
     def body(self) -> dict[str, Any]:

@@ -60,7 +60,7 @@ class Learner:
         idx = node_shard(data, ds)
         rng = np.random.default_rng(data.seed + 7919 * (data.index + 1))
         idx = rng.permutation(idx)
-        n_val = max(1, len(idx) // 10)
+        n_val = len(idx) // 10  # a held-out tenth for local metrics; none for tiny shards
         self.x_val, self.y_val = ds.x_train[idx[:n_val]], ds.y_train[idx[:n_val]]
         self.x, self.y = ds.x_train[idx[n_val:]], ds.y_train[idx[n_val:]]
         self.model = build_model(run.model, ds.input_shape, ds.num_classes, seed=run.seed)
@@ -86,7 +86,8 @@ class Learner:
         """Train from the global model; return (samples, update bytes, metrics)."""
         weights = weights_from_bytes(global_model, self.like)
         set_weights(self.model, weights)
-        _, acc = evaluate(self.model, self.x_val, self.y_val)
+        x_val, y_val = (self.x_val, self.y_val) if len(self.y_val) else (self.x, self.y)
+        _, acc = evaluate(self.model, x_val, y_val)
         cfg = self.cfg.model_copy(update={"seed": self.run.seed * 100_003 + round_no})
         res = train_local(self.model, self.x, self.y, cfg, global_weights=weights)
         update = weights_to_bytes(get_weights(self.model))

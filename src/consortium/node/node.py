@@ -22,10 +22,12 @@ from consortium.core.errors import ConfigError, ConsortiumError, LedgerError, Tr
 from consortium.core.files import atomic_write
 from consortium.core.genesis import GENESIS_FILE, Genesis
 from consortium.core.identity import NodeIdentity
+from consortium.core.layout import LEDGER_FILE, STATUS_FILE, STORE_DIR
 from consortium.learning.serialize import weights_to_bytes
 from consortium.ledger.heads import CosignedHead, TreeHead
 from consortium.ledger.log import Ledger
 from consortium.ledger.replica import sync as sync_ledger
+from consortium.node.anchoring import Anchorer
 from consortium.node.config import NodeConfig, RunConfig, load_node_config
 from consortium.node.learner import Learner, initial_weights
 from consortium.protocol.messages import Commit, StartRun, decode_message, encode_message
@@ -43,10 +45,6 @@ from consortium.store.blockstore import CHUNK_SIZE, BlockStore
 from consortium.store.cid import cid_for
 from consortium.store.objects import get_bytes, put_bytes
 from consortium.transport.base import Transport
-
-LEDGER_FILE = "ledger.sqlite"
-STORE_DIR = "store"
-STATUS_FILE = "status.json"
 
 log = logging.getLogger("consortium.node")
 
@@ -131,6 +129,8 @@ class Node:
         self.learner: Learner | None = None
         self.global_model: bytes = b""
         self.finished = asyncio.Event()
+        self.anchorer = Anchorer(self.dir, identity, self.genesis)
+        self._anchoring: set[asyncio.Task[None]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._training = False
@@ -145,12 +145,15 @@ class Node:
         self._write_status()
 
     async def stop(self) -> None:
+        if self._anchoring:  # let anchors in flight land: they are the run's public record
+            await asyncio.wait(self._anchoring, timeout=60)
         if self._ticker:
             self._ticker.cancel()
         for t in list(self._tasks):
             t.cancel()
         await self.transport.stop()
         self.ledger.close()
+        self.anchorer.close()
 
     # -- run control -----------------------------------------------------------------------------
 
@@ -237,7 +240,11 @@ class Node:
     async def _train(self, round_no: int) -> None:
         assert self.learner is not None and self.machine is not None
         learner, model = self.learner, self.global_model
-        n, update, metrics = await asyncio.to_thread(learner.train, model, round_no)
+        try:
+            n, update, metrics = await asyncio.to_thread(learner.train, model, round_no)
+        except ConsortiumError as exc:  # e.g. no local data: sit the round out, say why
+            log.error("%s: local training for round %d failed: %s", self.name, round_no, exc)
+            return
         if self.machine.round == round_no:
             self._execute(self.machine.on_trained(n, update, metrics, self.clock()))
 
@@ -253,11 +260,25 @@ class Node:
         leader = c.entry.body.get("leader", "")
         log.info("%s: round %d committed (leader %s)", self.name, c.round, str(leader)[:16])
         self._write_status()
+        k = self.run.anchor_every
+        if k and (c.round % k == 0 or c.round == self.run.rounds):
+            task = asyncio.create_task(self._anchor(p.size, p.root))
+            self._anchoring.add(task)
+            task.add_done_callback(self._anchoring.discard)
         if c.round >= self.run.rounds:
             self.finished.set()
             self._write_status()
         else:
             self._begin(c.round + 1)
+
+    async def _anchor(self, size: int, root: bytes) -> None:
+        """Write a final head to the chain; a failure is logged and retried at the next anchor."""
+        try:
+            tx = await self.anchorer.anchor(size, root)
+        except ConsortiumError as exc:
+            log.warning("%s: anchoring head of size %d failed: %s", self.name, size, exc)
+            return
+        log.info("%s: anchored head of size %d (gas %d)", self.name, size, tx.gas_used)
 
     async def _tick_loop(self) -> None:
         while True:
@@ -291,26 +312,28 @@ class Node:
                 continue
             appended += result.appended
         if appended:
-            await self._fetch_latest_model()
+            await self._fetch_missing_artifacts()
             log.info("%s: caught up %d entries", self.name, appended)
         return appended
 
-    async def _fetch_latest_model(self) -> None:
-        records = run_records(self.ledger)
-        if not records:
-            return
-        cid = records[-1]["model"]
-        if self.store.has(cid):
-            return
-        for peer in self.peers:
-            try:
-                data = await self.transport.request(peer, "model", encode({"cid": str(cid)}), 30.0)
-            except TransportError:
-                continue
-            if model_cid(data, self.store) == cid:  # never accept a model not matching the record
-                put_bytes(self.store, data)
-                return
-            log.warning("%s: peer %s sent a model that does not match %s", self.name, peer, cid)
+    async def _fetch_missing_artifacts(self) -> None:
+        """Fetch every artifact the ledger references that this store lacks (models of rounds
+        this node missed), refusing bytes that do not match the CID in the cosigned record."""
+        wanted = []
+        for entry in self.ledger.iter_entries(1):
+            wanted += [cid for cid in entry.references() if not self.store.has(cid)]
+        for cid in dict.fromkeys(wanted):
+            for peer in self.peers:
+                try:
+                    data = await self.transport.request(
+                        peer, "artifact", encode({"cid": str(cid)}), 30.0
+                    )
+                except TransportError:
+                    continue
+                if model_cid(data, self.store) == cid:
+                    put_bytes(self.store, data)
+                    break
+                log.warning("%s: peer %s sent bytes that do not match %s", self.name, peer, cid)
 
     # -- requests from peers ---------------------------------------------------------------------
 
@@ -326,7 +349,7 @@ class Node:
             return b""
         if method == "sync":
             return self._sync_reply(decode(payload))
-        if method == "model":
+        if method == "artifact":
             req = decode(payload)
             return get_bytes(self.store, str(req["cid"]))
         raise ConfigError(f"unknown method {method!r}")

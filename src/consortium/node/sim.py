@@ -15,11 +15,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from consortium.chain.accounts import derive_account
 from consortium.core.errors import ConsortiumError
 from consortium.core.genesis import GENESIS_FILE, Genesis, Purpose
 from consortium.core.identity import NodeIdentity
-from consortium.node.config import NODE_CONFIG_FILE
-from consortium.node.node import STATUS_FILE
+from consortium.core.layout import NODE_CONFIG_FILE, STATUS_FILE
 
 
 def free_ports(n: int) -> list[int]:
@@ -60,6 +60,8 @@ def create_consortium(
         )
         for i, port in enumerate(ports)
     ]
+    for ident in ids:
+        ident.evm_address = derive_account(ident).address
     created = 1_767_225_600 if reproducible else int(time.time())
     genesis = Genesis.create(
         "demo", [i.public() for i in ids], [purpose or Purpose("research")], created
@@ -140,7 +142,7 @@ class Cluster:
     def alive(self) -> list[int]:
         return [i for i, p in self.procs.items() if p.poll() is None]
 
-    def stop_all(self, grace: float = 5.0) -> None:
+    def stop_all(self, grace: float = 30.0) -> None:
         for p in self.procs.values():
             if p.poll() is None:
                 p.terminate()
