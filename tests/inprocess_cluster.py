@@ -37,9 +37,12 @@ async def cluster(root: Path, n: int, seed: int) -> tuple[list[Node], InProcessN
     return nodes, net, clock
 
 
-def run_config(rounds: int, seed: int = 0, anchor_every: int = 0) -> RunConfig:
+def run_config(
+    rounds: int, seed: int = 0, anchor_every: int = 0, secure: str = "none"
+) -> RunConfig:
     return RunConfig(
         anchor_every=anchor_every,
+        secure_aggregation=secure,  # type: ignore[arg-type]
         rounds=rounds,
         seed=seed,
         lr=0.1,

@@ -1,20 +1,12 @@
 """Anchoring against a real Ethereum JSON-RPC node: anvil (Foundry) started on 127.0.0.1.
 
-Install it (44 MB, no postinstall needed) with:
-    npm install --prefix .tmp/anvil --no-audit --no-fund @foundry-rs/anvil@1.7.1
-or put `anvil` on PATH, or point CONSORTIUM_ANVIL at the binary. Skipped when none is found.
+How anvil is found and started: tests/anvil_support.py. Skipped when none is found.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from eth_account import Account
@@ -25,68 +17,17 @@ from consortium.chain.check import check_anchored, check_deployment
 from consortium.chain.client import AnchorChain, AnchoredHead
 from consortium.core.errors import ChainError
 from consortium.core.identity import NodeIdentity
+from tests.anvil_support import ANVIL_DEV_KEY, running_anvil
 
-REPO = Path(__file__).resolve().parents[1]
-#: anvil's first development account (public, well known: funded with 10000 ETH at its genesis).
-ANVIL_DEV_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
 GENESIS = hashlib.sha256(b"anvil genesis").digest()
 
 pytestmark = pytest.mark.slow
 
 
-def find_anvil() -> str | None:
-    if env := os.environ.get("CONSORTIUM_ANVIL"):
-        if not os.access(env, os.X_OK):
-            pytest.fail(f"CONSORTIUM_ANVIL={env} is not an executable file")
-        return env
-    if on_path := shutil.which("anvil"):
-        return on_path
-    # the native binary npm puts in the platform package (avoids the node wrapper's start-up)
-    native = sorted((REPO / ".tmp/anvil/node_modules/@foundry-rs").glob("anvil-*/bin/anvil"))
-    return str(native[0]) if native else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def anvil_url() -> Iterator[str]:
-    binary = find_anvil()
-    if binary is None:
-        pytest.skip(
-            "anvil not installed: npm install --prefix .tmp/anvil @foundry-rs/anvil@1.7.1 "
-            "(or set CONSORTIUM_ANVIL)"
-        )
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--host", "127.0.0.1", "--port", str(port), "--silent"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-                pytest.fail(f"anvil exited with {proc.returncode}: {err[-500:]}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("anvil did not open its port within 30 s")
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with running_anvil() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

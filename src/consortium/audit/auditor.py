@@ -23,15 +23,17 @@ from consortium.audit.entries_check import CHUNK, check_all
 from consortium.chain.check import check_anchored, check_deployment
 from consortium.chain.client import RECORD_FILE, AnchorChain, AnchoredHead
 from consortium.core.encoding import Domain
-from consortium.core.errors import AuditError, ConsortiumError
+from consortium.core.errors import AuditError, ConfigError, ConsortiumError
 from consortium.core.genesis import GENESIS_FILE, Genesis
 from consortium.core.layout import CHAIN_DIR, LEDGER_FILE, STORE_DIR
 from consortium.ledger.entries import Entry, check_signature, genesis_from_entry
 from consortium.ledger.frontier import Frontier
 from consortium.ledger.heads import TreeHead
 from consortium.ledger.log import Ledger
+from consortium.node.anchoring import CHAIN_CONFIG_FILE, ChainConfig, load_chain_config
 from consortium.store.blockstore import BlockStore
-from consortium.store.objects import walk
+from consortium.store.cid import cid_for
+from consortium.store.objects import get_bytes, walk
 
 Progress = Callable[[str, int, int], None]
 
@@ -52,6 +54,7 @@ class AuditReport:
     equivocations: list[str] = field(default_factory=list)
     anchored: int = 0
     latest_anchored_size: int = 0
+    secure_rounds: int = 0
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -60,18 +63,31 @@ def _fail(message: str) -> AuditError:
 
 
 def audit(
-    directory: Path, progress: Progress | None = None, workers: int | None = None
+    directory: Path,
+    progress: Progress | None = None,
+    workers: int | None = None,
+    *,
+    chain_url: str | None = None,
+    contract: str | None = None,
 ) -> AuditReport:
     """Audit `directory` (a node or run folder); raise AuditError naming the first problem.
 
-    Signatures are checked on `workers` processes (default: every core)."""
+    Signatures are checked on `workers` processes (default: every core). Anchored heads are read
+    from the chain at `chain_url`/`contract`, else the folder's chain.toml, else its embedded
+    chain."""
     try:
-        return _audit(Path(directory), progress, workers)
+        return _audit(Path(directory), progress, workers, chain_url, contract)
     except sqlite3.Error as exc:  # a damaged database file is tampering too, never a traceback
         raise _fail(f"ledger database is damaged: {exc}") from exc
 
 
-def _audit(directory: Path, progress: Progress | None, workers: int | None) -> AuditReport:
+def _audit(
+    directory: Path,
+    progress: Progress | None,
+    workers: int | None,
+    chain_url: str | None,
+    contract: str | None,
+) -> AuditReport:
     directory = Path(directory)
     ledger_path = directory / LEDGER_FILE
     if not ledger_path.exists():
@@ -83,7 +99,7 @@ def _audit(directory: Path, progress: Progress | None, workers: int | None) -> A
         raise _fail(f"cannot open ledger: {exc}") from exc
     with ledger:
         genesis = _check_genesis(directory, ledger, report)
-        anchored = _read_chain(directory / CHAIN_DIR, genesis)
+        anchored = _read_chain(directory, genesis, report, chain_url, contract)
         references, roots = _check_entries(
             ledger, genesis, report, progress, workers, {h.size for h in anchored}
         )
@@ -96,6 +112,8 @@ def _audit(directory: Path, progress: Progress | None, workers: int | None) -> A
         for blob in ledger.raw_equivocations():
             report.equivocations.append(blob.hex()[:32])
     _check_store(directory / STORE_DIR, references, report, progress)
+    if report.kinds.get("round"):
+        _check_secure_aggregates(ledger_path, directory / STORE_DIR, report)
     if report.equivocations:
         raise _fail(f"{len(report.equivocations)} equivocation(s) by members are on record")
     return report
@@ -168,12 +186,41 @@ def _check_entries(
     return references, roots
 
 
-def _read_chain(chain_dir: Path, genesis: Genesis) -> list[AnchoredHead]:
-    """The heads anchored on the folder's embedded chain, after checking the contract is ours."""
-    if not (chain_dir / RECORD_FILE).exists():
+def _chain_target(
+    directory: Path, chain_url: str | None, contract: str | None
+) -> ChainConfig | None:
+    """The external chain to check: explicit options over the folder's chain.toml; None means
+    the folder's embedded chain."""
+    config = load_chain_config(directory)
+    if chain_url is None and contract is None:
+        return config
+    url = chain_url or (config.url if config else None)
+    address = contract or (config.contract if config else None)
+    if url is None or address is None:
+        missing = "--contract" if address is None else "--chain-url"
+        raise ConfigError(f"checking an external chain needs {missing} (or a {CHAIN_CONFIG_FILE})")
+    return ChainConfig.of(url, address)
+
+
+def _read_chain(
+    directory: Path,
+    genesis: Genesis,
+    report: AuditReport,
+    chain_url: str | None = None,
+    contract: str | None = None,
+) -> list[AnchoredHead]:
+    """The heads anchored on the consortium's chain (chain.toml or explicit options) or else on
+    the folder's embedded chain, after checking the contract is ours (code, genesis, members)."""
+    target = _chain_target(directory, chain_url, contract)
+    chain_dir = directory / CHAIN_DIR
+    if target is None and not (chain_dir / RECORD_FILE).exists():
         return []
     try:
-        with AnchorChain.embedded(chain_dir, readonly=True) as chain:
+        if target is None:
+            opened = AnchorChain.embedded(chain_dir, readonly=True)
+        else:
+            opened = AnchorChain.connect(target.url, target.contract)
+        with opened as chain:
             if chain.contract_address is None:
                 return []
             problems = check_deployment(
@@ -184,6 +231,7 @@ def _read_chain(chain_dir: Path, genesis: Genesis) -> list[AnchoredHead]:
                 genesis.digest(),
             )
             heads = chain.anchored_heads()
+            report.extra["chain"] = f"{chain.description} contract {chain.contract_address}"
     except ConsortiumError as exc:
         raise _fail(f"chain: {exc}") from exc
     if problems:
@@ -203,6 +251,41 @@ def _check_anchors(
         raise _fail(f"chain: {problems[0]}")
     report.anchored = len(anchored)
     report.latest_anchored_size = max((h.size for h in anchored), default=0)
+
+
+def _check_secure_aggregates(ledger_path: Path, store_dir: Path, report: AuditReport) -> None:
+    """Recompute every securely aggregated model from its published SecAgg+ transcript."""
+    # Imported here: model arithmetic pulls in the learning stack, needed only for these records.
+    from consortium.learning.serialize import add_flat_delta
+    from consortium.protocol.secure_round import (
+        params_from_body,
+        recompute_mean_delta,
+        secagg_round_id,
+    )
+
+    store: BlockStore | None = None
+    with Ledger.open(ledger_path) as ledger:
+        for idx, data in ledger.raw_entries(1):
+            entry = Entry.from_bytes(data)
+            body = entry.body
+            if entry.kind != "round" or body.get("aggregation") != "secagg+":
+                continue
+            try:
+                store = store or BlockStore(store_dir, create=False)
+                info = body["secagg"]
+                params = params_from_body(info)
+                rid = secagg_round_id(body["run"], body["round"], body["attempt"])
+                if params.round_id != rid:
+                    raise ConsortiumError("secure-aggregation round id is not this round's")
+                mean, tr = recompute_mean_delta(params, get_bytes(store, info["transcript"]))
+                if list(tr.survivors) != body["participants"] or tr.input_hashes != body["updates"]:
+                    raise ConsortiumError("record and transcript disagree on contributors")
+                model = add_flat_delta(get_bytes(store, body["prev_model"]), mean)
+                if cid_for(model) != body["model"]:
+                    raise ConsortiumError("model is not the previous model plus the secure sum")
+            except (ConsortiumError, KeyError, TypeError) as exc:
+                raise _fail(f"entry {idx}: secure aggregate: {exc}") from exc
+            report.secure_rounds += 1
 
 
 def _check_heads(

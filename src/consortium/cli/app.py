@@ -6,6 +6,8 @@ import typer
 
 from consortium.cli import demo, identity, run
 from consortium.cli.bench import bench_app
+from consortium.cli.chain import chain_app
+from consortium.cli.consent import consent_app
 from consortium.cli.store import app as store_app
 
 app = typer.Typer(
@@ -23,6 +25,8 @@ app.add_typer(store_app, name="store", help="Put, get and verify content-address
 app.command("audit")(run.audit)
 app.command("demo")(demo.demo)
 app.add_typer(bench_app, name="bench")
+app.add_typer(chain_app, name="chain")
+app.add_typer(consent_app, name="consent")
 
 
 def main() -> None:

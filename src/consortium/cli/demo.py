@@ -52,6 +52,9 @@ def demo(
     model: str = typer.Option("mlp", help="mlp | cnn | logreg."),
     epochs: int = typer.Option(2, min=1, help="Local epochs per round."),
     lr: float = typer.Option(0.05, help="Learning rate."),
+    secure_aggregation: str = typer.Option(
+        "secagg+", help="secagg+ (the leader learns only the sum) or none (plaintext FedAvg)."
+    ),
     anchor_every: int = typer.Option(
         5,
         min=0,
@@ -78,6 +81,7 @@ def demo(
         lr=lr,
         seed=seed,
         anchor_every=anchor_every,
+        secure_aggregation=secure_aggregation,
         min_updates=max(1, (nodes + 1) // 2),
         collect_timeout=5.0,
         round_timeout=15.0,
@@ -179,6 +183,7 @@ def _summary(
     console.print(
         f"audit {dirs[0]}: OK ({report.artifacts} artifacts re-hashed, "
         f"{report.anchored} anchored heads match the chain, latest size "
-        f"{report.latest_anchored_size})"
+        f"{report.latest_anchored_size}; {report.secure_rounds} SecAgg+ sums recomputed from "
+        "their published transcripts)"
     )
     console.print(f"done in {time.time() - t0:.1f} s")

@@ -53,8 +53,15 @@ def run_start(
     momentum: float = typer.Option(0.9, help="SGD momentum."),
     seed: int = typer.Option(0, help="Seed of the initial model and batch order."),
     round_timeout: float = typer.Option(30.0, help="Seconds before a leader is replaced."),
+    secure_aggregation: str = typer.Option(
+        "secagg+", help="secagg+ (the leader learns only the sum) or none (plaintext FedAvg)."
+    ),
+    clip_norm: float = typer.Option(10.0, help="L2 bound on each node's model delta (SecAgg+)."),
     anchor_every: int = typer.Option(
-        0, min=0, help="Anchor the final head on each node's embedded EVM chain every k rounds."
+        0,
+        min=0,
+        help="Anchor the final head every k rounds (the chain in DIR/chain.toml, else each "
+        "node's embedded EVM chain).",
     ),
     passphrase: str | None = PASSPHRASE,
 ) -> None:
@@ -76,6 +83,8 @@ def run_start(
             "seed": seed,
             "round_timeout": round_timeout,
             "anchor_every": anchor_every,
+            "secure_aggregation": secure_aggregation,
+            "clip_norm": clip_norm,
             "collect_timeout": round_timeout / 3,
             "started": int(time.time() * 1000),
         }
@@ -89,10 +98,18 @@ def run_start(
 @handle_errors
 def audit(
     directory: Path = typer.Argument(..., help="A node or run folder (ledger.sqlite + store/)."),
+    chain_url: str | None = typer.Option(
+        None, help="Ethereum JSON-RPC URL to check anchors on (default: DIR/chain.toml)."
+    ),
+    contract: str | None = typer.Option(
+        None, help="Address of the consortium's anchor contract (default: DIR/chain.toml)."
+    ),
 ) -> None:
-    """Re-verify everything: genesis, signatures, Merkle root, cosigned heads, every artifact."""
+    """Re-verify everything: genesis, signatures, Merkle root, cosigned heads, every artifact,
+    and the anchored heads (on the shared chain of DIR/chain.toml or --chain-url/--contract, else
+    the folder's embedded chain)."""
     t0 = time.perf_counter()
-    r = audit_folder(directory)
+    r = audit_folder(directory, chain_url=chain_url, contract=contract)
     kinds = ", ".join(f"{v} {k}" for k, v in sorted(r.kinds.items()))
     console.print(
         f"audit OK: consortium {r.consortium!r}, {r.members} members (quorum {r.quorum}); "
@@ -101,3 +118,5 @@ def audit(
         f"{r.latest_anchored_size}); {r.artifacts} artifacts, {r.blocks} blocks "
         f"re-hashed; root {r.root.hex()[:16]}… in {time.perf_counter() - t0:.2f} s"
     )
+    if "chain" in r.extra:
+        console.print(f"anchors checked on {r.extra['chain']}", highlight=False)

@@ -58,6 +58,10 @@ class RunConfig(BaseModel):
     collect_timeout: float = Field(10.0, gt=0)
     round_timeout: float = Field(30.0, gt=0)
     anchor_every: int = Field(0, ge=0, description="anchor the final head every k rounds (0: off)")
+    secure_aggregation: Literal["secagg+", "none"] = Field(
+        "secagg+", description="secagg+: the leader learns only the sum; none: plaintext FedAvg"
+    )
+    clip_norm: float = Field(10.0, gt=0, description="L2 bound on each node's model delta")
     started: int = Field(0, description="ms since the epoch when the run was started")
 
     def body(self) -> dict[str, Any]:

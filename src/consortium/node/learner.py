@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from consortium.core.errors import ConfigError
 from consortium.learning import (
@@ -24,9 +25,9 @@ from consortium.learning import (
     set_weights,
     train_local,
 )
-from consortium.learning.adapter import Weights
+from consortium.learning.adapter import Weights, flatten
 from consortium.learning.datasets import Dataset
-from consortium.learning.serialize import weights_from_bytes, weights_to_bytes
+from consortium.learning.serialize import add_flat_delta, weights_from_bytes, weights_to_bytes
 from consortium.node.config import DataConfig, RunConfig
 
 
@@ -92,6 +93,20 @@ class Learner:
         res = train_local(self.model, self.x, self.y, cfg, global_weights=weights)
         update = weights_to_bytes(get_weights(self.model))
         return res.num_samples, update, {"loss": float(res.loss), "accuracy": float(acc)}
+
+    @property
+    def model_size(self) -> int:
+        return int(flatten(self.like).size)
+
+    def delta(self, global_model: bytes, local_model: bytes) -> npt.NDArray[np.float32]:
+        """local - global as one flat vector (sorted parameter names), shape-checked."""
+        g = flatten(weights_from_bytes(global_model, self.like))
+        local = flatten(weights_from_bytes(local_model, self.like))
+        out: npt.NDArray[np.float32] = local - g
+        return out
+
+    def apply(self, global_model: bytes, delta: npt.NDArray[np.float64]) -> bytes:
+        return add_flat_delta(global_model, delta)
 
     def aggregate(self, updates: Sequence[tuple[str, int, bytes]]) -> bytes:
         """FedAvg/FedProx of the participants' weights (shape-checked against the model)."""

@@ -179,6 +179,9 @@ class Node:
             min_updates=run.min_updates,
             collect_timeout=run.collect_timeout,
             round_timeout=run.round_timeout,
+            secure=run.secure_aggregation == "secagg+",
+            clip=run.clip_norm,
+            model_size=self.learner.model_size,
         )
         self.machine = RoundMachine(
             self.identity,
@@ -186,6 +189,7 @@ class Node:
             settings,
             self.learner.aggregate,
             lambda data: model_cid(data, self.store),
+            self.learner,
         )
         self.finished.clear()
 
@@ -207,7 +211,11 @@ class Node:
     def _begin(self, round_no: int) -> None:
         assert self.machine is not None
         frontier = self.ledger.frontier()
-        self._execute(self.machine.begin(round_no, frontier, frontier.root(), self.clock()))
+        self._execute(
+            self.machine.begin(
+                round_no, frontier, frontier.root(), self.clock(), model=self.global_model
+            )
+        )
 
     # -- protocol actions ------------------------------------------------------------------------
 
@@ -256,13 +264,19 @@ class Node:
         for node_id, sig in sorted(c.cosignatures.items()):
             self.ledger.add_cosignature(head, node_id, sig)
         put_bytes(self.store, p.model)
+        if p.transcript:  # the published SecAgg+ transcript: auditors recompute the sum from it
+            put_bytes(self.store, p.transcript)
         self.global_model = p.model
         leader = c.entry.body.get("leader", "")
         log.info("%s: round %d committed (leader %s)", self.name, c.round, str(leader)[:16])
         self._write_status()
         k = self.run.anchor_every
-        if k and (c.round % k == 0 or c.round == self.run.rounds):
-            task = asyncio.create_task(self._anchor(p.size, p.root))
+        if (
+            k
+            and (c.round % k == 0 or c.round == self.run.rounds)
+            and self.anchorer.should_anchor(c.entry.author)  # shared chain: the leader only
+        ):
+            task = asyncio.create_task(self.anchorer.publish(self.name, p.size, p.root))
             self._anchoring.add(task)
             task.add_done_callback(self._anchoring.discard)
         if c.round >= self.run.rounds:
@@ -270,15 +284,6 @@ class Node:
             self._write_status()
         else:
             self._begin(c.round + 1)
-
-    async def _anchor(self, size: int, root: bytes) -> None:
-        """Write a final head to the chain; a failure is logged and retried at the next anchor."""
-        try:
-            tx = await self.anchorer.anchor(size, root)
-        except ConsortiumError as exc:
-            log.warning("%s: anchoring head of size %d failed: %s", self.name, size, exc)
-            return
-        log.info("%s: anchored head of size %d (gas %d)", self.name, size, tx.gas_used)
 
     async def _tick_loop(self) -> None:
         while True:

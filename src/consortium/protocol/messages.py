@@ -49,13 +49,15 @@ def _dict(body: dict[str, Any], key: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Proposal:
-    """A leader's proposed ledger entry, the tree head it yields, and the new model's bytes."""
+    """A leader's proposed ledger entry, the tree head it yields, the new model's bytes and, under
+    secure aggregation, the SecAgg+ transcript the model was computed from."""
 
     entry: bytes
     size: int
     root: bytes
     time: int
     model: bytes
+    transcript: bytes = b""
 
     def to_body(self) -> dict[str, Any]:
         return {
@@ -64,6 +66,7 @@ class Proposal:
             "root": self.root,
             "time": self.time,
             "model": self.model,
+            "transcript": self.transcript,
         }
 
     @classmethod
@@ -74,6 +77,7 @@ class Proposal:
             _bytes(b, "root", 32),
             _int(b, "time"),
             _bytes(b, "model"),
+            _bytes(b, "transcript"),
         )
 
 
@@ -217,8 +221,26 @@ class Commit:
         )
 
 
-Message = StartRun | Update | Propose | Vote | Commit
-_TYPES: dict[str, Any] = {c.TYPE: c for c in (StartRun, Update, Propose, Vote, Commit)}
+@dataclass(frozen=True)
+class SecAgg:
+    """One SecAgg+ message of a round's secure aggregation (or the leader's start notice)."""
+
+    TYPE: ClassVar[str] = "secagg"
+    run: str
+    round: int
+    attempt: int
+    body: dict[str, Any]
+
+    def to_body(self) -> dict[str, Any]:
+        return {"run": self.run, "round": self.round, "attempt": self.attempt, "body": self.body}
+
+    @classmethod
+    def from_body(cls, b: dict[str, Any]) -> SecAgg:
+        return cls(_str(b, "run"), _int(b, "round", 1), _int(b, "attempt"), _dict(b, "body"))
+
+
+Message = StartRun | Update | Propose | Vote | Commit | SecAgg
+_TYPES: dict[str, Any] = {c.TYPE: c for c in (StartRun, Update, Propose, Vote, Commit, SecAgg)}
 
 
 def encode_message(msg: Message) -> bytes:

@@ -34,19 +34,41 @@ import enum
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
+import numpy.typing as npt
 from multiformats import CID
 
-from consortium.core.encoding import Domain
+from consortium.core.encoding import Domain, encode
 from consortium.core.errors import ConsortiumError
 from consortium.core.genesis import Genesis
 from consortium.core.identity import NodeIdentity, is_valid_signature
 from consortium.ledger.entries import Entry, make_record
 from consortium.ledger.frontier import Frontier
 from consortium.ledger.heads import TreeHead
-from consortium.protocol.messages import Commit, Message, Proposal, Propose, Update, Vote
+from consortium.protocol.messages import (
+    Commit,
+    Message,
+    Proposal,
+    Propose,
+    SecAgg,
+    Update,
+    Vote,
+)
 from consortium.protocol.schedule import leader_for
+from consortium.protocol.secagg import SecAggError, SecAggParams
+from consortium.protocol.secure_round import (
+    START,
+    LeaderAggregation,
+    ParticipantAggregation,
+    make_params,
+    params_body,
+    params_from_body,
+    recompute_mean_delta,
+    secagg_round_id,
+    weighted_vector,
+)
 
 #: Aggregates (node id, sample count, update bytes) into the new model's bytes. Pure compute.
 Aggregator = Callable[[Sequence[tuple[str, int, bytes]]], bytes]
@@ -57,6 +79,7 @@ CidOf = Callable[[bytes], CID]
 class Phase(enum.Enum):
     TRAINING = "training"
     COLLECTING = "collecting"
+    SECURE = "secure-aggregation"
     VOTING = "voting"
     AWAITING = "awaiting"
     DONE = "done"
@@ -104,6 +127,20 @@ class RoundSettings:
     min_updates: int = 1
     collect_timeout: float = 10.0
     round_timeout: float = 30.0
+    #: SecAgg+ (the leader learns only the weighted sum) instead of plaintext FedAvg.
+    secure: bool = False
+    #: L2 bound on each participant's model delta under secure aggregation.
+    clip: float = 10.0
+    #: Number of model parameters (the secure vector has one more word: the weight).
+    model_size: int = 0
+
+
+class SecureOps(Protocol):
+    """Pure model arithmetic the machine needs under secure aggregation (given by the node)."""
+
+    def delta(self, global_model: bytes, local_model: bytes) -> npt.NDArray[np.float32]: ...
+
+    def apply(self, global_model: bytes, delta: npt.NDArray[np.float64]) -> bytes: ...
 
 
 @dataclass
@@ -127,6 +164,10 @@ class _State:
     votes: dict[str, bytes] = field(default_factory=dict)
     accepted: Proposal | None = None
     early: dict[str, Update] = field(default_factory=dict)  # next round's updates, held back
+    model: bytes = b""  # the global model this round starts from
+    leading: LeaderAggregation | None = None  # secure aggregation, as this attempt's leader
+    client: ParticipantAggregation | None = None  # secure aggregation, as a participant
+    secagg_samples: dict[str, int] = field(default_factory=dict)
 
 
 class RoundMachine:
@@ -137,13 +178,17 @@ class RoundMachine:
         settings: RoundSettings,
         aggregate: Aggregator,
         cid_of: CidOf,
+        secure_ops: SecureOps | None = None,
     ) -> None:
+        if settings.secure and secure_ops is None:
+            raise ConsortiumError("secure aggregation needs the node's model operations")
         self.me = identity.node_id
         self._identity = identity
         self.genesis = genesis
         self.settings = settings
         self._aggregate = aggregate
         self._cid_of = cid_of
+        self._ops = secure_ops
         self.members = sorted(m.node_id for m in genesis.members)
         self._keys = {m.node_id: m.public_key for m in genesis.members}
         self._voted: dict[int, bytes] = {}  # ledger size -> root this node cosigned
@@ -166,9 +211,9 @@ class RoundMachine:
     # -- events ---------------------------------------------------------------------------------
 
     def begin(
-        self, round_no: int, frontier: Frontier, head_root: bytes, now: float
+        self, round_no: int, frontier: Frontier, head_root: bytes, now: float, model: bytes = b""
     ) -> list[Action]:
-        """Start round `round_no` on a ledger whose right edge is `frontier`."""
+        """Start round `round_no` from global `model` on a ledger whose right edge is `frontier`."""
         early = {k: u for k, u in self.s.early.items() if u.round == round_no}
         self.s = _State(
             round=round_no,
@@ -176,6 +221,7 @@ class RoundMachine:
             frontier=frontier,
             head_root=head_root,
             attempt_started=now,
+            model=model,
         )
         actions: list[Action] = [Train(round_no)]
         for sender, upd in early.items():
@@ -209,6 +255,8 @@ class RoundMachine:
                 return self._on_vote(sender, msg, now)
             if isinstance(msg, Commit):
                 return self._on_commit(sender, msg)
+            if isinstance(msg, SecAgg):
+                return self._on_secagg(sender, msg, now)
         except ConsortiumError as exc:
             return [Note(f"refused {type(msg).__name__.lower()} from {self._name(sender)}: {exc}")]
         return []
@@ -221,6 +269,8 @@ class RoundMachine:
             return self._next_attempt(now)
         if s.phase is Phase.COLLECTING:
             return self._maybe_propose(now)
+        if s.phase is Phase.SECURE:
+            return self._secure_progress(now)
         return []
 
     # -- handlers -------------------------------------------------------------------------------
@@ -256,20 +306,28 @@ class RoundMachine:
         s.phase = Phase.COLLECTING
         everyone = len(s.updates) == len(self.members)
         waited = now >= s.attempt_started + self.settings.collect_timeout
-        if not (everyone or (waited and len(s.updates) >= self.settings.min_updates)):
+        # SecAgg+ needs at least 3 participants (with 2, each would learn the other's update).
+        need = max(self.settings.min_updates, 3 if self.settings.secure else 1)
+        if len(s.updates) < need or not (everyone or waited):
             return []
         accepted = [p for p in self._reported_proposals() if self._is_valid_proposal(p)]
         if accepted:
             proposal = accepted[0]
             note = [Note(f"round {s.round}: re-proposing the entry a previous leader had proposed")]
+        elif self.settings.secure:
+            return self._start_secure(now)
         else:
             proposal = self._build_proposal(now)
             note = []
+        return [*note, *self._propose(proposal, now)]
+
+    def _propose(self, proposal: Proposal, now: float) -> list[Action]:
+        s = self.s
         s.proposal = proposal
         s.phase = Phase.VOTING
         s.votes = {}
         msg = Propose(self.settings.run_id, s.round, s.attempt, proposal)
-        return [*note, Broadcast(msg), *self._vote_for(proposal, self.me, now)]
+        return [Broadcast(msg), *self._vote_for(proposal, self.me, now)]
 
     def _reported_proposals(self) -> list[Proposal]:
         """Proposals that participants say they already cosigned, in a deterministic order."""
@@ -298,14 +356,22 @@ class RoundMachine:
             "updates": {nid: hashlib.sha256(u.update).digest() for nid, u in ups},
             "metrics": {nid: u.metrics for nid, u in ups},
             "model": self._cid_of(model),
+            "prev_model": self._cid_of(s.model),
+            "aggregation": "fedavg",
         }
+        return self._sign_proposal(body, model, b"", now)
+
+    def _sign_proposal(
+        self, body: dict[str, Any], model: bytes, transcript: bytes, now: float
+    ) -> Proposal:
+        s = self.s
         if s.round == 1:
             body["config"] = self.settings.config
         ms = int(now * 1000)
         entry = make_record(self._identity, "round", body, ms)
         data = entry.to_bytes()
         root = s.frontier.append(data).root()
-        return Proposal(data, s.frontier.size + 1, root, ms, model)
+        return Proposal(data, s.frontier.size + 1, root, ms, model, transcript)
 
     def _check_proposal(self, p: Proposal) -> Entry:
         """Everything a participant re-checks before cosigning; raises on the first problem."""
@@ -323,16 +389,26 @@ class RoundMachine:
             raise ConsortiumError("proposed tree head is not this ledger plus the entry")
         if body.get("model") != self._cid_of(p.model):
             raise ConsortiumError("model bytes do not match the model CID in the record")
+        if body.get("prev_model") != self._cid_of(s.model):
+            raise ConsortiumError("the record starts from another global model than this round's")
         samples, hashes = body.get("samples"), body.get("updates")
         if not isinstance(samples, dict) or not isinstance(hashes, dict):
             raise ConsortiumError("record lacks sample counts or update commitments")
         if sorted(samples) != sorted(hashes) or sorted(samples) != body.get("participants"):
             raise ConsortiumError("participants, sample counts and commitments disagree")
-        if s.local is not None and self.me in hashes:
-            if hashes[self.me] != hashlib.sha256(s.local.update).digest():
-                raise ConsortiumError("the record commits to an update this node did not send")
-            if samples[self.me] != s.local.num_samples:
-                raise ConsortiumError("the record misstates this node's sample count")
+        local = s.local
+        if self.settings.secure:
+            self._check_secure(p, body, hashes)
+        elif body.get("aggregation") != "fedavg":
+            raise ConsortiumError("the record's aggregation is not this run's (fedavg)")
+        elif (
+            local is not None
+            and self.me in hashes
+            and hashes[self.me] != hashlib.sha256(local.update).digest()
+        ):
+            raise ConsortiumError("the record commits to an update this node did not send")
+        if local is not None and samples.get(self.me, local.num_samples) != local.num_samples:
+            raise ConsortiumError("the record misstates this node's sample count")
         if s.round == 1 and body.get("config") != self.settings.config:
             raise ConsortiumError("round 1 record does not carry the agreed run config")
         return entry
@@ -420,6 +496,8 @@ class RoundMachine:
         s.updates = {}
         s.proposal = None
         s.votes = {}
+        s.leading = None
+        s.client = None
         if s.local is None:
             s.phase = Phase.TRAINING
             return []
@@ -438,10 +516,169 @@ class RoundMachine:
             s.round,
             s.attempt,
             s.local.num_samples,
-            s.local.update,
+            b"" if self.settings.secure else s.local.update,  # secure: never reveal the update
             s.local.metrics,
             s.accepted,
         )
+
+    # -- secure aggregation (SecAgg+) -----------------------------------------------------------
+
+    def _start_secure(self, now: float) -> list[Action]:
+        """As leader: open SecAgg+ among the participants whose updates arrived."""
+        s = self.s
+        parts = sorted(s.updates)
+        rid = secagg_round_id(self.settings.run_id, s.round, s.attempt)
+        params = make_params(rid, parts, self.settings.model_size, self.settings.clip)
+        s.leading = LeaderAggregation(params, now)
+        s.secagg_samples = {p: s.updates[p].num_samples for p in parts}
+        s.phase = Phase.SECURE
+        start = {START: {"participants": parts, "samples": s.secagg_samples}}
+        actions: list[Action] = [Send(p, self._secagg_msg(start)) for p in parts if p != self.me]
+        actions += self._client_start(params, s.secagg_samples)
+        return actions + self._secure_progress(now)
+
+    def _secagg_msg(self, body: dict[str, Any]) -> SecAgg:
+        return SecAgg(self.settings.run_id, self.s.round, self.s.attempt, body)
+
+    def _client_start(self, params: SecAggParams, samples: dict[str, int]) -> list[Action]:
+        """As participant: build this node's weighted vector and advertise SecAgg+ keys."""
+        s = self.s
+        assert s.local is not None and self._ops is not None
+        if samples.get(self.me) != s.local.num_samples:
+            raise ConsortiumError("secure aggregation start misstates this node's sample count")
+        weight = s.local.num_samples / sum(samples.values())
+        delta = self._ops.delta(s.model, s.local.update)
+        s.client = ParticipantAggregation(
+            params, self.me, weighted_vector(delta, self.settings.clip, weight)
+        )
+        return self._to_leader(s.client.start())
+
+    def _to_leader(self, body: dict[str, Any]) -> list[Action]:
+        s = self.s
+        if s.leading is not None:  # this node leads: deliver to its own aggregator
+            try:
+                s.leading.receive(self.me, body)
+            except SecAggError as exc:
+                return [Note(f"round {s.round}: own secure-aggregation message refused: {exc}")]
+            return []
+        return [Send(self.leader(), self._secagg_msg(body))]
+
+    def _on_secagg(self, sender: str, msg: SecAgg, now: float) -> list[Action]:
+        s = self.s
+        if msg.run != self.settings.run_id or msg.round != s.round or s.phase is Phase.DONE:
+            return []
+        if msg.attempt != s.attempt:
+            return []
+        if s.leading is not None and sender != self.me:
+            try:
+                s.leading.receive(sender, msg.body)
+            except SecAggError as exc:
+                return [
+                    Note(
+                        f"round {s.round}: secure aggregation refused {self._name(sender)}: {exc}"
+                    ),
+                    *self._secure_progress(now),
+                ]
+            return self._secure_progress(now)
+        if sender != self.leader(msg.attempt):
+            raise ConsortiumError("secure-aggregation message from a node that does not lead")
+        if START in msg.body:
+            start = msg.body[START]
+            if s.local is None or not isinstance(start, dict):
+                return []
+            parts, samples = start.get("participants"), start.get("samples")
+            if not isinstance(parts, list) or not isinstance(samples, dict):
+                raise ConsortiumError("malformed secure-aggregation start")
+            if self.me not in parts or sorted(samples) != sorted(parts):
+                return []
+            rid = secagg_round_id(self.settings.run_id, s.round, s.attempt)
+            params = make_params(rid, parts, self.settings.model_size, self.settings.clip)
+            s.phase = Phase.AWAITING
+            return self._client_start(params, samples)
+        if s.client is None:
+            return []
+        try:
+            reply = s.client.on(msg.body)
+        except SecAggError as exc:
+            return [Note(f"round {s.round}: secure aggregation: {exc}")]
+        return self._to_leader(reply) if reply is not None else []
+
+    def _secure_progress(self, now: float) -> list[Action]:
+        """As leader: close every stage that is complete (or past its deadline)."""
+        s = self.s
+        lead = s.leading
+        actions: list[Action] = []
+        while lead is not None and s.phase is Phase.SECURE and lead.stage_name != "done":
+            if not lead.ready(now, self.settings.collect_timeout):
+                return actions
+            try:
+                out = lead.advance(now)
+            except SecAggError as exc:
+                s.leading = None
+                return [*actions, Note(f"round {s.round}: secure aggregation aborted: {exc}")]
+            for recipient, body in out:
+                if recipient == self.me:
+                    if s.client is not None:
+                        reply = s.client.on(body)
+                        if reply is not None:
+                            actions += self._to_leader(reply)
+                else:
+                    actions.append(Send(recipient, self._secagg_msg(body)))
+        if lead is not None and lead.stage_name == "done" and s.phase is Phase.SECURE:
+            actions += self._propose(self._secure_proposal(lead, now), now)
+        return actions
+
+    def _secure_proposal(self, lead: LeaderAggregation, now: float) -> Proposal:
+        s = self.s
+        assert self._ops is not None
+        transcript = encode(lead.agg.transcript().to_body())
+        mean, tr = recompute_mean_delta(lead.params, transcript)
+        model = self._ops.apply(s.model, mean)
+        contributors = list(tr.survivors)
+        body: dict[str, Any] = {
+            "run": self.settings.run_id,
+            "round": s.round,
+            "attempt": s.attempt,
+            "leader": self.me,
+            "participants": contributors,
+            "dropouts": [m for m in self.members if m not in contributors],
+            "samples": {u: s.secagg_samples[u] for u in contributors},
+            "updates": dict(tr.input_hashes),
+            "metrics": {u: s.updates[u].metrics for u in contributors if u in s.updates},
+            "model": self._cid_of(model),
+            "prev_model": self._cid_of(s.model),
+            "aggregation": "secagg+",
+            "secagg": {**params_body(lead.params), "transcript": self._cid_of(transcript)},
+        }
+        return self._sign_proposal(body, model, transcript, now)
+
+    def _check_secure(self, p: Proposal, body: dict[str, Any], hashes: dict[str, Any]) -> None:
+        """A voter recomputes the model from the published SecAgg+ transcript."""
+        s = self.s
+        assert self._ops is not None
+        info = body.get("secagg")
+        if body.get("aggregation") != "secagg+" or not isinstance(info, dict):
+            raise ConsortiumError("the record is not securely aggregated, as this run requires")
+        params = params_from_body(info)
+        attempt = body.get("attempt")
+        if not isinstance(attempt, int):
+            raise ConsortiumError("record lacks its attempt number")
+        rid = secagg_round_id(self.settings.run_id, s.round, attempt)
+        expected = make_params(
+            rid, list(params.participants), self.settings.model_size, self.settings.clip
+        )
+        if params_body(params) != params_body(expected):
+            raise ConsortiumError("secure-aggregation parameters differ from the agreed ones")
+        if info.get("transcript") != self._cid_of(p.transcript):
+            raise ConsortiumError("transcript bytes do not match the transcript CID")
+        mean, tr = recompute_mean_delta(params, p.transcript)
+        if list(tr.survivors) != body.get("participants") or dict(tr.input_hashes) != hashes:
+            raise ConsortiumError("record and transcript disagree on contributors")
+        if self._ops.apply(s.model, mean) != p.model:
+            raise ConsortiumError("the model is not the global model plus the secure aggregate")
+        mine = s.client.input_hash if s.client is not None else None
+        if mine is not None and self.me in hashes and hashes[self.me] != mine:
+            raise ConsortiumError("the record commits to a masked input this node did not send")
 
     def _name(self, node_id: str) -> str:
         for m in self.genesis.members:

@@ -1,0 +1,336 @@
+"""Salted per-round commitments to the records a node used, and the subject's receipts.
+
+Leaf commitment (32 bytes), a fixed length-prefixed layout so no two inputs share bytes:
+
+    c = SHA-256( 0x1a ‖ "consortium/v1/consent-leaf"            (length-prefixed domain tag)
+                 ‖ salt (32 bytes)
+                 ‖ record id (u64 big-endian)
+                 ‖ len(purpose) (u16 big-endian) ‖ purpose (UTF-8)
+                 ‖ round (u64 big-endian) )
+
+A node's round commitment is the RFC 9162 Merkle root (`ledger.merkle`) over the commitments
+sorted by value, plus their count. The salt is per record and random, so without it a
+commitment cannot be linked to a record id (and the round number in it makes the commitments of
+one record differ from round to round). Sorting makes absence provable too: a receipt shows the
+two adjacent leaves that bracket the subject's commitment (sound as long as the node sorted its
+tree, which it does by construction; a node that lies about sorting could hide a use).
+
+Only `RoundCommitment` (root, count, purpose) leaves the node. A receipt holds the subject's
+salts and proofs made of other leaves' commitments, which reveal nothing without their salts.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from consortium.consent.registry import SALT_SIZE, ConsentError, check_name
+from consortium.core.encoding import sha256
+from consortium.core.errors import ProofError
+from consortium.ledger import merkle
+
+LEAF_TAG = b"consortium/v1/consent-leaf"
+_PREFIX = bytes([len(LEAF_TAG)]) + LEAF_TAG
+HASH_SIZE = 32
+
+Status = Literal["used", "not-used", "invalid", "no-proof", "missing"]
+
+
+def commitment(salt: bytes, record_id: int, purpose: str, round_no: int) -> bytes:
+    """c = SHA-256(tag ‖ salt ‖ record id ‖ purpose ‖ round), see the module docstring."""
+    if len(salt) != SALT_SIZE:
+        raise ConsentError(f"salt must be {SALT_SIZE} bytes, got {len(salt)}")
+    p = purpose.encode("utf-8")
+    return sha256(
+        _PREFIX
+        + salt
+        + record_id.to_bytes(8, "big")
+        + len(p).to_bytes(2, "big")
+        + p
+        + round_no.to_bytes(8, "big")
+    )
+
+
+def round_leaves(
+    salts: Mapping[int, bytes], record_ids: Iterable[int], purpose: str, round_no: int
+) -> list[bytes]:
+    """The sorted commitments of the records used in one round."""
+    return sorted(commitment(salts[int(r)], int(r), purpose, round_no) for r in record_ids)
+
+
+@dataclass(frozen=True)
+class RoundCommitment:
+    """What a node publishes per round (in its Update and the round record): no identifiers."""
+
+    root: bytes
+    count: int
+    purpose: str
+
+    def to_body(self) -> dict[str, Any]:
+        return {"root": self.root, "count": self.count, "purpose": self.purpose}
+
+    @classmethod
+    def from_body(cls, body: Any) -> RoundCommitment:
+        if not isinstance(body, dict) or set(body) != {"root", "count", "purpose"}:
+            raise ConsentError("consent commitment must be a map with root, count and purpose")
+        root, count, purpose = body["root"], body["count"], body["purpose"]
+        if not isinstance(root, bytes) or len(root) != HASH_SIZE:
+            raise ConsentError("consent commitment root must be 32 bytes")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise ConsentError("consent commitment count must be a non-negative integer")
+        if not isinstance(purpose, str):
+            raise ConsentError("consent commitment purpose must be a string")
+        check_name("purpose", purpose)
+        return cls(root, count, purpose)
+
+
+def leaf_hashes(leaves: Sequence[bytes]) -> list[bytes]:
+    return [merkle.leaf_hash(c) for c in leaves]
+
+
+def commit(leaves: Sequence[bytes], purpose: str) -> RoundCommitment:
+    """The round commitment over already-sorted leaf commitments."""
+    if any(a >= b for a, b in itertools.pairwise(leaves)):
+        raise ConsentError("leaf commitments must be sorted and distinct")
+    return RoundCommitment(merkle.root_from_leaf_hashes(leaf_hashes(leaves)), len(leaves), purpose)
+
+
+class _Tree:
+    """Every complete aligned subtree of a small in-memory tree, for `merkle.inclusion_proof`."""
+
+    def __init__(self, leaves: Sequence[bytes]) -> None:
+        self.size = len(leaves)
+        self.levels = [leaf_hashes(leaves)]
+        while len(self.levels[-1]) > 1:
+            lv = self.levels[-1]
+            self.levels.append(
+                [merkle.node_hash(lv[i], lv[i + 1]) for i in range(0, len(lv) - 1, 2)]
+            )
+
+    def get(self, level: int, idx: int) -> bytes:
+        return self.levels[level][idx]
+
+    def proof(self, index: int) -> list[bytes]:
+        return merkle.inclusion_proof(index, self.size, self.get)
+
+
+# -- receipts -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """A leaf next to where the subject's commitment would be, with its inclusion proof."""
+
+    index: int
+    leaf: bytes
+    proof: list[bytes]
+
+
+@dataclass(frozen=True)
+class RoundProof:
+    """For one round and record: an inclusion proof (used) or the bracketing neighbours (not)."""
+
+    round: int
+    purpose: str
+    record_id: int
+    size: int
+    used: bool
+    index: int = -1
+    proof: list[bytes] = field(default_factory=list)
+    neighbours: list[Neighbour] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What a subject keeps: their salts (secret: they link the commitments) and the proofs."""
+
+    subject: str
+    node: str
+    salts: dict[int, bytes]
+    rounds: list[RoundProof]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": "consortium-consent-receipt/1",
+            "subject": self.subject,
+            "node": self.node,
+            "salts": {str(r): s.hex() for r, s in sorted(self.salts.items())},
+            "rounds": [
+                {
+                    "round": p.round,
+                    "purpose": p.purpose,
+                    "record_id": p.record_id,
+                    "size": p.size,
+                    "used": p.used,
+                    "index": p.index,
+                    "proof": [h.hex() for h in p.proof],
+                    "neighbours": [
+                        {
+                            "index": n.index,
+                            "leaf": n.leaf.hex(),
+                            "proof": [h.hex() for h in n.proof],
+                        }
+                        for n in p.neighbours
+                    ],
+                }
+                for p in self.rounds
+            ],
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=1)
+
+    @classmethod
+    def from_json(cls, data: Any) -> Receipt:
+        try:
+            if data["format"] != "consortium-consent-receipt/1":
+                raise ConsentError(f"unknown receipt format {data['format']!r}")
+            salts = {int(r): bytes.fromhex(s) for r, s in data["salts"].items()}
+            rounds = [
+                RoundProof(
+                    round=int(p["round"]),
+                    purpose=str(p["purpose"]),
+                    record_id=int(p["record_id"]),
+                    size=int(p["size"]),
+                    used=bool(p["used"]),
+                    index=int(p["index"]),
+                    proof=[bytes.fromhex(h) for h in p["proof"]],
+                    neighbours=[
+                        Neighbour(
+                            int(n["index"]),
+                            bytes.fromhex(n["leaf"]),
+                            [bytes.fromhex(h) for h in n["proof"]],
+                        )
+                        for n in p["neighbours"]
+                    ],
+                )
+                for p in data["rounds"]
+            ]
+            return cls(str(data["subject"]), str(data["node"]), salts, rounds)
+        except ConsentError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ConsentError(f"malformed receipt: {exc!r}") from exc
+
+    @classmethod
+    def loads(cls, text: str) -> Receipt:
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConsentError(f"receipt is not JSON: {exc}") from exc
+        return cls.from_json(data)
+
+
+def prove_round(
+    salts: Mapping[int, bytes], record_id: int, purpose: str, round_no: int, leaves: Sequence[bytes]
+) -> RoundProof:
+    """The proof that `record_id` was (or was not) among the sorted `leaves` of a round."""
+    mine = commitment(salts[record_id], record_id, purpose, round_no)
+    tree = _Tree(leaves)
+    pos = bisect.bisect_left(leaves, mine)
+    n = len(leaves)
+    if pos < n and leaves[pos] == mine:
+        return RoundProof(round_no, purpose, record_id, n, True, pos, tree.proof(pos))
+    nbrs = [Neighbour(i, leaves[i], tree.proof(i)) for i in (pos - 1, pos) if 0 <= i < n]
+    return RoundProof(round_no, purpose, record_id, n, False, neighbours=nbrs)
+
+
+def build_receipt(
+    subject: str,
+    salts: Mapping[int, bytes],
+    rounds: Iterable[tuple[int, str, Sequence[bytes]]],
+    node: str = "",
+) -> Receipt:
+    """A receipt over `rounds` = (round, purpose, sorted leaves), for every record in `salts`."""
+    proofs = [
+        prove_round(salts, rid, purpose, r, leaves)
+        for r, purpose, leaves in rounds
+        for rid in sorted(salts)
+    ]
+    return Receipt(subject, node, dict(salts), proofs)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    round: int
+    purpose: str
+    record_id: int | None
+    status: Status
+    reason: str = ""
+
+
+def _check_absent(p: RoundProof, mine: bytes, rc: RoundCommitment) -> None:
+    if p.size == 0:
+        if p.neighbours or rc.root != merkle.EMPTY_ROOT:
+            raise ProofError("an empty round must have the empty root and no neighbours")
+        return
+    if not 1 <= len(p.neighbours) <= 2:
+        raise ProofError("an absence proof needs one or two neighbours")
+    for n in p.neighbours:
+        if len(n.leaf) != HASH_SIZE:
+            raise ProofError("neighbour leaf is not 32 bytes")
+        merkle.verify_inclusion(n.index, p.size, merkle.leaf_hash(n.leaf), n.proof, rc.root)
+    below = [n for n in p.neighbours if n.leaf < mine]
+    above = [n for n in p.neighbours if n.leaf > mine]
+    if len(below) + len(above) != len(p.neighbours) or len(below) > 1 or len(above) > 1:
+        raise ProofError("neighbours do not bracket the commitment")
+    lo = below[0].index if below else -1
+    hi = above[0].index if above else p.size
+    if hi != lo + 1:
+        raise ProofError("neighbours are not adjacent leaves")
+
+
+def check_receipt(receipt: Receipt, roots_by_round: Mapping[int, RoundCommitment]) -> list[Verdict]:
+    """Per round (and record): used / not-used if the proof matches the published root;
+    invalid if it does not; missing if the round has no published root for this node;
+    no-proof for a published round the receipt says nothing about."""
+    out: list[Verdict] = []
+    seen: set[int] = set()
+    for p in receipt.rounds:
+        seen.add(p.round)
+        rc = roots_by_round.get(p.round)
+        if rc is None:
+            out.append(Verdict(p.round, p.purpose, p.record_id, "missing", "no published root"))
+            continue
+        salt = receipt.salts.get(p.record_id)
+        try:
+            if salt is None:
+                raise ProofError(f"the receipt has no salt for record {p.record_id}")
+            if rc.purpose != p.purpose:
+                raise ProofError(f"published purpose is {rc.purpose}, receipt says {p.purpose}")
+            if rc.count != p.size:
+                raise ProofError(f"published count is {rc.count}, receipt says {p.size}")
+            mine = commitment(salt, p.record_id, p.purpose, p.round)
+            if p.used:
+                merkle.verify_inclusion(p.index, p.size, merkle.leaf_hash(mine), p.proof, rc.root)
+            else:
+                _check_absent(p, mine, rc)
+        except (ProofError, ConsentError) as exc:
+            out.append(Verdict(p.round, p.purpose, p.record_id, "invalid", str(exc)))
+            continue
+        out.append(Verdict(p.round, p.purpose, p.record_id, "used" if p.used else "not-used"))
+    for r in sorted(set(roots_by_round) - seen):
+        rc = roots_by_round[r]
+        out.append(Verdict(r, rc.purpose, None, "no-proof", "the receipt covers no such round"))
+    return sorted(out, key=lambda v: (v.round, v.record_id if v.record_id is not None else -1))
+
+
+def roots_from_records(
+    records: Iterable[Mapping[str, Any]], node_id: str
+) -> dict[int, RoundCommitment]:
+    """round -> this node's commitment, from round-record bodies shaped like
+    {"round": r, "consent": {node_id: {"root": bytes, "count": int, "purpose": str}}}."""
+    out: dict[int, RoundCommitment] = {}
+    for body in records:
+        consent = body.get("consent")
+        if not isinstance(consent, dict) or node_id not in consent:
+            continue
+        r = body.get("round")
+        if not isinstance(r, int) or isinstance(r, bool):
+            raise ConsentError("round record has no integer round number")
+        out[r] = RoundCommitment.from_body(consent[node_id])
+    return out

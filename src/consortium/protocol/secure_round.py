@@ -1,0 +1,201 @@
+"""SecAgg+ inside a training round: the leader aggregates, learning only the weighted sum.
+
+Each participant sends the vector [w·Δ ‖ w], where Δ is its model delta clipped to L2 norm C and
+w = n_i / N its share of the samples announced at the start (so the sum carries its own total
+weight W, and the new model is global + sum[:-1] / sum[-1] even when some participants drop out).
+The leader runs `SecAggAggregator` and every participant (the leader included) a `SecAggClient`;
+this module is the glue: round ids, parameters every node derives alike, the per-stage bookkeeping
+of which messages are still expected, and the record fields an auditor needs to recompute the
+model from the published transcript. Sans-I/O like the rest of `protocol`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from consortium.core.encoding import decode
+from consortium.core.errors import ConsortiumError
+from consortium.protocol.secagg import (
+    AdvertiseKeys,
+    EncryptedShares,
+    MaskedInput,
+    NeighbourKeys,
+    SecAggAggregator,
+    SecAggClient,
+    SecAggError,
+    SecAggParams,
+    ShareDelivery,
+    Transcript,
+    UnmaskRequest,
+    UnmaskResponse,
+    dequantize,
+    parse_message,
+    verify_aggregate,
+)
+from consortium.protocol.secagg.quantize import clip_l2
+
+START = "start"
+
+
+def secagg_round_id(run_id: str, round_no: int, attempt: int) -> bytes:
+    """Fresh per attempt, so keys and masks are never reused across attempts."""
+    return hashlib.sha256(f"consortium/secagg/{run_id}/{round_no}/{attempt}".encode()).digest()
+
+
+def make_params(
+    round_id: bytes, participants: list[str], model_size: int, clip: float
+) -> SecAggParams:
+    """Parameters every participant derives identically: d = model size + 1 weight word.
+
+    The L2 bound of [w·Δ ‖ w] with |Δ| <= C and w <= 1 is sqrt(C² + 1) <= C + 1."""
+    return SecAggParams.create(round_id, participants, model_size + 1, clip=clip + 1.0)
+
+
+def params_body(p: SecAggParams) -> dict[str, Any]:
+    return {
+        "round_id": p.round_id,
+        "participants": list(p.participants),
+        "k": p.k,
+        "threshold": p.threshold,
+        "d": p.vector_length,
+        "clip": p.clip,
+        "scale": p.scale,
+    }
+
+
+def params_from_body(b: dict[str, Any]) -> SecAggParams:
+    try:
+        return SecAggParams(
+            b["round_id"],
+            tuple(b["participants"]),
+            b["k"],
+            b["threshold"],
+            b["d"],
+            b["clip"],
+            b["scale"],
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConsortiumError(f"malformed secure-aggregation parameters: {exc}") from exc
+
+
+def weighted_vector(
+    delta: npt.NDArray[np.float32], clip: float, weight: float
+) -> npt.NDArray[np.float64]:
+    """[w·clip(Δ) ‖ w]: what a participant feeds into secure aggregation."""
+    return np.concatenate([clip_l2(delta.astype(np.float64), clip) * weight, [weight]])
+
+
+def mean_delta(words: npt.NDArray[np.uint32], scale: float) -> npt.NDArray[np.float64]:
+    """The sample-weighted mean delta of the contributors, from the aggregate words."""
+    total = dequantize(words, scale)
+    if total[-1] <= 0:
+        raise ConsortiumError("secure aggregate carries no weight")
+    out: npt.NDArray[np.float64] = total[:-1] / total[-1]
+    return out
+
+
+def recompute_mean_delta(
+    params: SecAggParams, transcript_bytes: bytes
+) -> tuple[npt.NDArray[np.float64], Transcript]:
+    """Verify a published transcript and return the mean delta it implies (auditor and voters)."""
+    try:
+        transcript = Transcript.from_body(decode(transcript_bytes))
+        words = verify_aggregate(params, transcript)
+    except (SecAggError, ConsortiumError) as exc:
+        raise ConsortiumError(f"secure-aggregation transcript does not verify: {exc}") from exc
+    return mean_delta(words, params.scale), transcript
+
+
+# -- leader side -------------------------------------------------------------------------------
+
+
+_STAGES = ("keys", "shares", "inputs", "unmask")
+
+
+@dataclass
+class LeaderAggregation:
+    """The aggregator plus which participants each stage still waits for."""
+
+    params: SecAggParams
+    started: float
+    agg: SecAggAggregator = field(init=False)
+    stage: int = 0
+    expected: set[str] = field(default_factory=set)
+    received: set[str] = field(default_factory=set)
+    stage_started: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.agg = SecAggAggregator(self.params)
+        self.expected = set(self.params.participants)
+        self.stage_started = self.started
+
+    @property
+    def stage_name(self) -> str:
+        return _STAGES[self.stage] if self.stage < len(_STAGES) else "done"
+
+    def receive(self, sender: str, body: dict[str, Any]) -> None:
+        """Admit one client message; raises SecAggError naming the sender when it is refused."""
+        msg = parse_message(body)
+        if getattr(msg, "sender", None) != sender:
+            raise SecAggError(f"message claims to be from {getattr(msg, 'sender', '?')}")
+        self.agg.receive(msg)
+        self.received.add(sender)
+
+    def ready(self, now: float, phase_timeout: float) -> bool:
+        return self.expected <= self.received or now >= self.stage_started + phase_timeout
+
+    def advance(self, now: float) -> list[tuple[str, dict[str, Any]]]:
+        """Close the current stage; return (recipient, body) messages for the next one."""
+        out: list[NeighbourKeys | ShareDelivery | UnmaskRequest]
+        if self.stage == 0:
+            out = list(self.agg.finish_keys())
+        elif self.stage == 1:
+            out = list(self.agg.finish_shares())
+        elif self.stage == 2:
+            out = list(self.agg.finish_inputs())
+        else:
+            self.agg.finish()
+            self.stage = len(_STAGES)
+            return []
+        self.stage += 1
+        self.expected = {m.recipient for m in out}
+        self.received = set()
+        self.stage_started = now
+        return [(m.recipient, m.to_body()) for m in out]
+
+
+# -- participant side --------------------------------------------------------------------------
+
+
+class ParticipantAggregation:
+    """This node's SecAgg+ client for one attempt, fed with the vector it contributes."""
+
+    def __init__(self, params: SecAggParams, me: str, vector: npt.NDArray[np.float64]) -> None:
+        self.client = SecAggClient(params, me)
+        self._vector = vector
+        self._rng = np.random.default_rng()  # stochastic rounding only; masks use os.urandom
+        self.input_hash: bytes | None = None
+
+    def start(self) -> dict[str, Any]:
+        return self.client.advertise_keys().to_body()
+
+    def on(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """Answer one message from the aggregator (None when nothing is owed)."""
+        msg = parse_message(body)
+        reply: AdvertiseKeys | EncryptedShares | MaskedInput | UnmaskResponse
+        if isinstance(msg, NeighbourKeys):
+            reply = self.client.receive_neighbour_keys(msg)
+        elif isinstance(msg, ShareDelivery):
+            self.client.receive_shares(msg)
+            reply = self.client.mask_update(self._vector, self._rng)
+            self.input_hash = hashlib.sha256(reply.vector).digest()
+        elif isinstance(msg, UnmaskRequest):
+            reply = self.client.receive_unmask_request(msg)
+        else:
+            raise SecAggError(f"a client does not accept {type(msg).__name__} messages")
+        return reply.to_body()
