@@ -95,3 +95,40 @@ def test_voters_refuse_a_model_that_is_not_the_secure_aggregate(tmp_path: Path) 
                 await n.stop()
 
     asyncio.run(go())
+
+
+def test_a_participant_lost_during_secure_aggregation_is_left_out(tmp_path: Path) -> None:
+    """The victim sends its keys and shares, then vanishes before its masked input: the leader
+    must reconstruct its mask key from the neighbours' shares and finish with the other four."""
+
+    async def go() -> None:
+        nodes, _, clock = await cluster(tmp_path, 5, seed=23)
+        try:
+            members = sorted(n.identity.node_id for n in nodes)
+            leader_id = leader_for(nodes[0].ledger.root(), 1, 0, members)
+            await start(nodes, run_config(1, 0, secure="secagg+"))
+            victim = next(n for n in nodes if n.identity.node_id != leader_id)
+            machine = victim.machine
+            assert machine is not None
+            honest_send = machine._to_leader
+
+            def vanish_before_input(body: dict[str, Any]) -> list[Any]:
+                if body.get("type") == "secagg/masked-input":
+                    return []
+                return honest_send(body)
+
+            machine._to_leader = vanish_before_input  # type: ignore[method-assign]
+            await until_finished(nodes, clock, step=6.0)
+            rec = run_records(nodes[0].ledger)[0]
+            assert victim.identity.node_id in rec["dropouts"]
+            assert len(rec["participants"]) == 4 and rec["attempt"] == 0
+            report = audit(nodes[0].dir)
+            assert report.secure_rounds == 1
+            tr_cid = rec["secagg"]["transcript"]  # type: ignore[index]
+            tr = Transcript.from_body(decode(get_bytes(nodes[0].store, tr_cid)))
+            assert victim.identity.node_id in tr.revealed_mask_keys  # dropped: key rebuilt
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    asyncio.run(go())
