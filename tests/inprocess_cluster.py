@@ -23,8 +23,12 @@ class Clock:
         return self.now
 
 
-async def cluster(root: Path, n: int, seed: int) -> tuple[list[Node], InProcessNetwork, Clock]:
-    dirs = create_consortium(root, n, alpha=0.5, seed=seed, reproducible=True)
+async def cluster(
+    root: Path, n: int, seed: int, *, consent: bool = True
+) -> tuple[list[Node], InProcessNetwork, Clock]:
+    """N started nodes; consent registries hold random salts, so only consent=False runs are
+    reproducible to the byte."""
+    dirs = create_consortium(root, n, alpha=0.5, seed=seed, reproducible=True, consent=consent)
     net = InProcessNetwork()
     clock = Clock()
     nodes = []

@@ -136,8 +136,9 @@ def test_receipt_check_report_erase(tmp_path: Path) -> None:
     code, out, err = run("erase", "s3", "--yes", "--at", "30", "--dir", d)
     assert code == 0, err
     assert "delete data rows [3]" in out
-    assert "retrain from the model of round 0 (2 round(s) to redo" in out
-    assert '"first_used_round": 1' in out and "s3" not in out.split("ledger:")[1].split("\n")[0]
+    assert "retrain 2 round(s) from the model before round 1" in out
+    ledger_line = next(line for line in out.splitlines() if "first_used_round" in line)
+    assert '"first_used_round": 1' in ledger_line and "s3" not in ledger_line
     code, _, err = run("receipt", "s3", "--dir", d)
     assert code == 2 and "no salt" in err
 

@@ -22,7 +22,7 @@ def _roots(nodes: list[Node]) -> set[bytes]:
 
 
 async def _train_once(root: Path, seed: int) -> tuple[bytes, list[dict[str, object]]]:
-    nodes, _, clock = await cluster(root, 3, seed)
+    nodes, _, clock = await cluster(root, 3, seed, consent=False)
     try:
         await start(nodes, run_config(3, seed))
         await until_finished(nodes, clock, step=0.0)  # no deadline may pass: same times

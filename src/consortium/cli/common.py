@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import NoReturn, ParamSpec, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from consortium.core.errors import ConsortiumError
@@ -33,6 +34,10 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             return func(*args, **kwargs)
         except ConsortiumError as exc:
             fail(str(exc), exc.exit_code)
+        except ValidationError as exc:  # an option pydantic refused: say which and why
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            fail(f"invalid {where}: {err['msg']}", 2)
         except FileNotFoundError as exc:
             fail(f"file not found: {exc.filename}", 2)
         except PermissionError as exc:

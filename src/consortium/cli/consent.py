@@ -23,10 +23,13 @@ from consortium.consent import (
     receipt_from_registry,
     roots_from_records,
 )
+from consortium.consent.erasure import checkpoint_for
 from consortium.consent.registry import format_time, parse_time
 from consortium.core.files import atomic_write
+from consortium.core.layout import CONSENT_FILE, LEDGER_FILE
+from consortium.ledger.log import Ledger
 
-REGISTRY_FILE = "consent.sqlite"
+REGISTRY_FILE = CONSENT_FILE
 
 consent_app = typer.Typer(
     help="Data subjects' consent: grant, withdraw, receipts, checks, report, erasure.",
@@ -257,8 +260,6 @@ def _roots_from_file(path: Path) -> dict[int, RoundCommitment]:
 
 
 def _roots_from_ledger(path: Path, node: str) -> dict[int, RoundCommitment]:
-    from consortium.ledger.log import Ledger
-
     with Ledger.open(path) as ledger:
         bodies = [e.body for e in ledger.iter_entries(1) if e.kind == "round"]
     return roots_from_records(bodies, node)
@@ -359,22 +360,50 @@ def erase(
             if current_round is not None
             else max((r.round for r in reg.rounds()), default=0)
         )
-    plan = plan_retrain(er, last)
+    records = _round_bodies(directory)
+    checkpoint, redo = checkpoint_for(er, records) if records else (None, 0)
+    if checkpoint is not None:
+        checkpoint = checkpoint.set(base="base32")  # the printable form the CLI uses
+    if checkpoint is None:  # no ledger here: fall back to the registry's own round numbers
+        plan = plan_retrain(er, last)
+        redo = plan.rounds
     console.print(
-        f"erased {subject}: {len(er.record_ids)} record(s), salts shredded", highlight=False
+        f"erased {subject}: {len(er.record_ids)} record(s) excluded from every future round, "
+        "salts shredded (their commitments can no longer be linked to them)",
+        highlight=False,
     )
-    console.print("the node must still:", highlight=False)
-    console.print(f"  1. delete data rows {er.record_ids}", highlight=False, soft_wrap=True)
     console.print(
-        f"  2. record the erasure on the ledger: {json.dumps(er.ledger_body())}",
+        "the erasure is recorded on the ledger with this node's next round: "
+        f"{json.dumps(er.ledger_body())}",
         highlight=False,
         markup=False,
     )
-    if plan.needed:
+    console.print(
+        f"delete data rows {er.record_ids} from the node's source data",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if er.first_used_round is None:
+        console.print("no retraining needed: the records were never used", highlight=False)
+    elif checkpoint is not None:
         console.print(
-            f"  3. retrain from the model of round {plan.from_checkpoint} "
-            f"({plan.rounds} round(s) to redo; first use in round {er.first_used_round})",
+            f"to remove their influence from the model, retrain {redo} round(s) from the "
+            f"checkpoint before their first use:\n  consortium run start --dir {directory} "
+            f"--rounds {redo} --from-model {checkpoint}",
             highlight=False,
+            markup=False,
         )
     else:
-        console.print("  3. no retraining: the records were never used", highlight=False)
+        console.print(
+            f"retrain {redo} round(s) from the model before round {er.first_used_round}",
+            highlight=False,
+        )
+
+
+def _round_bodies(directory: Path) -> list[dict[str, Any]]:
+    """Round-record bodies from DIR/ledger.sqlite, oldest first (empty without a ledger)."""
+    path = directory / LEDGER_FILE
+    if not path.exists():
+        return []
+    with Ledger.open(path) as ledger:
+        return [e.body for e in ledger.iter_entries(1) if e.kind == "round"]

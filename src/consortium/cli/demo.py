@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,12 @@ from rich.table import Table
 
 from consortium.audit import audit as audit_folder
 from consortium.cli.common import console, handle_errors
+from consortium.consent import erase_subject
+from consortium.consent.erasure import checkpoint_for
+from consortium.consent.registry import ConsentRegistry
 from consortium.core.errors import ConsortiumError
 from consortium.core.genesis import Genesis
-from consortium.core.layout import LEDGER_FILE, STORE_DIR
+from consortium.core.layout import CONSENT_FILE, LEDGER_FILE, STATUS_FILE, STORE_DIR
 from consortium.learning import (
     TrainConfig,
     build_model,
@@ -32,6 +36,10 @@ from consortium.node.runner import start_run
 from consortium.node.sim import Cluster, create_consortium
 from consortium.store.blockstore import BlockStore
 from consortium.store.objects import get_bytes
+
+
+def _node_id(d: Path) -> str:
+    return str(json.loads((d / "node.pub").read_text())["node_id"])
 
 
 def _records(d: Path) -> list[dict[str, Any]]:
@@ -59,6 +67,11 @@ def demo(
         5,
         min=0,
         help="Anchor the final tree head on each node's embedded EVM chain every k rounds.",
+    ),
+    erase: bool = typer.Option(
+        True,
+        help="After the run, erase one data subject and retrain from the checkpoint before "
+        "their first use (the cost is reported).",
     ),
     out: Path | None = typer.Option(None, "--dir", help="Run folder (default runs/demo-TIME)."),
 ) -> None:
@@ -95,14 +108,66 @@ def demo(
         failed = asyncio.run(start_run(dirs[0], None, run))
         if failed:
             raise ConsortiumError("run did not start on: " + "; ".join(failed))
-        records = _follow(dirs[0], run, cluster, names)
+        records = _follow(dirs[0], run, cluster, names, withdraw_after=rounds // 3)
     finally:
         cluster.stop_all()
-    _summary(root, dirs, run, records, names, t0)
+    erasure = _erase_and_retrain(dirs, run, cluster, names) if erase else ""
+    _summary(root, dirs, run, records, names, t0, erasure)
+
+
+def _erase_and_retrain(
+    dirs: list[Path], run: RunConfig, cluster: Cluster, names: dict[str, str]
+) -> str:
+    """Erase one data subject of node1 and retrain from the model before their first use."""
+    d = dirs[1]
+    with ConsentRegistry(d / CONSENT_FILE) as registry:
+        subject = sorted({s.subject for s in registry.state(purpose=run.purpose)})[0]
+        er = erase_subject(registry, subject, at=time.time())
+    checkpoint, redo = checkpoint_for(er, _records(d))
+    checkpoint = checkpoint.set(base="base32") if checkpoint is not None else None
+    if checkpoint is None:
+        return f"erased a data subject of {d.name}: never used, nothing to retrain"
+    console.print(
+        f"erasing a data subject of {d.name} ({len(er.record_ids)} record): retraining "
+        f"{redo} rounds from the checkpoint before its first use"
+    )
+    retrain = run.model_copy(
+        update={
+            "rounds": redo,
+            "initial_model": str(checkpoint),
+            "started": int(time.time() * 1000),
+        }
+    )
+    for folder in dirs:
+        (folder / STATUS_FILE).unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    try:
+        cluster.start_all()
+        cluster.wait_ready()
+        failed = asyncio.run(start_run(dirs[0], None, retrain))
+        if failed:
+            raise ConsortiumError("retraining did not start on: " + "; ".join(failed))
+        _follow(d, retrain, cluster, names, withdraw_after=0)
+    finally:
+        cluster.stop_all()
+    took = time.perf_counter() - t0
+    return (
+        f"erasure: {len(er.record_ids)} record of {d.name} forgotten by retraining {redo} rounds "
+        f"from checkpoint {str(checkpoint)[:16]}… in {took:.1f} s (processes included)"
+    )
+
+
+def _withdraw_some(d: Path, fraction: float) -> int:
+    """Data subjects of this node withdraw consent now (the demo's mid-run change of mind)."""
+    with ConsentRegistry(d / CONSENT_FILE) as registry:
+        subjects = sorted({s.subject for s in registry.state(purpose="research")})
+        chosen = subjects[: max(1, int(len(subjects) * fraction))]
+        registry.withdraw_many(chosen, at=time.time())
+    return len(chosen)
 
 
 def _follow(
-    d: Path, run: RunConfig, cluster: Cluster, names: dict[str, str]
+    d: Path, run: RunConfig, cluster: Cluster, names: dict[str, str], withdraw_after: int
 ) -> list[dict[str, Any]]:
     columns = [
         TextColumn("[bold]round {task.completed}/{task.total}"),
@@ -114,13 +179,20 @@ def _follow(
     records: list[dict[str, Any]] = []
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("waiting for round 1", total=run.rounds)
+        withdrawn = 0
         while len(records) < run.rounds:
             if time.time() > deadline:
                 raise ConsortiumError("the run did not finish in time; see node*/node.log")
             if not cluster.alive():
                 raise ConsortiumError("all node processes exited; see node*/node.log")
             time.sleep(0.3)
-            records = _records(d)
+            records = [r for r in _records(d) if r["run"] == run.run_id()]
+            if withdraw_after and len(records) >= withdraw_after and not withdrawn:
+                withdrawn = _withdraw_some(d, 0.2)
+                progress.console.print(
+                    f"after round {len(records)}: {withdrawn} data subjects of "
+                    f"{names.get(_node_id(d), d.name)} withdraw consent"
+                )
             if records:
                 last = records[-1]
                 accs = [m.get("accuracy", 0.0) for m in last["metrics"].values()]
@@ -130,6 +202,10 @@ def _follow(
                     description=f"leader {names.get(last['leader'], '?')} · local acc "
                     f"{sum(accs) / max(1, len(accs)):.3f} · {len(last['participants'])} nodes",
                 )
+    # Every live node commits the last round too before the demo stops them.
+    end = time.time() + 30
+    while time.time() < end and not all(cluster.status(i).get("finished") for i in cluster.alive()):
+        time.sleep(0.2)
     return records
 
 
@@ -140,6 +216,7 @@ def _summary(
     records: list[dict[str, Any]],
     names: dict[str, str],
     t0: float,
+    erasure: str,
 ) -> None:
     ds = load_dataset(run.dataset, seed=0)
     store = BlockStore(dirs[0] / STORE_DIR)
@@ -154,19 +231,31 @@ def _summary(
         run.seed,
     )
     table = Table(title="Rounds")
-    for col in ("round", "leader", "attempt", "participants", "mean local acc"):
+    first = min(names, key=names.__getitem__)  # node0: the one whose subjects withdraw
+    for col in (
+        "round",
+        "leader",
+        "attempt",
+        "participants",
+        "records used",
+        "node0 records",
+        "mean local acc",
+    ):
         table.add_column(col)
     for r in records:
         accs = [m.get("accuracy", 0.0) for m in r["metrics"].values()]
+        consent = r.get("consent", {})
         table.add_row(
             str(r["round"]),
             names.get(r["leader"], "?"),
             str(r["attempt"]),
             str(len(r["participants"])),
+            str(sum(c["count"] for c in consent.values())),
+            str(consent.get(first, {}).get("count", "-")),
             f"{sum(accs) / max(1, len(accs)):.3f}",
         )
     console.print(table)
-    samples = dict(sorted((names.get(k, k), v) for k, v in records[0]["samples"].items()))
+    samples = dict(sorted((names.get(k, k), v) for k, v in records[-1]["samples"].items()))
     report = audit_folder(dirs[0])
     roots = set()
     for d in dirs:
@@ -179,6 +268,8 @@ def _summary(
         f"ledger: {report.entries} entries, root {report.root.hex()}, "
         f"{report.final_heads} final heads; replicas agree: {len(roots) == 1}"
     )
+    if erasure:
+        console.print(erasure)
     console.print(f"run folder: {root.resolve()}")
     console.print(
         f"audit {dirs[0]}: OK ({report.artifacts} artifacts re-hashed, "

@@ -63,6 +63,9 @@ def run_start(
         help="Anchor the final head every k rounds (the chain in DIR/chain.toml, else each "
         "node's embedded EVM chain).",
     ),
+    from_model: str = typer.Option(
+        "", "--from-model", help="CID of a ledger model to start from (retrain after an erasure)."
+    ),
     passphrase: str | None = PASSPHRASE,
 ) -> None:
     """Ask every member to start a training run (from any member)."""
@@ -87,6 +90,7 @@ def run_start(
             "clip_norm": clip_norm,
             "collect_timeout": round_timeout / 3,
             "started": int(time.time() * 1000),
+            "initial_model": from_model,
         }
     )
     failed = asyncio.run(start_run(directory, passphrase, run))

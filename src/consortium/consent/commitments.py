@@ -323,13 +323,16 @@ def roots_from_records(
     records: Iterable[Mapping[str, Any]], node_id: str
 ) -> dict[int, RoundCommitment]:
     """round -> this node's commitment, from round-record bodies shaped like
-    {"round": r, "consent": {node_id: {"root": bytes, "count": int, "purpose": str}}}."""
+    {"slot": r, "consent": {node_id: {"root": bytes, "count": int, "purpose": str}}}.
+
+    A node commits with the record's ledger slot as the round number (unique across runs);
+    bodies without a slot fall back to "round"."""
     out: dict[int, RoundCommitment] = {}
     for body in records:
         consent = body.get("consent")
         if not isinstance(consent, dict) or node_id not in consent:
             continue
-        r = body.get("round")
+        r = body.get("slot", body.get("round"))
         if not isinstance(r, int) or isinstance(r, bool):
             raise ConsentError("round record has no integer round number")
         out[r] = RoundCommitment.from_body(consent[node_id])

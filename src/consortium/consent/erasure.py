@@ -77,3 +77,16 @@ def plan_retrain(erasure: Erasure, current_round: int) -> RetrainPlan:
     if first is None or first > current_round:
         return RetrainPlan(None, 0)
     return RetrainPlan(first - 1, current_round - first + 1)
+
+
+def checkpoint_for(erasure: Erasure, records: list[dict[str, Any]]) -> tuple[Any, int]:
+    """(CID of the model to restart from, rounds to redo), from round-record bodies.
+
+    Rounds are numbered by ledger slot; the checkpoint is the global model the round of first
+    use started from (its record's prev_model), and every later round of that run is redone."""
+    first = erasure.first_used_round
+    start = next((r for r in records if r.get("slot") == first), None)
+    if first is None or start is None:
+        return None, 0
+    redo = [r for r in records if r.get("run") == start.get("run") and r.get("slot", 0) >= first]
+    return start.get("prev_model"), len(redo)

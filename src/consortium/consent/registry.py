@@ -297,23 +297,33 @@ class ConsentRegistry:
     def withdraw(self, subject: str, purposes: Iterable[str] | None = None, *, at: float) -> int:
         """Withdraw consent for `purposes` (None: all); it excludes the records for any `at`
         from this time on, i.e. from the next round that starts. Returns pairs withdrawn."""
+        return self.withdraw_many([subject], purposes, at=at)
+
+    def withdraw_many(
+        self, subjects: Sequence[str], purposes: Iterable[str] | None = None, *, at: float
+    ) -> int:
+        """Withdraw several subjects at once, in one transaction: a round that starts meanwhile
+        sees all of these withdrawals or none of them."""
         ps = None if purposes is None else tuple(check_name("purpose", p) for p in purposes)
+        total = 0
         with self._tx() as db:
-            self._require_subject(db, subject)
-            pairs = self._active_pairs(db, subject, ps)
-            if not pairs:
-                what = "any purpose" if ps is None else ", ".join(ps)
-                raise ConsentError(f"subject {subject} has no consent to withdraw for {what}")
-            db.executemany(
-                "UPDATE consent SET withdrawn=? WHERE record_id=? AND purpose=?",
-                ((at, r, p) for r, p in pairs),
-            )
-            db.executemany(
-                "INSERT INTO events(at, kind, subject, record_id, purpose) "
-                "VALUES (?, 'withdraw', ?, ?, ?)",
-                ((at, subject, r, p) for r, p in pairs),
-            )
-        return len(pairs)
+            for subject in subjects:
+                self._require_subject(db, subject)
+                pairs = self._active_pairs(db, subject, ps)
+                if not pairs:
+                    what = "any purpose" if ps is None else ", ".join(ps)
+                    raise ConsentError(f"subject {subject} has no consent to withdraw for {what}")
+                db.executemany(
+                    "UPDATE consent SET withdrawn=? WHERE record_id=? AND purpose=?",
+                    ((at, r, p) for r, p in pairs),
+                )
+                db.executemany(
+                    "INSERT INTO events(at, kind, subject, record_id, purpose) "
+                    "VALUES (?, 'withdraw', ?, ?, ?)",
+                    ((at, subject, r, p) for r, p in pairs),
+                )
+                total += len(pairs)
+        return total
 
     def set_expiry(
         self, subject: str, purposes: Iterable[str] | None, expires: float | None, *, at: float

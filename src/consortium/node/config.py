@@ -35,6 +35,11 @@ class NodeConfig(BaseModel):
     listen: str | None = Field(None, description="host:port to bind (default: node.pub address)")
     peers: dict[str, str] = Field(default_factory=dict, description="node id -> address override")
     tick_seconds: float = Field(0.1, gt=0, description="how often deadlines are checked")
+    consent: Literal["required", "off"] = Field(
+        "required",
+        description="required: train only on records whose consent (DIR/consent.sqlite) covers "
+        "the run's purpose; off: the data concerns no one (no registry)",
+    )
 
 
 class RunConfig(BaseModel):
@@ -62,6 +67,9 @@ class RunConfig(BaseModel):
         "secagg+", description="secagg+: the leader learns only the sum; none: plaintext FedAvg"
     )
     clip_norm: float = Field(10.0, gt=0, description="L2 bound on each node's model delta")
+    initial_model: str = Field(
+        "", description="CID of a ledger model to start from (retraining after an erasure)"
+    )
     started: int = Field(0, description="ms since the epoch when the run was started")
 
     def body(self) -> dict[str, Any]:

@@ -62,8 +62,10 @@ class Learner:
         rng = np.random.default_rng(data.seed + 7919 * (data.index + 1))
         idx = rng.permutation(idx)
         n_val = len(idx) // 10  # a held-out tenth for local metrics; none for tiny shards
-        self.x_val, self.y_val = ds.x_train[idx[:n_val]], ds.y_train[idx[:n_val]]
-        self.x, self.y = ds.x_train[idx[n_val:]], ds.y_train[idx[n_val:]]
+        #: Record ids (rows of the dataset's training split) this node holds: the ids consent
+        #: is granted for. Only `train` reads the rows, and only those a round selected.
+        self.record_ids = np.sort(idx)
+        self._val_ids, self._train_ids = idx[:n_val], idx[n_val:]
         self.model = build_model(run.model, ds.input_shape, ds.num_classes, seed=run.seed)
         self.like = get_weights(self.model)
         self.strategy = get_strategy(
@@ -79,18 +81,27 @@ class Learner:
             seed=run.seed,
         )
 
-    @property
-    def num_samples(self) -> int:
-        return len(self.y)
+    def _rows(self, ids: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
+        return ids if allowed is None else ids[np.isin(ids, allowed)]
 
-    def train(self, global_model: bytes, round_no: int) -> tuple[int, bytes, dict[str, Any]]:
-        """Train from the global model; return (samples, update bytes, metrics)."""
+    def train(
+        self, global_model: bytes, round_no: int, allowed: np.ndarray | None = None
+    ) -> tuple[int, bytes, dict[str, Any]]:
+        """Train from the global model on the rows in `allowed` (the records whose consent
+        covers this round; None: every row); return (samples, update bytes, metrics)."""
+        ds = self.dataset
+        train_ids = self._rows(self._train_ids, allowed)
+        val_ids = self._rows(self._val_ids, allowed)
+        if len(train_ids) == 0:
+            raise ConfigError(f"no consented training records for round {round_no}")
+        if len(val_ids) == 0:
+            val_ids = train_ids
         weights = weights_from_bytes(global_model, self.like)
         set_weights(self.model, weights)
-        x_val, y_val = (self.x_val, self.y_val) if len(self.y_val) else (self.x, self.y)
-        _, acc = evaluate(self.model, x_val, y_val)
+        _, acc = evaluate(self.model, ds.x_train[val_ids], ds.y_train[val_ids])
         cfg = self.cfg.model_copy(update={"seed": self.run.seed * 100_003 + round_no})
-        res = train_local(self.model, self.x, self.y, cfg, global_weights=weights)
+        x, y = ds.x_train[train_ids], ds.y_train[train_ids]
+        res = train_local(self.model, x, y, cfg, global_weights=weights)
         update = weights_to_bytes(get_weights(self.model))
         return res.num_samples, update, {"loss": float(res.loss), "accuracy": float(acc)}
 

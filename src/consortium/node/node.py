@@ -15,15 +15,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from multiformats import CID
 
+from consortium.consent.registry import ConsentRegistry
+from consortium.consent.rounds import begin_round
 from consortium.core.encoding import decode, encode
 from consortium.core.errors import ConfigError, ConsortiumError, LedgerError, TransportError
 from consortium.core.files import atomic_write
 from consortium.core.genesis import GENESIS_FILE, Genesis
 from consortium.core.identity import NodeIdentity
-from consortium.core.layout import LEDGER_FILE, STATUS_FILE, STORE_DIR
-from consortium.learning.serialize import weights_to_bytes
+from consortium.core.layout import CONSENT_FILE, LEDGER_FILE, STATUS_FILE, STORE_DIR
+from consortium.learning.serialize import weights_from_bytes, weights_to_bytes
 from consortium.ledger.heads import CosignedHead, TreeHead
 from consortium.ledger.log import Ledger
 from consortium.ledger.replica import sync as sync_ledger
@@ -128,12 +131,25 @@ class Node:
         self.run: RunConfig | None = None
         self.learner: Learner | None = None
         self.global_model: bytes = b""
+        self.registry = self._open_registry()
         self.finished = asyncio.Event()
         self.anchorer = Anchorer(self.dir, identity, self.genesis)
         self._anchoring: set[asyncio.Task[None]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._training = False
+
+    def _open_registry(self) -> ConsentRegistry | None:
+        path = self.dir / CONSENT_FILE
+        if path.exists():
+            return ConsentRegistry(path)
+        if self.config.consent == "required":
+            raise ConfigError(
+                f"no consent registry at {path}: import the data subjects' consent with "
+                '`consortium consent import`, or set consent = "off" in node.toml for data '
+                "about no one"
+            )
+        return None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -153,6 +169,8 @@ class Node:
             t.cancel()
         await self.transport.stop()
         self.ledger.close()
+        if self.registry is not None:
+            self.registry.close()
         self.anchorer.close()
 
     # -- run control -----------------------------------------------------------------------------
@@ -161,9 +179,23 @@ class Node:
         self.genesis.purpose(run.purpose)  # ConsortiumError if not a declared purpose
         if self.machine is not None and not self.finished.is_set():
             raise ConfigError("a run is already in progress on this node")
+        if run.initial_model:  # e.g. retraining from a checkpoint after an erasure
+            try:
+                model = get_bytes(self.store, run.initial_model)
+            except ConsortiumError as exc:
+                raise ConfigError(
+                    f"cannot start from model {run.initial_model}: {exc}; it must be a model "
+                    "of this consortium's ledger (fetch it with a catch-up first)"
+                ) from exc
         self._setup_run(run)
-        self.global_model = weights_to_bytes(initial_weights(run, self._dataset()))
+        if run.initial_model:
+            assert self.learner is not None
+            weights_from_bytes(model, self.learner.like)  # the right architecture, or refuse
+            self.global_model = model
+        else:
+            self.global_model = weights_to_bytes(initial_weights(run, self._dataset()))
         put_bytes(self.store, self.global_model)
+        self._write_status()
         self._begin(1)
 
     def _dataset(self) -> Any:
@@ -246,15 +278,36 @@ class Node:
             log.info("%s: message to %s not delivered: %s", self.name, peer[:16], exc)
 
     async def _train(self, round_no: int) -> None:
-        assert self.learner is not None and self.machine is not None
+        assert self.learner is not None and self.machine is not None and self.run is not None
         learner, model = self.learner, self.global_model
+        slot = self.ledger.size  # the ledger index this round's record will take
         try:
-            n, update, metrics = await asyncio.to_thread(learner.train, model, round_no)
-        except ConsortiumError as exc:  # e.g. no local data: sit the round out, say why
+            consent, erasures, allowed = self._consent_for(slot)
+            n, update, metrics = await asyncio.to_thread(learner.train, model, round_no, allowed)
+        except ConsortiumError as exc:  # e.g. no consented data: sit the round out, say why
             log.error("%s: local training for round %d failed: %s", self.name, round_no, exc)
             return
         if self.machine.round == round_no:
-            self._execute(self.machine.on_trained(n, update, metrics, self.clock()))
+            actions = self.machine.on_trained(
+                n, update, metrics, self.clock(), consent=consent, erasures=erasures
+            )
+            self._execute(actions)
+
+    def _consent_for(self, slot: int) -> tuple[dict[str, Any] | None, list[Any], np.ndarray | None]:
+        """The records this round may use (consent for the run's purpose, now), the commitment
+        to them, and the erasures carried out since this node's previous round."""
+        assert self.run is not None
+        if self.registry is None:
+            return None, [], None
+        sel = begin_round(self.registry, self.run.purpose, slot, at=self.clock())
+        previous = [r.at for r in self.registry.rounds() if r.round < slot]
+        since = max(previous, default=0.0)
+        erased: dict[float, int] = {}
+        for ev in self.registry.history():
+            if ev.kind == "erase" and since < ev.at <= sel.at:
+                erased[ev.at] = erased.get(ev.at, 0) + 1
+        erasures = [{"records": n, "at": int(at * 1000)} for at, n in sorted(erased.items())]
+        return sel.commitment.to_body(), erasures, sel.record_ids
 
     def _commit(self, c: Committed) -> None:
         assert self.run is not None

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -40,15 +41,25 @@ async def serve(directory: Path, passphrase: str | None, exit_when_finished: boo
         loop.add_signal_handler(sig, stop.set)
     await node.start()
     logging.getLogger("consortium.node").info("%s: listening as %s", node.name, identity.node_id)
-    waiters = [asyncio.create_task(stop.wait())]
+    waiters: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
     if exit_when_finished:
-        waiters.append(asyncio.create_task(node.finished.wait()))
-    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    if exit_when_finished and node.finished.is_set():
+        waiters.append(asyncio.create_task(_run_finished(node)))
+    done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    if waiters[-1] in done and exit_when_finished:
         await asyncio.sleep(2.0)  # linger so slower peers can still fetch the last commit
     for w in waiters:
         w.cancel()
     await node.stop()
+
+
+async def _run_finished(node: Node) -> None:
+    """Until a run finishes that was not already finished when this process started."""
+    already = node.run.run_id() if node.run is not None and node.finished.is_set() else None
+    while True:
+        await node.finished.wait()
+        if node.run is not None and node.run.run_id() != already:
+            return
+        await asyncio.sleep(0.2)
 
 
 async def start_run(directory: Path, passphrase: str | None, run: RunConfig) -> list[str]:

@@ -16,10 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from consortium.chain.accounts import derive_account
+from consortium.consent.registry import ConsentRegistry, GrantRow
 from consortium.core.errors import ConsortiumError
 from consortium.core.genesis import GENESIS_FILE, Genesis, Purpose
 from consortium.core.identity import NodeIdentity
-from consortium.core.layout import NODE_CONFIG_FILE, STATUS_FILE
+from consortium.core.layout import CONSENT_FILE, NODE_CONFIG_FILE, STATUS_FILE
+from consortium.learning import load_dataset
+from consortium.node.config import load_node_config
+from consortium.node.learner import node_shard
 
 
 def free_ports(n: int) -> list[int]:
@@ -45,9 +49,12 @@ def create_consortium(
     purpose: Purpose | None = None,
     data_dir: str | None = None,
     reproducible: bool = False,
+    consent: bool = True,
 ) -> list[Path]:
     """Create n member folders under root with a fully signed genesis and per-node data shards.
 
+    With `consent`, every record of a node's shard gets a synthetic data subject who consents to
+    the purpose (`synthetic_subject`); otherwise the nodes are configured with consent = "off".
     `reproducible` derives keys and times from `seed` (simulations that must give the same root).
     """
     if n < 1:
@@ -76,12 +83,27 @@ def create_consortium(
         genesis.save(d / GENESIS_FILE)
         dd = f'data_dir = "{data_dir}"\n' if data_dir else ""
         (d / NODE_CONFIG_FILE).write_text(
-            "[data]\n"
+            ("" if consent else 'consent = "off"\n') + "[data]\n"
             f'dataset = "{dataset}"\n{dd}partition = "{partition}"\nalpha = {alpha}\n'
             f"parts = {n}\nindex = {i}\nseed = {seed}\n"
         )
         dirs.append(d)
+    if consent:
+        ds = load_dataset(dataset, Path(data_dir) if data_dir else None, seed=seed)
+        the_purpose = (purpose or Purpose("research")).name
+        for i, d in enumerate(dirs):
+            shard = node_shard(load_node_config(d).data, ds)
+            rows = [
+                GrantRow(synthetic_subject(i, int(r)), int(r), (the_purpose,), 0.0) for r in shard
+            ]
+            with ConsentRegistry(d / CONSENT_FILE) as registry:
+                registry.grant_many(rows)
     return dirs
+
+
+def synthetic_subject(node: int, record_id: int) -> str:
+    """The pseudonym of the (synthetic) data subject behind a demo record."""
+    return f"subject-{node:02d}-{record_id:05d}"
 
 
 @dataclass

@@ -6,7 +6,7 @@ and it shape-checks every field, because every message from a peer is treated as
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from consortium.core.encoding import decode, encode
@@ -108,6 +108,10 @@ class Update:
     update: bytes
     metrics: dict[str, Any]
     accepted: Proposal | None = None
+    #: This node's consent commitment for the round (root, count, purpose): no identifiers.
+    consent: dict[str, Any] | None = None
+    #: Erasures this node carried out since its last round (counts and times only).
+    erasures: list[Any] = field(default_factory=list)
 
     def to_body(self) -> dict[str, Any]:
         return {
@@ -118,11 +122,19 @@ class Update:
             "update": self.update,
             "metrics": self.metrics,
             "accepted": None if self.accepted is None else self.accepted.to_body(),
+            "consent": self.consent,
+            "erasures": list(self.erasures),
         }
 
     @classmethod
     def from_body(cls, b: dict[str, Any]) -> Update:
         acc = b.get("accepted")
+        consent = b.get("consent")
+        erasures = b.get("erasures", [])
+        if consent is not None and not isinstance(consent, dict):
+            raise ProtocolError("field 'consent' must be a map")
+        if not isinstance(erasures, list) or len(erasures) > 10_000:
+            raise ProtocolError("field 'erasures' must be a list")
         return cls(
             _str(b, "run"),
             _int(b, "round", 1),
@@ -131,6 +143,8 @@ class Update:
             _bytes(b, "update"),
             _dict(b, "metrics"),
             None if acc is None else Proposal.from_body(_dict(b, "accepted")),
+            consent,
+            erasures,
         )
 
 

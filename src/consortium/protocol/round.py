@@ -148,6 +148,8 @@ class _LocalResult:
     num_samples: int
     update: bytes
     metrics: dict[str, Any]
+    consent: dict[str, Any] | None = None
+    erasures: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -229,12 +231,19 @@ class RoundMachine:
         return actions
 
     def on_trained(
-        self, num_samples: int, update: bytes, metrics: dict[str, Any], now: float
+        self,
+        num_samples: int,
+        update: bytes,
+        metrics: dict[str, Any],
+        now: float,
+        consent: dict[str, Any] | None = None,
+        erasures: list[Any] | None = None,
     ) -> list[Action]:
+        """Local training is done; `consent` commits to the records it used."""
         s = self.s
         if s.phase is Phase.DONE:
             return []
-        s.local = _LocalResult(num_samples, update, metrics)
+        s.local = _LocalResult(num_samples, update, metrics, consent, list(erasures or []))
         if self.leader() == self.me:
             s.updates[self.me] = self._my_update()
             s.phase = Phase.COLLECTING
@@ -365,6 +374,10 @@ class RoundMachine:
         self, body: dict[str, Any], model: bytes, transcript: bytes, now: float
     ) -> Proposal:
         s = self.s
+        ups = {u: s.updates[u] for u in body["participants"] if u in s.updates}
+        body["slot"] = s.frontier.size  # the ledger index this record takes: unique across runs
+        body["consent"] = {u: up.consent for u, up in ups.items() if up.consent is not None}
+        body["erasures"] = {u: up.erasures for u, up in ups.items() if up.erasures}
         if s.round == 1:
             body["config"] = self.settings.config
         ms = int(now * 1000)
@@ -389,6 +402,16 @@ class RoundMachine:
             raise ConsortiumError("proposed tree head is not this ledger plus the entry")
         if body.get("model") != self._cid_of(p.model):
             raise ConsortiumError("model bytes do not match the model CID in the record")
+        if body.get("slot") != s.frontier.size:
+            raise ConsortiumError("the record names another ledger slot than the one it takes")
+        consent = body.get("consent")
+        if not isinstance(consent, dict) or not isinstance(body.get("erasures"), dict):
+            raise ConsortiumError("record lacks its consent commitments or erasures")
+        if s.local is not None and self.me in body.get("participants", []):
+            if consent.get(self.me) != s.local.consent:
+                raise ConsortiumError("the record misstates this node's consent commitment")
+            if body["erasures"].get(self.me, []) != s.local.erasures:
+                raise ConsortiumError("the record misstates this node's erasures")
         if body.get("prev_model") != self._cid_of(s.model):
             raise ConsortiumError("the record starts from another global model than this round's")
         samples, hashes = body.get("samples"), body.get("updates")
@@ -519,6 +542,8 @@ class RoundMachine:
             b"" if self.settings.secure else s.local.update,  # secure: never reveal the update
             s.local.metrics,
             s.accepted,
+            s.local.consent,
+            s.local.erasures,
         )
 
     # -- secure aggregation (SecAgg+) -----------------------------------------------------------
