@@ -133,9 +133,7 @@ def test_erasure_retrains_from_the_checkpoint_before_first_use(tmp_path: Path) -
             new = run_records(node0.ledger)
             assert len(new) == redo and new[0]["prev_model"] == checkpoint
             assert new[0]["erasures"][me][0]["records"] == 1  # the erasure, on the ledger
-            assert all(
-                r["consent"][me]["count"] == old[0]["consent"][me]["count"] - 1 for r in new
-            )
+            assert all(r["consent"][me]["count"] == old[0]["consent"][me]["count"] - 1 for r in new)
             try:
                 receipt_from_registry(reg, subject, me)
                 raise AssertionError("a receipt for an erased subject must be refused")

@@ -20,6 +20,7 @@ _SCRIPTS = {
     "secagg": "secagg.py",
     "rounds": "rounds.py",
     "anchor": "anchor.py",
+    "privacy": "privacy.py",
 }
 
 
@@ -52,3 +53,4 @@ _command("ledger", "Ledger appends/s, proof sizes and times, store MB/s, audit t
 _command("secagg", "SecAgg+ phase times for n clients and d words, with dropouts.")
 _command("rounds", "Round latency, bytes per round, accuracy vs centralized.")
 _command("anchor", "Anchor latency and gas on the embedded chain (and anvil if present).")
+_command("privacy", "Accuracy against epsilon for record- and client-level DP (CSV + PNG).")
