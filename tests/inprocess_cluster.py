@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from consortium.core.genesis import Purpose
 from consortium.core.identity import NodeIdentity
 from consortium.node.config import RunConfig, load_node_config
 from consortium.node.node import Node
 from consortium.node.sim import create_consortium
+from consortium.privacy.config import PrivacyConfig
 from consortium.protocol.messages import StartRun, encode_message
 from consortium.transport.inprocess import InProcessNetwork, InProcessTransport
 
@@ -24,11 +26,13 @@ class Clock:
 
 
 async def cluster(
-    root: Path, n: int, seed: int, *, consent: bool = True
+    root: Path, n: int, seed: int, *, consent: bool = True, purpose: Purpose | None = None
 ) -> tuple[list[Node], InProcessNetwork, Clock]:
     """N started nodes; consent registries hold random salts, so only consent=False runs are
     reproducible to the byte."""
-    dirs = create_consortium(root, n, alpha=0.5, seed=seed, reproducible=True, consent=consent)
+    dirs = create_consortium(
+        root, n, alpha=0.5, seed=seed, reproducible=True, consent=consent, purpose=purpose
+    )
     net = InProcessNetwork()
     clock = Clock()
     nodes = []
@@ -42,9 +46,14 @@ async def cluster(
 
 
 def run_config(
-    rounds: int, seed: int = 0, anchor_every: int = 0, secure: str = "none"
+    rounds: int,
+    seed: int = 0,
+    anchor_every: int = 0,
+    secure: str = "none",
+    privacy: dict[str, object] | None = None,
 ) -> RunConfig:
     return RunConfig(
+        privacy=PrivacyConfig.model_validate(privacy or {}),
         anchor_every=anchor_every,
         secure_aggregation=secure,  # type: ignore[arg-type]
         rounds=rounds,

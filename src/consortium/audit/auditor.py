@@ -18,6 +18,7 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from consortium.audit.entries_check import CHUNK, check_all
 from consortium.chain.check import check_anchored, check_deployment
@@ -31,6 +32,7 @@ from consortium.ledger.frontier import Frontier
 from consortium.ledger.heads import TreeHead
 from consortium.ledger.log import Ledger
 from consortium.node.anchoring import CHAIN_CONFIG_FILE, ChainConfig, load_chain_config
+from consortium.privacy.budget import Budget, recompute_totals, totals
 from consortium.store.blockstore import BlockStore
 from consortium.store.cid import cid_for
 from consortium.store.objects import get_bytes, walk
@@ -55,6 +57,7 @@ class AuditReport:
     anchored: int = 0
     latest_anchored_size: int = 0
     secure_rounds: int = 0
+    privacy: dict[str, dict[str, float]] = field(default_factory=dict)  # purpose -> totals
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -113,7 +116,7 @@ def _audit(
             report.equivocations.append(blob.hex()[:32])
     _check_store(directory / STORE_DIR, references, report, progress)
     if report.kinds.get("round"):
-        _check_secure_aggregates(ledger_path, directory / STORE_DIR, report)
+        _check_round_records(ledger_path, directory / STORE_DIR, genesis, report)
     if report.equivocations:
         raise _fail(f"{len(report.equivocations)} equivocation(s) by members are on record")
     return report
@@ -253,8 +256,11 @@ def _check_anchors(
     report.latest_anchored_size = max((h.size for h in anchored), default=0)
 
 
-def _check_secure_aggregates(ledger_path: Path, store_dir: Path, report: AuditReport) -> None:
-    """Recompute every securely aggregated model from its published SecAgg+ transcript."""
+def _check_round_records(
+    ledger_path: Path, store_dir: Path, genesis: Genesis, report: AuditReport
+) -> None:
+    """Recompute every securely aggregated model from its published SecAgg+ transcript, and
+    every purpose's privacy spends and totals from the round records."""
     # Imported here: model arithmetic pulls in the learning stack, needed only for these records.
     from consortium.learning.serialize import add_flat_delta
     from consortium.protocol.secure_round import (
@@ -264,10 +270,15 @@ def _check_secure_aggregates(ledger_path: Path, store_dir: Path, report: AuditRe
     )
 
     store: BlockStore | None = None
+    spends: dict[str, list[tuple[int, Any]]] = {}
     with Ledger.open(ledger_path) as ledger:
         for idx, data in ledger.raw_entries(1):
             entry = Entry.from_bytes(data)
             body = entry.body
+            if entry.kind == "round" and isinstance(body.get("privacy"), dict):
+                spends.setdefault(str(body["privacy"].get("purpose")), []).append(
+                    (idx, body["privacy"])
+                )
             if entry.kind != "round" or body.get("aggregation") != "secagg+":
                 continue
             try:
@@ -286,6 +297,17 @@ def _check_secure_aggregates(ledger_path: Path, store_dir: Path, report: AuditRe
             except (ConsortiumError, KeyError, TypeError) as exc:
                 raise _fail(f"entry {idx}: secure aggregate: {exc}") from exc
             report.secure_rounds += 1
+    for purpose, rows in spends.items():
+        try:
+            p = genesis.purpose(purpose)
+        except ConsortiumError as exc:
+            raise _fail(f"entry {rows[0][0]}: privacy spend for {exc}") from exc
+        problems = recompute_totals(
+            [b for _, b in rows], Budget.from_purpose(p.name, p.epsilon, p.delta)
+        )
+        if problems:
+            raise _fail(f"privacy budget of purpose {purpose!r}: {problems[0]}")
+        report.privacy[purpose] = totals([b for _, b in rows])
 
 
 def _check_heads(

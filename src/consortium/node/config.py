@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from consortium.core.encoding import encode
 from consortium.core.errors import ConfigError
 from consortium.core.layout import NODE_CONFIG_FILE
+from consortium.privacy.config import PrivacyConfig
 
 
 class DataConfig(BaseModel):
@@ -67,6 +68,9 @@ class RunConfig(BaseModel):
         "secagg+", description="secagg+: the leader learns only the sum; none: plaintext FedAvg"
     )
     clip_norm: float = Field(10.0, gt=0, description="L2 bound on each node's model delta")
+    privacy: PrivacyConfig = Field(
+        default_factory=PrivacyConfig, description="differential privacy ([privacy] table)"
+    )
     initial_model: str = Field(
         "", description="CID of a ledger model to start from (retraining after an erasure)"
     )

@@ -29,6 +29,8 @@ from consortium.learning.adapter import Weights, flatten
 from consortium.learning.datasets import Dataset
 from consortium.learning.serialize import add_flat_delta, weights_from_bytes, weights_to_bytes
 from consortium.node.config import DataConfig, RunConfig
+from consortium.privacy.accounting import record_sample_rate, record_steps_per_round
+from consortium.privacy.dpsgd import train_local_dp
 
 
 def node_shard(data: DataConfig, dataset: Dataset) -> np.ndarray:
@@ -84,11 +86,25 @@ class Learner:
     def _rows(self, ids: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
         return ids if allowed is None else ids[np.isin(ids, allowed)]
 
+    def train_count(self, allowed: np.ndarray | None) -> int:
+        """How many training rows a round with this consent selection uses."""
+        return len(self._rows(self._train_ids, allowed))
+
+    def record_dp(self, n: int, noise_multiplier: float) -> tuple[float, float, int]:
+        """(z, q, steps) of one round of DP-SGD on n records (what the node reports)."""
+        b, e = self.cfg.batch_size, self.cfg.epochs
+        return noise_multiplier, record_sample_rate(n, b), record_steps_per_round(n, b, e)
+
     def train(
-        self, global_model: bytes, round_no: int, allowed: np.ndarray | None = None
+        self,
+        global_model: bytes,
+        round_no: int,
+        allowed: np.ndarray | None = None,
+        dp_noise: float | None = None,
     ) -> tuple[int, bytes, dict[str, Any]]:
         """Train from the global model on the rows in `allowed` (the records whose consent
-        covers this round; None: every row); return (samples, update bytes, metrics)."""
+        covers this round; None: every row), with DP-SGD at noise multiplier `dp_noise` when
+        record-level privacy is on; return (samples, update bytes, metrics)."""
         ds = self.dataset
         train_ids = self._rows(self._train_ids, allowed)
         val_ids = self._rows(self._val_ids, allowed)
@@ -101,9 +117,19 @@ class Learner:
         _, acc = evaluate(self.model, ds.x_train[val_ids], ds.y_train[val_ids])
         cfg = self.cfg.model_copy(update={"seed": self.run.seed * 100_003 + round_no})
         x, y = ds.x_train[train_ids], ds.y_train[train_ids]
-        res = train_local(self.model, x, y, cfg, global_weights=weights)
+        metrics: dict[str, Any] = {"accuracy": float(acc)}
+        if dp_noise is None:
+            res = train_local(self.model, x, y, cfg, global_weights=weights)
+            metrics["loss"], n = float(res.loss), res.num_samples
+        else:
+            dp = train_local_dp(
+                self.model, x, y, cfg, self.run.privacy, dp_noise, global_weights=weights
+            )
+            metrics["loss"], n = float(dp.loss), dp.num_samples
+            z, q, steps = self.record_dp(len(train_ids), dp_noise)
+            metrics["dp"] = {"noise_multiplier": z, "sample_rate": q, "steps": steps}
         update = weights_to_bytes(get_weights(self.model))
-        return res.num_samples, update, {"loss": float(res.loss), "accuracy": float(acc)}
+        return n, update, metrics
 
     @property
     def model_size(self) -> int:

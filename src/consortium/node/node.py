@@ -33,7 +33,14 @@ from consortium.ledger.replica import sync as sync_ledger
 from consortium.node.anchoring import Anchorer
 from consortium.node.config import NodeConfig, RunConfig, load_node_config
 from consortium.node.learner import Learner, initial_weights
+from consortium.privacy.budget import Budget
 from consortium.protocol.messages import Commit, StartRun, decode_message, encode_message
+from consortium.protocol.privacy_round import (
+    RecordParams,
+    RoundPrivacy,
+    client_noise_multiplier,
+    record_noise_multiplier,
+)
 from consortium.protocol.round import (
     Action,
     Broadcast,
@@ -42,6 +49,7 @@ from consortium.protocol.round import (
     RoundMachine,
     RoundSettings,
     Send,
+    Stopped,
     Train,
 )
 from consortium.store.blockstore import CHUNK_SIZE, BlockStore
@@ -132,6 +140,8 @@ class Node:
         self.learner: Learner | None = None
         self.global_model: bytes = b""
         self.registry = self._open_registry()
+        self._dp: tuple[float, float] | None = None  # (client z, record z) of the current run
+        self.stopped = ""  # why this node stopped training in the current run, if it did
         self.finished = asyncio.Event()
         self.anchorer = Anchorer(self.dir, identity, self.genesis)
         self._anchoring: set[asyncio.Task[None]] = set()
@@ -204,6 +214,8 @@ class Node:
 
     def _setup_run(self, run: RunConfig) -> None:
         self.run = run
+        self._dp = None
+        self.stopped = ""
         self.learner = Learner(self.config.data, run)
         settings = RoundSettings(
             run_id=run.run_id(),
@@ -243,11 +255,51 @@ class Node:
     def _begin(self, round_no: int) -> None:
         assert self.machine is not None
         frontier = self.ledger.frontier()
+        privacy, my_dp = self._round_privacy()
         self._execute(
             self.machine.begin(
-                round_no, frontier, frontier.root(), self.clock(), model=self.global_model
+                round_no,
+                frontier,
+                frontier.root(),
+                self.clock(),
+                model=self.global_model,
+                privacy=privacy,
+                my_dp=my_dp,
             )
         )
+
+    def _round_privacy(self) -> tuple[RoundPrivacy | None, RecordParams | None]:
+        """This round's DP state from the ledger: the purpose's budget and every earlier spend
+        of it; and, at record level, the (z, q, steps) this node's DP-SGD will use."""
+        assert self.run is not None and self.learner is not None
+        config = self.run.privacy
+        if config.unit == "none":
+            return None, None
+        purpose = self.genesis.purpose(self.run.purpose)
+        budget = Budget.from_purpose(purpose.name, purpose.epsilon, purpose.delta)
+        budget.check_config(config)
+        history = [
+            e.body["privacy"]
+            for e in self.ledger.iter_entries(1)
+            if e.kind == "round"
+            and isinstance(e.body.get("privacy"), dict)
+            and e.body["privacy"].get("purpose") == purpose.name
+        ]
+        if self._dp is None:  # noise multipliers: fixed for the run, calibrated once
+            n0 = self.learner.train_count(self._consent_for(self.ledger.size)[2])
+            r = self.run
+            self._dp = (
+                client_noise_multiplier(config, r.rounds) if config.client_level else 0.0,
+                record_noise_multiplier(config, n0, r.batch_size, r.epochs, r.rounds)
+                if config.record_level
+                else 0.0,
+            )
+        client_z, record_z = self._dp
+        my_dp = None
+        if config.record_level:
+            n = self.learner.train_count(self._consent_for(self.ledger.size)[2])
+            my_dp = self.learner.record_dp(n, record_z)
+        return RoundPrivacy(config, budget, history, client_z), my_dp
 
     # -- protocol actions ------------------------------------------------------------------------
 
@@ -265,6 +317,11 @@ class Node:
                 self._commit(action)
             elif isinstance(action, Note):
                 log.warning("%s: %s", self.name, action.text)
+            elif isinstance(action, Stopped):
+                log.error("%s: %s", self.name, action.reason)
+                self.stopped = action.reason
+                self.finished.set()
+                self._write_status()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -283,7 +340,10 @@ class Node:
         slot = self.ledger.size  # the ledger index this round's record will take
         try:
             consent, erasures, allowed = self._consent_for(slot)
-            n, update, metrics = await asyncio.to_thread(learner.train, model, round_no, allowed)
+            dp_noise = self._dp[1] if self._dp and self.run.privacy.record_level else None
+            n, update, metrics = await asyncio.to_thread(
+                learner.train, model, round_no, allowed, dp_noise
+            )
         except ConsortiumError as exc:  # e.g. no consented data: sit the round out, say why
             log.error("%s: local training for round %d failed: %s", self.name, round_no, exc)
             return
@@ -352,6 +412,7 @@ class Node:
             "round": records[-1]["round"] if records else 0,
             "rounds": self.run.rounds if self.run else 0,
             "finished": self.finished.is_set(),
+            "stopped": self.stopped,
         }
         atomic_write(self.dir / STATUS_FILE, json.dumps(status).encode())
 

@@ -47,6 +47,7 @@ from consortium.core.identity import NodeIdentity, is_valid_signature
 from consortium.ledger.entries import Entry, make_record
 from consortium.ledger.frontier import Frontier
 from consortium.ledger.heads import TreeHead
+from consortium.privacy.client_dp import ClientNoisePlan
 from consortium.protocol.messages import (
     Commit,
     Message,
@@ -55,6 +56,13 @@ from consortium.protocol.messages import (
     SecAgg,
     Update,
     Vote,
+)
+from consortium.protocol.privacy_round import (
+    RecordParams,
+    RoundPrivacy,
+    client_plan,
+    client_scale,
+    reported_params,
 )
 from consortium.protocol.schedule import leader_for
 from consortium.protocol.secagg import SecAggError, SecAggParams
@@ -117,7 +125,14 @@ class Note:
     text: str
 
 
-Action = Send | Broadcast | Train | Committed | Note
+@dataclass(frozen=True)
+class Stopped:
+    """This node must not train any more in this run (its privacy budget), for `reason`."""
+
+    reason: str
+
+
+Action = Send | Broadcast | Train | Committed | Note | Stopped
 
 
 @dataclass(frozen=True)
@@ -170,6 +185,7 @@ class _State:
     leading: LeaderAggregation | None = None  # secure aggregation, as this attempt's leader
     client: ParticipantAggregation | None = None  # secure aggregation, as a participant
     secagg_samples: dict[str, int] = field(default_factory=dict)
+    privacy: RoundPrivacy | None = None  # this round's differential-privacy state
 
 
 class RoundMachine:
@@ -213,9 +229,17 @@ class RoundMachine:
     # -- events ---------------------------------------------------------------------------------
 
     def begin(
-        self, round_no: int, frontier: Frontier, head_root: bytes, now: float, model: bytes = b""
+        self,
+        round_no: int,
+        frontier: Frontier,
+        head_root: bytes,
+        now: float,
+        model: bytes = b"",
+        privacy: RoundPrivacy | None = None,
+        my_dp: RecordParams | None = None,
     ) -> list[Action]:
-        """Start round `round_no` from global `model` on a ledger whose right edge is `frontier`."""
+        """Start round `round_no` from global `model` on a ledger whose right edge is `frontier`;
+        with `privacy`, first check this node's next spend (`my_dp`: its DP-SGD parameters)."""
         early = {k: u for k, u in self.s.early.items() if u.round == round_no}
         self.s = _State(
             round=round_no,
@@ -224,7 +248,13 @@ class RoundMachine:
             head_root=head_root,
             attempt_started=now,
             model=model,
+            privacy=privacy,
         )
+        if privacy is not None:
+            reason = privacy.stop_reason(round_no, self.me, my_dp)
+            if reason is not None:
+                self.s.phase = Phase.DONE
+                return [Stopped(reason)]
         actions: list[Action] = [Train(round_no)]
         for sender, upd in early.items():
             actions += self._on_update(sender, upd, now)
@@ -378,6 +408,12 @@ class RoundMachine:
         body["slot"] = s.frontier.size  # the ledger index this record takes: unique across runs
         body["consent"] = {u: up.consent for u, up in ups.items() if up.consent is not None}
         body["erasures"] = {u: up.erasures for u, up in ups.items() if up.erasures}
+        if s.privacy is not None:
+            reported = {u: reported_params(up.metrics) for u, up in ups.items()}
+            record = {u: r for u, r in reported.items() if r is not None}
+            if s.privacy.config.record_level and len(record) != len(ups):
+                raise ConsortiumError("a participant did not report its DP-SGD parameters")
+            body["privacy"] = s.privacy.body(s.round, record)
         if s.round == 1:
             body["config"] = self.settings.config
         ms = int(now * 1000)
@@ -412,6 +448,7 @@ class RoundMachine:
                 raise ConsortiumError("the record misstates this node's consent commitment")
             if body["erasures"].get(self.me, []) != s.local.erasures:
                 raise ConsortiumError("the record misstates this node's erasures")
+        self._check_privacy(body)
         if body.get("prev_model") != self._cid_of(s.model):
             raise ConsortiumError("the record starts from another global model than this round's")
         samples, hashes = body.get("samples"), body.get("updates")
@@ -546,21 +583,70 @@ class RoundMachine:
             s.local.erasures,
         )
 
+    def _check_privacy(self, body: dict[str, Any]) -> None:
+        """A voter recomputes the round's privacy spend from the history and the reports."""
+        s = self.s
+        if s.privacy is None:
+            if body.get("privacy") is not None:
+                raise ConsortiumError("the record claims a privacy spend in a run without DP")
+            return
+        claimed = body.get("privacy")
+        if not isinstance(claimed, dict):
+            raise ConsortiumError("the record lacks the round's privacy spend")
+        record = {}
+        for u, r in (claimed.get("record") or {}).items():
+            params = reported_params({"dp": r})
+            if params is None:
+                raise ConsortiumError("malformed DP-SGD parameters in the record")
+            record[u] = params
+        mine = reported_params(s.local.metrics) if s.local is not None else None
+        if self.me in record and record[self.me] != mine:
+            raise ConsortiumError("the record misstates this node's DP-SGD parameters")
+        try:
+            expected = s.privacy.body(s.round, record)
+        except ConsortiumError as exc:
+            raise ConsortiumError(f"the round would break the privacy budget: {exc}") from exc
+        if claimed != expected:
+            raise ConsortiumError("the record's privacy spend is not what the ledger implies")
+
     # -- secure aggregation (SecAgg+) -----------------------------------------------------------
 
     def _start_secure(self, now: float) -> list[Action]:
         """As leader: open SecAgg+ among the participants whose updates arrived."""
         s = self.s
         parts = sorted(s.updates)
-        rid = secagg_round_id(self.settings.run_id, s.round, s.attempt)
-        params = make_params(rid, parts, self.settings.model_size, self.settings.clip)
-        s.leading = LeaderAggregation(params, now)
+        params = self._secagg_params(s.attempt, parts)
+        s.leading = LeaderAggregation(params, now, self._min_inputs(len(parts)))
         s.secagg_samples = {p: s.updates[p].num_samples for p in parts}
         s.phase = Phase.SECURE
         start = {START: {"participants": parts, "samples": s.secagg_samples}}
         actions: list[Action] = [Send(p, self._secagg_msg(start)) for p in parts if p != self.me]
         actions += self._client_start(params, s.secagg_samples)
         return actions + self._secure_progress(now)
+
+    def _client_dp(self, n: int) -> tuple[float, ClientNoisePlan] | None:
+        """(client clip, noise plan) under client-level DP with n participants, else None."""
+        pv = self.s.privacy
+        if pv is None or not pv.config.client_level:
+            return None
+        params = self._secagg_params(self.s.attempt, [f"p{i}" for i in range(n)])
+        return pv.config.client_clip, client_plan(pv, n, params.scale, self.settings.model_size)
+
+    def _secagg_params(self, attempt: int, parts: list[str]) -> SecAggParams:
+        """The SecAgg+ parameters every node derives alike for this attempt and participants."""
+        s = self.s
+        rid = secagg_round_id(self.settings.run_id, s.round, attempt)
+        pv = s.privacy
+        if pv is None or not pv.config.client_level:
+            return make_params(rid, parts, self.settings.model_size, self.settings.clip)
+        clip = pv.config.client_clip
+        scale = client_scale(pv, len(parts), self.settings.model_size)
+        return make_params(rid, parts, self.settings.model_size, clip, scale=scale)
+
+    def _min_inputs(self, n: int) -> int:
+        """Masked inputs the sum needs to carry the noise it is accounted with."""
+        dp = self._client_dp(n)
+        return 0 if dp is None else dp[1].n_expected - dp[1].max_dropouts
 
     def _secagg_msg(self, body: dict[str, Any]) -> SecAgg:
         return SecAgg(self.settings.run_id, self.s.round, self.s.attempt, body)
@@ -571,11 +657,16 @@ class RoundMachine:
         assert s.local is not None and self._ops is not None
         if samples.get(self.me) != s.local.num_samples:
             raise ConsortiumError("secure aggregation start misstates this node's sample count")
-        weight = s.local.num_samples / sum(samples.values())
         delta = self._ops.delta(s.model, s.local.update)
-        s.client = ParticipantAggregation(
-            params, self.me, weighted_vector(delta, self.settings.clip, weight)
-        )
+        dp = self._client_dp(len(samples))
+        if dp is None:
+            weight = s.local.num_samples / sum(samples.values())
+            vector = weighted_vector(delta, self.settings.clip, weight)
+            s.client = ParticipantAggregation(params, self.me, vector)
+        else:  # client-level DP: uniform weights, clipped delta, a share of the noise
+            clip, plan = dp
+            vector = weighted_vector(delta, clip, 1.0 / len(samples))
+            s.client = ParticipantAggregation(params, self.me, vector, noise=plan)
         return self._to_leader(s.client.start())
 
     def _to_leader(self, body: dict[str, Any]) -> list[Action]:
@@ -616,8 +707,7 @@ class RoundMachine:
                 raise ConsortiumError("malformed secure-aggregation start")
             if self.me not in parts or sorted(samples) != sorted(parts):
                 return []
-            rid = secagg_round_id(self.settings.run_id, s.round, s.attempt)
-            params = make_params(rid, parts, self.settings.model_size, self.settings.clip)
+            params = self._secagg_params(s.attempt, parts)
             s.phase = Phase.AWAITING
             return self._client_start(params, samples)
         if s.client is None:
@@ -688,10 +778,7 @@ class RoundMachine:
         attempt = body.get("attempt")
         if not isinstance(attempt, int):
             raise ConsortiumError("record lacks its attempt number")
-        rid = secagg_round_id(self.settings.run_id, s.round, attempt)
-        expected = make_params(
-            rid, list(params.participants), self.settings.model_size, self.settings.clip
-        )
+        expected = self._secagg_params(attempt, list(params.participants))
         if params_body(params) != params_body(expected):
             raise ConsortiumError("secure-aggregation parameters differ from the agreed ones")
         if info.get("transcript") != self._cid_of(p.transcript):

@@ -20,6 +20,8 @@ import numpy.typing as npt
 
 from consortium.core.encoding import decode
 from consortium.core.errors import ConsortiumError
+from consortium.privacy.client_dp import ClientNoisePlan
+from consortium.privacy.noise import add_to_words, node_noise_share
 from consortium.protocol.secagg import (
     AdvertiseKeys,
     EncryptedShares,
@@ -37,7 +39,7 @@ from consortium.protocol.secagg import (
     parse_message,
     verify_aggregate,
 )
-from consortium.protocol.secagg.quantize import clip_l2
+from consortium.protocol.secagg.quantize import clip_l2, quantize
 
 START = "start"
 
@@ -48,12 +50,17 @@ def secagg_round_id(run_id: str, round_no: int, attempt: int) -> bytes:
 
 
 def make_params(
-    round_id: bytes, participants: list[str], model_size: int, clip: float
+    round_id: bytes,
+    participants: list[str],
+    model_size: int,
+    clip: float,
+    scale: float | None = None,
 ) -> SecAggParams:
     """Parameters every participant derives identically: d = model size + 1 weight word.
 
-    The L2 bound of [w·Δ ‖ w] with |Δ| <= C and w <= 1 is sqrt(C² + 1) <= C + 1."""
-    return SecAggParams.create(round_id, participants, model_size + 1, clip=clip + 1.0)
+    The L2 bound of [w·Δ ‖ w] with |Δ| <= C and w <= 1 is sqrt(C² + 1) <= C + 1. `scale`
+    (client-level DP) leaves room in the 32-bit words for the noise."""
+    return SecAggParams.create(round_id, participants, model_size + 1, clip=clip + 1.0, scale=scale)
 
 
 def params_body(p: SecAggParams) -> dict[str, Any]:
@@ -123,6 +130,8 @@ class LeaderAggregation:
 
     params: SecAggParams
     started: float
+    #: Masked inputs the sum needs (client-level DP: the noise is sized for this many shares).
+    min_inputs: int = 0
     agg: SecAggAggregator = field(init=False)
     stage: int = 0
     expected: set[str] = field(default_factory=set)
@@ -158,6 +167,10 @@ class LeaderAggregation:
             out = list(self.agg.finish_shares())
         elif self.stage == 2:
             out = list(self.agg.finish_inputs())
+            if len(out) < self.min_inputs:  # never unmask a sum with too little noise in it
+                raise SecAggError(
+                    f"only {len(out)} masked inputs; the noise is sized for {self.min_inputs}"
+                )
         else:
             self.agg.finish()
             self.stage = len(_STAGES)
@@ -175,9 +188,16 @@ class LeaderAggregation:
 class ParticipantAggregation:
     """This node's SecAgg+ client for one attempt, fed with the vector it contributes."""
 
-    def __init__(self, params: SecAggParams, me: str, vector: npt.NDArray[np.float64]) -> None:
+    def __init__(
+        self,
+        params: SecAggParams,
+        me: str,
+        vector: npt.NDArray[np.float64],
+        noise: ClientNoisePlan | None = None,
+    ) -> None:
         self.client = SecAggClient(params, me)
         self._vector = vector
+        self._noise = noise
         self._rng = np.random.default_rng()  # stochastic rounding only; masks use os.urandom
         self.input_hash: bytes | None = None
 
@@ -192,7 +212,15 @@ class ParticipantAggregation:
             reply = self.client.receive_neighbour_keys(msg)
         elif isinstance(msg, ShareDelivery):
             self.client.receive_shares(msg)
-            reply = self.client.mask_update(self._vector, self._rng)
+            p = self.client.params
+            words = quantize(self._vector, p.clip, p.scale, self._rng)
+            if self._noise is not None:  # client-level DP: this node's share, on the grid
+                plan = self._noise
+                share = node_noise_share(
+                    p.vector_length - 1, plan.sigma_total, plan.n_expected, plan.max_dropouts
+                )
+                words = add_to_words(words, share)
+            reply = self.client.masked_input(words)
             self.input_hash = hashlib.sha256(reply.vector).digest()
         elif isinstance(msg, UnmaskRequest):
             reply = self.client.receive_unmask_request(msg)

@@ -1,0 +1,114 @@
+"""Differential privacy in real rounds: spends on the ledger, budget stop, client-level noise."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from consortium.audit import audit
+from consortium.core.errors import AuditError
+from consortium.core.genesis import Purpose
+from consortium.node.node import run_records
+from tests.inprocess_cluster import cluster, run_config, start, until_finished
+
+
+def test_record_level_spends_are_on_the_ledger_and_the_budget_stops_the_run(
+    tmp_path: Path,
+) -> None:
+    async def go() -> None:
+        nodes, _, clock = await cluster(
+            tmp_path, 3, seed=41, purpose=Purpose("research", 6.0, 1e-5)
+        )
+        try:
+            privacy = {"unit": "record", "noise_multiplier": 1.5, "clip_norm": 1.0}
+            await start(nodes, run_config(20, 0, privacy=privacy))
+            await until_finished(nodes, clock, step=0.0)
+            records = run_records(nodes[0].ledger)
+            assert 0 < len(records) < 20  # stopped before the budget was exceeded
+            me = nodes[0].identity.node_id
+            totals = [r["privacy"]["record"][me]["total_epsilon"] for r in records]
+            assert totals == sorted(totals) and totals[-1] <= 6.0 * (1 + 1e-6)
+            assert all(n.stopped.startswith("stopping before round") for n in nodes)
+            status = json.loads((nodes[0].dir / "status.json").read_text())
+            assert "budget" in status["stopped"]
+            report = audit(nodes[0].dir)
+            assert report.privacy["research"]
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    asyncio.run(go())
+
+
+def test_client_level_noise_under_secure_aggregation(tmp_path: Path) -> None:
+    async def go() -> None:
+        nodes, _, clock = await cluster(
+            tmp_path, 4, seed=42, purpose=Purpose("research", 50.0, 1e-5)
+        )
+        try:
+            privacy = {
+                "unit": "client",
+                "noise_multiplier": 0.5,
+                "client_clip": 5.0,
+                "dropout_tolerance": 1,
+            }
+            await start(nodes, run_config(2, 0, secure="secagg+", privacy=privacy))
+            await until_finished(nodes, clock, step=0.0)
+            records = run_records(nodes[0].ledger)
+            assert len(records) == 2
+            spent = [r["privacy"]["client"] for r in records]
+            assert (
+                spent[0]["noise_multiplier"] == 0.5
+                and spent[1]["total_epsilon"] > spent[0]["total_epsilon"]
+            )
+            report = audit(nodes[0].dir)
+            assert report.secure_rounds == 2 and report.privacy["research"]
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    asyncio.run(go())
+
+
+def test_audit_flags_a_tampered_privacy_total(tmp_path: Path) -> None:
+    """A record whose spend was rewritten (and re-signed by a member) no longer audits."""
+    from consortium.core.identity import NodeIdentity
+    from consortium.ledger.entries import make_record
+    from consortium.ledger.log import Ledger
+
+    async def go() -> Path:
+        nodes, _, clock = await cluster(
+            tmp_path, 3, seed=43, purpose=Purpose("research", 20.0, 1e-5)
+        )
+        try:
+            privacy = {"unit": "record", "noise_multiplier": 2.0}
+            await start(nodes, run_config(2, 0, privacy=privacy))
+            await until_finished(nodes, clock, step=0.0)
+            return nodes[0].dir
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    folder = asyncio.run(go())
+    audit(folder)
+    with Ledger.open(folder / "ledger.sqlite") as real:
+        genesis = real.genesis()
+        bodies = [e for e in real.iter_entries(1)]
+    ident = NodeIdentity.load(folder)
+    forged = tmp_path / "forged"
+    forged.mkdir()
+    (forged / "genesis.json").write_bytes((folder / "genesis.json").read_bytes())
+    with Ledger.create(forged / "ledger.sqlite", genesis) as led:
+        for e in bodies:
+            body = dict(e.body)
+            priv = json.loads(json.dumps(body["privacy"]))
+            for r in priv["record"].values():
+                r["total_epsilon"] = r["total_epsilon"] / 10  # claim a tenth of the spend
+            body["privacy"] = priv
+            body.pop("model"), body.pop("prev_model")  # no artifacts in this copy
+            led.append(make_record(ident, "round", body, e.time))
+    with pytest.raises(AuditError, match="privacy budget"):
+        audit(forged)
