@@ -18,7 +18,7 @@ from consortium.consent import erase_subject
 from consortium.consent.erasure import checkpoint_for
 from consortium.consent.registry import ConsentRegistry
 from consortium.core.errors import ConsortiumError
-from consortium.core.genesis import Genesis
+from consortium.core.genesis import Genesis, Purpose
 from consortium.core.layout import CONSENT_FILE, LEDGER_FILE, STATUS_FILE, STORE_DIR
 from consortium.learning import (
     TrainConfig,
@@ -34,8 +34,14 @@ from consortium.node.config import RunConfig
 from consortium.node.node import run_records
 from consortium.node.runner import start_run
 from consortium.node.sim import Cluster, create_consortium
+from consortium.privacy.config import PrivacyConfig
 from consortium.store.blockstore import BlockStore
 from consortium.store.objects import get_bytes
+
+
+def genesis_budget(d: Path) -> str:
+    p = Genesis.load(d / "genesis.json").purpose("research")
+    return f"epsilon {p.epsilon}, delta {p.delta}"
 
 
 def _node_id(d: Path) -> str:
@@ -68,6 +74,12 @@ def demo(
         min=0,
         help="Anchor the final tree head on each node's embedded EVM chain every k rounds.",
     ),
+    dp: str = typer.Option(
+        "record", help="Differential privacy unit: none, record (DP-SGD), client or both."
+    ),
+    epsilon: float = typer.Option(
+        8.0, help="Target epsilon of the run (delta 1e-5); the purpose's budget is 2.5x this."
+    ),
     erase: bool = typer.Option(
         True,
         help="After the run, erase one data subject and retrain from the checkpoint before "
@@ -84,7 +96,15 @@ def demo(
         f"[bold]Consortium demo[/]: {nodes} nodes, {rounds} rounds, {dataset}, "
         f"Dirichlet(alpha={alpha}) shards, run folder {root}"
     )
-    dirs = create_consortium(root, nodes, dataset=dataset, alpha=alpha, seed=seed)
+    budget = Purpose("research", 2.5 * epsilon, 1e-5) if dp != "none" else Purpose("research")
+    dirs = create_consortium(root, nodes, dataset=dataset, alpha=alpha, seed=seed, purpose=budget)
+    privacy = (
+        PrivacyConfig()
+        if dp == "none"
+        else PrivacyConfig.model_validate(
+            {"unit": dp, "target_epsilon": epsilon, "delta": 1e-5, "client_clip": 5.0}
+        )
+    )
     cluster = Cluster(dirs)
     run = RunConfig(
         rounds=rounds,
@@ -95,6 +115,7 @@ def demo(
         seed=seed,
         anchor_every=anchor_every,
         secure_aggregation=secure_aggregation,
+        privacy=privacy,
         min_updates=max(1, (nodes + 1) // 2),
         collect_timeout=5.0,
         round_timeout=15.0,
@@ -200,13 +221,31 @@ def _follow(
                     task,
                     completed=len(records),
                     description=f"leader {names.get(last['leader'], '?')} · local acc "
-                    f"{sum(accs) / max(1, len(accs)):.3f} · {len(last['participants'])} nodes",
+                    f"{sum(accs) / max(1, len(accs)):.3f} · {len(last['participants'])} nodes"
+                    + _epsilon_text(last),
                 )
     # Every live node commits the last round too before the demo stops them.
     end = time.time() + 30
     while time.time() < end and not all(cluster.status(i).get("finished") for i in cluster.alive()):
         time.sleep(0.2)
     return records
+
+
+def _epsilon(record: dict[str, Any]) -> float | None:
+    """The largest privacy total after this round (client level, or the worst node)."""
+    p = record.get("privacy")
+    if not p:
+        return None
+    totals = [r["total_epsilon"] for r in (p.get("record") or {}).values()]
+    if p.get("client"):
+        totals.append(p["client"]["total_epsilon"])
+    finite = [t for t in totals if t is not None]
+    return max(finite) if len(finite) == len(totals) and finite else float("inf")
+
+
+def _epsilon_text(record: dict[str, Any]) -> str:
+    eps = _epsilon(record)
+    return "" if eps is None else f" · ε {eps:.2f}"
 
 
 def _summary(
@@ -239,6 +278,7 @@ def _summary(
         "participants",
         "records used",
         "node0 records",
+        "ε so far",
         "mean local acc",
     ):
         table.add_column(col)
@@ -252,6 +292,7 @@ def _summary(
             str(len(r["participants"])),
             str(sum(c["count"] for c in consent.values())),
             str(consent.get(first, {}).get("count", "-")),
+            "-" if (e := _epsilon(r)) is None else f"{e:.2f}",
             f"{sum(accs) / max(1, len(accs)):.3f}",
         )
     console.print(table)
@@ -262,7 +303,13 @@ def _summary(
         with Ledger.open(d / LEDGER_FILE) as ledger:
             roots.add(ledger.root())
     console.print(f"final test accuracy (federated): [bold]{acc:.4f}[/]")
-    console.print(f"same model trained centrally, same epoch budget: {central:.4f}")
+    console.print(f"same model trained centrally, same epoch budget: {central:.4f} (no DP)")
+    if (eps := _epsilon(records[-1])) is not None:
+        console.print(
+            f"differential privacy: {run.privacy.unit}-level, epsilon {eps:.2f} at delta "
+            f"{run.privacy.delta} spent of the purpose's budget "
+            f"{genesis_budget(dirs[0])} (totals recomputed by the audit)"
+        )
     console.print("samples per node: " + ", ".join(f"{k}={v}" for k, v in samples.items()))
     console.print(
         f"ledger: {report.entries} entries, root {report.root.hex()}, "
