@@ -23,8 +23,8 @@ With "pld" the result is min(RDP, PLD) (both are valid bounds), and RDP alone ab
 
 from __future__ import annotations
 
-import logging
 import functools
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
