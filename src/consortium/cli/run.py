@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from consortium.audit import audit as audit_folder
 from consortium.cli.common import console, fail, handle_errors
 from consortium.cli.identity import PASSPHRASE
+from consortium.core.errors import ConfigError
 from consortium.node.config import RunConfig
 
 run_app = typer.Typer(help="Start and inspect training runs.", no_args_is_help=True)
@@ -42,61 +45,104 @@ def node_start(
 @handle_errors
 def run_start(
     directory: Path = typer.Option(..., "--dir", help="Folder of the member starting the run."),
-    rounds: int = typer.Option(10, min=1, help="Training rounds."),
-    purpose: str = typer.Option("research", help="A purpose declared in genesis."),
-    dataset: str = typer.Option("digits", help="digits | breast_cancer | fashion-mnist."),
-    model: str = typer.Option("mlp", help="mlp | cnn | logreg."),
-    strategy: str = typer.Option("fedavg", help="fedavg | fedprox."),
-    mu: float = typer.Option(0.0, help="FedProx proximal term."),
-    epochs: int = typer.Option(2, min=1, help="Local epochs per round."),
-    lr: float = typer.Option(0.05, help="Learning rate."),
-    momentum: float = typer.Option(0.9, help="SGD momentum."),
-    seed: int = typer.Option(0, help="Seed of the initial model and batch order."),
-    round_timeout: float = typer.Option(30.0, help="Seconds before a leader is replaced."),
-    secure_aggregation: str = typer.Option(
-        "secagg+", help="secagg+ (the leader learns only the sum) or none (plaintext FedAvg)."
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        help="A TOML run configuration: any run option as a top-level key, and a [privacy] "
+        "table (unit, noise_multiplier or target_epsilon, clip_norm, client_clip, delta, "
+        "dropout_tolerance). Options given on the command line override it.",
     ),
-    clip_norm: float = typer.Option(10.0, help="L2 bound on each node's model delta (SecAgg+)."),
-    anchor_every: int = typer.Option(
-        0,
+    rounds: int | None = typer.Option(None, min=1, help="Training rounds [10]."),
+    purpose: str | None = typer.Option(None, help="A purpose declared in genesis [research]."),
+    dataset: str | None = typer.Option(None, help="digits | breast_cancer | fashion-mnist."),
+    model: str | None = typer.Option(None, help="mlp | cnn | logreg [mlp]."),
+    strategy: str | None = typer.Option(None, help="fedavg | fedprox [fedavg]."),
+    mu: float | None = typer.Option(None, help="FedProx proximal term [0]."),
+    epochs: int | None = typer.Option(None, min=1, help="Local epochs per round [2]."),
+    lr: float | None = typer.Option(None, help="Learning rate [0.05]."),
+    momentum: float | None = typer.Option(None, help="SGD momentum [0.9]."),
+    seed: int | None = typer.Option(None, help="Seed of the initial model and batch order [0]."),
+    round_timeout: float | None = typer.Option(
+        None, help="Seconds before a leader is replaced [30]; collecting waits a third of it."
+    ),
+    secure_aggregation: str | None = typer.Option(
+        None, help="secagg+ (the leader learns only the sum; default) or none (plaintext)."
+    ),
+    clip_norm: float | None = typer.Option(
+        None, help="L2 bound on each node's model delta under SecAgg+ [10]."
+    ),
+    dp: str | None = typer.Option(
+        None, help="Differential privacy unit: none (default), record, client or both."
+    ),
+    epsilon: float | None = typer.Option(
+        None, help="Target epsilon of the run (calibrates the noise multiplier)."
+    ),
+    noise_multiplier: float | None = typer.Option(None, help="DP noise multiplier, instead."),
+    anchor_every: int | None = typer.Option(
+        None,
         min=0,
         help="Anchor the final head every k rounds (the chain in DIR/chain.toml, else each "
-        "node's embedded EVM chain).",
+        "node's embedded EVM chain) [0: off].",
     ),
-    from_model: str = typer.Option(
-        "", "--from-model", help="CID of a ledger model to start from (retrain after an erasure)."
+    from_model: str | None = typer.Option(
+        None, "--from-model", help="CID of a ledger model to start from (retrain after an erasure)."
     ),
     passphrase: str | None = PASSPHRASE,
 ) -> None:
     """Ask every member to start a training run (from any member)."""
     from consortium.node.runner import start_run
 
-    run = RunConfig.from_body(
-        {
-            **RunConfig().body(),
-            "rounds": rounds,
-            "purpose": purpose,
-            "dataset": dataset,
-            "model": model,
-            "strategy": strategy,
-            "mu": mu,
-            "epochs": epochs,
-            "lr": lr,
-            "momentum": momentum,
-            "seed": seed,
-            "round_timeout": round_timeout,
-            "anchor_every": anchor_every,
-            "secure_aggregation": secure_aggregation,
-            "clip_norm": clip_norm,
-            "collect_timeout": round_timeout / 3,
-            "started": int(time.time() * 1000),
-            "initial_model": from_model,
-        }
-    )
+    body: dict[str, Any] = RunConfig().body()
+    if config is not None:
+        body.update(_load_toml(config))
+    flags = {
+        "rounds": rounds,
+        "purpose": purpose,
+        "dataset": dataset,
+        "model": model,
+        "strategy": strategy,
+        "mu": mu,
+        "epochs": epochs,
+        "lr": lr,
+        "momentum": momentum,
+        "seed": seed,
+        "round_timeout": round_timeout,
+        "anchor_every": anchor_every,
+        "secure_aggregation": secure_aggregation,
+        "clip_norm": clip_norm,
+        "initial_model": from_model,
+    }
+    body.update({k: v for k, v in flags.items() if v is not None})
+    if round_timeout is not None:
+        body["collect_timeout"] = round_timeout / 3
+    privacy = dict(body.get("privacy") or {})
+    if dp is not None:
+        privacy["unit"] = dp
+    if epsilon is not None:
+        privacy["target_epsilon"], privacy["noise_multiplier"] = epsilon, None
+    if noise_multiplier is not None:
+        privacy["noise_multiplier"], privacy["target_epsilon"] = noise_multiplier, None
+    body["privacy"] = privacy
+    body["started"] = int(time.time() * 1000)
+    run = RunConfig.from_body(body)
     failed = asyncio.run(start_run(directory, passphrase, run))
     for line in failed:
         console.print(f"[yellow]not started on {line}[/]")
-    console.print(f"run {run.run_id()} started: {rounds} rounds of {model} on {dataset}")
+    dp_text = "" if run.privacy.unit == "none" else f", {run.privacy.unit}-level DP"
+    console.print(
+        f"run {run.run_id()} started: {run.rounds} rounds of {run.model} on {run.dataset}, "
+        f"aggregation {run.secure_aggregation}{dp_text}"
+    )
+
+
+def _load_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"run configuration not found: {path}") from exc
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return data
 
 
 @handle_errors
@@ -124,3 +170,8 @@ def audit(
     )
     if "chain" in r.extra:
         console.print(f"anchors checked on {r.extra['chain']}", highlight=False)
+    if r.secure_rounds:
+        console.print(f"{r.secure_rounds} SecAgg+ aggregates recomputed from their transcripts")
+    for purpose, spent in sorted(r.privacy.items()):
+        parts = ", ".join(f"{k} {v:.3g}" for k, v in sorted(spent.items()))
+        console.print(f"privacy spent on purpose {purpose!r} (recomputed): {parts}")

@@ -33,10 +33,16 @@ class RoundSelection:
 
 
 def begin_round(
-    registry: ConsentRegistry, purpose: str, round_no: int, *, at: float
+    registry: ConsentRegistry,
+    purpose: str,
+    round_no: int,
+    *,
+    at: float,
+    held: np.ndarray | None = None,
 ) -> RoundSelection:
     """Records whose consent covers `purpose` at `at`, committed to and remembered.
 
+    `held`: the record ids of the node's data (consent for other ids is kept but never used).
     The selection is made once per round: a retried attempt (or a restarted node) gets the stored
     selection and commitment back, whatever `at` it passes, minus any record erased since.
     """
@@ -47,6 +53,8 @@ def begin_round(
             round_no, purpose, rnd.at, ids, RoundCommitment(rnd.root, rnd.count, purpose)
         )
     ids = registry.eligible(purpose, at)
+    if held is not None:  # only records this node actually holds are used, and counted
+        ids = np.intersect1d(ids, held)
     leaves = round_leaves(registry.salts(ids.tolist()), ids.tolist(), purpose, round_no)
     rc = commit(leaves, purpose)
     registry.store_round(round_no, purpose, at, rc.root, leaves, ids)

@@ -359,7 +359,10 @@ class Node:
         assert self.run is not None
         if self.registry is None:
             return None, [], None
-        sel = begin_round(self.registry, self.run.purpose, slot, at=self.clock())
+        assert self.learner is not None
+        sel = begin_round(
+            self.registry, self.run.purpose, slot, at=self.clock(), held=self.learner.record_ids
+        )
         previous = [r.at for r in self.registry.rounds() if r.round < slot]
         since = max(previous, default=0.0)
         erased: dict[float, int] = {}
