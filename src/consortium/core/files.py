@@ -1,25 +1,31 @@
-"""Crash-safe file writes."""
+"""Crash-safe file writes: the one way this project replaces a file's contents."""
 
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write via a temp file, fsync and rename, so readers never see half a file."""
+def atomic_write(
+    path: Path, data: bytes | Iterable[bytes], mode: int = 0o644, *, tmp_prefix: str = ""
+) -> None:
+    """Write `data` (bytes, or chunks streamed from an iterable) via a uniquely named temp file
+    in the same folder, fsync and rename, then fsync the folder: readers see the old file or the
+    whole new one, never half of it. If producing the chunks fails, nothing is replaced."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    fd, tmp = tempfile.mkstemp(prefix=tmp_prefix or f".{path.name}.tmp-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            for chunk in [data] if isinstance(data, bytes | bytearray) else data:
+                fh.write(chunk)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:

@@ -9,14 +9,13 @@ what was stored, and the CID is the only thing we trust.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from consortium.core.encoding import decode
 from consortium.core.errors import EncodingError, IntegrityError, NotFoundError, StoreError
+from consortium.core.files import atomic_write
 from consortium.store.cid import CID, as_cid, check, cid_for, cid_key, parse_cid
 
 #: Largest chunk of a file stored as one raw block.
@@ -42,14 +41,6 @@ class VerifyReport:
 
 def _shard(key: str) -> str:
     return key[-3:-1]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class BlockStore:
@@ -97,20 +88,8 @@ class BlockStore:
         return cid
 
     def _write(self, path: Path, data: bytes) -> None:
-        # A unique temp name per write (not per process), so concurrent puts never collide.
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)
+        atomic_write(path, data, 0o444, tmp_prefix=_TMP_PREFIX)  # blocks are read-only
 
     def delete(self, cid: CID | str) -> None:
         """Remove a block; raise NotFoundError if it is absent."""

@@ -12,14 +12,13 @@ any byte of it reaches the caller.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from consortium.core.encoding import decode, encode
 from consortium.core.errors import EncodingError, StoreError
+from consortium.core.files import atomic_write
 from consortium.store.blockstore import CHUNK_SIZE, BlockStore
 from consortium.store.cid import CID, as_cid, cid_key
 
@@ -154,21 +153,14 @@ def get_file(
     store: BlockStore, cid: CID | str, out_path: Path | str, *, progress: Progress | None = None
 ) -> None:
     """Write file `cid` to `out_path` atomically: on any failure, `out_path` is left untouched."""
-    out = Path(out_path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for chunk in iter_file(store, cid):
-                fh.write(chunk)
-                if progress is not None:
-                    progress(len(chunk))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    def chunks() -> Iterator[bytes]:
+        for chunk in iter_file(store, cid):  # each block re-hashed before it is written
+            if progress is not None:
+                progress(len(chunk))
+            yield chunk
+
+    atomic_write(Path(out_path), chunks())
 
 
 # -- objects -----------------------------------------------------------------------------------
