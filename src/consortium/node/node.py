@@ -203,14 +203,11 @@ class Node:
             weights_from_bytes(model, self.learner.like)  # the right architecture, or refuse
             self.global_model = model
         else:
-            self.global_model = weights_to_bytes(initial_weights(run, self._dataset()))
+            assert self.learner is not None
+            self.global_model = weights_to_bytes(initial_weights(run, self.learner.dataset))
         put_bytes(self.store, self.global_model)
         self._write_status()
         self._begin(1)
-
-    def _dataset(self) -> Any:
-        assert self.learner is not None
-        return self.learner.dataset
 
     def _setup_run(self, run: RunConfig) -> None:
         self.run = run
