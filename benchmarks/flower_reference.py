@@ -6,14 +6,16 @@ Flower is NOT a dependency of Consortium: run this script with a separate virtua
     FLWR=/work/main/.tmp/flwr-venv/bin/python
     $FLWR benchmarks/flower_reference.py secagg --n 100 --d 100000 [--dropout 0.1]
     $FLWR benchmarks/flower_reference.py fedavg --partition iid|0.5 [--nodes 5 --rounds 10]
-    $FLWR benchmarks/flower_reference.py all [--out FILE.md]   # every configuration, one process each
+    $FLWR benchmarks/flower_reference.py primitives [--d 10000,100000,1000000]
+    $FLWR benchmarks/flower_reference.py all [--out FILE.json]  # everything, one process each
 
 secagg: one round of Flower's SecAgg+ (SecAggPlusWorkflow on the server, secaggplus_mod on the
 clients, legacy FedAvg strategy inside DefaultWorkflow) in the Ray simulation runtime. Each client
 returns a fixed random float32 vector of length d (num_examples 1); the server checks the unmasked
 mean against the plain mean of the survivors' vectors. Two rounds by default: round 1 also pays
-for Ray starting its client actors (~10 s here), so round 2 is the per-round figure. Dropped clients raise inside `fit`, i.e.
-after the share-keys stage, so the server must reconstruct their masks (the costly case).
+for Ray starting its client actors (~5 s here), so round 2 is the per-round figure. Dropped
+clients raise inside `fit`, i.e. after the share-keys stage, so the server must reconstruct their
+masks (the costly case).
 
 fedavg: Flower's Message-API FedAvg on scikit-learn digits (80/20 split with seed 0), N clients,
 IID or Dirichlet(alpha) label-skew partitions of the training set (seed 0, same algorithms as
@@ -40,7 +42,7 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 SEED = 0
 RESULT_TAG = "RESULT "
@@ -70,11 +72,11 @@ def run_secagg(args: argparse.Namespace) -> dict[str, Any]:
     from flwr.simulation import run_simulation
 
     n, d = args.n, args.d
-    n_drop = int(round(args.dropout * n))
+    n_drop = round(args.dropout * n)
     dropped = set(range(n - n_drop, n))  # partition ids that fail in fit
     out: dict[str, Any] = {"n": n, "d": d, "dropout": args.dropout, "dropped": n_drop}
 
-    class VecClient(NumPyClient):  # type: ignore[misc]
+    class VecClient(NumPyClient):  # type: ignore[misc, untyped-decorator, unused-ignore]
         def __init__(self, pid: int) -> None:
             self.pid = pid
 
@@ -88,7 +90,7 @@ def run_secagg(args: argparse.Namespace) -> dict[str, Any]:
 
     stage_times: list[dict[str, float]] = []  # one dict per round
 
-    class TimedSecAggPlus(SecAggPlusWorkflow):  # type: ignore[misc]
+    class TimedSecAggPlus(SecAggPlusWorkflow):  # type: ignore[misc, untyped-decorator, unused-ignore]
         """Times each of the four stages (server side, waiting for all clients included)."""
 
         def _timed(self, name: str, fn: Any, *a: Any) -> Any:
@@ -113,7 +115,7 @@ def run_secagg(args: argparse.Namespace) -> dict[str, Any]:
 
     captured: list[np.ndarray] = []
 
-    class CapturingFedAvg(FedAvg):  # type: ignore[misc]
+    class CapturingFedAvg(FedAvg):  # type: ignore[misc, untyped-decorator, unused-ignore]
         def aggregate_fit(self, server_round: int, results: Any, failures: Any) -> Any:
             params, metrics = super().aggregate_fit(server_round, results, failures)
             if params is not None:
@@ -122,7 +124,7 @@ def run_secagg(args: argparse.Namespace) -> dict[str, Any]:
 
     server_app = ServerApp()
 
-    @server_app.main()  # type: ignore[misc]
+    @server_app.main()  # type: ignore[misc, untyped-decorator, unused-ignore]
     def main(grid: Grid, context: Context) -> None:
         strategy = CapturingFedAvg(
             fraction_fit=1.0,
@@ -131,7 +133,9 @@ def run_secagg(args: argparse.Namespace) -> dict[str, Any]:
             min_available_clients=n,
             initial_parameters=ndarrays_to_parameters([np.zeros(d, dtype=np.float32)]),
         )
-        ctx = LegacyContext(context=context, config=ServerConfig(num_rounds=args.rounds), strategy=strategy)
+        ctx = LegacyContext(
+            context=context, config=ServerConfig(num_rounds=args.rounds), strategy=strategy
+        )
         workflow = DefaultWorkflow(
             fit_workflow=TimedSecAggPlus(
                 num_shares=args.num_shares,
@@ -158,8 +162,9 @@ def run_secagg(args: argparse.Namespace) -> dict[str, Any]:
     out["round_s"] = [sum(st.values()) for st in stage_times]
     survivors = [p for p in range(n) if p not in dropped]
     expected = np.mean([client_vector(p, d) for p in survivors], axis=0)
+    out["rounds_aggregated"] = len(captured)
     if captured:
-        out["max_abs_err"] = float(np.max(np.abs(captured[0] - expected)))
+        out["max_abs_err"] = float(np.max(np.abs(captured[-1] - expected)))
     else:
         out["max_abs_err"] = None  # the round failed: no aggregate reached the strategy
     out.update(
@@ -169,6 +174,23 @@ def run_secagg(args: argparse.Namespace) -> dict[str, Any]:
         qrange=args.qrange,
         cpus_per_client=args.cpus_per_client,
     )
+    return out
+
+
+def run_primitives(args: argparse.Namespace) -> dict[str, Any]:
+    """Best-of-5 time of Flower's mask generator for one vector of d words (masking's floor).
+
+    `pseudo_rand_gen` XOR-folds the 32-byte key into a 32-bit seed for NumPy's MT19937."""
+    from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
+
+    out: dict[str, Any] = {}
+    for d in args.d:
+        best = float("inf")
+        for _ in range(5):
+            t0 = time.perf_counter()
+            pseudo_rand_gen(os.urandom(32), 2**32, [(d,)])
+            best = min(best, time.perf_counter() - t0)
+        out[str(d)] = best
     return out
 
 
@@ -224,12 +246,19 @@ def init_mlp(n_in: int, n_out: int) -> list[np.ndarray]:
 
 
 def mlp_logits(w: list[np.ndarray], x: np.ndarray) -> np.ndarray:
-    return np.maximum(x @ w[0] + w[1], 0.0) @ w[2] + w[3]
+    out: np.ndarray = np.maximum(x @ w[0] + w[1], 0.0) @ w[2] + w[3]
+    return out
 
 
 def train_mlp(
-    w: list[np.ndarray], x: np.ndarray, y: np.ndarray, epochs: int, seed: int,
-    lr: float = 0.05, momentum: float = 0.9, batch: int = 32,
+    w: list[np.ndarray],
+    x: np.ndarray,
+    y: np.ndarray,
+    epochs: int,
+    seed: int,
+    lr: float = 0.05,
+    momentum: float = 0.9,
+    batch: int = 32,
 ) -> tuple[list[np.ndarray], float]:
     """Minibatch SGD with (PyTorch-style) momentum on softmax cross-entropy."""
     w = [a.copy() for a in w]
@@ -280,13 +309,15 @@ def run_fedavg(args: argparse.Namespace) -> dict[str, Any]:
 
     client_app = ClientApp()
 
-    @client_app.train()  # type: ignore[misc]
+    @client_app.train()  # type: ignore[misc, untyped-decorator, unused-ignore]
     def train(msg: Message, context: Context) -> Message:
         pid = int(context.node_config["partition-id"])
         idx = parts[pid]
         w = msg.content["arrays"].to_numpy_ndarrays()
         rnd = int(msg.content["config"]["server-round"])
-        w, loss = train_mlp(w, x_tr[idx], y_tr[idx], args.epochs, seed=SEED + 7919 * (pid + 1) + rnd)
+        w, loss = train_mlp(
+            w, x_tr[idx], y_tr[idx], args.epochs, seed=SEED + 7919 * (pid + 1) + rnd
+        )
         content = RecordDict(
             {
                 "arrays": ArrayRecord(w),
@@ -305,7 +336,7 @@ def run_fedavg(args: argparse.Namespace) -> dict[str, Any]:
 
     server_app = ServerApp()
 
-    @server_app.main()  # type: ignore[misc]
+    @server_app.main()  # type: ignore[misc, untyped-decorator, unused-ignore]
     def main(grid: Grid, context: Context) -> None:
         strategy = FedAvg(
             fraction_train=1.0,
@@ -344,6 +375,7 @@ def run_fedavg(args: argparse.Namespace) -> dict[str, Any]:
 
 
 ALL_RUNS: list[list[str]] = [
+    ["primitives"],
     ["secagg", "--n", "100", "--d", "100000"],
     ["secagg", "--n", "100", "--d", "100000", "--dropout", "0.1"],
     ["secagg", "--n", "10", "--d", "10000"],
@@ -397,6 +429,10 @@ def main() -> None:
     f.add_argument("--rounds", type=int, default=10)
     f.add_argument("--epochs", type=int, default=2)
     f.add_argument("--cpus-per-client", type=float, default=1.0)
+    m = sub.add_parser("primitives", help="time Flower's mask PRG alone")
+    m.add_argument(
+        "--d", type=lambda v: [int(x) for x in v.split(",")], default=[10**4, 10**5, 10**6]
+    )
     a = sub.add_parser("all", help="every configuration, each in its own process")
     a.add_argument("--timeout", type=int, default=300)
     a.add_argument("--out", default="")
@@ -410,6 +446,8 @@ def main() -> None:
         if args.threshold is None:
             args.threshold = args.num_shares // 2 + 1
         result = run_secagg(args)
+    elif args.cmd == "primitives":
+        result = run_primitives(args)
     else:
         result = run_fedavg(args)
     print(RESULT_TAG + json.dumps(result), flush=True)
