@@ -166,6 +166,7 @@ def _run_config(args: argparse.Namespace, dataset: str, n: int) -> RunConfig:
         min_updates=n,
         collect_timeout=args.collect_timeout,
         round_timeout=args.round_timeout,
+        secure_aggregation=args.secure_aggregation,
         started=int(time.time() * 1000),
     )
 
@@ -300,6 +301,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--collect-timeout", type=float, default=60.0)
     p.add_argument("--round-timeout", type=float, default=120.0)
     p.add_argument("--run-timeout", type=float, default=900.0, help="give up on a run after this")
+    p.add_argument(
+        "--secure-aggregation",
+        choices=["secagg+", "none"],
+        default="secagg+",
+        help="secagg+ (default, as in a run) or none (plaintext FedAvg at the leader)",
+    )
     p.add_argument("--out", type=Path, help="also write the markdown table here")
     args = p.parse_args(argv)
     args.node_counts = [int(x) for x in _csv(args.nodes)]
@@ -338,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # many nodes share few cores: one thread each
     results: list[Result] = []
     notes = [
+        f"aggregation {args.secure_aggregation}; consent registries with every record granted; "
         f"model {MODEL}, RunConfig defaults (epochs 2, batch 32, sgd lr 0.05 momentum 0.9), "
         f"min_updates = nodes, seed {SEED}; centralized: {args.rounds * 2} epochs on the "
         "pooled training set (nodes also hold back 10% of their shard for validation)",
