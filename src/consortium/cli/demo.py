@@ -168,13 +168,15 @@ def _erase_and_retrain(
         failed = asyncio.run(start_run(dirs[0], None, retrain))
         if failed:
             raise ConsortiumError("retraining did not start on: " + "; ".join(failed))
-        _follow(d, retrain, cluster, names, withdraw_after=0)
+        redone = _follow(d, retrain, cluster, names, withdraw_after=0)
     finally:
         cluster.stop_all()
     took = time.perf_counter() - t0
+    eps = _epsilon(redone[-1]) if redone else None
+    spent = "" if eps is None else f"; the purpose's privacy spend is now epsilon {eps:.2f}"
     return (
         f"erasure: {len(er.record_ids)} record of {d.name} forgotten by retraining {redo} rounds "
-        f"from checkpoint {str(checkpoint)[:16]}… in {took:.1f} s (processes included)"
+        f"from checkpoint {str(checkpoint)[:16]}… in {took:.1f} s (processes included){spent}"
     )
 
 
