@@ -23,6 +23,7 @@ from typing import Any
 from consortium.audit.entries_check import CHUNK, check_all
 from consortium.chain.check import check_anchored, check_deployment
 from consortium.chain.client import RECORD_FILE, AnchorChain, AnchoredHead
+from consortium.consent.commitments import RoundCommitment
 from consortium.core.encoding import Domain
 from consortium.core.errors import AuditError, ConfigError, ConsortiumError
 from consortium.core.genesis import GENESIS_FILE, Genesis
@@ -275,6 +276,8 @@ def _check_round_records(
         for idx, data in ledger.raw_entries(1):
             entry = Entry.from_bytes(data)
             body = entry.body
+            if entry.kind == "round":
+                _check_consent_shape(idx, body)
             if entry.kind == "round" and isinstance(body.get("privacy"), dict):
                 spends.setdefault(str(body["privacy"].get("purpose")), []).append(
                     (idx, body["privacy"])
@@ -308,6 +311,19 @@ def _check_round_records(
         if problems:
             raise _fail(f"privacy budget of purpose {purpose!r}: {problems[0]}")
         report.privacy[purpose] = totals([b for _, b in rows])
+
+
+def _check_consent_shape(idx: int, body: dict[str, Any]) -> None:
+    """Consent commitments in a round record must be well formed: root, count and purpose only
+    (anything else could smuggle an identifier onto the ledger)."""
+    consent = body.get("consent", {})
+    if not isinstance(consent, dict):
+        raise _fail(f"entry {idx}: consent commitments are not a map")
+    for node, commitment in consent.items():
+        try:
+            RoundCommitment.from_body(commitment)
+        except ConsortiumError as exc:
+            raise _fail(f"entry {idx}: consent commitment of {node}: {exc}") from exc
 
 
 def _check_heads(
