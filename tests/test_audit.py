@@ -144,3 +144,16 @@ def test_replaced_genesis_is_caught(tmp_path: Path) -> None:
     g.save(folder / "genesis.json")
     with pytest.raises(AuditError, match="genesis"):
         audit(folder)
+
+
+def test_a_consent_commitment_carrying_an_identifier_fails_audit(tmp_path: Path) -> None:
+    ident = NodeIdentity.generate("m0")
+    genesis = Genesis.create("t", [ident.public()], [Purpose("research")], 1)
+    genesis.sign(ident)
+    genesis.save(tmp_path / "genesis.json")
+    leak = {"root": bytes(32), "count": 1, "purpose": "research", "subject": "alice"}
+    with Ledger.create(tmp_path / "ledger.sqlite", genesis) as ledger:
+        ledger.append(make_record(ident, "round", {"consent": {ident.node_id: leak}}, 5))
+        ledger.sign_head(ident, 6)
+    with pytest.raises(AuditError, match="entry 1: consent commitment"):
+        audit(tmp_path)
