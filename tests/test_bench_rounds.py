@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "rounds.py"
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("consortium_bench_rounds_test", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from consortium.cli.bench import load_script
 
 
 def test_rounds_bench_tiny_grid(tmp_path: Path) -> None:
     out = tmp_path / "rounds.md"
     argv = ["--nodes", "3", "--datasets", "digits", "--partitions", "iid,0.5", "--rounds", "2"]
-    rc = _load().main([*argv, "--out", str(out)])
+    rc = load_script("rounds").main([*argv, "--out", str(out)])
     assert rc == 0
     lines = out.read_text().splitlines()
     rows = [line.split("|")[1:-1] for line in lines if line.startswith("| digits")]

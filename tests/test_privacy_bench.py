@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
-import sys
 from pathlib import Path
-from types import ModuleType
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "privacy.py"
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("consortium_bench_privacy_test", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from consortium.cli.bench import load_script
 
 
 def test_privacy_bench_tiny_grid(tmp_path: Path) -> None:
     argv = ["--datasets", "digits", "--eps", "3,inf", "--nodes", "3", "--rounds", "2"]
-    assert _load().main([*argv, "--out-dir", str(tmp_path)]) == 0
+    assert load_script("privacy").main([*argv, "--out-dir", str(tmp_path)]) == 0
     with (tmp_path / "privacy.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 2 * 2 * 2  # units x epsilons x rounds

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import typer
 
@@ -24,9 +25,9 @@ _SCRIPTS = {
 }
 
 
-def _run(name: str, args: list[str]) -> None:
-    root = Path(__file__).resolve().parents[3] / "benchmarks"
-    path = root / _SCRIPTS[name]
+def load_script(name: str) -> ModuleType:
+    """The benchmark script `name` (ledger, secagg, rounds, anchor, privacy) as a module."""
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / _SCRIPTS[name]
     if not path.exists():
         fail(f"{path} not found: `consortium bench` runs from a source checkout of the project", 2)
     spec = importlib.util.spec_from_file_location(f"consortium_bench_{name}", path)
@@ -34,7 +35,11 @@ def _run(name: str, args: list[str]) -> None:
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
-    raise typer.Exit(int(module.main(args) or 0))
+    return module
+
+
+def _run(name: str, args: list[str]) -> None:
+    raise typer.Exit(int(load_script(name).main(args) or 0))
 
 
 def _command(name: str, doc: str) -> None:
