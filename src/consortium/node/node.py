@@ -282,19 +282,19 @@ class Node:
             and isinstance(e.body.get("privacy"), dict)
             and e.body["privacy"].get("purpose") == purpose.name
         ]
+        # Records this round trains on (the stored consent selection of this ledger slot).
+        n = self.learner.train_count(self._consent_for(self.ledger.size)[2])
         if self._dp is None:  # noise multipliers: fixed for the run, calibrated once
-            n0 = self.learner.train_count(self._consent_for(self.ledger.size)[2])
             r = self.run
             self._dp = (
                 client_noise_multiplier(config, r.rounds) if config.client_level else 0.0,
-                record_noise_multiplier(config, n0, r.batch_size, r.epochs, r.rounds)
+                record_noise_multiplier(config, n, r.batch_size, r.epochs, r.rounds)
                 if config.record_level
                 else 0.0,
             )
         client_z, record_z = self._dp
         my_dp = None
         if config.record_level:
-            n = self.learner.train_count(self._consent_for(self.ledger.size)[2])
             my_dp = self.learner.record_dp(n, record_z)
         return RoundPrivacy(config, budget, history, client_z), my_dp
 
