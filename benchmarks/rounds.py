@@ -173,7 +173,7 @@ def _run_config(args: argparse.Namespace, dataset: str, n: int) -> RunConfig:
 
 def _final_accuracy(node: Node, dataset: Dataset) -> float:
     records = run_records(node.ledger)
-    weights = weights_from_bytes(get_bytes(node.store, records[-1]["model"]))
+    weights = weights_from_bytes(get_bytes(node.store, records[-1].model))
     model = build_model(MODEL, dataset.input_shape, dataset.num_classes, seed=SEED)
     set_weights(model, weights)
     return evaluate(model, dataset.x_test, dataset.y_test)[1]
@@ -225,10 +225,10 @@ async def run_federated(
             return [], float("nan"), float("nan"), [*notes, "no round committed"]
         if len({node.ledger.root() for node in nodes}) != 1:
             notes.append("replicas disagree at the end of the run")
-        failovers = sum(1 for r in records if r.get("attempt", 0) > 0)
+        failovers = sum(1 for r in records if r.attempt > 0)
         if failovers:
             notes.append(f"{failovers} round(s) needed a failover")
-        short = [r["round"] for r in records if len(r.get("participants", [])) < n]
+        short = [r.round for r in records if len(r.participants) < n]
         if short:
             notes.append(f"rounds {short} committed without every node's update")
         done = [r for r in _timed_rounds(args.rounds) if r in first.committed]

@@ -19,6 +19,7 @@ from consortium.ledger.entries import make_record
 from consortium.ledger.log import Ledger
 from consortium.store.blockstore import BlockStore
 from consortium.store.objects import put_bytes
+from tests.records import round_body
 
 
 def build_folder(root: Path, n_members: int = 3, n_records: int = 12) -> Path:
@@ -35,7 +36,7 @@ def build_folder(root: Path, n_members: int = 3, n_records: int = 12) -> Path:
             size = rng.choice([100, 5000, 1_100_000])  # the large one spans two blocks
             cid = put_bytes(store, rng.randbytes(size))
             author = ids[k % n_members]
-            ledger.append(make_record(author, "round", {"round": k, "model": cid}, 1000 + k))
+            ledger.append(make_record(author, "artifact", {"n": k, "model": cid}, 1000 + k))
             if k % 3 == 2:  # a final head every few entries
                 for ident in ids[: genesis.quorum]:
                     ledger.sign_head(ident, 2000 + k)
@@ -153,7 +154,10 @@ def test_a_consent_commitment_carrying_an_identifier_fails_audit(tmp_path: Path)
     genesis.save(tmp_path / "genesis.json")
     leak = {"root": bytes(32), "count": 1, "purpose": "research", "subject": "alice"}
     with Ledger.create(tmp_path / "ledger.sqlite", genesis) as ledger:
-        ledger.append(make_record(ident, "round", {"consent": {ident.node_id: leak}}, 5))
+        body = round_body(ident.node_id, 1, leak)
+        store = BlockStore(tmp_path / "store")
+        put_bytes(store, b"model 1")  # the record's model: the audit reaches the record itself
+        ledger.append(make_record(ident, "round", body, 5))
         ledger.sign_head(ident, 6)
-    with pytest.raises(AuditError, match="entry 1: consent commitment"):
+    with pytest.raises(AuditError, match="entry 1: malformed round record: consent commitment"):
         audit(tmp_path)

@@ -30,6 +30,7 @@ from consortium.consent.commitments import Neighbour, RoundProof
 from consortium.consent.erasure import rounds_using
 from consortium.core.encoding import encode
 from consortium.ledger import merkle
+from tests.records import round_body
 
 P = "research"
 NODE = "bafzbeigai3eoy2ccc7ybwjfz5r3rdxqrinwi4rwytly24tdbh6yk7zslrm"
@@ -193,8 +194,8 @@ def test_eligible_matches_a_naive_loop_on_100k_records(reg: ConsentRegistry) -> 
 # -- commitments and receipts ----------------------------------------------------------------------
 
 
-def _bodies(commitments: dict[int, RoundCommitment]) -> list[dict[str, object]]:
-    return [{"round": r, "consent": {NODE: rc.to_body()}} for r, rc in commitments.items()]
+def _bodies(commitments: dict[int, RoundCommitment]) -> list[tuple[int, dict[str, object]]]:
+    return [(r, {NODE: rc.to_body()}) for r, rc in commitments.items()]
 
 
 def _run(reg: ConsentRegistry) -> dict[int, RoundCommitment]:
@@ -336,17 +337,15 @@ def test_receipt_json_refuses_garbage() -> None:
     with pytest.raises(ConsentError, match="malformed receipt"):
         Receipt.loads('{"format": "consortium-consent-receipt/1", "salts": 3}')
     with pytest.raises(ConsentError, match="root must be 32 bytes"):
-        roots_from_records(
-            [{"round": 1, "consent": {NODE: {"root": b"x", "count": 1, "purpose": P}}}], NODE
-        )
-    assert roots_from_records([{"round": 1, "consent": {"other": {}}}], NODE) == {}
+        roots_from_records([(1, {NODE: {"root": b"x", "count": 1, "purpose": P}})], NODE)
+    assert roots_from_records([(1, {"other": {}})], NODE) == {}
 
 
 def test_no_identifier_in_published_commitments(reg: ConsentRegistry) -> None:
     published = _run(reg)
     subjects = [f"s{i}" for i in range(12)] + ["alice", "dave"]
     blobs = [encode(rc.to_body()) for rc in published.values()]
-    blobs.append(encode(_bodies(published)))
+    blobs.append(encode([round_body(NODE, r, c.to_body()) for r, c in published.items()]))
     blobs.append(encode(erase_subject(reg, "alice", at=40.0).ledger_body()))
     for blob in blobs:
         for s in subjects:

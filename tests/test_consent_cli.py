@@ -12,6 +12,7 @@ from consortium.consent import ConsentRegistry, RoundCommitment, begin_round
 from consortium.core.genesis import Genesis, Purpose
 from consortium.core.identity import NodeIdentity
 from consortium.ledger import Ledger, make_record
+from tests.records import round_body
 
 runner = CliRunner()
 P = "research"
@@ -150,7 +151,7 @@ def test_check_against_a_ledger(tmp_path: Path) -> None:
     g.sign(ident)
     ledger = Ledger.create(tmp_path / "ledger.sqlite", g)
     for r, rc in published.items():
-        body = {"round": r, "consent": {ident.node_id: rc.to_body()}}
+        body = round_body(ident.node_id, r, rc.to_body())
         ledger.append(make_record(ident, "round", body, r))
     ledger.close()
     rfile = tmp_path / "s1.json"

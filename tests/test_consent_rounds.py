@@ -9,6 +9,7 @@ from pathlib import Path
 from consortium.consent import check_receipt, receipt_from_registry, roots_from_records
 from consortium.node.node import Node, run_records
 from consortium.node.sim import synthetic_subject
+from consortium.protocol.record import Erasure
 from tests.inprocess_cluster import cluster, run_config, start, until_finished
 
 
@@ -39,14 +40,14 @@ def test_withdrawal_receipts_erasure_and_no_identifiers(tmp_path: Path) -> None:
             records = run_records(node0.ledger)
             me = node0.identity.node_id
             sel_at = {r.round: r.at for r in reg.rounds()}
-            counts = [(r["slot"], r["consent"][me]["count"]) for r in records]
+            counts = [(r.slot, r.consent[me].count) for r in records]
             before = [c for slot, c in counts if sel_at[slot] < t_withdraw]
             after = [c for slot, c in counts if sel_at[slot] >= t_withdraw]
             assert before and after, counts
             assert all(c == before[0] - 10 for c in after), counts
 
             # A withdrawn subject's receipt: used before the withdrawal, never after.
-            roots = roots_from_records(records, me)
+            roots = roots_from_records([(r.slot, r.consent) for r in records], me)
             verdicts = check_receipt(receipt_from_registry(reg, withdrawn[0], me), roots)
             status = {v.round: v.status for v in verdicts}
             assert all(
@@ -91,8 +92,8 @@ def test_erasure_is_recorded_in_the_next_round(tmp_path: Path) -> None:
             await until_finished(nodes, clock, step=0.0)
             records = run_records(node0.ledger)
             me = node0.identity.node_id
-            noted = [r["erasures"].get(me) for r in records if r["erasures"].get(me)]
-            assert noted == [[{"records": 1, "at": int(clock.now * 1000)}]]
+            noted = [r.erasures.get(me) for r in records if r.erasures.get(me)]
+            assert noted == [(Erasure(records=1, at=int(clock.now * 1000)),)]
             assert rid not in reg.eligible("research", clock.now + 10)
         finally:
             for n in nodes:
@@ -122,8 +123,8 @@ def test_erasure_retrains_from_the_checkpoint_before_first_use(tmp_path: Path) -
             old = run_records(node0.ledger)
             clock.now += 1.0
             er = erase_subject(reg, subject, at=clock.now)
-            checkpoint, redo = checkpoint_for(er, old)
-            assert checkpoint == old[0]["prev_model"] and redo == 3  # used since round 1
+            checkpoint, redo = checkpoint_for(er, [r.ref() for r in old])
+            assert checkpoint == old[0].prev_model and redo == 3  # used since round 1
             t0 = _time.perf_counter()
             retrain = run_config(redo, 0).model_copy(update={"initial_model": str(checkpoint)})
             assert isinstance(retrain, RunConfig)
@@ -131,9 +132,9 @@ def test_erasure_retrains_from_the_checkpoint_before_first_use(tmp_path: Path) -
             await until_finished(nodes, clock, step=0.0)
             del t0
             new = run_records(node0.ledger)
-            assert len(new) == redo and new[0]["prev_model"] == checkpoint
-            assert new[0]["erasures"][me][0]["records"] == 1  # the erasure, on the ledger
-            assert all(r["consent"][me]["count"] == old[0]["consent"][me]["count"] - 1 for r in new)
+            assert len(new) == redo and new[0].prev_model == checkpoint
+            assert new[0].erasures[me][0].records == 1  # the erasure, on the ledger
+            assert all(r.consent[me].count == old[0].consent[me].count - 1 for r in new)
             try:
                 receipt_from_registry(reg, subject, me)
                 raise AssertionError("a receipt for an erased subject must be refused")

@@ -17,6 +17,7 @@ from consortium.node.config import RunConfig
 from consortium.node.node import run_records
 from consortium.node.runner import start_run
 from consortium.node.sim import Cluster, create_consortium
+from consortium.protocol.record import RoundRecord
 from consortium.protocol.schedule import leader_for
 from consortium.store.blockstore import BlockStore
 from consortium.store.objects import get_bytes
@@ -24,7 +25,7 @@ from consortium.store.objects import get_bytes
 pytestmark = pytest.mark.slow
 
 
-def _records(d: Path) -> list[dict[str, object]]:
+def _records(d: Path) -> list[RoundRecord]:
     with Ledger.open(d / LEDGER_FILE) as ledger:
         return run_records(ledger)
 
@@ -81,8 +82,8 @@ def test_processes_train_over_grpc_and_survive_faults(tmp_path: Path) -> None:
             lambda: len(_records(dirs[0])) >= nxt + 1, 90, f"round {nxt + 1} without node{victim}"
         )
         rec = _records(dirs[0])[nxt]
-        assert ids[victim] not in rec["participants"]  # type: ignore[operator]
-        assert len(rec["participants"]) == 3  # type: ignore[arg-type]
+        assert ids[victim] not in rec.participants
+        assert len(rec.participants) == 3
 
         # Restart it: it catches up the ledger and the latest model from its peers and rejoins.
         cluster.start(victim)
@@ -98,7 +99,7 @@ def test_processes_train_over_grpc_and_survive_faults(tmp_path: Path) -> None:
             cluster.kill(leader)
             _wait(lambda: len(_records(dirs[watcher])) >= nxt, 90, f"round {nxt} after leader loss")
             rec = _records(dirs[watcher])[nxt - 1]
-            assert rec["leader"] != ids[leader] and rec["attempt"] >= 1  # type: ignore[operator]
+            assert rec.leader != ids[leader] and rec.attempt >= 1
             cluster.start(leader)
         else:
             watcher = 0
@@ -107,8 +108,8 @@ def test_processes_train_over_grpc_and_survive_faults(tmp_path: Path) -> None:
     finally:
         cluster.stop_all()
     records = _records(dirs[watcher])
-    assert [r["round"] for r in records] == list(range(1, run.rounds + 1))
-    acc = _accuracy(dirs[watcher], records[-1]["model"])
+    assert [r.round for r in records] == list(range(1, run.rounds + 1))
+    acc = _accuracy(dirs[watcher], records[-1].model)
     assert acc > 0.7, f"federated accuracy {acc:.3f} below floor"
     report = audit(dirs[watcher])
     assert report.entries == run.rounds + 1 and report.final_heads == run.rounds

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ def test_record_level_spends_are_on_the_ledger_and_the_budget_stops_the_run(
             records = run_records(nodes[0].ledger)
             assert 0 < len(records) < 20  # stopped before the budget was exceeded
             me = nodes[0].identity.node_id
-            totals = [r["privacy"]["record"][me]["total_epsilon"] for r in records]
+            totals = [r.privacy["record"][me]["total_epsilon"] for r in records]
             assert totals == sorted(totals) and totals[-1] <= 6.0 * (1 + 1e-6)
             assert all(n.stopped.startswith("stopping before round") for n in nodes)
             status = json.loads((nodes[0].dir / "status.json").read_text())
@@ -59,7 +60,7 @@ def test_client_level_noise_under_secure_aggregation(tmp_path: Path) -> None:
             await until_finished(nodes, clock, step=0.0)
             records = run_records(nodes[0].ledger)
             assert len(records) == 2
-            spent = [r["privacy"]["client"] for r in records]
+            spent = [r.privacy["client"] for r in records]
             assert (
                 spent[0]["noise_multiplier"] == 0.5
                 and spent[1]["total_epsilon"] > spent[0]["total_epsilon"]
@@ -97,10 +98,12 @@ def test_audit_flags_a_tampered_privacy_total(tmp_path: Path) -> None:
     with Ledger.open(folder / "ledger.sqlite") as real:
         genesis = real.genesis()
         bodies = [e for e in real.iter_entries(1)]
-    ident = NodeIdentity.load(folder)
+    # Each leader re-signs its own record with a tenth of the spend (same artifacts).
+    idents = {i.node_id: i for i in (NodeIdentity.load(d) for d in tmp_path.glob("node*"))}
     forged = tmp_path / "forged"
     forged.mkdir()
     (forged / "genesis.json").write_bytes((folder / "genesis.json").read_bytes())
+    shutil.copytree(folder / "store", forged / "store")
     with Ledger.create(forged / "ledger.sqlite", genesis) as led:
         for e in bodies:
             body = dict(e.body)
@@ -108,7 +111,6 @@ def test_audit_flags_a_tampered_privacy_total(tmp_path: Path) -> None:
             for r in priv["record"].values():
                 r["total_epsilon"] = r["total_epsilon"] / 10  # claim a tenth of the spend
             body["privacy"] = priv
-            body.pop("model"), body.pop("prev_model")  # no artifacts in this copy
-            led.append(make_record(ident, "round", body, e.time))
-    with pytest.raises(AuditError, match="privacy budget"):
+            led.append(make_record(idents[e.author], "round", body, e.time))
+    with pytest.raises(AuditError, match=r"entry 1: .*rule privacy-mismatch"):
         audit(forged)

@@ -12,6 +12,7 @@ from consortium.core.layout import LEDGER_FILE
 from consortium.ledger.log import Ledger
 from consortium.node.node import Node, run_records
 from consortium.protocol.messages import StartRun
+from consortium.protocol.record import RoundRecord
 from consortium.protocol.round import Phase
 from consortium.transport.inprocess import InProcessTransport
 from tests.inprocess_cluster import cluster, run_config, start, until_finished
@@ -21,7 +22,7 @@ def _roots(nodes: list[Node]) -> set[bytes]:
     return {n.ledger.root() for n in nodes}
 
 
-async def _train_once(root: Path, seed: int) -> tuple[bytes, list[dict[str, object]]]:
+async def _train_once(root: Path, seed: int) -> tuple[bytes, list[RoundRecord]]:
     nodes, _, clock = await cluster(root, 3, seed, consent=False)
     try:
         await start(nodes, run_config(3, seed))
@@ -37,8 +38,8 @@ def test_same_seed_gives_same_ledger_root(tmp_path: Path) -> None:
     root_a, records = asyncio.run(_train_once(tmp_path / "a", seed=3))
     root_b, _ = asyncio.run(_train_once(tmp_path / "b", seed=3))
     assert root_a == root_b
-    assert [r["round"] for r in records] == [1, 2, 3]
-    assert all(len(r["participants"]) == 3 for r in records)
+    assert [r.round for r in records] == [1, 2, 3]
+    assert all(len(r.participants) == 3 for r in records)
     root_c, _ = asyncio.run(_train_once(tmp_path / "c", seed=4))
     assert root_c != root_a
 
@@ -64,9 +65,9 @@ async def _failover(root: Path) -> None:
         assert len(_roots(survivors)) == 1
         records = run_records(survivors[0].ledger)
         r2 = records[1]
-        assert r2["round"] == 2 and r2["attempt"] >= 1
-        assert r2["leader"] != leader.identity.node_id
-        assert leader.identity.node_id not in r2["participants"]
+        assert r2.round == 2 and r2.attempt >= 1
+        assert r2.leader != leader.identity.node_id
+        assert leader.identity.node_id not in r2.participants
         assert len(records) == 3
         # The dropped leader's replica is behind but consistent: a prefix of the survivors'.
         with Ledger.open(survivors[0].dir / LEDGER_FILE) as full:

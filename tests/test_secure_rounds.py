@@ -11,6 +11,7 @@ from consortium.core.encoding import decode
 from consortium.learning import build_model, evaluate, load_dataset, set_weights
 from consortium.learning.serialize import weights_from_bytes
 from consortium.node.node import Node, run_records
+from consortium.protocol.record import RoundRecord
 from consortium.protocol.schedule import leader_for
 from consortium.protocol.secagg import Transcript
 from consortium.store.objects import get_bytes
@@ -24,15 +25,15 @@ def _accuracy(node: Node, cid: object) -> float:
     return evaluate(model, ds.x_test, ds.y_test)[1]
 
 
-def _train(root: Path, secure: str, rounds: int = 3) -> tuple[list[dict[str, object]], float]:
-    async def go() -> tuple[list[dict[str, object]], float]:
+def _train(root: Path, secure: str, rounds: int = 3) -> tuple[list[RoundRecord], float]:
+    async def go() -> tuple[list[RoundRecord], float]:
         nodes, _, clock = await cluster(root, 4, seed=21)
         try:
             await start(nodes, run_config(rounds, 0, secure=secure))
             await until_finished(nodes, clock, step=0.0)
             assert len({n.ledger.root() for n in nodes}) == 1
             records = run_records(nodes[0].ledger)
-            return records, _accuracy(nodes[0], records[-1]["model"])
+            return records, _accuracy(nodes[0], records[-1].model)
         finally:
             for n in nodes:
                 await n.stop()
@@ -45,8 +46,8 @@ def test_secure_rounds_match_plaintext_accuracy_and_publish_a_verifiable_sum(
 ) -> None:
     secure, acc_secure = _train(tmp_path / "secure", "secagg+")
     plain, acc_plain = _train(tmp_path / "plain", "none")
-    assert all(r["aggregation"] == "secagg+" for r in secure)
-    assert all(r["aggregation"] == "fedavg" for r in plain)
+    assert all(r.aggregation == "secagg+" for r in secure)
+    assert all(r.aggregation == "fedavg" for r in plain)
     assert acc_secure > 0.6 and abs(acc_secure - acc_plain) < 0.05, (acc_secure, acc_plain)
     folder = tmp_path / "secure" / "node0"
     report = audit(folder)
@@ -56,10 +57,11 @@ def test_secure_rounds_match_plaintext_accuracy_and_publish_a_verifiable_sum(
 
     store = BlockStore(folder / "store")
     last = secure[-1]
-    info = last["secagg"]
-    tr = Transcript.from_body(decode(get_bytes(store, info["transcript"])))  # type: ignore[index]
-    assert set(tr.masked_inputs) == set(last["participants"])  # type: ignore[arg-type]
-    assert tr.input_hashes == last["updates"]
+    info = last.secagg
+    assert info is not None
+    tr = Transcript.from_body(decode(get_bytes(store, info.transcript)))
+    assert set(tr.masked_inputs) == set(last.participants)
+    assert tr.input_hashes == last.updates
 
 
 class _Cheat:
@@ -88,7 +90,7 @@ def test_voters_refuse_a_model_that_is_not_the_secure_aggregate(tmp_path: Path) 
             honest = [n for n in nodes if n is not cheat]
             await until_finished(honest, clock, step=6.0)
             rec = run_records(honest[0].ledger)[0]
-            assert rec["leader"] != cheat_id and rec["attempt"] >= 1
+            assert rec.leader != cheat_id and rec.attempt >= 1
             assert audit(honest[0].dir).secure_rounds == 1
         finally:
             for n in nodes:
@@ -120,11 +122,12 @@ def test_a_participant_lost_during_secure_aggregation_is_left_out(tmp_path: Path
             machine._to_leader = vanish_before_input  # type: ignore[method-assign]
             await until_finished(nodes, clock, step=6.0)
             rec = run_records(nodes[0].ledger)[0]
-            assert victim.identity.node_id in rec["dropouts"]
-            assert len(rec["participants"]) == 4 and rec["attempt"] == 0
+            assert victim.identity.node_id in rec.dropouts
+            assert len(rec.participants) == 4 and rec.attempt == 0
             report = audit(nodes[0].dir)
             assert report.secure_rounds == 1
-            tr_cid = rec["secagg"]["transcript"]  # type: ignore[index]
+            assert rec.secagg is not None
+            tr_cid = rec.secagg.transcript
             tr = Transcript.from_body(decode(get_bytes(nodes[0].store, tr_cid)))
             assert victim.identity.node_id in tr.revealed_mask_keys  # dropped: key rebuilt
         finally:

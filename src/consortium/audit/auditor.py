@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from multiformats import CID
+
 from consortium.audit.entries_check import CHUNK, check_all
 from consortium.chain.check import check_anchored, check_deployment
 from consortium.chain.client import RECORD_FILE, AnchorChain, AnchoredHead
-from consortium.consent.commitments import RoundCommitment
-from consortium.core.encoding import Domain
+from consortium.core.encoding import Domain, sha256
 from consortium.core.errors import AuditError, ConfigError, ConsortiumError
 from consortium.core.genesis import GENESIS_FILE, Genesis
 from consortium.core.layout import CHAIN_DIR, LEDGER_FILE, STORE_DIR
@@ -33,7 +34,13 @@ from consortium.ledger.frontier import Frontier
 from consortium.ledger.heads import TreeHead
 from consortium.ledger.log import Ledger
 from consortium.node.anchoring import CHAIN_CONFIG_FILE, ChainConfig, load_chain_config
+from consortium.node.config import RunConfig
 from consortium.privacy.budget import Budget, recompute_totals, totals
+from consortium.protocol.privacy_round import RoundPrivacy, client_noise_multiplier
+from consortium.protocol.record import ROUND_KIND, RoundRecord
+from consortium.protocol.secagg import SecAggParams
+from consortium.protocol.secure_round import round_params
+from consortium.protocol.verifier import CONFIG, RecordContext, verify_round_record
 from consortium.store.blockstore import BlockStore
 from consortium.store.cid import cid_for
 from consortium.store.objects import get_bytes, walk
@@ -260,51 +267,36 @@ def _check_anchors(
 def _check_round_records(
     ledger_path: Path, store_dir: Path, genesis: Genesis, report: AuditReport
 ) -> None:
-    """Recompute every securely aggregated model from its published SecAgg+ transcript, and
-    every purpose's privacy spends and totals from the round records."""
-    # Imported here: model arithmetic pulls in the learning stack, needed only for these records.
-    from consortium.learning.serialize import add_flat_delta
-    from consortium.protocol.secure_round import (
-        params_from_body,
-        recompute_mean_delta,
-        secagg_round_id,
-    )
-
+    """Run `verify_round_record`, the check every voter ran before cosigning, on every stored
+    round record: leader of its attempt, members, contributors, the model recomputed from the
+    published SecAgg+ transcript, the privacy spend recomputed from the ledger, consent shape.
+    Then recompute every purpose's privacy totals."""
     store: BlockStore | None = None
+    runs: dict[str, RunConfig] = {}
     spends: dict[str, list[tuple[int, Any]]] = {}
+    frontier = Frontier.empty()
     with Ledger.open(ledger_path) as ledger:
-        for idx, data in ledger.raw_entries(1):
+        for idx, data in ledger.raw_entries():
+            start_root, frontier = frontier.root(), frontier.append(data)
             entry = Entry.from_bytes(data)
-            body = entry.body
-            if entry.kind == "round":
-                _check_consent_shape(idx, body)
-            if entry.kind == "round" and isinstance(body.get("privacy"), dict):
-                spends.setdefault(str(body["privacy"].get("purpose")), []).append(
-                    (idx, body["privacy"])
-                )
-            if entry.kind != "round" or body.get("aggregation") != "secagg+":
+            if entry.kind != ROUND_KIND:
                 continue
             try:
                 store = store or BlockStore(store_dir, create=False)
-                info = body["secagg"]
-                params = params_from_body(info)
-                rid = secagg_round_id(body["run"], body["round"], body["attempt"])
-                if params.round_id != rid:
-                    raise ConsortiumError("secure-aggregation round id is not this round's")
-                mean, tr = recompute_mean_delta(params, get_bytes(store, info["transcript"]))
-                if list(tr.survivors) != body["participants"] or tr.input_hashes != body["updates"]:
-                    raise ConsortiumError("record and transcript disagree on contributors")
-                model = add_flat_delta(get_bytes(store, body["prev_model"]), mean)
-                if cid_for(model) != body["model"]:
-                    raise ConsortiumError("model is not the previous model plus the secure sum")
-            except (ConsortiumError, KeyError, TypeError) as exc:
-                raise _fail(f"entry {idx}: secure aggregate: {exc}") from exc
-            report.secure_rounds += 1
+                record = RoundRecord.from_entry(entry)
+                run = _run_of(record, runs)
+                privacy = _round_privacy(genesis, run, spends)
+                context = _record_context(
+                    record, run, entry, idx, start_root, genesis, store, privacy
+                )
+                verify_round_record(record, context)
+            except ConsortiumError as exc:
+                raise _fail(f"entry {idx}: {exc}") from exc
+            if record.privacy is not None:
+                spends.setdefault(run.purpose, []).append((idx, record.privacy))
+            report.secure_rounds += record.secure
     for purpose, rows in spends.items():
-        try:
-            p = genesis.purpose(purpose)
-        except ConsortiumError as exc:
-            raise _fail(f"entry {rows[0][0]}: privacy spend for {exc}") from exc
+        p = genesis.purpose(purpose)
         problems = recompute_totals(
             [b for _, b in rows], Budget.from_purpose(p.name, p.epsilon, p.delta)
         )
@@ -313,17 +305,85 @@ def _check_round_records(
         report.privacy[purpose] = totals([b for _, b in rows])
 
 
-def _check_consent_shape(idx: int, body: dict[str, Any]) -> None:
-    """Consent commitments in a round record must be well formed: root, count and purpose only
-    (anything else could smuggle an identifier onto the ledger)."""
-    consent = body.get("consent", {})
-    if not isinstance(consent, dict):
-        raise _fail(f"entry {idx}: consent commitments are not a map")
-    for node, commitment in consent.items():
-        try:
-            RoundCommitment.from_body(commitment)
-        except ConsortiumError as exc:
-            raise _fail(f"entry {idx}: consent commitment of {node}: {exc}") from exc
+def _run_of(record: RoundRecord, runs: dict[str, RunConfig]) -> RunConfig:
+    """The run configuration a record follows: carried by its run's round 1, whose hash is the
+    run id (so no later record can claim other settings)."""
+    if record.round == 1:
+        if record.config is None:
+            raise ConsortiumError(f"round 1 carries no run configuration [rule {CONFIG}]")
+        run = RunConfig.from_body(dict(record.config))
+        if run.run_id() != record.run:
+            raise ConsortiumError(f"the run id is not its configuration's hash [rule {CONFIG}]")
+        runs[record.run] = run
+    if record.run not in runs:
+        raise ConsortiumError(f"a record of run {record.run}, whose round 1 is not on the ledger")
+    return runs[record.run]
+
+
+def _round_privacy(
+    genesis: Genesis, run: RunConfig, spends: dict[str, list[tuple[int, Any]]]
+) -> RoundPrivacy | None:
+    """The privacy state a node builds when the round begins, from the records before it."""
+    config = run.privacy
+    if config.unit == "none":
+        return None
+    p = genesis.purpose(run.purpose)
+    budget = Budget.from_purpose(p.name, p.epsilon, p.delta)
+    budget.check_config(config)
+    client_z = client_noise_multiplier(config, run.rounds) if config.client_level else 0.0
+    return RoundPrivacy(config, budget, [b for _, b in spends.get(p.name, [])], client_z)
+
+
+def _record_context(
+    record: RoundRecord,
+    run: RunConfig,
+    entry: Entry,
+    idx: int,
+    start_root: bytes,
+    genesis: Genesis,
+    store: BlockStore,
+    privacy: RoundPrivacy | None,
+) -> RecordContext:
+    # Imported here: model arithmetic pulls in the learning stack, needed only for these records.
+    from consortium.learning.adapter import flatten
+    from consortium.learning.serialize import add_flat_delta, weights_from_bytes
+
+    fetched: dict[bytes, CID] = {}
+
+    def fetch(cid: CID) -> bytes:
+        data = get_bytes(store, cid)  # re-hashed against the CID on read
+        fetched[sha256(data)] = cid
+        return data
+
+    prev, model = fetch(record.prev_model), fetch(record.model)
+    transcript = fetch(record.secagg.transcript) if record.secagg is not None else b""
+    model_size = int(flatten(weights_from_bytes(prev)).size)
+    secure = run.secure_aggregation == "secagg+"
+
+    def secagg_params(attempt: int, parts: list[str]) -> SecAggParams:
+        return round_params(
+            record.run, record.round, attempt, parts, model_size, run.clip_norm, privacy
+        )
+
+    return RecordContext(
+        genesis=genesis,
+        author=entry.author,
+        run_id=run.run_id(),
+        round=record.round,
+        slot=idx,
+        start_root=start_root,
+        prev_model=prev,
+        model=model,
+        # Every CID the verifier asks about is of bytes just read (and re-hashed) from the store.
+        cid_of=lambda data: fetched.get(sha256(data)) or cid_for(data),
+        secure=secure,
+        min_contributors=max(run.min_updates, 3 if secure else 1),
+        config=run.body(),
+        transcript=transcript,
+        secagg_params=secagg_params,
+        apply_delta=add_flat_delta,
+        privacy=privacy,
+    )
 
 
 def _check_heads(

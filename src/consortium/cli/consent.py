@@ -23,11 +23,12 @@ from consortium.consent import (
     receipt_from_registry,
     roots_from_records,
 )
-from consortium.consent.erasure import checkpoint_for
+from consortium.consent.erasure import RoundRef, checkpoint_for
 from consortium.consent.registry import format_time, parse_time
 from consortium.core.files import atomic_write
 from consortium.core.layout import CONSENT_FILE, LEDGER_FILE
 from consortium.ledger.log import Ledger
+from consortium.protocol.record import round_records
 
 REGISTRY_FILE = CONSENT_FILE
 
@@ -261,8 +262,8 @@ def _roots_from_file(path: Path) -> dict[int, RoundCommitment]:
 
 def _roots_from_ledger(path: Path, node: str) -> dict[int, RoundCommitment]:
     with Ledger.open(path) as ledger:
-        bodies = [e.body for e in ledger.iter_entries(1) if e.kind == "round"]
-    return roots_from_records(bodies, node)
+        records = round_records(enumerate(ledger.iter_entries()))
+    return roots_from_records([(r.slot, r.consent) for _, r in records], node)
 
 
 @consent_app.command("check")
@@ -360,7 +361,7 @@ def erase(
             if current_round is not None
             else max((r.round for r in reg.rounds()), default=0)
         )
-    records = _round_bodies(directory)
+    records = _round_refs(directory)
     checkpoint, redo = checkpoint_for(er, records) if records else (None, 0)
     if checkpoint is not None:
         checkpoint = checkpoint.set(base="base32")  # the printable form the CLI uses
@@ -400,10 +401,10 @@ def erase(
         )
 
 
-def _round_bodies(directory: Path) -> list[dict[str, Any]]:
-    """Round-record bodies from DIR/ledger.sqlite, oldest first (empty without a ledger)."""
+def _round_refs(directory: Path) -> list[RoundRef]:
+    """The round records of DIR/ledger.sqlite, oldest first (empty without a ledger)."""
     path = directory / LEDGER_FILE
     if not path.exists():
         return []
     with Ledger.open(path) as ledger:
-        return [e.body for e in ledger.iter_entries(1) if e.kind == "round"]
+        return [r.ref() for _, r in round_records(enumerate(ledger.iter_entries()))]

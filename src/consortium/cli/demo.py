@@ -6,7 +6,6 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -34,7 +33,9 @@ from consortium.node.config import RunConfig
 from consortium.node.node import run_records
 from consortium.node.runner import start_run
 from consortium.node.sim import Cluster, create_consortium
+from consortium.privacy.budget import totals
 from consortium.privacy.config import PrivacyConfig
+from consortium.protocol.record import RoundRecord
 from consortium.store.blockstore import BlockStore
 from consortium.store.objects import get_bytes
 
@@ -48,7 +49,7 @@ def _node_id(d: Path) -> str:
     return str(json.loads((d / "node.pub").read_text())["node_id"])
 
 
-def _records(d: Path) -> list[dict[str, Any]]:
+def _records(d: Path) -> list[RoundRecord]:
     try:
         with Ledger.open(d / LEDGER_FILE) as ledger:
             return run_records(ledger)
@@ -144,7 +145,7 @@ def _erase_and_retrain(
     with ConsentRegistry(d / CONSENT_FILE) as registry:
         subject = sorted({s.subject for s in registry.state(purpose=run.purpose)})[0]
         er = erase_subject(registry, subject, at=time.time())
-    checkpoint, redo = checkpoint_for(er, _records(d))
+    checkpoint, redo = checkpoint_for(er, [r.ref() for r in _records(d)])
     checkpoint = checkpoint.set(base="base32") if checkpoint is not None else None
     if checkpoint is None:
         return f"erased a data subject of {d.name}: never used, nothing to retrain"
@@ -191,7 +192,7 @@ def _withdraw_some(d: Path, fraction: float) -> int:
 
 def _follow(
     d: Path, run: RunConfig, cluster: Cluster, names: dict[str, str], withdraw_after: int
-) -> list[dict[str, Any]]:
+) -> list[RoundRecord]:
     columns = [
         TextColumn("[bold]round {task.completed}/{task.total}"),
         BarColumn(),
@@ -199,7 +200,7 @@ def _follow(
         TimeElapsedColumn(),
     ]
     deadline = time.time() + run.rounds * run.round_timeout * 4 + 60
-    records: list[dict[str, Any]] = []
+    records: list[RoundRecord] = []
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("waiting for round 1", total=run.rounds)
         withdrawn = 0
@@ -209,7 +210,7 @@ def _follow(
             if not cluster.alive():
                 raise ConsortiumError("all node processes exited; see node*/node.log")
             time.sleep(0.3)
-            records = [r for r in _records(d) if r["run"] == run.run_id()]
+            records = [r for r in _records(d) if r.run == run.run_id()]
             if withdraw_after and len(records) >= withdraw_after and not withdrawn:
                 withdrawn = _withdraw_some(d, 0.2)
                 progress.console.print(
@@ -218,12 +219,12 @@ def _follow(
                 )
             if records:
                 last = records[-1]
-                accs = [m.get("accuracy", 0.0) for m in last["metrics"].values()]
+                accs = [m.get("accuracy", 0.0) for m in last.metrics.values()]
                 progress.update(
                     task,
                     completed=len(records),
-                    description=f"leader {names.get(last['leader'], '?')} · local acc "
-                    f"{sum(accs) / max(1, len(accs)):.3f} · {len(last['participants'])} nodes"
+                    description=f"leader {names.get(last.leader, '?')} · local acc "
+                    f"{sum(accs) / max(1, len(accs)):.3f} · {len(last.participants)} nodes"
                     + _epsilon_text(last),
                 )
     # Every live node commits the last round too before the demo stops them.
@@ -233,19 +234,14 @@ def _follow(
     return records
 
 
-def _epsilon(record: dict[str, Any]) -> float | None:
+def _epsilon(record: RoundRecord) -> float | None:
     """The largest privacy total after this round (client level, or the worst node)."""
-    p = record.get("privacy")
-    if not p:
+    if not record.privacy:
         return None
-    totals = [r["total_epsilon"] for r in (p.get("record") or {}).values()]
-    if p.get("client"):
-        totals.append(p["client"]["total_epsilon"])
-    finite = [t for t in totals if t is not None]
-    return max(finite) if len(finite) == len(totals) and finite else float("inf")
+    return max(totals([record.privacy]).values(), default=None)
 
 
-def _epsilon_text(record: dict[str, Any]) -> str:
+def _epsilon_text(record: RoundRecord) -> str:
     eps = _epsilon(record)
     return "" if eps is None else f" · ε {eps:.2f}"
 
@@ -254,7 +250,7 @@ def _summary(
     root: Path,
     dirs: list[Path],
     run: RunConfig,
-    records: list[dict[str, Any]],
+    records: list[RoundRecord],
     names: dict[str, str],
     t0: float,
     erasure: str,
@@ -262,7 +258,7 @@ def _summary(
     ds = load_dataset(run.dataset, seed=0)
     store = BlockStore(dirs[0] / STORE_DIR)
     final = build_model(run.model, ds.input_shape, ds.num_classes, seed=run.seed)
-    set_weights(final, weights_from_bytes(get_bytes(store, records[-1]["model"])))
+    set_weights(final, weights_from_bytes(get_bytes(store, records[-1].model)))
     acc = evaluate(final, ds.x_test, ds.y_test)[1]
     central = train_centralized(
         ds,
@@ -285,20 +281,20 @@ def _summary(
     ):
         table.add_column(col)
     for r in records:
-        accs = [m.get("accuracy", 0.0) for m in r["metrics"].values()]
-        consent = r.get("consent", {})
+        accs = [m.get("accuracy", 0.0) for m in r.metrics.values()]
+        mine = r.consent.get(first)
         table.add_row(
-            str(r["round"]),
-            names.get(r["leader"], "?"),
-            str(r["attempt"]),
-            str(len(r["participants"])),
-            str(sum(c["count"] for c in consent.values())),
-            str(consent.get(first, {}).get("count", "-")),
+            str(r.round),
+            names.get(r.leader, "?"),
+            str(r.attempt),
+            str(len(r.participants)),
+            str(sum(c.count for c in r.consent.values())),
+            "-" if mine is None else str(mine.count),
             "-" if (e := _epsilon(r)) is None else f"{e:.2f}",
             f"{sum(accs) / max(1, len(accs)):.3f}",
         )
     console.print(table)
-    samples = dict(sorted((names.get(k, k), v) for k, v in records[-1]["samples"].items()))
+    samples = dict(sorted((names.get(k, k), v) for k, v in records[-1].samples.items()))
     report = audit_folder(dirs[0])
     roots = set()
     for d in dirs:

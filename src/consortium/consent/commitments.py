@@ -320,20 +320,16 @@ def check_receipt(receipt: Receipt, roots_by_round: Mapping[int, RoundCommitment
 
 
 def roots_from_records(
-    records: Iterable[Mapping[str, Any]], node_id: str
+    records: Iterable[tuple[int, Mapping[str, Any]]], node_id: str
 ) -> dict[int, RoundCommitment]:
-    """round -> this node's commitment, from round-record bodies shaped like
-    {"slot": r, "consent": {node_id: {"root": bytes, "count": int, "purpose": str}}}.
+    """slot -> this node's commitment, from (ledger slot, consent section) of round records.
 
-    A node commits with the record's ledger slot as the round number (unique across runs);
-    bodies without a slot fall back to "round"."""
+    A node commits with the record's ledger slot as the round number (unique across runs). The
+    section maps node ids to commitments (typed, or their bodies, which are shape-checked)."""
     out: dict[int, RoundCommitment] = {}
-    for body in records:
-        consent = body.get("consent")
-        if not isinstance(consent, dict) or node_id not in consent:
+    for slot, consent in records:
+        if node_id not in consent:
             continue
-        r = body.get("slot", body.get("round"))
-        if not isinstance(r, int) or isinstance(r, bool):
-            raise ConsentError("round record has no integer round number")
-        out[r] = RoundCommitment.from_body(consent[node_id])
+        c = consent[node_id]
+        out[slot] = c if isinstance(c, RoundCommitment) else RoundCommitment.from_body(c)
     return out

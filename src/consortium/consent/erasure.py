@@ -10,8 +10,9 @@ Cost: (current - r0 + 1) rounds of training, which the caller times and reports.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from consortium.consent.commitments import commitment
 from consortium.consent.registry import ConsentRegistry
@@ -79,14 +80,22 @@ def plan_retrain(erasure: Erasure, current_round: int) -> RetrainPlan:
     return RetrainPlan(first - 1, current_round - first + 1)
 
 
-def checkpoint_for(erasure: Erasure, records: list[dict[str, Any]]) -> tuple[Any, int]:
-    """(CID of the model to restart from, rounds to redo), from round-record bodies.
+class RoundRef(NamedTuple):
+    """What an erasure needs of a round record: its ledger slot, run and starting model."""
+
+    slot: int
+    run: str
+    prev_model: Any
+
+
+def checkpoint_for(erasure: Erasure, rounds: Sequence[RoundRef]) -> tuple[Any, int]:
+    """(CID of the model to restart from, rounds to redo).
 
     Rounds are numbered by ledger slot; the checkpoint is the global model the round of first
     use started from (its record's prev_model), and every later round of that run is redone."""
     first = erasure.first_used_round
-    start = next((r for r in records if r.get("slot") == first), None)
+    start = next((r for r in rounds if r.slot == first), None)
     if first is None or start is None:
         return None, 0
-    redo = [r for r in records if r.get("run") == start.get("run") and r.get("slot", 0) >= first]
-    return start.get("prev_model"), len(redo)
+    redo = [r for r in rounds if r.run == start.run and r.slot >= first]
+    return start.prev_model, len(redo)

@@ -6,7 +6,7 @@ Counts only by default: the report can be shared without naming anyone.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,16 +93,3 @@ def ledger_usage(
         for r, per_node in commitments_by_round.items()
         for node, rc in per_node.items()
     )
-
-
-def commitments_from_records(
-    records: Iterable[Mapping[str, Any]],
-) -> dict[int, dict[str, RoundCommitment]]:
-    """round -> node -> commitment, from round-record bodies (every node's, not just one)."""
-    out: dict[int, dict[str, RoundCommitment]] = {}
-    for body in records:
-        consent = body.get("consent")
-        r = body.get("round")
-        if isinstance(consent, dict) and isinstance(r, int):
-            out[r] = {n: RoundCommitment.from_body(c) for n, c in consent.items()}
-    return out

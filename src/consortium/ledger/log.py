@@ -441,5 +441,34 @@ class Ledger:
     def equivocations(self) -> list[Equivocation]:
         return [Equivocation.from_bytes(b) for b in self.raw_equivocations()]
 
+    # -- this node's own votes ------------------------------------------------------------------
+
+    # What this node has cosigned, by ledger size: written (and fsynced, synchronous=FULL) before
+    # the vote leaves the node, so a restart can never make it cosign two heads of one size. Local
+    # state, not part of the log: created on the first vote, so readers never write the file.
+    _VOTES = (
+        "CREATE TABLE IF NOT EXISTS my_votes(size INTEGER PRIMARY KEY, root BLOB NOT NULL, "
+        "attempt INTEGER NOT NULL)"
+    )
+
+    def record_vote(self, size: int, root: bytes, attempt: int) -> None:
+        """Persist that this node cosigned `root` at `size` in `attempt` (replacing an earlier
+        vote at that size only when the round machine moved it with proof)."""
+        self._conn.execute(self._VOTES)
+        self._conn.execute(
+            "INSERT OR REPLACE INTO my_votes(size, root, attempt) VALUES (?,?,?)",
+            (size, root, attempt),
+        )
+
+    def my_votes(self) -> dict[int, tuple[bytes, int]]:
+        """ledger size -> (root, attempt) this node cosigned."""
+        exists = self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='my_votes'"
+        ).fetchone()
+        if exists is None:
+            return {}
+        rows = self._conn.execute("SELECT size, root, attempt FROM my_votes").fetchall()
+        return {int(size): (bytes(root), int(attempt)) for size, root, attempt in rows}
+
     def __repr__(self) -> str:
         return f"Ledger({str(self.path)!r}, size={self._size})"

@@ -41,11 +41,15 @@ from consortium.protocol.privacy_round import (
     client_noise_multiplier,
     record_noise_multiplier,
 )
+from consortium.protocol.randomness import Randomness
+from consortium.protocol.record import RoundRecord, latest_run, privacy_history, round_records
 from consortium.protocol.round import (
     Action,
     Broadcast,
+    CastVote,
     Committed,
     Note,
+    PersistVote,
     RoundMachine,
     RoundSettings,
     Send,
@@ -67,19 +71,9 @@ def model_cid(data: bytes, store: BlockStore) -> CID:
     return put_bytes(store, data)
 
 
-def run_records(ledger: Ledger) -> list[dict[str, Any]]:
+def run_records(ledger: Ledger) -> list[RoundRecord]:
     """Round records of the latest run on this ledger, in order."""
-    out: list[dict[str, Any]] = []
-    run = None
-    for entry in ledger.iter_entries(1):
-        if entry.kind != "round":
-            continue
-        body = entry.body
-        if body.get("round") == 1:
-            run, out = body.get("run"), []
-        if body.get("run") == run:
-            out.append(body)
-    return out
+    return [rec for _, rec in latest_run(round_records(enumerate(ledger.iter_entries())))]
 
 
 def open_node_state(directory: Path) -> tuple[Genesis, Ledger, BlockStore]:
@@ -126,12 +120,15 @@ class Node:
         transport: Transport,
         config: NodeConfig | None = None,
         clock: Callable[[], float] = time.time,
+        randomness: Randomness | None = None,
     ) -> None:
+        """`randomness`: injected by tests for exact replays; a real node draws from the OS."""
         self.dir = Path(directory)
         self.identity = identity
         self.transport = transport
         self.config = config or load_node_config(self.dir)
         self.clock = clock
+        self.randomness = randomness
         self.genesis, self.ledger, self.store = open_node_state(self.dir)
         self.name = identity.name
         self.peers = [m.node_id for m in self.genesis.members if m.node_id != identity.node_id]
@@ -224,6 +221,7 @@ class Node:
             clip=run.clip_norm,
             model_size=self.learner.model_size,
         )
+        votes = {size: CastVote(root, a) for size, (root, a) in self.ledger.my_votes().items()}
         self.machine = RoundMachine(
             self.identity,
             self.genesis,
@@ -231,23 +229,25 @@ class Node:
             self.learner.aggregate,
             lambda data: model_cid(data, self.store),
             self.learner,
+            randomness=self.randomness or Randomness.from_os(),
+            votes=votes,
         )
         self.finished.clear()
 
     def _resume(self) -> None:
         """After a restart: continue the latest run from the ledger, if it is not finished."""
         records = run_records(self.ledger)
-        if not records or "config" not in records[0]:
+        if not records or records[0].config is None:
             return
-        run = RunConfig.from_body(records[0]["config"])
+        run = RunConfig.from_body(dict(records[0].config))
         last = records[-1]
         self._setup_run(run)
-        self.global_model = get_bytes(self.store, last["model"])
-        if last["round"] >= run.rounds:
+        self.global_model = get_bytes(self.store, last.model)
+        if last.round >= run.rounds:
             self.finished.set()
             return
-        log.info("%s: resuming run %s at round %d", self.name, run.run_id(), last["round"] + 1)
-        self._begin(last["round"] + 1)
+        log.info("%s: resuming run %s at round %d", self.name, run.run_id(), last.round + 1)
+        self._begin(last.round + 1)
 
     def _begin(self, round_no: int) -> None:
         assert self.machine is not None
@@ -275,13 +275,9 @@ class Node:
         purpose = self.genesis.purpose(self.run.purpose)
         budget = Budget.from_purpose(purpose.name, purpose.epsilon, purpose.delta)
         budget.check_config(config)
-        history = [
-            e.body["privacy"]
-            for e in self.ledger.iter_entries(1)
-            if e.kind == "round"
-            and isinstance(e.body.get("privacy"), dict)
-            and e.body["privacy"].get("purpose") == purpose.name
-        ]
+        history = privacy_history(
+            (rec for _, rec in round_records(enumerate(self.ledger.iter_entries()))), purpose.name
+        )
         # Records this round trains on (the stored consent selection of this ledger slot).
         n = self.learner.train_count(self._consent_for(self.ledger.size)[2])
         if self._dp is None:  # noise multipliers: fixed for the run, calibrated once
@@ -310,10 +306,13 @@ class Node:
                     self._spawn(self._send(peer, payload))
             elif isinstance(action, Train):
                 self._spawn(self._train(action.round))
+            elif isinstance(action, PersistVote):  # durable before the vote after it is sent
+                self.ledger.record_vote(action.size, action.root, action.attempt)
             elif isinstance(action, Committed):
                 self._commit(action)
             elif isinstance(action, Note):
-                log.warning("%s: %s", self.name, action.text)
+                level = logging.INFO if action.level == "info" else logging.WARNING
+                log.log(level, "%s: %s", self.name, action.text)
             elif isinstance(action, Stopped):
                 log.error("%s: %s", self.name, action.reason)
                 self.stopped = action.reason
@@ -380,8 +379,7 @@ class Node:
         if p.transcript:  # the published SecAgg+ transcript: auditors recompute the sum from it
             put_bytes(self.store, p.transcript)
         self.global_model = p.model
-        leader = c.entry.body.get("leader", "")
-        log.info("%s: round %d committed (leader %s)", self.name, c.round, str(leader)[:16])
+        log.info("%s: round %d committed (leader %s)", self.name, c.round, c.entry.author[:16])
         self._write_status()
         k = self.run.anchor_every
         if (
@@ -409,7 +407,7 @@ class Node:
         status = {
             "node": self.name,
             "size": self.ledger.size,
-            "round": records[-1]["round"] if records else 0,
+            "round": records[-1].round if records else 0,
             "rounds": self.run.rounds if self.run else 0,
             "finished": self.finished.is_set(),
             "stopped": self.stopped,

@@ -194,6 +194,12 @@ class BudgetTracker:
             self._totals.pop(f"record:{node}", None)
 
 
+def spend_purpose(body: Mapping[str, Any]) -> str | None:
+    """The purpose a round's privacy body charges (None if it names none)."""
+    purpose = body.get("purpose")
+    return purpose if isinstance(purpose, str) else None
+
+
 def _parse_check(i: int, body: Any, budget: Budget) -> list[str]:
     if not isinstance(body, Mapping):
         return [f"round {i}: privacy field is not a map"]

@@ -82,6 +82,64 @@ class Proposal:
 
 
 @dataclass(frozen=True)
+class VoteReport:
+    """A member's signed statement, on moving to `attempt` of a round, of the head it has
+    cosigned at ledger size `size` in this round (`root`, or b"" for none).
+
+    A quorum-sized set of these proves that no head of an earlier attempt can still reach
+    quorum, which is what lets an honest node cosign another head of the same size after an
+    equivocating or crashed leader (see `RoundMachine` and docs/architecture.md)."""
+
+    run: str
+    round: int
+    attempt: int
+    node: str
+    size: int
+    root: bytes
+    signature: bytes = b""
+
+    def signed_body(self) -> dict[str, Any]:
+        return {
+            "run": self.run,
+            "round": self.round,
+            "attempt": self.attempt,
+            "node": self.node,
+            "size": self.size,
+            "root": self.root,
+        }
+
+    def to_body(self) -> dict[str, Any]:
+        return {**self.signed_body(), "signature": self.signature}
+
+    @classmethod
+    def from_body(cls, b: dict[str, Any]) -> VoteReport:
+        root = _bytes(b, "root", 32)
+        if len(root) not in (0, 32):
+            raise ProtocolError("field 'root' must be 32 bytes or empty")
+        return cls(
+            _str(b, "run"),
+            _int(b, "round", 1),
+            _int(b, "attempt"),
+            _str(b, "node"),
+            _int(b, "size", 1),
+            root,
+            _bytes(b, "signature", 64),
+        )
+
+
+def _reports(b: dict[str, Any]) -> list[VoteReport]:
+    raw = b.get("reports", [])
+    if not isinstance(raw, list) or len(raw) > 10_000:
+        raise ProtocolError("field 'reports' must be a list of vote reports")
+    out = []
+    for r in raw:
+        if not isinstance(r, dict):
+            raise ProtocolError("a vote report must be a map")
+        out.append(VoteReport.from_body(r))
+    return out
+
+
+@dataclass(frozen=True)
 class StartRun:
     """Asks every member to start the run described by `config` (committed in round 1's record)."""
 
@@ -112,6 +170,8 @@ class Update:
     consent: dict[str, Any] | None = None
     #: Erasures this node carried out since its last round (counts and times only).
     erasures: list[Any] = field(default_factory=list)
+    #: What this node has cosigned in this round so far (signed), for the attempt's leader.
+    report: VoteReport | None = None
 
     def to_body(self) -> dict[str, Any]:
         return {
@@ -124,11 +184,13 @@ class Update:
             "accepted": None if self.accepted is None else self.accepted.to_body(),
             "consent": self.consent,
             "erasures": list(self.erasures),
+            "report": None if self.report is None else self.report.to_body(),
         }
 
     @classmethod
     def from_body(cls, b: dict[str, Any]) -> Update:
         acc = b.get("accepted")
+        report = b.get("report")
         consent = b.get("consent")
         erasures = b.get("erasures", [])
         if consent is not None and not isinstance(consent, dict):
@@ -145,6 +207,7 @@ class Update:
             None if acc is None else Proposal.from_body(_dict(b, "accepted")),
             consent,
             erasures,
+            None if report is None else VoteReport.from_body(_dict(b, "report")),
         )
 
 
@@ -155,6 +218,9 @@ class Propose:
     round: int
     attempt: int
     proposal: Proposal
+    #: The vote reports this attempt's leader collected: proof for voters that cosigned another
+    #: head of this size in an earlier attempt that no such head can still reach quorum.
+    reports: tuple[VoteReport, ...] = ()
 
     def to_body(self) -> dict[str, Any]:
         return {
@@ -162,6 +228,7 @@ class Propose:
             "round": self.round,
             "attempt": self.attempt,
             "proposal": self.proposal.to_body(),
+            "reports": [r.to_body() for r in self.reports],
         }
 
     @classmethod
@@ -171,6 +238,7 @@ class Propose:
             _int(b, "round", 1),
             _int(b, "attempt"),
             Proposal.from_body(_dict(b, "proposal")),
+            tuple(_reports(b)),
         )
 
 

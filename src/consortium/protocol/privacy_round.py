@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from consortium.core.errors import ConsortiumError
 from consortium.privacy.accounting import (
     noise_multiplier_for,
     record_sample_rate,
@@ -119,6 +120,20 @@ def reported_params(metrics: Mapping[str, Any]) -> RecordParams | None:
     if not (z >= 0 and 0 < q <= 1 and steps >= 0):
         return None
     return (z, q, steps)
+
+
+def record_params_of(privacy: Mapping[str, Any]) -> dict[str, RecordParams]:
+    """node -> (z, q, steps) from a round record's privacy body (its `record` part)."""
+    record = privacy.get("record") or {}
+    if not isinstance(record, Mapping):
+        raise ConsortiumError("the privacy spend's record part is not a map")
+    out: dict[str, RecordParams] = {}
+    for node, r in record.items():
+        params = reported_params({"dp": r})
+        if params is None:
+            raise ConsortiumError(f"malformed DP-SGD parameters of {str(node)[:16]} in the record")
+        out[node] = params
+    return out
 
 
 def client_scale(rp: RoundPrivacy, n: int, model_size: int) -> float:

@@ -4,35 +4,35 @@ Theory of operation
 -------------------
 Round r starts on every node when round r-1 is committed (round 1 when the run starts). Each node
 trains locally (the `Train` action; the node feeds the result back with `on_trained`) and sends its
-`Update` to the leader of the current attempt, which `schedule.leader_for` derives from the latest
-final tree head alone. The leader waits for every member's update, or for `collect_timeout` with at
-least `min_updates`, aggregates, and broadcasts a `Propose`: a signed "round" ledger entry, the tree
-head the ledger has once it is appended, and the new model. Each participant re-checks everything
-(the entry's signature and fields, its own update's hash, the model's CID, the head = its own ledger
-plus this entry) and answers with a `Vote`, its cosignature of that head. With a quorum of
-cosignatures the head is final: the leader broadcasts `Commit` and every node appends the entry.
+`Update` to the leader of the current attempt, which `schedule.leader_for` derives from the ledger
+root the round started from. The leader waits for every member's update, or for `collect_timeout`
+with at least the run's minimum, aggregates (in plaintext, or by SecAgg+ among the participants)
+and broadcasts a `Propose`: a signed "round" ledger entry (a `RoundRecord`), the tree head the
+ledger has once it is appended, and the new model. Each participant checks the proposal with
+`verify_round_record`, the same function `audit` runs on stored records, and answers with a `Vote`,
+its cosignature of that head, persisted (the `PersistVote` action) before it is sent. With a quorum
+of cosignatures the head is final: the leader sends `Commit` and every node appends the entry.
 
 Failover: when an attempt is not committed within `round_timeout`, every node moves to attempt a+1,
-whose leader is the next member in the schedule's order, and re-sends its update there. Safety: an
-honest node never cosigns two different heads of the same size, so at most one entry can become
-final for a ledger position; a node that already voted reports the proposal it accepted in its next
-`Update`, and a new leader re-proposes such a proposal instead of a new one, so a leader that died
-after collecting votes does not leave the round stuck.
+whose leader is the next member in the schedule's order, and re-sends its update there together
+with a signed `VoteReport` of the head it has cosigned in this round (if any). Safety: an honest
+node cosigns at most one head per ledger size, except that in a later attempt it may cosign
+another one when the leader shows vote reports proving that no other head can still reach quorum
+(for every other head H: reports for H + members without a report < quorum). So a leader that
+split its proposal between two halves of the members costs one attempt, not the run; a leader
+that died after collecting votes is covered too, since the next leader re-proposes a proposal
+participants report having accepted.
 
-Transitions (phase x event -> phase), all in this file:
-    TRAINING   on_trained            → COLLECTING (leader) | AWAITING (others, Update sent)
-    COLLECTING Update / tick         → COLLECTING | VOTING (proposal broadcast)
-    VOTING     Vote (quorum reached) → DONE (Commit broadcast, Committed action)
-    AWAITING   Propose (valid)       → AWAITING (Vote sent)
-    any        Commit (valid)        → DONE (Committed action)
-    any≠DONE   tick past deadline    → next attempt: COLLECTING (new leader) | AWAITING
+Every transition is in `TRANSITIONS` (phase x event -> phases the handler may move to). An event
+whose (phase, event) pair is not in the table is refused with a `Note` naming the sender, never
+dropped silently; a handler that tried an unlisted transition would be a bug and raises.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -40,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 from multiformats import CID
 
+from consortium.consent.commitments import RoundCommitment
 from consortium.core.encoding import Domain, encode
 from consortium.core.errors import ConsortiumError
 from consortium.core.genesis import Genesis
@@ -54,29 +55,31 @@ from consortium.protocol.messages import (
     Proposal,
     Propose,
     SecAgg,
+    StartRun,
     Update,
     Vote,
+    VoteReport,
 )
 from consortium.protocol.privacy_round import (
     RecordParams,
     RoundPrivacy,
     client_plan,
-    client_scale,
     reported_params,
 )
+from consortium.protocol.randomness import Randomness
+from consortium.protocol.record import Erasure, RecordFormatError, RoundRecord, SecAggSection
 from consortium.protocol.schedule import leader_for
 from consortium.protocol.secagg import SecAggError, SecAggParams
 from consortium.protocol.secure_round import (
     START,
     LeaderAggregation,
     ParticipantAggregation,
-    make_params,
     params_body,
-    params_from_body,
     recompute_mean_delta,
-    secagg_round_id,
+    round_params,
     weighted_vector,
 )
+from consortium.protocol.verifier import OwnContribution, RecordContext, verify_round_record
 
 #: Aggregates (node id, sample count, update bytes) into the new model's bytes. Pure compute.
 Aggregator = Callable[[Sequence[tuple[str, int, bytes]]], bytes]
@@ -85,12 +88,62 @@ CidOf = Callable[[bytes], CID]
 
 
 class Phase(enum.Enum):
-    TRAINING = "training"
-    COLLECTING = "collecting"
-    SECURE = "secure-aggregation"
-    VOTING = "voting"
-    AWAITING = "awaiting"
-    DONE = "done"
+    TRAINING = "training"  # training locally (or sitting the round out)
+    COLLECTING = "collecting"  # leader: trained, collecting updates
+    SECURE = "secure-aggregation"  # leader: running SecAgg+ among the participants
+    VOTING = "voting"  # leader: proposal broadcast, collecting cosignatures
+    AWAITING = "awaiting"  # participant: update sent, waiting for the leader
+    DONE = "done"  # round committed here, or this node stopped
+
+
+class Event(enum.Enum):
+    BEGIN = "begin"
+    TRAINED = "trained"
+    UPDATE = "update"
+    SECAGG = "secagg"
+    PROPOSE = "propose"
+    VOTE = "vote"
+    COMMIT = "commit"
+    TICK = "tick"
+    TIMEOUT = "timeout"
+
+
+P = Phase
+_LEAD = frozenset({P.COLLECTING, P.SECURE, P.VOTING, P.DONE})  # where a leader's progress goes
+_SWITCH = frozenset({P.COLLECTING, P.AWAITING})  # a new attempt: lead it, or send it the update
+
+#: phase x event -> the phases its handler may move to. Pairs not listed are refused.
+TRANSITIONS: dict[tuple[Phase, Event], frozenset[Phase]] = {
+    **{(p, Event.BEGIN): frozenset({P.TRAINING, P.DONE}) for p in Phase},
+    **{(p, Event.COMMIT): frozenset({P.DONE}) for p in Phase if p is not P.DONE},
+    **{(p, Event.TIMEOUT): _SWITCH | {P.TRAINING} for p in Phase if p is not P.DONE},
+    (P.TRAINING, Event.TRAINED): _LEAD | {P.AWAITING},
+    (P.TRAINING, Event.UPDATE): _LEAD | {P.TRAINING},
+    (P.TRAINING, Event.PROPOSE): frozenset({P.TRAINING}),
+    (P.TRAINING, Event.TICK): frozenset({P.TRAINING}),
+    (P.COLLECTING, Event.UPDATE): _LEAD | _SWITCH,
+    (P.COLLECTING, Event.TICK): _LEAD,
+    (P.SECURE, Event.UPDATE): _LEAD | _SWITCH,
+    (P.SECURE, Event.SECAGG): _LEAD,
+    (P.SECURE, Event.TICK): _LEAD,
+    (P.VOTING, Event.UPDATE): _LEAD | _SWITCH,
+    (P.VOTING, Event.VOTE): frozenset({P.VOTING, P.DONE}),
+    (P.VOTING, Event.TICK): frozenset({P.VOTING}),
+    (P.AWAITING, Event.UPDATE): _LEAD | _SWITCH,
+    (P.AWAITING, Event.SECAGG): frozenset({P.AWAITING}),
+    (P.AWAITING, Event.PROPOSE): frozenset({P.AWAITING}),
+    (P.AWAITING, Event.TICK): frozenset({P.AWAITING}),
+    (P.DONE, Event.UPDATE): frozenset({P.DONE}),  # next round's update, held back
+    (P.DONE, Event.TICK): frozenset({P.DONE}),
+}
+
+_MESSAGE_EVENTS: dict[type, Event] = {
+    Update: Event.UPDATE,
+    SecAgg: Event.SECAGG,
+    Propose: Event.PROPOSE,
+    Vote: Event.VOTE,
+    Commit: Event.COMMIT,
+}
 
 
 # -- actions the node must carry out --------------------------------------------------------------
@@ -113,6 +166,16 @@ class Train:
 
 
 @dataclass(frozen=True)
+class PersistVote:
+    """Record durably that this node cosigned `root` at ledger `size` in `attempt`, before the
+    vote that follows is sent: after a restart the node must still know what it signed."""
+
+    size: int
+    root: bytes
+    attempt: int
+
+
+@dataclass(frozen=True)
 class Committed:
     round: int
     proposal: Proposal
@@ -123,6 +186,8 @@ class Committed:
 @dataclass(frozen=True)
 class Note:
     text: str
+    #: "warning" for refusals and failures; "info" for expected late or stale arrivals.
+    level: str = "warning"
 
 
 @dataclass(frozen=True)
@@ -132,7 +197,7 @@ class Stopped:
     reason: str
 
 
-Action = Send | Broadcast | Train | Committed | Note | Stopped
+Action = Send | Broadcast | Train | PersistVote | Committed | Note | Stopped
 
 
 @dataclass(frozen=True)
@@ -149,6 +214,11 @@ class RoundSettings:
     #: Number of model parameters (the secure vector has one more word: the weight).
     model_size: int = 0
 
+    @property
+    def min_contributors(self) -> int:
+        # SecAgg+ needs at least 3 contributors (with 2, each would learn the other's update).
+        return max(self.min_updates, 3 if self.secure else 1)
+
 
 class SecureOps(Protocol):
     """Pure model arithmetic the machine needs under secure aggregation (given by the node)."""
@@ -158,13 +228,21 @@ class SecureOps(Protocol):
     def apply(self, global_model: bytes, delta: npt.NDArray[np.float64]) -> bytes: ...
 
 
+@dataclass(frozen=True)
+class CastVote:
+    """A persisted vote: the root this node cosigned at a ledger size, and in which attempt."""
+
+    root: bytes
+    attempt: int
+
+
 @dataclass
 class _LocalResult:
     num_samples: int
     update: bytes
     metrics: dict[str, Any]
-    consent: dict[str, Any] | None = None
-    erasures: list[Any] = field(default_factory=list)
+    consent: RoundCommitment | None = None
+    erasures: tuple[Erasure, ...] = ()
 
 
 @dataclass
@@ -178,6 +256,7 @@ class _State:
     local: _LocalResult | None = None
     updates: dict[str, Update] = field(default_factory=dict)
     proposal: Proposal | None = None
+    reports: dict[str, VoteReport] = field(default_factory=dict)  # this attempt's, as leader
     votes: dict[str, bytes] = field(default_factory=dict)
     accepted: Proposal | None = None
     early: dict[str, Update] = field(default_factory=dict)  # next round's updates, held back
@@ -186,6 +265,9 @@ class _State:
     client: ParticipantAggregation | None = None  # secure aggregation, as a participant
     secagg_samples: dict[str, int] = field(default_factory=dict)
     privacy: RoundPrivacy | None = None  # this round's differential-privacy state
+    #: attempt -> commitment to what this node sent that attempt's leader (the verifier's
+    #: "own update missing / misstated" rules).
+    sent: dict[int, bytes] = field(default_factory=dict)
 
 
 class RoundMachine:
@@ -197,7 +279,12 @@ class RoundMachine:
         aggregate: Aggregator,
         cid_of: CidOf,
         secure_ops: SecureOps | None = None,
+        *,
+        randomness: Randomness | None = None,
+        votes: Mapping[int, CastVote] | None = None,
     ) -> None:
+        """`randomness`: secret bytes and a NumPy generator (tests pass a seeded one);
+        `votes`: what this node has cosigned before (ledger size -> vote), from its own disk."""
         if settings.secure and secure_ops is None:
             raise ConsortiumError("secure aggregation needs the node's model operations")
         self.me = identity.node_id
@@ -207,10 +294,12 @@ class RoundMachine:
         self._aggregate = aggregate
         self._cid_of = cid_of
         self._ops = secure_ops
+        self._random = randomness if randomness is not None else Randomness.from_os()
         self.members = sorted(m.node_id for m in genesis.members)
         self._keys = {m.node_id: m.public_key for m in genesis.members}
-        self._voted: dict[int, bytes] = {}  # ledger size -> root this node cosigned
+        self._voted: dict[int, CastVote] = dict(votes or {})
         self.s = _State()
+        self._from = Phase.DONE  # the phase the event being handled started in
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -222,9 +311,21 @@ class RoundMachine:
     def phase(self) -> Phase:
         return self.s.phase
 
+    @property
+    def attempt(self) -> int:
+        return self.s.attempt
+
     def leader(self, attempt: int | None = None) -> str:
         a = self.s.attempt if attempt is None else attempt
         return leader_for(self.s.head_root, self.s.round, a, self.members)
+
+    def _goto(self, event: Event, phase: Phase) -> None:
+        """Move to `phase`, which the table must allow for `event` from the phase the event
+        found the machine in (one event may pass through several phases on the way)."""
+        allowed = TRANSITIONS.get((self._from, event), frozenset())
+        if phase not in allowed:
+            raise AssertionError(f"bug: {self._from.value} --{event.value}--> {phase.value}")
+        self.s.phase = phase
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -241,6 +342,7 @@ class RoundMachine:
         """Start round `round_no` from global `model` on a ledger whose right edge is `frontier`;
         with `privacy`, first check this node's next spend (`my_dp`: its DP-SGD parameters)."""
         early = {k: u for k, u in self.s.early.items() if u.round == round_no}
+        self._from = self.s.phase
         self.s = _State(
             round=round_no,
             phase=Phase.TRAINING,
@@ -253,11 +355,11 @@ class RoundMachine:
         if privacy is not None:
             reason = privacy.stop_reason(round_no, self.me, my_dp)
             if reason is not None:
-                self.s.phase = Phase.DONE
+                self._goto(Event.BEGIN, Phase.DONE)
                 return [Stopped(reason)]
         actions: list[Action] = [Train(round_no)]
         for sender, upd in early.items():
-            actions += self._on_update(sender, upd, now)
+            actions += self.on_message(sender, upd, now)
         return actions
 
     def on_trained(
@@ -271,102 +373,159 @@ class RoundMachine:
     ) -> list[Action]:
         """Local training is done; `consent` commits to the records it used."""
         s = self.s
-        if s.phase is Phase.DONE:
-            return []
-        s.local = _LocalResult(num_samples, update, metrics, consent, list(erasures or []))
+        if s.phase is not Phase.TRAINING:
+            return [Note(f"round {s.round}: training finished in phase {s.phase.value}", "info")]
+        self._from = s.phase
+        s.local = _LocalResult(
+            num_samples,
+            update,
+            metrics,
+            None if consent is None else RoundCommitment.from_body(consent),
+            tuple(Erasure.from_body(e) for e in erasures or []),
+        )
         if self.leader() == self.me:
             s.updates[self.me] = self._my_update()
-            s.phase = Phase.COLLECTING
-            return self._maybe_propose(now)
-        s.phase = Phase.AWAITING
+            self._goto(Event.TRAINED, Phase.COLLECTING)
+            return self._maybe_propose(Event.TRAINED, now)
+        self._goto(Event.TRAINED, Phase.AWAITING)
         return [Send(self.leader(), self._my_update())]
 
     def on_message(self, sender: str, msg: Message, now: float) -> list[Action]:
         """Handle a message from an authenticated member; refusals come back as Note actions."""
         if sender not in self._keys:
             return [Note(f"refused message from non-member {sender}")]
+        name = type(msg).__name__.lower()
+        if isinstance(msg, StartRun):
+            return [Note(f"refused {name} from {self._name(sender)}: not a round message")]
+        event = _MESSAGE_EVENTS[type(msg)]
+        s = self.s
+        if msg.run != self.settings.run_id:
+            return [Note(f"refused {name} from {self._name(sender)}: for another run {msg.run!r}")]
+        if msg.round != s.round:
+            return self._other_round(sender, msg, name)
+        if (s.phase, event) not in TRANSITIONS:
+            return [
+                Note(
+                    f"refused {name} from {self._name(sender)}: round {s.round} is in phase "
+                    f"{s.phase.value}",
+                    "info" if s.phase is Phase.DONE else "warning",
+                )
+            ]
+        self._from = s.phase
         try:
             if isinstance(msg, Update):
                 return self._on_update(sender, msg, now)
             if isinstance(msg, Propose):
                 return self._on_propose(sender, msg)
             if isinstance(msg, Vote):
-                return self._on_vote(sender, msg, now)
+                return self._on_vote(sender, msg)
             if isinstance(msg, Commit):
-                return self._on_commit(sender, msg)
-            if isinstance(msg, SecAgg):
-                return self._on_secagg(sender, msg, now)
+                return self._on_commit(msg)
+            assert isinstance(msg, SecAgg)
+            return self._on_secagg(sender, msg, now)
         except ConsortiumError as exc:
-            return [Note(f"refused {type(msg).__name__.lower()} from {self._name(sender)}: {exc}")]
-        return []
+            return [Note(f"refused {name} from {self._name(sender)}: {exc}")]
+
+    def _other_round(self, sender: str, msg: Message, name: str) -> list[Action]:
+        s = self.s
+        r = getattr(msg, "round", 0)
+        if isinstance(msg, Update) and (r == s.round + 1):
+            s.early[sender] = msg  # a faster node's next round: replayed when it begins
+            return []
+        if isinstance(msg, Commit) and r > s.round:
+            return [Note(f"commit for round {r} while at {s.round}: catch up needed", "info")]
+        return [Note(f"ignored {name} from {self._name(sender)} for round {r}", "info")]
 
     def tick(self, now: float) -> list[Action]:
         s = self.s
         if s.phase is Phase.DONE:
             return []
+        self._from = s.phase
         if now >= s.attempt_started + self.settings.round_timeout:
             return self._next_attempt(now)
         if s.phase is Phase.COLLECTING:
-            return self._maybe_propose(now)
+            return self._maybe_propose(Event.TICK, now)
         if s.phase is Phase.SECURE:
-            return self._secure_progress(now)
+            return self._secure_progress(Event.TICK, now)
         return []
 
     # -- handlers -------------------------------------------------------------------------------
 
     def _on_update(self, sender: str, msg: Update, now: float) -> list[Action]:
         s = self.s
-        if msg.run != self.settings.run_id:
-            raise ConsortiumError(f"update for another run {msg.run!r}")
-        if msg.round == s.round + 1 or (msg.round == s.round and s.phase is Phase.DONE):
-            s.early[sender] = msg
-            return []
-        if msg.round != s.round:
-            return []  # stale
+        if s.phase is Phase.DONE:
+            return [Note(f"late update from {self._name(sender)}: round already done", "info")]
         if self.leader(msg.attempt) != self.me:
             raise ConsortiumError(
                 f"update for attempt {msg.attempt}, which this node does not lead"
             )
+        if msg.attempt < s.attempt:
+            return [Note(f"stale update from {self._name(sender)} (attempt {msg.attempt})", "info")]
+        self._check_update(sender, msg)
+        actions: list[Action] = []
         if msg.attempt > s.attempt:  # the sender timed out before us: follow it
-            actions = self._switch_attempt(msg.attempt, now)
-        elif msg.attempt < s.attempt:
-            return []
-        else:
-            actions = []
+            actions += self._switch_attempt(Event.UPDATE, msg.attempt, now)
+        if s.phase is Phase.VOTING and s.proposal is not None and sender not in s.votes:
+            # A participant that was behind: it may vote now (its update came too late to count).
+            prop = Propose(
+                self.settings.run_id, s.round, s.attempt, s.proposal, tuple(s.reports.values())
+            )
+            return [*actions, Send(sender, prop)]
+        if s.phase in (Phase.SECURE, Phase.VOTING):
+            return [*actions, Note(f"late update from {self._name(sender)}", "info")]
         s.updates[sender] = msg
+        if msg.report is not None:
+            s.reports[sender] = msg.report
         if s.phase in (Phase.COLLECTING, Phase.TRAINING, Phase.AWAITING):
-            actions += self._maybe_propose(now)
+            actions += self._maybe_propose(Event.UPDATE, now)
         return actions
 
-    def _maybe_propose(self, now: float) -> list[Action]:
+    def _check_update(self, sender: str, msg: Update) -> None:
+        """An update's own fields, before it counts: consent, erasures, the signed vote report."""
+        try:
+            if msg.consent is not None:
+                RoundCommitment.from_body(msg.consent)
+            for e in msg.erasures:
+                Erasure.from_body(e)
+        except ConsortiumError as exc:
+            raise ConsortiumError(f"malformed update: {exc}") from exc
+        r = msg.report
+        if r is not None:
+            if (r.run, r.round, r.attempt, r.node) != (msg.run, msg.round, msg.attempt, sender):
+                raise ConsortiumError("vote report is not the sender's, for this attempt")
+            body = r.signed_body()
+            if not is_valid_signature(self._keys[sender], Domain.ROUND, body, r.signature):
+                raise ConsortiumError("vote report signature does not verify")
+
+    def _maybe_propose(self, event: Event, now: float) -> list[Action]:
         s = self.s
         if s.local is None or self.leader() != self.me or s.proposal is not None:
             return []
-        s.phase = Phase.COLLECTING
+        if s.phase is not Phase.COLLECTING:
+            self._goto(event, Phase.COLLECTING)
         everyone = len(s.updates) == len(self.members)
         waited = now >= s.attempt_started + self.settings.collect_timeout
-        # SecAgg+ needs at least 3 participants (with 2, each would learn the other's update).
-        need = max(self.settings.min_updates, 3 if self.settings.secure else 1)
-        if len(s.updates) < need or not (everyone or waited):
+        if len(s.updates) < self.settings.min_contributors or not (everyone or waited):
             return []
         accepted = [p for p in self._reported_proposals() if self._is_valid_proposal(p)]
         if accepted:
             proposal = accepted[0]
             note = [Note(f"round {s.round}: re-proposing the entry a previous leader had proposed")]
         elif self.settings.secure:
-            return self._start_secure(now)
+            return self._start_secure(event, now)
         else:
             proposal = self._build_proposal(now)
             note = []
-        return [*note, *self._propose(proposal, now)]
+        return [*note, *self._propose(event, proposal)]
 
-    def _propose(self, proposal: Proposal, now: float) -> list[Action]:
+    def _propose(self, event: Event, proposal: Proposal) -> list[Action]:
         s = self.s
         s.proposal = proposal
-        s.phase = Phase.VOTING
+        self._goto(event, Phase.VOTING)
         s.votes = {}
-        msg = Propose(self.settings.run_id, s.round, s.attempt, proposal)
-        return [Broadcast(msg), *self._vote_for(proposal, self.me, now)]
+        reports = tuple(s.reports[k] for k in sorted(s.reports))
+        msg = Propose(self.settings.run_id, s.round, s.attempt, proposal, reports)
+        return [Broadcast(msg), *self._vote_for(proposal, self.me, reports)]
 
     def _reported_proposals(self) -> list[Proposal]:
         """Proposals that participants say they already cosigned, in a deterministic order."""
@@ -384,121 +543,192 @@ class RoundMachine:
         s = self.s
         ups = sorted(s.updates.items())
         model = self._aggregate([(nid, u.num_samples, u.update) for nid, u in ups])
-        body: dict[str, Any] = {
-            "run": self.settings.run_id,
-            "round": s.round,
-            "attempt": s.attempt,
-            "leader": self.me,
-            "participants": [nid for nid, _ in ups],
-            "dropouts": [m for m in self.members if m not in s.updates],
-            "samples": {nid: u.num_samples for nid, u in ups},
-            "updates": {nid: hashlib.sha256(u.update).digest() for nid, u in ups},
-            "metrics": {nid: u.metrics for nid, u in ups},
-            "model": self._cid_of(model),
-            "prev_model": self._cid_of(s.model),
-            "aggregation": "fedavg",
-        }
-        return self._sign_proposal(body, model, b"", now)
+        parts = tuple(nid for nid, _ in ups)
+        record = self._record(
+            parts,
+            samples={nid: u.num_samples for nid, u in ups},
+            updates={nid: hashlib.sha256(u.update).digest() for nid, u in ups},
+            model=model,
+            secagg=None,
+        )
+        return self._sign_proposal(record, model, b"", now)
 
-    def _sign_proposal(
-        self, body: dict[str, Any], model: bytes, transcript: bytes, now: float
-    ) -> Proposal:
+    def _record(
+        self,
+        parts: tuple[str, ...],
+        samples: dict[str, int],
+        updates: dict[str, bytes],
+        model: bytes,
+        secagg: SecAggSection | None,
+    ) -> RoundRecord:
+        """The record of this attempt over contributors `parts` (all of whose updates arrived)."""
         s = self.s
-        ups = {u: s.updates[u] for u in body["participants"] if u in s.updates}
-        body["slot"] = s.frontier.size  # the ledger index this record takes: unique across runs
-        body["consent"] = {u: up.consent for u, up in ups.items() if up.consent is not None}
-        body["erasures"] = {u: up.erasures for u, up in ups.items() if up.erasures}
+        ups = {u: s.updates[u] for u in parts}
+        privacy = None
         if s.privacy is not None:
             reported = {u: reported_params(up.metrics) for u, up in ups.items()}
             record = {u: r for u, r in reported.items() if r is not None}
             if s.privacy.config.record_level and len(record) != len(ups):
                 raise ConsortiumError("a participant did not report its DP-SGD parameters")
-            body["privacy"] = s.privacy.body(s.round, record)
-        if s.round == 1:
-            body["config"] = self.settings.config
+            privacy = s.privacy.body(s.round, record)
+        return RoundRecord(
+            run=self.settings.run_id,
+            round=s.round,
+            attempt=s.attempt,
+            leader=self.me,
+            slot=s.frontier.size,  # the ledger index this record takes: unique across runs
+            participants=parts,
+            dropouts=tuple(m for m in self.members if m not in parts),
+            samples=samples,
+            updates=updates,
+            metrics={u: up.metrics for u, up in ups.items()},
+            model=self._cid_of(model),
+            prev_model=self._cid_of(s.model),
+            aggregation="secagg+" if secagg is not None else "fedavg",
+            consent={
+                u: RoundCommitment.from_body(up.consent)
+                for u, up in ups.items()
+                if up.consent is not None
+            },
+            erasures={
+                u: tuple(Erasure.from_body(e) for e in up.erasures)
+                for u, up in ups.items()
+                if up.erasures
+            },
+            secagg=secagg,
+            privacy=privacy,
+            config=self.settings.config if s.round == 1 else None,
+        )
+
+    def _sign_proposal(
+        self, record: RoundRecord, model: bytes, transcript: bytes, now: float
+    ) -> Proposal:
+        s = self.s
         ms = int(now * 1000)
-        entry = make_record(self._identity, "round", body, ms)
+        entry = make_record(self._identity, "round", record.to_body(), ms)
         data = entry.to_bytes()
         root = s.frontier.append(data).root()
         return Proposal(data, s.frontier.size + 1, root, ms, model, transcript)
 
-    def _check_proposal(self, p: Proposal) -> Entry:
-        """Everything a participant re-checks before cosigning; raises on the first problem."""
+    def _context(self, author: str, p: Proposal, *, voting: bool) -> RecordContext:
+        """What this node knows to check a proposal; `voting` adds its own contribution."""
+        s = self.s
+        own = None
+        if voting and s.local is not None:
+            own = OwnContribution(
+                self.me,
+                s.local.num_samples,
+                s.local.consent,
+                s.local.erasures,
+                reported_params(s.local.metrics),
+                dict(s.sent),
+            )
+        return RecordContext(
+            genesis=self.genesis,
+            author=author,
+            run_id=self.settings.run_id,
+            round=s.round,
+            slot=s.frontier.size,
+            start_root=s.head_root,
+            prev_model=s.model,
+            model=p.model,
+            cid_of=self._cid_of,
+            secure=self.settings.secure,
+            min_contributors=self.settings.min_contributors,
+            config=self.settings.config,
+            transcript=p.transcript,
+            secagg_params=self._secagg_params,
+            apply_delta=self._ops.apply if self._ops is not None else None,
+            privacy=s.privacy,
+            current_attempt=s.attempt if voting else None,
+            own=own,
+        )
+
+    def _check_proposal(self, p: Proposal, *, voting: bool = True) -> Entry:
+        """Everything a node re-checks before cosigning (or appending) a proposal."""
         s = self.s
         entry = Entry.from_bytes(p.entry)
         entry.verify(self.genesis)
-        if entry.kind != "round":
-            raise ConsortiumError(f"proposed entry is a {entry.kind!r}, not a round record")
-        body = entry.body
-        if body.get("run") != self.settings.run_id or body.get("round") != s.round:
-            raise ConsortiumError("proposed record is for another run or round")
-        if entry.author != body.get("leader"):
-            raise ConsortiumError("record author is not the leader it names")
+        try:
+            record = RoundRecord.from_entry(entry)
+        except RecordFormatError as exc:
+            raise ConsortiumError(f"proposed entry: {exc}") from exc
         if p.size != s.frontier.size + 1 or p.root != s.frontier.append(p.entry).root():
             raise ConsortiumError("proposed tree head is not this ledger plus the entry")
-        if body.get("model") != self._cid_of(p.model):
-            raise ConsortiumError("model bytes do not match the model CID in the record")
-        if body.get("slot") != s.frontier.size:
-            raise ConsortiumError("the record names another ledger slot than the one it takes")
-        consent = body.get("consent")
-        if not isinstance(consent, dict) or not isinstance(body.get("erasures"), dict):
-            raise ConsortiumError("record lacks its consent commitments or erasures")
-        if s.local is not None and self.me in body.get("participants", []):
-            if consent.get(self.me) != s.local.consent:
-                raise ConsortiumError("the record misstates this node's consent commitment")
-            if body["erasures"].get(self.me, []) != s.local.erasures:
-                raise ConsortiumError("the record misstates this node's erasures")
-        self._check_privacy(body)
-        if body.get("prev_model") != self._cid_of(s.model):
-            raise ConsortiumError("the record starts from another global model than this round's")
-        samples, hashes = body.get("samples"), body.get("updates")
-        if not isinstance(samples, dict) or not isinstance(hashes, dict):
-            raise ConsortiumError("record lacks sample counts or update commitments")
-        if sorted(samples) != sorted(hashes) or sorted(samples) != body.get("participants"):
-            raise ConsortiumError("participants, sample counts and commitments disagree")
-        local = s.local
-        if self.settings.secure:
-            self._check_secure(p, body, hashes)
-        elif body.get("aggregation") != "fedavg":
-            raise ConsortiumError("the record's aggregation is not this run's (fedavg)")
-        elif (
-            local is not None
-            and self.me in hashes
-            and hashes[self.me] != hashlib.sha256(local.update).digest()
-        ):
-            raise ConsortiumError("the record commits to an update this node did not send")
-        if local is not None and samples.get(self.me, local.num_samples) != local.num_samples:
-            raise ConsortiumError("the record misstates this node's sample count")
-        if s.round == 1 and body.get("config") != self.settings.config:
-            raise ConsortiumError("round 1 record does not carry the agreed run config")
+        verify_round_record(record, self._context(entry.author, p, voting=voting))
         return entry
 
     def _on_propose(self, sender: str, msg: Propose) -> list[Action]:
         s = self.s
-        if msg.run != self.settings.run_id or msg.round != s.round or s.phase is Phase.DONE:
-            return []
+        if msg.attempt != s.attempt:
+            raise ConsortiumError(
+                f"proposal for attempt {msg.attempt}, this node is at attempt {s.attempt} "
+                "[rule attempt-not-current]"
+            )
         if self.leader(msg.attempt) != sender:
             raise ConsortiumError(f"not the leader of round {s.round} attempt {msg.attempt}")
         self._check_proposal(msg.proposal)
         s.accepted = msg.proposal
-        return self._vote_for(msg.proposal, sender, None)
+        return self._vote_for(msg.proposal, sender, msg.reports)
 
-    def _vote_for(self, p: Proposal, leader: str, now: float | None) -> list[Action]:
+    def _vote_for(self, p: Proposal, leader: str, reports: Sequence[VoteReport]) -> list[Action]:
+        s = self.s
         prior = self._voted.get(p.size)
-        if prior is not None and prior != p.root:
-            return [Note(f"refused to cosign a second head of size {p.size} (would equivocate)")]
-        self._voted[p.size] = p.root
+        if prior is not None and prior.root != p.root:
+            why = self._unlock_refusal(p, prior, reports)
+            if why is not None:
+                return [Note(f"refused to cosign a second head of size {p.size}: {why}")]
+        vote_ = CastVote(p.root, s.attempt)
+        self._voted[p.size] = vote_
         sig = self._identity.sign(Domain.TREE_HEAD, TreeHead(p.size, p.root, p.time).body())
-        vote = Vote(self.settings.run_id, self.s.round, p.size, p.root, sig)
+        vote = Vote(self.settings.run_id, s.round, p.size, p.root, sig)
+        persist = PersistVote(p.size, p.root, s.attempt)
         if leader == self.me:
-            return self._on_vote(self.me, vote, now if now is not None else 0.0)
-        return [Send(leader, vote)]
+            return [persist, *self._on_vote(self.me, vote)]
+        return [persist, Send(leader, vote)]
 
-    def _on_vote(self, sender: str, msg: Vote, now: float) -> list[Action]:
+    def _unlock_refusal(
+        self, p: Proposal, prior: CastVote, reports: Sequence[VoteReport]
+    ) -> str | None:
+        """Why this node may not move its vote from `prior` to `p` (None: it may).
+
+        Only in a later attempt than the earlier vote, and only when the signed vote reports of
+        this attempt show that no head other than `p`'s can still reach quorum."""
+        s = self.s
+        if prior.attempt >= s.attempt:
+            return f"it cosigned another head in attempt {prior.attempt} (would equivocate)"
+        counts: dict[bytes, int] = {}
+        reporters: set[str] = set()
+        for r in reports:
+            if (r.run, r.round, r.attempt, r.size) != (
+                self.settings.run_id,
+                s.round,
+                s.attempt,
+                p.size,
+            ):
+                return "a vote report is for another run, round, attempt or size"
+            if r.node not in self._keys or r.node in reporters:
+                return "vote reports from a non-member or twice from one member"
+            body = r.signed_body()
+            if not is_valid_signature(self._keys[r.node], Domain.ROUND, body, r.signature):
+                return f"invalid vote report from {self._name(r.node)}"
+            reporters.add(r.node)
+            if r.root:
+                counts[r.root] = counts.get(r.root, 0) + 1
+        unknown = len(self.members) - len(reporters)
+        counts.setdefault(prior.root, 0)
+        for root, n in counts.items():
+            if root != p.root and n + unknown >= self.genesis.quorum:
+                return (
+                    f"{n} reported votes and {unknown} unreported members could still make "
+                    "another head final"
+                )
+        return None
+
+    def _on_vote(self, sender: str, msg: Vote) -> list[Action]:
         s = self.s
         p = s.proposal
-        if p is None or s.phase is not Phase.VOTING or msg.round != s.round:
-            return []
+        assert p is not None  # VOTING always has a proposal
         if (msg.size, msg.root) != (p.size, p.root):
             raise ConsortiumError("vote for a different head")
         head = TreeHead(p.size, p.root, p.time).body()
@@ -507,7 +737,7 @@ class RoundMachine:
         s.votes[sender] = msg.signature
         if len(s.votes) < self.genesis.quorum:
             return []
-        s.phase = Phase.DONE
+        self._goto(Event.VOTE, Phase.DONE)
         votes = dict(s.votes)
         full = Commit(self.settings.run_id, s.round, p, votes)
         # Voters already hold the model and transcript from the Propose: send them the entry,
@@ -518,12 +748,8 @@ class RoundMachine:
         ]
         return [*sends, Committed(s.round, p, Entry.from_bytes(p.entry), votes)]
 
-    def _on_commit(self, sender: str, msg: Commit) -> list[Action]:
+    def _on_commit(self, msg: Commit) -> list[Action]:
         s = self.s
-        if msg.run != self.settings.run_id or msg.round != s.round or s.phase is Phase.DONE:
-            if msg.round > s.round:
-                return [Note(f"commit for round {msg.round} while at {s.round}: catch up needed")]
-            return []
         p = msg.proposal
         mine = s.accepted
         if not p.model and mine is not None and replace(mine, model=b"", transcript=b"") == p:
@@ -539,8 +765,9 @@ class RoundMachine:
             raise ConsortiumError(
                 f"commit has {len(valid)} valid cosignatures, quorum is {self.genesis.quorum}"
             )
-        entry = self._check_proposal(p)
-        s.phase = Phase.DONE
+        # A quorum made it final; still check it is a well-formed record of this ledger.
+        entry = self._check_proposal(p, voting=False)
+        self._goto(Event.COMMIT, Phase.DONE)
         return [Committed(s.round, p, entry, valid)]
 
     # -- failover -------------------------------------------------------------------------------
@@ -554,30 +781,36 @@ class RoundMachine:
                 f"{self._name(self.leader(s.attempt + 1))} takes over"
             )
         ]
-        return actions + self._switch_attempt(s.attempt + 1, now)
+        return actions + self._switch_attempt(Event.TIMEOUT, s.attempt + 1, now)
 
-    def _switch_attempt(self, attempt: int, now: float) -> list[Action]:
+    def _switch_attempt(self, event: Event, attempt: int, now: float) -> list[Action]:
         s = self.s
         s.attempt = attempt
         s.attempt_started = now
         s.updates = {}
+        s.reports = {}
         s.proposal = None
         s.votes = {}
         s.leading = None
         s.client = None
         if s.local is None:
-            s.phase = Phase.TRAINING
+            self._goto(event, Phase.TRAINING)
             return []
         if self.leader() == self.me:
-            s.phase = Phase.COLLECTING
-            s.updates[self.me] = self._my_update()
+            self._goto(event, Phase.COLLECTING)
+            mine = self._my_update()
+            s.updates[self.me] = mine
+            if mine.report is not None:
+                s.reports[self.me] = mine.report
             return []
-        s.phase = Phase.AWAITING
+        self._goto(event, Phase.AWAITING)
         return [Send(self.leader(), self._my_update())]
 
     def _my_update(self) -> Update:
         s = self.s
         assert s.local is not None
+        if not self.settings.secure:
+            s.sent[s.attempt] = hashlib.sha256(s.local.update).digest()
         return Update(
             self.settings.run_id,
             s.round,
@@ -586,50 +819,36 @@ class RoundMachine:
             b"" if self.settings.secure else s.local.update,  # secure: never reveal the update
             s.local.metrics,
             s.accepted,
-            s.local.consent,
-            s.local.erasures,
+            None if s.local.consent is None else s.local.consent.to_body(),
+            [e.to_body() for e in s.local.erasures],
+            self._report(),
         )
 
-    def _check_privacy(self, body: dict[str, Any]) -> None:
-        """A voter recomputes the round's privacy spend from the history and the reports."""
+    def _report(self) -> VoteReport:
+        """This node's signed report of what it cosigned at this round's ledger size."""
         s = self.s
-        if s.privacy is None:
-            if body.get("privacy") is not None:
-                raise ConsortiumError("the record claims a privacy spend in a run without DP")
-            return
-        claimed = body.get("privacy")
-        if not isinstance(claimed, dict):
-            raise ConsortiumError("the record lacks the round's privacy spend")
-        record = {}
-        for u, r in (claimed.get("record") or {}).items():
-            params = reported_params({"dp": r})
-            if params is None:
-                raise ConsortiumError("malformed DP-SGD parameters in the record")
-            record[u] = params
-        mine = reported_params(s.local.metrics) if s.local is not None else None
-        if self.me in record and record[self.me] != mine:
-            raise ConsortiumError("the record misstates this node's DP-SGD parameters")
-        try:
-            expected = s.privacy.body(s.round, record)
-        except ConsortiumError as exc:
-            raise ConsortiumError(f"the round would break the privacy budget: {exc}") from exc
-        if claimed != expected:
-            raise ConsortiumError("the record's privacy spend is not what the ledger implies")
+        size = s.frontier.size + 1
+        voted = self._voted.get(size)
+        report = VoteReport(
+            self.settings.run_id, s.round, s.attempt, self.me, size, voted.root if voted else b""
+        )
+        sig = self._identity.sign(Domain.ROUND, report.signed_body())
+        return replace(report, signature=sig)
 
     # -- secure aggregation (SecAgg+) -----------------------------------------------------------
 
-    def _start_secure(self, now: float) -> list[Action]:
+    def _start_secure(self, event: Event, now: float) -> list[Action]:
         """As leader: open SecAgg+ among the participants whose updates arrived."""
         s = self.s
         parts = sorted(s.updates)
         params = self._secagg_params(s.attempt, parts)
         s.leading = LeaderAggregation(params, now, self._min_inputs(len(parts)))
         s.secagg_samples = {p: s.updates[p].num_samples for p in parts}
-        s.phase = Phase.SECURE
+        self._goto(event, Phase.SECURE)
         start = {START: {"participants": parts, "samples": s.secagg_samples}}
         actions: list[Action] = [Send(p, self._secagg_msg(start)) for p in parts if p != self.me]
         actions += self._client_start(params, s.secagg_samples)
-        return actions + self._secure_progress(now)
+        return actions + self._secure_progress(event, now)
 
     def _client_dp(self, n: int) -> tuple[float, ClientNoisePlan] | None:
         """(client clip, noise plan) under client-level DP with n participants, else None."""
@@ -641,14 +860,10 @@ class RoundMachine:
 
     def _secagg_params(self, attempt: int, parts: list[str]) -> SecAggParams:
         """The SecAgg+ parameters every node derives alike for this attempt and participants."""
-        s = self.s
-        rid = secagg_round_id(self.settings.run_id, s.round, attempt)
-        pv = s.privacy
-        if pv is None or not pv.config.client_level:
-            return make_params(rid, parts, self.settings.model_size, self.settings.clip)
-        clip = pv.config.client_clip
-        scale = client_scale(pv, len(parts), self.settings.model_size)
-        return make_params(rid, parts, self.settings.model_size, clip, scale=scale)
+        st = self.settings
+        return round_params(
+            st.run_id, self.s.round, attempt, parts, st.model_size, st.clip, self.s.privacy
+        )
 
     def _min_inputs(self, n: int) -> int:
         """Masked inputs the sum needs to carry the noise it is accounted with."""
@@ -669,12 +884,21 @@ class RoundMachine:
         if dp is None:
             weight = s.local.num_samples / sum(samples.values())
             vector = weighted_vector(delta, self.settings.clip, weight)
-            s.client = ParticipantAggregation(params, self.me, vector)
+            s.client = ParticipantAggregation(params, self.me, vector, self._random)
         else:  # client-level DP: uniform weights, clipped delta, a share of the noise
             clip, plan = dp
             vector = weighted_vector(delta, clip, 1.0 / len(samples))
-            s.client = ParticipantAggregation(params, self.me, vector, noise=plan)
+            s.client = ParticipantAggregation(params, self.me, vector, self._random, noise=plan)
         return self._to_leader(s.client.start())
+
+    def _client_on(self, body: dict[str, Any]) -> list[Action]:
+        """As participant: answer the aggregator; remember the masked input this node sent."""
+        s = self.s
+        assert s.client is not None
+        reply = s.client.on(body)
+        if s.client.input_hash is not None:
+            s.sent[s.attempt] = s.client.input_hash
+        return self._to_leader(reply) if reply is not None else []
 
     def _to_leader(self, body: dict[str, Any]) -> list[Action]:
         s = self.s
@@ -688,11 +912,11 @@ class RoundMachine:
 
     def _on_secagg(self, sender: str, msg: SecAgg, now: float) -> list[Action]:
         s = self.s
-        if msg.run != self.settings.run_id or msg.round != s.round or s.phase is Phase.DONE:
-            return []
         if msg.attempt != s.attempt:
-            return []
-        if s.leading is not None and sender != self.me:
+            return [Note(f"stale secure-aggregation message from {self._name(sender)}", "info")]
+        if s.phase is Phase.SECURE:
+            if s.leading is None:
+                return [Note(f"secure aggregation of round {s.round} was aborted", "info")]
             try:
                 s.leading.receive(sender, msg.body)
             except SecAggError as exc:
@@ -700,32 +924,32 @@ class RoundMachine:
                     Note(
                         f"round {s.round}: secure aggregation refused {self._name(sender)}: {exc}"
                     ),
-                    *self._secure_progress(now),
+                    *self._secure_progress(Event.SECAGG, now),
                 ]
-            return self._secure_progress(now)
+            return self._secure_progress(Event.SECAGG, now)
         if sender != self.leader(msg.attempt):
             raise ConsortiumError("secure-aggregation message from a node that does not lead")
         if START in msg.body:
             start = msg.body[START]
-            if s.local is None or not isinstance(start, dict):
-                return []
+            if not isinstance(start, dict):
+                raise ConsortiumError("malformed secure-aggregation start")
             parts, samples = start.get("participants"), start.get("samples")
             if not isinstance(parts, list) or not isinstance(samples, dict):
                 raise ConsortiumError("malformed secure-aggregation start")
             if self.me not in parts or sorted(samples) != sorted(parts):
-                return []
+                raise ConsortiumError("secure-aggregation start leaves this node out")
+            if s.client is not None:
+                raise ConsortiumError("a second secure-aggregation start in one attempt")
             params = self._secagg_params(s.attempt, parts)
-            s.phase = Phase.AWAITING
             return self._client_start(params, samples)
         if s.client is None:
-            return []
+            raise ConsortiumError("secure-aggregation message before its start")
         try:
-            reply = s.client.on(msg.body)
+            return self._client_on(msg.body)
         except SecAggError as exc:
             return [Note(f"round {s.round}: secure aggregation: {exc}")]
-        return self._to_leader(reply) if reply is not None else []
 
-    def _secure_progress(self, now: float) -> list[Action]:
+    def _secure_progress(self, event: Event, now: float) -> list[Action]:
         """As leader: close every stage that is complete (or past its deadline)."""
         s = self.s
         lead = s.leading
@@ -741,13 +965,16 @@ class RoundMachine:
             for recipient, body in out:
                 if recipient == self.me:
                     if s.client is not None:
-                        reply = s.client.on(body)
-                        if reply is not None:
-                            actions += self._to_leader(reply)
+                        actions += self._client_on(body)
                 else:
                     actions.append(Send(recipient, self._secagg_msg(body)))
         if lead is not None and lead.stage_name == "done" and s.phase is Phase.SECURE:
-            actions += self._propose(self._secure_proposal(lead, now), now)
+            try:
+                proposal = self._secure_proposal(lead, now)
+            except ConsortiumError as exc:
+                s.leading = None
+                return [*actions, Note(f"round {s.round}: no proposal this attempt: {exc}")]
+            actions += self._propose(event, proposal)
         return actions
 
     def _secure_proposal(self, lead: LeaderAggregation, now: float) -> Proposal:
@@ -755,49 +982,21 @@ class RoundMachine:
         assert self._ops is not None
         transcript = encode(lead.agg.transcript().to_body())
         mean, tr = recompute_mean_delta(lead.params, transcript)
+        contributors = tuple(tr.survivors)
+        if len(contributors) < self.settings.min_contributors:
+            raise ConsortiumError(
+                f"{len(contributors)} contributors survived, the run needs "
+                f"{self.settings.min_contributors}"
+            )
         model = self._ops.apply(s.model, mean)
-        contributors = list(tr.survivors)
-        body: dict[str, Any] = {
-            "run": self.settings.run_id,
-            "round": s.round,
-            "attempt": s.attempt,
-            "leader": self.me,
-            "participants": contributors,
-            "dropouts": [m for m in self.members if m not in contributors],
-            "samples": {u: s.secagg_samples[u] for u in contributors},
-            "updates": dict(tr.input_hashes),
-            "metrics": {u: s.updates[u].metrics for u in contributors if u in s.updates},
-            "model": self._cid_of(model),
-            "prev_model": self._cid_of(s.model),
-            "aggregation": "secagg+",
-            "secagg": {**params_body(lead.params), "transcript": self._cid_of(transcript)},
-        }
-        return self._sign_proposal(body, model, transcript, now)
-
-    def _check_secure(self, p: Proposal, body: dict[str, Any], hashes: dict[str, Any]) -> None:
-        """A voter recomputes the model from the published SecAgg+ transcript."""
-        s = self.s
-        assert self._ops is not None
-        info = body.get("secagg")
-        if body.get("aggregation") != "secagg+" or not isinstance(info, dict):
-            raise ConsortiumError("the record is not securely aggregated, as this run requires")
-        params = params_from_body(info)
-        attempt = body.get("attempt")
-        if not isinstance(attempt, int):
-            raise ConsortiumError("record lacks its attempt number")
-        expected = self._secagg_params(attempt, list(params.participants))
-        if params_body(params) != params_body(expected):
-            raise ConsortiumError("secure-aggregation parameters differ from the agreed ones")
-        if info.get("transcript") != self._cid_of(p.transcript):
-            raise ConsortiumError("transcript bytes do not match the transcript CID")
-        mean, tr = recompute_mean_delta(params, p.transcript)
-        if list(tr.survivors) != body.get("participants") or dict(tr.input_hashes) != hashes:
-            raise ConsortiumError("record and transcript disagree on contributors")
-        if self._ops.apply(s.model, mean) != p.model:
-            raise ConsortiumError("the model is not the global model plus the secure aggregate")
-        mine = s.client.input_hash if s.client is not None else None
-        if mine is not None and self.me in hashes and hashes[self.me] != mine:
-            raise ConsortiumError("the record commits to a masked input this node did not send")
+        record = self._record(
+            contributors,
+            samples={u: s.secagg_samples[u] for u in contributors},
+            updates=dict(tr.input_hashes),
+            model=model,
+            secagg=SecAggSection(params_body(lead.params), self._cid_of(transcript)),
+        )
+        return self._sign_proposal(record, model, transcript, now)
 
     def _name(self, node_id: str) -> str:
         for m in self.genesis.members:

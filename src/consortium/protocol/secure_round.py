@@ -22,6 +22,8 @@ from consortium.core.encoding import decode
 from consortium.core.errors import ConsortiumError
 from consortium.privacy.client_dp import ClientNoisePlan
 from consortium.privacy.noise import add_to_words, node_noise_share
+from consortium.protocol.privacy_round import RoundPrivacy, client_scale
+from consortium.protocol.randomness import Randomness
 from consortium.protocol.secagg import (
     AdvertiseKeys,
     EncryptedShares,
@@ -61,6 +63,24 @@ def make_params(
     The L2 bound of [w·Δ ‖ w] with |Δ| <= C and w <= 1 is sqrt(C² + 1) <= C + 1. `scale`
     (client-level DP) leaves room in the 32-bit words for the noise."""
     return SecAggParams.create(round_id, participants, model_size + 1, clip=clip + 1.0, scale=scale)
+
+
+def round_params(
+    run_id: str,
+    round_no: int,
+    attempt: int,
+    participants: list[str],
+    model_size: int,
+    clip: float,
+    privacy: RoundPrivacy | None,
+) -> SecAggParams:
+    """The SecAgg+ parameters of one attempt, as every node (and the auditor) derives them: the
+    clip and quantization scale follow client-level DP when the run uses it."""
+    rid = secagg_round_id(run_id, round_no, attempt)
+    if privacy is None or not privacy.config.client_level:
+        return make_params(rid, participants, model_size, clip)
+    scale = client_scale(privacy, len(participants), model_size)
+    return make_params(rid, participants, model_size, privacy.config.client_clip, scale=scale)
 
 
 def params_body(p: SecAggParams) -> dict[str, Any]:
@@ -193,12 +213,13 @@ class ParticipantAggregation:
         params: SecAggParams,
         me: str,
         vector: npt.NDArray[np.float64],
+        randomness: Randomness,
         noise: ClientNoisePlan | None = None,
     ) -> None:
-        self.client = SecAggClient(params, me)
+        self.client = SecAggClient(params, me, random_bytes=randomness.bytes)
         self._vector = vector
         self._noise = noise
-        self._rng = np.random.default_rng()  # stochastic rounding only; masks use os.urandom
+        self._rng = randomness.numpy  # stochastic rounding and the DP noise share
         self.input_hash: bytes | None = None
 
     def start(self) -> dict[str, Any]:
@@ -217,7 +238,11 @@ class ParticipantAggregation:
             if self._noise is not None:  # client-level DP: this node's share, on the grid
                 plan = self._noise
                 share = node_noise_share(
-                    p.vector_length - 1, plan.sigma_total, plan.n_expected, plan.max_dropouts
+                    p.vector_length - 1,
+                    plan.sigma_total,
+                    plan.n_expected,
+                    plan.max_dropouts,
+                    self._rng,
                 )
                 words = add_to_words(words, share)
             reply = self.client.masked_input(words)

@@ -73,14 +73,20 @@ class SecAggClient:
     """One participant's side of a SecAgg+ round. Never does I/O; raise = refuse to go on."""
 
     def __init__(
-        self, params: SecAggParams, node_id: str, *, rng: np.random.Generator | None = None
+        self,
+        params: SecAggParams,
+        node_id: str,
+        *,
+        rng: np.random.Generator | None = None,
+        random_bytes: Callable[[int], bytes] | None = None,
     ) -> None:
         if not params.is_participant(node_id):
             raise SecAggError(f"{node_id!r} is not a participant of this round")
         self.params = params
         self.node_id = node_id
         # A seeded Generator makes simulations reproducible; real nodes use the OS CSPRNG.
-        self._random: Callable[[int], bytes] = rng.bytes if rng is not None else os.urandom
+        fallback = rng.bytes if rng is not None else os.urandom
+        self._random: Callable[[int], bytes] = random_bytes or fallback
         self._enc_secret = self._random(crypto.KEY_BYTES)
         self._mask_secret = self._random(crypto.KEY_BYTES)
         self._seed = self._random(crypto.KEY_BYTES)

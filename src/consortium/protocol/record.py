@@ -1,0 +1,310 @@
+"""The round record: the typed, versioned body of a "round" ledger entry, and its one codec.
+
+Every reader of a round record (the round machine, the node, the privacy budget, consent receipts,
+the demo, `audit`) goes through `RoundRecord.from_body`, which shape-checks every field with
+explicit bounds and refuses unknown fields, so nothing outside this module reads a record field
+by string. The verifier that decides whether a record may be cosigned (or passes audit) is
+`protocol.verifier.verify_round_record`; it works on this type.
+
+Layout (version 1). Core fields are always present; optional sections appear only when the run
+uses them:
+
+    v            1
+    run, round, attempt, leader, slot
+    participants sorted member ids whose contribution is in the model
+    dropouts     the other members (sorted)
+    samples      node -> sample count          updates  node -> 32-byte commitment
+    metrics      node -> small map (reported by the node itself)
+    model, prev_model  CIDs                    aggregation  "fedavg" | "secagg+"
+    consent      node -> {root, count, purpose} (no identifiers)
+    erasures     node -> [{records, at}]
+    secagg       (optional) SecAgg+ parameters and the transcript's CID
+    privacy      (optional) the round's spend; its codec is `privacy.budget`
+    config       (optional, round 1) the run configuration all members follow
+
+Later issues add sections (storage proofs, proofs of evaluation, a consent-history head): each is
+a new optional key with its own typed section here and its own rule in the verifier; a reader of
+version 1 refuses keys it does not know, so no section can ride along unchecked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from multiformats import CID
+
+from consortium.consent.commitments import RoundCommitment
+from consortium.consent.erasure import RoundRef
+from consortium.core.errors import ConsortiumError
+from consortium.ledger.entries import Entry
+from consortium.privacy.budget import spend_purpose
+
+RECORD_VERSION = 1
+ROUND_KIND = "round"
+Aggregation = Literal["fedavg", "secagg+"]
+_AGGREGATIONS = ("fedavg", "secagg+")
+_CORE = frozenset(
+    {
+        "v",
+        "run",
+        "round",
+        "attempt",
+        "leader",
+        "slot",
+        "participants",
+        "dropouts",
+        "samples",
+        "updates",
+        "metrics",
+        "model",
+        "prev_model",
+        "aggregation",
+        "consent",
+        "erasures",
+    }
+)
+_OPTIONAL = frozenset({"secagg", "privacy", "config"})
+_MAX_MEMBERS = 10_000
+_MAX_METRICS = 64
+
+
+class RecordFormatError(ConsortiumError):
+    """A round record is malformed: a missing, extra or wrongly typed field."""
+
+
+def _fail(message: str) -> RecordFormatError:
+    return RecordFormatError(f"malformed round record: {message}")
+
+
+def _int(b: Mapping[str, Any], key: str, lo: int = 0) -> int:
+    v = b.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v < 2**63:
+        raise _fail(f"{key!r} must be an integer >= {lo}")
+    return v
+
+
+def _str(v: Any, what: str, max_len: int = 256) -> str:
+    if not isinstance(v, str) or not v or len(v) > max_len:
+        raise _fail(f"{what} must be a non-empty string of at most {max_len} characters")
+    return v
+
+
+def _cid(v: Any, what: str) -> CID:
+    if not isinstance(v, CID):
+        raise _fail(f"{what} must be a CID")
+    return v
+
+
+def _ids(v: Any, what: str) -> tuple[str, ...]:
+    if not isinstance(v, list) or len(v) > _MAX_MEMBERS:
+        raise _fail(f"{what} must be a list of node ids")
+    ids = tuple(_str(x, f"an entry of {what}") for x in v)
+    if list(ids) != sorted(set(ids)):
+        raise _fail(f"{what} must be sorted and distinct")
+    return ids
+
+
+def _by_node(v: Any, what: str) -> dict[str, Any]:
+    if not isinstance(v, dict) or len(v) > _MAX_MEMBERS:
+        raise _fail(f"{what} must be a map from node id")
+    for k in v:
+        _str(k, f"a key of {what}")
+    return v
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """Records a node erased (crypto-shredded) since its previous round, and when (ms)."""
+
+    records: int
+    at: int
+
+    def to_body(self) -> dict[str, Any]:
+        return {"records": self.records, "at": self.at}
+
+    @classmethod
+    def from_body(cls, b: Any) -> Erasure:
+        if not isinstance(b, dict) or set(b) != {"records", "at"}:
+            raise _fail("an erasure must be {records, at}")
+        return cls(_int(b, "records", 1), _int(b, "at"))
+
+
+@dataclass(frozen=True)
+class SecAggSection:
+    """The SecAgg+ parameters of the attempt and the CID of its published transcript."""
+
+    params: Mapping[str, Any]
+    transcript: CID
+
+    def to_body(self) -> dict[str, Any]:
+        return {**self.params, "transcript": self.transcript}
+
+    @classmethod
+    def from_body(cls, b: Any) -> SecAggSection:
+        if not isinstance(b, dict) or "transcript" not in b:
+            raise _fail("'secagg' must be a map with a transcript CID")
+        params = {k: v for k, v in b.items() if k != "transcript"}
+        return cls(params, _cid(b["transcript"], "secagg transcript"))
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """The body of one "round" ledger entry. Frozen: build a new one with `dataclasses.replace`."""
+
+    run: str
+    round: int
+    attempt: int
+    leader: str
+    slot: int
+    participants: tuple[str, ...]
+    dropouts: tuple[str, ...]
+    samples: Mapping[str, int]
+    updates: Mapping[str, bytes]
+    metrics: Mapping[str, Mapping[str, Any]]
+    model: CID
+    prev_model: CID
+    aggregation: Aggregation
+    consent: Mapping[str, RoundCommitment] = field(default_factory=dict)
+    erasures: Mapping[str, tuple[Erasure, ...]] = field(default_factory=dict)
+    secagg: SecAggSection | None = None
+    privacy: Mapping[str, Any] | None = None
+    config: Mapping[str, Any] | None = None
+    version: int = RECORD_VERSION
+
+    # -- codec -----------------------------------------------------------------------------------
+
+    def to_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "v": self.version,
+            "run": self.run,
+            "round": self.round,
+            "attempt": self.attempt,
+            "leader": self.leader,
+            "slot": self.slot,
+            "participants": list(self.participants),
+            "dropouts": list(self.dropouts),
+            "samples": dict(self.samples),
+            "updates": dict(self.updates),
+            "metrics": {k: dict(v) for k, v in self.metrics.items()},
+            "model": self.model,
+            "prev_model": self.prev_model,
+            "aggregation": self.aggregation,
+            "consent": {k: c.to_body() for k, c in self.consent.items()},
+            "erasures": {k: [e.to_body() for e in v] for k, v in self.erasures.items()},
+        }
+        if self.secagg is not None:
+            body["secagg"] = self.secagg.to_body()
+        if self.privacy is not None:
+            body["privacy"] = dict(self.privacy)
+        if self.config is not None:
+            body["config"] = dict(self.config)
+        return body
+
+    @classmethod
+    def from_body(cls, b: Any) -> RoundRecord:
+        """Parse and shape-check a record body (from a peer or the ledger: hostile either way)."""
+        if not isinstance(b, dict):
+            raise _fail("the body is not a map")
+        if b.get("v") != RECORD_VERSION:
+            raise _fail(f"unsupported version {b.get('v')!r} (this node reads {RECORD_VERSION})")
+        missing = sorted(_CORE - set(b))
+        extra = sorted(set(b) - _CORE - _OPTIONAL)
+        if missing:
+            raise _fail(f"missing {', '.join(missing)}")
+        if extra:
+            raise _fail(f"unknown field(s) {', '.join(extra)}")
+        samples = _by_node(b["samples"], "samples")
+        for v in samples.values():
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 < v < 2**40:
+                raise _fail("sample counts must be positive integers")
+        updates = _by_node(b["updates"], "updates")
+        if not all(isinstance(h, bytes) and len(h) == 32 for h in updates.values()):
+            raise _fail("update commitments must be 32-byte hashes")
+        metrics = _by_node(b["metrics"], "metrics")
+        if not all(isinstance(m, dict) and len(m) <= _MAX_METRICS for m in metrics.values()):
+            raise _fail(f"metrics must be maps of at most {_MAX_METRICS} entries")
+        aggregation = b["aggregation"]
+        if aggregation not in _AGGREGATIONS:
+            raise _fail(f"unknown aggregation {aggregation!r}")
+        try:
+            raw = _by_node(b["consent"], "consent")
+            consent = {k: RoundCommitment.from_body(c) for k, c in raw.items()}
+        except ConsortiumError as exc:
+            raise _fail(f"consent commitment: {exc}") from exc
+        erasures: dict[str, tuple[Erasure, ...]] = {}
+        for k, v in _by_node(b["erasures"], "erasures").items():
+            if not isinstance(v, list) or not v or len(v) > 10_000:
+                raise _fail("erasures must be non-empty lists")
+            erasures[k] = tuple(Erasure.from_body(e) for e in v)
+        privacy, config = b.get("privacy"), b.get("config")
+        if privacy is not None and not isinstance(privacy, dict):
+            raise _fail("'privacy' must be a map")
+        if config is not None and not isinstance(config, dict):
+            raise _fail("'config' must be a map")
+        return cls(
+            run=_str(b["run"], "run"),
+            round=_int(b, "round", 1),
+            attempt=_int(b, "attempt"),
+            leader=_str(b["leader"], "leader"),
+            slot=_int(b, "slot", 1),
+            participants=_ids(b["participants"], "participants"),
+            dropouts=_ids(b["dropouts"], "dropouts"),
+            samples=samples,
+            updates=updates,
+            metrics=metrics,
+            model=_cid(b["model"], "model"),
+            prev_model=_cid(b["prev_model"], "prev_model"),
+            aggregation=aggregation,
+            consent=consent,
+            erasures=erasures,
+            secagg=None if b.get("secagg") is None else SecAggSection.from_body(b["secagg"]),
+            privacy=privacy,
+            config=config,
+        )
+
+    @classmethod
+    def from_entry(cls, entry: Entry) -> RoundRecord:
+        if entry.kind != ROUND_KIND:
+            raise RecordFormatError(f"entry is a {entry.kind!r}, not a round record")
+        return cls.from_body(entry.body)
+
+    # -- derived ---------------------------------------------------------------------------------
+
+    @property
+    def secure(self) -> bool:
+        return self.aggregation == "secagg+"
+
+    def ref(self) -> RoundRef:
+        """What consent erasure needs of this record."""
+        return RoundRef(self.slot, self.run, self.prev_model)
+
+    def dp_params(self, node: str) -> Mapping[str, Any] | None:
+        """The DP-SGD parameters `node` reported with its update (in its metrics), if any."""
+        dp = self.metrics.get(node, {}).get("dp")
+        return dp if isinstance(dp, dict) else None
+
+
+def round_records(entries: Any) -> list[tuple[int, RoundRecord]]:
+    """(ledger index, record) of every round entry in `(index, Entry)` pairs, parsed."""
+    return [(i, RoundRecord.from_entry(e)) for i, e in entries if e.kind == ROUND_KIND]
+
+
+def privacy_history(records: Iterable[RoundRecord], purpose: str) -> list[Mapping[str, Any]]:
+    """The privacy spends charged to `purpose`, in ledger order: the budget's history."""
+    return [
+        r.privacy for r in records if r.privacy is not None and spend_purpose(r.privacy) == purpose
+    ]
+
+
+def latest_run(records: list[tuple[int, RoundRecord]]) -> list[tuple[int, RoundRecord]]:
+    """The records of the latest run (the last one that has a round 1), in order."""
+    out: list[tuple[int, RoundRecord]] = []
+    run: str | None = None
+    for idx, rec in records:
+        if rec.round == 1:
+            run, out = rec.run, []
+        if rec.run == run:
+            out.append((idx, rec))
+    return out

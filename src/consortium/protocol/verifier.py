@@ -1,0 +1,312 @@
+"""`verify_round_record`: the one check a round record must pass, for voters and auditors alike.
+
+A member calls it before cosigning a proposal; `audit` calls it on every stored record. It is a
+pure function of the record and a `RecordContext` that carries everything the caller fetched
+(genesis, the ledger root the round started from, the previous and proposed models, the SecAgg+
+transcript, the run's configuration and privacy history) plus, for a voter, what the voter itself
+did in this round. A check therefore exists for both callers or for neither.
+
+Each refusal is a `RecordRejected` whose `rule` names the rule broken (the constants below), so
+tests, logs and audit reports say which rule a record broke, not only that it failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from multiformats import CID
+
+from consortium.consent.commitments import RoundCommitment
+from consortium.core.errors import ConsortiumError
+from consortium.core.genesis import Genesis
+from consortium.privacy.errors import BudgetExceeded
+from consortium.protocol.privacy_round import RecordParams, RoundPrivacy, record_params_of
+from consortium.protocol.record import Erasure, RoundRecord
+from consortium.protocol.schedule import leader_for
+from consortium.protocol.secagg import SecAggParams
+from consortium.protocol.secure_round import params_body, params_from_body, recompute_mean_delta
+
+# Rule names (stable: tests and audit reports refer to them).
+RUN = "run"  # the record is for another run, round or ledger slot
+ATTEMPT = "attempt-not-current"  # the record's attempt is ahead of the voter's current attempt
+LEADER = "author-not-attempt-leader"  # the author did not lead the attempt the record names
+MEMBERS = "participants-not-members"  # a participant or dropout is not a genesis member
+CONTRIBUTORS = "too-few-contributors"  # fewer contributors than the run's minimum
+SHAPE = "inconsistent-record"  # participants, samples, commitments, metrics disagree
+OWN_MISSING = "own-update-missing"  # the voter sent its update, the record leaves it out
+OWN_MISSTATED = "own-update-misstated"  # the record misstates the voter's own contribution
+PREV_MODEL = "prev-model-mismatch"  # the round does not start from this round's global model
+MODEL = "model-mismatch"  # the model bytes do not match the record's CID
+AGGREGATION = "aggregation-mismatch"  # plaintext record in a secure run, or the reverse
+SUM = "sum-mismatch"  # the model is not the previous model plus the published secure sum
+PRIVACY = "privacy-mismatch"  # the privacy spend is not what the ledger and reports imply
+CONSENT = "consent-mismatch"  # consent commitments or erasures of non-participants
+CONFIG = "config-mismatch"  # round 1 does not carry the agreed run configuration
+
+
+class RecordRejected(ConsortiumError):
+    """A round record broke `rule`; the message says how."""
+
+    def __init__(self, rule: str, message: str) -> None:
+        super().__init__(f"{message} [rule {rule}]")
+        self.rule = rule
+
+
+@dataclass(frozen=True)
+class OwnContribution:
+    """What the verifying member contributed to this round (voters only)."""
+
+    node: str
+    num_samples: int
+    consent: RoundCommitment | None
+    erasures: tuple[Erasure, ...]
+    dp: RecordParams | None
+    #: attempt -> commitment to what this node sent that attempt's leader (sha256 of its update
+    #: in plaintext runs, of its masked input under SecAgg+).
+    sent: Mapping[int, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RecordContext:
+    genesis: Genesis
+    author: str  # the entry's (signature-checked) author
+    run_id: str
+    round: int
+    slot: int  # the ledger index the record takes
+    start_root: bytes  # the ledger root at `slot`: the round's schedule seed
+    prev_model: bytes  # the global model the round starts from
+    model: bytes  # the proposed model's bytes
+    cid_of: Callable[[bytes], CID]
+    secure: bool
+    min_contributors: int
+    #: The run configuration round 1 must carry (None: not checked, e.g. no run found).
+    config: Mapping[str, Any] | None = None
+    transcript: bytes = b""
+    #: SecAgg+ parameters every node derives for (attempt, participants).
+    secagg_params: Callable[[int, list[str]], SecAggParams] | None = None
+    apply_delta: Callable[[bytes, npt.NDArray[np.float64]], bytes] | None = None
+    privacy: RoundPrivacy | None = None
+    #: The voter's current attempt (None for an auditor, who checks a record after the fact).
+    current_attempt: int | None = None
+    own: OwnContribution | None = None
+
+
+def _require(ok: bool, rule: str, message: str) -> None:
+    if not ok:
+        raise RecordRejected(rule, message)
+
+
+def verify_round_record(record: RoundRecord, ctx: RecordContext) -> None:
+    """Raise RecordRejected naming the first rule `record` breaks in `ctx`."""
+    members = sorted(m.node_id for m in ctx.genesis.members)
+    _require(
+        (record.run, record.round, record.slot) == (ctx.run_id, ctx.round, ctx.slot),
+        RUN,
+        f"the record is for run {record.run!r} round {record.round} slot {record.slot}, "
+        f"expected run {ctx.run_id!r} round {ctx.round} slot {ctx.slot}",
+    )
+    _check_leader(record, ctx, members)
+    _check_participants(record, ctx, members)
+    if ctx.own is not None:
+        _check_own(record, ctx.own)
+    _require(
+        record.prev_model == ctx.cid_of(ctx.prev_model),
+        PREV_MODEL,
+        "the record starts from another global model than this round's",
+    )
+    _require(
+        record.model == ctx.cid_of(ctx.model),
+        MODEL,
+        "the model bytes do not match the model CID in the record",
+    )
+    expected = "secagg+" if ctx.secure else "fedavg"
+    _require(
+        record.aggregation == expected and (record.secagg is not None) == ctx.secure,
+        AGGREGATION,
+        f"the record's aggregation is {record.aggregation!r}, this run's is {expected!r}",
+    )
+    if ctx.secure:
+        _check_secure_sum(record, ctx)
+    _check_privacy(record, ctx)
+    if record.round == 1 and ctx.config is not None:
+        _require(
+            record.config == ctx.config,
+            CONFIG,
+            "the round 1 record does not carry the agreed run configuration",
+        )
+    elif record.round > 1:
+        _require(record.config is None, CONFIG, "only round 1 carries the run configuration")
+
+
+def _check_leader(record: RoundRecord, ctx: RecordContext, members: list[str]) -> None:
+    if ctx.current_attempt is not None:
+        _require(
+            record.attempt <= ctx.current_attempt,
+            ATTEMPT,
+            f"the record is for attempt {record.attempt}, this node is at attempt "
+            f"{ctx.current_attempt}",
+        )
+    leader = leader_for(ctx.start_root, record.round, record.attempt, members)
+    # A re-proposed record keeps its author: it must be the leader of the attempt it names,
+    # which for a re-proposal is an earlier attempt of this round.
+    _require(
+        ctx.author == record.leader == leader,
+        LEADER,
+        f"the record of attempt {record.attempt} is authored by {_name(ctx, ctx.author)} "
+        f"(naming {_name(ctx, record.leader)}), but {_name(ctx, leader)} leads that attempt",
+    )
+
+
+def _check_participants(record: RoundRecord, ctx: RecordContext, members: list[str]) -> None:
+    parts = set(record.participants)
+    outsiders = sorted(parts - set(members))
+    _require(
+        not outsiders,
+        MEMBERS,
+        f"participants {', '.join(p[:16] for p in outsiders)} are not consortium members",
+    )
+    _require(
+        list(record.dropouts) == [m for m in members if m not in parts],
+        MEMBERS,
+        "dropouts are not exactly the members that did not contribute",
+    )
+    _require(
+        len(parts) >= ctx.min_contributors,
+        CONTRIBUTORS,
+        f"{len(parts)} contributors, the run needs at least {ctx.min_contributors}",
+    )
+    _require(
+        sorted(record.samples) == sorted(record.updates) == list(record.participants),
+        SHAPE,
+        "participants, sample counts and update commitments disagree",
+    )
+    _require(
+        set(record.metrics) <= parts,
+        SHAPE,
+        "the record carries metrics of nodes that did not contribute",
+    )
+    _require(
+        set(record.consent) <= parts and set(record.erasures) <= parts,
+        CONSENT,
+        "the record carries consent commitments or erasures of nodes that did not contribute",
+    )
+
+
+def _check_own(record: RoundRecord, own: OwnContribution) -> None:
+    me = own.node
+    sent = own.sent.get(record.attempt)
+    if me not in record.participants:
+        _require(
+            sent is None,
+            OWN_MISSING,
+            f"this node sent its contribution to attempt {record.attempt}, "
+            "and the record leaves it out",
+        )
+        return
+    _require(
+        sent is None or record.updates[me] == sent,
+        OWN_MISSTATED,
+        "the record commits to an update this node did not send",
+    )
+    _require(
+        record.samples[me] == own.num_samples,
+        OWN_MISSTATED,
+        "the record misstates this node's sample count",
+    )
+    _require(
+        record.consent.get(me) == own.consent,
+        OWN_MISSTATED,
+        "the record misstates this node's consent commitment",
+    )
+    _require(
+        tuple(record.erasures.get(me, ())) == own.erasures,
+        OWN_MISSTATED,
+        "the record misstates this node's erasures",
+    )
+
+
+def _check_secure_sum(record: RoundRecord, ctx: RecordContext) -> None:
+    assert record.secagg is not None
+    if ctx.secagg_params is None or ctx.apply_delta is None:
+        raise ConsortiumError("verifying a secure round needs the model arithmetic")
+    try:
+        params = params_from_body(dict(record.secagg.params))
+    except ConsortiumError as exc:
+        raise RecordRejected(SUM, str(exc)) from exc
+    expected = ctx.secagg_params(record.attempt, list(params.participants))
+    _require(
+        params_body(params) == params_body(expected),
+        SUM,
+        "secure-aggregation parameters differ from the ones every node derives",
+    )
+    _require(
+        record.secagg.transcript == ctx.cid_of(ctx.transcript),
+        SUM,
+        "the transcript bytes do not match the transcript CID",
+    )
+    try:
+        mean, tr = recompute_mean_delta(params, ctx.transcript)
+    except ConsortiumError as exc:
+        raise RecordRejected(SUM, str(exc)) from exc
+    _require(
+        list(tr.survivors) == list(record.participants)
+        and dict(tr.input_hashes) == dict(record.updates),
+        SUM,
+        "the record and the transcript disagree on contributors",
+    )
+    try:
+        model = ctx.apply_delta(ctx.prev_model, mean)
+    except ConsortiumError as exc:
+        raise RecordRejected(SUM, str(exc)) from exc
+    _require(
+        model == ctx.model,
+        SUM,
+        "the model is not the previous global model plus the secure aggregate",
+    )
+
+
+def _check_privacy(record: RoundRecord, ctx: RecordContext) -> None:
+    if ctx.privacy is None:
+        _require(
+            record.privacy is None, PRIVACY, "the record claims a privacy spend in a run without DP"
+        )
+        return
+    _require(record.privacy is not None, PRIVACY, "the record lacks the round's privacy spend")
+    assert record.privacy is not None
+    try:
+        params = record_params_of(record.privacy)
+    except ConsortiumError as exc:
+        raise RecordRejected(PRIVACY, str(exc)) from exc
+    if ctx.privacy.config.record_level:
+        _require(
+            sorted(params) == list(record.participants),
+            PRIVACY,
+            "the record-level spend does not cover exactly the contributors",
+        )
+    own = ctx.own
+    if own is not None and own.node in params:
+        _require(
+            params[own.node] == own.dp,
+            PRIVACY,
+            "the record misstates this node's DP-SGD parameters",
+        )
+    try:
+        expected = ctx.privacy.body(record.round, params)
+    except BudgetExceeded as exc:
+        raise RecordRejected(PRIVACY, f"the round would break the privacy budget: {exc}") from exc
+    _require(
+        dict(record.privacy) == expected,
+        PRIVACY,
+        "the record's privacy spend is not what the ledger implies",
+    )
+
+
+def _name(ctx: RecordContext, node_id: str) -> str:
+    for m in ctx.genesis.members:
+        if m.node_id == node_id:
+            return m.name
+    return node_id[:16]

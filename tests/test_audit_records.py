@@ -1,0 +1,86 @@
+"""`audit` runs the voters' verifier on stored records: the attacks voters refuse fail audit too."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from consortium.audit import audit
+from consortium.core.errors import AuditError
+from consortium.core.identity import NodeIdentity
+from consortium.ledger.entries import make_record
+from consortium.ledger.log import Ledger
+from consortium.protocol.schedule import leader_for
+from tests.inprocess_cluster import cluster, run_config, start, until_finished
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("run")
+
+    async def go() -> Path:
+        nodes, _, clock = await cluster(root, 3, seed=51, consent=False)
+        try:
+            await start(nodes, run_config(2, 0))
+            await until_finished(nodes, clock, step=0.0)
+            return nodes[0].dir
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    folder = asyncio.run(go())
+    audit(folder)
+    return folder
+
+
+def _forge(
+    folder: Path, out: Path, change: Callable[[dict[str, Any], list[str]], str | None]
+) -> Path:
+    """Copy `folder` with round 1's record rewritten by `change` and signed by the member it
+    names (every member's key is on this disk), as a colluding leader would."""
+    ids = {i.node_id: i for i in (NodeIdentity.load(d) for d in folder.parent.glob("node*"))}
+    out.mkdir()
+    shutil.copy(folder / "genesis.json", out / "genesis.json")
+    shutil.copytree(folder / "store", out / "store")
+    with Ledger.open(folder / "ledger.sqlite") as real:
+        genesis, entries = real.genesis(), list(real.iter_entries(1))
+    with Ledger.create(out / "ledger.sqlite", genesis) as forged:
+        for e in entries:
+            body, author = dict(e.body), e.author
+            if body["round"] == 1:
+                author = change(body, sorted(ids)) or author
+            forged.append(make_record(ids[author], "round", body, e.time))
+    return out
+
+
+def test_audit_refuses_fake_participants(run_folder: Path, tmp_path: Path) -> None:
+    def fake(body: dict[str, Any], members: list[str]) -> None:
+        body["participants"] = sorted([*body["participants"], "fake-a", "fake-b"])
+
+    with pytest.raises(AuditError, match=r"entry 1: .*rule participants-not-members"):
+        audit(_forge(run_folder, tmp_path / "f", fake))
+
+
+def test_audit_refuses_a_record_of_an_attempt_its_author_did_not_lead(
+    run_folder: Path, tmp_path: Path
+) -> None:
+    def skip(body: dict[str, Any], members: list[str]) -> str:
+        body["attempt"] = 1  # claimed by attempt 0's leader, who does not lead attempt 1
+        return str(body["leader"])
+
+    def impostor(body: dict[str, Any], members: list[str]) -> str:
+        with Ledger.open(run_folder / "ledger.sqlite") as real:
+            start_root = real.root(1)
+        other = leader_for(start_root, 1, 1, members)  # leads attempt 1, signs as attempt 0
+        body["leader"] = other
+        return other
+
+    with pytest.raises(AuditError, match=r"entry 1: .*rule author-not-attempt-leader"):
+        audit(_forge(run_folder, tmp_path / "a", skip))
+    with pytest.raises(AuditError, match=r"entry 1: .*rule author-not-attempt-leader"):
+        audit(_forge(run_folder, tmp_path / "b", impostor))

@@ -1,0 +1,182 @@
+"""Round machines wired together with no network, no torch and no wall clock (issue 10)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from consortium.ledger.entries import Entry, make_record
+from consortium.protocol.messages import Message, Proposal, Propose, Vote
+from consortium.protocol.record import RoundRecord
+from consortium.protocol.round import TRANSITIONS, CastVote, Event, PersistVote, Phase, Send
+from tests.machines import RUN, Wire, all_notes, cid_of, model
+
+
+def test_three_machines_commit_one_round_and_persist_each_vote_before_sending_it() -> None:
+    wire = Wire.build(3)
+    wire.begin()
+    wire.settle()
+    entries = {wire.entry_bytes(n) for n in wire.machines}
+    assert len(entries) == 1
+    record = RoundRecord.from_entry(Entry.from_bytes(entries.pop()))
+    assert record.participants == tuple(sorted(wire.machines)) and record.attempt == 0
+    for nid, action in enumerate(wire.trace):
+        if isinstance(action[1], Send) and isinstance(action[1].message, Vote):
+            before = [a for n, a in wire.trace[:nid] if n == action[0]]
+            assert isinstance(before[-1], PersistVote)  # durable, then sent
+            assert before[-1].root == action[1].message.root
+
+
+def test_a_secure_round_replays_exactly_from_a_seed() -> None:
+    def once(seed: int) -> bytes:
+        wire = Wire.build(4, secure=True, seed=seed)
+        wire.begin()
+        wire.settle()
+        (committed,) = {wire.committed[n][-1].proposal.transcript for n in wire.machines}
+        return committed
+
+    assert once(1) == once(1)
+    assert once(1) != once(2)  # masks and rounding come from the injected randomness
+
+
+def _forged(wire: Wire, author: str, attempt: int, participants: tuple[str, ...]) -> Proposal:
+    """A proposal `author` builds by hand: its own choice of participants and model."""
+    m = wire.machines[author]
+    evil = model([9] * 8)
+    record = RoundRecord(
+        run=RUN,
+        round=1,
+        attempt=attempt,
+        leader=author,
+        slot=1,
+        participants=participants,
+        dropouts=tuple(x for x in sorted(wire.machines) if x not in participants),
+        samples={p: 10 for p in participants},
+        updates={p: bytes(32) for p in participants},
+        metrics={p: {} for p in participants},
+        model=cid_of(evil),
+        prev_model=cid_of(m.s.model),
+        aggregation="fedavg",
+        config={"run": "test"},
+    )
+    ident = next(i for i in wire.ids if i.node_id == author)
+    entry = make_record(ident, "round", record.to_body(), 5).to_bytes()
+    f = wire.frontier
+    return Proposal(entry, 2, f.append(entry).root(), 5, evil)
+
+
+def test_a_member_leading_attempt_1_cannot_propose_during_attempt_0() -> None:
+    wire = Wire.build(4)
+    wire.begin()
+    m0 = next(iter(wire.machines.values()))
+    mallory = m0.leader(1)
+    fake = (mallory, "fake-a", "fake-b")
+    p = _forged(wire, mallory, 1, tuple(sorted(fake)))
+    victim = next(n for n in wire.machines if n not in (mallory, m0.leader(0)))
+    actions = wire.machines[victim].on_message(mallory, Propose(RUN, 1, 1, p), wire.now)
+    assert not any(isinstance(a, Send) for a in actions)
+    assert "rule attempt-not-current" in actions[0].text  # type: ignore[union-attr]
+
+
+def test_fake_participants_are_refused_even_from_the_attempts_leader() -> None:
+    wire = Wire.build(4)
+    wire.begin()
+    m0 = next(iter(wire.machines.values()))
+    mallory = m0.leader(0)
+    p = _forged(wire, mallory, 0, tuple(sorted((mallory, "fake-a", "fake-b"))))
+    victim = next(n for n in wire.machines if n != mallory)
+    actions = wire.machines[victim].on_message(mallory, Propose(RUN, 1, 0, p), wire.now)
+    assert not any(isinstance(a, Send) for a in actions)
+    assert "rule participants-not-members" in actions[0].text  # type: ignore[union-attr]
+
+
+def test_an_event_in_the_wrong_phase_is_refused_and_names_the_sender() -> None:
+    wire = Wire.build(3)
+    wire.begin()
+    m0 = next(iter(wire.machines.values()))
+    follower = next(n for n in wire.machines if n != m0.leader(0))
+    machine = wire.machines[follower]
+    assert machine.phase is Phase.AWAITING  # trained, update sent
+    assert (Phase.AWAITING, Event.VOTE) not in TRANSITIONS
+    vote = Vote(RUN, 1, 2, bytes(32), bytes(64))
+    (note,) = machine.on_message(m0.leader(0), vote, wire.now)
+    assert "refused vote from m" in note.text and "phase awaiting" in note.text  # type: ignore[union-attr]
+
+
+def test_a_restarted_node_never_cosigns_a_second_head_of_one_size() -> None:
+    wire = Wire.build(3)
+    wire.begin()
+    m0 = next(iter(wire.machines.values()))
+    leader = m0.leader(0)
+    victim = next(n for n in wire.machines if n != leader)
+    # Before its restart the victim cosigned another head of size 2 in this attempt.
+    restarted = Wire.build(3, votes={victim: {2: CastVote(b"\x01" * 32, 0)}})
+    restarted.begin()
+    restarted.run()
+    notes = restarted.notes.get(victim, [])
+    assert any("refused to cosign a second head of size 2" in t for t in notes), notes
+    sent = [a for n, a in restarted.trace if n == victim and isinstance(a, Send)]
+    assert not any(isinstance(a.message, Vote) for a in sent)
+
+
+def _split(wire: Wire, halves: tuple[set[str], set[str]]) -> None:
+    """The leader of attempt 0 shows one proposal to one half and another to the other half."""
+    leader = next(iter(wire.machines.values())).leader(0)
+    alt: dict[bytes, Proposal] = {}
+
+    def split(sender: str, to: str, msg: Message) -> list[tuple[str, Message]]:
+        if sender != leader or not isinstance(msg, Propose) or msg.attempt != 0:
+            return [(to, msg)]
+        if to in halves[1]:
+            p = msg.proposal
+            if p.root not in alt:  # the same record, signed at another time: another head
+                entry = Entry.from_bytes(p.entry)
+                ident = next(i for i in wire.ids if i.node_id == leader)
+                data = make_record(ident, "round", entry.body, entry.time + 1).to_bytes()
+                root = wire.frontier.append(data).root()
+                alt[p.root] = replace(p, entry=data, root=root, time=p.time + 1)
+            return [(to, replace(msg, proposal=alt[p.root]))]
+        return [(to, msg)]
+
+    wire.filter = split
+
+
+def test_a_split_vote_by_an_equivocating_leader_completes_in_the_next_attempt() -> None:
+    wire = Wire.build(5)  # quorum 4
+    m0 = next(iter(wire.machines.values()))
+    wire.begin()
+    leader = m0.leader(0)
+    others = sorted(n for n in wire.machines if n != leader)
+    _split(wire, (set(others[:2]), set(others[2:])))
+    wire.run()  # the leader equivocates: 3 and 2 of the 4 cosignatures needed
+    assert not any(wire.committed.get(n) for n in wire.machines)
+    assert sorted(len(wire.persisted.get(n, [])) for n in others) == [1, 1, 1, 1]
+    wire.down.add(leader)  # then goes silent
+    wire.settle(step=5.0)
+    heads = {wire.entry_bytes(n) for n in others}
+    assert len(heads) == 1
+    assert all(wire.committed[n][-1].cosignatures.keys() >= set(others) for n in others)
+    assert "refused to cosign a second head" not in all_notes(wire)
+
+
+def test_without_vote_reports_a_split_vote_cannot_move() -> None:
+    """The unlock rule is what completes the round above: strip the reports and it stalls."""
+    wire = Wire.build(5)
+    m0 = next(iter(wire.machines.values()))
+    wire.begin()
+    leader = m0.leader(0)
+    others = sorted(n for n in wire.machines if n != leader)
+    _split(wire, (set(others[:2]), set(others[2:])))
+    split = wire.filter
+    assert split is not None
+
+    def no_reports(sender: str, to: str, msg: Message) -> list[tuple[str, Message]]:
+        out = split(sender, to, msg)
+        return [(t, replace(m, reports=()) if isinstance(m, Propose) else m) for t, m in out]
+
+    wire.filter = no_reports
+    wire.run()
+    wire.down.add(leader)
+    for _ in range(10):
+        wire.tick(5.0)
+    assert not any(wire.committed.get(n) for n in others)
+    assert "refused to cosign a second head" in all_notes(wire)
