@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
 from pathlib import Path
 
@@ -84,24 +83,6 @@ def test_identity_files_are_private_and_round_trip(tmp_path: Path) -> None:
     assert "PRIVATE" not in (tmp_path / "a" / "node.pub").read_text()
     with pytest.raises(IdentityError, match="refusing to overwrite"):
         ident.save(tmp_path / "a")
-
-
-def test_encrypted_key_needs_the_passphrase(tmp_path: Path) -> None:
-    ident = NodeIdentity.generate("bob")
-    ident.save(tmp_path, passphrase="correct horse")
-    assert b"ENCRYPTED" in (tmp_path / "node.key").read_bytes()
-    assert NodeIdentity.load(tmp_path, "correct horse").node_id == ident.node_id
-    with pytest.raises(IdentityError, match="encrypted"):
-        NodeIdentity.load(tmp_path)
-    with pytest.raises(IdentityError, match="wrong passphrase"):
-        NodeIdentity.load(tmp_path, "wrong")
-
-
-def test_loose_key_permissions_are_refused(tmp_path: Path) -> None:
-    NodeIdentity.generate("c").save(tmp_path)
-    os.chmod(tmp_path / "node.key", 0o644)
-    with pytest.raises(IdentityError, match="chmod 600"):
-        NodeIdentity.load(tmp_path)
 
 
 def test_tampered_tls_binding_is_refused(tmp_path: Path) -> None:

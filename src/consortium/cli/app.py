@@ -18,6 +18,7 @@ app = typer.Typer(
 node_app = typer.Typer(help="Create and run a node.", no_args_is_help=True)
 node_app.command("init")(identity.node_init)
 node_app.command("start")(run.node_start)
+node_app.command("reencrypt")(identity.node_reencrypt)
 app.add_typer(node_app, name="node")
 app.add_typer(identity.genesis_app, name="genesis", no_args_is_help=True)
 app.add_typer(run.run_app, name="run")

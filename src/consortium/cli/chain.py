@@ -17,7 +17,7 @@ from eth_account.signers.local import LocalAccount
 
 from consortium.chain.accounts import account_from_keystore
 from consortium.chain.client import AnchorChain
-from consortium.cli.common import console, err_console, handle_errors
+from consortium.cli.common import console, err_console, handle_errors, secret
 from consortium.core.errors import ConfigError
 from consortium.core.genesis import GENESIS_FILE, Genesis
 from consortium.node.anchoring import (
@@ -44,10 +44,7 @@ def _deployer(key_env: str | None, keystore: Path | None) -> LocalAccount:
     if (key_env is None) == (keystore is None):
         raise ConfigError("give exactly one of --deployer-key-env VAR and --keystore FILE")
     if keystore is not None:
-        passphrase = os.environ.get(PASSPHRASE_ENV)
-        if passphrase is None:
-            passphrase = typer.prompt(f"passphrase for {keystore}", hide_input=True)
-        return account_from_keystore(keystore, passphrase)
+        return account_from_keystore(keystore, secret(PASSPHRASE_ENV, f"passphrase for {keystore}"))
     assert key_env is not None
     key = os.environ.get(key_env)
     if not key:

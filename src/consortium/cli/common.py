@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import sys
 from collections.abc import Callable
 from typing import NoReturn, ParamSpec, TypeVar
 
@@ -10,7 +12,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from consortium.core.errors import ConsortiumError
+from consortium.core.errors import ConfigError, ConsortiumError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -23,6 +25,22 @@ def fail(message: str, code: int = 1) -> NoReturn:
     """Print one red error line on stderr and exit with `code`."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty()
+
+
+def secret(env: str, prompt: str, *, confirm: bool = False) -> str:
+    """A secret from environment variable `env`, else a hidden prompt on a terminal (typed twice
+    with `confirm`). Never from argv, where `ps` and shell history would see it."""
+    value = os.environ.get(env)
+    if value is not None:
+        return value
+    if not _interactive():
+        raise ConfigError(f"no terminal to ask for the {prompt}: set {env}")
+    answer: str = typer.prompt(prompt, hide_input=True, confirmation_prompt=confirm)
+    return answer
 
 
 def handle_errors(func: Callable[P, R]) -> Callable[P, R]:

@@ -1,4 +1,7 @@
-"""`consortium node init` and `consortium genesis create|sign|verify`."""
+"""`consortium node init|reencrypt` and `consortium genesis create|sign|verify`.
+
+Passphrases come from environment variables or a hidden prompt, never from the command line.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +11,38 @@ from pathlib import Path
 import typer
 
 from consortium.chain.accounts import derive_account
-from consortium.cli.common import console, fail, handle_errors
+from consortium.cli.common import console, fail, handle_errors, secret
 from consortium.core.errors import ConfigError
 from consortium.core.genesis import GENESIS_FILE, Genesis, Purpose
-from consortium.core.identity import NodeIdentity, PublicIdentity
+from consortium.core.identity import (
+    KEY_FILE,
+    PASSPHRASE_ENV,
+    TLS_KEY_FILE,
+    NodeIdentity,
+    PublicIdentity,
+    keys_encrypted,
+    reencrypt_keys,
+)
+from consortium.core.keyfile import FORMAT
 
 genesis_app = typer.Typer(help="Create, sign and verify the genesis manifest of a consortium.")
 
-PASSPHRASE = typer.Option(
-    None,
-    "--passphrase",
-    envvar="CONSORTIUM_PASSPHRASE",
-    help="Encrypt/decrypt the private keys with this passphrase (or set CONSORTIUM_PASSPHRASE).",
-)
+#: The new passphrase of `node reencrypt --change-passphrase` (CONSORTIUM_PASSPHRASE: the old).
+NEW_PASSPHRASE_ENV = "CONSORTIUM_NEW_PASSPHRASE"
+
+
+def node_passphrase(directory: Path) -> str | None:
+    """The passphrase of the keys in `directory` if they are encrypted, else None."""
+    if not keys_encrypted(directory):
+        return None
+    return secret(PASSPHRASE_ENV, f"passphrase of the keys in {directory}")
+
+
+def _new_passphrase(env: str) -> str:
+    passphrase = secret(env, "new passphrase for the keys", confirm=True)
+    if not passphrase:
+        raise ConfigError(f"the passphrase is empty: set {env} to a non-empty passphrase")
+    return passphrase
 
 
 @handle_errors
@@ -32,7 +54,11 @@ def node_init(
     address: str = typer.Option(
         "127.0.0.1:7000", "--address", help="host:port where peers reach this node over gRPC."
     ),
-    passphrase: str | None = PASSPHRASE,
+    encrypt: bool = typer.Option(
+        False,
+        "--encrypt",
+        help=f"Encrypt the private keys with a passphrase (from ${PASSPHRASE_ENV} or a prompt).",
+    ),
 ) -> None:
     """Create a node identity: Ed25519 key (0600), TLS key bound to it, and a public node.pub."""
     if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").isalnum():
@@ -40,9 +66,34 @@ def node_init(
     _check_address(address)
     ident = NodeIdentity.generate(name, address)
     ident.evm_address = derive_account(ident).address  # for anchoring; derived, no key file
-    ident.save(directory, passphrase)
+    ident.save(directory, _new_passphrase(PASSPHRASE_ENV) if encrypt else None)
     console.print(f"created node [bold]{name}[/] id {ident.node_id}")
     console.print(f"share {directory / 'node.pub'} with the other members; keep node.key private")
+
+
+@handle_errors
+def node_reencrypt(
+    directory: Path = typer.Option(..., "--dir", help="The node's folder (from `node init`)."),
+    change_passphrase: bool = typer.Option(
+        False,
+        "--change-passphrase",
+        help=f"Encrypt under a new passphrase (from ${NEW_PASSPHRASE_ENV} or a prompt); "
+        "this also encrypts keys that are not encrypted yet.",
+    ),
+) -> None:
+    """Rewrite node.key and tls.key in the current encrypted format (migrates old key files).
+
+    The current passphrase comes from $CONSORTIUM_PASSPHRASE or a prompt. Each file is replaced
+    atomically (0600); if interrupted, run the same command again.
+    """
+    passphrase = node_passphrase(directory)
+    new = _new_passphrase(NEW_PASSPHRASE_ENV) if change_passphrase else passphrase
+    if new is None:
+        fail(
+            f"the keys in {directory} are not encrypted; add --change-passphrase to encrypt them", 2
+        )
+    reencrypt_keys(directory, passphrase, new)
+    console.print(f"rewrote {directory / KEY_FILE} and {directory / TLS_KEY_FILE} ({FORMAT})")
 
 
 def _check_address(address: str) -> None:
@@ -99,12 +150,11 @@ def genesis_sign(
     manifest: Path | None = typer.Option(
         None, "--genesis", help="Manifest to sign in place (default DIR/genesis.json)."
     ),
-    passphrase: str | None = PASSPHRASE,
 ) -> None:
     """Add this node's signature to the manifest."""
     path = manifest or directory / GENESIS_FILE
     g = Genesis.load(path)
-    ident = NodeIdentity.load(directory, passphrase)
+    ident = NodeIdentity.load(directory, node_passphrase(directory))
     g.sign(ident)
     g.save(path)
     missing = g.missing_signatures()

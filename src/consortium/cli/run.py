@@ -13,7 +13,7 @@ import typer
 
 from consortium.audit import audit as audit_folder
 from consortium.cli.common import console, fail, handle_errors
-from consortium.cli.identity import PASSPHRASE
+from consortium.cli.identity import node_passphrase
 from consortium.core.errors import ConfigError
 from consortium.node.config import RunConfig
 
@@ -23,7 +23,6 @@ run_app = typer.Typer(help="Start and inspect training runs.", no_args_is_help=T
 @handle_errors
 def node_start(
     directory: Path = typer.Option(..., "--dir", help="The node's folder (from `node init`)."),
-    passphrase: str | None = PASSPHRASE,
     exit_when_finished: bool = typer.Option(
         False, help="Exit once the current run's last round is committed."
     ),
@@ -38,7 +37,7 @@ def node_start(
     )
     if not (directory / "genesis.json").exists():
         fail(f"{directory}/genesis.json not found: copy the signed genesis manifest there", 2)
-    asyncio.run(serve(directory, passphrase, exit_when_finished))
+    asyncio.run(serve(directory, node_passphrase(directory), exit_when_finished))
 
 
 @run_app.command("start")
@@ -87,7 +86,6 @@ def run_start(
     from_model: str | None = typer.Option(
         None, "--from-model", help="CID of a ledger model to start from (retrain after an erasure)."
     ),
-    passphrase: str | None = PASSPHRASE,
 ) -> None:
     """Ask every member to start a training run (from any member)."""
     from consortium.node.runner import start_run
@@ -125,7 +123,7 @@ def run_start(
     body["privacy"] = privacy
     body["started"] = int(time.time() * 1000)
     run = RunConfig.from_body(body)
-    failed = asyncio.run(start_run(directory, passphrase, run))
+    failed = asyncio.run(start_run(directory, node_passphrase(directory), run))
     for line in failed:
         console.print(f"[yellow]not started on {line}[/]")
     dp_text = "" if run.privacy.unit == "none" else f", {run.privacy.unit}-level DP"

@@ -12,19 +12,22 @@ import functools
 import hashlib
 import ipaddress
 import json
+import logging
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import NameOID
 from multiformats import CID, multihash
 
+from consortium.core import keyfile
 from consortium.core.encoding import Domain, signing_payload
 from consortium.core.errors import IdentityError, SignatureError
 from consortium.core.files import atomic_write
@@ -32,8 +35,12 @@ from consortium.core.files import atomic_write
 KEY_FILE = "node.key"
 TLS_KEY_FILE = "tls.key"
 PUBLIC_FILE = "node.pub"
+#: Where the CLI reads the passphrase of encrypted keys (never from the command line).
+PASSPHRASE_ENV = "CONSORTIUM_PASSPHRASE"
 SIGNATURE_BYTES = 64
 _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+log = logging.getLogger(__name__)
 
 
 def node_id_for(public_key: bytes) -> str:
@@ -254,26 +261,11 @@ class NodeIdentity:
                 raise IdentityError(
                     f"{directory / fname} already exists; refusing to overwrite a key"
                 )
-        enc: serialization.KeySerializationEncryption = (
-            serialization.BestAvailableEncryption(passphrase.encode())
-            if passphrase
-            else serialization.NoEncryption()
-        )
         meta = json.dumps(
             {"name": self.name, "address": self.address, "tls_cert": self.tls_cert_pem}
         )
-        _write_private(
-            directory / KEY_FILE,
-            self._signing_key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc
-            ),
-        )
-        _write_private(
-            directory / TLS_KEY_FILE,
-            self._tls_key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc
-            ),
-        )
+        for fname, data in _key_files(self._signing_key, self._tls_key, passphrase).items():
+            _write_private(directory / fname, data)
         atomic_write(directory / "node.json", meta.encode())
         atomic_write(
             directory / PUBLIC_FILE, json.dumps(self.public().to_json(), indent=2).encode()
@@ -282,45 +274,144 @@ class NodeIdentity:
     @classmethod
     def load(cls, directory: Path, passphrase: str | None = None) -> NodeIdentity:
         directory = Path(directory)
-        key_path = directory / KEY_FILE
-        if not key_path.exists():
-            raise IdentityError(f"no node key in {directory}; run `consortium node init` first")
-        mode = stat.S_IMODE(key_path.stat().st_mode)
-        if mode & 0o077:
-            raise IdentityError(f"{key_path} has permissions {oct(mode)}; run chmod 600 on it")
-        pw = passphrase.encode() if passphrase else None
+        signing_key, tls_key = _load_keys(directory, [passphrase or None], strict=True)
         try:
-            signing_key = serialization.load_pem_private_key(key_path.read_bytes(), pw)
-            tls_key = serialization.load_pem_private_key(
-                (directory / TLS_KEY_FILE).read_bytes(), pw
-            )
             meta = json.loads((directory / "node.json").read_text())
-        except TypeError as exc:
-            raise IdentityError(
-                f"{key_path} is encrypted: pass --passphrase or set CONSORTIUM_PASSPHRASE"
-                if pw is None
-                else f"{key_path} is not encrypted, but a passphrase was given"
-            ) from exc
-        except ValueError as exc:
-            raise IdentityError(
-                f"cannot decrypt {key_path}: wrong passphrase or corrupt key"
-            ) from exc
-        except (OSError, KeyError) as exc:
-            raise IdentityError(f"cannot read identity in {directory}: {exc}") from exc
-        if not isinstance(signing_key, Ed25519PrivateKey) or not isinstance(
-            tls_key, ec.EllipticCurvePrivateKey
-        ):
-            raise IdentityError(
-                f"{directory} does not hold an Ed25519 identity and an ECDSA TLS key"
+            return cls(
+                meta["name"],
+                signing_key,
+                tls_key,
+                meta["tls_cert"],
+                meta["address"],
+                meta.get("evm_address", ""),
             )
-        return cls(
-            meta["name"],
-            signing_key,
-            tls_key,
-            meta["tls_cert"],
-            meta["address"],
-            meta.get("evm_address", ""),
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise IdentityError(f"cannot read {directory / 'node.json'}: {exc}") from exc
+
+
+def keys_encrypted(directory: Path) -> bool:
+    """Whether either key file in `directory` needs a passphrase (False if there are none)."""
+    for fname in (KEY_FILE, TLS_KEY_FILE):
+        try:
+            with (Path(directory) / fname).open("rb") as fh:
+                head = fh.read(64)
+        except OSError:
+            continue
+        if keyfile.is_sealed(head) or head.startswith(_LEGACY_PEM):
+            return True
+    return False
+
+
+def reencrypt_keys(directory: Path, passphrase: str | None, new_passphrase: str | None) -> None:
+    """Rewrite node.key and tls.key in the current format under `new_passphrase` (None: plain).
+
+    Each file is replaced atomically, but two files cannot be replaced together: if a crash falls
+    between them, one file is already under the new passphrase. So each file may also open with
+    the new passphrase (or be plain), and running the same command again finishes the job.
+    """
+    directory = Path(directory)
+    candidates = list(dict.fromkeys([passphrase or None, new_passphrase or None]))
+    signing_key, tls_key = _load_keys(directory, candidates, strict=False)
+    for fname, data in _key_files(signing_key, tls_key, new_passphrase).items():  # both first
+        _write_private(directory / fname, data)
+
+
+def _key_files(
+    signing_key: Ed25519PrivateKey, tls_key: ec.EllipticCurvePrivateKey, passphrase: str | None
+) -> dict[str, bytes]:
+    """node.key and tls.key: sealed (`core.keyfile`) with a passphrase, else PKCS#8 PEM."""
+    keys: dict[str, PrivateKeyTypes] = {KEY_FILE: signing_key, TLS_KEY_FILE: tls_key}
+    if not passphrase:
+        return {
+            name: key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            for name, key in keys.items()
+        }
+    return {
+        name: keyfile.seal(
+            key.private_bytes(
+                serialization.Encoding.DER,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+            passphrase,
+            name,
         )
+        for name, key in keys.items()
+    }
+
+
+_LEGACY_PEM = b"-----BEGIN ENCRYPTED PRIVATE KEY-----"
+_PLAIN_PEM = b"-----BEGIN PRIVATE KEY-----"
+
+
+def _load_keys(
+    directory: Path, candidates: list[str | None], *, strict: bool
+) -> tuple[Ed25519PrivateKey, ec.EllipticCurvePrivateKey]:
+    """Both private keys, each opened with the first candidate passphrase that works."""
+    keys: list[PrivateKeyTypes] = []
+    for fname in (KEY_FILE, TLS_KEY_FILE):
+        path = directory / fname
+        if not path.exists():
+            if fname == KEY_FILE:
+                raise IdentityError(f"no node key in {directory}; run `consortium node init` first")
+            raise IdentityError(f"{path} is missing")
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise IdentityError(f"{path} has permissions {oct(mode)}; run chmod 600 on it")
+        try:
+            with path.open("rb") as fh:
+                data = fh.read(keyfile.MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            raise IdentityError(f"cannot read {path}: {exc}") from exc
+        first: IdentityError | None = None
+        for passphrase in candidates:
+            try:
+                keys.append(_read_key(path, data, passphrase, strict=strict))
+                break
+            except IdentityError as exc:
+                first = first or exc
+        else:
+            assert first is not None
+            raise first
+    signing_key, tls_key = keys
+    if not isinstance(signing_key, Ed25519PrivateKey):
+        raise IdentityError(f"{directory / KEY_FILE} does not hold an Ed25519 identity key")
+    if not isinstance(tls_key, ec.EllipticCurvePrivateKey):
+        raise IdentityError(f"{directory / TLS_KEY_FILE} does not hold an ECDSA TLS key")
+    return signing_key, tls_key
+
+
+def _read_key(path: Path, data: bytes, passphrase: str | None, *, strict: bool) -> PrivateKeyTypes:
+    """One key file: sealed (current), legacy PBKDF2-encrypted PEM, or plain PEM."""
+    encrypted = keyfile.is_sealed(data) or data.startswith(_LEGACY_PEM)
+    if encrypted and passphrase is None:
+        raise IdentityError(f"{path} is encrypted: set {PASSPHRASE_ENV} to its passphrase")
+    if not encrypted and passphrase is not None and strict:
+        raise IdentityError(f"{path} is not encrypted, but a passphrase was given")
+    try:
+        if keyfile.is_sealed(data):
+            assert passphrase is not None
+            der = keyfile.unseal(data, passphrase, path.name, path)
+            return serialization.load_der_private_key(der, None)
+        if data.startswith(_LEGACY_PEM):
+            assert passphrase is not None
+            key = serialization.load_pem_private_key(data, passphrase.encode())
+            log.warning(
+                "%s uses the old PBKDF2 key format: run `consortium node reencrypt --dir %s`",
+                path,
+                path.parent,
+            )
+            return key
+        if data.startswith(_PLAIN_PEM):
+            return serialization.load_pem_private_key(data, None)
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        why = "wrong passphrase or corrupt key" if encrypted else "corrupt key"
+        raise IdentityError(f"cannot read {path}: {why}") from exc
+    raise IdentityError(f"{path} is not a key file: expected {keyfile.FORMAT} or PKCS#8 PEM")
 
 
 def _self_signed_cert(
