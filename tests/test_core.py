@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consortium.core.encoding import Domain, decode, encode, signing_payload
+from consortium.core.encoding import Domain, decode, digest, encode, signing_payload
 from consortium.core.errors import EncodingError, GenesisError, IdentityError, SignatureError
 from consortium.core.genesis import Genesis, Purpose, quorum_for
 from consortium.core.identity import (
@@ -175,3 +175,23 @@ def test_body_survives_canonical_round_trip() -> None:
         g.sign(i)
     rebuilt = Genesis.from_body(decode(encode(g.body())), g.signatures)
     rebuilt.verify()
+
+
+def test_genesis_digest_cache_follows_every_change() -> None:
+    ids = [NodeIdentity.generate(f"n{i}", seed=b"cache%d" % i) for i in range(2)]
+    g = Genesis.create("alpha", [i.public() for i in ids], [Purpose("research")], 1)
+    before = g.digest()
+    assert g.digest() == before == digest(g.body())
+    g.consortium = "beta"
+    assert g.digest() == digest(g.body()) != before
+    g.consortium = "alpha"
+    assert g.digest() == before
+    g.purposes.append(Purpose("more"))
+    assert g.digest() == digest(g.body()) != before
+    g.purposes.pop()
+    g.members[0] = ids[1].public()  # same length, another member in the first place
+    assert g.digest() == digest(g.body()) != before
+    g.members[0] = ids[0].public()  # an equal but new object
+    assert g.digest() == before
+    g.quorum = 1
+    assert g.digest() == digest(g.body()) != before
