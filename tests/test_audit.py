@@ -35,7 +35,9 @@ def build_folder(root: Path, n_members: int = 3, n_records: int = 12) -> Path:
             size = rng.choice([100, 5000, 1_100_000])  # the large one spans two blocks
             cid = put_bytes(store, rng.randbytes(size))
             author = ids[k % n_members]
-            ledger.append(make_record(author, "round", {"round": k, "model": cid}, 1000 + k))
+            ledger.append(
+                make_record(author, "round", {"round": k, "model": cid}, 1000 + k, genesis)
+            )
             if k % 3 == 2:  # a final head every few entries
                 for ident in ids[: genesis.quorum]:
                     ledger.sign_head(ident, 2000 + k)
@@ -153,7 +155,7 @@ def test_a_consent_commitment_carrying_an_identifier_fails_audit(tmp_path: Path)
     genesis.save(tmp_path / "genesis.json")
     leak = {"root": bytes(32), "count": 1, "purpose": "research", "subject": "alice"}
     with Ledger.create(tmp_path / "ledger.sqlite", genesis) as ledger:
-        ledger.append(make_record(ident, "round", {"consent": {ident.node_id: leak}}, 5))
+        ledger.append(make_record(ident, "round", {"consent": {ident.node_id: leak}}, 5, genesis))
         ledger.sign_head(ident, 6)
     with pytest.raises(AuditError, match="entry 1: consent commitment"):
         audit(tmp_path)

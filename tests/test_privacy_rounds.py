@@ -109,6 +109,6 @@ def test_audit_flags_a_tampered_privacy_total(tmp_path: Path) -> None:
                 r["total_epsilon"] = r["total_epsilon"] / 10  # claim a tenth of the spend
             body["privacy"] = priv
             body.pop("model"), body.pop("prev_model")  # no artifacts in this copy
-            led.append(make_record(ident, "round", body, e.time))
+            led.append(make_record(ident, "round", body, e.time, genesis))
     with pytest.raises(AuditError, match="privacy budget"):
         audit(forged)

@@ -417,7 +417,7 @@ class RoundMachine:
         if s.round == 1:
             body["config"] = self.settings.config
         ms = int(now * 1000)
-        entry = make_record(self._identity, "round", body, ms)
+        entry = make_record(self._identity, "round", body, ms, self.genesis)
         data = entry.to_bytes()
         root = s.frontier.append(data).root()
         return Proposal(data, s.frontier.size + 1, root, ms, model, transcript)
@@ -488,7 +488,7 @@ class RoundMachine:
         if prior is not None and prior != p.root:
             return [Note(f"refused to cosign a second head of size {p.size} (would equivocate)")]
         self._voted[p.size] = p.root
-        sig = self._identity.sign(Domain.TREE_HEAD, TreeHead(p.size, p.root, p.time).body())
+        sig = TreeHead(p.size, p.root, p.time).sign(self._identity, self.genesis).signature
         vote = Vote(self.settings.run_id, self.s.round, p.size, p.root, sig)
         if leader == self.me:
             return self._on_vote(self.me, vote, now if now is not None else 0.0)
@@ -502,7 +502,9 @@ class RoundMachine:
         if (msg.size, msg.root) != (p.size, p.root):
             raise ConsortiumError("vote for a different head")
         head = TreeHead(p.size, p.root, p.time).body()
-        if not is_valid_signature(self._keys[sender], Domain.TREE_HEAD, head, msg.signature):
+        if not is_valid_signature(
+            self._keys[sender], Domain.TREE_HEAD, head, msg.signature, self.genesis.digest()
+        ):
             raise ConsortiumError("invalid cosignature")
         s.votes[sender] = msg.signature
         if len(s.votes) < self.genesis.quorum:
@@ -533,7 +535,9 @@ class RoundMachine:
             nid: sig
             for nid, sig in msg.cosignatures.items()
             if nid in self._keys
-            and is_valid_signature(self._keys[nid], Domain.TREE_HEAD, head, sig)
+            and is_valid_signature(
+                self._keys[nid], Domain.TREE_HEAD, head, sig, self.genesis.digest()
+            )
         }
         if len(valid) < self.genesis.quorum:
             raise ConsortiumError(
