@@ -308,3 +308,58 @@ def test_fsck_detects_tampered_storage(members: list[NodeIdentity], ledger: Ledg
     conn.close()
     with Ledger.open(path) as led, pytest.raises(LedgerError, match="disagrees"):
         led.fsck()
+
+
+# -- consortium binding ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def genesis_b(members: list[NodeIdentity]) -> Genesis:
+    """Consortium B: the very same members (keys) as `genesis`, another manifest."""
+    g = Genesis.create("test-b", [m.public() for m in members], [Purpose("research", 1.0)], 1000)
+    for m in members:
+        g.sign(m)
+    return g
+
+
+def test_a_record_of_one_consortium_is_refused_in_another(
+    tmp_path: Path, members: list[NodeIdentity], genesis: Genesis, genesis_b: Genesis
+) -> None:
+    assert genesis.digest() != genesis_b.digest()
+    e = make_record(members[0], "record", {"x": 1}, 5, genesis)
+    e.verify(genesis)
+    with pytest.raises(SignatureError, match=r"invalid signature .* node0"):
+        e.verify(genesis_b)
+    with Ledger.create(tmp_path / "b.db", genesis_b) as ledger_b:
+        with pytest.raises(SignatureError, match="node0"):
+            ledger_b.append(e)
+        assert ledger_b.size == 1
+        ledger_b.append(make_record(members[0], "record", {"x": 1}, 5, genesis_b))
+        assert ledger_b.size == 2
+
+
+def test_a_head_cosigned_in_one_consortium_is_refused_in_another(
+    tmp_path: Path, members: list[NodeIdentity], genesis: Genesis, genesis_b: Genesis
+) -> None:
+    with Ledger.create(tmp_path / "b.db", genesis_b) as ledger_b:
+        ledger_b.append(make_record(members[0], "record", {"x": 1}, 5, genesis_b))
+        head = ledger_b.head(9)
+        in_a = _cosigned(head, members, genesis)  # every member, but for consortium A
+        assert in_a.is_final(genesis)
+        assert not in_a.is_final(genesis_b) and not in_a.valid_signers(genesis_b)
+        with pytest.raises(SignatureError, match="node0"):
+            in_a.check(genesis_b)
+        sig = in_a.signatures()[members[1].node_id]
+        with pytest.raises(SignatureError, match="node1"):
+            ledger_b.add_cosignature(head, members[1].node_id, sig)
+        assert ledger_b.cosigned_head(head).cosignatures == []
+        assert _cosigned(head, members[:3], genesis_b).is_final(genesis_b)
+    # Equivocation evidence from A is no evidence in B.
+    one = _cosigned(TreeHead(7, b"\x01" * 32, 1), members[:1], genesis)
+    two = _cosigned(TreeHead(7, b"\x02" * 32, 2), members[:1], genesis)
+    ev = find_equivocation(one, two, genesis)
+    assert ev is not None
+    ev.verify(genesis)
+    with pytest.raises(SignatureError, match="node0"):
+        ev.verify(genesis_b)
+    assert find_equivocation(one, two, genesis_b) is None

@@ -152,3 +152,37 @@ def test_equivocating_peer_heads_are_recorded(
     assert [e.node_id for e in replica.equivocations()] == [members[0].node_id]
     res.equivocations[0].verify(genesis)
     assert all(ch.head.root != lie.root for ch in replica.cosigned_heads())
+
+
+def test_entries_and_heads_of_another_consortium_are_refused(
+    tmp_path: Path, members: list[NodeIdentity], genesis: Genesis
+) -> None:
+    """Consortium B has the very same members as ours; nothing signed for it syncs into ours."""
+    other = Genesis.create("sync-b", [m.public() for m in members], [Purpose("research")], 7)
+    for m in members:
+        other.sign(m)
+    # Our consortium's ledger with B's record spliced in (stored unchecked), final heads for us.
+    source = Ledger.create(tmp_path / "s.db", genesis)
+    source.append_many([make_record(members[0], "record", {"i": i}, i, genesis) for i in range(2)])
+    source.append(make_record(members[1], "record", {"i": 2}, 2, other), verify=False)
+    for m in members[:3]:
+        source.sign_head(m, 5)
+    replica = Ledger.create(tmp_path / "r.db", genesis)
+    with pytest.raises(SignatureError, match=r"peer.s entry 3: invalid signature .* node1"):
+        sync(replica, source)
+    assert replica.size == 1
+
+    # Our consortium's entries under heads every member cosigned, but for B: not final here.
+    honest = Ledger.create(tmp_path / "h.db", genesis)
+    _grow(honest, members, 4, "a", 1)
+
+    class HeadsForB(LocalSource):
+        def cosigned_heads(self) -> list[CosignedHead]:
+            return [
+                CosignedHead(ch.head, [ch.head.sign(m, other) for m in members])
+                for ch in super().cosigned_heads()
+            ]
+
+    res = sync(replica, HeadsForB(honest))
+    assert (res.appended, res.head, replica.size) == (0, None, 1)
+    assert sync(replica, honest).appended == 4  # the same heads cosigned for us are final
