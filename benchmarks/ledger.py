@@ -35,16 +35,16 @@ def _consortium() -> tuple[NodeIdentity, Genesis]:
     return member, genesis
 
 
-def _records(member: NodeIdentity, n: int, start: int = 0) -> list[Entry]:
+def _records(member: NodeIdentity, genesis: Genesis, n: int, start: int = 0) -> list[Entry]:
     """n distinct records sharing one signature template: fast to build, distinct leaves."""
     return [
-        make_record(member, "record", {"i": i, "pad": b"\x00" * 64}, i)
+        make_record(member, "record", {"i": i, "pad": b"\x00" * 64}, i, genesis)
         for i in range(start, start + n)
     ]
 
 
-def _template_entries(member: NodeIdentity, n: int, start: int) -> list[Entry]:
-    tmpl = make_record(member, "record", {"pad": b"\x00" * 64}, 0)
+def _template_entries(member: NodeIdentity, genesis: Genesis, n: int, start: int) -> list[Entry]:
+    tmpl = make_record(member, "record", {"pad": b"\x00" * 64}, 0, genesis)
     return [Entry(tmpl.kind, tmpl.author, tmpl.body, tmpl.signatures, start + i) for i in range(n)]
 
 
@@ -61,20 +61,20 @@ def throughput(tmp: Path, batch: int) -> list[tuple[str, float]]:
     member, genesis = _consortium()
     rows: list[tuple[str, float]] = []
     with Ledger.create(tmp / "tp.db", genesis) as led:
-        singles = _records(member, 300)
+        singles = _records(member, genesis, 300)
         t = time.perf_counter()
         for e in singles:
             led.append(e)
         rate = 300 / (time.perf_counter() - t)
         rows.append(("single append, verified (1 tx + fsync each)", rate))
-        signed = _records(member, 20 * batch // 10, start=1000)
+        signed = _records(member, genesis, 20 * batch // 10, start=1000)
         t = time.perf_counter()
         for i in range(0, len(signed), batch):
             led.append_many(signed[i : i + batch])
         rate = len(signed) / (time.perf_counter() - t)
         rows.append((f"batched append x{batch}, verified", rate))
         n = 50 * batch
-        entries = _template_entries(member, n, 10**6)
+        entries = _template_entries(member, genesis, n, 10**6)
         t = time.perf_counter()
         for i in range(0, n, batch):
             led.append_many(entries[i : i + batch], verify=False)
@@ -98,7 +98,7 @@ def proofs(tmp: Path, sizes: list[int], batch: int) -> list[tuple[int, str, int,
         for size in sorted(sizes):
             while led.size < size:
                 n = min(10 * batch, size - led.size)
-                led.append_many(_template_entries(member, n, led.size), verify=False)
+                led.append_many(_template_entries(member, genesis, n, led.size), verify=False)
             root = led.root()
             index, old = size // 3 + 1, size // 2 + 1
             leaf = led.leaf_hash(index)
@@ -159,7 +159,7 @@ def audit_time(tmp: Path, n: int) -> str:
         batch = []
         for k in range(n):
             body = {"round": k, "participants": [i.node_id for i in ids], "loss": 0.5}
-            batch.append(make_record(ids[k % 3], "round", body, k))
+            batch.append(make_record(ids[k % 3], "round", body, k, genesis))
             if len(batch) == 1000 or k == n - 1:
                 led.append_many(batch, verify=False)  # signed just above by members
                 batch = []

@@ -44,7 +44,9 @@ def test_anchored_run_audits_and_rewrite_is_caught(tmp_path: Path) -> None:
     forged_path = tmp_path / "forged.sqlite"
     with Ledger.create(forged_path, genesis) as forged:
         for k in range(3):
-            forged.append(make_record(ids[0], "note", {"round": k + 1, "note": "forged"}, k))
+            forged.append(
+                make_record(ids[0], "note", {"round": k + 1, "note": "forged"}, k, genesis)
+            )
             for ident in ids:
                 forged.sign_head(ident, 10 + k)
     audit_copy = tmp_path / "copy"

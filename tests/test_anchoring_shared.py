@@ -172,7 +172,7 @@ def test_shared_chain_run_audit_and_forgery(
         shutil.copy(dirs[0] / name, forged / name)
     with Ledger.create(forged / LEDGER_FILE, genesis) as log:
         for k in range(ROUNDS):
-            log.append(make_record(ids[0], "note", {"round": k + 1, "note": "forged"}, k))
+            log.append(make_record(ids[0], "note", {"round": k + 1, "note": "forged"}, k, genesis))
             for ident in ids:
                 log.sign_head(ident, 10 + k)
     with pytest.raises(AuditError, match="does not extend anchored head"):

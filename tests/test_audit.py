@@ -11,11 +11,13 @@ import pytest
 from typer.testing import CliRunner
 
 from consortium.audit import audit
+from consortium.audit.entries_check import check_chunk
 from consortium.cli.app import app
-from consortium.core.errors import AuditError
+from consortium.core.encoding import Domain
+from consortium.core.errors import AuditError, SignatureError
 from consortium.core.genesis import Genesis, Purpose
 from consortium.core.identity import NodeIdentity
-from consortium.ledger.entries import make_record
+from consortium.ledger.entries import Entry, make_record
 from consortium.ledger.log import Ledger
 from consortium.store.blockstore import BlockStore
 from consortium.store.objects import put_bytes
@@ -36,7 +38,9 @@ def build_folder(root: Path, n_members: int = 3, n_records: int = 12) -> Path:
             size = rng.choice([100, 5000, 1_100_000])  # the large one spans two blocks
             cid = put_bytes(store, rng.randbytes(size))
             author = ids[k % n_members]
-            ledger.append(make_record(author, "artifact", {"n": k, "model": cid}, 1000 + k))
+            ledger.append(
+                make_record(author, "artifact", {"n": k, "model": cid}, 1000 + k, genesis)
+            )
             if k % 3 == 2:  # a final head every few entries
                 for ident in ids[: genesis.quorum]:
                     ledger.sign_head(ident, 2000 + k)
@@ -157,7 +161,103 @@ def test_a_consent_commitment_carrying_an_identifier_fails_audit(tmp_path: Path)
         body = round_body(ident.node_id, 1, leak)
         store = BlockStore(tmp_path / "store")
         put_bytes(store, b"model 1")  # the record's model: the audit reaches the record itself
-        ledger.append(make_record(ident, "round", body, 5))
+        ledger.append(make_record(ident, "round", body, 5, genesis))
         ledger.sign_head(ident, 6)
     with pytest.raises(AuditError, match="entry 1: malformed round record: consent commitment"):
         audit(tmp_path)
+
+
+# -- consortium binding ----------------------------------------------------------------------------
+
+
+def _twin_consortia() -> tuple[list[NodeIdentity], Genesis, Genesis]:
+    """Consortia A and B with the very same members (keys); only the manifests differ."""
+    ids = [NodeIdentity.generate(f"m{i}", seed=b"audit-bind%d" % i) for i in range(3)]
+    a = Genesis.create("twin", [i.public() for i in ids], [Purpose("research")], 1)
+    b = Genesis.create("twin", [i.public() for i in ids], [Purpose("research"), Purpose("x")], 1)
+    for g in (a, b):
+        for i in ids:
+            g.sign(i)
+    assert a.digest() != b.digest()
+    return ids, a, b
+
+
+def _folder_of_b(root: Path, ids: list[NodeIdentity], a: Genesis, b: Genesis, spliced: int) -> None:
+    """B's folder whose record at `spliced` was signed for A (stored unchecked); heads for B."""
+    b.save(root / "genesis.json")
+    with Ledger.create(root / "ledger.sqlite", b) as ledger:
+        for k in range(1, 6):
+            g = a if k == spliced else b
+            ledger.append(make_record(ids[k % 3], "note", {"round": k}, k, g), verify=False)
+        for ident in ids[: b.quorum]:
+            ledger.sign_head(ident, 10)
+
+
+def test_an_entry_signed_for_another_consortium_fails_audit(tmp_path: Path) -> None:
+    ids, a, b = _twin_consortia()
+    (tmp_path / "clean").mkdir()
+    _folder_of_b(tmp_path / "clean", ids, a, b, spliced=0)
+    assert audit(tmp_path / "clean", workers=1).entries == 6
+    (tmp_path / "spliced").mkdir()
+    _folder_of_b(tmp_path / "spliced", ids, a, b, spliced=3)
+    with pytest.raises(
+        AuditError, match=f"entry 3: invalid signature on note entry from {ids[0].node_id}"
+    ):
+        audit(tmp_path / "spliced", workers=1)
+
+
+def test_a_head_cosigned_for_another_consortium_fails_audit(tmp_path: Path) -> None:
+    ids, a, b = _twin_consortia()
+    _folder_of_b(tmp_path, ids, a, b, spliced=0)
+    audit(tmp_path, workers=1)
+    with Ledger.open(tmp_path / "ledger.sqlite") as ledger:
+        head = ledger.head(11)
+        with ledger._transaction():  # stored unchecked, as a tampered folder would hold it
+            ledger._store_cosignatures(head, [head.sign(ids[1], a)])
+    with pytest.raises(AuditError, match="tree head of size 6: invalid cosignature from m1"):
+        audit(tmp_path, workers=1)
+
+
+def test_fast_and_slow_entry_checks_agree(tmp_path: Path) -> None:
+    """The audit's fast path (bytes sliced from storage) and `Entry.verify` (re-encoded) accept
+    and refuse the very same entries, in either consortium."""
+    ids, a, b = _twin_consortia()
+    outsider = NodeIdentity.generate("outsider", seed=b"audit-bind-out")
+    e = make_record(ids[0], "round", {"round": 1, "loss": 0.5}, 7, b)
+    in_a = make_record(ids[0], "round", {"round": 1, "loss": 0.5}, 7, a)
+    second_b = {ids[1].node_id: ids[1].sign(Domain.RECORD, e.signed_body(), b.digest())}
+    flipped = bytearray(e.signatures[e.author])
+    flipped[9] ^= 4
+    cases = {
+        "valid in B": e,
+        "signed for A": in_a,
+        "body changed": Entry(e.kind, e.author, {"round": 2, "loss": 0.5}, e.signatures, e.time),
+        "signature flipped": Entry(e.kind, e.author, e.body, {e.author: bytes(flipped)}, e.time),
+        "outsider": make_record(outsider, "round", e.body, 7, b),
+        "cosigned in B": Entry(e.kind, e.author, e.body, {**e.signatures, **second_b}, e.time),
+        "cosigner for A": Entry(e.kind, e.author, e.body, {**in_a.signatures, **second_b}, e.time),
+    }
+    keys = {m.node_id: m.public_key for m in b.members}
+    results: dict[str, tuple[bool, bool]] = {}
+    for name, entry in cases.items():
+        for g in (a, b):
+            fast = check_chunk([(1, entry.data)], keys, g.digest()).error is None
+            try:
+                Entry.from_bytes(entry.data).verify(g)
+                slow = True
+            except SignatureError:
+                slow = False
+            assert fast == slow, (name, g.purposes)
+        results[name] = (
+            check_chunk([(1, entry.data)], keys, a.digest()).error is None,
+            check_chunk([(1, entry.data)], keys, b.digest()).error is None,
+        )
+    assert results == {
+        "valid in B": (False, True),
+        "signed for A": (True, False),
+        "body changed": (False, False),
+        "signature flipped": (False, False),
+        "outsider": (False, False),
+        "cosigned in B": (False, True),
+        "cosigner for A": (False, False),
+    }

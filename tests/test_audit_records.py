@@ -54,7 +54,7 @@ def _forge(
             body, author = dict(e.body), e.author
             if body["round"] == 1:
                 author = change(body, sorted(ids)) or author
-            forged.append(make_record(ids[author], "round", body, e.time))
+            forged.append(make_record(ids[author], "round", body, e.time, genesis))
     return out
 
 

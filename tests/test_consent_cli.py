@@ -152,7 +152,7 @@ def test_check_against_a_ledger(tmp_path: Path) -> None:
     ledger = Ledger.create(tmp_path / "ledger.sqlite", g)
     for r, rc in published.items():
         body = round_body(ident.node_id, r, rc.to_body())
-        ledger.append(make_record(ident, "round", body, r))
+        ledger.append(make_record(ident, "round", body, r, g))
     ledger.close()
     rfile = tmp_path / "s1.json"
     code, _, err = run(

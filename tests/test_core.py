@@ -10,7 +10,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consortium.core.encoding import Domain, decode, encode, signing_payload
+from consortium.core.encoding import (
+    CONSORTIUM_DOMAINS,
+    IDENTITY_DOMAINS,
+    Domain,
+    decode,
+    digest,
+    encode,
+    signing_payload,
+)
 from consortium.core.errors import EncodingError, GenesisError, IdentityError, SignatureError
 from consortium.core.genesis import Genesis, Purpose, quorum_for
 from consortium.core.identity import (
@@ -20,6 +28,7 @@ from consortium.core.identity import (
     node_id_for,
     verify_signature,
 )
+from consortium.ledger.entries import check_signature
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text() | st.binary(),
@@ -53,13 +62,101 @@ def test_decode_refuses_non_canonical_bytes() -> None:
 def test_signature_for_one_domain_does_not_verify_in_another() -> None:
     ident = NodeIdentity.generate("a")
     body = {"size": 3, "root": b"\x00" * 32}
-    sig = ident.sign(Domain.TREE_HEAD, body)
-    verify_signature(ident.public_key, Domain.TREE_HEAD, body, sig)
+    sig = ident.sign(Domain.TREE_HEAD, body, DIGEST)
+    verify_signature(ident.public_key, Domain.TREE_HEAD, body, sig, DIGEST)
     assert not is_valid_signature(ident.public_key, Domain.GENESIS, body, sig)
-    assert not is_valid_signature(ident.public_key, Domain.TREE_HEAD, {**body, "size": 4}, sig)
-    assert signing_payload(Domain.TREE_HEAD, body) != signing_payload(Domain.GENESIS, body)
+    assert not is_valid_signature(ident.public_key, Domain.RECORD, body, sig, DIGEST)
+    assert not is_valid_signature(
+        ident.public_key, Domain.TREE_HEAD, {**body, "size": 4}, sig, DIGEST
+    )
+    assert signing_payload(Domain.TREE_HEAD, body, DIGEST) != signing_payload(
+        Domain.RECORD, body, DIGEST
+    )
     with pytest.raises(SignatureError):
-        verify_signature(ident.public_key, Domain.TREE_HEAD, body, sig[:10])
+        verify_signature(ident.public_key, Domain.TREE_HEAD, body, sig[:10], DIGEST)
+
+
+# -- consortium binding ----------------------------------------------------------------------------
+
+DIGEST = bytes(range(32))
+
+
+def test_domains_split_into_consortium_bound_and_identity() -> None:
+    assert {Domain.TREE_HEAD, Domain.RECORD, Domain.ROUND, Domain.MESSAGE} <= CONSORTIUM_DOMAINS
+    assert {
+        Domain.GENESIS,
+        Domain.TLS_BINDING,
+        Domain.CHAIN_KEY,
+        Domain.CHAIN_ACCOUNT,
+    } == IDENTITY_DOMAINS
+    assert set(Domain) == CONSORTIUM_DOMAINS | IDENTITY_DOMAINS
+    assert not CONSORTIUM_DOMAINS & IDENTITY_DOMAINS
+
+
+def test_payload_is_tag_then_consortium_digest_then_canonical_bytes() -> None:
+    body = {"x": 1}
+    tag = b"consortium/v1/record"
+    expected = bytes([len(tag)]) + tag + DIGEST + encode(body)
+    assert signing_payload(Domain.RECORD, body, DIGEST) == expected
+    # Identity domains carry no digest: their payloads (hence TLS bindings, EVM accounts) are
+    # what they were before consortium binding.
+    tag = b"consortium/v1/tls-binding"
+    assert signing_payload(Domain.TLS_BINDING, body) == bytes([len(tag)]) + tag + encode(body)
+
+
+@pytest.mark.parametrize("domain", [d for d in Domain if d in CONSORTIUM_DOMAINS])
+def test_a_bound_domain_without_a_digest_is_a_programming_error(domain: Domain) -> None:
+    ident = NodeIdentity.generate("a")
+    body = {"size": 3}
+    sig = ident.sign(domain, body, DIGEST)
+    for missing in (b"", DIGEST[:31], DIGEST + b"\x00"):
+        with pytest.raises(ValueError, match="genesis digest"):
+            signing_payload(domain, body, missing)
+        with pytest.raises(ValueError, match="genesis digest"):
+            ident.sign(domain, body, missing)
+        # Raised, not reported as an invalid signature: a caller cannot silently forget it.
+        with pytest.raises(ValueError, match="genesis digest"):
+            is_valid_signature(ident.public_key, domain, body, sig, missing)
+        with pytest.raises(ValueError, match="genesis digest"):
+            check_signature(ident.public_key, domain, body, sig, missing)
+
+
+@pytest.mark.parametrize("domain", [d for d in Domain if d in IDENTITY_DOMAINS])
+def test_an_identity_domain_with_a_digest_is_a_programming_error(domain: Domain) -> None:
+    ident = NodeIdentity.generate("a")
+    body = {"node_id": ident.node_id}
+    sig = ident.sign(domain, body)
+    verify_signature(ident.public_key, domain, body, sig)
+    with pytest.raises(ValueError, match="not bound to a consortium"):
+        signing_payload(domain, body, DIGEST)
+    with pytest.raises(ValueError, match="not bound to a consortium"):
+        ident.sign(domain, body, DIGEST)
+    with pytest.raises(ValueError, match="not bound to a consortium"):
+        verify_signature(ident.public_key, domain, body, sig, DIGEST)
+    with pytest.raises(ValueError, match="not bound to a consortium"):
+        check_signature(ident.public_key, domain, body, sig, DIGEST)
+
+
+def _two_consortia() -> tuple[list[NodeIdentity], Genesis, Genesis]:
+    """Consortia A and B with the very same members (keys), differing only in their manifest."""
+    ids = [NodeIdentity.generate(f"n{i}", seed=b"bind%d" % i) for i in range(3)]
+    pubs = [i.public() for i in ids]
+    a = Genesis.create("alpha", pubs, [Purpose("research")], 1)
+    b = Genesis.create("alpha", pubs, [Purpose("marketing")], 1)
+    for g in (a, b):
+        for i in ids:
+            g.sign(i)
+    return ids, a, b
+
+
+def test_a_signature_made_in_one_consortium_does_not_verify_in_another() -> None:
+    ids, a, b = _two_consortia()
+    assert a.digest() != b.digest()
+    body = {"size": 3, "root": b"\x00" * 32, "time": 1}
+    for domain in CONSORTIUM_DOMAINS:
+        sig = ids[0].sign(domain, body, a.digest())
+        assert is_valid_signature(ids[0].public_key, domain, body, sig, a.digest())
+        assert not is_valid_signature(ids[0].public_key, domain, body, sig, b.digest())
 
 
 def test_node_id_is_a_printable_cid_of_the_key() -> None:
@@ -156,3 +253,23 @@ def test_body_survives_canonical_round_trip() -> None:
         g.sign(i)
     rebuilt = Genesis.from_body(decode(encode(g.body())), g.signatures)
     rebuilt.verify()
+
+
+def test_genesis_digest_cache_follows_every_change() -> None:
+    ids = [NodeIdentity.generate(f"n{i}", seed=b"cache%d" % i) for i in range(2)]
+    g = Genesis.create("alpha", [i.public() for i in ids], [Purpose("research")], 1)
+    before = g.digest()
+    assert g.digest() == before == digest(g.body())
+    g.consortium = "beta"
+    assert g.digest() == digest(g.body()) != before
+    g.consortium = "alpha"
+    assert g.digest() == before
+    g.purposes.append(Purpose("more"))
+    assert g.digest() == digest(g.body()) != before
+    g.purposes.pop()
+    g.members[0] = ids[1].public()  # same length, another member in the first place
+    assert g.digest() == digest(g.body()) != before
+    g.members[0] = ids[0].public()  # an equal but new object
+    assert g.digest() == before
+    g.quorum = 1
+    assert g.digest() == digest(g.body()) != before

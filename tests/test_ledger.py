@@ -59,7 +59,7 @@ def test_record_roundtrip_verify_and_references(
     members: list[NodeIdentity], genesis: Genesis
 ) -> None:
     a, b = _cid(b"model"), _cid(b"update")
-    e = make_record(members[0], "round", {"model": a, "nested": {"updates": [b, 3]}}, 42)
+    e = make_record(members[0], "round", {"model": a, "nested": {"updates": [b, 3]}}, 42, genesis)
     e.verify(genesis)
     back = Entry.from_bytes(e.data)
     assert back == e
@@ -77,7 +77,7 @@ def test_record_roundtrip_verify_and_references(
 
 
 def test_tampered_record_is_rejected(members: list[NodeIdentity], genesis: Genesis) -> None:
-    e = make_record(members[1], "record", {"x": 1}, 5)
+    e = make_record(members[1], "record", {"x": 1}, 5, genesis)
     forged_body = Entry(e.kind, e.author, {"x": 2}, e.signatures, e.time)
     with pytest.raises(SignatureError, match="node1"):
         forged_body.verify(genesis)
@@ -87,7 +87,7 @@ def test_tampered_record_is_rejected(members: list[NodeIdentity], genesis: Genes
         Entry(e.kind, e.author, e.body, {e.author: bytes(sig)}, e.time).verify(genesis)
     outsider = NodeIdentity.generate("outsider")
     with pytest.raises(SignatureError, match="not a member"):
-        make_record(outsider, "record", {}, 1).verify(genesis)
+        make_record(outsider, "record", {}, 1, genesis).verify(genesis)
     with pytest.raises(SignatureError, match="not signed by its author"):
         Entry("record", members[0].node_id, {}, {members[1].node_id: b"x" * 64}, 1).verify(genesis)
 
@@ -123,18 +123,18 @@ def test_malformed_entry_bytes_are_refused(obj: object) -> None:
 # -- heads -----------------------------------------------------------------------------------------
 
 
-def _cosigned(head: TreeHead, signers: list[NodeIdentity]) -> CosignedHead:
-    return CosignedHead(head, [head.sign(m) for m in signers])
+def _cosigned(head: TreeHead, signers: list[NodeIdentity], genesis: Genesis) -> CosignedHead:
+    return CosignedHead(head, [head.sign(m, genesis) for m in signers])
 
 
 def test_finality_needs_exactly_quorum(members: list[NodeIdentity], genesis: Genesis) -> None:
     assert genesis.quorum == 3
     head = TreeHead(5, b"\x11" * 32, 9)
-    assert not _cosigned(head, members[:2]).is_final(genesis)
-    assert _cosigned(head, members[:3]).is_final(genesis)
+    assert not _cosigned(head, members[:2], genesis).is_final(genesis)
+    assert _cosigned(head, members[:3], genesis).is_final(genesis)
     # Duplicates and invalid signatures do not count towards the quorum.
-    dup = _cosigned(head, members[:2])
-    dup.cosignatures.append(head.sign(members[0]))
+    dup = _cosigned(head, members[:2], genesis)
+    dup.cosignatures.append(head.sign(members[0], genesis))
     dup.cosignatures.append(Cosignature(members[3].node_id, b"\x00" * 64))
     assert dup.valid_signers(genesis) == {members[0].node_id, members[1].node_id}
     assert not dup.is_final(genesis)
@@ -142,13 +142,13 @@ def test_finality_needs_exactly_quorum(members: list[NodeIdentity], genesis: Gen
         dup.check(genesis)
     # A signature over another head's body is not a signature on this head.
     other = TreeHead(5, b"\x11" * 32, 10)
-    moved = CosignedHead(head, [other.sign(m) for m in members[:3]])
+    moved = CosignedHead(head, [other.sign(m, genesis) for m in members[:3]])
     assert not moved.is_final(genesis)
 
 
 def test_equivocation_evidence_roundtrip(members: list[NodeIdentity], genesis: Genesis) -> None:
-    a = _cosigned(TreeHead(7, b"\x01" * 32, 1), members[:3])
-    b = _cosigned(TreeHead(7, b"\x02" * 32, 2), members[2:])
+    a = _cosigned(TreeHead(7, b"\x01" * 32, 1), members[:3], genesis)
+    b = _cosigned(TreeHead(7, b"\x02" * 32, 2), members[2:], genesis)
     ev = find_equivocation(a, b, genesis)
     assert ev is not None and ev.node_id == members[2].node_id
     ev.verify(genesis)
@@ -156,9 +156,15 @@ def test_equivocation_evidence_roundtrip(members: list[NodeIdentity], genesis: G
     back.verify(genesis)
     assert back.to_bytes() == ev.to_bytes()
     # Not equivocation: same root, or different sizes, or no common signer.
-    assert find_equivocation(a, _cosigned(TreeHead(7, b"\x01" * 32, 5), members), genesis) is None
-    assert find_equivocation(a, _cosigned(TreeHead(8, b"\x02" * 32, 2), members), genesis) is None
-    lone = _cosigned(TreeHead(7, b"\x02" * 32, 2), members[3:])
+    assert (
+        find_equivocation(a, _cosigned(TreeHead(7, b"\x01" * 32, 5), members, genesis), genesis)
+        is None
+    )
+    assert (
+        find_equivocation(a, _cosigned(TreeHead(8, b"\x02" * 32, 2), members, genesis), genesis)
+        is None
+    )
+    lone = _cosigned(TreeHead(7, b"\x02" * 32, 2), members[3:], genesis)
     assert find_equivocation(a, lone, genesis) is None
     # Forged evidence (signature not by the accused) fails third-party verification.
     forged = Equivocation(
@@ -202,9 +208,9 @@ def test_create_open_and_refusals(tmp_path: Path, genesis: Genesis) -> None:
 
 
 def test_append_proofs_and_reopen(
-    tmp_path: Path, members: list[NodeIdentity], ledger: Ledger
+    tmp_path: Path, members: list[NodeIdentity], ledger: Ledger, genesis: Genesis
 ) -> None:
-    records = [make_record(members[i % 4], "record", {"i": i}, i) for i in range(40)]
+    records = [make_record(members[i % 4], "record", {"i": i}, i, genesis) for i in range(40)]
     assert ledger.append(records[0]) == 1
     assert ledger.append_many(records[1:]) == 2
     assert ledger.size == 41
@@ -229,12 +235,12 @@ def test_append_proofs_and_reopen(
     ledger.close()
     with Ledger.open(ledger.path) as again:
         assert again.size == 41 and again.root() == root
-        again.append(make_record(members[0], "record", {"i": 99}, 99))
+        again.append(make_record(members[0], "record", {"i": 99}, 99, genesis))
         assert again.fsck() == again.root()
 
 
 def test_append_refuses_bad_entries_atomically(members: list[NodeIdentity], ledger: Ledger) -> None:
-    good = make_record(members[0], "record", {"ok": True}, 1)
+    good = make_record(members[0], "record", {"ok": True}, 1, ledger.genesis())
     bad = Entry(good.kind, good.author, {"ok": False}, good.signatures, good.time)
     with pytest.raises(SignatureError):
         ledger.append_many([good, bad])
@@ -247,18 +253,18 @@ def test_append_refuses_bad_entries_atomically(members: list[NodeIdentity], ledg
 def test_cosign_finality_and_equivocation_in_ledger(
     members: list[NodeIdentity], ledger: Ledger, genesis: Genesis
 ) -> None:
-    ledger.append(make_record(members[0], "record", {"n": 1}, 1))
+    ledger.append(make_record(members[0], "record", {"n": 1}, 1, genesis))
     head = ledger.head(50)
     for m in members[:2]:
-        sig = head.sign(m)
+        sig = head.sign(m, genesis)
         ledger.add_cosignature(head, sig.node_id, sig.signature)
     assert ledger.latest_final_head() is None  # quorum - 1
-    sig = head.sign(members[2])
+    sig = head.sign(members[2], genesis)
     ledger.add_cosignature(head, sig.node_id, sig.signature)
     final = ledger.latest_final_head()
     assert final is not None and final.head == head and final.is_final(genesis)
     # A tampered cosignature is refused and not stored.
-    bad = bytearray(head.sign(members[3]).signature)
+    bad = bytearray(head.sign(members[3], genesis).signature)
     bad[5] ^= 0xFF
     with pytest.raises(SignatureError, match="node3"):
         ledger.add_cosignature(head, members[3].node_id, bytes(bad))
@@ -266,17 +272,19 @@ def test_cosign_finality_and_equivocation_in_ledger(
     # node1 signs a different root for the same size: refused as a fork, evidence recorded.
     liar = TreeHead(head.size, b"\x66" * 32, 51)
     with pytest.raises(ForkError, match="node1"):
-        ledger.add_cosignature(liar, members[1].node_id, liar.sign(members[1]).signature)
+        ledger.add_cosignature(liar, members[1].node_id, liar.sign(members[1], genesis).signature)
     evs = ledger.equivocations()
     assert len(evs) == 1 and evs[0].node_id == members[1].node_id
     evs[0].verify(genesis)
     # node3 never signed the real head: a conflicting head from it is a fork but no equivocation.
     with pytest.raises(ForkError):
-        ledger.add_cosignature(liar, members[3].node_id, liar.sign(members[3]).signature)
+        ledger.add_cosignature(liar, members[3].node_id, liar.sign(members[3], genesis).signature)
     assert len(ledger.equivocations()) == 1
     with pytest.raises(LedgerError, match="beyond"):
         future = TreeHead(99, b"\x01" * 32, 1)
-        ledger.add_cosignature(future, members[0].node_id, future.sign(members[0]).signature)
+        ledger.add_cosignature(
+            future, members[0].node_id, future.sign(members[0], genesis).signature
+        )
 
 
 def test_sign_head_signature_domain(members: list[NodeIdentity], ledger: Ledger) -> None:
@@ -284,12 +292,14 @@ def test_sign_head_signature_domain(members: list[NodeIdentity], ledger: Ledger)
     sig = ch.signatures()[members[0].node_id]
     from consortium.core.identity import is_valid_signature
 
-    assert is_valid_signature(members[0].public_key, Domain.TREE_HEAD, ch.head.body(), sig)
-    assert not is_valid_signature(members[0].public_key, Domain.RECORD, ch.head.body(), sig)
+    digest = ledger.genesis().digest()
+    assert is_valid_signature(members[0].public_key, Domain.TREE_HEAD, ch.head.body(), sig, digest)
+    assert not is_valid_signature(members[0].public_key, Domain.RECORD, ch.head.body(), sig, digest)
 
 
 def test_fsck_detects_tampered_storage(members: list[NodeIdentity], ledger: Ledger) -> None:
-    ledger.append_many([make_record(members[0], "record", {"i": i}, i) for i in range(9)])
+    g = ledger.genesis()
+    ledger.append_many([make_record(members[0], "record", {"i": i}, i, g) for i in range(9)])
     path = ledger.path
     ledger.close()
     conn = sqlite3.connect(path)
@@ -298,3 +308,58 @@ def test_fsck_detects_tampered_storage(members: list[NodeIdentity], ledger: Ledg
     conn.close()
     with Ledger.open(path) as led, pytest.raises(LedgerError, match="disagrees"):
         led.fsck()
+
+
+# -- consortium binding ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def genesis_b(members: list[NodeIdentity]) -> Genesis:
+    """Consortium B: the very same members (keys) as `genesis`, another manifest."""
+    g = Genesis.create("test-b", [m.public() for m in members], [Purpose("research", 1.0)], 1000)
+    for m in members:
+        g.sign(m)
+    return g
+
+
+def test_a_record_of_one_consortium_is_refused_in_another(
+    tmp_path: Path, members: list[NodeIdentity], genesis: Genesis, genesis_b: Genesis
+) -> None:
+    assert genesis.digest() != genesis_b.digest()
+    e = make_record(members[0], "record", {"x": 1}, 5, genesis)
+    e.verify(genesis)
+    with pytest.raises(SignatureError, match=r"invalid signature .* node0"):
+        e.verify(genesis_b)
+    with Ledger.create(tmp_path / "b.db", genesis_b) as ledger_b:
+        with pytest.raises(SignatureError, match="node0"):
+            ledger_b.append(e)
+        assert ledger_b.size == 1
+        ledger_b.append(make_record(members[0], "record", {"x": 1}, 5, genesis_b))
+        assert ledger_b.size == 2
+
+
+def test_a_head_cosigned_in_one_consortium_is_refused_in_another(
+    tmp_path: Path, members: list[NodeIdentity], genesis: Genesis, genesis_b: Genesis
+) -> None:
+    with Ledger.create(tmp_path / "b.db", genesis_b) as ledger_b:
+        ledger_b.append(make_record(members[0], "record", {"x": 1}, 5, genesis_b))
+        head = ledger_b.head(9)
+        in_a = _cosigned(head, members, genesis)  # every member, but for consortium A
+        assert in_a.is_final(genesis)
+        assert not in_a.is_final(genesis_b) and not in_a.valid_signers(genesis_b)
+        with pytest.raises(SignatureError, match="node0"):
+            in_a.check(genesis_b)
+        sig = in_a.signatures()[members[1].node_id]
+        with pytest.raises(SignatureError, match="node1"):
+            ledger_b.add_cosignature(head, members[1].node_id, sig)
+        assert ledger_b.cosigned_head(head).cosignatures == []
+        assert _cosigned(head, members[:3], genesis_b).is_final(genesis_b)
+    # Equivocation evidence from A is no evidence in B.
+    one = _cosigned(TreeHead(7, b"\x01" * 32, 1), members[:1], genesis)
+    two = _cosigned(TreeHead(7, b"\x02" * 32, 2), members[:1], genesis)
+    ev = find_equivocation(one, two, genesis)
+    assert ev is not None
+    ev.verify(genesis)
+    with pytest.raises(SignatureError, match="node0"):
+        ev.verify(genesis_b)
+    assert find_equivocation(one, two, genesis_b) is None

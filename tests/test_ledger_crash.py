@@ -33,7 +33,7 @@ def test_sigkill_mid_append_leaves_consistent_ledger(tmp_path: Path) -> None:
     genesis.sign(member)
     path = tmp_path / "ledger.db"
     with Ledger.create(path, genesis) as led:
-        led.append(make_record(member, "record", {"payload": "x" * 200}, 1))
+        led.append(make_record(member, "record", {"payload": "x" * 200}, 1, genesis))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     for round_ in range(3):
         proc = subprocess.Popen(
@@ -52,5 +52,5 @@ def test_sigkill_mid_append_leaves_consistent_ledger(tmp_path: Path) -> None:
             recomputed = merkle.root_from_leaf_hashes([merkle.leaf_hash(d) for d in datas])
             assert recomputed == led.root()
             assert led.fsck() == recomputed
-            led.append(make_record(member, "record", {"after": round_}, 2))
+            led.append(make_record(member, "record", {"after": round_}, 2, genesis))
             assert led.fsck() == led.root()

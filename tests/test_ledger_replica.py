@@ -27,7 +27,8 @@ def genesis(members: list[NodeIdentity]) -> Genesis:
 
 
 def _grow(led: Ledger, members: list[NodeIdentity], n: int, tag: str, time: int) -> None:
-    led.append_many([make_record(members[i % 4], "record", {tag: i}, i) for i in range(n)])
+    g = led.genesis()
+    led.append_many([make_record(members[i % 4], "record", {tag: i}, i, g) for i in range(n)])
     for m in members[:3]:  # quorum of 4 is 3
         led.sign_head(m, time)
 
@@ -45,7 +46,7 @@ def test_replica_catches_up_in_steps(
     assert replica.latest_final_head() is not None
     # A second round through the abstract protocol, entries beyond the final head are not taken.
     _grow(source, members, 10, "b", 200)
-    source.append(make_record(members[0], "record", {"unsigned": True}, 1))
+    source.append(make_record(members[0], "record", {"unsigned": True}, 1, genesis))
     res = sync(replica, LocalSource(source))
     assert (res.appended, replica.size) == (10, 36)
     assert replica.root() == source.root(36)
@@ -58,7 +59,7 @@ def test_no_final_head_means_nothing_to_take(
 ) -> None:
     source = Ledger.create(tmp_path / "src.db", genesis)
     replica = Ledger.create(tmp_path / "rep.db", genesis)
-    source.append_many([make_record(members[0], "record", {"i": i}, i) for i in range(5)])
+    source.append_many([make_record(members[0], "record", {"i": i}, i, genesis) for i in range(5)])
     for m in members[:2]:  # quorum - 1
         source.sign_head(m, 1)
     res = sync(replica, source)
@@ -72,7 +73,9 @@ def test_fork_is_refused_and_nothing_written(
     _grow(source, members, 10, "a", 100)
     replica_path = tmp_path / "rep.db"
     replica = Ledger.create(replica_path, genesis)
-    replica.append_many([make_record(members[1], "record", {"other": i}, i) for i in range(3)])
+    replica.append_many(
+        [make_record(members[1], "record", {"other": i}, i, genesis) for i in range(3)]
+    )
     before = (replica.size, replica.root())
     with pytest.raises(ForkError, match="not an extension"):
         sync(replica, source)
@@ -97,7 +100,7 @@ def test_entries_not_matching_final_head_are_refused(
     honest = Ledger.create(tmp_path / "h.db", genesis)
     fake = Ledger.create(tmp_path / "f.db", genesis)
     _grow(honest, members, 8, "a", 1)
-    fake.append_many([make_record(members[0], "record", {"b": i}, i) for i in range(8)])
+    fake.append_many([make_record(members[0], "record", {"b": i}, i, genesis) for i in range(8)])
     replica = Ledger.create(tmp_path / "r.db", genesis)
     with pytest.raises(ForkError, match="do not hash"):
         sync(replica, LyingSource(honest, fake))
@@ -140,7 +143,7 @@ def test_equivocating_peer_heads_are_recorded(
             return [
                 *super().cosigned_heads(),
                 CosignedHead(
-                    lie, [Cosignature(members[0].node_id, lie.sign(members[0]).signature)]
+                    lie, [Cosignature(members[0].node_id, lie.sign(members[0], genesis).signature)]
                 ),
             ]
 
@@ -149,3 +152,37 @@ def test_equivocating_peer_heads_are_recorded(
     assert [e.node_id for e in replica.equivocations()] == [members[0].node_id]
     res.equivocations[0].verify(genesis)
     assert all(ch.head.root != lie.root for ch in replica.cosigned_heads())
+
+
+def test_entries_and_heads_of_another_consortium_are_refused(
+    tmp_path: Path, members: list[NodeIdentity], genesis: Genesis
+) -> None:
+    """Consortium B has the very same members as ours; nothing signed for it syncs into ours."""
+    other = Genesis.create("sync-b", [m.public() for m in members], [Purpose("research")], 7)
+    for m in members:
+        other.sign(m)
+    # Our consortium's ledger with B's record spliced in (stored unchecked), final heads for us.
+    source = Ledger.create(tmp_path / "s.db", genesis)
+    source.append_many([make_record(members[0], "record", {"i": i}, i, genesis) for i in range(2)])
+    source.append(make_record(members[1], "record", {"i": 2}, 2, other), verify=False)
+    for m in members[:3]:
+        source.sign_head(m, 5)
+    replica = Ledger.create(tmp_path / "r.db", genesis)
+    with pytest.raises(SignatureError, match=r"peer.s entry 3: invalid signature .* node1"):
+        sync(replica, source)
+    assert replica.size == 1
+
+    # Our consortium's entries under heads every member cosigned, but for B: not final here.
+    honest = Ledger.create(tmp_path / "h.db", genesis)
+    _grow(honest, members, 4, "a", 1)
+
+    class HeadsForB(LocalSource):
+        def cosigned_heads(self) -> list[CosignedHead]:
+            return [
+                CosignedHead(ch.head, [ch.head.sign(m, other) for m in members])
+                for ch in super().cosigned_heads()
+            ]
+
+    res = sync(replica, HeadsForB(honest))
+    assert (res.appended, res.head, replica.size) == (0, None, 1)
+    assert sync(replica, honest).appended == 4  # the same heads cosigned for us are final

@@ -111,6 +111,6 @@ def test_audit_flags_a_tampered_privacy_total(tmp_path: Path) -> None:
             for r in priv["record"].values():
                 r["total_epsilon"] = r["total_epsilon"] / 10  # claim a tenth of the spend
             body["privacy"] = priv
-            led.append(make_record(idents[e.author], "round", body, e.time))
+            led.append(make_record(idents[e.author], "round", body, e.time, genesis))
     with pytest.raises(AuditError, match=r"entry 1: .*rule privacy-mismatch"):
         audit(forged)

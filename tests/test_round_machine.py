@@ -59,7 +59,7 @@ def _forged(wire: Wire, author: str, attempt: int, participants: tuple[str, ...]
         config={"run": "test"},
     )
     ident = next(i for i in wire.ids if i.node_id == author)
-    entry = make_record(ident, "round", record.to_body(), 5).to_bytes()
+    entry = make_record(ident, "round", record.to_body(), 5, wire.genesis).to_bytes()
     f = wire.frontier
     return Proposal(entry, 2, f.append(entry).root(), 5, evil)
 
@@ -131,7 +131,9 @@ def _split(wire: Wire, halves: tuple[set[str], set[str]]) -> None:
             if p.root not in alt:  # the same record, signed at another time: another head
                 entry = Entry.from_bytes(p.entry)
                 ident = next(i for i in wire.ids if i.node_id == leader)
-                data = make_record(ident, "round", entry.body, entry.time + 1).to_bytes()
+                data = make_record(
+                    ident, "round", entry.body, entry.time + 1, wire.genesis
+                ).to_bytes()
                 root = wire.frontier.append(data).root()
                 alt[p.root] = replace(p, entry=data, root=root, time=p.time + 1)
             return [(to, replace(msg, proposal=alt[p.root]))]

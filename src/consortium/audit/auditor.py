@@ -2,7 +2,8 @@
 
 Order of checks (the first problem found is the one reported, named by entry index or CID):
 1. entry 0 is a genesis manifest signed by every member (and equals `genesis.json` if present);
-2. every entry decodes canonically and carries valid member signatures;
+2. every entry decodes canonically and carries valid member signatures, made for this consortium
+   (over its genesis digest);
 3. the Merkle root is recomputed from the entry bytes (stored leaf hashes and tree rows are not
    trusted) and every stored tree head's root must equal it at that size; every stored cosignature
    must be valid, and a head with at least a quorum of them is final;
@@ -179,7 +180,7 @@ def _check_entries(
     roots: dict[int, bytes] = {0: Frontier.empty().root(), 1: frontier.root()}
     keys = {m.node_id: m.public_key for m in genesis.members}
     chunks = [rows[i : i + CHUNK] for i in range(1, len(rows), CHUNK)]
-    for n, result in enumerate(check_all(chunks, keys, workers)):
+    for n, result in enumerate(check_all(chunks, keys, genesis.digest(), workers)):
         if result.error is not None:
             raise _fail(f"entry {result.error[0]}: {result.error[1]}")
         for kind, count in result.kinds.items():
@@ -390,6 +391,7 @@ def _check_heads(
     ledger: Ledger, genesis: Genesis, roots: dict[int, bytes], report: AuditReport
 ) -> None:
     keys = {m.node_id: m.public_key for m in genesis.members}
+    consortium = genesis.digest()
     for size, root, _ in ledger.raw_heads():
         if roots.get(size) != root:
             raise _fail(f"tree head of size {size}: root does not match the entries")
@@ -403,7 +405,7 @@ def _check_heads(
         if node_id not in keys:
             raise _fail(f"{where}: cosigned by {node_id}, not a member")
         body = TreeHead(size, root, time).body()
-        if not check_signature(keys[node_id], Domain.TREE_HEAD, body, sig):
+        if not check_signature(keys[node_id], Domain.TREE_HEAD, body, sig, consortium):
             raise _fail(f"{where}: invalid cosignature from {genesis.member(node_id).name}")
         signers.setdefault((size, root, time), set()).add(node_id)
     report.heads = len(signers)

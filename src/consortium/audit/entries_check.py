@@ -5,9 +5,11 @@ make auditing 10^5 entries take over a minute. Here each entry is parsed with `c
 decoder, and the bytes its author signed are *sliced* from the stored bytes instead of
 re-encoded: an entry is the canonical map {body, kind, time, author, signatures} (dag-cbor
 orders keys by length, then bytes), so the signed map {body, kind, time, author} is the same
-bytes with a 4-entry header and without the trailing "signatures" pair. Any stored byte that
-differs from what the author signed therefore fails the signature (or, for the signatures
-themselves, changes the leaf hash under the cosigned root). Signatures are checked on all cores.
+bytes with a 4-entry header and without the trailing "signatures" pair, after the payload prefix
+`len(tag) ‖ tag ‖ genesis digest` (`core.encoding.domain_prefix`), the same for every record of a
+consortium and so built once. Any stored byte that differs from what the author signed therefore
+fails the signature (or, for the signatures themselves, changes the leaf hash under the cosigned
+root), and so does a record signed for another consortium. Signatures are checked on all cores.
 """
 
 from __future__ import annotations
@@ -24,12 +26,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from multiformats import CID
 
-from consortium.core.encoding import DOMAIN_PREFIX, Domain
+from consortium.core.encoding import Domain, domain_prefix
 
 _KEYS = ("body", "kind", "time", "author", "signatures")
 _SIGS_KEY = cbor2.dumps("signatures")
-_RECORD_TAG = DOMAIN_PREFIX + Domain.RECORD.value.encode()
-_PAYLOAD_PREFIX = bytes([len(_RECORD_TAG)]) + _RECORD_TAG
 CHUNK = 5000
 
 
@@ -56,8 +56,11 @@ def _refs(obj: Any, out: list[bytes]) -> None:
             stack.extend(item)
 
 
-def _check_one(data: bytes, keys: dict[str, bytes]) -> tuple[str, list[bytes]]:
-    """Return (kind, raw CID links) of one non-genesis record, or raise ValueError."""
+def _check_one(data: bytes, keys: dict[str, bytes], prefix: bytes) -> tuple[str, list[bytes]]:
+    """Return (kind, raw CID links) of one non-genesis record, or raise ValueError.
+
+    `prefix` is the record payload prefix `len(tag) ‖ tag ‖ genesis digest` plus the signed map's
+    header byte."""
     try:
         obj = cbor2.loads(data)
     except Exception as exc:  # cbor2 raises several types on garbage
@@ -74,7 +77,7 @@ def _check_one(data: bytes, keys: dict[str, bytes]) -> tuple[str, list[bytes]]:
     tail = _SIGS_KEY + cbor2.dumps(sigs, canonical=True)
     if not data.endswith(tail):
         raise ValueError("entry signatures are not in canonical form")
-    payload = _PAYLOAD_PREFIX + b"\xa4" + data[1 : len(data) - len(tail)]
+    payload = prefix + data[1 : len(data) - len(tail)]
     for node_id, sig in sigs.items():
         key = keys.get(node_id) if isinstance(node_id, str) else None
         if key is None:
@@ -90,12 +93,16 @@ def _check_one(data: bytes, keys: dict[str, bytes]) -> tuple[str, list[bytes]]:
     return kind, links
 
 
-def check_chunk(rows: Sequence[tuple[int, bytes]], keys: dict[str, bytes]) -> ChunkResult:
-    """Verify consecutive entries; stop at the first bad one (its index and reason)."""
+def check_chunk(
+    rows: Sequence[tuple[int, bytes]], keys: dict[str, bytes], consortium: bytes
+) -> ChunkResult:
+    """Verify consecutive entries of the consortium whose genesis digest is `consortium`; stop at
+    the first bad one (its index and reason)."""
     out = ChunkResult()
+    prefix = domain_prefix(Domain.RECORD, consortium) + b"\xa4"  # 4-entry map header
     for idx, data in rows:
         try:
-            kind, links = _check_one(data, keys)
+            kind, links = _check_one(data, keys, prefix)
             for link in links:
                 if not link.startswith(b"\x00"):
                     raise ValueError("malformed CID link")
@@ -109,11 +116,14 @@ def check_chunk(rows: Sequence[tuple[int, bytes]], keys: dict[str, bytes]) -> Ch
 
 
 def check_all(
-    chunks: Sequence[Sequence[tuple[int, bytes]]], keys: dict[str, bytes], workers: int | None
+    chunks: Sequence[Sequence[tuple[int, bytes]]],
+    keys: dict[str, bytes],
+    consortium: bytes,
+    workers: int | None,
 ) -> list[ChunkResult]:
     """Check chunks on `workers` processes (default: all cores; 1 runs inline)."""
     n = workers or os.cpu_count() or 1
     if n == 1 or len(chunks) == 1:
-        return [check_chunk(c, keys) for c in chunks]
+        return [check_chunk(c, keys, consortium) for c in chunks]
     with ProcessPoolExecutor(n) as pool:
-        return list(pool.map(check_chunk, chunks, [keys] * len(chunks)))
+        return list(pool.map(check_chunk, chunks, [keys] * len(chunks), [consortium] * len(chunks)))

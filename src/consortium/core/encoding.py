@@ -2,7 +2,9 @@
 
 `dag-cbor` sorts map keys and uses the shortest integer forms, so equal objects always give equal
 bytes. Signatures never cover bare bytes: `signing_payload` prefixes a domain-separation tag so a
-signature made for one purpose (a tree head, say) never verifies for another (a genesis manifest).
+signature made for one purpose (a tree head, say) never verifies for another (a genesis manifest),
+and, for consortium state, the consortium's genesis digest so a signature made in one consortium
+never verifies in another whose members overlap.
 """
 
 from __future__ import annotations
@@ -35,6 +37,21 @@ class Domain(enum.Enum):
     CHAIN_ACCOUNT = "chain-account"
 
 
+#: Domains of statements about an identity itself, made before (or to define) any consortium: the
+#: genesis manifest, a node's TLS key and EVM account, and the key its EVM account derives from.
+#: Their signatures carry no consortium digest (the same node.pub serves every consortium).
+IDENTITY_DOMAINS: frozenset[Domain] = frozenset(
+    {Domain.GENESIS, Domain.TLS_BINDING, Domain.CHAIN_KEY, Domain.CHAIN_ACCOUNT}
+)
+#: Domains of consortium state (ledger records, tree heads, round and protocol messages): their
+#: signatures cover the genesis digest, so one never replays into another consortium. Every
+#: domain not listed as an identity domain is bound, so a new protocol domain is bound by default.
+CONSORTIUM_DOMAINS: frozenset[Domain] = frozenset(Domain) - IDENTITY_DOMAINS
+
+#: Length of a consortium digest (`Genesis.digest()`, SHA-256).
+CONSORTIUM_DIGEST_BYTES = 32
+
+
 def encode(obj: Any) -> bytes:
     """Encode `obj` (dicts with str keys, lists, int, str, bytes, bool, None, CIDs) canonically."""
     try:
@@ -56,10 +73,31 @@ def decode(data: bytes, *, max_bytes: int = MAX_DECODE_BYTES) -> Any:
     return obj
 
 
-def signing_payload(domain: Domain, obj: Any) -> bytes:
-    """The exact bytes a signature covers: length-prefixed domain tag, then canonical bytes."""
+def domain_prefix(domain: Domain, consortium: bytes = b"") -> bytes:
+    """`len(tag) ‖ tag ‖ consortium`: what precedes the canonical bytes in every signed payload.
+
+    Raises ValueError (a programming error, never a peer's) when a consortium-bound domain gets no
+    32-byte genesis digest or an identity domain gets one, so no call site can forget the digest.
+    """
+    if domain in CONSORTIUM_DOMAINS:
+        if len(consortium) != CONSORTIUM_DIGEST_BYTES:
+            raise ValueError(
+                f"a {domain.value} signature must cover the consortium's "
+                f"{CONSORTIUM_DIGEST_BYTES}-byte genesis digest, got {len(consortium)} bytes"
+            )
+    elif consortium:
+        raise ValueError(f"a {domain.value} signature is not bound to a consortium")
     tag = DOMAIN_PREFIX + domain.value.encode("ascii")
-    return bytes([len(tag)]) + tag + encode(obj)
+    return bytes([len(tag)]) + tag + bytes(consortium)
+
+
+def signing_payload(domain: Domain, obj: Any, consortium: bytes = b"") -> bytes:
+    """The exact bytes a signature covers: `len(tag) ‖ tag ‖ consortium ‖ canonical(obj)`.
+
+    The tag is length-prefixed and names the domain, which fixes whether a 32-byte digest follows,
+    so every payload splits one way only.
+    """
+    return domain_prefix(domain, consortium) + encode(obj)
 
 
 def sha256(data: bytes) -> bytes:

@@ -50,21 +50,26 @@ def node_id_for(public_key: bytes) -> str:
     return str(CID("base32", 1, "libp2p-key", multihash.digest(public_key, "sha2-256")))
 
 
-def verify_signature(public_key: bytes, domain: Domain, obj: Any, signature: bytes) -> None:
-    """Raise SignatureError unless `signature` by `public_key` covers `obj` in `domain`."""
+def verify_signature(
+    public_key: bytes, domain: Domain, obj: Any, signature: bytes, consortium: bytes = b""
+) -> None:
+    """Raise SignatureError unless `signature` by `public_key` covers `obj` in `domain` (and, for
+    a consortium-bound domain, in the consortium whose genesis digest is `consortium`)."""
+    # Built outside the try: a missing or misplaced digest is a programming error, not a refusal.
+    payload = signing_payload(domain, obj, consortium)
     if len(signature) != SIGNATURE_BYTES:
         raise SignatureError(f"signature is {len(signature)} bytes, expected {SIGNATURE_BYTES}")
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(
-            signature, signing_payload(domain, obj)
-        )
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, payload)
     except (InvalidSignature, ValueError) as exc:
         raise SignatureError(f"invalid {domain.value} signature") from exc
 
 
-def is_valid_signature(public_key: bytes, domain: Domain, obj: Any, signature: bytes) -> bool:
+def is_valid_signature(
+    public_key: bytes, domain: Domain, obj: Any, signature: bytes, consortium: bytes = b""
+) -> bool:
     try:
-        verify_signature(public_key, domain, obj, signature)
+        verify_signature(public_key, domain, obj, signature, consortium)
     except SignatureError:
         return False
     return True
@@ -223,8 +228,9 @@ class NodeIdentity:
         cert = _self_signed_cert(tls_key, node_id_for(public), address, fixed=seed is not None)
         return cls(name, signing_key, tls_key, cert, address)
 
-    def sign(self, domain: Domain, obj: Any) -> bytes:
-        return self._signing_key.sign(signing_payload(domain, obj))
+    def sign(self, domain: Domain, obj: Any, consortium: bytes = b"") -> bytes:
+        """Sign `obj` in `domain`; consortium-bound domains need the genesis digest."""
+        return self._signing_key.sign(signing_payload(domain, obj, consortium))
 
     def public(self) -> PublicIdentity:
         unbound = PublicIdentity(self.name, self.public_key, self.address, self.tls_cert_pem, b"")

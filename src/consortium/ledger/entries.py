@@ -3,7 +3,8 @@
 An entry is `{"kind", "author", "time", "body", "signatures"}` in canonical dag-cbor; those bytes
 are the Merkle leaf. Entry 0 is the genesis manifest (signed by every member over Domain.GENESIS);
 every other entry is signed by its author (a member) over Domain.RECORD, covering everything but
-the signatures. `kind` is an open string: "record" today, "round", "consent", "anchor" … later.
+the signatures and bound to the consortium by its genesis digest. `kind` is an open string:
+"record" today, "round", "consent", "anchor" … later.
 """
 
 from __future__ import annotations
@@ -46,12 +47,18 @@ def member_keys(genesis: Genesis) -> dict[str, tuple[str, bytes]]:
     )
 
 
-def check_signature(public_key: bytes, domain: Domain, obj: Any, signature: bytes) -> bool:
-    """Fast signature check with a cached parsed key (same bytes as core's verify_signature)."""
+def check_signature(
+    public_key: bytes, domain: Domain, obj: Any, signature: bytes, consortium: bytes = b""
+) -> bool:
+    """Fast signature check with a cached parsed key (same bytes as core's verify_signature).
+
+    `consortium` is the genesis digest a consortium-bound domain requires (ValueError if absent).
+    """
+    payload = signing_payload(domain, obj, consortium)  # outside the try: misuse must raise
     if len(signature) != SIGNATURE_BYTES:
         return False
     try:
-        _public_key(public_key).verify(signature, signing_payload(domain, obj))
+        _public_key(public_key).verify(signature, payload)
     except (InvalidSignature, ValueError):
         return False
     return True
@@ -116,7 +123,8 @@ class Entry:
     # -- checks ------------------------------------------------------------------------------
 
     def verify(self, genesis: Genesis) -> None:
-        """Raise SignatureError (or LedgerError) unless every signature is valid for `genesis`."""
+        """Raise SignatureError (or LedgerError) unless every signature is valid for `genesis`:
+        by its members, and made for this consortium (over its genesis digest)."""
         if self.kind == GENESIS_KIND:
             self._verify_genesis(genesis)
             return
@@ -126,13 +134,14 @@ class Entry:
             raise SignatureError(f"{self.kind} entry is not signed by its author {self.author}")
         signed = self.signed_body()
         keys = member_keys(genesis)
+        consortium = genesis.digest()
         for node_id, sig in self.signatures.items():
             if node_id not in keys:
                 raise SignatureError(
                     f"{self.kind} entry signed by {node_id}, which is not a member"
                 )
             name, key = keys[node_id]
-            if not check_signature(key, Domain.RECORD, signed, sig):
+            if not check_signature(key, Domain.RECORD, signed, sig, consortium):
                 raise SignatureError(
                     f"invalid signature on {self.kind} entry from member {name} ({node_id})"
                 )
@@ -163,12 +172,14 @@ class Entry:
         return found
 
 
-def make_record(identity: NodeIdentity, kind: str, body: dict[str, Any], time: int) -> Entry:
-    """A new entry of `kind`, authored and signed by `identity`."""
+def make_record(
+    identity: NodeIdentity, kind: str, body: dict[str, Any], time: int, genesis: Genesis
+) -> Entry:
+    """A new entry of `kind`, authored and signed by `identity` for the consortium of `genesis`."""
     if not kind or kind == GENESIS_KIND:
         raise LedgerError(f"cannot make a record of kind {kind!r}")
     unsigned = Entry(kind, identity.node_id, body, {}, time)
-    sig = identity.sign(Domain.RECORD, unsigned.signed_body())
+    sig = identity.sign(Domain.RECORD, unsigned.signed_body(), genesis.digest())
     return Entry(kind, identity.node_id, body, {identity.node_id: sig}, time)
 
 

@@ -1,6 +1,7 @@
 """Signed tree heads, cosignatures, finality and equivocation evidence.
 
-A tree head `{"size", "root", "time"}` is signed by members over Domain.TREE_HEAD; it is *final*
+A tree head `{"size", "root", "time"}` is signed by members over Domain.TREE_HEAD and the genesis
+digest (a head of one consortium never counts in another); it is *final*
 once at least `genesis.quorum` distinct members have cosigned the very same head. A member that
 signs two heads of the same size with different roots has equivocated: the two signed heads are
 self-contained evidence anyone holding the genesis can check.
@@ -42,13 +43,15 @@ class TreeHead:
             raise LedgerError("malformed tree head: wrong field types")
         return cls(size, root, time)
 
-    def sign(self, identity: NodeIdentity) -> Cosignature:
-        return Cosignature(identity.node_id, identity.sign(Domain.TREE_HEAD, self.body()))
+    def sign(self, identity: NodeIdentity, genesis: Genesis) -> Cosignature:
+        """`identity`'s cosignature on this head in the consortium of `genesis`."""
+        sig = identity.sign(Domain.TREE_HEAD, self.body(), genesis.digest())
+        return Cosignature(identity.node_id, sig)
 
     def is_signed_by(self, genesis: Genesis, node_id: str, signature: bytes) -> bool:
         member = member_keys(genesis).get(node_id)
         return member is not None and check_signature(
-            member[1], Domain.TREE_HEAD, self.body(), signature
+            member[1], Domain.TREE_HEAD, self.body(), signature, genesis.digest()
         )
 
     def check_signature(self, genesis: Genesis, node_id: str, signature: bytes) -> None:
@@ -56,7 +59,9 @@ class TreeHead:
         member = member_keys(genesis).get(node_id)
         if member is None:
             raise SignatureError(f"tree head cosigned by {node_id}, which is not a member")
-        if not check_signature(member[1], Domain.TREE_HEAD, self.body(), signature):
+        if not check_signature(
+            member[1], Domain.TREE_HEAD, self.body(), signature, genesis.digest()
+        ):
             raise SignatureError(
                 f"invalid tree-head signature from member {member[0]} ({node_id}) "
                 f"on size {self.size}"

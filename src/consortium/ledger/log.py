@@ -341,7 +341,7 @@ class Ledger:
     def sign_head(self, identity: NodeIdentity, time: int) -> CosignedHead:
         """Sign the current head as `identity` and store the cosignature."""
         head = self.head(time)
-        cosig = head.sign(identity)
+        cosig = head.sign(identity, self.genesis())
         self.add_cosignature(head, cosig.node_id, cosig.signature)
         return self.cosigned_head(head)
 

@@ -297,6 +297,7 @@ class RoundMachine:
         self._random = randomness if randomness is not None else Randomness.from_os()
         self.members = sorted(m.node_id for m in genesis.members)
         self._keys = {m.node_id: m.public_key for m in genesis.members}
+        self._digest = genesis.digest()  # every signature here is bound to this consortium
         self._voted: dict[int, CastVote] = dict(votes or {})
         self.s = _State()
         self._from = Phase.DONE  # the phase the event being handled started in
@@ -494,7 +495,9 @@ class RoundMachine:
             if (r.run, r.round, r.attempt, r.node) != (msg.run, msg.round, msg.attempt, sender):
                 raise ConsortiumError("vote report is not the sender's, for this attempt")
             body = r.signed_body()
-            if not is_valid_signature(self._keys[sender], Domain.ROUND, body, r.signature):
+            if not is_valid_signature(
+                self._keys[sender], Domain.ROUND, body, r.signature, self._digest
+            ):
                 raise ConsortiumError("vote report signature does not verify")
 
     def _maybe_propose(self, event: Event, now: float) -> list[Action]:
@@ -605,7 +608,7 @@ class RoundMachine:
     ) -> Proposal:
         s = self.s
         ms = int(now * 1000)
-        entry = make_record(self._identity, "round", record.to_body(), ms)
+        entry = make_record(self._identity, "round", record.to_body(), ms, self.genesis)
         data = entry.to_bytes()
         root = s.frontier.append(data).root()
         return Proposal(data, s.frontier.size + 1, root, ms, model, transcript)
@@ -680,7 +683,7 @@ class RoundMachine:
                 return [Note(f"refused to cosign a second head of size {p.size}: {why}")]
         vote_ = CastVote(p.root, s.attempt)
         self._voted[p.size] = vote_
-        sig = self._identity.sign(Domain.TREE_HEAD, TreeHead(p.size, p.root, p.time).body())
+        sig = TreeHead(p.size, p.root, p.time).sign(self._identity, self.genesis).signature
         vote = Vote(self.settings.run_id, s.round, p.size, p.root, sig)
         persist = PersistVote(p.size, p.root, s.attempt)
         if leader == self.me:
@@ -710,7 +713,9 @@ class RoundMachine:
             if r.node not in self._keys or r.node in reporters:
                 return "vote reports from a non-member or twice from one member"
             body = r.signed_body()
-            if not is_valid_signature(self._keys[r.node], Domain.ROUND, body, r.signature):
+            if not is_valid_signature(
+                self._keys[r.node], Domain.ROUND, body, r.signature, self._digest
+            ):
                 return f"invalid vote report from {self._name(r.node)}"
             reporters.add(r.node)
             if r.root:
@@ -732,7 +737,9 @@ class RoundMachine:
         if (msg.size, msg.root) != (p.size, p.root):
             raise ConsortiumError("vote for a different head")
         head = TreeHead(p.size, p.root, p.time).body()
-        if not is_valid_signature(self._keys[sender], Domain.TREE_HEAD, head, msg.signature):
+        if not is_valid_signature(
+            self._keys[sender], Domain.TREE_HEAD, head, msg.signature, self._digest
+        ):
             raise ConsortiumError("invalid cosignature")
         s.votes[sender] = msg.signature
         if len(s.votes) < self.genesis.quorum:
@@ -759,7 +766,7 @@ class RoundMachine:
             nid: sig
             for nid, sig in msg.cosignatures.items()
             if nid in self._keys
-            and is_valid_signature(self._keys[nid], Domain.TREE_HEAD, head, sig)
+            and is_valid_signature(self._keys[nid], Domain.TREE_HEAD, head, sig, self._digest)
         }
         if len(valid) < self.genesis.quorum:
             raise ConsortiumError(
@@ -832,7 +839,7 @@ class RoundMachine:
         report = VoteReport(
             self.settings.run_id, s.round, s.attempt, self.me, size, voted.root if voted else b""
         )
-        sig = self._identity.sign(Domain.ROUND, report.signed_body())
+        sig = self._identity.sign(Domain.ROUND, report.signed_body(), self._digest)
         return replace(report, signature=sig)
 
     # -- secure aggregation (SecAgg+) -----------------------------------------------------------
