@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from consortium.core.encoding import Domain
 from consortium.ledger.entries import Entry, make_record
-from consortium.protocol.messages import Message, Proposal, Propose, Vote
+from consortium.protocol.messages import Message, Proposal, Propose, Vote, VoteReport
 from consortium.protocol.record import RoundRecord
 from consortium.protocol.round import TRANSITIONS, CastVote, Event, PersistVote, Phase, Send
 from tests.machines import RUN, Wire, all_notes, cid_of, model
@@ -182,3 +183,47 @@ def test_without_vote_reports_a_split_vote_cannot_move() -> None:
         wire.tick(5.0)
     assert not any(wire.committed.get(n) for n in others)
     assert "refused to cosign a second head" in all_notes(wire)
+
+
+def _reports(wire: Wire, roots: dict[str, bytes], attempt: int) -> list[VoteReport]:
+    out = []
+    for nid, root in roots.items():
+        ident = next(i for i in wire.ids if i.node_id == nid)
+        r = VoteReport(RUN, 1, attempt, nid, 2, root)
+        out.append(replace(r, signature=ident.sign(Domain.ROUND, r.signed_body(), DIGEST(wire))))
+    return out
+
+
+def DIGEST(wire: Wire) -> bytes:
+    return wire.genesis.digest()
+
+
+def test_moving_a_vote_allows_for_lying_reporters_unless_the_author_is_proven_dishonest() -> None:
+    """5 members, quorum 4, f = 1. The voter cosigned A (attempt 0) and is shown B."""
+    wire = Wire.build(5)
+    wire.begin()
+    m = next(iter(wire.machines.values()))
+    members = sorted(wire.machines)
+    a = _forged(wire, m.leader(0), 0, tuple(members))
+    b_other = _forged(wire, m.leader(1), 1, tuple(members))  # another author: no proof
+    b_same = _forged(wire, m.leader(0), 0, tuple(members[:4]))  # same author and attempt
+    voter = wire.machines[next(n for n in members if n not in (m.leader(0), m.leader(1)))]
+    voter.s.attempt = 1
+    prior = CastVote(a.root, 0, m.leader(0), 0)
+    others = [n for n in members if n != m.leader(0)]  # A's author stays silent
+    two_each = {others[0]: a.root, others[1]: a.root, others[2]: b_other.root}
+    two_each[others[3]] = b_other.root
+    # A: 2 reports + 1 unreported + 1 possible liar = 4 = quorum: A might be final, refuse.
+    why = voter._unlock_refusal(b_other, prior, _reports(wire, two_each, 1))
+    assert why is not None and "lying reporters" in why
+    # Same counts, but A's author also signed B for the same attempt: it is the one liar, and
+    # A has at most 2 + 1 (its author) cosignatures.
+    same = {k: (b_same.root if v == b_other.root else v) for k, v in two_each.items()}
+    assert voter._unlock_refusal(b_same, prior, _reports(wire, same, 1)) is None
+    # Reports for another attempt prove nothing.
+    why = voter._unlock_refusal(b_same, prior, _reports(wire, same, 0))
+    assert why is not None and "another run, round, attempt" in why
+    # And never within the attempt it voted in.
+    voter.s.attempt = 0
+    why = voter._unlock_refusal(b_same, prior, _reports(wire, same, 0))
+    assert why is not None and "would equivocate" in why

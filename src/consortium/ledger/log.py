@@ -448,27 +448,32 @@ class Ledger:
     # state, not part of the log: created on the first vote, so readers never write the file.
     _VOTES = (
         "CREATE TABLE IF NOT EXISTS my_votes(size INTEGER PRIMARY KEY, root BLOB NOT NULL, "
-        "attempt INTEGER NOT NULL)"
+        "attempt INTEGER NOT NULL, author TEXT NOT NULL, record_attempt INTEGER NOT NULL)"
     )
 
-    def record_vote(self, size: int, root: bytes, attempt: int) -> None:
-        """Persist that this node cosigned `root` at `size` in `attempt` (replacing an earlier
-        vote at that size only when the round machine moved it with proof)."""
+    def record_vote(
+        self, size: int, root: bytes, attempt: int, author: str, record_attempt: int
+    ) -> None:
+        """Persist that this node cosigned `root` at `size` in `attempt` (an entry by `author`
+        for `record_attempt`), replacing an earlier vote at that size only when the round
+        machine moved it with proof."""
         self._conn.execute(self._VOTES)
         self._conn.execute(
-            "INSERT OR REPLACE INTO my_votes(size, root, attempt) VALUES (?,?,?)",
-            (size, root, attempt),
+            "INSERT OR REPLACE INTO my_votes VALUES (?,?,?,?,?)",
+            (size, root, attempt, author, record_attempt),
         )
 
-    def my_votes(self) -> dict[int, tuple[bytes, int]]:
-        """ledger size -> (root, attempt) this node cosigned."""
+    def my_votes(self) -> dict[int, tuple[bytes, int, str, int]]:
+        """ledger size -> (root, attempt, author, record attempt) this node cosigned."""
         exists = self._conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type='table' AND name='my_votes'"
         ).fetchone()
         if exists is None:
             return {}
-        rows = self._conn.execute("SELECT size, root, attempt FROM my_votes").fetchall()
-        return {int(size): (bytes(root), int(attempt)) for size, root, attempt in rows}
+        rows = self._conn.execute(
+            "SELECT size, root, attempt, author, record_attempt FROM my_votes"
+        )
+        return {int(r[0]): (bytes(r[1]), int(r[2]), str(r[3]), int(r[4])) for r in rows}
 
     def __repr__(self) -> str:
         return f"Ledger({str(self.path)!r}, size={self._size})"

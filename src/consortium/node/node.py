@@ -221,7 +221,7 @@ class Node:
             clip=run.clip_norm,
             model_size=self.learner.model_size,
         )
-        votes = {size: CastVote(root, a) for size, (root, a) in self.ledger.my_votes().items()}
+        votes = {size: CastVote(*vote) for size, vote in self.ledger.my_votes().items()}
         self.machine = RoundMachine(
             self.identity,
             self.genesis,
@@ -307,7 +307,9 @@ class Node:
             elif isinstance(action, Train):
                 self._spawn(self._train(action.round))
             elif isinstance(action, PersistVote):  # durable before the vote after it is sent
-                self.ledger.record_vote(action.size, action.root, action.attempt)
+                self.ledger.record_vote(
+                    action.size, action.root, action.attempt, action.author, action.record_attempt
+                )
             elif isinstance(action, Committed):
                 self._commit(action)
             elif isinstance(action, Note):

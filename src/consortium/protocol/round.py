@@ -173,6 +173,8 @@ class PersistVote:
     size: int
     root: bytes
     attempt: int
+    author: str = ""
+    record_attempt: int = -1
 
 
 @dataclass(frozen=True)
@@ -230,10 +232,14 @@ class SecureOps(Protocol):
 
 @dataclass(frozen=True)
 class CastVote:
-    """A persisted vote: the root this node cosigned at a ledger size, and in which attempt."""
+    """A persisted vote: the root this node cosigned at a ledger size, in which attempt, and the
+    entry's author and record attempt (two different entries of one author for one attempt prove
+    that author dishonest)."""
 
     root: bytes
     attempt: int
+    author: str = ""
+    record_attempt: int = -1
 
 
 @dataclass
@@ -681,11 +687,11 @@ class RoundMachine:
             why = self._unlock_refusal(p, prior, reports)
             if why is not None:
                 return [Note(f"refused to cosign a second head of size {p.size}: {why}")]
-        vote_ = CastVote(p.root, s.attempt)
-        self._voted[p.size] = vote_
+        author, record_attempt = _authorship(p)
+        self._voted[p.size] = CastVote(p.root, s.attempt, author, record_attempt)
         sig = TreeHead(p.size, p.root, p.time).sign(self._identity, self.genesis).signature
         vote = Vote(self.settings.run_id, s.round, p.size, p.root, sig)
-        persist = PersistVote(p.size, p.root, s.attempt)
+        persist = PersistVote(p.size, p.root, s.attempt, author, record_attempt)
         if leader == self.me:
             return [persist, *self._on_vote(self.me, vote)]
         return [persist, Send(leader, vote)]
@@ -696,8 +702,15 @@ class RoundMachine:
         """Why this node may not move its vote from `prior` to `p` (None: it may).
 
         Only in a later attempt than the earlier vote, and only when the signed vote reports of
-        this attempt show that no head other than `p`'s can still reach quorum."""
+        this attempt show that no head other than `p`'s can still reach quorum, even if up to f
+        reporters lie: for every other head H, reports(H) + members without a report + f must
+        stay below quorum. A member proven dishonest (it authored two different entries for one
+        attempt: `p`'s and the prior one) counts as unreported and is taken off f."""
         s = self.s
+        author, record_attempt = _authorship(p)
+        proven = (
+            {author} if (author, record_attempt) == (prior.author, prior.record_attempt) else set()
+        )
         if prior.attempt >= s.attempt:
             return f"it cosigned another head in attempt {prior.attempt} (would equivocate)"
         counts: dict[bytes, int] = {}
@@ -718,15 +731,16 @@ class RoundMachine:
             ):
                 return f"invalid vote report from {self._name(r.node)}"
             reporters.add(r.node)
-            if r.root:
+            if r.root and r.node not in proven:
                 counts[r.root] = counts.get(r.root, 0) + 1
-        unknown = len(self.members) - len(reporters)
+        unknown = len(self.members) - len(reporters - proven)
+        liars = max(0, max_faulty(len(self.members)) - len(proven))
         counts.setdefault(prior.root, 0)
         for root, n in counts.items():
-            if root != p.root and n + unknown >= self.genesis.quorum:
+            if root != p.root and n + unknown + liars >= self.genesis.quorum:
                 return (
-                    f"{n} reported votes and {unknown} unreported members could still make "
-                    "another head final"
+                    f"{n} reported votes, {unknown} unreported members and up to {liars} "
+                    "lying reporters could still make another head final"
                 )
         return None
 
@@ -1010,3 +1024,14 @@ class RoundMachine:
             if m.node_id == node_id:
                 return m.name
         return node_id[:12]
+
+
+def max_faulty(n: int) -> int:
+    """f: the largest number of members below a third, the colluders the protocol tolerates."""
+    return (n - 1) // 3
+
+
+def _authorship(p: Proposal) -> tuple[str, int]:
+    """(author, attempt) of a proposal's entry (already verified by the caller)."""
+    entry = Entry.from_bytes(p.entry)
+    return entry.author, RoundRecord.from_entry(entry).attempt
