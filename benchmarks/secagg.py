@@ -26,6 +26,7 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from consortium.protocol.secagg import SecAggAggregator, SecAggClient, SecAggParams
+from consortium.protocol.secagg.auth import SimulatedKeys
 
 T = TypeVar("T")
 
@@ -73,12 +74,16 @@ def run_case(n: int, d: int, dropout: float, seed: int = 0) -> dict[str, float |
     participants = [f"node-{i:04d}" for i in range(n)]
     params = SecAggParams.create(seed.to_bytes(8, "big") + b"bench", participants, d)
     rng = np.random.default_rng(seed)
-    clients = {p: SecAggClient(params, p, rng=rng) for p in params.participants}
+    auth = SimulatedKeys.for_participants(params.participants, seed)
+    clients = {
+        p: SecAggClient(params, p, signer=auth.signer(p), verify=auth.verify, rng=rng)
+        for p in params.participants
+    }
     words = {p: rng.integers(0, 1000, d, dtype=np.uint32) for p in params.participants}
     dropped = set(rng.choice(participants, size=round(dropout * n), replace=False).tolist())
-    agg = SecAggAggregator(params)
-    c = dict.fromkeys(("keys", "shares", "recv", "mask", "unmask"), 0.0)
-    a = dict.fromkeys(("keys", "shares", "inputs", "unmask"), 0.0)
+    agg = SecAggAggregator(params, auth.verify)
+    c = dict.fromkeys(("keys", "shares", "recv", "mask", "agree", "unmask"), 0.0)
+    a = dict.fromkeys(("keys", "shares", "inputs", "agree", "unmask"), 0.0)
 
     for cl in clients.values():
         msg, dt = _timed(cl.advertise_keys)
@@ -99,8 +104,14 @@ def run_case(n: int, d: int, dropout: float, seed: int = 0) -> dict[str, float |
         masked, dt = _timed(lambda x=cl, r=dv.recipient: x.masked_input(words[r]))
         c["mask"] += dt
         a["inputs"] += _timed(lambda o=masked: agg.receive_masked_input(o))[1]
-    requests, dt = _timed(agg.finish_inputs)
+    sets, dt = _timed(agg.finish_inputs)
     a["inputs"] += dt
+    for st in sets:
+        vote, dt = _timed(lambda m=st: clients[m.recipient].receive_survivor_set(m))
+        c["agree"] += dt
+        a["agree"] += _timed(lambda o=vote: agg.receive_survivor_vote(o))[1]
+    requests, dt = _timed(agg.finish_agreement)
+    a["agree"] += dt
     for rq in requests:
         resp, dt = _timed(lambda m=rq: clients[m.recipient].receive_unmask_request(m))
         c["unmask"] += dt
@@ -133,6 +144,7 @@ def run_case(n: int, d: int, dropout: float, seed: int = 0) -> dict[str, float |
         "c:shares": c["shares"] / len(keys),
         "c:recv": c["recv"] / n_live,
         "c:mask": mask_per_client,
+        "c:agree": c["agree"] / max(1, len(sets)),
         "c:unmask": c["unmask"] / max(1, len(requests)),
     }
     row |= {f"a:{k}": v for k, v in a.items()}
@@ -160,6 +172,29 @@ def _ints(text: str) -> list[int]:
     return [int(float(x)) for x in text.split(",") if x]
 
 
+def sizing_table(sizes: Sequence[int], min_honest: int = 3) -> str:
+    """What a round of n members uses: the parameters every node derives (`make_params`)."""
+    from consortium.core.errors import ConfigError
+    from consortium.core.genesis import quorum_for
+    from consortium.protocol.secure_round import Consortium, make_params, max_faulty
+
+    lines = [
+        "| members n | f | quorum | floor | k | t | crashed or withholding tolerated |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for n in sizes:
+        c = Consortium(n, quorum_for(n), min_honest)
+        try:
+            p = make_params(b"sizing", [f"m{i:04d}" for i in range(n)], 10, 1.0, c)
+            k, t, tolerated = str(p.k), str(p.threshold), str(n - c.floor)
+        except ConfigError:
+            k = t = tolerated = "- (needs a sparse graph: not offered yet)"
+        lines.append(
+            f"| {n} | {max_faulty(n)} | {c.quorum} | {c.floor} | {k} | {t} | {tolerated} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", default="10,100,1000", help="client counts, comma-separated")
@@ -168,7 +203,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-words", type=float, default=2e9, help="skip n*d above this")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="also write the table to this markdown file")
+    parser.add_argument(
+        "--sizing",
+        metavar="N,N,...",
+        help="only print the parameters a round of N members uses (k, t, floor, tolerated)",
+    )
     args = parser.parse_args(argv)
+    if args.sizing:
+        print(sizing_table(_ints(args.sizing)))
+        return 0
     rows, skipped = [], []
     for n in _ints(args.n):
         for d in _ints(args.d):

@@ -105,6 +105,7 @@ class Wire:
         secure: bool = False,
         seed: int = 0,
         votes: dict[str, dict[int, CastVote]] | None = None,
+        signed_sets: dict[str, dict[tuple[int, int], tuple[str, ...]]] | None = None,
     ) -> Wire:
         ids, genesis = consortium(n)
         settings = RoundSettings(
@@ -127,6 +128,7 @@ class Wire:
                 VectorOps(),
                 randomness=Randomness.seeded(seed * 1000 + k),
                 votes=(votes or {}).get(i.node_id),
+                signed_sets=(signed_sets or {}).get(i.node_id),
             )
             for k, i in enumerate(ids)
         }

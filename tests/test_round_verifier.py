@@ -69,6 +69,10 @@ PLAIN: dict[str, Case] = {
         c,
     ),
     v.CONFIG: lambda r, c: (replace(r, config={"run": "other"}), c),
+    v.METRICS: lambda r, c: (
+        replace(r, metrics={p: {"accuracy": 0.9} for p in r.participants}),
+        c,
+    ),
 }
 
 

@@ -10,7 +10,6 @@ import pytest
 from consortium.core.errors import ConsortiumError
 from consortium.protocol.secagg import (
     ClientStage,
-    DoubleRevealError,
     MaskedInput,
     RejectedMessage,
     SecAggAbort,
@@ -22,13 +21,16 @@ from consortium.protocol.secagg import (
     UnmaskRequest,
     parse_message,
 )
+from consortium.protocol.secagg.auth import SimulatedKeys
 
 N, D = 10, 32
 
 
 @pytest.fixture
 def params() -> SecAggParams:
-    return SecAggParams.create(b"hostile", [f"n{i}" for i in range(N)], D, k=9, threshold=6)
+    return SecAggParams.create(
+        b"hostile", [f"n{i}" for i in range(N)], D, k=9, threshold=6, quorum=5, min_survivors=5
+    )
 
 
 class Round:
@@ -36,11 +38,18 @@ class Round:
 
     def __init__(self, params: SecAggParams) -> None:
         self.params = params
+        self.auth = SimulatedKeys.for_participants(params.participants)
         self.clients = {
-            p: SecAggClient(params, p, rng=np.random.default_rng(i))
+            p: SecAggClient(
+                params,
+                p,
+                signer=self.auth.signer(p),
+                verify=self.auth.verify,
+                rng=np.random.default_rng(i),
+            )
             for i, p in enumerate(params.participants)
         }
-        self.agg = SecAggAggregator(params)
+        self.agg = SecAggAggregator(params, self.auth.verify)
         self.words = {p: np.full(D, i + 1, dtype=np.uint32) for i, p in enumerate(self.clients)}
 
     def to_inputs(self) -> None:
@@ -51,8 +60,13 @@ class Round:
         for dlv in self.agg.finish_shares():
             self.clients[dlv.recipient].receive_shares(dlv)
 
+    def agree(self) -> list[UnmaskRequest]:
+        for s in self.agg.finish_inputs():
+            self.agg.receive_survivor_vote(self.clients[s.recipient].receive_survivor_set(s))
+        return self.agg.finish_agreement()
+
     def finish(self, skip: frozenset[str] = frozenset()) -> np.ndarray:
-        for r in self.agg.finish_inputs():
+        for r in self.agree():
             self.agg.receive_unmask(self.clients[r.recipient].receive_unmask_request(r))
         return self.agg.finish().words
 
@@ -124,13 +138,15 @@ def test_client_refuses_double_reveal(params: SecAggParams) -> None:
     r.to_inputs()
     for node, c in r.clients.items():
         r.agg.receive_masked_input(c.masked_input(r.words[node]))
-    requests = {q.recipient: q for q in r.agg.finish_inputs()}
+    requests = {q.recipient: q for q in r.agree()}
     for q in requests.values():  # the aggregator never asks for both secrets of a peer
         assert not set(q.survivors) & set(q.dropped)
     me = params.participants[0]
     peer = sorted(params.neighbours(me))[0]
-    evil = UnmaskRequest(params.round_id, me, requests[me].survivors, (peer,))
-    with pytest.raises(DoubleRevealError, match=peer):
+    # Both secrets of a survivor, under the genuine certificate: the request does not follow
+    # the certified set, so nothing is revealed.
+    evil = replace(requests[me], dropped=(peer,))
+    with pytest.raises(RejectedMessage, match="does not follow the agreed set"):
         r.clients[me].receive_unmask_request(evil)
     assert r.clients[me].stage is ClientStage.UNMASK  # nothing was revealed
     resp = r.clients[me].receive_unmask_request(requests[me])
@@ -150,14 +166,15 @@ def test_rejections_beyond_threshold_abort(params: SecAggParams) -> None:
 
 
 def test_out_of_order_calls_are_state_errors(params: SecAggParams) -> None:
-    c = SecAggClient(params, "n0", rng=np.random.default_rng(0))
+    auth = SimulatedKeys.for_participants(params.participants)
+    c = SecAggClient(params, "n0", signer=auth.signer("n0"), verify=auth.verify)
     with pytest.raises(SecAggStateError):
         c.masked_input(np.zeros(D, dtype=np.uint32))
-    agg = SecAggAggregator(params)
+    agg = SecAggAggregator(params, auth.verify)
     with pytest.raises(SecAggStateError):
         agg.finish_inputs()
     with pytest.raises(SecAggError, match="not a participant"):
-        SecAggClient(params, "stranger")
+        SecAggClient(params, "stranger", signer=auth.signer("n0"), verify=auth.verify)
     assert issubclass(SecAggError, ConsortiumError)
 
 
@@ -175,7 +192,7 @@ def test_bad_unmask_responses(params: SecAggParams) -> None:
     r.to_inputs()
     for node, c in r.clients.items():
         r.agg.receive_masked_input(c.masked_input(r.words[node]))
-    requests = r.agg.finish_inputs()
+    requests = r.agree()
     liar, shorty = requests[0].recipient, requests[1].recipient
     for q in requests:
         resp = r.clients[q.recipient].receive_unmask_request(q)

@@ -40,7 +40,7 @@ from consortium.privacy.budget import Budget, recompute_totals, totals
 from consortium.protocol.privacy_round import RoundPrivacy, client_noise_multiplier
 from consortium.protocol.record import ROUND_KIND, RoundRecord
 from consortium.protocol.secagg import SecAggParams
-from consortium.protocol.secure_round import round_params
+from consortium.protocol.secure_round import Consortium, round_params
 from consortium.protocol.verifier import CONFIG, RecordContext, verify_round_record
 from consortium.store.blockstore import BlockStore
 from consortium.store.cid import cid_for
@@ -360,10 +360,18 @@ def _record_context(
     transcript = fetch(record.secagg.transcript) if record.secagg is not None else b""
     model_size = int(flatten(weights_from_bytes(prev)).size)
     secure = run.secure_aggregation == "secagg+"
+    consortium = Consortium(len(genesis.members), genesis.quorum, run.min_honest)
 
     def secagg_params(attempt: int, parts: list[str]) -> SecAggParams:
         return round_params(
-            record.run, record.round, attempt, parts, model_size, run.clip_norm, privacy
+            record.run,
+            record.round,
+            attempt,
+            parts,
+            model_size,
+            run.clip_norm,
+            privacy,
+            consortium,
         )
 
     return RecordContext(
@@ -378,12 +386,13 @@ def _record_context(
         # Every CID the verifier asks about is of bytes just read (and re-hashed) from the store.
         cid_of=lambda data: fetched.get(sha256(data)) or cid_for(data),
         secure=secure,
-        min_contributors=max(run.min_updates, 3 if secure else 1),
+        min_contributors=max(run.min_updates, consortium.floor) if secure else run.min_updates,
         config=run.body(),
         transcript=transcript,
         secagg_params=secagg_params,
         apply_delta=add_flat_delta,
         privacy=privacy,
+        colluders=consortium.f,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from consortium.learning import (
     set_weights,
     train_centralized,
 )
+from consortium.learning.datasets import Dataset
 from consortium.learning.serialize import weights_from_bytes
 from consortium.ledger.log import Ledger
 from consortium.node.config import RunConfig
@@ -219,12 +221,11 @@ def _follow(
                 )
             if records:
                 last = records[-1]
-                accs = [m.get("accuracy", 0.0) for m in last.metrics.values()]
                 progress.update(
                     task,
                     completed=len(records),
-                    description=f"leader {names.get(last.leader, '?')} · local acc "
-                    f"{sum(accs) / max(1, len(accs)):.3f} · {len(last.participants)} nodes"
+                    description=f"leader {names.get(last.leader, '?')} · test acc "
+                    f"{_test_accuracy(d, run, last):.3f} · {len(last.participants)} nodes"
                     + _epsilon_text(last),
                 )
     # Every live node commits the last round too before the demo stops them.
@@ -232,6 +233,20 @@ def _follow(
     while time.time() < end and not all(cluster.status(i).get("finished") for i in cluster.alive()):
         time.sleep(0.2)
     return records
+
+
+@functools.lru_cache(maxsize=2)
+def _test_set(name: str) -> Dataset:
+    return load_dataset(name, seed=0)
+
+
+def _test_accuracy(d: Path, run: RunConfig, record: RoundRecord) -> float:
+    """The round's global model on the dataset's public test split. Nodes publish no accuracy
+    of their own (a figure computed from private data); anyone can measure the shared model."""
+    ds = _test_set(run.dataset)
+    model = build_model(run.model, ds.input_shape, ds.num_classes, seed=run.seed)
+    set_weights(model, weights_from_bytes(get_bytes(BlockStore(d / STORE_DIR), record.model)))
+    return float(evaluate(model, ds.x_test, ds.y_test)[1])
 
 
 def _epsilon(record: RoundRecord) -> float | None:
@@ -255,11 +270,8 @@ def _summary(
     t0: float,
     erasure: str,
 ) -> None:
-    ds = load_dataset(run.dataset, seed=0)
-    store = BlockStore(dirs[0] / STORE_DIR)
-    final = build_model(run.model, ds.input_shape, ds.num_classes, seed=run.seed)
-    set_weights(final, weights_from_bytes(get_bytes(store, records[-1].model)))
-    acc = evaluate(final, ds.x_test, ds.y_test)[1]
+    ds = _test_set(run.dataset)
+    acc = _test_accuracy(dirs[0], run, records[-1])
     central = train_centralized(
         ds,
         run.model,
@@ -277,11 +289,10 @@ def _summary(
         "records used",
         "node0 records",
         "ε so far",
-        "mean local acc",
+        "test acc",
     ):
         table.add_column(col)
     for r in records:
-        accs = [m.get("accuracy", 0.0) for m in r.metrics.values()]
         mine = r.consent.get(first)
         table.add_row(
             str(r.round),
@@ -291,7 +302,7 @@ def _summary(
             str(sum(c.count for c in r.consent.values())),
             "-" if mine is None else str(mine.count),
             "-" if (e := _epsilon(r)) is None else f"{e:.2f}",
-            f"{sum(accs) / max(1, len(accs)):.3f}",
+            f"{_test_accuracy(dirs[0], run, r):.3f}",
         )
     console.print(table)
     samples = dict(sorted((names.get(k, k), v) for k, v in records[-1].samples.items()))

@@ -475,5 +475,29 @@ class Ledger:
         )
         return {int(r[0]): (bytes(r[1]), int(r[2]), str(r[3]), int(r[4])) for r in rows}
 
+    # What this node did in secure aggregation that it must never contradict after a restart:
+    # the survivor set it signed per (ledger slot of the round, attempt), kind "set", value the
+    # encoded set. Written before the signature leaves, like votes.
+    _SECAGG = (
+        "CREATE TABLE IF NOT EXISTS my_secagg(slot INTEGER NOT NULL, attempt INTEGER NOT NULL, "
+        "kind TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY(slot, attempt, kind))"
+    )
+
+    def record_secagg(self, slot: int, attempt: int, kind: str, value: bytes) -> None:
+        self._conn.execute(self._SECAGG)
+        self._conn.execute(
+            "INSERT OR REPLACE INTO my_secagg VALUES (?,?,?,?)", (slot, attempt, kind, value)
+        )
+
+    def my_secagg(self) -> list[tuple[int, int, str, bytes]]:
+        """(slot, attempt, kind, value) of every survivor set this node signed."""
+        exists = self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='my_secagg'"
+        ).fetchone()
+        if exists is None:
+            return []
+        rows = self._conn.execute("SELECT slot, attempt, kind, value FROM my_secagg")
+        return [(int(r[0]), int(r[1]), str(r[2]), bytes(r[3])) for r in rows]
+
     def __repr__(self) -> str:
         return f"Ledger({str(self.path)!r}, size={self._size})"

@@ -61,6 +61,9 @@ class RunConfig(BaseModel):
     momentum: float = Field(0.9, ge=0, lt=1)
     seed: int = 0
     min_updates: int = Field(1, ge=1)
+    min_honest: int = Field(
+        3, ge=2, description="honest inputs every secure sum holds even if f members collude"
+    )
     collect_timeout: float = Field(10.0, gt=0)
     round_timeout: float = Field(30.0, gt=0)
     anchor_every: int = Field(0, ge=0, description="anchor the final head every k rounds (0: off)")

@@ -49,6 +49,7 @@ from consortium.protocol.round import (
     CastVote,
     Committed,
     Note,
+    PersistSurvivorSet,
     PersistVote,
     RoundMachine,
     RoundSettings,
@@ -220,8 +221,10 @@ class Node:
             secure=run.secure_aggregation == "secagg+",
             clip=run.clip_norm,
             model_size=self.learner.model_size,
+            min_honest=run.min_honest,
         )
         votes = {size: CastVote(*vote) for size, vote in self.ledger.my_votes().items()}
+        done = self.ledger.my_secagg()
         self.machine = RoundMachine(
             self.identity,
             self.genesis,
@@ -231,6 +234,7 @@ class Node:
             self.learner,
             randomness=self.randomness or Randomness.from_os(),
             votes=votes,
+            signed_sets={(r, a): tuple(decode(d)) for r, a, kind, d in done if kind == "set"},
         )
         self.finished.clear()
 
@@ -306,6 +310,9 @@ class Node:
                     self._spawn(self._send(peer, payload))
             elif isinstance(action, Train):
                 self._spawn(self._train(action.round))
+            elif isinstance(action, PersistSurvivorSet):  # durable before the signature leaves
+                survivors = encode(list(action.survivors))
+                self.ledger.record_secagg(action.slot, action.attempt, "set", survivors)
             elif isinstance(action, PersistVote):  # durable before the vote after it is sent
                 self.ledger.record_vote(
                     action.size, action.root, action.attempt, action.author, action.record_attempt

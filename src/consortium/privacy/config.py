@@ -42,8 +42,15 @@ class PrivacyConfig(BaseModel):
     clip_norm: float = Field(1.0, gt=0.0, description="record level: per-sample L2 clip")
     client_clip: float = Field(1.0, gt=0.0, description="client level: L2 clip of a node update")
     delta: float = Field(1e-5, gt=0.0, lt=1.0, description="the consortium's delta")
+    # Only 1 for now: accounting a rate below 1 assumes a secret random sample of members, and
+    # no member is ever sampled (every node trains each round), so a lower rate would claim an
+    # epsilon the run does not have.
     client_sampling_rate: float = Field(
-        1.0, gt=0.0, le=1.0, description="probability that a node takes part in a round"
+        1.0,
+        ge=1.0,
+        le=1.0,
+        description="probability that a node takes part in a round: 1 until secret member "
+        "sampling exists",
     )
     dropout_tolerance: int | float = Field(
         0,

@@ -172,6 +172,8 @@ class Update:
     erasures: list[Any] = field(default_factory=list)
     #: What this node has cosigned in this round so far (signed), for the attempt's leader.
     report: VoteReport | None = None
+    #: The survivor set this node signed earlier in the round: it joins no other sum.
+    bound: tuple[str, ...] = ()
 
     def to_body(self) -> dict[str, Any]:
         return {
@@ -185,12 +187,21 @@ class Update:
             "consent": self.consent,
             "erasures": list(self.erasures),
             "report": None if self.report is None else self.report.to_body(),
+            "bound": list(self.bound),
         }
 
     @classmethod
     def from_body(cls, b: dict[str, Any]) -> Update:
         acc = b.get("accepted")
         report = b.get("report")
+        bound = b.get("bound", [])
+        if (
+            not isinstance(bound, list)
+            or len(bound) > 10_000
+            or not all(isinstance(x, str) and len(x) <= 256 for x in bound)
+            or bound != sorted(set(bound))
+        ):
+            raise ProtocolError("field 'bound' must be a sorted list of distinct node ids")
         consent = b.get("consent")
         erasures = b.get("erasures", [])
         if consent is not None and not isinstance(consent, dict):
@@ -208,6 +219,7 @@ class Update:
             consent,
             erasures,
             None if report is None else VoteReport.from_body(_dict(b, "report")),
+            tuple(bound),
         )
 
 

@@ -136,7 +136,19 @@ def record_params_of(privacy: Mapping[str, Any]) -> dict[str, RecordParams]:
     return out
 
 
-def client_scale(rp: RoundPrivacy, n: int, model_size: int) -> float:
+def missing_shares(rp: RoundPrivacy, n: int, colluders: int) -> int:
+    """Noise shares of n that may be missing with the noise still whole: the tolerated dropouts,
+    plus the f colluders, who know their own shares and can subtract them."""
+    missing = rp.config.max_dropouts(n) + colluders
+    if missing >= n:
+        raise ConsortiumError(
+            f"{n} participants cannot carry the noise when {rp.config.max_dropouts(n)} may drop "
+            f"and {colluders} may collude: lower dropout_tolerance or add members"
+        )
+    return missing
+
+
+def client_scale(rp: RoundPrivacy, n: int, model_size: int, colluders: int) -> float:
     """The SecAgg+ quantization scale leaving room for n updates and the noise in 32 bits."""
     c = rp.config
     return scale_with_headroom(
@@ -146,11 +158,15 @@ def client_scale(rp: RoundPrivacy, n: int, model_size: int) -> float:
         c.client_clip,
         1.0 / n,
         model_size,
-        c.max_dropouts(n),
+        missing_shares(rp, n, colluders),
     )
 
 
-def client_plan(rp: RoundPrivacy, n: int, scale: float, model_size: int) -> ClientNoisePlan:
-    """The discrete Gaussian noise each of n participants adds on the grid."""
+def client_plan(
+    rp: RoundPrivacy, n: int, scale: float, model_size: int, colluders: int
+) -> ClientNoisePlan:
+    """The discrete Gaussian noise each of n participants adds on the grid, sized so that the
+    shares of any n - dropouts - colluders of them carry the whole noise."""
     c = rp.config
-    return plan(rp.client_z, c.client_clip, 1.0 / n, scale, model_size, n, c.max_dropouts(n))
+    missing = missing_shares(rp, n, colluders)
+    return plan(rp.client_z, c.client_clip, 1.0 / n, scale, model_size, n, missing)

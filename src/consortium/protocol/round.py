@@ -69,9 +69,10 @@ from consortium.protocol.privacy_round import (
 from consortium.protocol.randomness import Randomness
 from consortium.protocol.record import Erasure, RecordFormatError, RoundRecord, SecAggSection
 from consortium.protocol.schedule import leader_for
-from consortium.protocol.secagg import SecAggError, SecAggParams
+from consortium.protocol.secagg import SecAggError, SecAggParams, SurvivorSet
 from consortium.protocol.secure_round import (
     START,
+    Consortium,
     LeaderAggregation,
     ParticipantAggregation,
     params_body,
@@ -79,7 +80,12 @@ from consortium.protocol.secure_round import (
     round_params,
     weighted_vector,
 )
-from consortium.protocol.verifier import OwnContribution, RecordContext, verify_round_record
+from consortium.protocol.verifier import (
+    PUBLISHED_METRICS,
+    OwnContribution,
+    RecordContext,
+    verify_round_record,
+)
 
 #: Aggregates (node id, sample count, update bytes) into the new model's bytes. Pure compute.
 Aggregator = Callable[[Sequence[tuple[str, int, bytes]]], bytes]
@@ -178,6 +184,18 @@ class PersistVote:
 
 
 @dataclass(frozen=True)
+class PersistSurvivorSet:
+    """Record durably that this node signed `survivors` in `attempt` of the round at ledger
+    `slot` (unique across runs), before the signature is sent: it signs one set per attempt
+    and, for the rest of the round, only that set (restarts included), so its update enters at
+    most one distinct sum per round."""
+
+    slot: int
+    attempt: int
+    survivors: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Committed:
     round: int
     proposal: Proposal
@@ -199,7 +217,7 @@ class Stopped:
     reason: str
 
 
-Action = Send | Broadcast | Train | PersistVote | Committed | Note | Stopped
+Action = Send | Broadcast | Train | PersistVote | PersistSurvivorSet | Committed | Note | Stopped
 
 
 @dataclass(frozen=True)
@@ -215,11 +233,8 @@ class RoundSettings:
     clip: float = 10.0
     #: Number of model parameters (the secure vector has one more word: the weight).
     model_size: int = 0
-
-    @property
-    def min_contributors(self) -> int:
-        # SecAgg+ needs at least 3 contributors (with 2, each would learn the other's update).
-        return max(self.min_updates, 3 if self.secure else 1)
+    #: Honest inputs every secure sum must hold even if f members collude.
+    min_honest: int = 3
 
 
 class SecureOps(Protocol):
@@ -274,6 +289,9 @@ class _State:
     #: attempt -> commitment to what this node sent that attempt's leader (the verifier's
     #: "own update missing / misstated" rules).
     sent: dict[int, bytes] = field(default_factory=dict)
+    #: This node's quantized (and noised) SecAgg+ words of the round, once made: a later attempt
+    #: bound to the same survivor set sends exactly these, so it releases the same sum.
+    words: npt.NDArray[np.uint32] | None = None
 
 
 class RoundMachine:
@@ -288,9 +306,11 @@ class RoundMachine:
         *,
         randomness: Randomness | None = None,
         votes: Mapping[int, CastVote] | None = None,
+        signed_sets: Mapping[tuple[int, int], tuple[str, ...]] | None = None,
     ) -> None:
         """`randomness`: secret bytes and a NumPy generator (tests pass a seeded one);
-        `votes`: what this node has cosigned before (ledger size -> vote), from its own disk."""
+        `votes`: what this node has cosigned before (ledger size -> vote), `signed_sets`: the
+        survivor set it signed per (ledger slot, attempt); both from its own disk."""
         if settings.secure and secure_ops is None:
             raise ConsortiumError("secure aggregation needs the node's model operations")
         self.me = identity.node_id
@@ -305,6 +325,8 @@ class RoundMachine:
         self._keys = {m.node_id: m.public_key for m in genesis.members}
         self._digest = genesis.digest()  # every signature here is bound to this consortium
         self._voted: dict[int, CastVote] = dict(votes or {})
+        self._signed_sets: dict[tuple[int, int], tuple[str, ...]] = dict(signed_sets or {})
+        self._secagg = Consortium(len(self.members), genesis.quorum, settings.min_honest)
         self.s = _State()
         self._from = Phase.DONE  # the phase the event being handled started in
 
@@ -514,7 +536,12 @@ class RoundMachine:
             self._goto(event, Phase.COLLECTING)
         everyone = len(s.updates) == len(self.members)
         waited = now >= s.attempt_started + self.settings.collect_timeout
-        if len(s.updates) < self.settings.min_contributors or not (everyone or waited):
+        bound = self._reported_bound() if self.settings.secure else None
+        if bound is not None:
+            everyone = set(bound) <= set(s.updates)  # that set alone: wait for all of it
+            if not everyone:
+                return []
+        elif len(s.updates) < self.min_contributors or not (everyone or waited):
             return []
         accepted = [p for p in self._reported_proposals() if self._is_valid_proposal(p)]
         if accepted:
@@ -535,6 +562,11 @@ class RoundMachine:
         reports = tuple(s.reports[k] for k in sorted(s.reports))
         msg = Propose(self.settings.run_id, s.round, s.attempt, proposal, reports)
         return [Broadcast(msg), *self._vote_for(proposal, self.me, reports)]
+
+    def _reported_bound(self) -> tuple[str, ...] | None:
+        """A survivor set participants report being bound to (see `_bound_set`), if any."""
+        sets = sorted({u.bound for u in self.s.updates.values() if u.bound})
+        return sets[0] if sets else None
 
     def _reported_proposals(self) -> list[Proposal]:
         """Proposals that participants say they already cosigned, in a deterministic order."""
@@ -643,12 +675,13 @@ class RoundMachine:
             model=p.model,
             cid_of=self._cid_of,
             secure=self.settings.secure,
-            min_contributors=self.settings.min_contributors,
+            min_contributors=self.min_contributors,
             config=self.settings.config,
             transcript=p.transcript,
             secagg_params=self._secagg_params,
             apply_delta=self._ops.apply if self._ops is not None else None,
             privacy=s.privacy,
+            colluders=self._secagg.f,
             current_attempt=s.attempt if voting else None,
             own=own,
         )
@@ -734,7 +767,7 @@ class RoundMachine:
             if r.root and r.node not in proven:
                 counts[r.root] = counts.get(r.root, 0) + 1
         unknown = len(self.members) - len(reporters - proven)
-        liars = max(0, max_faulty(len(self.members)) - len(proven))
+        liars = max(0, self._secagg.f - len(proven))
         counts.setdefault(prior.root, 0)
         for root, n in counts.items():
             if root != p.root and n + unknown + liars >= self.genesis.quorum:
@@ -827,6 +860,21 @@ class RoundMachine:
         self._goto(event, Phase.AWAITING)
         return [Send(self.leader(), self._my_update())]
 
+    def _bound_set(self) -> tuple[str, ...] | None:
+        """The survivor set this node signed in an earlier attempt of this round, if any.
+
+        Once signed, its masked input may have been unmasked within that set's sum (the leader
+        may withhold the result). A sum over any other set, with or without this node, would
+        let the difference of the two give updates away, so for the rest of the round it helps
+        only to recompute that same sum, from the very same quantized words."""
+        s = self.s
+        slot = s.frontier.size
+        earlier = sorted((a, u) for (r, a), u in self._signed_sets.items() if r == slot)
+        for a, survivors in earlier:
+            if a != s.attempt:
+                return survivors
+        return None
+
     def _my_update(self) -> Update:
         s = self.s
         assert s.local is not None
@@ -838,11 +886,12 @@ class RoundMachine:
             s.attempt,
             s.local.num_samples,
             b"" if self.settings.secure else s.local.update,  # secure: never reveal the update
-            s.local.metrics,
+            published_metrics(s.local.metrics),
             s.accepted,
             None if s.local.consent is None else s.local.consent.to_body(),
             [e.to_body() for e in s.local.erasures],
             self._report(),
+            self._bound_set() or (),
         )
 
     def _report(self) -> VoteReport:
@@ -862,13 +911,19 @@ class RoundMachine:
         """As leader: open SecAgg+ among the participants whose updates arrived."""
         s = self.s
         parts = sorted(s.updates)
+        bound = self._reported_bound()
+        if bound is not None:  # members bound to a set: only that sum may be recomputed
+            parts = list(bound)
         params = self._secagg_params(s.attempt, parts)
-        s.leading = LeaderAggregation(params, now, self._min_inputs(len(parts)))
+        s.leading = LeaderAggregation(
+            params, now, self._secagg_verify, self._min_inputs(len(parts))
+        )
         s.secagg_samples = {p: s.updates[p].num_samples for p in parts}
         self._goto(event, Phase.SECURE)
         start = {START: {"participants": parts, "samples": s.secagg_samples}}
         actions: list[Action] = [Send(p, self._secagg_msg(start)) for p in parts if p != self.me]
-        actions += self._client_start(params, s.secagg_samples)
+        if self.me in parts:  # a leader sitting the round out only relays and sums
+            actions += self._client_start(params, s.secagg_samples)
         return actions + self._secure_progress(event, now)
 
     def _client_dp(self, n: int) -> tuple[float, ClientNoisePlan] | None:
@@ -877,13 +932,36 @@ class RoundMachine:
         if pv is None or not pv.config.client_level:
             return None
         params = self._secagg_params(self.s.attempt, [f"p{i}" for i in range(n)])
-        return pv.config.client_clip, client_plan(pv, n, params.scale, self.settings.model_size)
+        plan = client_plan(pv, n, params.scale, self.settings.model_size, self._secagg.f)
+        return pv.config.client_clip, plan
 
     def _secagg_params(self, attempt: int, parts: list[str]) -> SecAggParams:
         """The SecAgg+ parameters every node derives alike for this attempt and participants."""
         st = self.settings
         return round_params(
-            st.run_id, self.s.round, attempt, parts, st.model_size, st.clip, self.s.privacy
+            st.run_id,
+            self.s.round,
+            attempt,
+            parts,
+            st.model_size,
+            st.clip,
+            self.s.privacy,
+            self._secagg,
+        )
+
+    @property
+    def min_contributors(self) -> int:
+        """Plaintext: the run's minimum; SecAgg+: also the floor sized for colluders."""
+        st = self.settings
+        return max(st.min_updates, self._secagg.floor) if st.secure else st.min_updates
+
+    def _secagg_sign(self, statement: dict[str, Any]) -> bytes:
+        return self._identity.sign(Domain.MESSAGE, statement, self._digest)
+
+    def _secagg_verify(self, node: str, statement: dict[str, Any], signature: bytes) -> bool:
+        key = self._keys.get(node)
+        return key is not None and is_valid_signature(
+            key, Domain.MESSAGE, statement, signature, self._digest
         )
 
     def _min_inputs(self, n: int) -> int:
@@ -902,24 +980,60 @@ class RoundMachine:
             raise ConsortiumError("secure aggregation start misstates this node's sample count")
         delta = self._ops.delta(s.model, s.local.update)
         dp = self._client_dp(len(samples))
+        # Every member weighs the same (1/n): a self-reported sample count inside the masked
+        # vector would let a dishonest member weigh its own update as it likes, unseen.
+        weight = 1.0 / len(samples)
+        auth = (self._secagg_sign, self._secagg_verify)
+        words = None
+        if self._bound_set() is not None:
+            if s.words is None:
+                raise ConsortiumError(
+                    "this node signed a survivor set earlier in the round and cannot reproduce "
+                    "its input (restarted): it sits the round out [rule one-sum-per-update]"
+                )
+            words = s.words
         if dp is None:
-            weight = s.local.num_samples / sum(samples.values())
             vector = weighted_vector(delta, self.settings.clip, weight)
-            s.client = ParticipantAggregation(params, self.me, vector, self._random)
-        else:  # client-level DP: uniform weights, clipped delta, a share of the noise
+            s.client = ParticipantAggregation(
+                params, self.me, vector, self._random, *auth, words=words
+            )
+        else:  # client-level DP: the clipped delta plus a share of the noise
             clip, plan = dp
-            vector = weighted_vector(delta, clip, 1.0 / len(samples))
-            s.client = ParticipantAggregation(params, self.me, vector, self._random, noise=plan)
+            vector = weighted_vector(delta, clip, weight)
+            s.client = ParticipantAggregation(
+                params, self.me, vector, self._random, *auth, noise=plan, words=words
+            )
         return self._to_leader(s.client.start())
 
     def _client_on(self, body: dict[str, Any]) -> list[Action]:
-        """As participant: answer the aggregator; remember the masked input this node sent."""
+        """As participant: answer the aggregator; remember the masked input this node sent; sign
+        at most one survivor set per attempt and reveal in at most one attempt per round, each
+        persisted before the answer leaves."""
         s = self.s
         assert s.client is not None
+        key = (s.frontier.size, s.attempt)
+        before: list[Action] = []
+        if body.get("type") == SurvivorSet.TYPE:
+            survivors = SurvivorSet.from_body(body).survivors
+            prior = self._signed_sets.get(key)
+            if prior is not None and prior != survivors:
+                raise SecAggError(
+                    "it already signed another survivor set for this attempt "
+                    "[rule one-set-per-attempt]"
+                )
+            bound = self._bound_set()
+            if bound is not None and survivors != bound:
+                raise SecAggError(
+                    "it signed another survivor set earlier in this round [rule one-sum-per-update]"
+                )
+            self._signed_sets[key] = survivors
+            before.append(PersistSurvivorSet(s.frontier.size, s.attempt, survivors))
         reply = s.client.on(body)
         if s.client.input_hash is not None:
             s.sent[s.attempt] = s.client.input_hash
-        return self._to_leader(reply) if reply is not None else []
+        if s.client.words is not None:
+            s.words = s.client.words  # reused if this round's sum must be recomputed
+        return [*before, *self._to_leader(reply)] if reply is not None else before
 
     def _to_leader(self, body: dict[str, Any]) -> list[Action]:
         s = self.s
@@ -961,6 +1075,19 @@ class RoundMachine:
                 raise ConsortiumError("secure-aggregation start leaves this node out")
             if s.client is not None:
                 raise ConsortiumError("a second secure-aggregation start in one attempt")
+            outsiders = [p for p in parts if p not in self._keys]
+            if outsiders or len(set(parts)) < self.min_contributors:
+                raise ConsortiumError(
+                    f"secure-aggregation start names {len(set(parts))} participants "
+                    f"({len(outsiders)} not members); the floor is {self.min_contributors} "
+                    "members [rule participant-floor]"
+                )
+            bound = self._bound_set()
+            if bound is not None and tuple(sorted(parts)) != bound:
+                raise ConsortiumError(
+                    "secure-aggregation start differs from the survivor set this node signed "
+                    "earlier in the round [rule one-sum-per-update]"
+                )
             params = self._secagg_params(s.attempt, parts)
             return self._client_start(params, samples)
         if s.client is None:
@@ -1004,10 +1131,9 @@ class RoundMachine:
         transcript = encode(lead.agg.transcript().to_body())
         mean, tr = recompute_mean_delta(lead.params, transcript)
         contributors = tuple(tr.survivors)
-        if len(contributors) < self.settings.min_contributors:
+        if len(contributors) < self.min_contributors:
             raise ConsortiumError(
-                f"{len(contributors)} contributors survived, the run needs "
-                f"{self.settings.min_contributors}"
+                f"{len(contributors)} contributors survived, the run needs {self.min_contributors}"
             )
         model = self._ops.apply(s.model, mean)
         record = self._record(
@@ -1026,9 +1152,11 @@ class RoundMachine:
         return node_id[:12]
 
 
-def max_faulty(n: int) -> int:
-    """f: the largest number of members below a third, the colluders the protocol tolerates."""
-    return (n - 1) // 3
+def published_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """What of a node's local metrics leaves it: its DP-SGD parameters only. Loss, accuracy and
+    any other figure computed from its data stay on the node (they are outside the privacy
+    accounting); see docs/architecture.md, "Per-node figures that may be published"."""
+    return {k: v for k, v in metrics.items() if k in PUBLISHED_METRICS}
 
 
 def _authorship(p: Proposal) -> tuple[str, int]:

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from consortium.core.encoding import decode
-from consortium.core.errors import ConsortiumError
+from consortium.core.errors import ConfigError, ConsortiumError
 from consortium.privacy.client_dp import ClientNoisePlan
 from consortium.privacy.noise import add_to_words, node_noise_share
 from consortium.protocol.privacy_round import RoundPrivacy, client_scale
@@ -34,9 +34,13 @@ from consortium.protocol.secagg import (
     SecAggError,
     SecAggParams,
     ShareDelivery,
+    Signer,
+    SurvivorSet,
+    SurvivorVote,
     Transcript,
     UnmaskRequest,
     UnmaskResponse,
+    Verifier,
     dequantize,
     parse_message,
     verify_aggregate,
@@ -51,18 +55,73 @@ def secagg_round_id(run_id: str, round_no: int, attempt: int) -> bytes:
     return hashlib.sha256(f"consortium/secagg/{run_id}/{round_no}/{attempt}".encode()).digest()
 
 
+#: Complete graph up to this many participants; above it a sparse graph needs a stated (lower)
+#: corrupt fraction, which is not supported yet.
+MAX_COMPLETE_GRAPH = 300
+
+
+def max_faulty(members: int) -> int:
+    """f: the largest number of members below a third, the colluders the protocol tolerates."""
+    return (members - 1) // 3
+
+
+def contributor_floor(members: int, quorum: int, min_honest: int) -> int:
+    """The fewest contributors a secure sum may have: a quorum must certify the survivor set,
+    and it must hold `min_honest` honest inputs even if f of its members collude."""
+    return max(quorum, max_faulty(members) + min_honest)
+
+
+@dataclass(frozen=True)
+class Consortium:
+    """What SecAgg+ parameters depend on beyond the participants: genesis's size and quorum,
+    and the run's `min_honest`."""
+
+    members: int
+    quorum: int
+    min_honest: int = 3
+
+    @property
+    def f(self) -> int:
+        return max_faulty(self.members)
+
+    @property
+    def floor(self) -> int:
+        return contributor_floor(self.members, self.quorum, self.min_honest)
+
+
 def make_params(
     round_id: bytes,
     participants: list[str],
     model_size: int,
     clip: float,
+    consortium: Consortium,
     scale: float | None = None,
 ) -> SecAggParams:
     """Parameters every participant derives identically: d = model size + 1 weight word.
 
-    The L2 bound of [w·Δ ‖ w] with |Δ| <= C and w <= 1 is sqrt(C² + 1) <= C + 1. `scale`
-    (client-level DP) leaves room in the 32-bit words for the noise."""
-    return SecAggParams.create(round_id, participants, model_size + 1, clip=clip + 1.0, scale=scale)
+    Sized for colluders: the complete graph and threshold t = f + 1 (at least 2, so a curious
+    leader alone never can), so the f colluders never hold enough shares of an honest member's
+    secrets, while survivors (at least the floor, which is above t) can always rebuild a
+    dropped member's. The L2 bound of [w·Δ ‖ w] with |Δ| <= C
+    and w <= 1 is sqrt(C² + 1) <= C + 1. `scale` (client-level DP) leaves room for the noise."""
+    n = len(participants)
+    if n > MAX_COMPLETE_GRAPH:
+        raise ConfigError(
+            f"{n} participants: above {MAX_COMPLETE_GRAPH} SecAgg+ needs a sparse graph sized for "
+            "a stated corrupt fraction, which this version does not offer"
+        )
+    f = max_faulty(consortium.members)
+    return SecAggParams.create(
+        round_id,
+        participants,
+        model_size + 1,
+        clip=clip + 1.0,
+        scale=scale,
+        k=n - 1,
+        threshold=min(max(f + 1, 2), n),
+        quorum=min(consortium.quorum, n),
+        min_survivors=min(consortium.floor, n),
+    )
 
 
 def round_params(
@@ -73,14 +132,16 @@ def round_params(
     model_size: int,
     clip: float,
     privacy: RoundPrivacy | None,
+    consortium: Consortium,
 ) -> SecAggParams:
     """The SecAgg+ parameters of one attempt, as every node (and the auditor) derives them: the
     clip and quantization scale follow client-level DP when the run uses it."""
     rid = secagg_round_id(run_id, round_no, attempt)
     if privacy is None or not privacy.config.client_level:
-        return make_params(rid, participants, model_size, clip)
-    scale = client_scale(privacy, len(participants), model_size)
-    return make_params(rid, participants, model_size, privacy.config.client_clip, scale=scale)
+        return make_params(rid, participants, model_size, clip, consortium)
+    scale = client_scale(privacy, len(participants), model_size, consortium.f)
+    c = privacy.config.client_clip
+    return make_params(rid, participants, model_size, c, consortium, scale=scale)
 
 
 def params_body(p: SecAggParams) -> dict[str, Any]:
@@ -92,6 +153,8 @@ def params_body(p: SecAggParams) -> dict[str, Any]:
         "d": p.vector_length,
         "clip": p.clip,
         "scale": p.scale,
+        "quorum": p.quorum,
+        "min_survivors": p.min_survivors,
     }
 
 
@@ -105,6 +168,8 @@ def params_from_body(b: dict[str, Any]) -> SecAggParams:
             b["d"],
             b["clip"],
             b["scale"],
+            quorum=b["quorum"],
+            min_survivors=b["min_survivors"],
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConsortiumError(f"malformed secure-aggregation parameters: {exc}") from exc
@@ -141,7 +206,7 @@ def recompute_mean_delta(
 # -- leader side -------------------------------------------------------------------------------
 
 
-_STAGES = ("keys", "shares", "inputs", "unmask")
+_STAGES = ("keys", "shares", "inputs", "agree", "unmask")
 
 
 @dataclass
@@ -150,6 +215,7 @@ class LeaderAggregation:
 
     params: SecAggParams
     started: float
+    verify: Verifier
     #: Masked inputs the sum needs (client-level DP: the noise is sized for this many shares).
     min_inputs: int = 0
     agg: SecAggAggregator = field(init=False)
@@ -159,7 +225,7 @@ class LeaderAggregation:
     stage_started: float = 0.0
 
     def __post_init__(self) -> None:
-        self.agg = SecAggAggregator(self.params)
+        self.agg = SecAggAggregator(self.params, self.verify)
         self.expected = set(self.params.participants)
         self.stage_started = self.started
 
@@ -180,7 +246,7 @@ class LeaderAggregation:
 
     def advance(self, now: float) -> list[tuple[str, dict[str, Any]]]:
         """Close the current stage; return (recipient, body) messages for the next one."""
-        out: list[NeighbourKeys | ShareDelivery | UnmaskRequest]
+        out: list[NeighbourKeys | ShareDelivery | SurvivorSet | UnmaskRequest]
         if self.stage == 0:
             out = list(self.agg.finish_keys())
         elif self.stage == 1:
@@ -191,6 +257,8 @@ class LeaderAggregation:
                 raise SecAggError(
                     f"only {len(out)} masked inputs; the noise is sized for {self.min_inputs}"
                 )
+        elif self.stage == 3:
+            out = list(self.agg.finish_agreement())
         else:
             self.agg.finish()
             self.stage = len(_STAGES)
@@ -214,39 +282,50 @@ class ParticipantAggregation:
         me: str,
         vector: npt.NDArray[np.float64],
         randomness: Randomness,
+        signer: Signer,
+        verify: Verifier,
         noise: ClientNoisePlan | None = None,
+        words: npt.NDArray[np.uint32] | None = None,
     ) -> None:
-        self.client = SecAggClient(params, me, random_bytes=randomness.bytes)
+        """`words`: quantized words made earlier in the round, sent again as they are (a later
+        attempt recomputing the same sum must not release a differently rounded or noised one)."""
+        self.client = SecAggClient(
+            params, me, signer=signer, verify=verify, random_bytes=randomness.bytes
+        )
         self._vector = vector
         self._noise = noise
         self._rng = randomness.numpy  # stochastic rounding and the DP noise share
         self.input_hash: bytes | None = None
+        self.words = words
 
     def start(self) -> dict[str, Any]:
         return self.client.advertise_keys().to_body()
 
+    def _quantize(self) -> npt.NDArray[np.uint32]:
+        p = self.client.params
+        words = quantize(self._vector, p.clip, p.scale, self._rng)
+        if self._noise is not None:  # client-level DP: this node's share, on the grid
+            plan = self._noise
+            share = node_noise_share(
+                p.vector_length - 1, plan.sigma_total, plan.n_expected, plan.max_dropouts, self._rng
+            )
+            words = add_to_words(words, share)
+        return words
+
     def on(self, body: dict[str, Any]) -> dict[str, Any] | None:
         """Answer one message from the aggregator (None when nothing is owed)."""
         msg = parse_message(body)
-        reply: AdvertiseKeys | EncryptedShares | MaskedInput | UnmaskResponse
+        reply: AdvertiseKeys | EncryptedShares | MaskedInput | SurvivorVote | UnmaskResponse
         if isinstance(msg, NeighbourKeys):
             reply = self.client.receive_neighbour_keys(msg)
         elif isinstance(msg, ShareDelivery):
             self.client.receive_shares(msg)
-            p = self.client.params
-            words = quantize(self._vector, p.clip, p.scale, self._rng)
-            if self._noise is not None:  # client-level DP: this node's share, on the grid
-                plan = self._noise
-                share = node_noise_share(
-                    p.vector_length - 1,
-                    plan.sigma_total,
-                    plan.n_expected,
-                    plan.max_dropouts,
-                    self._rng,
-                )
-                words = add_to_words(words, share)
-            reply = self.client.masked_input(words)
+            if self.words is None:
+                self.words = self._quantize()
+            reply = self.client.masked_input(self.words)
             self.input_hash = hashlib.sha256(reply.vector).digest()
+        elif isinstance(msg, SurvivorSet):
+            reply = self.client.receive_survivor_set(msg)
         elif isinstance(msg, UnmaskRequest):
             reply = self.client.receive_unmask_request(msg)
         else:

@@ -24,7 +24,12 @@ from consortium.consent.commitments import RoundCommitment
 from consortium.core.errors import ConsortiumError
 from consortium.core.genesis import Genesis
 from consortium.privacy.errors import BudgetExceeded
-from consortium.protocol.privacy_round import RecordParams, RoundPrivacy, record_params_of
+from consortium.protocol.privacy_round import (
+    RecordParams,
+    RoundPrivacy,
+    missing_shares,
+    record_params_of,
+)
 from consortium.protocol.record import Erasure, RoundRecord
 from consortium.protocol.schedule import leader_for
 from consortium.protocol.secagg import SecAggParams
@@ -46,6 +51,10 @@ SUM = "sum-mismatch"  # the model is not the previous model plus the published s
 PRIVACY = "privacy-mismatch"  # the privacy spend is not what the ledger and reports imply
 CONSENT = "consent-mismatch"  # consent commitments or erasures of non-participants
 CONFIG = "config-mismatch"  # round 1 does not carry the agreed run configuration
+METRICS = "metrics-in-the-clear"  # per-node figures other than DP parameters
+
+#: The only per-node metrics a record may carry: DP-SGD parameters (public, and accounted).
+PUBLISHED_METRICS = frozenset({"dp"})
 
 
 class RecordRejected(ConsortiumError):
@@ -90,6 +99,8 @@ class RecordContext:
     secagg_params: Callable[[int, list[str]], SecAggParams] | None = None
     apply_delta: Callable[[bytes, npt.NDArray[np.float64]], bytes] | None = None
     privacy: RoundPrivacy | None = None
+    #: f, the colluders the noise of a client-level DP sum is sized against.
+    colluders: int = 0
     #: The voter's current attempt (None for an auditor, who checks a record after the fact).
     current_attempt: int | None = None
     own: OwnContribution | None = None
@@ -189,6 +200,12 @@ def _check_participants(record: RoundRecord, ctx: RecordContext, members: list[s
         SHAPE,
         "the record carries metrics of nodes that did not contribute",
     )
+    clear = sorted({k for m in record.metrics.values() for k in m} - PUBLISHED_METRICS)
+    _require(
+        not clear,
+        METRICS,
+        f"the record publishes per-node {', '.join(clear)} in the clear",
+    )
     _require(
         set(record.consent) <= parts and set(record.erasures) <= parts,
         CONSENT,
@@ -258,6 +275,18 @@ def _check_secure_sum(record: RoundRecord, ctx: RecordContext) -> None:
         SUM,
         "the record and the transcript disagree on contributors",
     )
+    pv = ctx.privacy
+    if pv is not None and pv.config.client_level:
+        n = len(params.participants)
+        try:
+            need = n - missing_shares(pv, n, ctx.colluders)
+        except ConsortiumError as exc:
+            raise RecordRejected(PRIVACY, str(exc)) from exc
+        _require(
+            len(record.participants) >= need,
+            PRIVACY,
+            f"{len(record.participants)} noise shares in the sum, it was sized for {need}",
+        )
     try:
         model = ctx.apply_delta(ctx.prev_model, mean)
     except ConsortiumError as exc:

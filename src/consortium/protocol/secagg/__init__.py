@@ -5,6 +5,7 @@ over any transport (their `to_body()` is canonical and `parse_message` rebuilds 
 """
 
 from consortium.protocol.secagg.aggregator import AggregateResult, AggregatorStage, SecAggAggregator
+from consortium.protocol.secagg.auth import Signer, SimulatedKeys, Verifier
 from consortium.protocol.secagg.client import ClientStage, SecAggClient
 from consortium.protocol.secagg.errors import (
     DoubleRevealError,
@@ -22,6 +23,8 @@ from consortium.protocol.secagg.messages import (
     Message,
     NeighbourKeys,
     ShareDelivery,
+    SurvivorSet,
+    SurvivorVote,
     UnmaskRequest,
     UnmaskResponse,
     parse_message,
@@ -50,10 +53,15 @@ __all__ = [
     "SecAggParamsError",
     "SecAggStateError",
     "ShareDelivery",
+    "Signer",
+    "SimulatedKeys",
+    "SurvivorSet",
+    "SurvivorVote",
     "Transcript",
     "TranscriptError",
     "UnmaskRequest",
     "UnmaskResponse",
+    "Verifier",
     "default_degree",
     "default_threshold",
     "dequantize",

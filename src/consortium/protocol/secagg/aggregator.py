@@ -5,7 +5,8 @@ Theory of operation:
     stage    receive_*                 finish_*() returns         live set after finish
     KEYS     receive_keys              list[NeighbourKeys]        U1 (advertised)
     SHARES   receive_shares            list[ShareDelivery]        U2 (sent shares)
-    INPUTS   receive_masked_input      list[UnmaskRequest]        U3 (sent masked inputs)
+    INPUTS   receive_masked_input      list[SurvivorSet]          U3 (sent masked inputs)
+    AGREE    receive_survivor_vote     list[UnmaskRequest]        U3, certified by a quorum
     UNMASK   receive_unmask            AggregateResult            U4 (answered unmasking)
     DONE
 
@@ -14,7 +15,9 @@ naming it) is dropped too and the round goes on. Before masks exist (KEYS, SHARE
 neighbourhood holds fewer than t live share holders are pruned; afterwards, if any node's masks
 can no longer be removed (fewer than t of its share holders alive) the round raises `SecAggAbort`.
 Each live node is asked for seed shares of its surviving neighbours and mask-key shares of its
-dropped ones, never both for one peer.
+dropped ones, never both for one peer. Keys are accepted only with their owner's signature, and
+nobody is asked to unmask before `quorum` participants signed the same survivor set U3, which
+every request carries: a dishonest aggregator cannot show two participants two different sets.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from consortium.protocol.secagg import crypto, field
+from consortium.protocol.secagg.auth import Verifier, key_statement, survivors_statement
 from consortium.protocol.secagg.client import seed_commitment, share_plaintext
 from consortium.protocol.secagg.errors import (
     RejectedMessage,
@@ -43,6 +47,8 @@ from consortium.protocol.secagg.messages import (
     Message,
     NeighbourKeys,
     ShareDelivery,
+    SurvivorSet,
+    SurvivorVote,
     UnmaskRequest,
     UnmaskResponse,
 )
@@ -57,6 +63,7 @@ class AggregatorStage(enum.Enum):
     KEYS = "keys"
     SHARES = "shares"
     INPUTS = "inputs"
+    AGREE = "agree"
     UNMASK = "unmask"
     DONE = "done"
 
@@ -72,12 +79,15 @@ class AggregateResult:
 class SecAggAggregator:
     """Relays and sums; learns the sum of the survivors' inputs and nothing else."""
 
-    def __init__(self, params: SecAggParams) -> None:
+    def __init__(self, params: SecAggParams, verify: Verifier) -> None:
         self.params = params
+        self._verify = verify
         self.stage = AggregatorStage.KEYS
         self.rejections: list[RejectedMessage] = []
         self._banned: set[str] = set()
         self._keys: dict[str, tuple[bytes, bytes]] = {}
+        self._key_sigs: dict[str, bytes] = {}
+        self._votes: dict[str, bytes] = {}  # survivor-set signatures
         self._u1: frozenset[str] = frozenset()
         self._shares: dict[str, EncryptedShares] = {}
         self._u2: frozenset[str] = frozenset()
@@ -148,6 +158,8 @@ class SecAggAggregator:
             self._shares.pop(sender, None)
         elif self.stage is AggregatorStage.INPUTS:
             self._inputs.pop(sender, None)
+        elif self.stage is AggregatorStage.AGREE:
+            self._votes.pop(sender, None)
         elif self.stage is AggregatorStage.UNMASK:
             self._responses.pop(sender, None)
         if self.stage in (AggregatorStage.INPUTS, AggregatorStage.UNMASK):
@@ -164,7 +176,7 @@ class SecAggAggregator:
     def dropped(self) -> frozenset[str]:
         """Participants known not to contribute (silent or refused) so far. Once masked inputs
         are in, a node that fails to help unmask still contributes and is not listed."""
-        if self.stage in (AggregatorStage.UNMASK, AggregatorStage.DONE):
+        if self.stage in (AggregatorStage.AGREE, AggregatorStage.UNMASK, AggregatorStage.DONE):
             return frozenset(self.params.participants) - self._u3
         live = {
             AggregatorStage.KEYS: set(self.params.participants),
@@ -181,6 +193,8 @@ class SecAggAggregator:
             self.receive_shares(msg)
         elif isinstance(msg, MaskedInput):
             self.receive_masked_input(msg)
+        elif isinstance(msg, SurvivorVote):
+            self.receive_survivor_vote(msg)
         elif isinstance(msg, UnmaskResponse):
             self.receive_unmask(msg)
         else:
@@ -195,7 +209,11 @@ class SecAggAggregator:
             self._reject(msg.sender, "public keys must be 32 bytes")
         if msg.enc_key == msg.mask_key:
             self._reject(msg.sender, "encryption and mask keys must differ")
+        statement = key_statement(msg.round_id, msg.sender, msg.enc_key, msg.mask_key)
+        if not self._verify(msg.sender, statement, msg.signature):
+            self._reject(msg.sender, "keys not signed by their sender")
         self._keys[msg.sender] = (msg.enc_key, msg.mask_key)
+        self._key_sigs[msg.sender] = msg.signature
 
     def finish_keys(self) -> list[NeighbourKeys]:
         self._expect(AggregatorStage.KEYS)
@@ -206,7 +224,10 @@ class SecAggAggregator:
             NeighbourKeys(
                 rid,
                 u,
-                tuple((v, *self._keys[v]) for v in sorted(self.params.neighbours(u) & self._u1)),
+                tuple(
+                    (v, *self._keys[v], self._key_sigs[v])
+                    for v in sorted(self.params.neighbours(u) & self._u1)
+                ),
             )
             for u in sorted(self._u1)
         ]
@@ -256,7 +277,7 @@ class SecAggAggregator:
             )
         self._inputs[u] = msg.vector
 
-    def finish_inputs(self) -> list[UnmaskRequest]:
+    def finish_inputs(self) -> list[SurvivorSet]:
         self._expect(AggregatorStage.INPUTS)
         u3 = set(self._inputs) - self._banned
         lost = self._unrecoverable(self._u2, u3)
@@ -265,18 +286,52 @@ class SecAggAggregator:
                 f"masks of {lost} cannot be removed: fewer than t={self.params.threshold} of "
                 "their share holders sent masked inputs"
             )
+        if len(u3) < self.params.min_survivors:
+            raise SecAggAbort(
+                f"only {len(u3)} masked inputs, the floor is {self.params.min_survivors}"
+            )
         self._u3 = frozenset(u3)
+        self.stage = AggregatorStage.AGREE
+        rid, survivors = self.params.round_id, tuple(sorted(self._u3))
+        return [SurvivorSet(rid, v, survivors) for v in survivors]
+
+    # -- stage 3: agreeing on the survivors ------------------------------------------------------
+
+    def receive_survivor_vote(self, msg: SurvivorVote) -> None:
+        self._expect(AggregatorStage.AGREE)
+        v = msg.sender
+        self._admit(v, msg.round_id, self._u3, self._votes)
+        statement = survivors_statement(self.params.round_id, self._u3)
+        if not self._verify(v, statement, msg.signature):
+            self._reject(v, "survivor-set signature does not verify")
+        self._votes[v] = msg.signature
+
+    def finish_agreement(self) -> list[UnmaskRequest]:
+        """Unmask requests carrying the certified set, once a quorum signed it."""
+        self._expect(AggregatorStage.AGREE)
+        votes = {v: s for v, s in self._votes.items() if v not in self._banned}
+        if len(votes) < self.params.quorum:
+            raise SecAggAbort(
+                f"only {len(votes)} participants signed the survivor set, quorum is "
+                f"{self.params.quorum}"
+            )
         self.stage = AggregatorStage.UNMASK
         dropped = self._u2 - self._u3
-        rid = self.params.round_id
-        for v in sorted(self._u3):
+        rid, agreed = self.params.round_id, tuple(sorted(self._u3))
+        certificate = tuple(sorted(votes.items()))
+        for v in agreed:
             nb = self.params.neighbours(v)
             self._requests[v] = UnmaskRequest(
-                rid, v, tuple(sorted((nb & self._u3) | {v})), tuple(sorted(nb & dropped))
+                rid,
+                v,
+                tuple(sorted((nb & self._u3) | {v})),
+                tuple(sorted(nb & dropped)),
+                agreed,
+                certificate,
             )
         return list(self._requests.values())
 
-    # -- stage 3: unmasking --------------------------------------------------------------------
+    # -- stage 4: unmasking --------------------------------------------------------------------
 
     def receive_unmask(self, msg: UnmaskResponse) -> None:
         self._expect(AggregatorStage.UNMASK)

@@ -7,8 +7,14 @@ Theory of operation (one round, Bell et al. 2020 over Bonawitz et al. 2017):
     KEYS       receive_neighbour_keys(m)   NeighbourKeys    EncryptedShares
     SHARES     receive_shares(m)           ShareDelivery    None
     INPUT      masked_input(words)         uint32 vector    MaskedInput
+    AGREE      receive_survivor_set(m)     SurvivorSet      SurvivorVote
     UNMASK     receive_unmask_request(m)   UnmaskRequest    UnmaskResponse
     DONE       -
+
+Against a dishonest aggregator (any member may lead): neighbours' keys are used only with their
+owners' signatures (`auth`); the client signs at most one survivor set, and only one that holds
+at least `min_survivors` participants, itself, and t of its own share holders; it reveals only on
+a certificate of `quorum` participants' signatures on that set, and only what the set implies.
 
 The client holds two X25519 key pairs (one to encrypt shares, one to derive pairwise masks) and a
 self-mask seed b. It Shamir-shares b and the mask private key among itself and the neighbours
@@ -28,6 +34,12 @@ import numpy as np
 import numpy.typing as npt
 
 from consortium.protocol.secagg import crypto, field
+from consortium.protocol.secagg.auth import (
+    Signer,
+    Verifier,
+    key_statement,
+    survivors_statement,
+)
 from consortium.protocol.secagg.errors import (
     DoubleRevealError,
     RejectedMessage,
@@ -41,6 +53,8 @@ from consortium.protocol.secagg.messages import (
     MaskedInput,
     NeighbourKeys,
     ShareDelivery,
+    SurvivorSet,
+    SurvivorVote,
     UnmaskRequest,
     UnmaskResponse,
 )
@@ -55,6 +69,7 @@ class ClientStage(enum.Enum):
     KEYS = "keys"
     SHARES = "shares"
     INPUT = "input"
+    AGREE = "agree"
     UNMASK = "unmask"
     DONE = "done"
 
@@ -77,6 +92,8 @@ class SecAggClient:
         params: SecAggParams,
         node_id: str,
         *,
+        signer: Signer,
+        verify: Verifier,
         rng: np.random.Generator | None = None,
         random_bytes: Callable[[int], bytes] | None = None,
     ) -> None:
@@ -84,6 +101,9 @@ class SecAggClient:
             raise SecAggError(f"{node_id!r} is not a participant of this round")
         self.params = params
         self.node_id = node_id
+        self._sign = signer
+        self._verify = verify
+        self.signed_set: tuple[str, ...] | None = None  # the one survivor set it signed
         # A seeded Generator makes simulations reproducible; real nodes use the OS CSPRNG.
         fallback = rng.bytes if rng is not None else os.urandom
         self._random: Callable[[int], bytes] = random_bytes or fallback
@@ -113,23 +133,26 @@ class SecAggClient:
     def advertise_keys(self) -> AdvertiseKeys:
         self._expect(ClientStage.ADVERTISE)
         self.stage = ClientStage.KEYS
-        return AdvertiseKeys(
-            self.params.round_id,
-            self.node_id,
-            self._enc_key.public_key().public_bytes_raw(),
-            self._mask_key.public_key().public_bytes_raw(),
-        )
+        rid = self.params.round_id
+        enc = self._enc_key.public_key().public_bytes_raw()
+        mask = self._mask_key.public_key().public_bytes_raw()
+        sig = self._sign(key_statement(rid, self.node_id, enc, mask))
+        return AdvertiseKeys(rid, self.node_id, enc, mask, sig)
 
     def receive_neighbour_keys(self, msg: NeighbourKeys) -> EncryptedShares:
         self._expect(ClientStage.KEYS)
         self._check_round(msg.round_id, msg.recipient, "aggregator")
         mine = self.params.neighbours(self.node_id)
         peers: dict[str, tuple[bytes, bytes]] = {}  # committed only once all keys check out
-        for node, enc, mask in msg.keys:
+        for node, enc, mask, sig in msg.keys:
             if node not in mine:
                 raise RejectedMessage("aggregator", f"{node!r} is not a neighbour of ours")
             if len(enc) != crypto.KEY_BYTES or len(mask) != crypto.KEY_BYTES or enc == mask:
                 raise RejectedMessage(node, "public keys must be two distinct 32-byte keys")
+            if not self._verify(node, key_statement(msg.round_id, node, enc, mask), sig):
+                raise RejectedMessage(
+                    "aggregator", f"relayed keys for {node!r} that {node!r} did not sign"
+                )
             peers[node] = (enc, mask)
         self._peers = peers
         holders = [*peers, self.node_id]
@@ -204,7 +227,7 @@ class SecAggClient:
         for peer, seed in sorted(self._pair_seeds.items()):
             prg.add(acc, seed, +1 if self.node_id < peer else -1)
         rid = self.params.round_id
-        self.stage = ClientStage.UNMASK
+        self.stage = ClientStage.AGREE
         return MaskedInput(rid, self.node_id, acc.astype("<u4", copy=False).tobytes())
 
     def mask_update(self, update: npt.ArrayLike, rng: np.random.Generator) -> MaskedInput:
@@ -212,9 +235,63 @@ class SecAggClient:
         p = self.params
         return self.masked_input(quantize(update, p.clip, p.scale, rng))
 
+    def receive_survivor_set(self, msg: SurvivorSet) -> SurvivorVote:
+        """Sign the survivor set, once, if it is one this client may let the sum be unmasked for."""
+        self._expect(ClientStage.AGREE)
+        self._check_round(msg.round_id, msg.recipient, "aggregator")
+        self._check_set(msg.survivors)
+        self.signed_set = msg.survivors
+        self.stage = ClientStage.UNMASK
+        statement = survivors_statement(msg.round_id, msg.survivors)
+        return SurvivorVote(msg.round_id, self.node_id, self._sign(statement))
+
+    def _check_set(self, survivors: tuple[str, ...]) -> None:
+        p = self.params
+        if any(not p.is_participant(s) for s in survivors):
+            raise RejectedMessage("aggregator", "survivor set names a non-participant")
+        if self.node_id not in survivors:
+            raise RejectedMessage("aggregator", "survivor set leaves out this node's masked input")
+        if len(survivors) < p.min_survivors:
+            raise RejectedMessage(
+                "aggregator",
+                f"survivor set of {len(survivors)} is below the floor of {p.min_survivors}",
+            )
+        holders = (p.neighbours(self.node_id) & set(survivors)) | {self.node_id}
+        if len(holders) < p.threshold:
+            raise RejectedMessage(
+                "aggregator",
+                f"only {len(holders)} of this node's share holders survive, threshold is "
+                f"{p.threshold}",
+            )
+
+    def _check_certificate(self, msg: UnmaskRequest) -> None:
+        """The set must be the one this client signed, certified by `quorum` participants."""
+        if msg.agreed != self.signed_set:
+            raise RejectedMessage("aggregator", "unmask request for a set this node did not sign")
+        statement = survivors_statement(msg.round_id, msg.agreed)
+        signers = {
+            node
+            for node, sig in msg.certificate
+            if self.params.is_participant(node) and self._verify(node, statement, sig)
+        }
+        if len(signers) < self.params.quorum:
+            raise RejectedMessage(
+                "aggregator",
+                f"survivor set certified by {len(signers)} participants, quorum is "
+                f"{self.params.quorum}",
+            )
+        nb = self.params.neighbours(self.node_id)
+        agreed = set(msg.agreed)
+        if (
+            set(msg.survivors) != (nb & agreed) | {self.node_id}
+            or set(msg.dropped) != set(self._pair_seeds) - agreed
+        ):
+            raise RejectedMessage("aggregator", "unmask request does not follow the agreed set")
+
     def receive_unmask_request(self, msg: UnmaskRequest) -> UnmaskResponse:
         self._expect(ClientStage.UNMASK)
         self._check_round(msg.round_id, msg.recipient, "aggregator")
+        self._check_certificate(msg)
         survivors, dropped = set(msg.survivors), set(msg.dropped)
         both = survivors & dropped
         if both:

@@ -62,29 +62,37 @@ class _Message:
 
 @dataclass(frozen=True)
 class AdvertiseKeys(_Message):
-    """Client -> aggregator: the two X25519 public keys of this round."""
+    """Client -> aggregator: the two X25519 public keys of this round, signed by the client's
+    identity (`auth.key_statement`), so no relay can substitute its own."""
 
     TYPE: ClassVar[str] = "secagg/advertise-keys"
     sender: str
     enc_key: bytes
     mask_key: bytes
+    signature: bytes = b""
 
     def to_body(self) -> dict[str, Any]:
-        return self._base() | {"sender": self.sender, "enc": self.enc_key, "mask": self.mask_key}
+        return self._base() | {
+            "sender": self.sender,
+            "enc": self.enc_key,
+            "mask": self.mask_key,
+            "sig": self.signature,
+        }
 
 
 @dataclass(frozen=True)
 class NeighbourKeys(_Message):
-    """Aggregator -> client: public keys of the neighbours that advertised (id, enc, mask)."""
+    """Aggregator -> client: signed public keys of the neighbours that advertised
+    (id, enc, mask, signature)."""
 
     TYPE: ClassVar[str] = "secagg/neighbour-keys"
     recipient: str
-    keys: tuple[tuple[str, bytes, bytes], ...]
+    keys: tuple[tuple[str, bytes, bytes, bytes], ...]
 
     def to_body(self) -> dict[str, Any]:
         return self._base() | {
             "recipient": self.recipient,
-            "keys": {node: [enc, mask] for node, enc, mask in self.keys},
+            "keys": {node: [enc, mask, sig] for node, enc, mask, sig in self.keys},
         }
 
 
@@ -131,19 +139,48 @@ class MaskedInput(_Message):
 
 
 @dataclass(frozen=True)
+class SurvivorSet(_Message):
+    """Aggregator -> client: the participants whose masked inputs are in the sum, to sign."""
+
+    TYPE: ClassVar[str] = "secagg/survivor-set"
+    recipient: str
+    survivors: tuple[str, ...]
+
+    def to_body(self) -> dict[str, Any]:
+        return self._base() | {"recipient": self.recipient, "survivors": list(self.survivors)}
+
+
+@dataclass(frozen=True)
+class SurvivorVote(_Message):
+    """Client -> aggregator: its signature on the survivor set (`auth.survivors_statement`)."""
+
+    TYPE: ClassVar[str] = "secagg/survivor-vote"
+    sender: str
+    signature: bytes
+
+    def to_body(self) -> dict[str, Any]:
+        return self._base() | {"sender": self.sender, "sig": self.signature}
+
+
+@dataclass(frozen=True)
 class UnmaskRequest(_Message):
-    """Aggregator -> client: reveal seed shares of `survivors`, mask-key shares of `dropped`."""
+    """Aggregator -> client: reveal seed shares of `survivors`, mask-key shares of `dropped`,
+    on the strength of `agreed`, the survivor set a quorum of participants signed."""
 
     TYPE: ClassVar[str] = "secagg/unmask-request"
     recipient: str
     survivors: tuple[str, ...]
     dropped: tuple[str, ...]
+    agreed: tuple[str, ...] = ()
+    certificate: Pairs = ()
 
     def to_body(self) -> dict[str, Any]:
         return self._base() | {
             "recipient": self.recipient,
             "survivors": list(self.survivors),
             "dropped": list(self.dropped),
+            "agreed": list(self.agreed),
+            "certificate": dict(self.certificate),
         }
 
 
@@ -170,6 +207,8 @@ Message = (
     | EncryptedShares
     | ShareDelivery
     | MaskedInput
+    | SurvivorSet
+    | SurvivorVote
     | UnmaskRequest
     | UnmaskResponse
 )
@@ -188,18 +227,20 @@ def parse_message(body: Any) -> Message:
             _get(body, "sender", str, who),
             _get(body, "enc", bytes, who),
             _get(body, "mask", bytes, who),
+            _get(body, "sig", bytes, who),
         )
     if kind == NeighbourKeys.TYPE:
         raw = _get(body, "keys", dict, who)
-        keys: list[tuple[str, bytes, bytes]] = []
-        for node, pair in sorted(raw.items()):
+        keys: list[tuple[str, bytes, bytes, bytes]] = []
+        for node, triple in sorted(raw.items()):
             if not (
-                isinstance(pair, list)
-                and len(pair) == 2
-                and all(isinstance(b, bytes) for b in pair)
+                isinstance(node, str)
+                and isinstance(triple, list)
+                and len(triple) == 3
+                and all(isinstance(b, bytes) for b in triple)
             ):
-                raise RejectedMessage(who, "field 'keys' must map ids to [enc, mask] bytes")
-            keys.append((node, pair[0], pair[1]))
+                raise RejectedMessage(who, "field 'keys' must map ids to [enc, mask, sig] bytes")
+            keys.append((node, triple[0], triple[1], triple[2]))
         return NeighbourKeys(rid, _get(body, "recipient", str, who), tuple(keys))
     if kind == EncryptedShares.TYPE:
         return EncryptedShares(
@@ -212,12 +253,18 @@ def parse_message(body: Any) -> Message:
         return ShareDelivery(rid, _get(body, "recipient", str, who), _pairs(body, "shares", who))
     if kind == MaskedInput.TYPE:
         return MaskedInput(rid, _get(body, "sender", str, who), _get(body, "vector", bytes, who))
+    if kind == SurvivorSet.TYPE:
+        return SurvivorSet(rid, _get(body, "recipient", str, who), _ids(body, "survivors", who))
+    if kind == SurvivorVote.TYPE:
+        return SurvivorVote(rid, _get(body, "sender", str, who), _get(body, "sig", bytes, who))
     if kind == UnmaskRequest.TYPE:
         return UnmaskRequest(
             rid,
             _get(body, "recipient", str, who),
             _ids(body, "survivors", who),
             _ids(body, "dropped", who),
+            _ids(body, "agreed", who),
+            _pairs(body, "certificate", who),
         )
     if kind == UnmaskResponse.TYPE:
         return UnmaskResponse(

@@ -46,6 +46,13 @@ class SecAggParams:
     scale: float
     modulus: int = MODULUS
     max_input_bytes: int = 0  # 0 means exactly 4 * vector_length
+    #: Signatures of distinct participants a survivor set needs before anyone unmasks (the
+    #: consortium's quorum in a round: two certified sets would need an honest member to sign
+    #: both). 0 means ⌈2n/3⌉ of the participants.
+    quorum: int = 0
+    #: The fewest survivors a participant agrees to unmask for (f + min_honest in a round).
+    #: 0 means the threshold.
+    min_survivors: int = 0
     _neighbours: dict[str, frozenset[str]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -62,10 +69,20 @@ class SecAggParams:
             raise SecAggParamsError(
                 f"neighbour degree k={self.k} must be even and <= n-1={n - 1} (or exactly n-1)"
             )
-        if not 2 * self.threshold > self.k + 1 or self.threshold > self.k + 1:
+        # No lower bound relative to k: t = f + 1 on the complete graph is what a dishonest third
+        # needs, and two disjoint groups revealing both secrets of one node is prevented by the
+        # quorum-certified survivor set every participant checks before it reveals anything.
+        if not 1 <= self.threshold <= self.k + 1:
             raise SecAggParamsError(
-                f"threshold t={self.threshold} must satisfy (k+1)/2 < t <= k+1 with k={self.k}: "
-                "a smaller t would let two disjoint groups reveal both secrets of one node"
+                f"threshold t={self.threshold} must satisfy 1 <= t <= k+1 with k={self.k}"
+            )
+        if self.quorum == 0:
+            object.__setattr__(self, "quorum", -(-2 * n // 3))
+        if self.min_survivors == 0:
+            object.__setattr__(self, "min_survivors", self.threshold)
+        if not 1 <= self.quorum <= n or not 1 <= self.min_survivors <= n:
+            raise SecAggParamsError(
+                f"quorum {self.quorum} and min_survivors {self.min_survivors} must be in 1..{n}"
             )
         if self.modulus != MODULUS:
             raise SecAggParamsError("only the modulus 2**32 is supported")
@@ -92,15 +109,28 @@ class SecAggParams:
         scale: float | None = None,
         k: int | None = None,
         threshold: int | None = None,
+        quorum: int = 0,
+        min_survivors: int = 0,
     ) -> SecAggParams:
-        """Parameters with defaults: k ~ 2 log2 n, t just above (k+1)/2, the largest safe scale."""
+        """Parameters with defaults: k ~ 2 log2 n, t just above (k+1)/2, the largest safe scale;
+        a certified survivor set needs `quorum` signatures and at least `min_survivors`."""
         parts = tuple(sorted(participants))
         n = len(parts)
         kk = default_degree(n) if k is None else k
         if scale is None:
             scale = ((2**31 - 1) / n - 1) / clip * 0.5  # half the no-wrap bound, for headroom
         t = default_threshold(kk) if threshold is None else threshold
-        return cls(round_id, parts, kk, t, vector_length, clip, scale)
+        return cls(
+            round_id,
+            parts,
+            kk,
+            t,
+            vector_length,
+            clip,
+            scale,
+            quorum=quorum,
+            min_survivors=min_survivors,
+        )
 
     def _build_graph(self) -> dict[str, frozenset[str]]:
         parts = self.participants

@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from consortium.core.encoding import decode, encode
 from consortium.protocol.secagg.aggregator import AggregateResult, SecAggAggregator
+from consortium.protocol.secagg.auth import SimulatedKeys
 from consortium.protocol.secagg.client import SecAggClient
 from consortium.protocol.secagg.messages import Message, parse_message
 from consortium.protocol.secagg.params import SecAggParams
@@ -47,11 +48,14 @@ def simulate_round(
         raise ValueError(f"unknown dropout phases {sorted(unknown)}; use {PHASES}")
     root = np.random.SeedSequence(seed)
     gens = root.spawn(params.n)
+    auth = SimulatedKeys.for_participants(params.participants, seed)
     clients = {
-        p: SecAggClient(params, p, rng=np.random.default_rng(g))
+        p: SecAggClient(
+            params, p, signer=auth.signer(p), verify=auth.verify, rng=np.random.default_rng(g)
+        )
         for p, g in zip(params.participants, gens, strict=True)
     }
-    agg = SecAggAggregator(params)
+    agg = SecAggAggregator(params, auth.verify)
     gone: set[str] = set()
 
     gone |= drop["keys"]
@@ -72,7 +76,10 @@ def simulate_round(
             c = clients[d.recipient]
             c.receive_shares(_wire(d, wire))
             agg.receive(_wire(c.masked_input(inputs[d.recipient]), wire))
-    requests = agg.finish_inputs()
+    sets = agg.finish_inputs()
+    for s in sets:
+        agg.receive(_wire(clients[s.recipient].receive_survivor_set(_wire(s, wire)), wire))
+    requests = agg.finish_agreement()
 
     gone |= drop["unmask"]
     for r in requests:

@@ -1,0 +1,295 @@
+"""SecAgg+ against a dishonest leader (issue 11): scripted attacks, each refused by name.
+
+Five members (f = 1, quorum 4, floor 4): round machines wired with no network (tests/machines.py);
+the attacker is whoever leads attempt 0, rewriting what it relays. For each attack: honest
+members refuse it with one note naming the rule or the offender, nothing is committed in the
+attacked attempt, and the victim's update enters no sum the attacker can unmask apart from the
+legitimate one (criterion: every aggregate released in the round is over one and the same set,
+bit for bit, or the victim's masked input is unmasked in none).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from consortium.core.encoding import Domain, decode
+from consortium.ledger.entries import Entry
+from consortium.protocol.messages import Message, Propose, SecAgg, Update
+from consortium.protocol.record import RoundRecord
+from consortium.protocol.round import Broadcast, PersistSurvivorSet, Send
+from consortium.protocol.secagg import Transcript
+from consortium.protocol.secagg.auth import key_statement, survivors_statement
+from consortium.protocol.secure_round import START
+from tests.machines import Wire, all_notes
+
+
+def _attack(wire: Wire) -> tuple[str, str]:
+    """(attacker: attempt 0's leader, victim: another member)."""
+    m = next(iter(wire.machines.values()))
+    attacker = m.leader(0)
+    victim = next(n for n in sorted(wire.machines) if n not in (attacker, m.leader(1)))
+    return attacker, victim
+
+
+def _secagg_type(msg: Message) -> str:
+    return str(msg.body.get("type", "start")) if isinstance(msg, SecAgg) else ""
+
+
+def _committed_attempts(wire: Wire) -> set[int]:
+    return {
+        RoundRecord.from_entry(Entry.from_bytes(c.proposal.entry)).attempt
+        for cs in wire.committed.values()
+        for c in cs
+    }
+
+
+def _unmask_responses(wire: Wire, attempt: int) -> list[str]:
+    return [
+        n
+        for n, a in wire.trace
+        if isinstance(a, Send)
+        and isinstance(a.message, SecAgg)
+        and a.message.attempt == attempt
+        and a.message.body.get("type") == "secagg/unmask-response"
+    ]
+
+
+def test_key_substitution_by_the_leader_is_refused_and_names_it() -> None:
+    wire = Wire.build(5, secure=True, seed=7)
+    wire.begin()
+    attacker, victim = _attack(wire)
+    ident = next(i for i in wire.ids if i.node_id == attacker)
+    fake = X25519PrivateKey.generate().public_key().public_bytes_raw()
+    other = X25519PrivateKey.generate().public_key().public_bytes_raw()
+
+    def substitute(sender: str, to: str, msg: Message) -> list[tuple[str, Message]]:
+        if sender == attacker and to == victim and _secagg_type(msg) == "secagg/neighbour-keys":
+            assert isinstance(msg, SecAgg)
+            keys = dict(msg.body["keys"])
+            node = next(k for k in sorted(keys) if k != attacker)
+            statement = key_statement(msg.body["round"], node, fake, other)
+            sig = ident.sign(Domain.MESSAGE, statement, wire.genesis.digest())
+            keys[node] = [fake, other, sig]  # its own keys, under its own signature
+            return [(to, replace(msg, body={**msg.body, "keys": keys}))]
+        return [(to, msg)]
+
+    wire.filter = substitute
+    wire.settle(step=5.0)
+    notes = "\n".join(wire.notes.get(victim, []))
+    assert "relayed keys for" in notes and "did not sign" in notes
+    # The victim stopped before encrypting a share to a key it could not attribute; the round
+    # went on without it (four members are the floor at n = 5).
+    shares = [
+        n
+        for n, a in wire.trace
+        if isinstance(a, Send) and _secagg_type(a.message) == "secagg/encrypted-shares"
+    ]
+    assert victim not in shares
+    record = RoundRecord.from_entry(Entry.from_bytes(wire.entry_bytes(victim)))
+    assert victim not in record.participants and len(record.participants) == 4
+
+
+def test_a_start_below_the_floor_or_with_strangers_is_refused() -> None:
+    for parts in ("shrunk", "fake"):
+        wire = Wire.build(5, secure=True, seed=8)
+        wire.begin()
+        attacker, victim = _attack(wire)
+
+        def shrink(sender: str, to: str, msg: Message, parts: str = parts) -> Any:
+            if sender == attacker and _secagg_type(msg) == "start":
+                assert isinstance(msg, SecAgg)
+                start = dict(msg.body[START])
+                names = [attacker, victim] if parts == "shrunk" else [*start["participants"]]
+                if parts == "fake":
+                    names = sorted([*names[:3], "fake-a"])
+                start["participants"] = sorted(names)
+                start["samples"] = {n: 10 for n in names}
+                return [(to, replace(msg, body={START: start}))]
+            return [(to, msg)]
+
+        wire.filter = shrink
+        wire.run()
+        assert "rule participant-floor" in "\n".join(wire.notes.get(victim, [])), parts
+        assert not _unmask_responses(wire, 0)
+
+
+def test_two_survivor_sets_never_both_certified_and_nothing_is_revealed() -> None:
+    wire = Wire.build(5, secure=True, seed=9)
+    wire.begin()
+    attacker, victim = _attack(wire)
+    shown: dict[str, tuple[str, ...]] = {}
+
+    def split(sender: str, to: str, msg: Message) -> list[tuple[str, Message]]:
+        if sender == attacker and _secagg_type(msg) == "secagg/survivor-set":
+            assert isinstance(msg, SecAgg)
+            full = tuple(msg.body["survivors"])
+            others = sorted(n for n in full if n not in (attacker, victim))
+            # Two members see the real set; the victim and one other one without the victim.
+            survivors = full if to in others[:2] else tuple(n for n in full if n != victim)
+            shown[to] = survivors
+            return [(to, replace(msg, body={**msg.body, "survivors": list(survivors)}))]
+        return [(to, msg)]
+
+    wire.filter = split
+    wire.run()
+    assert len(set(shown.values())) == 2
+    assert "leaves out this node's masked input" in "\n".join(wire.notes.get(victim, []))
+    wire.tick(6.0)  # past the stage deadline
+    assert not _unmask_responses(wire, 0)  # no set reached quorum: nobody revealed anything
+    assert "participants signed the survivor set, quorum is 4" in all_notes(wire)
+
+
+def test_a_forged_certificate_is_refused() -> None:
+    """The leader mixes signatures of two sets into one certificate: only those over the set a
+    member signed count, and they are fewer than the quorum."""
+    wire = Wire.build(5, secure=True, seed=10)
+    wire.begin()
+    attacker, victim = _attack(wire)
+
+    def forge(sender: str, to: str, msg: Message) -> list[tuple[str, Message]]:
+        if sender == attacker and _secagg_type(msg) == "secagg/unmask-request":
+            assert isinstance(msg, SecAgg)
+            cert = dict(msg.body["certificate"])
+            for node in sorted(cert)[:2]:  # two signatures replaced by ones over another set
+                ident = next(i for i in wire.ids if i.node_id == node)
+                other = survivors_statement(msg.body["round"], [node])
+                cert[node] = ident.sign(Domain.MESSAGE, other, wire.genesis.digest())
+            return [(to, replace(msg, body={**msg.body, "certificate": cert}))]
+        return [(to, msg)]
+
+    wire.filter = forge
+    wire.run()
+    assert "certified by 3 participants, quorum is 4" in "\n".join(wire.notes.get(victim, []))
+    assert victim not in _unmask_responses(wire, 0)
+
+
+def _released(wire: Wire) -> list[Transcript]:
+    """Every transcript a leader proposed (what an attacker leading would hold)."""
+    return [
+        Transcript.from_body(decode(a.message.proposal.transcript))
+        for _, a in wire.trace
+        if isinstance(a, Send | Broadcast) and isinstance(a.message, Propose)
+    ]
+
+
+def test_differencing_two_attempts_of_a_round_gains_nothing() -> None:
+    """Attempt 0's leader gets a sum certified without the victim, withholds it, and the next
+    attempt is asked for a sum with the victim. Members bound to the first set refuse any other:
+    the only sum released in the round is the first one, recomputed bit for bit."""
+    wire = Wire.build(5, secure=True, seed=11)
+    wire.begin()
+    attacker, victim = _attack(wire)
+
+    def leave_out_and_withhold(sender: str, to: str, msg: Message) -> list[tuple[str, Message]]:
+        if sender == attacker and isinstance(msg, SecAgg) and msg.attempt == 0:
+            if msg.body.get("type") in ("secagg/share-delivery",) and to == victim:
+                return []  # the victim never gets its shares: its input is left out
+        if sender == attacker and isinstance(msg, Propose) and msg.attempt == 0:
+            return []  # the unmasked sum is withheld
+        return [(to, msg)]
+
+    wire.filter = leave_out_and_withhold
+    wire.run()
+    wire.tick(6.0)  # past the stage deadline: the sum is agreed and unmasked without the victim
+    first = wire.machines[attacker].s.leading
+    assert first is not None and first.stage_name == "done"  # attempt 0 was unmasked
+    assert victim not in first.agg.transcript().survivors
+
+    # The next leader, colluding, asks for the sum with the victim.
+    def with_victim(sender: str, to: str, msg: Message) -> list[tuple[str, Message]]:
+        if isinstance(msg, SecAgg) and msg.attempt == 1 and _secagg_type(msg) == "start":
+            start = dict(msg.body[START])
+            start["participants"] = sorted(wire.machines)
+            start["samples"] = {n: 10 + sorted(wire.machines).index(n) for n in wire.machines}
+            return [(to, replace(msg, body={START: start}))]
+        return [(to, msg)]
+
+    wire.filter = with_victim
+    wire.tick(25.0)  # attempt 1
+    assert "rule one-sum-per-update" in all_notes(wire)
+    assert not _unmask_responses(wire, 1)
+    wire.filter = None
+    wire.settle(step=25.0)
+    released = _released(wire)
+    assert released and all(t.aggregate == released[0].aggregate for t in released)
+    assert all(victim not in t.survivors for t in released)
+    first_sum = first.agg.transcript().aggregate
+    assert released[0].aggregate == first_sum  # the same sum as the withheld one, bit for bit
+
+
+def test_signatures_from_another_consortium_are_refused() -> None:
+    """Same member keys, another genesis: a key advertisement signed there is refused here."""
+    wire = Wire.build(5, secure=True, seed=12)
+    wire.begin()
+    twin = Wire.build(5, secure=True, seed=12)
+    twin.genesis = replace(twin.genesis, consortium="twin")
+    attacker, victim = _attack(wire)
+    ident = next(i for i in wire.ids if i.node_id == victim)
+
+    def replay(sender: str, to: str, msg: Message) -> list[tuple[str, Message]]:
+        if sender == victim and _secagg_type(msg) == "secagg/advertise-keys":
+            assert isinstance(msg, SecAgg)
+            b = msg.body
+            statement = key_statement(b["round"], victim, b["enc"], b["mask"])
+            sig = ident.sign(Domain.MESSAGE, statement, twin.genesis.digest())
+            return [(to, replace(msg, body={**b, "sig": sig}))]
+        return [(to, msg)]
+
+    wire.filter = replay
+    wire.run()
+    notes = "\n".join(wire.notes.get(attacker, []))
+    assert "keys not signed by their sender" in notes
+
+
+def test_a_survivor_set_is_persisted_before_its_signature_leaves() -> None:
+    wire = Wire.build(5, secure=True, seed=13)
+    wire.begin()
+    wire.settle()
+    for nid in wire.machines:
+        mine = [a for n, a in wire.trace if n == nid]
+        sends = [
+            i
+            for i, a in enumerate(mine)
+            if isinstance(a, Send) and _secagg_type(a.message) == "secagg/survivor-vote"
+        ]
+        for i in sends:
+            assert isinstance(mine[i - 1], PersistSurvivorSet)
+
+
+def test_after_a_restart_between_signing_and_sending_no_other_sum_is_joined() -> None:
+    """A member signed (and persisted) a survivor set in attempt 0, then crashed before sending
+    it; attempt 0's leader is gone. Restarted, the member refuses a sum over the set it signed,
+    since it can no longer reproduce its exact input, and a sum over any other set."""
+    probe = Wire.build(5, secure=True, seed=14)
+    probe.begin()
+    lost, victim = _attack(probe)
+    alive = tuple(sorted(n for n in probe.machines if n != lost))
+    with_lost = tuple(sorted([*alive[:3], lost])) if victim in alive[:3] else None
+    assert with_lost is not None
+
+    same = Wire.build(5, secure=True, seed=14, signed_sets={victim: {(1, 0): alive}})
+    same.begin()
+    same.down.add(lost)  # attempt 0 fails
+    same.run()
+    same.tick(25.0)  # attempt 1: its leader starts a sum over the set the victim signed
+    notes = "\n".join(same.notes.get(victim, []))
+    assert "cannot reproduce its input" in notes and "rule one-sum-per-update" in notes
+
+    other = Wire.build(5, secure=True, seed=14, signed_sets={victim: {(1, 0): with_lost}})
+    other.begin()
+    other.down.add(lost)
+
+    def hide_binding(sender: str, to: str, msg: Message) -> list[tuple[str, Message]]:
+        if isinstance(msg, Update) and sender == victim:
+            return [(to, replace(msg, bound=()))]  # so the leader starts over the four alive
+        return [(to, msg)]
+
+    other.filter = hide_binding
+    other.run()
+    other.tick(25.0)
+    other.tick(6.0)  # past the collect deadline: four updates are enough
+    notes = "\n".join(other.notes.get(victim, []))
+    assert "differs from the survivor set this node signed" in notes
