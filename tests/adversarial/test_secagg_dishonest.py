@@ -98,7 +98,14 @@ def test_a_start_below_the_floor_or_with_strangers_is_refused() -> None:
         wire.begin()
         attacker, victim = _attack(wire)
 
-        def shrink(sender: str, to: str, msg: Message, parts: str = parts) -> Any:
+        def shrink(
+            sender: str,
+            to: str,
+            msg: Message,
+            parts: str = parts,
+            attacker: str = attacker,
+            victim: str = victim,
+        ) -> Any:
             if sender == attacker and _secagg_type(msg) == "start":
                 assert isinstance(msg, SecAgg)
                 start = dict(msg.body[START])
@@ -184,9 +191,14 @@ def test_differencing_two_attempts_of_a_round_gains_nothing() -> None:
     attacker, victim = _attack(wire)
 
     def leave_out_and_withhold(sender: str, to: str, msg: Message) -> list[tuple[str, Message]]:
-        if sender == attacker and isinstance(msg, SecAgg) and msg.attempt == 0:
-            if msg.body.get("type") in ("secagg/share-delivery",) and to == victim:
-                return []  # the victim never gets its shares: its input is left out
+        if (
+            sender == attacker
+            and isinstance(msg, SecAgg)
+            and msg.attempt == 0
+            and msg.body.get("type") == "secagg/share-delivery"
+            and to == victim
+        ):
+            return []  # the victim never gets its shares: its input is left out
         if sender == attacker and isinstance(msg, Propose) and msg.attempt == 0:
             return []  # the unmasked sum is withheld
         return [(to, msg)]
