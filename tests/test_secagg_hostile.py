@@ -203,10 +203,39 @@ def test_bad_unmask_responses(params: SecAggParams) -> None:
             with pytest.raises(RejectedMessage, match=shorty):
                 r.agg.receive_unmask(bad)
             continue
-        if q.recipient == liar:  # well-formed but wrong share values
+        if q.recipient == liar:  # well-formed but wrong share values: refused, named
             resp = replace(resp, seed_shares=tuple((p, bytes(66)) for p, _ in resp.seed_shares))
+            with pytest.raises(RejectedMessage, match="it was not dealt") as info:
+                r.agg.receive_unmask(resp)
+            assert info.value.sender == liar
+            continue
         r.agg.receive_unmask(resp)
-    # A wrong share cannot yield a wrong sum: the seed commitment catches it.
-    with pytest.raises(SecAggAbort, match=r"reconstruct|commitment"):
-        r.agg.finish()
+    # The round goes on with the other holders' shares, and the sum is exact.
+    total = r.agg.finish().words
+    expected = sum(int(r.words[n][0]) for n in params.participants)
+    assert np.array_equal(total, np.full(D, expected, dtype=np.uint32))
     assert shorty not in r.agg.dropped  # its masked input is still part of the sum
+    assert {liar, shorty} <= {e.sender for e in r.agg.rejections}
+
+
+def test_a_dealer_whose_shares_do_not_match_its_commitments_is_named(
+    params: SecAggParams,
+) -> None:
+    """A dealer that commits to other shares than it deals would make an honest holder's
+    reveal look like a lie: the holder refuses the delivery and names the dealer."""
+    r = Round(params)
+    for c in r.clients.values():
+        r.agg.receive_keys(c.advertise_keys())
+    for m in r.agg.finish_keys():
+        out = r.clients[m.recipient].receive_neighbour_keys(m)
+        if m.recipient == params.participants[0]:
+            bogus = tuple((h, bytes(64)) for h, _ in out.share_commitments)
+            out = replace(out, share_commitments=bogus)
+        r.agg.receive_shares(out)
+    dealer = params.participants[0]
+    for dlv in r.agg.finish_shares():
+        if dlv.recipient == dealer:
+            continue
+        with pytest.raises(RejectedMessage, match="do not match its share commitments") as info:
+            r.clients[dlv.recipient].receive_shares(dlv)
+        assert info.value.sender == dealer

@@ -305,3 +305,22 @@ def test_after_a_restart_between_signing_and_sending_no_other_sum_is_joined() ->
     other.tick(6.0)  # past the collect deadline: four updates are enough
     notes = "\n".join(other.notes.get(victim, []))
     assert "differs from the survivor set this node signed" in notes
+
+
+def test_a_lying_share_is_discarded_its_sender_named_and_the_round_goes_on() -> None:
+    wire = Wire.build(5, secure=True, seed=16)
+    wire.begin()
+    leader, liar = _attack(wire)
+
+    def lie(sender: str, to: str, msg: Message) -> list[tuple[str, Message]]:
+        if sender == liar and _secagg_type(msg) == "secagg/unmask-response":
+            assert isinstance(msg, SecAgg)
+            seeds = {p: bytes(66) for p in msg.body["seeds"]}
+            return [(to, replace(msg, body={**msg.body, "seeds": seeds}))]
+        return [(to, msg)]
+
+    wire.filter = lie
+    wire.settle()
+    notes = "\n".join(wire.notes.get(leader, []))
+    assert wire.name(liar) in notes and "it was not dealt" in notes
+    assert _committed_attempts(wire) == {0}  # no attempt lost

@@ -33,7 +33,7 @@ import numpy.typing as npt
 
 from consortium.protocol.secagg import crypto, field
 from consortium.protocol.secagg.auth import Verifier, key_statement, survivors_statement
-from consortium.protocol.secagg.client import seed_commitment, share_plaintext
+from consortium.protocol.secagg.client import seed_commitment, share_digest, share_plaintext
 from consortium.protocol.secagg.errors import (
     RejectedMessage,
     SecAggAbort,
@@ -248,6 +248,9 @@ class SecAggAggregator:
                 self._reject(u, f"encrypted share for {v!r} must be {size} bytes")
         if len(msg.seed_commitment) != 32:
             self._reject(u, "seed commitment must be 32 bytes")
+        commits = dict(msg.share_commitments)
+        if set(commits) != expected | {u} or any(len(c) != 64 for c in commits.values()):
+            self._reject(u, "share commitments are not 64 bytes for exactly its share holders")
         self._shares[u] = msg
 
     def finish_shares(self) -> list[ShareDelivery]:
@@ -258,9 +261,14 @@ class SecAggAggregator:
         by_sender = {u: dict(self._shares[u].ciphertexts) for u in self._u2}
         out = []
         for v in sorted(self._u2):
-            cts = tuple((u, by_sender[u][v]) for u in sorted(self.params.neighbours(v) & self._u2))
-            out.append(ShareDelivery(rid, v, cts))
+            senders = sorted(self.params.neighbours(v) & self._u2)
+            cts = tuple((u, by_sender[u][v]) for u in senders)
+            commits = tuple((u, self._commitment(u, v)) for u in senders)
+            out.append(ShareDelivery(rid, v, cts, commits))
         return out
+
+    def _commitment(self, dealer: str, holder: str) -> bytes:
+        return dict(self._shares[dealer].share_commitments)[holder]
 
     # -- stage 2: masked inputs ----------------------------------------------------------------
 
@@ -346,6 +354,13 @@ class SecAggAggregator:
         shares = [s for _, s in msg.seed_shares + msg.key_shares]
         if any(len(s) != field.SHARE_BYTES for s in shares):
             self._reject(v, f"every share must be {field.SHARE_BYTES} bytes")
+        # A revealed share must be the one its dealer committed to: a lie is refused by name and
+        # the sum is rebuilt from the other holders' shares.
+        for half, kind, revealed in ((0, "seed", msg.seed_shares), (1, "key", msg.key_shares)):
+            for dealer, share in revealed:
+                committed = self._commitment(dealer, v)[32 * half : 32 * half + 32]
+                if share_digest(self.params.round_id, dealer, v, kind, share) != committed:
+                    self._reject(v, f"revealed a {kind} share of {dealer!r} it was not dealt")
         self._responses[v] = msg
 
     def _reconstruct(self, u: str, kind: int) -> bytes:

@@ -62,6 +62,7 @@ from consortium.protocol.secagg.params import SecAggParams
 from consortium.protocol.secagg.quantize import quantize
 
 COMMIT_LABEL = "consortium/secagg/v1/seed-commitment"
+SHARE_LABEL = "consortium/secagg/v1/share-commitment"
 
 
 class ClientStage(enum.Enum):
@@ -77,6 +78,21 @@ class ClientStage(enum.Enum):
 def seed_commitment(round_id: bytes, node: str, seed: bytes) -> bytes:
     """SHA-256 commitment to a self-mask seed; lets anyone check a reconstructed seed."""
     return hashlib.sha256(crypto.frame(COMMIT_LABEL, round_id, node, seed)).digest()
+
+
+def share_commitment(
+    round_id: bytes, dealer: str, holder: str, seed_share: bytes, key_share: bytes
+) -> bytes:
+    """64 bytes: SHA-256 commitments to the seed share and the mask-key share `holder` holds of
+    `dealer`'s secrets (each share is a random 521-bit field element, so this hides it)."""
+    return share_digest(round_id, dealer, holder, "seed", seed_share) + share_digest(
+        round_id, dealer, holder, "key", key_share
+    )
+
+
+def share_digest(round_id: bytes, dealer: str, holder: str, kind: str, share: bytes) -> bytes:
+    """The half of a share commitment for one share ("seed" or "key")."""
+    return hashlib.sha256(crypto.frame(SHARE_LABEL, kind, round_id, dealer, holder, share)).digest()
 
 
 def share_plaintext(sender: str, recipient: str, seed_share: bytes, key_share: bytes) -> bytes:
@@ -164,6 +180,12 @@ class SecAggClient:
         key_shares = field.split(self._mask_secret, xs, t, self._random)
         rid = self.params.round_id
         ciphertexts: list[tuple[str, bytes]] = []
+        commitments = tuple(
+            sorted(
+                (h, share_commitment(rid, self.node_id, h, seed_shares[x], key_shares[x]))
+                for h, x in zip(holders, xs, strict=True)
+            )
+        )
         for holder, x in zip(holders, xs, strict=True):
             if holder == self.node_id:
                 self._held[holder] = (seed_shares[x], key_shares[x])
@@ -179,6 +201,7 @@ class SecAggClient:
             self.node_id,
             seed_commitment(rid, self.node_id, self._seed),
             tuple(sorted(ciphertexts)),
+            commitments,
         )
 
     def receive_shares(self, msg: ShareDelivery) -> None:
@@ -188,6 +211,7 @@ class SecAggClient:
         self._check_round(msg.round_id, msg.recipient, "aggregator")
         rid = self.params.round_id
         received: dict[str, tuple[bytes, bytes]] = {}
+        committed = dict(msg.share_commitments)
         for sender, ct in msg.ciphertexts:
             if sender not in self._peers:
                 raise RejectedMessage(sender, "sent shares but did not advertise keys to us")
@@ -203,6 +227,12 @@ class SecAggClient:
                 or not all(len(s) == field.SHARE_BYTES for s in body[2:])
             ):
                 raise RejectedMessage(sender, "share plaintext is malformed")
+            # The dealer's commitment is what a revealed share is checked against later: if it
+            # does not match what the dealer sent us, an honest reveal would look like a lie.
+            if committed.get(sender) != share_commitment(
+                rid, sender, self.node_id, body[2], body[3]
+            ):
+                raise RejectedMessage(sender, "its shares do not match its share commitments")
             received[sender] = (body[2], body[3])
         t = self.params.threshold
         if len(received) + 1 < t:

@@ -98,32 +98,42 @@ class NeighbourKeys(_Message):
 
 @dataclass(frozen=True)
 class EncryptedShares(_Message):
-    """Client -> aggregator: one AEAD ciphertext of shares per neighbour, plus a commitment
-    (SHA-256) to the self-mask seed so a reconstructed seed can be checked."""
+    """Client -> aggregator: one AEAD ciphertext of shares per neighbour, a commitment (SHA-256)
+    to the self-mask seed so a reconstructed seed can be checked, and per holder (itself
+    included) commitments to the two shares it holds, so a share revealed later can be checked
+    and a lying revealer named."""
 
     TYPE: ClassVar[str] = "secagg/encrypted-shares"
     sender: str
     seed_commitment: bytes
     ciphertexts: Pairs
+    share_commitments: Pairs = ()
 
     def to_body(self) -> dict[str, Any]:
         return self._base() | {
             "sender": self.sender,
             "commit": self.seed_commitment,
             "shares": dict(self.ciphertexts),
+            "share_commits": dict(self.share_commitments),
         }
 
 
 @dataclass(frozen=True)
 class ShareDelivery(_Message):
-    """Aggregator -> client: the ciphertexts its neighbours addressed to it (sender, ct)."""
+    """Aggregator -> client: the ciphertexts its neighbours addressed to it (sender, ct), and
+    each sender's commitments to the shares this client holds (sender, commitment)."""
 
     TYPE: ClassVar[str] = "secagg/share-delivery"
     recipient: str
     ciphertexts: Pairs
+    share_commitments: Pairs = ()
 
     def to_body(self) -> dict[str, Any]:
-        return self._base() | {"recipient": self.recipient, "shares": dict(self.ciphertexts)}
+        return self._base() | {
+            "recipient": self.recipient,
+            "shares": dict(self.ciphertexts),
+            "share_commits": dict(self.share_commitments),
+        }
 
 
 @dataclass(frozen=True)
@@ -248,9 +258,15 @@ def parse_message(body: Any) -> Message:
             _get(body, "sender", str, who),
             _get(body, "commit", bytes, who),
             _pairs(body, "shares", who),
+            _pairs(body, "share_commits", who),
         )
     if kind == ShareDelivery.TYPE:
-        return ShareDelivery(rid, _get(body, "recipient", str, who), _pairs(body, "shares", who))
+        return ShareDelivery(
+            rid,
+            _get(body, "recipient", str, who),
+            _pairs(body, "shares", who),
+            _pairs(body, "share_commits", who),
+        )
     if kind == MaskedInput.TYPE:
         return MaskedInput(rid, _get(body, "sender", str, who), _get(body, "vector", bytes, who))
     if kind == SurvivorSet.TYPE:
