@@ -197,6 +197,7 @@ async def run_federated(
         alpha=0.5 if iid else float(partition),
         seed=SEED,
         data_dir=str(data_dir) if data_dir else None,
+        allow_plaintext=args.secure_aggregation == "none",
     )
     net = InProcessNetwork(seed=SEED)
     counter = ByteCounter()
@@ -211,8 +212,9 @@ async def run_federated(
             await node.start()
         counter.bytes = 0  # start-up catch-up requests are not round traffic
         run = _run_config(args, dataset.name, n)
-        for node in nodes:
-            node.start_run(run)
+        report = await nodes[0].propose_run(run)  # agreed by a quorum, then started everywhere
+        if not report["started"]:
+            raise SystemExit(f"run not agreed: {report}")
         try:
             async with asyncio.timeout(args.run_timeout):
                 await asyncio.gather(*(node.finished.wait() for node in nodes))

@@ -11,7 +11,6 @@ from consortium.node.config import RunConfig, load_node_config
 from consortium.node.node import Node
 from consortium.node.sim import create_consortium
 from consortium.privacy.config import PrivacyConfig
-from consortium.protocol.messages import StartRun, encode_message
 from consortium.transport.inprocess import InProcessNetwork, InProcessTransport
 
 
@@ -26,12 +25,26 @@ class Clock:
 
 
 async def cluster(
-    root: Path, n: int, seed: int, *, consent: bool = True, purpose: Purpose | None = None
+    root: Path,
+    n: int,
+    seed: int,
+    *,
+    consent: bool = True,
+    purpose: Purpose | None = None,
+    allow_plaintext: bool = True,
 ) -> tuple[list[Node], InProcessNetwork, Clock]:
     """N started nodes; consent registries hold random salts, so only consent=False runs are
-    reproducible to the byte."""
+    reproducible to the byte. Their policy accepts plaintext runs unless `allow_plaintext` is
+    False (most round tests run plaintext for speed)."""
     dirs = create_consortium(
-        root, n, alpha=0.5, seed=seed, reproducible=True, consent=consent, purpose=purpose
+        root,
+        n,
+        alpha=0.5,
+        seed=seed,
+        reproducible=True,
+        consent=consent,
+        purpose=purpose,
+        allow_plaintext=allow_plaintext,
     )
     net = InProcessNetwork()
     clock = Clock()
@@ -68,9 +81,9 @@ def run_config(
 
 
 async def start(nodes: list[Node], run: RunConfig) -> None:
-    payload = encode_message(StartRun(run.body()))
-    for node in nodes:
-        await nodes[0].transport.request(node.identity.node_id, "msg", payload)
+    """nodes[0] proposes `run`; it starts on every member once a quorum cosigned it."""
+    report = await nodes[0].propose_run(run)
+    assert report["started"], report
 
 
 async def until_finished(nodes: list[Node], clock: Clock, step: float, limit: float = 120) -> None:

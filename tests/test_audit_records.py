@@ -52,9 +52,9 @@ def _forge(
     with Ledger.create(out / "ledger.sqlite", genesis) as forged:
         for e in entries:
             body, author = dict(e.body), e.author
-            if body["round"] == 1:
+            if e.kind == "round" and body["round"] == 1:
                 author = change(body, sorted(ids)) or author
-            forged.append(make_record(ids[author], "round", body, e.time, genesis))
+            forged.append(make_record(ids[author], e.kind, body, e.time, genesis))
     return out
 
 
@@ -62,7 +62,7 @@ def test_audit_refuses_fake_participants(run_folder: Path, tmp_path: Path) -> No
     def fake(body: dict[str, Any], members: list[str]) -> None:
         body["participants"] = sorted([*body["participants"], "fake-a", "fake-b"])
 
-    with pytest.raises(AuditError, match=r"entry 1: .*rule participants-not-members"):
+    with pytest.raises(AuditError, match=r"entry 2: .*rule participants-not-members"):
         audit(_forge(run_folder, tmp_path / "f", fake))
 
 
@@ -75,12 +75,12 @@ def test_audit_refuses_a_record_of_an_attempt_its_author_did_not_lead(
 
     def impostor(body: dict[str, Any], members: list[str]) -> str:
         with Ledger.open(run_folder / "ledger.sqlite") as real:
-            start_root = real.root(1)
+            start_root = real.root(2)
         other = leader_for(start_root, 1, 1, members)  # leads attempt 1, signs as attempt 0
         body["leader"] = other
         return other
 
-    with pytest.raises(AuditError, match=r"entry 1: .*rule author-not-attempt-leader"):
+    with pytest.raises(AuditError, match=r"entry 2: .*rule author-not-attempt-leader"):
         audit(_forge(run_folder, tmp_path / "a", skip))
-    with pytest.raises(AuditError, match=r"entry 1: .*rule author-not-attempt-leader"):
+    with pytest.raises(AuditError, match=r"entry 2: .*rule author-not-attempt-leader"):
         audit(_forge(run_folder, tmp_path / "b", impostor))

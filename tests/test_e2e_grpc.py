@@ -63,7 +63,7 @@ def test_processes_train_over_grpc_and_survive_faults(tmp_path: Path) -> None:
     try:
         cluster.start_all()
         cluster.wait_ready()
-        assert asyncio.run(start_run(dirs[0], None, run)) == []
+        assert asyncio.run(start_run(dirs[0], None, run))["started"]
         _wait(lambda: len(_records(dirs[0])) >= 1, 90, "round 1")
 
         # Kill a non-leader of the next round: the round completes without it.

@@ -111,9 +111,9 @@ def test_all_replicas_identical_afterrun_config(tmp_path: Path, n: int) -> None:
             await start(nodes, run_config(2, 5))
             await until_finished(nodes, clock, step=0.0)
             assert len(_roots(nodes)) == 1
-            assert all(n.ledger.size == 3 for n in nodes)
+            assert all(n.ledger.size == 4 for n in nodes)  # genesis, run-config, 2 rounds
             final = nodes[0].ledger.latest_final_head()
-            assert final is not None and final.head.size == 3
+            assert final is not None and final.head.size == 4
         finally:
             for node in nodes:
                 await node.stop()

@@ -51,7 +51,7 @@ def test_secure_rounds_match_plaintext_accuracy_and_publish_a_verifiable_sum(
     assert acc_secure > 0.6 and abs(acc_secure - acc_plain) < 0.05, (acc_secure, acc_plain)
     folder = tmp_path / "secure" / "node0"
     report = audit(folder)
-    assert report.entries == 4 and report.secure_rounds == 3  # every sum recomputed
+    assert report.entries == 5 and report.secure_rounds == 3  # every sum recomputed
     # What is published: masked vectors and revealed seeds, never a plaintext update.
     from consortium.store.blockstore import BlockStore
 

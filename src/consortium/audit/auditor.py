@@ -35,10 +35,10 @@ from consortium.ledger.frontier import Frontier
 from consortium.ledger.heads import TreeHead
 from consortium.ledger.log import Ledger
 from consortium.node.anchoring import CHAIN_CONFIG_FILE, ChainConfig, load_chain_config
-from consortium.node.config import RunConfig
+from consortium.node.config import RunConfig, consortium_refusals
 from consortium.privacy.budget import Budget, recompute_totals, totals
 from consortium.protocol.privacy_round import RoundPrivacy, client_noise_multiplier
-from consortium.protocol.record import ROUND_KIND, RoundRecord
+from consortium.protocol.record import ROUND_KIND, RUN_KIND, RoundRecord, RunRecord
 from consortium.protocol.secagg import SecAggParams
 from consortium.protocol.secure_round import Consortium, round_params
 from consortium.protocol.verifier import CONFIG, RecordContext, verify_round_record
@@ -124,7 +124,7 @@ def _audit(
         for blob in ledger.raw_equivocations():
             report.equivocations.append(blob.hex()[:32])
     _check_store(directory / STORE_DIR, references, report, progress)
-    if report.kinds.get("round"):
+    if report.kinds.get("round") or report.kinds.get(RUN_KIND):
         _check_round_records(ledger_path, directory / STORE_DIR, genesis, report)
     if report.equivocations:
         raise _fail(f"{len(report.equivocations)} equivocation(s) by members are on record")
@@ -280,6 +280,12 @@ def _check_round_records(
         for idx, data in ledger.raw_entries():
             start_root, frontier = frontier.root(), frontier.append(data)
             entry = Entry.from_bytes(data)
+            if entry.kind == RUN_KIND:
+                try:
+                    _agreed_run(entry, genesis, runs)
+                except ConsortiumError as exc:
+                    raise _fail(f"entry {idx}: {exc}") from exc
+                continue
             if entry.kind != ROUND_KIND:
                 continue
             try:
@@ -306,18 +312,24 @@ def _check_round_records(
         report.privacy[purpose] = totals([b for _, b in rows])
 
 
+def _agreed_run(entry: Entry, genesis: Genesis, runs: dict[str, RunConfig]) -> None:
+    """An agreed run configuration: its hash is its run id and it keeps the consortium's rules."""
+    record = RunRecord.from_entry(entry)
+    run = RunConfig.from_body(dict(record.config))
+    if run.run_id() != record.run:
+        raise ConsortiumError(f"the run id is not its configuration's hash [rule {CONFIG}]")
+    problems = consortium_refusals(run, genesis)
+    if problems:
+        raise ConsortiumError(f"run {record.run}: {problems[0]}")
+    runs[record.run] = run
+
+
 def _run_of(record: RoundRecord, runs: dict[str, RunConfig]) -> RunConfig:
-    """The run configuration a record follows: carried by its run's round 1, whose hash is the
-    run id (so no later record can claim other settings)."""
-    if record.round == 1:
-        if record.config is None:
-            raise ConsortiumError(f"round 1 carries no run configuration [rule {CONFIG}]")
-        run = RunConfig.from_body(dict(record.config))
-        if run.run_id() != record.run:
-            raise ConsortiumError(f"the run id is not its configuration's hash [rule {CONFIG}]")
-        runs[record.run] = run
+    """The agreed configuration a record's run follows (its run-config entry comes first)."""
     if record.run not in runs:
-        raise ConsortiumError(f"a record of run {record.run}, whose round 1 is not on the ledger")
+        raise ConsortiumError(
+            f"a record of run {record.run}, which no run-config entry agreed [rule {CONFIG}]"
+        )
     return runs[record.run]
 
 
@@ -387,7 +399,6 @@ def _record_context(
         cid_of=lambda data: fetched.get(sha256(data)) or cid_for(data),
         secure=secure,
         min_contributors=max(run.min_updates, consortium.floor) if secure else run.min_updates,
-        config=run.body(),
         transcript=transcript,
         secagg_params=secagg_params,
         apply_delta=add_flat_delta,

@@ -33,7 +33,7 @@ from consortium.learning.serialize import weights_from_bytes
 from consortium.ledger.log import Ledger
 from consortium.node.config import RunConfig
 from consortium.node.node import run_records
-from consortium.node.runner import start_run
+from consortium.node.runner import report_lines, start_run
 from consortium.node.sim import Cluster, create_consortium
 from consortium.privacy.budget import totals
 from consortium.privacy.config import PrivacyConfig
@@ -100,7 +100,15 @@ def demo(
         f"Dirichlet(alpha={alpha}) shards, run folder {root}"
     )
     budget = Purpose("research", 2.5 * epsilon, 1e-5) if dp != "none" else Purpose("research")
-    dirs = create_consortium(root, nodes, dataset=dataset, alpha=alpha, seed=seed, purpose=budget)
+    dirs = create_consortium(
+        root,
+        nodes,
+        dataset=dataset,
+        alpha=alpha,
+        seed=seed,
+        purpose=budget,
+        allow_plaintext=secure_aggregation == "none",
+    )
     privacy = (
         PrivacyConfig()
         if dp == "none"
@@ -129,9 +137,9 @@ def demo(
     try:
         cluster.start_all()
         cluster.wait_ready()
-        failed = asyncio.run(start_run(dirs[0], None, run))
-        if failed:
-            raise ConsortiumError("run did not start on: " + "; ".join(failed))
+        report = asyncio.run(start_run(dirs[0], None, run))
+        if not report["started"]:
+            raise ConsortiumError("run not agreed: " + "; ".join(report_lines(report)))
         records = _follow(dirs[0], run, cluster, names, withdraw_after=rounds // 3)
     finally:
         cluster.stop_all()
@@ -168,9 +176,9 @@ def _erase_and_retrain(
     try:
         cluster.start_all()
         cluster.wait_ready()
-        failed = asyncio.run(start_run(dirs[0], None, retrain))
-        if failed:
-            raise ConsortiumError("retraining did not start on: " + "; ".join(failed))
+        report = asyncio.run(start_run(dirs[0], None, retrain))
+        if not report["started"]:
+            raise ConsortiumError("retraining not agreed: " + "; ".join(report_lines(report)))
         redone = _follow(d, retrain, cluster, names, withdraw_after=0)
     finally:
         cluster.stop_all()

@@ -88,7 +88,7 @@ def run_start(
     ),
 ) -> None:
     """Ask every member to start a training run (from any member)."""
-    from consortium.node.runner import start_run
+    from consortium.node.runner import report_lines, start_run
 
     body: dict[str, Any] = RunConfig().body()
     if config is not None:
@@ -123,12 +123,19 @@ def run_start(
     body["privacy"] = privacy
     body["started"] = int(time.time() * 1000)
     run = RunConfig.from_body(body)
-    failed = asyncio.run(start_run(directory, node_passphrase(directory), run))
-    for line in failed:
-        console.print(f"[yellow]not started on {line}[/]")
+    report = asyncio.run(start_run(directory, node_passphrase(directory), run))
+    for line in report_lines(report):
+        console.print(f"[yellow]{line}[/]")
+    if not report["started"]:
+        fail(
+            f"run {run.run_id()} not started: {len(report['accepted'])} members accepted it, "
+            "a quorum must (their run-config cosignatures)",
+            1,
+        )
     dp_text = "" if run.privacy.unit == "none" else f", {run.privacy.unit}-level DP"
     console.print(
-        f"run {run.run_id()} started: {run.rounds} rounds of {run.model} on {run.dataset}, "
+        f"run {run.run_id()} agreed by {', '.join(report['accepted'])} and started: "
+        f"{run.rounds} rounds of {run.model} on {run.dataset}, "
         f"aggregation {run.secure_aggregation}{dp_text}"
     )
 

@@ -463,6 +463,11 @@ class Ledger:
             (size, root, attempt, author, record_attempt),
         )
 
+    def forget_vote(self, size: int, root: bytes) -> None:
+        """Lift this node's vote for `root` at `size` (the proposal provably cannot be final)."""
+        self._conn.execute(self._VOTES)
+        self._conn.execute("DELETE FROM my_votes WHERE size = ? AND root = ?", (size, root))
+
     def my_votes(self) -> dict[int, tuple[bytes, int, str, int]]:
         """ledger size -> (root, attempt, author, record attempt) this node cosigned."""
         exists = self._conn.execute(

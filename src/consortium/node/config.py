@@ -10,7 +10,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from consortium.core.encoding import encode
-from consortium.core.errors import ConfigError
+from consortium.core.errors import ConfigError, ConsortiumError
+from consortium.core.genesis import Genesis
 from consortium.core.layout import NODE_CONFIG_FILE
 from consortium.privacy.config import PrivacyConfig
 
@@ -29,10 +30,31 @@ class DataConfig(BaseModel):
     seed: int = Field(0, description="seeds the split and the partition")
 
 
+class PolicyConfig(BaseModel):
+    """What this member accepts to train on (`[policy]` in node.toml). A run it refuses never
+    starts without a quorum of others, and then it sits the run out."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    require_secure_aggregation: bool = Field(
+        True, description="refuse runs in which the leader would see plaintext updates"
+    )
+    min_honest: int = Field(
+        3, ge=2, description="refuse runs whose secure sums need fewer honest inputs than this"
+    )
+    purposes: list[str] = Field(
+        default_factory=list, description="purposes this member trains for (empty: any)"
+    )
+    datasets: list[str] = Field(
+        default_factory=list, description="datasets or tasks it trains (empty: any)"
+    )
+
+
 class NodeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     data: DataConfig = DataConfig()
+    policy: PolicyConfig = PolicyConfig()
     listen: str | None = Field(None, description="host:port to bind (default: node.pub address)")
     peers: dict[str, str] = Field(default_factory=dict, description="node id -> address override")
     tick_seconds: float = Field(0.1, gt=0, description="how often deadlines are checked")
@@ -91,6 +113,37 @@ class RunConfig(BaseModel):
             return cls.model_validate(body)
         except ValidationError as exc:
             raise ConfigError(f"invalid run config: {_first(exc)}") from exc
+
+
+def consortium_refusals(run: RunConfig, genesis: Genesis) -> list[str]:
+    """The consortium's own rules for a run, which every honest member and `audit` apply."""
+    try:
+        purpose = genesis.purpose(run.purpose)
+    except ConsortiumError as exc:
+        return [str(exc)]
+    if purpose.epsilon is not None and run.privacy.unit == "none":
+        return [
+            f"purpose {purpose.name!r} has a privacy budget: a run for it must use differential "
+            "privacy, so that every round is charged [rule budget-bypass]"
+        ]
+    return []
+
+
+def run_refusals(run: RunConfig, genesis: Genesis, policy: PolicyConfig) -> list[str]:
+    """Why this member refuses `run` (empty: it accepts): the consortium's rules first, then
+    its own policy."""
+    out = consortium_refusals(run, genesis)
+    if policy.require_secure_aggregation and run.secure_aggregation != "secagg+":
+        out.append("policy requires secure aggregation")
+    if run.min_honest < policy.min_honest:
+        out.append(
+            f"policy requires min_honest >= {policy.min_honest}, the run has {run.min_honest}"
+        )
+    if policy.purposes and run.purpose not in policy.purposes:
+        out.append(f"policy does not allow purpose {run.purpose!r}")
+    if policy.datasets and run.dataset not in policy.datasets:
+        out.append(f"policy does not allow dataset {run.dataset!r}")
+    return out
 
 
 def _first(exc: ValidationError) -> str:

@@ -20,21 +20,35 @@ from multiformats import CID
 
 from consortium.consent.registry import ConsentRegistry
 from consortium.consent.rounds import begin_round
-from consortium.core.encoding import decode, encode
-from consortium.core.errors import ConfigError, ConsortiumError, LedgerError, TransportError
+from consortium.core.encoding import Domain, decode, encode
+from consortium.core.errors import (
+    ConfigError,
+    ConsortiumError,
+    LedgerError,
+    PeerRefused,
+    TransportError,
+)
 from consortium.core.files import atomic_write
 from consortium.core.genesis import GENESIS_FILE, Genesis
 from consortium.core.identity import NodeIdentity
 from consortium.core.layout import CONSENT_FILE, LEDGER_FILE, STATUS_FILE, STORE_DIR
 from consortium.learning.serialize import weights_from_bytes, weights_to_bytes
+from consortium.ledger.entries import Entry
 from consortium.ledger.heads import CosignedHead, TreeHead
 from consortium.ledger.log import Ledger
 from consortium.ledger.replica import sync as sync_ledger
 from consortium.node.anchoring import Anchorer
-from consortium.node.config import NodeConfig, RunConfig, load_node_config
+from consortium.node.config import NodeConfig, RunConfig, load_node_config, run_refusals
 from consortium.node.learner import Learner, initial_weights
 from consortium.privacy.budget import Budget
-from consortium.protocol.messages import Commit, StartRun, decode_message, encode_message
+from consortium.protocol import agreement
+from consortium.protocol.messages import (
+    Commit,
+    Proposal,
+    StartRun,
+    decode_message,
+    encode_message,
+)
 from consortium.protocol.privacy_round import (
     RecordParams,
     RoundPrivacy,
@@ -42,7 +56,14 @@ from consortium.protocol.privacy_round import (
     record_noise_multiplier,
 )
 from consortium.protocol.randomness import Randomness
-from consortium.protocol.record import RoundRecord, latest_run, privacy_history, round_records
+from consortium.protocol.record import (
+    RUN_KIND,
+    RoundRecord,
+    RunRecord,
+    latest_agreed_run,
+    privacy_history,
+    round_records,
+)
 from consortium.protocol.round import (
     Action,
     Broadcast,
@@ -57,6 +78,7 @@ from consortium.protocol.round import (
     Stopped,
     Train,
 )
+from consortium.protocol.secure_round import max_faulty
 from consortium.store.blockstore import CHUNK_SIZE, BlockStore
 from consortium.store.cid import cid_for
 from consortium.store.objects import get_bytes, put_bytes
@@ -73,8 +95,8 @@ def model_cid(data: bytes, store: BlockStore) -> CID:
 
 
 def run_records(ledger: Ledger) -> list[RoundRecord]:
-    """Round records of the latest run on this ledger, in order."""
-    return [rec for _, rec in latest_run(round_records(enumerate(ledger.iter_entries())))]
+    """Round records of the latest agreed run on this ledger, in order."""
+    return latest_agreed_run(enumerate(ledger.iter_entries()))[1]
 
 
 def open_node_state(directory: Path) -> tuple[Genesis, Ledger, BlockStore]:
@@ -183,7 +205,139 @@ class Node:
 
     # -- run control -----------------------------------------------------------------------------
 
+    # -- agreeing on a run -----------------------------------------------------------------------
+
+    async def propose_run(self, run: RunConfig) -> dict[str, Any]:
+        """Propose `run` to every member; start it if a quorum cosigns its run-config entry.
+
+        Returns {"run", "started", "accepted": [names], "refused": {name: reason},
+        "unreachable": {name: reason}}."""
+        record = RunRecord(run.run_id(), run.body())
+        p = agreement.propose(
+            self.identity,
+            self.genesis,
+            self.ledger.frontier(),
+            RUN_KIND,
+            record.to_body(),
+            int(self.clock() * 1000),
+        )
+        payload = encode(p.to_body())
+        sigs: dict[str, bytes] = {}
+        refused: dict[str, str] = {}
+        unreachable: dict[str, str] = {}
+
+        refusals: dict[str, bytes] = {}
+
+        async def ask(member: str, name: str) -> None:
+            try:
+                if member == self.identity.node_id:
+                    raw = self._vote_run(p)
+                else:
+                    raw = await self.transport.request(member, "run-vote", payload, 15.0)
+                answer = decode(raw)
+                if not isinstance(answer, dict) or not isinstance(answer.get("sig"), bytes):
+                    raise ConfigError("malformed answer to a run proposal")
+                if "refused" in answer:
+                    refused[name] = str(answer["refused"])
+                    refusals[member] = answer["sig"]
+                else:
+                    sigs[member] = answer["sig"]
+            except PeerRefused as exc:
+                refused[name] = str(exc)
+            except TransportError as exc:
+                unreachable[name] = str(exc)
+            except ConsortiumError as exc:
+                refused[name] = str(exc)
+
+        await asyncio.gather(*(ask(m.node_id, m.name) for m in self.genesis.members))
+        names = {m.node_id: m.name for m in self.genesis.members}
+        report: dict[str, Any] = {
+            "run": run.run_id(),
+            "started": False,
+            "accepted": sorted(names[n] for n in sigs),
+            "refused": refused,
+            "unreachable": unreachable,
+        }
+        try:
+            valid = agreement.valid_cosignatures(p, self.genesis, sigs)
+        except agreement.AgreementRefused:
+            # Tell those who cosigned: with enough signed refusals they may vote again here.
+            note = encode({"proposal": p.to_body(), "refusals": refusals})
+            self._abandon_run(note)
+            await asyncio.gather(
+                *(self._send(peer, note, "run-abandon") for peer in self.peers),
+                return_exceptions=True,
+            )
+            return report
+        commit = encode({"proposal": p.to_body(), "cosignatures": valid})
+        self._commit_run(p, valid)
+        await asyncio.gather(
+            *(self._send(peer, commit, "run-commit") for peer in self.peers),
+            return_exceptions=True,
+        )
+        report["started"] = True
+        return report
+
+    def _vote_run(self, p: Proposal) -> bytes:
+        """This member's answer to a proposed run-config entry: {"sig": cosignature} or, when
+        its rules or policy refuse the run, {"refused": why, "sig": signed refusal}."""
+        if self.machine is not None and not self.finished.is_set():
+            raise agreement.AgreementRefused("a run is already in progress on this node")
+        entry = agreement.check(p, self.genesis, self.ledger.frontier(), RUN_KIND)
+        run = self._agreed_config(entry)
+        refusals = run_refusals(run, self.genesis, self.config.policy)
+        if refusals:
+            why = "refused: " + "; ".join(refusals)
+            statement = agreement.refusal_statement(p)
+            sig = self.identity.sign(Domain.MESSAGE, statement, self.genesis.digest())
+            return encode({"refused": why, "sig": sig})
+        prior = self.ledger.my_votes().get(p.size)
+        sig = agreement.cosign(self.identity, self.genesis, p, prior[0] if prior else None)
+        self.ledger.record_vote(p.size, p.root, 0, entry.author, 0)  # before the vote leaves
+        return encode({"sig": sig})
+
+    def _abandon_run(self, payload: bytes) -> None:
+        """Lift this member's vote for a run proposal that signed refusals show can never reach
+        quorum, so another run can be proposed at that ledger size."""
+        body = decode(payload)
+        if not isinstance(body, dict) or not isinstance(body.get("refusals"), dict):
+            raise ConfigError("malformed run abandonment")
+        p = Proposal.from_body(body["proposal"])
+        if not agreement.abandoned(
+            p, self.genesis, body["refusals"], max_faulty(len(self.peers) + 1)
+        ):
+            raise agreement.AgreementRefused("too few signed refusals to abandon that proposal")
+        prior = self.ledger.my_votes().get(p.size)
+        if prior is not None and prior[0] == p.root:
+            self.ledger.forget_vote(p.size, p.root)
+
+    def _agreed_config(self, entry: Entry) -> RunConfig:
+        record = RunRecord.from_entry(entry)
+        run = RunConfig.from_body(dict(record.config))
+        if run.run_id() != record.run:
+            raise agreement.AgreementRefused("the run id is not the hash of its configuration")
+        return run
+
+    def _commit_run(self, p: Proposal, cosignatures: dict[str, bytes]) -> None:
+        """Append the agreed run-config entry and its cosigned head, then start the run (unless
+        this member's policy refuses it: then it sits the run out)."""
+        entry = agreement.check(p, self.genesis, self.ledger.frontier(), RUN_KIND)
+        agreement.valid_cosignatures(p, self.genesis, cosignatures)
+        run = self._agreed_config(entry)
+        self.ledger.append(entry)
+        head = TreeHead(p.size, p.root, p.time)
+        for node_id, sig in sorted(cosignatures.items()):
+            self.ledger.add_cosignature(head, node_id, sig)
+        refusals = run_refusals(run, self.genesis, self.config.policy)
+        if refusals:
+            self.stopped = "sitting this run out: " + "; ".join(refusals)
+            log.error("%s: %s", self.name, self.stopped)
+            self._write_status()
+            return
+        self.start_run(run)
+
     def start_run(self, run: RunConfig) -> None:
+        """Start `run`, whose run-config entry this ledger holds (see `propose_run`)."""
         self.genesis.purpose(run.purpose)  # ConsortiumError if not a declared purpose
         if self.machine is not None and not self.finished.is_set():
             raise ConfigError("a run is already in progress on this node")
@@ -240,10 +394,15 @@ class Node:
 
     def _resume(self) -> None:
         """After a restart: continue the latest run from the ledger, if it is not finished."""
-        records = run_records(self.ledger)
-        if not records or records[0].config is None:
+        agreed, records = latest_agreed_run(enumerate(self.ledger.iter_entries()))
+        if agreed is None:
             return
-        run = RunConfig.from_body(dict(records[0].config))
+        run = RunConfig.from_body(dict(agreed.config))
+        if run_refusals(run, self.genesis, self.config.policy):
+            return  # this member sits the run out
+        if not records:
+            self.start_run(run)  # agreed, but its first round never committed here
+            return
         last = records[-1]
         self._setup_run(run)
         self.global_model = get_bytes(self.store, last.model)
@@ -333,11 +492,11 @@ class Node:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, peer: str, payload: bytes) -> None:
+    async def _send(self, peer: str, payload: bytes, method: str = "msg") -> None:
         try:
-            await self.transport.request(peer, "msg", payload, timeout=10.0)
-        except TransportError as exc:
-            log.info("%s: message to %s not delivered: %s", self.name, peer[:16], exc)
+            await self.transport.request(peer, method, payload, timeout=10.0)
+        except TransportError as exc:  # a member that missed it catches up from the ledger
+            log.info("%s: %s to %s not delivered: %s", self.name, method, peer[:16], exc)
 
     async def _train(self, round_no: int) -> None:
         assert self.learner is not None and self.machine is not None and self.run is not None
@@ -467,12 +626,30 @@ class Node:
         if method == "msg":
             msg = decode_message(payload)
             if isinstance(msg, StartRun):
-                self.start_run(RunConfig.from_body(msg.config))
-            elif self.machine is not None:
+                raise ConfigError(
+                    "runs start only from a run-config entry a quorum cosigned (`run start`)"
+                )
+            if self.machine is not None:
                 self._execute(self.machine.on_message(sender, msg, self.clock()))
                 if self._behind(msg):
                     self._spawn(self._catch_up_and_resume())
             return b""
+        if method == "run-vote":
+            return self._vote_run(Proposal.from_body(decode(payload)))
+        if method == "run-abandon":
+            self._abandon_run(payload)
+            return b""
+        if method == "run-commit":
+            body = decode(payload)
+            if not isinstance(body, dict) or not isinstance(body.get("cosignatures"), dict):
+                raise ConfigError("malformed run commit")
+            self._commit_run(Proposal.from_body(body["proposal"]), body["cosignatures"])
+            return b""
+        if method == "propose-run":
+            if sender != self.identity.node_id:
+                raise ConfigError("only this member's own operator may propose a run through it")
+            report = await self.propose_run(RunConfig.from_body(decode(payload)))
+            return encode(report)
         if method == "sync":
             return self._sync_reply(decode(payload))
         if method == "artifact":

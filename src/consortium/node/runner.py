@@ -10,11 +10,12 @@ from typing import Any
 
 import torch
 
+from consortium.core.encoding import decode, encode
+from consortium.core.errors import ConfigError, TransportError
 from consortium.core.genesis import GENESIS_FILE, Genesis
 from consortium.core.identity import NodeIdentity
 from consortium.node.config import RunConfig, load_node_config
 from consortium.node.node import Node
-from consortium.protocol.messages import StartRun, encode_message
 from consortium.transport.grpc_transport import GrpcTransport
 
 
@@ -62,21 +63,32 @@ async def _run_finished(node: Node) -> None:
         await asyncio.sleep(0.2)
 
 
-async def start_run(directory: Path, passphrase: str | None, run: RunConfig) -> list[str]:
-    """Ask every member (this node included) to start `run`; return members that refused."""
+async def start_run(directory: Path, passphrase: str | None, run: RunConfig) -> dict[str, Any]:
+    """Ask this member's running node to propose `run` to every member; return its report:
+    {"run", "started", "accepted": [names], "refused": {name: why}, "unreachable": {...}}."""
     identity = NodeIdentity.load(directory, passphrase)
     genesis = Genesis.load(directory / GENESIS_FILE)
     genesis.purpose(run.purpose)
     transport = make_transport(directory, identity, listen=False)
-    payload = encode_message(StartRun(run.body()))
-    failed: list[str] = []
+    try:
+        raw = await transport.request(
+            identity.node_id, "propose-run", encode(run.body()), timeout=60.0
+        )
+    except TransportError as exc:
+        raise ConfigError(
+            f"this member's node did not take the proposal ({exc}): is `consortium node start "
+            f"--dir {directory}` running?"
+        ) from exc
+    finally:
+        await transport.stop()
+    report = decode(raw)
+    if not isinstance(report, dict):
+        raise ConfigError("malformed answer from this member's node")
+    return report
 
-    async def one(member_id: str, name: str) -> None:
-        try:
-            await transport.request(member_id, "msg", payload, timeout=15.0)
-        except Exception as exc:  # report every refusal, keep asking the others
-            failed.append(f"{name}: {exc}")
 
-    await asyncio.gather(*(one(m.node_id, m.name) for m in genesis.members))
-    await transport.stop()
-    return failed
+def report_lines(report: dict[str, Any]) -> list[str]:
+    """One line per member that did not accept a run proposal."""
+    out = [f"refused by {name}: {why}" for name, why in sorted(report["refused"].items())]
+    out += [f"unreachable: {name} ({why})" for name, why in sorted(report["unreachable"].items())]
+    return out

@@ -50,12 +50,14 @@ def create_consortium(
     data_dir: str | None = None,
     reproducible: bool = False,
     consent: bool = True,
+    allow_plaintext: bool = False,
 ) -> list[Path]:
     """Create n member folders under root with a fully signed genesis and per-node data shards.
 
     With `consent`, every record of a node's shard gets a synthetic data subject who consents to
     the purpose (`synthetic_subject`); otherwise the nodes are configured with consent = "off".
     `reproducible` derives keys and times from `seed` (simulations that must give the same root).
+    `allow_plaintext` writes a `[policy]` that accepts runs without secure aggregation.
     """
     if n < 1:
         raise ConsortiumError("a consortium needs at least one node")
@@ -86,6 +88,7 @@ def create_consortium(
             ("" if consent else 'consent = "off"\n') + "[data]\n"
             f'dataset = "{dataset}"\n{dd}partition = "{partition}"\nalpha = {alpha}\n'
             f"parts = {n}\nindex = {i}\nseed = {seed}\n"
+            + ("[policy]\nrequire_secure_aggregation = false\n" if allow_plaintext else "")
         )
         dirs.append(d)
     if consent:

@@ -20,7 +20,9 @@ uses them:
     erasures     node -> [{records, at}]
     secagg       (optional) SecAgg+ parameters and the transcript's CID
     privacy      (optional) the round's spend; its codec is `privacy.budget`
-    config       (optional, round 1) the run configuration all members follow
+
+The run a record belongs to was agreed before its first round: a "run-config" entry (`RunRecord`,
+below) cosigned by a quorum, whose configuration hashes to the run id every record names.
 
 Later issues add sections (storage proofs, proofs of evaluation, a consent-history head): each is
 a new optional key with its own typed section here and its own rule in the verifier; a reader of
@@ -65,7 +67,7 @@ _CORE = frozenset(
         "erasures",
     }
 )
-_OPTIONAL = frozenset({"secagg", "privacy", "config"})
+_OPTIONAL = frozenset({"secagg", "privacy"})
 _MAX_MEMBERS = 10_000
 _MAX_METRICS = 64
 
@@ -170,7 +172,6 @@ class RoundRecord:
     erasures: Mapping[str, tuple[Erasure, ...]] = field(default_factory=dict)
     secagg: SecAggSection | None = None
     privacy: Mapping[str, Any] | None = None
-    config: Mapping[str, Any] | None = None
     version: int = RECORD_VERSION
 
     # -- codec -----------------------------------------------------------------------------------
@@ -198,8 +199,6 @@ class RoundRecord:
             body["secagg"] = self.secagg.to_body()
         if self.privacy is not None:
             body["privacy"] = dict(self.privacy)
-        if self.config is not None:
-            body["config"] = dict(self.config)
         return body
 
     @classmethod
@@ -238,11 +237,9 @@ class RoundRecord:
             if not isinstance(v, list) or not v or len(v) > 10_000:
                 raise _fail("erasures must be non-empty lists")
             erasures[k] = tuple(Erasure.from_body(e) for e in v)
-        privacy, config = b.get("privacy"), b.get("config")
+        privacy = b.get("privacy")
         if privacy is not None and not isinstance(privacy, dict):
             raise _fail("'privacy' must be a map")
-        if config is not None and not isinstance(config, dict):
-            raise _fail("'config' must be a map")
         return cls(
             run=_str(b["run"], "run"),
             round=_int(b, "round", 1),
@@ -261,7 +258,6 @@ class RoundRecord:
             erasures=erasures,
             secagg=None if b.get("secagg") is None else SecAggSection.from_body(b["secagg"]),
             privacy=privacy,
-            config=config,
         )
 
     @classmethod
@@ -286,6 +282,43 @@ class RoundRecord:
         return dp if isinstance(dp, dict) else None
 
 
+RUN_KIND = "run-config"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """The body of a "run-config" entry: the configuration every member agreed to (its hash is
+    the run id). A run starts only from such an entry cosigned by a quorum of members."""
+
+    run: str
+    config: Mapping[str, Any]
+    version: int = RECORD_VERSION
+
+    def to_body(self) -> dict[str, Any]:
+        return {"v": self.version, "run": self.run, "config": dict(self.config)}
+
+    @classmethod
+    def from_body(cls, b: Any) -> RunRecord:
+        if not isinstance(b, dict) or set(b) != {"v", "run", "config"}:
+            raise RecordFormatError("malformed run-config record: need exactly v, run, config")
+        if b["v"] != RECORD_VERSION:
+            raise RecordFormatError(f"unsupported run-config version {b['v']!r}")
+        if not isinstance(b["config"], dict):
+            raise RecordFormatError("malformed run-config record: 'config' must be a map")
+        return cls(_str(b["run"], "run"), b["config"])
+
+    @classmethod
+    def from_entry(cls, entry: Entry) -> RunRecord:
+        if entry.kind != RUN_KIND:
+            raise RecordFormatError(f"entry is a {entry.kind!r}, not a run-config record")
+        return cls.from_body(entry.body)
+
+
+def run_configs(entries: Any) -> list[tuple[int, RunRecord]]:
+    """(ledger index, record) of every agreed run configuration in `(index, Entry)` pairs."""
+    return [(i, RunRecord.from_entry(e)) for i, e in entries if e.kind == RUN_KIND]
+
+
 def round_records(entries: Any) -> list[tuple[int, RoundRecord]]:
     """(ledger index, record) of every round entry in `(index, Entry)` pairs, parsed."""
     return [(i, RoundRecord.from_entry(e)) for i, e in entries if e.kind == ROUND_KIND]
@@ -308,3 +341,13 @@ def latest_run(records: list[tuple[int, RoundRecord]]) -> list[tuple[int, RoundR
         if rec.run == run:
             out.append((idx, rec))
     return out
+
+
+def latest_agreed_run(entries: Any) -> tuple[RunRecord | None, list[RoundRecord]]:
+    """The latest agreed run configuration on a ledger and that run's round records."""
+    pairs = list(entries)
+    runs = run_configs(pairs)
+    if not runs:
+        return None, []
+    run = runs[-1][1]
+    return run, [r for _, r in round_records(pairs) if r.run == run.run]

@@ -638,7 +638,6 @@ class RoundMachine:
             },
             secagg=secagg,
             privacy=privacy,
-            config=self.settings.config if s.round == 1 else None,
         )
 
     def _sign_proposal(
@@ -676,7 +675,6 @@ class RoundMachine:
             cid_of=self._cid_of,
             secure=self.settings.secure,
             min_contributors=self.min_contributors,
-            config=self.settings.config,
             transcript=p.transcript,
             secagg_params=self._secagg_params,
             apply_delta=self._ops.apply if self._ops is not None else None,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -50,7 +49,7 @@ AGGREGATION = "aggregation-mismatch"  # plaintext record in a secure run, or the
 SUM = "sum-mismatch"  # the model is not the previous model plus the published secure sum
 PRIVACY = "privacy-mismatch"  # the privacy spend is not what the ledger and reports imply
 CONSENT = "consent-mismatch"  # consent commitments or erasures of non-participants
-CONFIG = "config-mismatch"  # round 1 does not carry the agreed run configuration
+CONFIG = "config-mismatch"  # a run no quorum agreed to (checked where runs are read: audit)
 METRICS = "metrics-in-the-clear"  # per-node figures other than DP parameters
 
 #: The only per-node metrics a record may carry: DP-SGD parameters (public, and accounted).
@@ -92,8 +91,6 @@ class RecordContext:
     cid_of: Callable[[bytes], CID]
     secure: bool
     min_contributors: int
-    #: The run configuration round 1 must carry (None: not checked, e.g. no run found).
-    config: Mapping[str, Any] | None = None
     transcript: bytes = b""
     #: SecAgg+ parameters every node derives for (attempt, participants).
     secagg_params: Callable[[int, list[str]], SecAggParams] | None = None
@@ -143,14 +140,6 @@ def verify_round_record(record: RoundRecord, ctx: RecordContext) -> None:
     if ctx.secure:
         _check_secure_sum(record, ctx)
     _check_privacy(record, ctx)
-    if record.round == 1 and ctx.config is not None:
-        _require(
-            record.config == ctx.config,
-            CONFIG,
-            "the round 1 record does not carry the agreed run configuration",
-        )
-    elif record.round > 1:
-        _require(record.config is None, CONFIG, "only round 1 carries the run configuration")
 
 
 def _check_leader(record: RoundRecord, ctx: RecordContext, members: list[str]) -> None:
