@@ -561,7 +561,7 @@ class RoundMachine:
         s.votes = {}
         reports = tuple(s.reports[k] for k in sorted(s.reports))
         msg = Propose(self.settings.run_id, s.round, s.attempt, proposal, reports)
-        return [Broadcast(msg), *self._vote_for(proposal, self.me, reports)]
+        return [Broadcast(msg), *self._vote_for(proposal, self.me, reports, event)]
 
     def _reported_bound(self) -> tuple[str, ...] | None:
         """A survivor set participants report being bound to (see `_bound_set`), if any."""
@@ -711,7 +711,15 @@ class RoundMachine:
         s.accepted = msg.proposal
         return self._vote_for(msg.proposal, sender, msg.reports)
 
-    def _vote_for(self, p: Proposal, leader: str, reports: Sequence[VoteReport]) -> list[Action]:
+    def _vote_for(
+        self,
+        p: Proposal,
+        leader: str,
+        reports: Sequence[VoteReport],
+        event: Event = Event.PROPOSE,
+    ) -> list[Action]:
+        """Cosign `p` (persisting the vote first); `event` is the one being handled, under which
+        a leader whose own vote completes the quorum moves to DONE."""
         s = self.s
         prior = self._voted.get(p.size)
         if prior is not None and prior.root != p.root:
@@ -724,7 +732,7 @@ class RoundMachine:
         vote = Vote(self.settings.run_id, s.round, p.size, p.root, sig)
         persist = PersistVote(p.size, p.root, s.attempt, author, record_attempt)
         if leader == self.me:
-            return [persist, *self._on_vote(self.me, vote)]
+            return [persist, *self._on_vote(self.me, vote, event)]
         return [persist, Send(leader, vote)]
 
     def _unlock_refusal(
@@ -775,7 +783,7 @@ class RoundMachine:
                 )
         return None
 
-    def _on_vote(self, sender: str, msg: Vote) -> list[Action]:
+    def _on_vote(self, sender: str, msg: Vote, event: Event = Event.VOTE) -> list[Action]:
         s = self.s
         p = s.proposal
         assert p is not None  # VOTING always has a proposal
@@ -789,7 +797,7 @@ class RoundMachine:
         s.votes[sender] = msg.signature
         if len(s.votes) < self.genesis.quorum:
             return []
-        self._goto(Event.VOTE, Phase.DONE)
+        self._goto(event, Phase.DONE)
         votes = dict(s.votes)
         full = Commit(self.settings.run_id, s.round, p, votes)
         # Voters already hold the model and transcript from the Propose: send them the entry,
