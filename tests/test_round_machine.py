@@ -57,7 +57,6 @@ def _forged(wire: Wire, author: str, attempt: int, participants: tuple[str, ...]
         model=cid_of(evil),
         prev_model=cid_of(m.s.model),
         aggregation="fedavg",
-        config={"run": "test"},
     )
     ident = next(i for i in wire.ids if i.node_id == author)
     entry = make_record(ident, "round", record.to_body(), 5, wire.genesis).to_bytes()

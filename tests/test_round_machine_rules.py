@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-import pytest
-
 from consortium.core.encoding import Domain
 from consortium.protocol.messages import Commit, Message, Propose, Update, Vote, VoteReport
 from consortium.protocol.round import CastVote, Committed, Note, PersistVote, Send
@@ -185,13 +183,6 @@ def test_the_unlock_refuses_a_forged_vote_report() -> None:
 # -- the leader's own vote ------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="round.py: when the leader's own vote is the quorum (one member, or quorum 1), "
-    "_on_vote's move to DONE is not in TRANSITIONS for the event being handled "
-    "('bug: training --vote--> done'); remove this mark with the fix",
-)
 def test_a_leader_whose_own_vote_makes_the_quorum_persists_it_before_committing() -> None:
     """`_vote_for` returns [PersistVote, *commit] for the leader's own vote: only a quorum of one
     makes the commit part non-empty, so only this case shows the order."""

@@ -68,7 +68,6 @@ PLAIN: dict[str, Case] = {
         replace(r, consent={"not-a-participant": RoundCommitment(bytes(32), 1, "research")}),
         c,
     ),
-    v.CONFIG: lambda r, c: (replace(r, config={"run": "other"}), c),
     v.METRICS: lambda r, c: (
         replace(r, metrics={p: {"accuracy": 0.9} for p in r.participants}),
         c,

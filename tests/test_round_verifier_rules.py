@@ -23,7 +23,7 @@ from consortium.protocol import verifier as v
 from consortium.protocol.privacy_round import RecordParams, RoundPrivacy
 from consortium.protocol.record import Erasure, RecordFormatError, RoundRecord
 from consortium.protocol.verifier import RecordContext, RecordRejected, verify_round_record
-from tests.machines import CONFIG, Wire, cid_of
+from tests.machines import Wire, cid_of
 
 Change = Callable[[RoundRecord, RecordContext], tuple[RoundRecord, RecordContext]]
 
@@ -103,17 +103,6 @@ def test_each_plaintext_check_refuses_by_name(case: str) -> None:
     rule, text, change = PLAIN[case]
     record, ctx = _valid()
     _refused(*change(record, ctx), rule, text)
-
-
-def test_only_round_1_carries_the_run_configuration() -> None:
-    record, ctx = _valid(round_no=2)
-    assert record.round == 2 and record.config is None
-    _refused(
-        replace(record, config=dict(CONFIG)),
-        ctx,
-        v.CONFIG,
-        "only round 1 carries the run configuration",
-    )
 
 
 # -- secure rounds --------------------------------------------------------------------------------
@@ -239,7 +228,7 @@ CODEC: dict[str, Callable[[dict[str, Any]], Any]] = {
     "consent commitment: ": lambda b: _first(b, "consent", {"root": b"x"}),
     "erasures must be non-empty lists": lambda b: _first(b, "erasures", []),
     "'privacy' must be a map": lambda b: {**b, "privacy": "research"},
-    "'config' must be a map": lambda b: {**b, "config": "test"},
+    "unknown field(s) config": lambda b: {**b, "config": {"run": "test"}},
 }
 
 
