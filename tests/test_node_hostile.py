@@ -1,10 +1,11 @@
 """Hostile peers against a running Node: fuzzed and mutated requests on every method it serves.
 
 Four members, three honest nodes running a SecAgg+ round; the fourth member ("mallory") is the
-attacker and has no node, only its authenticated node id. Virtual time stands still while it
-attacks, so the round leader stays where the attack found it (collecting, or in SecAgg+). Every
-request must be answered or refused with a typed error (`PeerRefused` over the transport, or a
-refusal Note for a round message); afterwards the leader's ledger is unchanged, it still serves
+attacker and has no node, only its authenticated node id. Virtual time stands still while she
+attacks, so each target stays where the attack found it: the leader collecting updates, the
+leader in SecAgg+, and a participant of an attempt mallory leads. Every request must be answered
+or refused with a typed error (`PeerRefused` over the transport, or a refusal Note for a round
+message), never an internal error; afterwards no honest ledger changed, the nodes still serve
 honest peers, and the round completes.
 """
 
@@ -25,7 +26,7 @@ from consortium.core.encoding import Domain, decode, encode
 from consortium.core.errors import PeerRefused, TransportError
 from consortium.core.identity import NodeIdentity
 from consortium.ledger.entries import make_record
-from consortium.node.config import load_node_config
+from consortium.node.config import RunConfig, load_node_config
 from consortium.node.node import Node
 from consortium.node.sim import create_consortium
 from consortium.protocol.messages import (
@@ -69,13 +70,17 @@ class Hostile:
     """Three running nodes and an attacker: a member without a node, and an outsider."""
 
     def __init__(
-        self, nodes: list[Node], net: InProcessNetwork, clock: Clock, mallory: NodeIdentity
+        self,
+        nodes: list[Node],
+        net: InProcessNetwork,
+        clock: Clock,
+        run: RunConfig,
+        mallory: NodeIdentity,
     ) -> None:
-        self.nodes, self.net, self.clock = nodes, net, clock
+        self.nodes, self.net, self.clock, self.run = nodes, net, clock, run
         self.mallory_identity = mallory
         self.mallory = mallory.node_id
         self.outsider = NodeIdentity.generate("outsider", seed=b"outsider").node_id
-        self.run = run_config(1, SEED, secure="secagg+")
         machine = nodes[0].machine
         assert machine is not None
         by_id = {n.identity.node_id: n for n in nodes}
@@ -113,7 +118,7 @@ async def _hostile(root: Path) -> Hostile:
     payload = encode_message(StartRun(run.body()))
     for node in nodes:
         await nodes[0].transport.request(node.identity.node_id, "msg", payload)
-    h = Hostile(nodes, net, clock, NodeIdentity.load(dirs[3]))
+    h = Hostile(nodes, net, clock, run, NodeIdentity.load(dirs[3]))
     # Until the leader holds the three honest updates; with time frozen it waits for mallory's.
     loop = asyncio.get_running_loop()
     end = loop.time() + 120
@@ -380,6 +385,7 @@ MALFORMED = [
     ("sync", encode({"from": 10**6}), "cannot serve entries from 1000000"),
     ("sync", encode({"start": 0}), r"sync request must be a map \{from\}"),
     ("sync", encode([0]), r"sync request must be a map \{from\}"),
+    ("sync", encode({"from": 0, "and": 1}), r"sync request must be a map \{from\}"),
     ("sync", LYING_HEADS[0], "undecodable sync request"),
     ("sync", encode({"from": 0, "pad": bytes(5000)}), "exceeds 4096"),
     ("artifact", encode({"cid": 7}), "field 'cid' must be a string"),
