@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 
 from consortium.core.genesis import Purpose
@@ -11,6 +12,7 @@ from consortium.node.config import RunConfig, load_node_config
 from consortium.node.node import Node
 from consortium.node.sim import create_consortium
 from consortium.privacy.config import PrivacyConfig
+from consortium.protocol.round import Phase
 from consortium.transport.inprocess import InProcessNetwork, InProcessTransport
 
 
@@ -24,6 +26,16 @@ class Clock:
         return self.now
 
 
+class Skewed:
+    """One node's clock: the shared virtual time plus a fixed offset (a badly set clock)."""
+
+    def __init__(self, clock: Clock, offset: float) -> None:
+        self.clock, self.offset = clock, offset
+
+    def __call__(self) -> float:
+        return self.clock.now + self.offset
+
+
 async def cluster(
     root: Path,
     n: int,
@@ -32,10 +44,12 @@ async def cluster(
     consent: bool = True,
     purpose: Purpose | None = None,
     allow_plaintext: bool = True,
+    offsets: Sequence[float] = (),
 ) -> tuple[list[Node], InProcessNetwork, Clock]:
     """N started nodes; consent registries hold random salts, so only consent=False runs are
     reproducible to the byte. Their policy accepts plaintext runs unless `allow_plaintext` is
-    False (most round tests run plaintext for speed)."""
+    False (most round tests run plaintext for speed). Node i's clock is off by `offsets[i]`
+    seconds (default 0)."""
     dirs = create_consortium(
         root,
         n,
@@ -52,7 +66,9 @@ async def cluster(
     for d in dirs:
         ident = NodeIdentity.load(d)
         cfg = load_node_config(d).model_copy(update={"tick_seconds": 0.02})
-        nodes.append(Node(d, ident, InProcessTransport(net, ident.node_id), cfg, clock=clock))
+        offset = offsets[len(nodes)] if offsets else 0.0
+        node_clock = Skewed(clock, offset) if offset else clock
+        nodes.append(Node(d, ident, InProcessTransport(net, ident.node_id), cfg, clock=node_clock))
     for node in nodes:
         await node.start()
     return nodes, net, clock
@@ -100,3 +116,54 @@ async def until_finished(nodes: list[Node], clock: Clock, step: float, limit: fl
         if idle > 40:  # 2 s of real time without a commit: let a deadline pass
             clock.now += step
             idle = 0
+
+
+def _deadline_due(nodes: list[Node], net: InProcessNetwork) -> float:
+    """Seconds of virtual time to let pass now, or 0: only when the live nodes all wait on a
+    deadline that an unreachable member keeps them from meeting."""
+    live = {n.identity.node_id: n for n in nodes if net.is_up(n.identity.node_id)}
+    machines = [n.machine for n in live.values() if n.machine and not n.finished.is_set()]
+    if not machines or len({(m.round, m.s.attempt) for m in machines}) != 1:
+        return 0.0  # nothing running, or nodes between rounds or attempts: let them settle
+    m = machines[0]
+    settings = m.settings
+    lead = live.get(m.leader())
+    if lead is None or lead.machine is None:  # the attempt's leader is cut off
+        waiting = all(x.phase is Phase.AWAITING for x in machines)
+        return settings.round_timeout + 1 if waiting else 0.0
+    s = lead.machine.s
+    if lead.machine.phase is Phase.COLLECTING and set(s.updates) >= set(live):
+        return settings.collect_timeout + 1  # every live update is in; the rest never comes
+    if lead.machine.phase is Phase.SECURE and s.leading is not None:
+        missing = s.leading.expected - s.leading.received
+        if missing and not missing & set(live):
+            return settings.collect_timeout + 1  # a SecAgg+ stage waits only for the cut off
+    return 0.0
+
+
+def _progress(nodes: list[Node]) -> tuple[object, ...]:
+    return tuple(
+        (n.ledger.size, n.machine.round, n.machine.s.attempt, n.machine.phase)
+        if n.machine
+        else (n.ledger.size,)
+        for n in nodes
+    )
+
+
+async def drive(nodes: list[Node], net: InProcessNetwork, clock: Clock, limit: float = 120) -> None:
+    """Until every live node finished its run, moving virtual time past a deadline only when
+    the protocol state shows the live nodes wait for it (see `_deadline_due`); unlike
+    `until_finished`, it never guesses from a quiet spell of real time."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + limit
+    live = [n for n in nodes if net.is_up(n.identity.node_id)]
+    while not all(n.finished.is_set() for n in live):
+        assert loop.time() < end, f"run did not finish: {_progress(nodes)}"
+        await asyncio.sleep(0.02)
+        due = _deadline_due(nodes, net)
+        if due:
+            before = _progress(live)
+            clock.now += due
+            while _progress(live) == before:  # each node's next tick acts on the new time
+                assert loop.time() < end, f"nothing moved after a deadline: {before}"
+                await asyncio.sleep(0.02)

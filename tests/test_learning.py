@@ -160,7 +160,8 @@ def test_missing_fashion_mnist_says_what_to_do(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(
     not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
-    reason="Debian package dataset-fashion-mnist not installed",
+    reason="Debian package dataset-fashion-mnist is not installed and `make test` could not "
+    "install it (it needs root and apt-get): see docs/architecture.md, skip policy",
 )
 def test_real_fashion_mnist_files() -> None:
     ds = load_dataset("fashion-mnist")

@@ -35,6 +35,11 @@ class GenesisError(ConsortiumError):
     """The genesis manifest is malformed or not signed by every member."""
 
 
+class FileWriteError(ConsortiumError):
+    """A file could not be written (disk full, no permission, read-only file system); its old
+    contents, if any, are unchanged."""
+
+
 class StoreError(ConsortiumError):
     """The content-addressed store could not read or write a block."""
 
@@ -69,6 +74,10 @@ class TransportError(ConsortiumError):
 
 class PeerRefused(TransportError):
     """A peer answered but refused: unauthenticated, too large, or its handler raised an error."""
+
+
+class FolderLocked(ConsortiumError):
+    """Another process holds this node folder's writer lock (a second `node start`)."""
 
 
 class ModelError(ConsortiumError):

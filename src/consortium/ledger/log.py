@@ -170,8 +170,14 @@ class Ledger:
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
-        """BEGIN IMMEDIATE … COMMIT; on failure roll back and restore the in-memory edge."""
-        self._conn.execute("BEGIN IMMEDIATE")
+        """BEGIN IMMEDIATE … COMMIT; on failure roll back and restore the in-memory edge.
+
+        A write SQLite refuses (disk full, I/O error) becomes a LedgerError: the transaction
+        is rolled back, so the file holds the whole batch or none of it."""
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise self._write_error(exc) from exc
         saved = (self._size, list(self._frontier))
         try:
             if self._stored_size() != self._size:  # another writer appended since we looked
@@ -179,10 +185,18 @@ class Ledger:
                 saved = (self._size, list(self._frontier))
             yield
             self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
+        except BaseException as exc:
+            # SQLite may already have rolled back by itself (it does on SQLITE_FULL); a second
+            # ROLLBACK would fail and hide the real error.
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
             self._size, self._frontier = saved
+            if isinstance(exc, sqlite3.Error):
+                raise self._write_error(exc) from exc
             raise
+
+    def _write_error(self, exc: sqlite3.Error) -> LedgerError:
+        return LedgerError(f"cannot write the ledger {self.path}: {exc}; nothing was written")
 
     def _insert(self, datas: Sequence[bytes]) -> int:
         """Append raw entry bytes inside an open transaction; return the first new index."""
@@ -457,16 +471,22 @@ class Ledger:
         """Persist that this node cosigned `root` at `size` in `attempt` (an entry by `author`
         for `record_attempt`), replacing an earlier vote at that size only when the round
         machine moved it with proof."""
-        self._conn.execute(self._VOTES)
-        self._conn.execute(
-            "INSERT OR REPLACE INTO my_votes VALUES (?,?,?,?,?)",
-            (size, root, attempt, author, record_attempt),
-        )
+        try:
+            self._conn.execute(self._VOTES)
+            self._conn.execute(
+                "INSERT OR REPLACE INTO my_votes VALUES (?,?,?,?,?)",
+                (size, root, attempt, author, record_attempt),
+            )
+        except sqlite3.Error as exc:  # the vote must not be sent: it was not recorded
+            raise self._write_error(exc) from exc
 
     def forget_vote(self, size: int, root: bytes) -> None:
         """Lift this node's vote for `root` at `size` (the proposal provably cannot be final)."""
-        self._conn.execute(self._VOTES)
-        self._conn.execute("DELETE FROM my_votes WHERE size = ? AND root = ?", (size, root))
+        try:
+            self._conn.execute(self._VOTES)
+            self._conn.execute("DELETE FROM my_votes WHERE size = ? AND root = ?", (size, root))
+        except sqlite3.Error as exc:
+            raise self._write_error(exc) from exc
 
     def my_votes(self) -> dict[int, tuple[bytes, int, str, int]]:
         """ledger size -> (root, attempt, author, record attempt) this node cosigned."""
@@ -489,10 +509,13 @@ class Ledger:
     )
 
     def record_secagg(self, slot: int, attempt: int, kind: str, value: bytes) -> None:
-        self._conn.execute(self._SECAGG)
-        self._conn.execute(
-            "INSERT OR REPLACE INTO my_secagg VALUES (?,?,?,?)", (slot, attempt, kind, value)
-        )
+        try:
+            self._conn.execute(self._SECAGG)
+            self._conn.execute(
+                "INSERT OR REPLACE INTO my_secagg VALUES (?,?,?,?)", (slot, attempt, kind, value)
+            )
+        except sqlite3.Error as exc:  # the signature must not be sent: it was not recorded
+            raise self._write_error(exc) from exc
 
     def my_secagg(self) -> list[tuple[int, int, str, bytes]]:
         """(slot, attempt, kind, value) of every survivor set this node signed."""

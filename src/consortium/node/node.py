@@ -40,11 +40,13 @@ from consortium.ledger.replica import sync as sync_ledger
 from consortium.node.anchoring import Anchorer
 from consortium.node.config import NodeConfig, RunConfig, load_node_config, run_refusals
 from consortium.node.learner import Learner, initial_weights
+from consortium.node.lock import FolderLock
 from consortium.privacy.budget import Budget
 from consortium.protocol import agreement
 from consortium.protocol.messages import (
     Commit,
     Proposal,
+    ProtocolError,
     StartRun,
     decode_message,
     encode_message,
@@ -64,6 +66,7 @@ from consortium.protocol.record import (
     privacy_history,
     round_records,
 )
+from consortium.protocol.requests import ArtifactRequest, SyncRequest
 from consortium.protocol.round import (
     Action,
     Broadcast,
@@ -152,14 +155,20 @@ class Node:
         self.config = config or load_node_config(self.dir)
         self.clock = clock
         self.randomness = randomness
-        self.genesis, self.ledger, self.store = open_node_state(self.dir)
+        self._lock = FolderLock.acquire(self.dir)  # before any write: one writer per folder
+        try:
+            self.genesis, self.ledger, self.store = open_node_state(self.dir)
+            self.registry = self._open_registry()
+        except BaseException:
+            self._lock.release()
+            raise
         self.name = identity.name
+        self._members = frozenset(m.node_id for m in self.genesis.members)
         self.peers = [m.node_id for m in self.genesis.members if m.node_id != identity.node_id]
         self.machine: RoundMachine | None = None
         self.run: RunConfig | None = None
         self.learner: Learner | None = None
         self.global_model: bytes = b""
-        self.registry = self._open_registry()
         self._dp: tuple[float, float] | None = None  # (client z, record z) of the current run
         self.stopped = ""  # why this node stopped training in the current run, if it did
         self.finished = asyncio.Event()
@@ -202,6 +211,7 @@ class Node:
         if self.registry is not None:
             self.registry.close()
         self.anchorer.close()
+        self._lock.release()
 
     # -- run control -----------------------------------------------------------------------------
 
@@ -623,6 +633,10 @@ class Node:
     # -- requests from peers ---------------------------------------------------------------------
 
     async def _handle(self, sender: str, method: str, payload: bytes) -> bytes:
+        """Serve a peer. Every body goes through its typed decoder first, so anything malformed
+        is a ProtocolError the transport returns as a refusal, never an exception in the node."""
+        if sender not in self._members:  # gRPC authenticates members; in-process does not
+            raise ProtocolError(f"refused {method!r} from non-member {sender}")
         if method == "msg":
             msg = decode_message(payload)
             if isinstance(msg, StartRun):
@@ -651,11 +665,10 @@ class Node:
             report = await self.propose_run(RunConfig.from_body(decode(payload)))
             return encode(report)
         if method == "sync":
-            return self._sync_reply(decode(payload))
+            return self._sync_reply(SyncRequest.decode(payload))
         if method == "artifact":
-            req = decode(payload)
-            return get_bytes(self.store, str(req["cid"]))
-        raise ConfigError(f"unknown method {method!r}")
+            return get_bytes(self.store, ArtifactRequest.decode(payload).cid)
+        raise ProtocolError(f"unknown method {method!r}")
 
     def _behind(self, msg: Any) -> bool:
         """A commit for a later round, or any message two rounds ahead: we missed a commit."""
@@ -669,8 +682,8 @@ class Node:
         if await self.catch_up():
             self._resume()
 
-    def _sync_reply(self, req: Any) -> bytes:
-        start = int(req["from"])
+    def _sync_reply(self, req: SyncRequest) -> bytes:
+        start = req.start
         if not 0 <= start <= self.ledger.size:
             raise LedgerError(f"cannot serve entries from {start}")
         final = self.ledger.latest_final_head()

@@ -1075,7 +1075,13 @@ class RoundMachine:
             if not isinstance(start, dict):
                 raise ConsortiumError("malformed secure-aggregation start")
             parts, samples = start.get("participants"), start.get("samples")
-            if not isinstance(parts, list) or not isinstance(samples, dict):
+            if (
+                not isinstance(parts, list)
+                or not isinstance(samples, dict)
+                or len(parts) > len(self.members)
+                or not all(isinstance(x, str) for x in parts)
+                or not all(isinstance(k, str) and _count(v) for k, v in samples.items())
+            ):
                 raise ConsortiumError("malformed secure-aggregation start")
             if self.me not in parts or sorted(samples) != sorted(parts):
                 raise ConsortiumError("secure-aggregation start leaves this node out")
@@ -1156,6 +1162,10 @@ class RoundMachine:
             if m.node_id == node_id:
                 return m.name
         return node_id[:12]
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 < v < 2**40
 
 
 def published_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:

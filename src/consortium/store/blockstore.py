@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from consortium.core.encoding import decode
-from consortium.core.errors import EncodingError, IntegrityError, NotFoundError, StoreError
+from consortium.core.errors import (
+    EncodingError,
+    FileWriteError,
+    IntegrityError,
+    NotFoundError,
+    StoreError,
+)
 from consortium.core.files import atomic_write
 from consortium.store.cid import CID, as_cid, check, cid_for, cid_key, parse_cid
 
@@ -88,8 +94,14 @@ class BlockStore:
         return cid
 
     def _write(self, path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, data, 0o444, tmp_prefix=_TMP_PREFIX)  # blocks are read-only
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create {path.parent}: {exc.strerror or exc}") from exc
+        try:
+            atomic_write(path, data, 0o444, tmp_prefix=_TMP_PREFIX)  # blocks are read-only
+        except FileWriteError as exc:  # e.g. a full disk: neither block nor temp file is left
+            raise StoreError(str(exc)) from exc
 
     def delete(self, cid: CID | str) -> None:
         """Remove a block; raise NotFoundError if it is absent."""
