@@ -250,6 +250,34 @@ def test_append_refuses_bad_entries_atomically(members: list[NodeIdentity], ledg
     assert ledger.fsck() == ledger.root()
 
 
+def test_entries_and_their_heads_append_in_one_transaction(
+    members: list[NodeIdentity], ledger: Ledger, genesis: Genesis
+) -> None:
+    entries = [make_record(members[i], "record", {"n": i}, i, genesis) for i in range(3)]
+    # The heads the log will have once the entries are in: computed on a scratch copy.
+    frontier = ledger.frontier()
+    for e in entries:
+        frontier = frontier.append(e.data)
+    head = TreeHead(frontier.size, frontier.root(), 9)
+    cosigned = CosignedHead(head, [head.sign(m, genesis) for m in members[:3]])
+    wrong = TreeHead(frontier.size, b"\x55" * 32, 9)
+    bad = CosignedHead(wrong, [wrong.sign(members[0], genesis)])
+    root = ledger.root()
+    with pytest.raises(ForkError, match="not a head of this log"):
+        ledger.append_many(entries, heads=[cosigned, bad])
+    forged = CosignedHead(head, [Cosignature(members[3].node_id, b"\x00" * 64)])
+    with pytest.raises(SignatureError):
+        ledger.append_many(entries, heads=[cosigned, forged])
+    with pytest.raises(LedgerError, match="expected 2"):
+        ledger.append_many(entries, heads=[cosigned], expect_size=2)
+    assert (ledger.size, ledger.root(), ledger.cosigned_heads()) == (1, root, [])  # nothing
+    assert ledger.append_many(entries, heads=[cosigned], expect_size=1) == 1
+    final = ledger.latest_final_head()
+    assert ledger.size == 4 and final is not None and final.head == head
+    assert sorted(final.signatures().items()) == sorted(cosigned.signatures().items())
+    assert ledger.fsck() == head.root
+
+
 def test_cosign_finality_and_equivocation_in_ledger(
     members: list[NodeIdentity], ledger: Ledger, genesis: Genesis
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -18,11 +19,12 @@ import sys
 from consortium.ledger import Ledger, Entry
 led = Ledger.open(sys.argv[1])
 template = led.entry(1)
-print("ready", flush=True)
 i = 0
 while True:
     # Batches of varying size so the kill lands inside multi-row transactions.
     led.append_many([template] * (1 + i % 50), verify=False)
+    if i == 0:
+        print("appending", flush=True)  # one batch is committed: the ledger has grown
     i += 1
 """
 
@@ -35,13 +37,14 @@ def test_sigkill_mid_append_leaves_consistent_ledger(tmp_path: Path) -> None:
     with Ledger.create(path, genesis) as led:
         led.append(make_record(member, "record", {"payload": "x" * 200}, 1, genesis))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    rng = random.Random(3)
     for round_ in range(3):
         proc = subprocess.Popen(
             [sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, env=env
         )
         assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == b"ready"
-        time.sleep(0.3 + 0.2 * round_)
+        assert proc.stdout.readline().strip() == b"appending"  # waits as long as it takes
+        time.sleep(rng.uniform(0.0, 0.5))  # then a seeded while: the kill lands anywhere
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         assert proc.returncode == -signal.SIGKILL

@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from multiformats import CID, multihash
 
-from consortium.core.errors import ForkError, SignatureError
+from consortium.core.errors import ForkError, LedgerError, SignatureError
 from consortium.core.genesis import Genesis, Purpose
 from consortium.core.identity import NodeIdentity
 from consortium.ledger import CosignedHead, Entry, Ledger, LocalSource, TreeHead, make_record, sync
 from consortium.ledger.heads import Cosignature
+from consortium.ledger.replica import apply, verify_extension
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +188,29 @@ def test_entries_and_heads_of_another_consortium_are_refused(
     res = sync(replica, HeadsForB(honest))
     assert (res.appended, res.head, replica.size) == (0, None, 1)
     assert sync(replica, honest).appended == 4  # the same heads cosigned for us are final
+
+
+def test_a_verified_extension_is_written_only_by_apply(
+    tmp_path: Path, members: list[NodeIdentity], genesis: Genesis
+) -> None:
+    """Verifying writes nothing (a node fetches artifacts then); apply writes entries and every
+    head of the extended log in one go, and refuses if the replica moved in between."""
+    source = Ledger.create(tmp_path / "s.db", genesis)
+    cid = CID("base32", 1, "raw", multihash.digest(b"model", "sha2-256"))
+    for i in range(3):
+        source.append(make_record(members[i], "record", {"i": i, "model": cid}, i, genesis))
+        for m in members[:3]:
+            source.sign_head(m, 10 + i)
+    replica = Ledger.create(tmp_path / "r.db", genesis)
+    ext = verify_extension(replica, source)
+    assert (ext.old, ext.new, [str(c) for c in ext.references()]) == (1, 4, [str(cid)])
+    assert sorted(h.head.size for h in ext.heads) == [2, 3, 4]  # each a head of the extension
+    assert replica.size == 1 and replica.cosigned_heads() == []
+    replica.append(make_record(members[0], "record", {"meanwhile": 1}, 9, genesis))
+    with pytest.raises(LedgerError, match="changed meanwhile"):
+        apply(replica, ext)
+    assert replica.size == 2
+    fresh = Ledger.create(tmp_path / "f.db", genesis)
+    res = apply(fresh, verify_extension(fresh, source))
+    assert (res.appended, fresh.root()) == (3, source.root())
+    assert [h.head for h in fresh.cosigned_heads()] == [h.head for h in source.cosigned_heads()]

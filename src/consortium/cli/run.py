@@ -34,6 +34,7 @@ def node_start(
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
+        force=True,  # an imported library installs a WARNING-level root handler first
     )
     if not (directory / "genesis.json").exists():
         fail(f"{directory}/genesis.json not found: copy the signed genesis manifest there", 2)

@@ -11,13 +11,21 @@ from consortium.ledger.heads import (
 )
 from consortium.ledger.log import Ledger
 from consortium.ledger.merkle import verify_consistency, verify_inclusion
-from consortium.ledger.replica import LedgerSource, LocalSource, SyncResult, sync
+from consortium.ledger.replica import (
+    Extension,
+    LedgerSource,
+    LocalSource,
+    SyncResult,
+    sync,
+    verify_extension,
+)
 
 __all__ = [
     "Cosignature",
     "CosignedHead",
     "Entry",
     "Equivocation",
+    "Extension",
     "Ledger",
     "LedgerSource",
     "LocalSource",
@@ -29,5 +37,6 @@ __all__ = [
     "make_record",
     "sync",
     "verify_consistency",
+    "verify_extension",
     "verify_inclusion",
 ]

@@ -336,19 +336,44 @@ class Ledger:
         """Append one entry (signatures checked against genesis); return its index."""
         return self.append_many([entry], verify=verify)
 
-    def append_many(self, entries: Sequence[Entry], *, verify: bool = True) -> int:
-        """Append entries in one transaction; return the index of the first.
+    def append_many(
+        self,
+        entries: Sequence[Entry],
+        *,
+        verify: bool = True,
+        heads: Sequence[CosignedHead] = (),
+        expect_size: int | None = None,
+    ) -> int:
+        """Append entries, and the cosignatures of `heads`, in one transaction; return the index
+        of the first entry. A crash leaves all of it or none.
 
-        `verify=False` is for entries this process has already verified (replica sync, or a
-        node appending what it just signed itself).
+        Every head must be a head of this log once the entries are appended (ForkError
+        otherwise, and nothing is written). `expect_size`: the size the caller checked the
+        entries against; LedgerError, and nothing written, if the ledger is no longer that
+        size. `verify=False` is for entries and cosignatures this process has already verified
+        (replica sync, or a node appending what it just signed itself).
         """
         if verify:
+            genesis = self.genesis()
             for e in entries:
                 self._check_entry(e)
-        if not entries:
+            for ch in heads:
+                for c in ch.cosignatures:
+                    ch.head.check_signature(genesis, c.node_id, c.signature)
+        if not entries and not heads:
             return self._size
         with self._transaction():
-            return self._insert([e.data for e in entries])
+            if expect_size is not None and self._size != expect_size:
+                raise LedgerError(
+                    f"the ledger has {self._size} entries, expected {expect_size}: it changed "
+                    "meanwhile; retry"
+                )
+            first = self._insert([e.data for e in entries]) if entries else self._size
+            for ch in heads:
+                if ch.head.size > self._size or self.root(ch.head.size) != ch.head.root:
+                    raise ForkError(f"head for size {ch.head.size} is not a head of this log")
+                self._store_cosignatures(ch.head, ch.cosignatures)
+            return first
 
     # -- heads and cosignatures ----------------------------------------------------------------
 

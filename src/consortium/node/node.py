@@ -2,7 +2,13 @@
 
 The node owns the side effects the protocol asks for: it trains (in a worker thread), sends
 messages through its transport, appends committed entries to its SQLite ledger, stores models in
-its content-addressed store, and answers peers' catch-up requests (`sync`, `model`).
+its content-addressed store, and answers peers' catch-up requests (`sync`, `artifact`).
+
+Crash consistency: the node never records a ledger entry whose artifacts (the models and
+transcripts it references) are not in its store. A commit stores them before its entry; a
+catch-up fetches and re-hashes them before it appends the entries and their heads in one
+transaction. On every start the node re-checks that its store holds everything its ledger
+references and fetches what is missing (a folder written before this rule, or damaged).
 """
 
 from __future__ import annotations
@@ -34,9 +40,10 @@ from consortium.core.identity import NodeIdentity
 from consortium.core.layout import CONSENT_FILE, LEDGER_FILE, STATUS_FILE, STORE_DIR
 from consortium.learning.serialize import weights_from_bytes, weights_to_bytes
 from consortium.ledger.entries import Entry
-from consortium.ledger.heads import CosignedHead, TreeHead
+from consortium.ledger.heads import Cosignature, CosignedHead, TreeHead
 from consortium.ledger.log import Ledger
-from consortium.ledger.replica import sync as sync_ledger
+from consortium.ledger.replica import apply as apply_extension
+from consortium.ledger.replica import verify_extension
 from consortium.node.anchoring import Anchorer
 from consortium.node.config import NodeConfig, RunConfig, load_node_config, run_refusals
 from consortium.node.learner import Learner, initial_weights
@@ -83,8 +90,8 @@ from consortium.protocol.round import (
 )
 from consortium.protocol.secure_round import max_faulty
 from consortium.store.blockstore import CHUNK_SIZE, BlockStore
-from consortium.store.cid import cid_for
-from consortium.store.objects import get_bytes, put_bytes
+from consortium.store.cid import as_cid, cid_for
+from consortium.store.objects import file_cid, get_bytes, is_complete, put_bytes
 from consortium.transport.base import Transport
 
 log = logging.getLogger("consortium.node")
@@ -177,6 +184,9 @@ class Node:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._training = False
+        self._catch_up_lock = asyncio.Lock()
+        self._catch_up_wanted = False
+        self._catch_up_task: asyncio.Task[Any] | None = None
 
     def _open_registry(self) -> ConsentRegistry | None:
         path = self.dir / CONSENT_FILE
@@ -195,9 +205,16 @@ class Node:
     async def start(self) -> None:
         await self.transport.start(self._handle)
         self._ticker = asyncio.create_task(self._tick_loop())
-        await self.catch_up()
+        await self.recover()
         self._resume()
         self._write_status()
+
+    async def recover(self) -> int:
+        """What a start does before resuming: make the store hold everything the ledger
+        references (fetching what is missing), then catch up from peers. Returns the number of
+        entries appended."""
+        await self.repair_store()
+        return await self.catch_up()
 
     async def stop(self) -> None:
         if self._anchoring:  # let anchors in flight land: they are the run's public record
@@ -334,10 +351,11 @@ class Node:
         entry = agreement.check(p, self.genesis, self.ledger.frontier(), RUN_KIND)
         agreement.valid_cosignatures(p, self.genesis, cosignatures)
         run = self._agreed_config(entry)
-        self.ledger.append(entry)
-        head = TreeHead(p.size, p.root, p.time)
-        for node_id, sig in sorted(cosignatures.items()):
-            self.ledger.add_cosignature(head, node_id, sig)
+        head = CosignedHead(
+            TreeHead(p.size, p.root, p.time),
+            [Cosignature(node_id, sig) for node_id, sig in sorted(cosignatures.items())],
+        )
+        self.ledger.append_many([entry], heads=[head], expect_size=p.size - 1)  # all or nothing
         refusals = run_refusals(run, self.genesis, self.config.policy)
         if refusals:
             self.stopped = "sitting this run out: " + "; ".join(refusals)
@@ -497,10 +515,11 @@ class Node:
                 self.finished.set()
                 self._write_status()
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _send(self, peer: str, payload: bytes, method: str = "msg") -> None:
         try:
@@ -549,13 +568,24 @@ class Node:
     def _commit(self, c: Committed) -> None:
         assert self.run is not None
         p = c.proposal
-        self.ledger.append(c.entry)
-        head = TreeHead(p.size, p.root, p.time)
-        for node_id, sig in sorted(c.cosignatures.items()):
-            self.ledger.add_cosignature(head, node_id, sig)
+        if self.ledger.size != p.size - 1:
+            # A catch-up appended this round meanwhile; the resume after it replaces this machine.
+            log.info(
+                "%s: round %d is already on the ledger (size %d)",
+                self.name,
+                c.round,
+                self.ledger.size,
+            )
+            return
+        # Artifacts first: an entry on the ledger is never without the bytes it references.
         put_bytes(self.store, p.model)
         if p.transcript:  # the published SecAgg+ transcript: auditors recompute the sum from it
             put_bytes(self.store, p.transcript)
+        head = CosignedHead(
+            TreeHead(p.size, p.root, p.time),
+            [Cosignature(node_id, sig) for node_id, sig in sorted(c.cosignatures.items())],
+        )
+        self.ledger.append_many([c.entry], heads=[head], expect_size=p.size - 1)
         self.global_model = p.model
         log.info("%s: round %d committed (leader %s)", self.name, c.round, c.entry.author[:16])
         self._write_status()
@@ -577,8 +607,15 @@ class Node:
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.tick_seconds)
-            if self.machine is not None and not self.finished.is_set():
-                self._execute(self.machine.tick(self.clock()))
+            m = self.machine
+            if m is not None and not self.finished.is_set():
+                round_no, attempt = m.round, m.attempt
+                self._execute(m.tick(self.clock()))
+                if self.machine is m and m.round == round_no and m.attempt != attempt:
+                    # The attempt timed out: perhaps the others committed the round and this
+                    # node missed the commit (it was starting, say). Messages of the next round
+                    # would tell it, but after a run's last round none come: ask the peers.
+                    self._want_catch_up()
 
     def _write_status(self) -> None:
         records = run_records(self.ledger)
@@ -592,43 +629,100 @@ class Node:
         }
         atomic_write(self.dir / STATUS_FILE, json.dumps(status).encode())
 
-    # -- catch-up --------------------------------------------------------------------------------
+    # -- catch-up ---------------------------------------------------------------------------------
 
     async def catch_up(self) -> int:
-        """Pull entries we miss from any peer; verified against a final head before appending."""
-        appended = 0
-        for peer in self.peers:
-            start = self.ledger.size
-            try:
-                raw = await self.transport.request(peer, "sync", encode({"from": start}), 10.0)
-                result = sync_ledger(self.ledger, _Snapshot(decode(raw), start))
-            except (ConsortiumError, KeyError, TypeError, ValueError) as exc:
-                log.info("%s: catch-up from %s failed: %s", self.name, peer[:16], exc)
-                continue
-            appended += result.appended
-        if appended:
-            await self._fetch_missing_artifacts()
-            log.info("%s: caught up %d entries", self.name, appended)
-        return appended
-
-    async def _fetch_missing_artifacts(self) -> None:
-        """Fetch every artifact the ledger references that this store lacks (models of rounds
-        this node missed), refusing bytes that do not match the CID in the cosigned record."""
-        wanted = []
-        for entry in self.ledger.iter_entries(1):
-            wanted += [cid for cid in entry.references() if not self.store.has(cid)]
-        for cid in dict.fromkeys(wanted):
+        """Pull the entries we miss from each peer in turn. What a peer sends is verified against
+        its final head, then every artifact the new entries reference is fetched and re-hashed,
+        and only then are the entries and their heads appended, in one transaction. Returns the
+        number of entries appended."""
+        async with self._catch_up_lock:  # one at a time: they would fetch the same artifacts
+            appended = 0
             for peer in self.peers:
+                appended += await self._catch_up_from(peer)
+            if appended:
+                log.info("%s: caught up %d entries", self.name, appended)
+            return appended
+
+    async def _catch_up_from(self, peer: str) -> int:
+        start = self.ledger.size
+        try:
+            raw = await self.transport.request(peer, "sync", encode({"from": start}), 10.0)
+            ext = verify_extension(self.ledger, _Snapshot(decode(raw), start))
+        except (ConsortiumError, KeyError, TypeError, ValueError) as exc:
+            log.info("%s: catch-up from %s failed: %s", self.name, peer[:16], exc)
+            return 0
+        missing = await self._fetch([c for c in ext.references() if not self._holds(c)], peer)
+        if missing:
+            log.warning(
+                "%s: not appending entries %d-%d from %s: no peer sent %d artifact(s) they "
+                "reference: %s",
+                self.name,
+                ext.old,
+                ext.new - 1,
+                peer[:16],
+                len(missing),
+                ", ".join(map(str, missing)),
+            )
+            return 0
+        try:
+            return apply_extension(self.ledger, ext).appended
+        except ConsortiumError as exc:  # e.g. a commit appended meanwhile: the next one retries
+            log.info("%s: catch-up from %s not applied: %s", self.name, peer[:16], exc)
+            return 0
+
+    async def repair_store(self) -> list[CID]:
+        """Fetch every artifact the ledger references that the store lacks; return (and log)
+        those no peer sent. Also removes the temp files of block writes a crash cut short."""
+        removed = self.store.remove_temp_files()
+        if removed:
+            log.info("%s: removed %d unfinished block write(s)", self.name, len(removed))
+        wanted: dict[str, CID] = {}
+        for entry in self.ledger.iter_entries(1):
+            for ref in entry.references():
+                cid = as_cid(ref)  # base32, as printed everywhere else
+                wanted.setdefault(str(cid), cid)
+        missing = [cid for cid in wanted.values() if not self._holds(cid)]
+        if not missing:
+            return []
+        log.warning(
+            "%s: the store lacks %d artifact(s) the ledger references; fetching them",
+            self.name,
+            len(missing),
+        )
+        lost = await self._fetch(missing)
+        for cid in lost:
+            log.error("%s: no peer sent artifact %s; the folder will not audit", self.name, cid)
+        return lost
+
+    def _holds(self, cid: CID) -> bool:
+        return is_complete(self.store, cid)
+
+    async def _fetch(self, cids: list[CID], first: str | None = None) -> list[CID]:
+        """Fetch each artifact from `first`, else from the other peers, storing only bytes
+        that re-hash to its CID; return the CIDs no peer sent."""
+        order = [first] if first else []
+        order += [p for p in self.peers if p != first]
+        lost = []
+        for cid in cids:
+            for peer in order:
                 try:
                     data = await self.transport.request(
                         peer, "artifact", encode({"cid": str(cid)}), 30.0
                     )
-                except TransportError:
+                except TransportError as exc:
+                    log.info("%s: %s did not send %s: %s", self.name, peer[:16], cid, exc)
                     continue
-                if model_cid(data, self.store) == cid:
-                    put_bytes(self.store, data)
-                    break
-                log.warning("%s: peer %s sent bytes that do not match %s", self.name, peer, cid)
+                if file_cid(data) != cid:
+                    log.warning(
+                        "%s: peer %s sent bytes that do not match %s", self.name, peer[:16], cid
+                    )
+                    continue
+                put_bytes(self.store, data)
+                break
+            else:
+                lost.append(cid)
+        return lost
 
     # -- requests from peers ---------------------------------------------------------------------
 
@@ -646,7 +740,7 @@ class Node:
             if self.machine is not None:
                 self._execute(self.machine.on_message(sender, msg, self.clock()))
                 if self._behind(msg):
-                    self._spawn(self._catch_up_and_resume())
+                    self._want_catch_up()
             return b""
         if method == "run-vote":
             return self._vote_run(Proposal.from_body(decode(payload)))
@@ -678,9 +772,18 @@ class Node:
         r = getattr(msg, "round", 0)
         return r > m.round + 1 or (isinstance(msg, Commit) and r > m.round)
 
+    def _want_catch_up(self) -> None:
+        """Catch up and resume, once more after the catch-up in progress if one is: every
+        message that shows we are behind asks, and they come in bursts."""
+        self._catch_up_wanted = True
+        if self._catch_up_task is None or self._catch_up_task.done():
+            self._catch_up_task = self._spawn(self._catch_up_and_resume())
+
     async def _catch_up_and_resume(self) -> None:
-        if await self.catch_up():
-            self._resume()
+        while self._catch_up_wanted:
+            self._catch_up_wanted = False
+            if await self.catch_up():
+                self._resume()
 
     def _sync_reply(self, req: SyncRequest) -> bytes:
         start = req.start

@@ -115,6 +115,9 @@ class Cluster:
 
     dirs: list[Path]
     procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    #: Each node exits (after a short linger) once the run finishes; without it they serve on
+    #: until stopped, so a node restarted late can still catch up from its peers.
+    exit_when_finished: bool = True
 
     def start(self, i: int) -> None:
         log = open(self.dirs[i] / "node.log", "ab")  # noqa: SIM115 - owned by the child
@@ -128,7 +131,7 @@ class Cluster:
                 "start",
                 "--dir",
                 str(self.dirs[i]),
-                "--exit-when-finished",
+                *(["--exit-when-finished"] if self.exit_when_finished else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

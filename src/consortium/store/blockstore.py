@@ -103,6 +103,17 @@ class BlockStore:
         except FileWriteError as exc:  # e.g. a full disk: neither block nor temp file is left
             raise StoreError(str(exc)) from exc
 
+    def remove_temp_files(self) -> list[str]:
+        """Delete the temp files of block writes that never finished (their writer was killed
+        before the rename); return their paths relative to the root. Call it only while no
+        other process writes to this store: a node does, at start, in the folder it owns."""
+        removed = []
+        for path in self._files():
+            if path.name.startswith(_TMP_PREFIX) and path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(str(path.relative_to(self.root)))
+        return removed
+
     def delete(self, cid: CID | str) -> None:
         """Remove a block; raise NotFoundError if it is absent."""
         path = self.path_for(cid)

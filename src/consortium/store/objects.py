@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from consortium.core.encoding import decode, encode
-from consortium.core.errors import EncodingError, StoreError
+from consortium.core.errors import ConsortiumError, EncodingError, StoreError
 from consortium.core.files import atomic_write
 from consortium.store.blockstore import CHUNK_SIZE, BlockStore
-from consortium.store.cid import CID, as_cid, cid_key
+from consortium.store.cid import CID, as_cid, cid_for, cid_key
 
 FILE_TYPE = "consortium/file/v1"
 #: Links per node: 1024 links of about 41 bytes each keep a node near 42 KiB.
@@ -34,13 +34,24 @@ Progress = Callable[[int], None]
 # -- writing -----------------------------------------------------------------------------------
 
 
-def _put_node(store: BlockStore, links: list[tuple[CID, int]]) -> tuple[CID, int]:
+class _Blocks(Protocol):
+    def put_block(self, data: bytes, codec: str = "raw") -> CID: ...
+
+
+class _NoStore:
+    """Names blocks without keeping them: `file_cid` computes a CID and writes nothing."""
+
+    def put_block(self, data: bytes, codec: str = "raw") -> CID:
+        return cid_for(data, codec)
+
+
+def _put_node(store: _Blocks, links: list[tuple[CID, int]]) -> tuple[CID, int]:
     size = sum(s for _, s in links)
     node = {"type": FILE_TYPE, "size": size, "links": [c for c, _ in links]}
     return store.put_block(encode(node), "dag-cbor"), size
 
 
-def _build_tree(store: BlockStore, leaves: list[tuple[CID, int]]) -> CID:
+def _build_tree(store: _Blocks, leaves: list[tuple[CID, int]]) -> CID:
     if len(leaves) == 1 and leaves[0][1] <= CHUNK_SIZE and leaves[0][0].codec.name == "raw":
         return leaves[0][0]
     level = leaves
@@ -65,6 +76,16 @@ def _put_stream(store: BlockStore, fh: BinaryIO, progress: Progress | None) -> C
 
 def put_bytes(store: BlockStore, data: bytes) -> CID:
     """Store `data` (any size) and return the CID of its root."""
+    return _put_bytes(store, data)
+
+
+def file_cid(data: bytes) -> CID:
+    """The CID `put_bytes` gives `data`, computed without storing anything: check bytes from
+    elsewhere (a peer) against the CID they should have before they reach a store."""
+    return _put_bytes(_NoStore(), data)
+
+
+def _put_bytes(store: _Blocks, data: bytes) -> CID:
     view = memoryview(bytes(data))
     if len(view) <= CHUNK_SIZE:
         return store.put_block(bytes(view), "raw")
@@ -125,6 +146,16 @@ def _iter_chunks(store: BlockStore, cid: CID, depth: int = 0) -> Iterator[bytes]
             yield chunk
     if total != size:
         raise StoreError(f"file node {cid} declares {size} bytes but holds {total}")
+
+
+def is_complete(store: BlockStore, cid: CID | str) -> bool:
+    """Whether every block of the object at `cid` is in the store (dag-cbor blocks on the way
+    are read, so re-hashed; raw leaves are only looked up). A killed `put_bytes` writes its root
+    last, so a file whose write never finished is not complete."""
+    try:
+        return all(store.has(sub) for sub in walk(store, cid))
+    except ConsortiumError:  # a dag-cbor block missing, damaged or not an object
+        return False
 
 
 def file_size(store: BlockStore, cid: CID | str) -> int:
