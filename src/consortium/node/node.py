@@ -237,8 +237,10 @@ class Node:
     async def propose_run(self, run: RunConfig) -> dict[str, Any]:
         """Propose `run` to every member; start it if a quorum cosigns its run-config entry.
 
-        Returns {"run", "started", "accepted": [names], "refused": {name: reason},
-        "unreachable": {name: reason}}."""
+        Two phases, so that a run some members refuse by policy locks nobody's vote: every
+        member first says whether it would accept (nothing signed); only if a quorum would are
+        the acceptors asked to cosign. Returns {"run", "started", "accepted": [names],
+        "refused": {name: reason}, "unreachable": {name: reason}}."""
         record = RunRecord(run.run_id(), run.body())
         p = agreement.propose(
             self.identity,
@@ -248,49 +250,30 @@ class Node:
             record.to_body(),
             int(self.clock() * 1000),
         )
-        payload = encode(p.to_body())
-        sigs: dict[str, bytes] = {}
+        names = {m.node_id: m.name for m in self.genesis.members}
         refused: dict[str, str] = {}
         unreachable: dict[str, str] = {}
-
-        refusals: dict[str, bytes] = {}
-
-        async def ask(member: str, name: str) -> None:
-            try:
-                if member == self.identity.node_id:
-                    raw = self._vote_run(p)
-                else:
-                    raw = await self.transport.request(member, "run-vote", payload, 15.0)
-                answer = decode(raw)
-                if not isinstance(answer, dict) or not isinstance(answer.get("sig"), bytes):
-                    raise ConfigError("malformed answer to a run proposal")
-                if "refused" in answer:
-                    refused[name] = str(answer["refused"])
-                    refusals[member] = answer["sig"]
-                else:
-                    sigs[member] = answer["sig"]
-            except PeerRefused as exc:
-                refused[name] = str(exc)
-            except TransportError as exc:
-                unreachable[name] = str(exc)
-            except ConsortiumError as exc:
-                refused[name] = str(exc)
-
-        await asyncio.gather(*(ask(m.node_id, m.name) for m in self.genesis.members))
-        names = {m.node_id: m.name for m in self.genesis.members}
         report: dict[str, Any] = {
             "run": run.run_id(),
             "started": False,
-            "accepted": sorted(names[n] for n in sigs),
+            "accepted": [],
             "refused": refused,
             "unreachable": unreachable,
         }
+        willing = await self._ask_members(p, "run-check", list(names), refused, unreachable)
+        report["accepted"] = sorted(names[n] for n in willing)
+        if len(willing) < self.genesis.quorum:
+            return report
+        answers = await self._ask_members(p, "run-vote", sorted(willing), refused, unreachable)
+        sigs = {n: a["sig"] for n, a in answers.items() if "sig" in a}
+        refusals = {n: a["refusal"] for n, a in answers.items() if "refusal" in a}
+        report["accepted"] = sorted(names[n] for n in sigs)
         try:
             valid = agreement.valid_cosignatures(p, self.genesis, sigs)
         except agreement.AgreementRefused:
-            # Tell those who cosigned: with enough signed refusals they may vote again here.
+            # Rare (a member changed its mind or went away between the phases): with enough
+            # signed refusals, those who cosigned may vote again at this ledger size.
             note = encode({"proposal": p.to_body(), "refusals": refusals})
-            self._abandon_run(note)
             await asyncio.gather(
                 *(self._send(peer, note, "run-abandon") for peer in self.peers),
                 return_exceptions=True,
@@ -305,9 +288,54 @@ class Node:
         report["started"] = True
         return report
 
-    def _vote_run(self, p: Proposal) -> bytes:
-        """This member's answer to a proposed run-config entry: {"sig": cosignature} or, when
-        its rules or policy refuse the run, {"refused": why, "sig": signed refusal}."""
+    async def _ask_members(
+        self,
+        p: Proposal,
+        method: str,
+        members: list[str],
+        refused: dict[str, str],
+        unreachable: dict[str, str],
+    ) -> dict[str, dict[str, Any]]:
+        """Each member's answer to `method` ("run-check" or "run-vote") on `p`: those that
+        accept, with their answer; refusals and the unreachable are recorded by name."""
+        names = {m.node_id: m.name for m in self.genesis.members}
+        payload = encode(p.to_body())
+        accepted: dict[str, dict[str, Any]] = {}
+
+        async def ask(member: str) -> None:
+            name = names[member]
+            try:
+                if member == self.identity.node_id:
+                    raw = self._vote_run(p, dry_run=method == "run-check")
+                else:
+                    raw = await self.transport.request(member, method, payload, 15.0)
+                answer = decode(raw)
+                if not isinstance(answer, dict):
+                    raise ConfigError("malformed answer to a run proposal")
+                if "refused" in answer:
+                    refused[name] = str(answer["refused"])
+                    if isinstance(answer.get("sig"), bytes):  # its signed refusal
+                        accepted[member] = {"refusal": answer["sig"]}
+                elif method == "run-vote" and not isinstance(answer.get("sig"), bytes):
+                    raise ConfigError("malformed answer to a run proposal")
+                else:
+                    accepted[member] = answer
+            except PeerRefused as exc:
+                refused[name] = str(exc)
+            except TransportError as exc:
+                unreachable[name] = str(exc)
+            except ConsortiumError as exc:
+                refused[name] = str(exc)
+
+        await asyncio.gather(*(ask(m) for m in members))
+        if method == "run-check":
+            return {m: a for m, a in accepted.items() if "refusal" not in a}
+        return accepted
+
+    def _vote_run(self, p: Proposal, *, dry_run: bool = False) -> bytes:
+        """This member's answer to a proposed run-config entry: {"sig": cosignature} (with
+        `dry_run`, {"ok": true}: nothing signed, nothing locked) or, when its rules or policy
+        refuse the run, {"refused": why, "sig": signed refusal}."""
         if self.machine is not None and not self.finished.is_set():
             raise agreement.AgreementRefused("a run is already in progress on this node")
         entry = agreement.check(p, self.genesis, self.ledger.frontier(), RUN_KIND)
@@ -319,6 +347,12 @@ class Node:
             sig = self.identity.sign(Domain.MESSAGE, statement, self.genesis.digest())
             return encode({"refused": why, "sig": sig})
         prior = self.ledger.my_votes().get(p.size)
+        if dry_run:
+            if prior is not None and prior[0] != p.root:
+                raise agreement.AgreementRefused(
+                    f"this member already cosigned another head of size {p.size}"
+                )
+            return encode({"ok": True})
         sig = agreement.cosign(self.identity, self.genesis, p, prior[0] if prior else None)
         self.ledger.record_vote(p.size, p.root, 0, entry.author, 0)  # before the vote leaves
         return encode({"sig": sig})
@@ -742,8 +776,9 @@ class Node:
                 if self._behind(msg):
                     self._want_catch_up()
             return b""
-        if method == "run-vote":
-            return self._vote_run(Proposal.from_body(decode(payload)))
+        if method in ("run-check", "run-vote"):
+            proposal = Proposal.from_body(decode(payload))
+            return self._vote_run(proposal, dry_run=method == "run-check")
         if method == "run-abandon":
             self._abandon_run(payload)
             return b""
