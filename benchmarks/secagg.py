@@ -70,9 +70,26 @@ def keystream_floor(words: int, streams: int, reps: int = 3) -> float:
     return best
 
 
-def run_case(n: int, d: int, dropout: float, seed: int = 0) -> dict[str, float | int | str]:
+def run_case(
+    n: int, d: int, dropout: float, seed: int = 0, graph: str = "round"
+) -> dict[str, float | int | str]:
+    """One simulated round. `graph`: "round" uses the parameters a training round of n members
+    derives (complete graph, t = f + 1, quorum-certified survivors: `make_params`); "sparse" the
+    package's defaults (k ≈ 2 log2 n), for comparison with sparse SecAgg+ such as Flower's."""
     participants = [f"node-{i:04d}" for i in range(n)]
-    params = SecAggParams.create(seed.to_bytes(8, "big") + b"bench", participants, d)
+    rid = seed.to_bytes(8, "big") + b"bench"
+    if graph == "round":
+        from consortium.core.genesis import quorum_for
+        from consortium.protocol.secure_round import Consortium, make_params
+
+        c = Consortium(n, quorum_for(n))
+        p0 = make_params(rid, participants, d - 1, 1.0, c)
+        # The floor stays the round's, dropouts permitting; the bench varies dropouts freely.
+        params = SecAggParams.create(
+            rid, participants, d, k=p0.k, threshold=p0.threshold, quorum=p0.quorum
+        )
+    else:
+        params = SecAggParams.create(rid, participants, d)
     rng = np.random.default_rng(seed)
     auth = SimulatedKeys.for_participants(params.participants, seed)
     clients = {
@@ -202,6 +219,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dropout", default="0,0.1", help="dropout fractions, comma-separated")
     parser.add_argument("--max-words", type=float, default=2e9, help="skip n*d above this")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--graph",
+        choices=("round", "sparse"),
+        default="round",
+        help="round: the parameters a training round uses (complete graph, t = f + 1); "
+        "sparse: k ~ 2 log2 n",
+    )
     parser.add_argument("--out", type=Path, help="also write the table to this markdown file")
     parser.add_argument(
         "--sizing",
@@ -220,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                     skipped.append(f"n={n} d={d} dropout={drop:.0%}")
                     continue
                 print(f"running n={n} d={d} dropout={drop:.0%} ...", file=sys.stderr, flush=True)
-                rows.append(run_case(n, d, drop, args.seed))
+                rows.append(run_case(n, d, drop, args.seed, args.graph))
     text = table(rows)
     notes = ["", "c: mean per client; a: aggregator total. Dropouts after the share phase."]
     if skipped:

@@ -34,7 +34,7 @@ def test_anchored_run_audits_and_rewrite_is_caught(tmp_path: Path) -> None:
     dirs = _train(tmp_path)
     report = audit(dirs[0])
     assert report.anchored == 2  # rounds 2 and 3 (the last round is always anchored)
-    assert report.latest_anchored_size == report.entries == 4
+    assert report.latest_anchored_size == report.entries == 5  # genesis, run-config, 3 rounds
 
     # Rewrite node0's history with every member's key (all folders are on this disk): the forged
     # ledger is internally perfect, but it does not extend what the chain holds.
@@ -43,7 +43,7 @@ def test_anchored_run_audits_and_rewrite_is_caught(tmp_path: Path) -> None:
     ids = [NodeIdentity.load(d) for d in dirs]
     forged_path = tmp_path / "forged.sqlite"
     with Ledger.create(forged_path, genesis) as forged:
-        for k in range(3):
+        for k in range(4):  # as long as the real history (run-config and 3 rounds)
             forged.append(
                 make_record(ids[0], "note", {"round": k + 1, "note": "forged"}, k, genesis)
             )
@@ -61,4 +61,4 @@ def test_anchored_run_audits_and_rewrite_is_caught(tmp_path: Path) -> None:
         audit(audit_copy)
     # Without the chain, the forgery would have passed: the anchor is what catches it.
     shutil.rmtree(audit_copy / "chain")
-    assert audit(audit_copy).entries == 4
+    assert audit(audit_copy).entries == 5

@@ -75,7 +75,9 @@ def _run(dirs: list[Path]) -> list[Anchored]:
 def test_shared_chain_run_audit_and_forgery(
     anvil_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    dirs = create_consortium(tmp_path / "c", 3, alpha=0.5, seed=13, reproducible=True)
+    dirs = create_consortium(
+        tmp_path / "c", 3, alpha=0.5, seed=13, reproducible=True, allow_plaintext=True
+    )
 
     res = CliRunner().invoke(
         chain_app,
@@ -115,16 +117,17 @@ def test_shared_chain_run_audit_and_forgery(
 
     # One anchor per round, each sent by that round's leader (the entry's author).
     with Ledger.open(dirs[1] / LEDGER_FILE) as ledger:
-        authors = [Entry.from_bytes(raw).author for _, raw in ledger.raw_entries(1)]
+        entries = [Entry.from_bytes(raw) for _, raw in ledger.raw_entries(1)]
+        authors = [e.author for e in entries if e.kind == "round"]
         size = ledger.size
         genesis = ledger.genesis()
-    assert len(authors) == ROUNDS and size == ROUNDS + 1
+    assert len(authors) == ROUNDS and size == ROUNDS + 2  # genesis, run-config, rounds
     chain = AnchorChain.connect(anvil_url, contract)
     heads = chain.anchored_heads()
-    assert [h.size for h in heads] == [2, 3, 4]
+    assert [h.size for h in heads] == [3, 4, 5]
     evm = {m.node_id: m.evm_address for m in genesis.members}
     assert [h.submitter for h in heads] == [evm[a] for a in authors]
-    assert sorted(a.size for a in anchors) == [2, 3, 4]
+    assert sorted(a.size for a in anchors) == [3, 4, 5]  # after genesis and the run-config
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "anchor" in r.msg]
     gas = [a.tx.gas_used for a in anchors]
     secs = [a.seconds for a in anchors]
@@ -136,7 +139,7 @@ def test_shared_chain_run_audit_and_forgery(
     # The node folder audits against the shared contract named in its chain.toml.
     report = audit(dirs[1])
     assert report.anchored == ROUNDS
-    assert report.latest_anchored_size == report.entries == ROUNDS + 1
+    assert report.latest_anchored_size == report.entries == ROUNDS + 2
     assert contract in report.extra["chain"]
 
     # An outside auditor with a folder copy but no chain.toml points at the chain explicitly.
@@ -148,17 +151,17 @@ def test_shared_chain_run_audit_and_forgery(
         app, ["audit", str(bare), "--chain-url", anvil_url, "--contract", contract]
     )
     assert res.exit_code == 0, res.output
-    assert "3 anchored heads (latest size 4)" in " ".join(res.output.split())  # rich wraps
+    assert "3 anchored heads (latest size 5)" in " ".join(res.output.split())  # rich wraps
 
     # A late anchor of an already anchored size is a benign race: logged at info, not an error.
     caplog.clear()
     late = Anchorer(dirs[0], NodeIdentity.load(dirs[0]), genesis)
     try:
         with caplog.at_level(logging.INFO, logger="consortium"):
-            asyncio.run(late.publish("node0", 3, heads[1].root))
+            asyncio.run(late.publish("node0", 4, heads[1].root))
     finally:
         late.close()
-    notes = [r for r in caplog.records if "size 3" in r.getMessage()]
+    notes = [r for r in caplog.records if "size 4" in r.getMessage()]
     assert len(notes) == 1 and notes[0].levelno == logging.INFO, notes
     assert "already anchored" in notes[0].getMessage()
     assert chain.count() == ROUNDS
@@ -171,7 +174,7 @@ def test_shared_chain_run_audit_and_forgery(
     for name in ("genesis.json", CHAIN_CONFIG_FILE):
         shutil.copy(dirs[0] / name, forged / name)
     with Ledger.create(forged / LEDGER_FILE, genesis) as log:
-        for k in range(ROUNDS):
+        for k in range(ROUNDS + 1):  # as long as the real history (run-config and rounds)
             log.append(make_record(ids[0], "note", {"round": k + 1, "note": "forged"}, k, genesis))
             for ident in ids:
                 log.sign_head(ident, 10 + k)
