@@ -167,7 +167,8 @@ def test_processes_train_over_grpc_and_survive_faults(tmp_path: Path) -> None:
     reports = [audit(d) for d in dirs]
     assert {r.root for r in reports} == {reports[0].root}
     for r in reports:
-        assert r.entries == ROUNDS + 1 and r.latest_final_size == ROUNDS + 1
+        # genesis, the agreed run-config entry, one entry per round
+        assert r.entries == ROUNDS + 2 and r.latest_final_size == ROUNDS + 2
     records = _records(dirs[watcher])
     assert [r.round for r in records] == list(range(1, ROUNDS + 1))
     acc = _accuracy(dirs[watcher], records[-1].model)

@@ -81,9 +81,9 @@ def test_voters_refuse_a_model_that_is_not_the_secure_aggregate(tmp_path: Path) 
     async def go() -> None:
         nodes, _, clock = await cluster(tmp_path, 4, seed=22)
         try:
-            members = sorted(n.identity.node_id for n in nodes)
-            cheat_id = leader_for(nodes[0].ledger.root(), 1, 0, members)
             await start(nodes, run_config(1, 0, secure="secagg+"))
+            assert nodes[0].machine is not None
+            cheat_id = nodes[0].machine.leader(0)  # from the ledger once the run is agreed
             cheat = next(n for n in nodes if n.identity.node_id == cheat_id)
             assert cheat.machine is not None
             cheat.machine._ops = _Cheat(cheat.machine._ops)
@@ -106,9 +106,9 @@ def test_a_participant_lost_during_secure_aggregation_is_left_out(tmp_path: Path
     async def go() -> None:
         nodes, _, clock = await cluster(tmp_path, 5, seed=23)
         try:
-            members = sorted(n.identity.node_id for n in nodes)
-            leader_id = leader_for(nodes[0].ledger.root(), 1, 0, members)
             await start(nodes, run_config(1, 0, secure="secagg+"))
+            assert nodes[0].machine is not None
+            leader_id = nodes[0].machine.leader(0)
             victim = next(n for n in nodes if n.identity.node_id != leader_id)
             machine = victim.machine
             assert machine is not None
