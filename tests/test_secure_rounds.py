@@ -12,7 +12,6 @@ from consortium.learning import build_model, evaluate, load_dataset, set_weights
 from consortium.learning.serialize import weights_from_bytes
 from consortium.node.node import Node, run_records
 from consortium.protocol.record import RoundRecord
-from consortium.protocol.schedule import leader_for
 from consortium.protocol.secagg import Transcript
 from consortium.store.objects import get_bytes
 from tests.inprocess_cluster import cluster, run_config, start, until_finished
