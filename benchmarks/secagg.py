@@ -40,11 +40,14 @@ COLUMNS = (
     "c:shares",
     "c:recv",
     "c:mask",
+    "c:agree",
     "c:unmask",
     "a:keys",
     "a:shares",
     "a:inputs",
+    "a:agree",
     "a:unmask",
+    "round total",
     "plain sum",
     "keystream floor",
     "mask / floor",
@@ -165,6 +168,8 @@ def run_case(
         "c:unmask": c["unmask"] / max(1, len(requests)),
     }
     row |= {f"a:{k}": v for k, v in a.items()}
+    # The whole protocol's compute, every client and the aggregator one after another.
+    row["round total"] = sum(c.values()) + sum(a.values())
     row |= {
         "plain sum": plain_time,
         "keystream floor": floor,
