@@ -55,6 +55,12 @@ def check_signature(
     `consortium` is the genesis digest a consortium-bound domain requires (ValueError if absent).
     """
     payload = signing_payload(domain, obj, consortium)  # outside the try: misuse must raise
+    return check_payload(public_key, payload, signature)
+
+
+def check_payload(public_key: bytes, payload: bytes, signature: bytes) -> bool:
+    """`check_signature` on an already built signing payload (one statement checked against
+    many signers is encoded once)."""
     if len(signature) != SIGNATURE_BYTES:
         return False
     try:

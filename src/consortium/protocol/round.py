@@ -41,11 +41,11 @@ import numpy.typing as npt
 from multiformats import CID
 
 from consortium.consent.commitments import RoundCommitment
-from consortium.core.encoding import Domain, encode
+from consortium.core.encoding import Domain, encode, signing_payload
 from consortium.core.errors import ConsortiumError
 from consortium.core.genesis import Genesis
 from consortium.core.identity import NodeIdentity, is_valid_signature
-from consortium.ledger.entries import Entry, make_record
+from consortium.ledger.entries import Entry, check_payload, make_record
 from consortium.ledger.frontier import Frontier
 from consortium.ledger.heads import TreeHead
 from consortium.privacy.client_dp import ClientNoisePlan
@@ -324,6 +324,7 @@ class RoundMachine:
         self.members = sorted(m.node_id for m in genesis.members)
         self._keys = {m.node_id: m.public_key for m in genesis.members}
         self._digest = genesis.digest()  # every signature here is bound to this consortium
+        self._statement: tuple[object, bytes] = (None, b"")
         self._voted: dict[int, CastVote] = dict(votes or {})
         self._signed_sets: dict[tuple[int, int], tuple[str, ...]] = dict(signed_sets or {})
         self._secagg = Consortium(len(self.members), genesis.quorum, settings.min_honest)
@@ -966,9 +967,13 @@ class RoundMachine:
 
     def _secagg_verify(self, node: str, statement: dict[str, Any], signature: bytes) -> bool:
         key = self._keys.get(node)
-        return key is not None and is_valid_signature(
-            key, Domain.MESSAGE, statement, signature, self._digest
-        )
+        if key is None:
+            return False
+        # A certificate is one statement signed by up to n members: encode it once. The cache
+        # holds the statement itself, so its id cannot be reused while it is cached.
+        if self._statement[0] is not statement:
+            self._statement = (statement, signing_payload(Domain.MESSAGE, statement, self._digest))
+        return check_payload(key, self._statement[1], signature)
 
     def _min_inputs(self, n: int) -> int:
         """Masked inputs the sum needs to carry the noise it is accounted with."""

@@ -88,6 +88,7 @@ class SecAggAggregator:
         self._keys: dict[str, tuple[bytes, bytes]] = {}
         self._key_sigs: dict[str, bytes] = {}
         self._votes: dict[str, bytes] = {}  # survivor-set signatures
+        self._statement: dict[str, object] = {}
         self._u1: frozenset[str] = frozenset()
         self._shares: dict[str, EncryptedShares] = {}
         self._u2: frozenset[str] = frozenset()
@@ -299,6 +300,8 @@ class SecAggAggregator:
                 f"only {len(u3)} masked inputs, the floor is {self.params.min_survivors}"
             )
         self._u3 = frozenset(u3)
+        # One statement object for every vote: verifiers encode it once.
+        self._statement = survivors_statement(self.params.round_id, self._u3)
         self.stage = AggregatorStage.AGREE
         rid, survivors = self.params.round_id, tuple(sorted(self._u3))
         return [SurvivorSet(rid, v, survivors) for v in survivors]
@@ -309,8 +312,7 @@ class SecAggAggregator:
         self._expect(AggregatorStage.AGREE)
         v = msg.sender
         self._admit(v, msg.round_id, self._u3, self._votes)
-        statement = survivors_statement(self.params.round_id, self._u3)
-        if not self._verify(v, statement, msg.signature):
+        if not self._verify(v, self._statement, msg.signature):
             self._reject(v, "survivor-set signature does not verify")
         self._votes[v] = msg.signature
 
