@@ -191,3 +191,26 @@ def test_signed_refusals_lift_a_vote_only_when_the_proposal_cannot_pass(tmp_path
                 await n.stop()
 
     asyncio.run(go())
+
+
+def test_a_run_stops_only_when_a_quorum_agrees_and_audit_sees_the_stop(tmp_path: Path) -> None:
+    async def go() -> Path:
+        nodes, _, clock = await cluster(tmp_path, 3, seed=67, consent=False)
+        try:
+            from tests.inprocess_cluster import start
+
+            await start(nodes, run_config(50, 0))
+            report = await nodes[1].propose_stop("the data controller asked for a pause")
+            assert report["agreed"], report
+            assert all(n.finished.is_set() for n in nodes)
+            assert all("stopped by agreement" in n.stopped for n in nodes)
+            with pytest.raises(ConfigError, match="no run is in progress"):
+                await nodes[0].propose_stop("again")
+            return nodes[0].dir
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    folder = asyncio.run(go())
+    report = audit(folder)
+    assert report.kinds.get("run-stop") == 1

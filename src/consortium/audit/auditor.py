@@ -38,7 +38,14 @@ from consortium.node.anchoring import CHAIN_CONFIG_FILE, ChainConfig, load_chain
 from consortium.node.config import RunConfig, consortium_refusals
 from consortium.privacy.budget import Budget, recompute_totals, totals
 from consortium.protocol.privacy_round import RoundPrivacy, client_noise_multiplier
-from consortium.protocol.record import ROUND_KIND, RUN_KIND, RoundRecord, RunRecord
+from consortium.protocol.record import (
+    ROUND_KIND,
+    RUN_KIND,
+    STOP_KIND,
+    RoundRecord,
+    RunRecord,
+    StopRecord,
+)
 from consortium.protocol.secagg import SecAggParams
 from consortium.protocol.secure_round import Consortium, round_params
 from consortium.protocol.verifier import CONFIG, RecordContext, verify_round_record
@@ -124,7 +131,7 @@ def _audit(
         for blob in ledger.raw_equivocations():
             report.equivocations.append(blob.hex()[:32])
     _check_store(directory / STORE_DIR, references, report, progress)
-    if report.kinds.get("round") or report.kinds.get(RUN_KIND):
+    if report.kinds.get("round") or report.kinds.get(RUN_KIND) or report.kinds.get(STOP_KIND):
         _check_round_records(ledger_path, directory / STORE_DIR, genesis, report)
     if report.equivocations:
         raise _fail(f"{len(report.equivocations)} equivocation(s) by members are on record")
@@ -274,15 +281,19 @@ def _check_round_records(
     Then recompute every purpose's privacy totals."""
     store: BlockStore | None = None
     runs: dict[str, RunConfig] = {}
+    stopped: set[str] = set()
     spends: dict[str, list[tuple[int, Any]]] = {}
     frontier = Frontier.empty()
     with Ledger.open(ledger_path) as ledger:
         for idx, data in ledger.raw_entries():
             start_root, frontier = frontier.root(), frontier.append(data)
             entry = Entry.from_bytes(data)
-            if entry.kind == RUN_KIND:
+            if entry.kind in (RUN_KIND, STOP_KIND):
                 try:
-                    _agreed_run(entry, genesis, runs)
+                    if entry.kind == RUN_KIND:
+                        _agreed_run(entry, genesis, runs)
+                    else:
+                        stopped.add(_run_of_stop(entry, runs))
                 except ConsortiumError as exc:
                     raise _fail(f"entry {idx}: {exc}") from exc
                 continue
@@ -292,6 +303,11 @@ def _check_round_records(
                 store = store or BlockStore(store_dir, create=False)
                 record = RoundRecord.from_entry(entry)
                 run = _run_of(record, runs)
+                if record.run in stopped:
+                    raise ConsortiumError(
+                        f"a round of run {record.run} after the members agreed to stop it "
+                        f"[rule {CONFIG}]"
+                    )
                 privacy = _round_privacy(genesis, run, spends)
                 context = _record_context(
                     record, run, entry, idx, start_root, genesis, store, privacy
@@ -322,6 +338,13 @@ def _agreed_run(entry: Entry, genesis: Genesis, runs: dict[str, RunConfig]) -> N
     if problems:
         raise ConsortiumError(f"run {record.run}: {problems[0]}")
     runs[record.run] = run
+
+
+def _run_of_stop(entry: Entry, runs: dict[str, RunConfig]) -> str:
+    stop = StopRecord.from_entry(entry)
+    if stop.run not in runs:
+        raise ConsortiumError(f"a stop of run {stop.run}, which no run-config entry agreed")
+    return stop.run
 
 
 def _run_of(record: RoundRecord, runs: dict[str, RunConfig]) -> RunConfig:

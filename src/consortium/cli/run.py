@@ -41,6 +41,26 @@ def node_start(
     asyncio.run(serve(directory, node_passphrase(directory), exit_when_finished))
 
 
+@run_app.command("stop")
+@handle_errors
+def stop(
+    directory: Path = typer.Option(..., "--dir", help="This member's node folder."),
+    reason: str = typer.Option(
+        "stopped by an operator", "--reason", help="Why (recorded on the ledger; no personal data)."
+    ),
+) -> None:
+    """Propose to stop the current run: it stops on every member once a quorum cosigned the
+    run-stop entry (this member's node must be running)."""
+    from consortium.node.runner import report_lines, stop_run
+
+    report = asyncio.run(stop_run(directory, node_passphrase(directory), reason))
+    for line in report_lines(report):
+        console.print(f"[yellow]{line}[/]")
+    if not report["agreed"]:
+        fail(f"run {report.get('run', '?')} not stopped: a quorum must agree to stop it", 1)
+    console.print(f"run {report['run']} stopped, agreed by {', '.join(report['accepted'])}")
+
+
 @run_app.command("start")
 @handle_errors
 def run_start(

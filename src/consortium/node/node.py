@@ -67,11 +67,14 @@ from consortium.protocol.privacy_round import (
 from consortium.protocol.randomness import Randomness
 from consortium.protocol.record import (
     RUN_KIND,
+    STOP_KIND,
     RoundRecord,
     RunRecord,
+    StopRecord,
     latest_agreed_run,
     privacy_history,
     round_records,
+    stopped_runs,
 )
 from consortium.protocol.requests import ArtifactRequest, SyncRequest
 from consortium.protocol.round import (
@@ -95,6 +98,9 @@ from consortium.store.objects import file_cid, get_bytes, is_complete, put_bytes
 from consortium.transport.base import Transport
 
 log = logging.getLogger("consortium.node")
+
+#: Entries the members agree to outside rounds (`_agree`).
+AGREED_KINDS = (RUN_KIND, STOP_KIND)
 
 
 def model_cid(data: bytes, store: BlockStore) -> CID:
@@ -236,26 +242,40 @@ class Node:
 
     async def propose_run(self, run: RunConfig) -> dict[str, Any]:
         """Propose `run` to every member; start it if a quorum cosigns its run-config entry.
+        Returns the agreement report (see `_agree`) with "started"."""
+        report = await self._agree(RUN_KIND, RunRecord(run.run_id(), run.body()).to_body())
+        report["run"], report["started"] = run.run_id(), report["agreed"]
+        return report
 
-        Two phases, so that a run some members refuse by policy locks nobody's vote: every
-        member first says whether it would accept (nothing signed); only if a quorum would are
-        the acceptors asked to cosign. Returns {"run", "started", "accepted": [names],
+    async def propose_stop(self, reason: str) -> dict[str, Any]:
+        """Propose to stop the current run; it stops everywhere once a quorum cosigned the
+        run-stop entry. Returns the agreement report (see `_agree`)."""
+        if self.run is None or self.finished.is_set():
+            raise ConfigError("no run is in progress on this node")
+        report = await self._agree(STOP_KIND, StopRecord(self.run.run_id(), reason).to_body())
+        report["run"] = self.run.run_id()
+        return report
+
+    async def _agree(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Get a `kind` entry cosigned by a quorum and committed on every member.
+
+        Two phases, so that a proposal some members refuse by policy locks nobody's vote:
+        every member first says whether it would accept (nothing signed); only if a quorum
+        would are the acceptors asked to cosign. Returns {"agreed", "accepted": [names],
         "refused": {name: reason}, "unreachable": {name: reason}}."""
-        record = RunRecord(run.run_id(), run.body())
         p = agreement.propose(
             self.identity,
             self.genesis,
             self.ledger.frontier(),
-            RUN_KIND,
-            record.to_body(),
+            kind,
+            body,
             int(self.clock() * 1000),
         )
         names = {m.node_id: m.name for m in self.genesis.members}
         refused: dict[str, str] = {}
         unreachable: dict[str, str] = {}
         report: dict[str, Any] = {
-            "run": run.run_id(),
-            "started": False,
+            "agreed": False,
             "accepted": [],
             "refused": refused,
             "unreachable": unreachable,
@@ -280,12 +300,12 @@ class Node:
             )
             return report
         commit = encode({"proposal": p.to_body(), "cosignatures": valid})
-        self._commit_run(p, valid)
+        self._commit_agreed(p, valid)
         await asyncio.gather(
             *(self._send(peer, commit, "run-commit") for peer in self.peers),
             return_exceptions=True,
         )
-        report["started"] = True
+        report["agreed"] = True
         return report
 
     async def _ask_members(
@@ -333,14 +353,11 @@ class Node:
         return accepted
 
     def _vote_run(self, p: Proposal, *, dry_run: bool = False) -> bytes:
-        """This member's answer to a proposed run-config entry: {"sig": cosignature} (with
-        `dry_run`, {"ok": true}: nothing signed, nothing locked) or, when its rules or policy
-        refuse the run, {"refused": why, "sig": signed refusal}."""
-        if self.machine is not None and not self.finished.is_set():
-            raise agreement.AgreementRefused("a run is already in progress on this node")
-        entry = agreement.check(p, self.genesis, self.ledger.frontier(), RUN_KIND)
-        run = self._agreed_config(entry)
-        refusals = run_refusals(run, self.genesis, self.config.policy)
+        """This member's answer to a proposed run-config or run-stop entry: {"sig": cosignature}
+        (with `dry_run`, {"ok": true}: nothing signed, nothing locked) or, when its rules or
+        policy refuse it, {"refused": why, "sig": signed refusal}."""
+        entry = agreement.check(p, self.genesis, self.ledger.frontier(), AGREED_KINDS)
+        refusals = self._refusals(entry)
         if refusals:
             why = "refused: " + "; ".join(refusals)
             statement = agreement.refusal_statement(p)
@@ -355,7 +372,20 @@ class Node:
             return encode({"ok": True})
         sig = agreement.cosign(self.identity, self.genesis, p, prior[0] if prior else None)
         self.ledger.record_vote(p.size, p.root, 0, entry.author, 0)  # before the vote leaves
+        if self.machine is not None:  # a stop takes the position a round's record would
+            self.machine.note_vote(p.size, p.root, entry.author)
         return encode({"sig": sig})
+
+    def _refusals(self, entry: Entry) -> list[str]:
+        """Why this member refuses an agreed entry (empty: it accepts)."""
+        if entry.kind == RUN_KIND:
+            if self.machine is not None and not self.finished.is_set():
+                raise agreement.AgreementRefused("a run is already in progress on this node")
+            return run_refusals(self._agreed_config(entry), self.genesis, self.config.policy)
+        stop = StopRecord.from_entry(entry)
+        if self.run is None or self.run.run_id() != stop.run or self.finished.is_set():
+            return [f"run {stop.run} is not in progress on this node"]
+        return []
 
     def _abandon_run(self, payload: bytes) -> None:
         """Lift this member's vote for a run proposal that signed refusals show can never reach
@@ -379,17 +409,21 @@ class Node:
             raise agreement.AgreementRefused("the run id is not the hash of its configuration")
         return run
 
-    def _commit_run(self, p: Proposal, cosignatures: dict[str, bytes]) -> None:
-        """Append the agreed run-config entry and its cosigned head, then start the run (unless
-        this member's policy refuses it: then it sits the run out)."""
-        entry = agreement.check(p, self.genesis, self.ledger.frontier(), RUN_KIND)
+    def _commit_agreed(self, p: Proposal, cosignatures: dict[str, bytes]) -> None:
+        """Append an agreed entry with its cosigned head (one transaction), then act on it: a
+        run-config starts the run (unless this member's policy refuses it: then it sits the run
+        out), a run-stop stops it."""
+        entry = agreement.check(p, self.genesis, self.ledger.frontier(), AGREED_KINDS)
         agreement.valid_cosignatures(p, self.genesis, cosignatures)
-        run = self._agreed_config(entry)
+        run = self._agreed_config(entry) if entry.kind == RUN_KIND else None
         head = CosignedHead(
             TreeHead(p.size, p.root, p.time),
             [Cosignature(node_id, sig) for node_id, sig in sorted(cosignatures.items())],
         )
         self.ledger.append_many([entry], heads=[head], expect_size=p.size - 1)  # all or nothing
+        if run is None:
+            self._stopped_by_agreement(StopRecord.from_entry(entry))
+            return
         refusals = run_refusals(run, self.genesis, self.config.policy)
         if refusals:
             self.stopped = "sitting this run out: " + "; ".join(refusals)
@@ -397,6 +431,12 @@ class Node:
             self._write_status()
             return
         self.start_run(run)
+
+    def _stopped_by_agreement(self, stop: StopRecord) -> None:
+        self.stopped = f"stopped by agreement of the members: {stop.reason}"
+        log.warning("%s: run %s %s", self.name, stop.run, self.stopped)
+        self.finished.set()
+        self._write_status()
 
     def start_run(self, run: RunConfig) -> None:
         """Start `run`, whose run-config entry this ledger holds (see `propose_run`)."""
@@ -456,8 +496,13 @@ class Node:
 
     def _resume(self) -> None:
         """After a restart: continue the latest run from the ledger, if it is not finished."""
-        agreed, records = latest_agreed_run(enumerate(self.ledger.iter_entries()))
+        entries = list(enumerate(self.ledger.iter_entries()))
+        agreed, records = latest_agreed_run(entries)
         if agreed is None:
+            return
+        stops = stopped_runs(entries)
+        if agreed.run in stops:
+            self._stopped_by_agreement(StopRecord(agreed.run, stops[agreed.run]))
             return
         run = RunConfig.from_body(dict(agreed.config))
         if run_refusals(run, self.genesis, self.config.policy):
@@ -771,7 +816,7 @@ class Node:
                 raise ConfigError(
                     "runs start only from a run-config entry a quorum cosigned (`run start`)"
                 )
-            if self.machine is not None:
+            if self.machine is not None and not self.finished.is_set():
                 self._execute(self.machine.on_message(sender, msg, self.clock()))
                 if self._behind(msg):
                     self._want_catch_up()
@@ -786,13 +831,17 @@ class Node:
             body = decode(payload)
             if not isinstance(body, dict) or not isinstance(body.get("cosignatures"), dict):
                 raise ConfigError("malformed run commit")
-            self._commit_run(Proposal.from_body(body["proposal"]), body["cosignatures"])
+            self._commit_agreed(Proposal.from_body(body["proposal"]), body["cosignatures"])
             return b""
-        if method == "propose-run":
+        if method in ("propose-run", "propose-stop"):
             if sender != self.identity.node_id:
-                raise ConfigError("only this member's own operator may propose a run through it")
-            report = await self.propose_run(RunConfig.from_body(decode(payload)))
-            return encode(report)
+                raise ConfigError("only this member's own operator may propose through it")
+            if method == "propose-stop":
+                reason = decode(payload)
+                if not isinstance(reason, str) or len(reason) > 500:
+                    raise ConfigError("a stop reason is a string of at most 500 characters")
+                return encode(await self.propose_stop(reason))
+            return encode(await self.propose_run(RunConfig.from_body(decode(payload))))
         if method == "sync":
             return self._sync_reply(SyncRequest.decode(payload))
         if method == "artifact":

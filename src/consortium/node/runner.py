@@ -66,14 +66,24 @@ async def _run_finished(node: Node) -> None:
 async def start_run(directory: Path, passphrase: str | None, run: RunConfig) -> dict[str, Any]:
     """Ask this member's running node to propose `run` to every member; return its report:
     {"run", "started", "accepted": [names], "refused": {name: why}, "unreachable": {...}}."""
-    identity = NodeIdentity.load(directory, passphrase)
     genesis = Genesis.load(directory / GENESIS_FILE)
     genesis.purpose(run.purpose)
+    return await _ask_own_node(directory, passphrase, "propose-run", encode(run.body()))
+
+
+async def stop_run(directory: Path, passphrase: str | None, reason: str) -> dict[str, Any]:
+    """Ask this member's running node to propose stopping the current run (a run-stop entry a
+    quorum must cosign, as a start); return the report as `start_run` does ("agreed")."""
+    return await _ask_own_node(directory, passphrase, "propose-stop", encode(reason))
+
+
+async def _ask_own_node(
+    directory: Path, passphrase: str | None, method: str, payload: bytes
+) -> dict[str, Any]:
+    identity = NodeIdentity.load(directory, passphrase)
     transport = make_transport(directory, identity, listen=False)
     try:
-        raw = await transport.request(
-            identity.node_id, "propose-run", encode(run.body()), timeout=60.0
-        )
+        raw = await transport.request(identity.node_id, method, payload, timeout=60.0)
     except TransportError as exc:
         raise ConfigError(
             f"this member's node did not take the proposal ({exc}): is `consortium node start "

@@ -39,16 +39,16 @@ def propose(
     return Proposal(data, frontier.size + 1, frontier.append(data).root(), time_ms, b"")
 
 
-def check(p: Proposal, genesis: Genesis, frontier: Frontier, kind: str) -> Entry:
-    """The proposed entry, if it is a member-signed `kind` entry and the head is `frontier` plus
-    it; AgreementRefused otherwise."""
+def check(p: Proposal, genesis: Genesis, frontier: Frontier, kinds: tuple[str, ...]) -> Entry:
+    """The proposed entry, if it is a member-signed entry of one of `kinds` and the head is
+    `frontier` plus it; AgreementRefused otherwise."""
     try:
         entry = Entry.from_bytes(p.entry)
         entry.verify(genesis)
     except ConsortiumError as exc:
         raise AgreementRefused(f"the proposed entry does not verify: {exc}") from exc
-    if entry.kind != kind:
-        raise AgreementRefused(f"the proposed entry is a {entry.kind!r}, not a {kind!r}")
+    if entry.kind not in kinds:
+        raise AgreementRefused(f"the proposed entry is a {entry.kind!r}, not one of {kinds}")
     if p.size != frontier.size + 1 or p.root != frontier.append(p.entry).root():
         raise AgreementRefused(
             f"the proposed head is not this ledger (size {frontier.size}) plus the entry"

@@ -314,6 +314,36 @@ class RunRecord:
         return cls.from_body(entry.body)
 
 
+STOP_KIND = "run-stop"
+
+
+@dataclass(frozen=True)
+class StopRecord:
+    """The body of a "run-stop" entry: the members agreed to stop run `run`, for `reason`."""
+
+    run: str
+    reason: str
+    version: int = RECORD_VERSION
+
+    def to_body(self) -> dict[str, Any]:
+        return {"v": self.version, "run": self.run, "reason": self.reason}
+
+    @classmethod
+    def from_body(cls, b: Any) -> StopRecord:
+        if not isinstance(b, dict) or set(b) != {"v", "run", "reason"} or b["v"] != 1:
+            raise RecordFormatError("malformed run-stop record: need exactly v (1), run, reason")
+        reason = b["reason"]
+        if not isinstance(reason, str) or len(reason) > 500:
+            raise RecordFormatError("malformed run-stop record: reason of at most 500 characters")
+        return cls(_str(b["run"], "run"), reason)
+
+    @classmethod
+    def from_entry(cls, entry: Entry) -> StopRecord:
+        if entry.kind != STOP_KIND:
+            raise RecordFormatError(f"entry is a {entry.kind!r}, not a run-stop record")
+        return cls.from_body(entry.body)
+
+
 def run_configs(entries: Any) -> list[tuple[int, RunRecord]]:
     """(ledger index, record) of every agreed run configuration in `(index, Entry)` pairs."""
     return [(i, RunRecord.from_entry(e)) for i, e in entries if e.kind == RUN_KIND]
@@ -351,3 +381,11 @@ def latest_agreed_run(entries: Any) -> tuple[RunRecord | None, list[RoundRecord]
         return None, []
     run = runs[-1][1]
     return run, [r for _, r in round_records(pairs) if r.run == run.run]
+
+
+def stopped_runs(entries: Any) -> dict[str, str]:
+    """run id -> reason, for every run the members agreed to stop."""
+    return {
+        s.run: s.reason
+        for s in (StopRecord.from_entry(e) for _, e in entries if e.kind == STOP_KIND)
+    }

@@ -349,6 +349,11 @@ class RoundMachine:
         a = self.s.attempt if attempt is None else attempt
         return leader_for(self.s.head_root, self.s.round, a, self.members)
 
+    def note_vote(self, size: int, root: bytes, author: str) -> None:
+        """This node cosigned `root` at `size` outside a round (an agreed run-stop): never
+        cosign another head of that size here either."""
+        self._voted[size] = CastVote(root, self.s.attempt, author, -1)
+
     def _goto(self, event: Event, phase: Phase) -> None:
         """Move to `phase`, which the table must allow for `event` from the phase the event
         found the machine in (one event may pass through several phases on the way)."""
