@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,10 +12,11 @@ import pytest
 from consortium.audit import audit
 from consortium.core.errors import AuditError
 from consortium.core.identity import NodeIdentity
-from consortium.ledger.entries import make_record
+from consortium.ledger.entries import Entry
 from consortium.ledger.log import Ledger
 from consortium.protocol.schedule import leader_for
 from tests.inprocess_cluster import cluster, run_config, start, until_finished
+from tests.records import forge_folder
 
 
 @pytest.fixture(scope="module")
@@ -43,19 +43,15 @@ def _forge(
 ) -> Path:
     """Copy `folder` with round 1's record rewritten by `change` and signed by the member it
     names (every member's key is on this disk), as a colluding leader would."""
-    ids = {i.node_id: i for i in (NodeIdentity.load(d) for d in folder.parent.glob("node*"))}
-    out.mkdir()
-    shutil.copy(folder / "genesis.json", out / "genesis.json")
-    shutil.copytree(folder / "store", out / "store")
-    with Ledger.open(folder / "ledger.sqlite") as real:
-        genesis, entries = real.genesis(), list(real.iter_entries(1))
-    with Ledger.create(out / "ledger.sqlite", genesis) as forged:
-        for e in entries:
-            body, author = dict(e.body), e.author
-            if e.kind == "round" and body["round"] == 1:
-                author = change(body, sorted(ids)) or author
-            forged.append(make_record(ids[author], e.kind, body, e.time, genesis))
-    return out
+    members = sorted(NodeIdentity.load(d).node_id for d in folder.parent.glob("node*"))
+
+    def rewrite(e: Entry) -> tuple[str, dict[str, Any]]:
+        body, author = dict(e.body), e.author
+        if e.kind == "round" and body["round"] == 1:
+            author = change(body, members) or author
+        return author, body
+
+    return forge_folder(folder, out, rewrite)
 
 
 def test_audit_refuses_fake_participants(run_folder: Path, tmp_path: Path) -> None:

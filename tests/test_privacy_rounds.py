@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from consortium.audit import audit
 from consortium.core.errors import AuditError
 from consortium.core.genesis import Purpose
+from consortium.ledger.entries import Entry
 from consortium.node.node import run_records
 from tests.inprocess_cluster import cluster, run_config, start, until_finished
+from tests.records import forge_folder
 
 
 def test_record_level_spends_are_on_the_ledger_and_the_budget_stops_the_run(
@@ -76,9 +78,6 @@ def test_client_level_noise_under_secure_aggregation(tmp_path: Path) -> None:
 
 def test_audit_flags_a_tampered_privacy_total(tmp_path: Path) -> None:
     """A record whose spend was rewritten (and re-signed by a member) no longer audits."""
-    from consortium.core.identity import NodeIdentity
-    from consortium.ledger.entries import make_record
-    from consortium.ledger.log import Ledger
 
     async def go() -> Path:
         nodes, _, clock = await cluster(
@@ -95,25 +94,17 @@ def test_audit_flags_a_tampered_privacy_total(tmp_path: Path) -> None:
 
     folder = asyncio.run(go())
     audit(folder)
-    with Ledger.open(folder / "ledger.sqlite") as real:
-        genesis = real.genesis()
-        bodies = [e for e in real.iter_entries(1)]
+
     # Each leader re-signs its own record with a tenth of the spend (same artifacts).
-    idents = {i.node_id: i for i in (NodeIdentity.load(d) for d in tmp_path.glob("node*"))}
-    forged = tmp_path / "forged"
-    forged.mkdir()
-    (forged / "genesis.json").write_bytes((folder / "genesis.json").read_bytes())
-    shutil.copytree(folder / "store", forged / "store")
-    with Ledger.create(forged / "ledger.sqlite", genesis) as led:
-        for e in bodies:
-            body = dict(e.body)
-            if e.kind != "round":
-                led.append(make_record(idents[e.author], e.kind, body, e.time, genesis))
-                continue
+    def tenth(e: Entry) -> tuple[str, dict[str, Any]]:
+        body = dict(e.body)
+        if e.kind == "round":
             priv = json.loads(json.dumps(body["privacy"]))
             for r in priv["record"].values():
                 r["total_epsilon"] = r["total_epsilon"] / 10  # claim a tenth of the spend
             body["privacy"] = priv
-            led.append(make_record(idents[e.author], "round", body, e.time, genesis))
+        return e.author, body
+
+    forged = forge_folder(folder, tmp_path / "forged", tenth)
     with pytest.raises(AuditError, match=r"entry 2: .*rule privacy-mismatch"):
         audit(forged)

@@ -5,7 +5,6 @@ name."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,15 +12,13 @@ import pytest
 from consortium.audit import audit
 from consortium.core.errors import AuditError, ConfigError
 from consortium.core.genesis import Purpose
-from consortium.core.identity import NodeIdentity
-from consortium.ledger.entries import make_record
-from consortium.ledger.log import Ledger
 from consortium.node.config import PolicyConfig, RunConfig
 from consortium.privacy.config import PrivacyConfig
 from consortium.protocol.messages import StartRun, encode_message
 from consortium.protocol.record import RUN_KIND, RunRecord
 from consortium.transport.inprocess import InProcessTransport
 from tests.inprocess_cluster import cluster, run_config
+from tests.records import forge_folder
 
 BUDGET = Purpose("research", 8.0, 1e-5)
 
@@ -133,18 +130,10 @@ def test_audit_refuses_rounds_of_a_run_no_quorum_agreed(tmp_path: Path) -> None:
 
     folder = asyncio.run(go())
     audit(folder)
-    ids = {i.node_id: i for i in (NodeIdentity.load(d) for d in folder.parent.glob("node*"))}
-    forged = tmp_path / "forged"
-    forged.mkdir()
-    shutil.copy(folder / "genesis.json", forged / "genesis.json")
-    shutil.copytree(folder / "store", forged / "store")
-    with Ledger.open(folder / "ledger.sqlite") as real:
-        genesis, entries = real.genesis(), list(real.iter_entries(1))
-    with Ledger.create(forged / "ledger.sqlite", genesis) as led:
-        for e in entries:
-            if e.kind == RUN_KIND:
-                continue  # the run was never agreed
-            led.append(make_record(ids[e.author], e.kind, dict(e.body), e.time, genesis))
+    # The run was never agreed: its run-config entry is left out.
+    forged = forge_folder(
+        folder, tmp_path / "forged", lambda e: None if e.kind == RUN_KIND else (e.author, e.body)
+    )
     with pytest.raises(AuditError, match=r"no run-config entry agreed .*rule config-mismatch"):
         audit(forged)
 
@@ -195,7 +184,7 @@ def test_signed_refusals_lift_a_vote_only_when_the_proposal_cannot_pass(tmp_path
 
 def test_a_run_stops_only_when_a_quorum_agrees_and_audit_sees_the_stop(tmp_path: Path) -> None:
     async def go() -> Path:
-        nodes, _, clock = await cluster(tmp_path, 3, seed=67, consent=False)
+        nodes, _, _ = await cluster(tmp_path, 3, seed=67, consent=False)
         try:
             from tests.inprocess_cluster import start
 
