@@ -194,7 +194,9 @@ def _ints(text: str) -> list[int]:
     return [int(float(x)) for x in text.split(",") if x]
 
 
-def sizing_table(sizes: Sequence[int], min_honest: int = 3) -> str:
+def sizing_table(
+    sizes: Sequence[int], min_honest: int = 3, corrupt_fraction: float | None = None
+) -> str:
     """What a round of n members uses: the parameters every node derives (`make_params`)."""
     from consortium.core.errors import ConfigError
     from consortium.core.genesis import quorum_for
@@ -205,7 +207,7 @@ def sizing_table(sizes: Sequence[int], min_honest: int = 3) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for n in sizes:
-        c = Consortium(n, quorum_for(n), min_honest)
+        c = Consortium(n, quorum_for(n), min_honest, corrupt_fraction)
         try:
             p = make_params(b"sizing", [f"m{i:04d}" for i in range(n)], 10, 1.0, c)
             k, t, tolerated = str(p.k), str(p.threshold), str(n - c.floor)
@@ -233,13 +235,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, help="also write the table to this markdown file")
     parser.add_argument(
+        "--corrupt-fraction",
+        type=float,
+        help="with --sizing: a stated corrupt fraction (sparse graph sized for it)",
+    )
+    parser.add_argument(
         "--sizing",
         metavar="N,N,...",
         help="only print the parameters a round of N members uses (k, t, floor, tolerated)",
     )
     args = parser.parse_args(argv)
     if args.sizing:
-        print(sizing_table(_ints(args.sizing)))
+        print(sizing_table(_ints(args.sizing), corrupt_fraction=args.corrupt_fraction))
         return 0
     rows, skipped = [], []
     for n in _ints(args.n):

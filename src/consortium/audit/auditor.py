@@ -395,7 +395,9 @@ def _record_context(
     transcript = fetch(record.secagg.transcript) if record.secagg is not None else b""
     model_size = int(flatten(weights_from_bytes(prev)).size)
     secure = run.secure_aggregation == "secagg+"
-    consortium = Consortium(len(genesis.members), genesis.quorum, run.min_honest)
+    consortium = Consortium(
+        len(genesis.members), genesis.quorum, run.min_honest, run.secagg_corrupt_fraction
+    )
 
     def secagg_params(attempt: int, parts: list[str]) -> SecAggParams:
         return round_params(

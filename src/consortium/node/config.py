@@ -86,6 +86,13 @@ class RunConfig(BaseModel):
     min_honest: int = Field(
         3, ge=2, description="honest inputs every secure sum holds even if f members collude"
     )
+    secagg_corrupt_fraction: float | None = Field(
+        None,
+        gt=0,
+        lt=1 / 3,
+        description="a stated corrupt fraction below a third: SecAgg+ uses a sparse graph sized "
+        "for it (needed above 300 participants); none: the complete graph, safe against f",
+    )
     collect_timeout: float = Field(10.0, gt=0)
     round_timeout: float = Field(30.0, gt=0)
     anchor_every: int = Field(0, ge=0, description="anchor the final head every k rounds (0: off)")

@@ -478,6 +478,7 @@ class Node:
             clip=run.clip_norm,
             model_size=self.learner.model_size,
             min_honest=run.min_honest,
+            corrupt_fraction=run.secagg_corrupt_fraction,
         )
         votes = {size: CastVote(*vote) for size, vote in self.ledger.my_votes().items()}
         done = self.ledger.my_secagg()

@@ -235,6 +235,8 @@ class RoundSettings:
     model_size: int = 0
     #: Honest inputs every secure sum must hold even if f members collude.
     min_honest: int = 3
+    #: A stated corrupt fraction: SecAgg+ uses a sparse graph sized for it (None: complete).
+    corrupt_fraction: float | None = None
 
 
 class SecureOps(Protocol):
@@ -327,7 +329,9 @@ class RoundMachine:
         self._statement: tuple[object, bytes] = (None, b"")
         self._voted: dict[int, CastVote] = dict(votes or {})
         self._signed_sets: dict[tuple[int, int], tuple[str, ...]] = dict(signed_sets or {})
-        self._secagg = Consortium(len(self.members), genesis.quorum, settings.min_honest)
+        self._secagg = Consortium(
+            len(self.members), genesis.quorum, settings.min_honest, settings.corrupt_fraction
+        )
         self.s = _State()
         self._from = Phase.DONE  # the phase the event being handled started in
 

@@ -46,6 +46,7 @@ from consortium.protocol.secagg import (
     verify_aggregate,
 )
 from consortium.protocol.secagg.quantize import clip_l2, quantize
+from consortium.protocol.secagg.sizing import sparse_degree_and_threshold
 
 START = "start"
 
@@ -56,7 +57,7 @@ def secagg_round_id(run_id: str, round_no: int, attempt: int) -> bytes:
 
 
 #: Complete graph up to this many participants; above it a sparse graph needs a stated (lower)
-#: corrupt fraction, which is not supported yet.
+#: corrupt fraction (`Consortium.corrupt_fraction`, the run's `secagg_corrupt_fraction`).
 MAX_COMPLETE_GRAPH = 300
 
 
@@ -79,6 +80,8 @@ class Consortium:
     members: int
     quorum: int
     min_honest: int = 3
+    #: A stated corrupt fraction below a third: SecAgg+ then uses a sparse graph sized for it.
+    corrupt_fraction: float | None = None
 
     @property
     def f(self) -> int:
@@ -105,20 +108,25 @@ def make_params(
     dropped member's. The L2 bound of [w·Δ ‖ w] with |Δ| <= C
     and w <= 1 is sqrt(C² + 1) <= C + 1. `scale` (client-level DP) leaves room for the noise."""
     n = len(participants)
-    if n > MAX_COMPLETE_GRAPH:
+    if consortium.corrupt_fraction is not None:
+        # Sized for the stated fraction, tolerating the dropouts the floor allows.
+        dropouts = max(0, n - consortium.floor) / n
+        k, t = sparse_degree_and_threshold(n, consortium.corrupt_fraction, dropouts)
+    elif n > MAX_COMPLETE_GRAPH:
         raise ConfigError(
-            f"{n} participants: above {MAX_COMPLETE_GRAPH} SecAgg+ needs a sparse graph sized for "
-            "a stated corrupt fraction, which this version does not offer"
+            f"{n} participants: above {MAX_COMPLETE_GRAPH} SecAgg+ needs a sparse graph, sized "
+            "for a stated corrupt fraction: set secagg_corrupt_fraction in the run config"
         )
-    f = max_faulty(consortium.members)
+    else:
+        k, t = n - 1, min(max(max_faulty(consortium.members) + 1, 2), n)
     return SecAggParams.create(
         round_id,
         participants,
         model_size + 1,
         clip=clip + 1.0,
         scale=scale,
-        k=n - 1,
-        threshold=min(max(f + 1, 2), n),
+        k=k,
+        threshold=t,
         quorum=min(consortium.quorum, n),
         min_survivors=min(consortium.floor, n),
     )
