@@ -136,7 +136,8 @@ def _store_heads_in_tx(replica: Ledger, heads: list[CosignedHead]) -> None:
         if ch.head.size > replica.size or replica.root(ch.head.size) != ch.head.root:
             continue
         valid = ch.valid_signers(genesis)
-        replica._store_cosignatures(ch.head, [c for c in ch.cosignatures if c.node_id in valid])
+        if valid:  # a head is stored with the cosignatures that vouch for it, never alone
+            replica._store_cosignatures(ch.head, [c for c in ch.cosignatures if c.node_id in valid])
 
 
 def _store_heads(replica: Ledger, heads: list[CosignedHead]) -> None:
