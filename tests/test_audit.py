@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import sqlite3
+import ssl
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from typer.testing import CliRunner
 
 from consortium.audit import audit
 from consortium.audit.entries_check import check_chunk
 from consortium.cli.app import app
 from consortium.core.encoding import Domain
-from consortium.core.errors import AuditError, SignatureError
+from consortium.core.errors import AuditError, IdentityError, LedgerError, SignatureError
 from consortium.core.genesis import Genesis, Purpose
-from consortium.core.identity import NodeIdentity
-from consortium.ledger.entries import Entry, make_record
+from consortium.core.identity import NodeIdentity, tls_public_key_der
+from consortium.ledger.entries import Entry, genesis_from_bytes, make_record
 from consortium.ledger.log import Ledger
 from consortium.store.blockstore import BlockStore
 from consortium.store.objects import put_bytes
@@ -69,24 +73,31 @@ def test_cli_audit_reports_ok_and_failure(tmp_path: Path) -> None:
 
 Cell = tuple[str, str, list[str], tuple[object, ...]]
 
+#: (table, column) of every value audit reads in the ledger, and where a change must be reported.
+WHERE = {
+    ("entries", "data"): lambda row: "entry {idx}".format(**row),
+    ("entries", "leaf_hash"): lambda row: "entry {idx}".format(**row),
+    ("cosignatures", "signature"): lambda row: "tree head of size {size}".format(**row),
+    ("cosignatures", "root"): lambda row: "tree head of size {size}".format(**row),
+    ("cosignatures", "time"): lambda row: "tree head of size {size}".format(**row),
+    ("cosignatures", "node_id"): lambda row: "tree head of size {size}".format(**row),
+    ("heads", "root"): lambda row: "tree head of size {size}".format(**row),
+    ("heads", "time"): lambda row: "tree head of size {size}".format(**row),
+    ("tree", "hash"): lambda row: "ledger tree",
+}
 
-def _blob_cells(db: sqlite3.Connection) -> list[Cell]:
-    """(table, BLOB column, all columns, row values) of every cell audit must protect."""
+
+def _cells(db: sqlite3.Connection) -> list[Cell]:
+    """(table, column, all columns, row values) of every cell audit must protect."""
     cells: list[Cell] = []
-    for table, column in [
-        ("entries", "data"),
-        ("cosignatures", "signature"),
-        ("cosignatures", "root"),
-        ("heads", "root"),
-        ("tree", "hash"),
-    ]:
+    for table, column in WHERE:
         cur = db.execute(f"SELECT * FROM {table}")
         names = [d[0] for d in cur.description]
         cells.extend((table, column, names, tuple(row)) for row in cur)
     return cells
 
 
-def _set(db: sqlite3.Connection, cell: Cell, value: bytes) -> None:
+def _set(db: sqlite3.Connection, cell: Cell, value: object) -> None:
     table, column, names, row = cell
     where = " AND ".join(f"{n} = ?" for n in names)
     with db:
@@ -94,43 +105,116 @@ def _set(db: sqlite3.Connection, cell: Cell, value: bytes) -> None:
     assert cur.rowcount == 1
 
 
-def test_every_flipped_byte_is_caught(tmp_path: Path) -> None:
+def _flipped(value: object, rng: random.Random) -> object:
+    if isinstance(value, int):
+        return value ^ (1 << rng.randrange(40))
+    if isinstance(value, str):  # a node id: flip a bit that keeps it ASCII
+        pos = rng.randrange(len(value))
+        return value[:pos] + chr(ord(value[pos]) ^ (1 << rng.randrange(6))) + value[pos + 1 :]
+    assert isinstance(value, bytes)
+    data = bytearray(value)
+    data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+    return bytes(data)
+
+
+def test_every_flip_is_caught_where_it_was_made(tmp_path: Path) -> None:
+    """Each flip is refused, and the refusal names the block's CID, the entry or the tree head
+    that was changed (not merely that something failed)."""
     folder = build_folder(tmp_path, n_records=9)
     audit(folder)
     rng = random.Random(2026)
     blocks = sorted(p for p in (folder / "store" / "blocks").rglob("*") if p.is_file())
     db_path = folder / "ledger.sqlite"
-    flips = 0
-    for trial in range(220):
-        if trial % 2 == 0:
+    seen: set[tuple[str, str]] = set()
+    for trial in range(120):
+        if trial % 3 == 0:
             path = rng.choice(blocks)
             os.chmod(path, 0o644)
-            data = bytearray(path.read_bytes())
-            pos = rng.randrange(len(data))
-            original = bytes(data)
-            data[pos] ^= 1 << rng.randrange(8)
+            original = path.read_bytes()
+            data = bytearray(original)
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
             path.write_bytes(bytes(data))
-            with pytest.raises(AuditError, match="CID"):
+            with pytest.raises(AuditError, match=f"audit failed: store: .*{path.name}"):
                 audit(folder)
             path.write_bytes(original)
-        else:
-            db = sqlite3.connect(db_path)
-            cell = rng.choice(_blob_cells(db))
-            blob = cell[3][cell[2].index(cell[1])]
-            assert isinstance(blob, bytes)
-            data = bytearray(blob)
-            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
-            _set(db, cell, bytes(data))
-            flipped = (*cell[:3], tuple(bytes(data) if v is blob else v for v in cell[3]))
+            continue
+        db = sqlite3.connect(db_path)
+        cell = rng.choice(_cells(db))
+        table, column, names, row = cell
+        old = row[names.index(column)]
+        new = _flipped(old, rng)
+        try:
+            _set(db, cell, new)
+        except sqlite3.IntegrityError:  # the flip collided with another row's key: skip it
             db.close()
-            with pytest.raises(AuditError):
-                audit(folder)
-            db = sqlite3.connect(db_path)
-            _set(db, flipped, blob)
-            db.close()
-        flips += 1
-    assert flips >= 200
+            continue
+        db.close()
+        place = WHERE[(table, column)](dict(zip(names, row, strict=True)))
+        with pytest.raises(AuditError, match=f"audit failed: ledger.sqlite: .*{place}"):
+            audit(folder)
+        seen.add((table, column))
+        db = sqlite3.connect(db_path)
+        _set(db, (table, column, names, tuple(new if v is old else v for v in row)), old)
+        db.close()
+    assert seen == set(WHERE)  # every protected column was flipped at least once
     audit(folder)  # every flip was undone: the folder is clean again
+
+
+def test_an_entry_stored_as_text_is_refused_by_index(tmp_path: Path) -> None:
+    folder = build_folder(tmp_path, n_records=3)
+    with sqlite3.connect(folder / "ledger.sqlite") as db:
+        db.execute("UPDATE entries SET data = CAST(data AS TEXT) WHERE idx = 2")
+    with pytest.raises(AuditError, match=r"ledger.sqlite: entry 2: a stored value has the wrong"):
+        audit(folder)
+
+
+def test_a_stored_leaf_hash_that_differs_from_its_entry_is_refused(tmp_path: Path) -> None:
+    folder = build_folder(tmp_path, n_records=3)
+    with sqlite3.connect(folder / "ledger.sqlite") as db:
+        db.execute("UPDATE entries SET leaf_hash = zeroblob(32) WHERE idx = 2")
+    with pytest.raises(AuditError, match=r"ledger.sqlite: entry 2: its stored leaf hash"):
+        audit(folder)
+
+
+def test_a_head_without_its_cosignatures_is_refused(tmp_path: Path) -> None:
+    folder = build_folder(tmp_path, n_records=3)
+    with sqlite3.connect(folder / "ledger.sqlite") as db:
+        db.execute("UPDATE heads SET time = time + 1")  # the cosignatures name the old time
+    with pytest.raises(AuditError, match=r"tree head of size 4 at time 2003: stored without a"):
+        audit(folder)
+
+
+def test_entries_without_a_final_head_are_refused(tmp_path: Path) -> None:
+    """Removing cosignatures until the last head is below quorum leaves entries not final."""
+    folder = build_folder(tmp_path, n_records=3)
+    with sqlite3.connect(folder / "ledger.sqlite") as db:
+        signers = db.execute("SELECT node_id FROM cosignatures WHERE size = 4").fetchall()
+        db.execute("DELETE FROM cosignatures WHERE size = 4 AND node_id = ?", signers[0])
+    with pytest.raises(AuditError, match=r"entry 1 and later are not covered by a final tree head"):
+        audit(folder)
+
+
+def test_a_changed_schema_is_refused(tmp_path: Path) -> None:
+    folder = build_folder(tmp_path, n_records=3)
+    with sqlite3.connect(folder / "ledger.sqlite") as db:
+        db.execute("CREATE INDEX sneaky ON entries(leaf_hash)")
+    with pytest.raises(AuditError, match=r"ledger.sqlite: the database schema was changed"):
+        audit(folder)
+
+
+def test_genesis_json_must_say_exactly_what_entry_0_says(tmp_path: Path) -> None:
+    """Hex in another case loads to the same manifest, but the file is not what was signed."""
+    folder = build_folder(tmp_path, n_records=3)
+    path = folder / "genesis.json"
+    signed = Genesis.load(path)
+    data = json.loads(path.read_text())
+    node, sig = next(iter(data["signatures"].items()))
+    data["signatures"][node] = sig.upper()
+    path.write_text(json.dumps(data))
+    loaded = Genesis.load(path)
+    assert loaded.digest() == signed.digest() and loaded.signatures == signed.signatures
+    with pytest.raises(AuditError, match=r"genesis.json: differs from the manifest in ledger"):
+        audit(folder)
 
 
 def test_missing_artifact_names_the_cid(tmp_path: Path) -> None:
@@ -261,3 +345,61 @@ def test_fast_and_slow_entry_checks_agree(tmp_path: Path) -> None:
         "cosigned in B": (False, True),
         "cosigner for A": (False, False),
     }
+
+
+# -- entry 0 -----------------------------------------------------------------------------------
+
+
+#: The DER encoding of the P-256 curve's OID (1.2.840.10045.3.1.7) in a certificate's key.
+P256 = bytes.fromhex("06082a8648ce3d030107")
+
+
+def _damaged_key_cert(pem: str, part: str = "point") -> str:
+    """The certificate with one bit of its public key flipped: it still parses, and only reading
+    the key fails, since cryptography parses a certificate's key lazily: a point off the curve
+    is "Invalid key" (ValueError), another curve is UnsupportedAlgorithm."""
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    point = cert.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    der = bytearray(cert.public_bytes(Encoding.DER))
+    if part == "point":
+        der[der.index(point) + 9] ^= 0x10
+    else:
+        der[der.index(P256) + 9] ^= 0x01  # the curve 1.2.840.10045.3.1.6
+    return ssl.DER_cert_to_PEM_cert(bytes(der))
+
+
+@pytest.mark.parametrize("part", ["point", "curve"])
+def test_a_certificate_with_a_damaged_key_is_an_identity_error(part: str) -> None:
+    pem = NodeIdentity.generate("m").public().tls_cert_pem
+    damaged = _damaged_key_cert(pem, part)
+    x509.load_pem_x509_certificate(damaged.encode())  # the certificate itself still loads
+    with pytest.raises(IdentityError, match="malformed TLS certificate"):
+        tls_public_key_der(damaged)
+
+
+def test_a_genesis_entry_with_a_damaged_key_fails_audit_naming_entry_0(tmp_path: Path) -> None:
+    folder = build_folder(tmp_path, n_records=3)
+    with Ledger.open(folder / "ledger.sqlite") as ledger:
+        entry = ledger.entry(0)
+    member = dict(entry.body["members"][0])
+    member["tls_cert"] = _damaged_key_cert(member["tls_cert"])
+    body = {**entry.body, "members": [member, *entry.body["members"][1:]]}
+    damaged = Entry(entry.kind, entry.author, body, entry.signatures, entry.time)
+    with sqlite3.connect(folder / "ledger.sqlite") as db:
+        db.execute("UPDATE entries SET data = ? WHERE idx = 0", (damaged.data,))
+    with pytest.raises(AuditError, match=r"ledger.sqlite: .*entry 0 .*malformed TLS certificate"):
+        audit(folder)
+
+
+def test_every_flip_of_entry_0_is_a_typed_error_naming_it(tmp_path: Path) -> None:
+    """Entry 0 is parsed before anything can be checked: whatever its bytes, the refusal is a
+    LedgerError naming entry 0 (never ValueError, TypeError, UnsupportedAlgorithm...)."""
+    folder = build_folder(tmp_path, n_records=1)
+    with Ledger.open(folder / "ledger.sqlite") as ledger:
+        data = ledger.entry_bytes(0)
+    rng = random.Random(13)
+    for _ in range(400):
+        flipped = bytearray(data)
+        flipped[rng.randrange(len(flipped))] ^= 1 << rng.randrange(8)
+        with pytest.raises(LedgerError, match=r"^entry 0 "):
+            genesis_from_bytes(bytes(flipped))

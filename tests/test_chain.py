@@ -16,6 +16,7 @@ from consortium.chain import contract as contract_mod
 from consortium.chain.accounts import (
     account_from_keystore,
     bind_account,
+    checksum,
     derive_account,
     verify_account_binding,
 )
@@ -259,6 +260,44 @@ def test_altered_record_is_detected_on_reopen(tmp_path: Path, members: list[Loca
         db.execute("DELETE FROM txs WHERE seq = ?", (seq,))
     with pytest.raises(ChainError):
         AnchorChain.embedded(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("edit", "refusal"),
+    [
+        ("UPDATE meta SET value = lower(value)", "not as `deploy` wrote it"),
+        (
+            f"UPDATE meta SET value = '{checksum('0x' + '00' * 19 + 'aa')}'",
+            "none of its transactions deployed the contract it names",
+        ),
+        ("UPDATE meta SET key = 'contracts'", "its contract address is not named"),
+        ("UPDATE meta SET value = '0xzz'", "not an Ethereum address"),
+        ("DELETE FROM txs WHERE seq = 2", "transaction 2 is missing"),
+        ("UPDATE txs SET raw = x'02f801c0' WHERE seq = 1", "transaction 1 does not replay"),
+        ("UPDATE txs SET raw = CAST(raw AS TEXT) WHERE seq = 1", "transaction 1 is malformed"),
+    ],
+)
+def test_each_alteration_of_the_record_is_refused_by_name(
+    tmp_path: Path, members: list[LocalAccount], edit: str, refusal: str
+) -> None:
+    with AnchorChain.embedded(tmp_path) as ch:
+        ch.deploy([m.address for m in members], GENESIS)
+        for i in range(2):
+            ch.anchor(members[0], i + 1, root(i + 1))
+    with AnchorChain.embedded(tmp_path, readonly=True) as ro:
+        assert ro.count() == 2
+    with sqlite3.connect(tmp_path / "chain.sqlite") as db:
+        db.execute(edit)
+    with pytest.raises(ChainError, match=refusal):
+        AnchorChain.embedded(tmp_path, readonly=True)
+
+
+def test_a_readonly_open_creates_nothing_in_an_emptied_record(tmp_path: Path) -> None:
+    """A record cut to nothing is refused, not silently re-created as an empty chain."""
+    (tmp_path / "chain.sqlite").write_bytes(b"")
+    with pytest.raises(ChainError, match="cannot read chain record"):
+        AnchorChain.embedded(tmp_path, readonly=True)
+    assert (tmp_path / "chain.sqlite").read_bytes() == b""
 
 
 def _decoded_fields(raw: bytes) -> dict[str, object]:

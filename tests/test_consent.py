@@ -226,7 +226,7 @@ def test_begin_round_selects_commits_and_remembers(reg: ConsentRegistry) -> None
     assert again.at == 30.0 and 99 not in ids(again.record_ids)
     assert again.commitment == published[3]
     with pytest.raises(ConsentError, match="already has a different commitment"):
-        reg.store_round(3, P, 33.0, bytes(32), [], np.array([], dtype=np.int64))
+        reg.store_round(3, P, 33.0, bytes(32), [], np.array([], dtype=np.int64), 0, bytes(32))
     erase_subject(reg, "s5", at=34.0)
     after = begin_round(reg, P, 3, at=35.0)
     assert 5 not in ids(after.record_ids) and after.commitment == published[3]
@@ -276,7 +276,7 @@ def test_receipt_check_round_trip(reg: ConsentRegistry) -> None:
     dave = check_receipt(receipt_from_registry(reg, "dave", NODE), roots)
     assert [v.status for v in dave] == ["used", "used", "not-used"]
     # a round published after the receipt was made is flagged, not silently passed
-    later = {**roots, 4: commit([], P)}
+    later = {**roots, 4: commit([], P, bytes(32))}
     assert check_receipt(rec, later)[-1].status == "no-proof"
     assert [v.status for v in check_receipt(rec, {1: roots[1]})][-1] == "missing"
 
@@ -285,14 +285,14 @@ def test_tampered_roots_and_proofs_fail(reg: ConsentRegistry) -> None:
     published = _run(reg)
     rec = receipt_from_registry(reg, "alice", NODE)
     evil = dict(published)
-    evil[1] = RoundCommitment(bytes(32), published[1].count, P)
-    evil[2] = RoundCommitment(bytes(32), published[2].count, P)
+    evil[1] = RoundCommitment(bytes(32), published[1].count, P, published[1].head)
+    evil[2] = RoundCommitment(bytes(32), published[2].count, P, published[2].head)
     statuses = {(v.round, v.status) for v in check_receipt(rec, evil)}
     assert (1, "invalid") in statuses and (2, "invalid") in statuses
     assert (3, "not-used") in statuses
-    wrong_count = {1: RoundCommitment(published[1].root, 14, P)}
+    wrong_count = {1: RoundCommitment(published[1].root, 14, P, published[1].head)}
     assert check_receipt(rec, wrong_count)[0].status == "invalid"
-    wrong_purpose = {1: RoundCommitment(published[1].root, 15, "ads")}
+    wrong_purpose = {1: RoundCommitment(published[1].root, 15, "ads", published[1].head)}
     assert check_receipt(rec, wrong_purpose)[0].status == "invalid"
 
     # a node that used the record but claims it did not: the neighbours around it are not adjacent
@@ -324,7 +324,7 @@ def test_absence_proofs_at_every_position(size: int) -> None:
     salts = {i: rng.bytes(32) for i in range(size + 40)}
     used = list(range(size))
     leaves = round_leaves(salts, used, P, 5)
-    rc = commit(leaves, P)
+    rc = commit(leaves, P, bytes(32))
     rec = build_receipt("x", salts, [(5, P, leaves)])
     verdicts = check_receipt(rec, {5: rc})
     assert all(v.status == ("used" if v.record_id in used else "not-used") for v in verdicts)
@@ -337,7 +337,15 @@ def test_receipt_json_refuses_garbage() -> None:
     with pytest.raises(ConsentError, match="malformed receipt"):
         Receipt.loads('{"format": "consortium-consent-receipt/1", "salts": 3}')
     with pytest.raises(ConsentError, match="root must be 32 bytes"):
-        roots_from_records([(1, {NODE: {"root": b"x", "count": 1, "purpose": P}})], NODE)
+        roots_from_records(
+            [(1, {NODE: {"root": b"x", "count": 1, "purpose": P, "head": bytes(32)}})], NODE
+        )
+    with pytest.raises(ConsentError, match="head must be 32 bytes"):
+        roots_from_records(
+            [(1, {NODE: {"root": bytes(32), "count": 1, "purpose": P, "head": b"x"}})], NODE
+        )
+    with pytest.raises(ConsentError, match="with root, count, purpose and head"):
+        roots_from_records([(1, {NODE: {"root": bytes(32), "count": 1, "purpose": P}})], NODE)
     assert roots_from_records([(1, {"other": {}})], NODE) == {}
 
 
@@ -351,7 +359,7 @@ def test_no_identifier_in_published_commitments(reg: ConsentRegistry) -> None:
         for s in subjects:
             assert s.encode() not in blob
     for rc in published.values():
-        assert set(rc.to_body()) == {"root", "count", "purpose"}
+        assert set(rc.to_body()) == {"root", "count", "purpose", "head"}
 
 
 # -- erasure ---------------------------------------------------------------------------------------

@@ -214,3 +214,23 @@ def test_a_verified_extension_is_written_only_by_apply(
     res = apply(fresh, verify_extension(fresh, source))
     assert (res.appended, fresh.root()) == (3, source.root())
     assert [h.head for h in fresh.cosigned_heads()] == [h.head for h in source.cosigned_heads()]
+
+
+def test_a_peer_head_without_one_valid_cosignature_is_not_stored(
+    tmp_path: Path, members: list[NodeIdentity], genesis: Genesis
+) -> None:
+    """A head is stored with the cosignatures that vouch for it: one that none does would sit
+    alone in the replica (which audit refuses as tampering)."""
+    source = Ledger.create(tmp_path / "s.db", genesis)
+    _grow(source, members, 3, "a", 1)
+    early = TreeHead(2, source.root(2), 9)  # a prefix of ours, "cosigned" with a bad signature
+
+    class Forging(LocalSource):
+        def cosigned_heads(self) -> list[CosignedHead]:
+            bad = CosignedHead(early, [Cosignature(members[0].node_id, bytes(64))])
+            return [*super().cosigned_heads(), bad]
+
+    replica = Ledger.create(tmp_path / "r.db", genesis)
+    assert sync(replica, Forging(source)).appended == 3
+    assert early not in [ch.head for ch in replica.cosigned_heads()]
+    assert {h[0] for h in replica.raw_heads()} == {4}

@@ -65,7 +65,9 @@ PLAIN: dict[str, Case] = {
     v.AGGREGATION: lambda r, c: (replace(r, aggregation="secagg+"), c),
     v.PRIVACY: lambda r, c: (replace(r, privacy={"purpose": "research"}), c),
     v.CONSENT: lambda r, c: (
-        replace(r, consent={"not-a-participant": RoundCommitment(bytes(32), 1, "research")}),
+        replace(
+            r, consent={"not-a-participant": RoundCommitment(bytes(32), 1, "research", bytes(32))}
+        ),
         c,
     ),
     v.METRICS: lambda r, c: (
@@ -105,3 +107,17 @@ def test_the_codec_refuses_unknown_sections_and_versions() -> None:
         RoundRecord.from_body({**body, "v": 2})
     with pytest.raises(RecordFormatError, match="missing model"):
         RoundRecord.from_body({k: x for k, x in body.items() if k != "model"})
+
+
+def test_a_record_that_changes_the_voters_consent_history_head_is_refused() -> None:
+    """The head of the voter's consent history is part of its commitment: a leader cannot
+    publish another one for it."""
+    record, ctx = _valid(secure=False)
+    me, own = _me(ctx), ctx.own
+    assert own is not None
+    mine = RoundCommitment(bytes(32), 5, "research", b"\x01" * 32)
+    ctx = replace(ctx, own=replace(own, consent=mine))
+    verify_round_record(replace(record, consent={**record.consent, me: mine}), ctx)
+    other = replace(mine, head=b"\x02" * 32)
+    with pytest.raises(RecordRejected, match="misstates this node's consent commitment"):
+        verify_round_record(replace(record, consent={**record.consent, me: other}), ctx)

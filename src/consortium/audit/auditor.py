@@ -1,38 +1,61 @@
 """Re-verify a node or run folder from its bytes alone, trusting nothing that was stored derived.
 
-Order of checks (the first problem found is the one reported, named by entry index or CID):
-1. entry 0 is a genesis manifest signed by every member (and equals `genesis.json` if present);
-2. every entry decodes canonically and carries valid member signatures, made for this consortium
+Order of checks (the first problem found is the one reported, as one line naming the file and
+the entry index, tree head, CID, event or round):
+1. every SQLite file read (ledger, chain record, consent registry) passes SQLite's integrity
+   check and has exactly its writer's schema (`audit.database`);
+2. entry 0 is a genesis manifest signed by every member; `genesis.json` and `node.pub`, where
+   present, say exactly what the manifest says;
+3. every entry decodes canonically and carries valid member signatures, made for this consortium
    (over its genesis digest);
-3. the Merkle root is recomputed from the entry bytes (stored leaf hashes and tree rows are not
-   trusted) and every stored tree head's root must equal it at that size; every stored cosignature
-   must be valid, and a head with at least a quorum of them is final;
-4. the stored tree agrees with the entries (so proofs served to peers are honest);
-5. every CID an entry references is resolved and re-hashed, recursively, and every block in the
+4. the Merkle root is recomputed from the entry bytes (stored leaf hashes and tree rows are not
+   trusted) and every stored tree head's root must equal it at that size, and every anchored
+   head; every stored head must carry cosignatures, every cosignature must be valid, and a head
+   with at least a quorum of them is final;
+5. the stored tree and leaf hashes agree with the entries (so proofs served to peers are honest);
+6. every CID an entry references is resolved and re-hashed, recursively, and every block in the
    store re-hashes to its CID;
-6. recorded equivocation evidence is reported.
+7. every round record passes the voters' verifier;
+8. the folder's own consent registry agrees with itself and with the consent heads its node
+   committed in the round records (`consent.verify`);
+9. recorded equivocation evidence is reported;
+10. every entry is covered by a final tree head.
+
+Not read, by design: private keys (`node.key`, `tls.key`), the node's local configuration and
+status (`node.json`, `node.toml`, `status.json`), the node's record of its own votes (`my_votes`
+in the ledger, which only keeps it from voting twice), and the compiled-contract cache under
+`chain/` (the auditor compiles the contract itself and compares the deployed code with that).
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from multiformats import CID
 
+from consortium.audit.database import check_database
 from consortium.audit.entries_check import CHUNK, check_all
 from consortium.chain.check import check_anchored, check_deployment
 from consortium.chain.client import RECORD_FILE, AnchorChain, AnchoredHead
+from consortium.chain.txlog import SCHEMA as TXLOG_SCHEMA
+from consortium.consent.registry import SCHEMA as CONSENT_SCHEMA
+from consortium.consent.registry import ConsentRegistry
+from consortium.consent.verify import verify_registry
 from consortium.core.encoding import Domain, sha256
 from consortium.core.errors import AuditError, ConfigError, ConsortiumError
 from consortium.core.genesis import GENESIS_FILE, Genesis
-from consortium.core.layout import CHAIN_DIR, LEDGER_FILE, STORE_DIR
-from consortium.ledger.entries import Entry, check_signature, genesis_from_entry
+from consortium.core.identity import PUBLIC_FILE, PublicIdentity
+from consortium.core.layout import CHAIN_DIR, CONSENT_FILE, LEDGER_FILE, STORE_DIR
+from consortium.ledger.entries import Entry, check_signature
 from consortium.ledger.frontier import Frontier
 from consortium.ledger.heads import TreeHead
+from consortium.ledger.log import SCHEMA as LEDGER_SCHEMA
 from consortium.ledger.log import Ledger
 from consortium.node.anchoring import CHAIN_CONFIG_FILE, ChainConfig, load_chain_config
 from consortium.node.config import RunConfig, consortium_refusals
@@ -77,8 +100,28 @@ class AuditReport:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-def _fail(message: str) -> AuditError:
-    return AuditError(f"audit failed: {message}")
+class _Refusal(ConsortiumError):
+    """A problem found inside one file of the folder; `_about` names the file."""
+
+
+def _fail(message: str) -> _Refusal:
+    return _Refusal(message)
+
+
+@contextmanager
+def _about(where: str) -> Iterator[None]:
+    """Turn any refusal while reading `where` (a file or folder) into one AuditError naming it.
+
+    Untrusted bytes are parsed by typed decoders that raise ConsortiumError subclasses, and a
+    damaged SQLite file raises sqlite3.Error from any query: both are tampering here."""
+    try:
+        yield
+    except AuditError:
+        raise
+    except ConsortiumError as exc:
+        raise AuditError(f"audit failed: {where}: {exc}") from exc
+    except sqlite3.Error as exc:
+        raise AuditError(f"audit failed: {where}: the database is damaged: {exc}") from exc
 
 
 def audit(
@@ -94,70 +137,101 @@ def audit(
     Signatures are checked on `workers` processes (default: every core). Anchored heads are read
     from the chain at `chain_url`/`contract`, else the folder's chain.toml, else its embedded
     chain."""
-    try:
-        return _audit(Path(directory), progress, workers, chain_url, contract)
-    except sqlite3.Error as exc:  # a damaged database file is tampering too, never a traceback
-        raise _fail(f"ledger database is damaged: {exc}") from exc
+    directory = Path(directory)
+    return _audit(directory, progress, workers, _chain_target(directory, chain_url, contract))
 
 
 def _audit(
-    directory: Path,
-    progress: Progress | None,
-    workers: int | None,
-    chain_url: str | None,
-    contract: str | None,
+    directory: Path, progress: Progress | None, workers: int | None, target: ChainConfig | None
 ) -> AuditReport:
-    directory = Path(directory)
     ledger_path = directory / LEDGER_FILE
     if not ledger_path.exists():
         raise AuditError(f"no ledger at {ledger_path}: is {directory} a node or run folder?")
     report = AuditReport()
-    try:
-        ledger = Ledger.open(ledger_path)
-    except ConsortiumError as exc:
-        raise _fail(f"cannot open ledger: {exc}") from exc
-    with ledger:
-        genesis = _check_genesis(directory, ledger, report)
-        anchored = _read_chain(directory, genesis, report, chain_url, contract)
-        references, roots = _check_entries(
-            ledger, genesis, report, progress, workers, {h.size for h in anchored}
+    with _about(LEDGER_FILE):
+        check_database(
+            ledger_path, LEDGER_SCHEMA, f"{Ledger.VOTES_SCHEMA};\n{Ledger.SECAGG_SCHEMA}"
         )
-        _check_anchors(anchored, roots, report)
-        _check_heads(ledger, genesis, roots, report)
-        try:
+        ledger = Ledger.open(ledger_path, readonly=True)  # parses entry 0: refusals name it
+    with ledger:
+        with _about(LEDGER_FILE):
+            genesis = ledger.genesis()
+        report.consortium = genesis.consortium
+        report.members = len(genesis.members)
+        report.quorum = genesis.quorum
+        _check_json(directory / GENESIS_FILE, genesis.to_json(), "the manifest in ledger entry 0")
+        node_id = _check_public_identity(directory, genesis)
+        anchored, chain_label = _read_chain(directory, genesis, report, target)
+        with _about(LEDGER_FILE):
+            references, roots = _check_entries(
+                ledger, genesis, report, progress, workers, {h.size for h in anchored}
+            )
+            _check_heads(ledger, genesis, roots, report)
+        with _about(chain_label):
+            _check_anchors(anchored, roots, report)
+        with _about(LEDGER_FILE):
             ledger.fsck()
-        except ConsortiumError as exc:
-            raise _fail(f"stored Merkle tree: {exc}") from exc
-        for blob in ledger.raw_equivocations():
-            report.equivocations.append(blob.hex()[:32])
-    _check_store(directory / STORE_DIR, references, report, progress)
+            for blob in ledger.raw_equivocations():
+                report.equivocations.append(blob.hex()[:32])
+    with _about(STORE_DIR):
+        _check_store(directory / STORE_DIR, references, report, progress)
+    rounds: list[tuple[int, RoundRecord]] = []
     if report.kinds.get("round") or report.kinds.get(RUN_KIND) or report.kinds.get(STOP_KIND):
-        _check_round_records(ledger_path, directory / STORE_DIR, genesis, report)
+        with _about(LEDGER_FILE):
+            rounds = _check_round_records(ledger_path, directory / STORE_DIR, genesis, report)
+    if (directory / CONSENT_FILE).exists():
+        with _about(CONSENT_FILE):
+            _check_consent(directory / CONSENT_FILE, node_id, rounds)
     if report.equivocations:
-        raise _fail(f"{len(report.equivocations)} equivocation(s) by members are on record")
+        raise AuditError(
+            f"audit failed: {LEDGER_FILE}: {len(report.equivocations)} equivocation(s) by "
+            "members are on record"
+        )
+    if report.entries > 1 and report.latest_final_size < report.entries:
+        # Checked last, so a record that breaks a rule is named for that rule first. Entry 0 is
+        # final by itself: every member signed it.
+        first = max(1, report.latest_final_size)
+        raise AuditError(
+            f"audit failed: {LEDGER_FILE}: entry {first} and later are not covered by a final "
+            f"tree head (a quorum of {genesis.quorum} cosignatures)"
+        )
     return report
 
 
-def _check_genesis(directory: Path, ledger: Ledger, report: AuditReport) -> Genesis:
-    first = next(ledger.raw_entries(0, 1), None)
-    if first is None:
-        raise _fail("entry 0: the ledger is empty")
-    try:
-        genesis = genesis_from_entry(Entry.from_bytes(first[1]))
-    except ConsortiumError as exc:
-        raise _fail(f"entry 0: {exc}") from exc
-    local = directory / GENESIS_FILE
-    if local.exists():
+def _check_json(path: Path, expected: dict[str, Any], what: str) -> None:
+    """A JSON file of the folder, where present, must say exactly `expected` (what the ledger
+    fixes): any other content is an edit, whatever the file's own loader would accept."""
+    if not path.exists():
+        return
+    with _about(path.name):
         try:
-            on_disk = Genesis.load(local)
-        except ConsortiumError as exc:
-            raise _fail(f"{GENESIS_FILE}: {exc}") from exc
-        if on_disk.digest() != genesis.digest():
-            raise _fail(f"{GENESIS_FILE} differs from the manifest in ledger entry 0")
-    report.consortium = genesis.consortium
-    report.members = len(genesis.members)
-    report.quorum = genesis.quorum
-    return genesis
+            data = json.loads(path.read_bytes())
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+            raise _fail(f"not readable JSON: {exc}") from exc
+        if data != expected:
+            raise _fail(f"differs from {what}")
+
+
+def _check_public_identity(directory: Path, genesis: Genesis) -> str | None:
+    """The node id of the folder's own node (node.pub), which must be a member as listed."""
+    path = directory / PUBLIC_FILE
+    if not path.exists():
+        return None
+    with _about(PUBLIC_FILE):
+        node_id = PublicIdentity.load(path).node_id
+        member = genesis.member(node_id)
+    _check_json(path, member.to_json(), f"member {member.name} in the genesis manifest")
+    return node_id
+
+
+def _check_consent(path: Path, node_id: str | None, rounds: list[tuple[int, RoundRecord]]) -> None:
+    """The folder's consent registry against itself and the heads its node committed."""
+    if node_id is None:
+        raise _fail(f"no {PUBLIC_FILE} says which member's registry this is")
+    check_database(path, CONSENT_SCHEMA)
+    committed = {idx: r.consent[node_id] for idx, r in rounds if node_id in r.consent}
+    with ConsentRegistry(path, readonly=True) as registry:
+        verify_registry(registry, committed)
 
 
 def _check_entries(
@@ -222,26 +296,25 @@ def _chain_target(
 
 
 def _read_chain(
-    directory: Path,
-    genesis: Genesis,
-    report: AuditReport,
-    chain_url: str | None = None,
-    contract: str | None = None,
-) -> list[AnchoredHead]:
+    directory: Path, genesis: Genesis, report: AuditReport, target: ChainConfig | None
+) -> tuple[list[AnchoredHead], str]:
     """The heads anchored on the consortium's chain (chain.toml or explicit options) or else on
-    the folder's embedded chain, after checking the contract is ours (code, genesis, members)."""
-    target = _chain_target(directory, chain_url, contract)
+    the folder's embedded chain, after checking the contract is ours (code, genesis, members);
+    and how to name that chain in a refusal."""
     chain_dir = directory / CHAIN_DIR
-    if target is None and not (chain_dir / RECORD_FILE).exists():
-        return []
-    try:
+    record = chain_dir / RECORD_FILE
+    label = f"chain {target.url}" if target else f"{CHAIN_DIR}/{RECORD_FILE}"
+    if target is None and not record.exists():
+        return [], label
+    with _about(label):
         if target is None:
+            check_database(record, TXLOG_SCHEMA)
             opened = AnchorChain.embedded(chain_dir, readonly=True)
         else:
             opened = AnchorChain.connect(target.url, target.contract)
         with opened as chain:
             if chain.contract_address is None:
-                return []
+                return [], label
             problems = check_deployment(
                 chain.members(),
                 chain.genesis_digest(),
@@ -251,11 +324,9 @@ def _read_chain(
             )
             heads = chain.anchored_heads()
             report.extra["chain"] = f"{chain.description} contract {chain.contract_address}"
-    except ConsortiumError as exc:
-        raise _fail(f"chain: {exc}") from exc
-    if problems:
-        raise _fail(f"chain: {problems[0]}")
-    return heads
+        if problems:
+            raise _fail(problems[0])
+    return heads, label
 
 
 def _check_anchors(
@@ -267,24 +338,25 @@ def _check_anchors(
     # proves the local history extends it: no separate consistency proof is needed.
     problems = check_anchored(anchored, size, lambda s: roots[s], lambda _a, _b: True)
     if problems:
-        raise _fail(f"chain: {problems[0]}")
+        raise _fail(problems[0])
     report.anchored = len(anchored)
     report.latest_anchored_size = max((h.size for h in anchored), default=0)
 
 
 def _check_round_records(
     ledger_path: Path, store_dir: Path, genesis: Genesis, report: AuditReport
-) -> None:
+) -> list[tuple[int, RoundRecord]]:
     """Run `verify_round_record`, the check every voter ran before cosigning, on every stored
     round record: leader of its attempt, members, contributors, the model recomputed from the
     published SecAgg+ transcript, the privacy spend recomputed from the ledger, consent shape.
     Then recompute every purpose's privacy totals."""
     store: BlockStore | None = None
+    records: list[tuple[int, RoundRecord]] = []
     runs: dict[str, RunConfig] = {}
     stopped: set[str] = set()
     spends: dict[str, list[tuple[int, Any]]] = {}
     frontier = Frontier.empty()
-    with Ledger.open(ledger_path) as ledger:
+    with Ledger.open(ledger_path, readonly=True) as ledger:
         for idx, data in ledger.raw_entries():
             start_root, frontier = frontier.root(), frontier.append(data)
             entry = Entry.from_bytes(data)
@@ -318,6 +390,7 @@ def _check_round_records(
             if record.privacy is not None:
                 spends.setdefault(run.purpose, []).append((idx, record.privacy))
             report.secure_rounds += record.secure
+            records.append((idx, record))
     for purpose, rows in spends.items():
         p = genesis.purpose(purpose)
         problems = recompute_totals(
@@ -326,6 +399,7 @@ def _check_round_records(
         if problems:
             raise _fail(f"privacy budget of purpose {purpose!r}: {problems[0]}")
         report.privacy[purpose] = totals([b for _, b in rows])
+    return records
 
 
 def _agreed_run(entry: Entry, genesis: Genesis, runs: dict[str, RunConfig]) -> None:
@@ -437,9 +511,16 @@ def _check_heads(
 ) -> None:
     keys = {m.node_id: m.public_key for m in genesis.members}
     consortium = genesis.digest()
-    for size, root, _ in ledger.raw_heads():
+    heads = list(ledger.raw_heads())
+    for size, root, _ in heads:
         if roots.get(size) != root:
             raise _fail(f"tree head of size {size}: root does not match the entries")
+    # A head is stored with the cosignatures that made it (one transaction): never alone.
+    cosigned = {(size, root, time) for size, root, time, _, _ in ledger.raw_cosignatures()}
+    for size, _, time in sorted(set(heads) - cosigned):
+        raise _fail(f"tree head of size {size} at time {time}: stored without a cosignature")
+    for size, _, time in sorted(cosigned - set(heads)):
+        raise _fail(f"tree head of size {size} at time {time}: cosigned, but not stored")
     signers: dict[tuple[int, bytes, int], set[str]] = {}
     for size, root, time, node_id, sig in ledger.raw_cosignatures():
         where = f"tree head of size {size}"

@@ -40,7 +40,7 @@ from web3.exceptions import ContractLogicError, Web3Exception
 from consortium.chain.accounts import checksum
 from consortium.chain.contract import CompiledContract, compiled_contract
 from consortium.chain.txlog import TxLog, receipt_digest
-from consortium.core.errors import ChainError, ConsortiumError
+from consortium.core.errors import ChainError, ConsortiumError, IdentityError
 
 #: Gas limit for one `anchor` call (it uses about 115k the first time, 100k after).
 ANCHOR_GAS = 200_000
@@ -145,6 +145,7 @@ class AnchorChain:
         backend = PyEVMBackend()  # fixed genesis; faucet keys are 0x…01, 0x…02, …
         w3 = Web3(EthereumTesterProvider(EthereumTester(backend)))
         faucet: LocalAccount = Account.from_key(backend.account_keys[0].to_bytes())
+        record: TxLog | None = None
         try:
             # An auditor (read-only) compiles afresh rather than trust a cache in the run folder,
             # since `code_matches` compares the deployed code against it.
@@ -154,31 +155,64 @@ class AnchorChain:
                 faucet=faucet,
                 cache_dir=None if readonly else state_dir,
             )
-            record = TxLog(record_path)
-            chain._replay(record)
+            record = TxLog(record_path, readonly=readonly)
+            created = chain._replay(record)
             chain._record = record
             chain._lock_fd = lock_fd
             chain._readonly = readonly
             address = record.get_meta("contract")
+            if record.meta_keys() not in ([], ["contract"]) or (address is None and created):
+                raise ChainError(f"{record_path} was altered: its contract address is not named")
             if address is not None:
-                chain.use(address)
+                try:
+                    chain.use(address)
+                except IdentityError as exc:
+                    raise ChainError(f"{record_path} was altered: {exc}") from exc
+                if address != chain._address:
+                    raise ChainError(
+                        f"{record_path} was altered: the contract address is not as `deploy` "
+                        f"wrote it ({address})"
+                    )
+                # The record names the contract; replay says what it really deployed.
+                if chain._address not in created:
+                    raise ChainError(
+                        f"{record_path} was altered: none of its transactions deployed the "
+                        f"contract it names ({address})"
+                    )
         except BaseException:
+            if record is not None:
+                record.close()
             if lock_fd is not None:
                 os.close(lock_fd)
             raise
         return chain
 
-    def _replay(self, record: TxLog) -> None:
+    def _replay(self, record: TxLog) -> list[ChecksumAddress]:
+        """Replay the recorded transactions; return the contracts they created."""
+        created: list[ChecksumAddress] = []
         for seq, raw, tx_hash, expected in record.entries():
-            with _chain_errors(f"replaying transaction {seq} of {record.path}"):
-                sent = bytes(self.w3.eth.send_raw_transaction(raw))
-                # eth-tester mines synchronously: a receipt that is not there at once never comes
-                receipt = self.w3.eth.wait_for_transaction_receipt(HexBytes(sent), timeout=5)
+            try:
+                with _chain_errors(f"replaying transaction {seq} of {record.path}"):
+                    sent = bytes(self.w3.eth.send_raw_transaction(raw))
+                    # eth-tester mines synchronously: a receipt not there at once never comes
+                    receipt = self.w3.eth.wait_for_transaction_receipt(HexBytes(sent), timeout=5)
+            except ConsortiumError:
+                raise
+            except Exception as exc:
+                # The recorded bytes are untrusted and reach rlp, eth-keys and py-evm, whose
+                # refusals have no common type: any of them means the record was altered.
+                raise ChainError(
+                    f"{record.path} was altered: transaction {seq} does not replay "
+                    f"({type(exc).__name__}: {exc})"
+                ) from exc
             if sent != tx_hash or receipt_digest(receipt) != expected:
                 raise ChainError(
                     f"{record.path} was altered: transaction {seq} replays differently "
                     "from how it was recorded"
                 )
+            if receipt.get("contractAddress"):
+                created.append(checksum(str(receipt["contractAddress"])))
+        return created
 
     def close(self) -> None:
         if self._record is not None:

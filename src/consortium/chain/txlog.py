@@ -16,8 +16,9 @@ from typing import Any
 
 from consortium.core.encoding import digest
 from consortium.core.errors import ChainError
+from consortium.core.sqlite import open_for_reading
 
-_SCHEMA = """
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS txs (
     seq INTEGER PRIMARY KEY,
     raw BLOB NOT NULL,
@@ -49,26 +50,44 @@ def receipt_digest(receipt: Any) -> bytes:
 class TxLog:
     """SQLite file holding the raw transactions of one embedded chain, in mining order."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        """`readonly`: open an existing record without writing anything (the auditor)."""
         self.path = Path(path)
         try:
+            if readonly:
+                if not self.path.is_file():
+                    raise ChainError(f"no chain record at {self.path}")
+                self._db = open_for_reading(self.path)
+                return
             self._db = sqlite3.connect(self.path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # an anchor is not lost once returned
-            self._db.executescript(_SCHEMA)
+            self._db.executescript(SCHEMA)
         except sqlite3.Error as exc:
+            if hasattr(self, "_db"):
+                self._db.close()
             raise ChainError(f"cannot open chain record {self.path}: {exc}") from exc
 
     def entries(self) -> Iterator[tuple[int, bytes, bytes, bytes]]:
-        """(seq, raw transaction, tx hash, receipt digest), oldest first."""
+        """(seq, raw transaction, tx hash, receipt digest), oldest first, numbered from 1."""
         try:
+            # Values that are not blobs come back as NULL: nothing else may pass for bytes.
             rows = self._db.execute(
-                "SELECT seq, raw, tx_hash, receipt_digest FROM txs ORDER BY seq"
+                "SELECT seq, "
+                + ", ".join(
+                    f"CASE typeof({c}) WHEN 'blob' THEN {c} END"
+                    for c in ("raw", "tx_hash", "receipt_digest")
+                )
+                + " FROM txs ORDER BY seq"
             ).fetchall()
         except sqlite3.Error as exc:
             raise ChainError(f"cannot read chain record {self.path}: {exc}") from exc
-        for seq, raw, tx_hash, rdigest in rows:
-            yield int(seq), bytes(raw), bytes(tx_hash), bytes(rdigest)
+        for n, (seq, raw, tx_hash, rdigest) in enumerate(rows, 1):
+            if seq != n:
+                raise ChainError(f"{self.path} was altered: transaction {n} is missing")
+            if raw is None or tx_hash is None or rdigest is None:
+                raise ChainError(f"{self.path} was altered: transaction {n} is malformed")
+            yield seq, raw, tx_hash, rdigest
 
     def append(self, raw: bytes, tx_hash: bytes, rdigest: bytes) -> None:
         try:
@@ -80,8 +99,17 @@ class TxLog:
             raise ChainError(f"cannot write chain record {self.path}: {exc}") from exc
 
     def get_meta(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        try:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        except sqlite3.Error as exc:
+            raise ChainError(f"cannot read chain record {self.path}: {exc}") from exc
         return None if row is None else str(row[0])
+
+    def meta_keys(self) -> list[str]:
+        try:
+            return [str(k) for (k,) in self._db.execute("SELECT key FROM meta ORDER BY key")]
+        except sqlite3.Error as exc:
+            raise ChainError(f"cannot read chain record {self.path}: {exc}") from exc
 
     def set_meta(self, key: str, value: str) -> None:
         try:

@@ -252,7 +252,14 @@ def _roots_from_file(path: Path) -> dict[int, RoundCommitment]:
         data = json.loads(path.read_text())
         return {
             int(r): RoundCommitment.from_body(
-                {"root": bytes.fromhex(v["root"]), "count": v["count"], "purpose": v["purpose"]}
+                {
+                    "root": bytes.fromhex(v["root"]),
+                    "count": v["count"],
+                    "purpose": v["purpose"],
+                    # A receipt is checked against root, count and purpose only; the history
+                    # head is for auditing the node's registry, so a roots file may omit it.
+                    "head": bytes.fromhex(v.get("head", "00" * 32)),
+                }
             )
             for r, v in data.items()
         }

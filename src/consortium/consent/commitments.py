@@ -15,8 +15,10 @@ one record differ from round to round). Sorting makes absence provable too: a re
 two adjacent leaves that bracket the subject's commitment (sound as long as the node sorted its
 tree, which it does by construction; a node that lies about sorting could hide a use).
 
-Only `RoundCommitment` (root, count, purpose) leaves the node. A receipt holds the subject's
-salts and proofs made of other leaves' commitments, which reveal nothing without their salts.
+Only `RoundCommitment` (root, count, purpose, head) leaves the node; `head` fixes the consent
+history the round was selected from (`consent.history.round_head`), so the node's registry can
+later be audited against the ledger. A receipt holds the subject's salts and proofs made of other
+leaves' commitments, which reveal nothing without their salts.
 """
 
 from __future__ import annotations
@@ -64,39 +66,51 @@ def round_leaves(
 
 @dataclass(frozen=True)
 class RoundCommitment:
-    """What a node publishes per round (in its Update and the round record): no identifiers."""
+    """What a node publishes per round (in its Update and the round record): no identifiers.
+
+    `head` is the round head of the node's consent history (`consent.history.round_head`)."""
 
     root: bytes
     count: int
     purpose: str
+    head: bytes
 
     def to_body(self) -> dict[str, Any]:
-        return {"root": self.root, "count": self.count, "purpose": self.purpose}
+        return {"root": self.root, "count": self.count, "purpose": self.purpose, "head": self.head}
 
     @classmethod
     def from_body(cls, body: Any) -> RoundCommitment:
-        if not isinstance(body, dict) or set(body) != {"root", "count", "purpose"}:
-            raise ConsentError("consent commitment must be a map with root, count and purpose")
-        root, count, purpose = body["root"], body["count"], body["purpose"]
+        if not isinstance(body, dict) or set(body) != {"root", "count", "purpose", "head"}:
+            raise ConsentError(
+                "consent commitment must be a map with root, count, purpose and head"
+            )
+        root, count, purpose, head = body["root"], body["count"], body["purpose"], body["head"]
         if not isinstance(root, bytes) or len(root) != HASH_SIZE:
             raise ConsentError("consent commitment root must be 32 bytes")
+        if not isinstance(head, bytes) or len(head) != HASH_SIZE:
+            raise ConsentError("consent commitment head must be 32 bytes")
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
             raise ConsentError("consent commitment count must be a non-negative integer")
         if not isinstance(purpose, str):
             raise ConsentError("consent commitment purpose must be a string")
         check_name("purpose", purpose)
-        return cls(root, count, purpose)
+        return cls(root, count, purpose, head)
 
 
 def leaf_hashes(leaves: Sequence[bytes]) -> list[bytes]:
     return [merkle.leaf_hash(c) for c in leaves]
 
 
-def commit(leaves: Sequence[bytes], purpose: str) -> RoundCommitment:
-    """The round commitment over already-sorted leaf commitments."""
+def leaves_root(leaves: Sequence[bytes]) -> bytes:
+    """The Merkle root over already-sorted leaf commitments."""
     if any(a >= b for a, b in itertools.pairwise(leaves)):
         raise ConsentError("leaf commitments must be sorted and distinct")
-    return RoundCommitment(merkle.root_from_leaf_hashes(leaf_hashes(leaves)), len(leaves), purpose)
+    return merkle.root_from_leaf_hashes(leaf_hashes(leaves))
+
+
+def commit(leaves: Sequence[bytes], purpose: str, head: bytes) -> RoundCommitment:
+    """The round commitment over already-sorted leaf commitments, selected under `head`."""
+    return RoundCommitment(leaves_root(leaves), len(leaves), purpose, head)
 
 
 class _Tree:

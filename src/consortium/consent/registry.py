@@ -1,15 +1,18 @@
 """A node's consent registry: who agreed to which use of which record, and when.
 
-SQLite (WAL, synchronous=FULL, secure_delete) with four tables:
+SQLite (WAL, synchronous=FULL, secure_delete) with these tables:
 - `events`: the append-only history (grant, withdraw, expire-change, erase), one row per
-  (record, purpose) touched; triggers refuse UPDATE and DELETE.
+  (record, purpose) touched; triggers refuse UPDATE and DELETE. Each row also carries its salted
+  blind and the hash chain after it (`consent.history`), so a deleted or rewritten event breaks
+  the chain, whose head every round commits to on the ledger.
 - `records` and `consent`: the current state derived from the events, kept in the same
   transaction so `eligible` is one indexed query instead of a replay (`verify_state` replays).
 - `salts`: one random 32-byte salt per record, used in the round commitments; erasure deletes it
   (crypto-shredding) and checkpoints the WAL so the bytes leave the files too.
 - `rounds`: the commitments this node made (round, purpose, start time, count, root, the sorted
-  leaf commitments so it can later hand out inclusion proofs, and the record ids selected, so a
-  retried attempt or a restarted node trains on the same rows; erasure removes ids from it).
+  leaf commitments so it can later hand out inclusion proofs, the record ids selected, so a
+  retried attempt or a restarted node trains on the same rows (erasure removes ids from it), and
+  the history head: how many events the selection saw and the round head over them).
 
 Record ids are the node's local dataset row indices. Times are float seconds since the epoch.
 State answers "now": `eligible(purpose, at)` is exact for any `at` not earlier than the latest
@@ -29,28 +32,33 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 
+from consortium.consent.history import EMPTY_CHAIN, blind, chain_step, event_digest
 from consortium.core.errors import ConsortiumError
+from consortium.core.sqlite import open_for_reading
 
 SALT_SIZE = 32
-FORMAT = "consortium-consent/1"
+FORMAT = "consortium-consent/2"
 CSV_COLUMNS = ("subject", "record_id", "purposes", "granted", "expires")
 EVENT_KINDS = ("grant", "withdraw", "expire-change", "erase")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/+-]{0,127}$")
 _MAX_RECORD_ID = 2**63 - 1
 
-_SCHEMA = """
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events(
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     at REAL NOT NULL,
     kind TEXT NOT NULL CHECK (kind IN ('grant', 'withdraw', 'expire-change', 'erase')),
     subject TEXT NOT NULL,
     record_id INTEGER NOT NULL,
     purpose TEXT,
-    expires REAL);
+    expires REAL,
+    blind BLOB NOT NULL,
+    chain BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS events_subject ON events(subject);
 CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
     BEGIN SELECT RAISE(ABORT, 'consent history is append-only'); END;
@@ -68,6 +76,7 @@ CREATE TABLE IF NOT EXISTS salts(record_id INTEGER PRIMARY KEY, salt BLOB NOT NU
 CREATE TABLE IF NOT EXISTS rounds(
     round INTEGER NOT NULL, purpose TEXT NOT NULL, at REAL NOT NULL, count INTEGER NOT NULL,
     root BLOB NOT NULL, leaves BLOB NOT NULL, ids BLOB NOT NULL,
+    events INTEGER NOT NULL, head BLOB NOT NULL,
     PRIMARY KEY (round, purpose)) WITHOUT ROWID;
 """
 
@@ -127,6 +136,68 @@ class StoredRound:
     at: float
     count: int
     root: bytes
+    events: int  # how many events of the history the selection saw
+    head: bytes  # `history.round_head` over them
+
+
+#: (at, kind, subject, record id, purpose, expires) of an event about to be appended.
+NewEvent = tuple[float, str, str, int, str | None, float | None]
+
+
+_RAW = {
+    "events": "SELECT seq, at, kind, subject, record_id, purpose, expires, blind, chain "
+    "FROM events ORDER BY seq",
+    "salts": "SELECT record_id, salt FROM salts ORDER BY record_id",
+    "records": "SELECT record_id, subject, erased FROM records ORDER BY record_id",
+    "rounds": "SELECT round, purpose, at, count, root, leaves, ids, events, head FROM rounds "
+    "ORDER BY round, purpose",
+}
+
+
+class Replay:
+    """The consent state an event history yields, event by event: what `verify_state` and the
+    auditor's check of each round's selection compare against."""
+
+    def __init__(self) -> None:
+        self.owner: dict[int, str] = {}
+        self.erased: dict[int, float] = {}
+        self.consent: dict[tuple[str, int], tuple[float, float | None, float | None]] = {}
+
+    def apply(self, e: Event) -> None:
+        # A record belongs to one subject for good (`grant_many` refuses a second one); this also
+        # ties an erased record's later events, whose salted blind can no longer be recomputed.
+        if self.owner.setdefault(e.record_id, e.subject) != e.subject:
+            raise ConsentError(f"event {e.seq} gives record {e.record_id} another subject")
+        key = (e.purpose or "", e.record_id)
+        if e.kind == "grant":
+            self.consent[key] = (e.at, e.expires, None)
+        elif e.kind == "erase":
+            self.erased[e.record_id] = e.at
+        elif key in self.consent:  # a withdrawal or expiry change of an earlier grant
+            granted, expires, withdrawn = self.consent[key]
+            if e.kind == "withdraw":
+                self.consent[key] = (granted, expires, e.at)
+            else:
+                self.consent[key] = (granted, e.expires, withdrawn)
+        else:
+            raise ConsentError(f"event {e.seq} changes consent that was never granted")
+
+    def active(self, record_id: int, purpose: str, at: float) -> bool:
+        """Whether `eligible(purpose, at)` would select the record in this state."""
+        c = self.consent.get((purpose, record_id))
+        return (
+            c is not None
+            and record_id not in self.erased
+            and c[0] <= at
+            and (c[1] is None or at < c[1])
+            and (c[2] is None or at < c[2])
+        )
+
+    def state(self) -> list[ConsentState]:
+        return [
+            ConsentState(r, self.owner[r], p, g, x, w, self.erased.get(r))
+            for (p, r), (g, x, w) in self.consent.items()
+        ]
 
 
 def check_name(kind: str, value: str) -> str:
@@ -165,26 +236,48 @@ def _where(row: GrantRow) -> str:
 
 
 class ConsentRegistry:
-    """The consent registry at `path` (created if missing). One writer process at a time."""
+    """The consent registry at `path` (created if missing). One writer process at a time.
 
-    def __init__(self, path: Path | str) -> None:
+    `readonly=True` opens an existing registry without writing anything (the auditor)."""
+
+    def __init__(self, path: Path | str, *, readonly: bool = False) -> None:
         self.path = Path(path)
         try:
-            self._conn = sqlite3.connect(self.path, isolation_level=None)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            # Deleted salts are overwritten with zeros, not left in free pages.
-            self._conn.execute("PRAGMA secure_delete=ON")
-            self._conn.execute("PRAGMA foreign_keys=ON")
-            self._conn.executescript(_SCHEMA)  # idempotent: every statement is IF NOT EXISTS
-            with self._tx():
+            if readonly:
+                if not self.path.is_file():
+                    raise ConsentError(f"no consent registry at {self.path}")
+                self._conn = open_for_reading(self.path)
+                # Damaged text must not stop the audit in a decode error: it reads on, and the
+                # bytes that are not UTF-8 make the event's digest (or the state) differ.
+                self._conn.text_factory = lambda b: b.decode("utf-8", "surrogateescape")
+            else:
+                self._conn = sqlite3.connect(self.path, isolation_level=None)
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=FULL")
+                # Deleted salts are overwritten with zeros, not left in free pages.
+                self._conn.execute("PRAGMA secure_delete=ON")
+                self._conn.execute("PRAGMA foreign_keys=ON")
+                self._conn.executescript(SCHEMA)  # idempotent: every statement is IF NOT EXISTS
+            with self._tx(readonly):
                 row = self._conn.execute("SELECT value FROM meta WHERE key='format'").fetchone()
-                if row is None:
+                if row is None and not readonly:
                     self._conn.execute("INSERT INTO meta VALUES ('format', ?)", (FORMAT,))
-                elif row[0] != FORMAT:
-                    raise ConsentError(f"{self.path} is not a consent registry ({row[0]!r})")
+                elif row is None or row[0] != FORMAT:
+                    found = None if row is None else row[0]
+                    raise ConsentError(
+                        f"{self.path} is not a {FORMAT} registry (format {found!r}); registries "
+                        "of earlier versions have no history chain: import the consent again"
+                    )
         except sqlite3.DatabaseError as exc:
+            self._close_quietly()
             raise ConsentError(f"{self.path} is not a consent registry: {exc}") from exc
+        except BaseException:
+            self._close_quietly()  # never leave a connection to a file we refused
+            raise
+
+    def _close_quietly(self) -> None:
+        if hasattr(self, "_conn"):
+            self._conn.close()
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -203,8 +296,8 @@ class ConsentRegistry:
         self.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._conn.execute("BEGIN IMMEDIATE")
+    def _tx(self, readonly: bool = False) -> Iterator[sqlite3.Connection]:
+        self._conn.execute("BEGIN" if readonly else "BEGIN IMMEDIATE")
         try:
             yield self._conn
         except BaseException:
@@ -276,12 +369,28 @@ class ConsentRegistry:
                 "DO UPDATE SET granted=excluded.granted, expires=excluded.expires, withdrawn=NULL",
                 ((p, r.record_id, r.granted, r.expires) for r, p in pairs),
             )
-            db.executemany(
-                "INSERT INTO events(at, kind, subject, record_id, purpose, expires) "
-                "VALUES (?, 'grant', ?, ?, ?, ?)",
-                ((r.granted, r.subject, r.record_id, p, r.expires) for r, p in pairs),
+            self._append_events(
+                db, [(r.granted, "grant", r.subject, r.record_id, p, r.expires) for r, p in pairs]
             )
         return len(pairs)
+
+    def _append_events(self, db: sqlite3.Connection, events: Sequence[NewEvent]) -> None:
+        """Append events to the history, each with its salted blind and the chain after it
+        (inside the caller's transaction, while every record involved still has its salt)."""
+        seq, chain = self._head(db)
+        salts = self._read_salts(db, {e[3] for e in events})
+        rows = []
+        for at, kind, subject, record_id, purpose, expires in events:
+            seq += 1
+            blinded = blind(salts[record_id], record_id, subject)
+            chain = chain_step(chain, event_digest(seq, kind, at, purpose, expires, blinded))
+            rows.append((seq, at, kind, subject, record_id, purpose, expires, blinded, chain))
+        db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    @staticmethod
+    def _head(db: sqlite3.Connection) -> tuple[int, bytes]:
+        row = db.execute("SELECT seq, chain FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        return (0, EMPTY_CHAIN) if row is None else (int(row[0]), bytes(row[1]))
 
     def _active_pairs(
         self, db: sqlite3.Connection, subject: str, purposes: Sequence[str] | None
@@ -317,11 +426,7 @@ class ConsentRegistry:
                     "UPDATE consent SET withdrawn=? WHERE record_id=? AND purpose=?",
                     ((at, r, p) for r, p in pairs),
                 )
-                db.executemany(
-                    "INSERT INTO events(at, kind, subject, record_id, purpose) "
-                    "VALUES (?, 'withdraw', ?, ?, ?)",
-                    ((at, subject, r, p) for r, p in pairs),
-                )
+                self._append_events(db, [(at, "withdraw", subject, r, p, None) for r, p in pairs])
                 total += len(pairs)
         return total
 
@@ -339,10 +444,8 @@ class ConsentRegistry:
                 "UPDATE consent SET expires=? WHERE record_id=? AND purpose=?",
                 ((expires, r, p) for r, p in pairs),
             )
-            db.executemany(
-                "INSERT INTO events(at, kind, subject, record_id, purpose, expires) "
-                "VALUES (?, 'expire-change', ?, ?, ?, ?)",
-                ((at, subject, r, p, expires) for r, p in pairs),
+            self._append_events(
+                db, [(at, "expire-change", subject, r, p, expires) for r, p in pairs]
             )
         return len(pairs)
 
@@ -365,11 +468,9 @@ class ConsentRegistry:
             if not ids:
                 raise ConsentError(f"subject {subject} is already erased")
             db.executemany("UPDATE records SET erased=? WHERE record_id=?", ((at, r) for r in ids))
+            # The erase events are blinded with the salts they shred: the chain stays whole.
+            self._append_events(db, [(at, "erase", subject, r, None, None) for r in ids])
             db.executemany("DELETE FROM salts WHERE record_id=?", ((r,) for r in ids))
-            db.executemany(
-                "INSERT INTO events(at, kind, subject, record_id) VALUES (?, 'erase', ?, ?)",
-                ((at, subject, r) for r in ids),
-            )
             # Forget which rounds selected these rows (the published counts stay as they were).
             gone = np.asarray(ids, dtype=np.int64)
             for rnd, purpose, blob in db.execute(
@@ -394,23 +495,26 @@ class ConsentRegistry:
         root: bytes,
         leaves: Sequence[bytes],
         record_ids: np.ndarray,
+        events: int,
+        head: bytes,
     ) -> None:
         """Remember a commitment (sorted leaf commitments) so receipts can be made later."""
         blob = b"".join(leaves)
         ids = np.ascontiguousarray(record_ids, dtype="<i8").tobytes()
         with self._tx() as db:
             old = db.execute(
-                "SELECT root, count FROM rounds WHERE round=? AND purpose=?", (round_no, purpose)
+                "SELECT root, count, head FROM rounds WHERE round=? AND purpose=?",
+                (round_no, purpose),
             ).fetchone()
             if old is not None:
-                if bytes(old[0]) == root and old[1] == len(leaves):
+                if bytes(old[0]) == root and old[1] == len(leaves) and bytes(old[2]) == head:
                     return
                 raise ConsentError(
                     f"round {round_no} ({purpose}) already has a different commitment"
                 )
             db.execute(
-                "INSERT INTO rounds VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (round_no, purpose, at, len(leaves), root, blob, ids),
+                "INSERT INTO rounds VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (round_no, purpose, at, len(leaves), root, blob, ids, events, head),
             )
 
     def stored_selection(
@@ -418,14 +522,14 @@ class ConsentRegistry:
     ) -> tuple[StoredRound, np.ndarray] | None:
         """A round's stored commitment and the (not erased) record ids it selected, if any."""
         row = self._conn.execute(
-            "SELECT at, count, root, ids FROM rounds WHERE round=? AND purpose=?",
+            "SELECT at, count, root, events, head, ids FROM rounds WHERE round=? AND purpose=?",
             (round_no, purpose),
         ).fetchone()
         if row is None:
             return None
-        at, count, root, ids = row
+        at, count, root, events, head, ids = row
         return (
-            StoredRound(round_no, purpose, at, count, bytes(root)),
+            StoredRound(round_no, purpose, at, count, bytes(root), events, bytes(head)),
             np.frombuffer(bytes(ids), dtype="<i8").astype(np.int64),
         )
 
@@ -440,7 +544,24 @@ class ConsentRegistry:
 
     def eligible(self, purpose: str, at: float) -> np.ndarray:
         """Sorted int64 record ids whose consent covers `purpose` at time `at`."""
-        cur = self._conn.execute(
+        return self._eligible(self._conn, purpose, at)
+
+    def select(
+        self, purpose: str, at: float, held: np.ndarray | None = None
+    ) -> tuple[np.ndarray, dict[int, bytes], int, bytes]:
+        """One snapshot for a round: the eligible ids (within `held`), their salts, and the
+        history it was taken from (events so far, chain after them)."""
+        with self._tx(readonly=True) as db:
+            ids = self._eligible(db, purpose, at)
+            if held is not None:  # only records this node actually holds are used, and counted
+                ids = np.intersect1d(ids, held)
+            salts = self._read_salts(db, ids.tolist())
+            events, chain = self._head(db)
+        return ids, salts, events, chain
+
+    @staticmethod
+    def _eligible(db: sqlite3.Connection, purpose: str, at: float) -> np.ndarray:
+        cur = db.execute(
             "SELECT c.record_id FROM consent c JOIN records r USING(record_id) "
             "WHERE c.purpose=? AND c.granted<=? AND (c.expires IS NULL OR c.expires>?) "
             "AND (c.withdrawn IS NULL OR c.withdrawn>?) AND r.erased IS NULL "
@@ -460,16 +581,21 @@ class ConsentRegistry:
 
     def salts(self, record_ids: Iterable[int]) -> dict[int, bytes]:
         """The salts of `record_ids`; ConsentError if any is missing (erased or never granted)."""
+        with self._tx(readonly=True) as db:  # one consistent snapshot
+            return self._read_salts(db, record_ids)
+
+    @staticmethod
+    def _read_salts(db: sqlite3.Connection, record_ids: Iterable[int]) -> dict[int, bytes]:
         ids = [int(r) for r in record_ids]
         out: dict[int, bytes] = {}
-        with self._tx() as db:  # a read transaction, for one consistent snapshot
-            db.execute("CREATE TEMP TABLE IF NOT EXISTS _want(record_id INTEGER PRIMARY KEY)")
-            db.execute("DELETE FROM _want")
-            db.executemany("INSERT OR IGNORE INTO _want VALUES (?)", ((r,) for r in ids))
-            for rid, salt in db.execute(
-                "SELECT s.record_id, s.salt FROM salts s JOIN _want USING(record_id)"
-            ):
-                out[rid] = bytes(salt)
+        # A temp table in memory (not in the file), so a read-only auditor can use it too.
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS _want(record_id INTEGER PRIMARY KEY)")
+        db.execute("DELETE FROM _want")
+        db.executemany("INSERT OR IGNORE INTO _want VALUES (?)", ((r,) for r in ids))
+        for rid, salt in db.execute(
+            "SELECT s.record_id, s.salt FROM salts s JOIN _want USING(record_id)"
+        ):
+            out[rid] = bytes(salt)
         missing = [r for r in ids if r not in out]
         if missing:
             raise ConsentError(
@@ -479,13 +605,16 @@ class ConsentRegistry:
         return out
 
     def history(self, subject: str | None = None) -> list[Event]:
+        sql = "SELECT seq, at, kind, subject, record_id, purpose, expires FROM events"
         if subject is None:
-            cur = self._conn.execute("SELECT * FROM events ORDER BY seq")
+            cur = self._conn.execute(sql + " ORDER BY seq")
         else:
-            cur = self._conn.execute(
-                "SELECT * FROM events WHERE subject=? ORDER BY seq", (subject,)
-            )
+            cur = self._conn.execute(sql + " WHERE subject=? ORDER BY seq", (subject,))
         return [Event(*row) for row in cur]
+
+    def history_head(self) -> tuple[int, bytes]:
+        """(events so far, the chain after them)."""
+        return self._head(self._conn)
 
     def state(self, subject: str | None = None, purpose: str | None = None) -> list[ConsentState]:
         sql = (
@@ -503,13 +632,16 @@ class ConsentRegistry:
         return [ConsentState(*row) for row in self._conn.execute(sql, args)]
 
     def rounds(self, purpose: str | None = None) -> list[StoredRound]:
-        sql = "SELECT round, purpose, at, count, root FROM rounds"
+        sql = "SELECT round, purpose, at, count, root, events, head FROM rounds"
         args: tuple[str, ...] = ()
         if purpose is not None:
             sql += " WHERE purpose=?"
             args = (purpose,)
         rows = self._conn.execute(sql + " ORDER BY round, purpose", args)
-        return [StoredRound(r, p, at, n, bytes(root)) for r, p, at, n, root in rows]
+        return [
+            StoredRound(r, p, at, n, bytes(root), k, bytes(head))
+            for r, p, at, n, root, k, head in rows
+        ]
 
     def round_leaves(self, round_no: int, purpose: str) -> list[bytes]:
         row = self._conn.execute(
@@ -521,30 +653,24 @@ class ConsentRegistry:
         return [blob[i * 32 : (i + 1) * 32] for i in range(n)]
 
     def verify_state(self) -> None:
-        """Replay the history and check it yields the stored current state (ConsentError if not)."""
-        owner: dict[int, str] = {}
-        erased: dict[int, float] = {}
-        cons: dict[tuple[str, int], list[float | None]] = {}
+        """Replay the history and check it yields the stored current state (ConsentError naming
+        the first record where it does not)."""
+        replay = Replay()
         for e in self.history():
-            owner.setdefault(e.record_id, e.subject)
-            key = (e.purpose or "", e.record_id)
-            if e.kind == "grant":
-                cons[key] = [e.at, e.expires, None]
-            elif e.kind == "withdraw":
-                cons[key][2] = e.at
-            elif e.kind == "expire-change":
-                cons[key][1] = e.expires
-            else:
-                erased[e.record_id] = e.at
-        replayed = sorted(
-            (r, owner[r], p, g, x, w, erased.get(r)) for (p, r), (g, x, w) in cons.items()
-        )
-        stored = sorted(
-            (s.record_id, s.subject, s.purpose, s.granted, s.expires, s.withdrawn, s.erased)
-            for s in self.state()
-        )
-        if replayed != stored:
-            raise ConsentError("the consent state does not match its history")
+            replay.apply(e)
+        replayed = {(s.record_id, s.purpose): s for s in replay.state()}
+        stored = {(s.record_id, s.purpose): s for s in self.state()}
+        for key in sorted(replayed.keys() | stored.keys()):
+            if replayed.get(key) != stored.get(key):
+                raise ConsentError(
+                    f"the consent state of record {key[0]} ({key[1]}) does not match its history"
+                )
+
+    # -- raw rows for the auditor (`consent.verify` checks them; nothing here trusts them) --
+
+    def raw_rows(self, table: str) -> list[tuple[Any, ...]]:
+        """Every row of `table` (events, salts, records or rounds), in key order."""
+        return self._conn.execute(_RAW[table]).fetchall()
 
     # -- CSV --------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from consortium.consent.commitments import (
     commit,
     round_leaves,
 )
+from consortium.consent.history import round_head
 from consortium.consent.registry import ConsentRegistry
 
 
@@ -49,15 +50,12 @@ def begin_round(
     stored = registry.stored_selection(round_no, purpose)
     if stored is not None:
         rnd, ids = stored
-        return RoundSelection(
-            round_no, purpose, rnd.at, ids, RoundCommitment(rnd.root, rnd.count, purpose)
-        )
-    ids = registry.eligible(purpose, at)
-    if held is not None:  # only records this node actually holds are used, and counted
-        ids = np.intersect1d(ids, held)
-    leaves = round_leaves(registry.salts(ids.tolist()), ids.tolist(), purpose, round_no)
-    rc = commit(leaves, purpose)
-    registry.store_round(round_no, purpose, at, rc.root, leaves, ids)
+        rc = RoundCommitment(rnd.root, rnd.count, purpose, rnd.head)
+        return RoundSelection(round_no, purpose, rnd.at, ids, rc)
+    ids, salts, events, chain = registry.select(purpose, at, held)
+    leaves = round_leaves(salts, ids.tolist(), purpose, round_no)
+    rc = commit(leaves, purpose, round_head(chain, events, at))
+    registry.store_round(round_no, purpose, at, rc.root, leaves, ids, events, rc.head)
     return RoundSelection(round_no, purpose, at, ids, rc)
 
 

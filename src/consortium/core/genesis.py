@@ -23,6 +23,14 @@ MANIFEST_VERSION = 1
 _SPLIT = object()  # separates members from purposes in the digest cache's key
 
 
+def _field(obj: Any, key: str, kind: type | tuple[type, ...]) -> Any:
+    """`obj[key]` if `obj` is a map holding a value of `kind` there; else GenesisError."""
+    value = obj.get(key) if isinstance(obj, dict) else None
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise GenesisError(f"malformed genesis body: {key!r} is missing or of the wrong type")
+    return value
+
+
 def quorum_for(n: int) -> int:
     """Cosignatures needed for finality: ceil(2n/3)."""
     return math.ceil(2 * n / 3)
@@ -221,32 +229,41 @@ class Genesis:
 
     @classmethod
     def from_body(cls, body: Any, signatures: dict[str, bytes]) -> Genesis:
-        """Rebuild from the canonical body stored in ledger entry 0."""
+        """Rebuild from the canonical body stored in ledger entry 0 (untrusted bytes: every field
+        is type-checked before use, so a damaged body is a GenesisError, never a crash)."""
         try:
             members = [
                 PublicIdentity(
-                    m["name"],
-                    m["public_key"],
-                    m["address"],
-                    m["tls_cert"],
-                    m["tls_binding"],
-                    m["evm_address"],
-                    m["evm_binding"],
+                    _field(m, "name", str),
+                    _field(m, "public_key", bytes),
+                    _field(m, "address", str),
+                    _field(m, "tls_cert", str),
+                    _field(m, "tls_binding", bytes),
+                    _field(m, "evm_address", str),
+                    _field(m, "evm_binding", bytes),
                 )
-                for m in body["members"]
+                for m in _field(body, "members", list)
             ]
-            purposes = [Purpose(p["name"], p["epsilon"], p["delta"]) for p in body["purposes"]]
+            purposes = [
+                Purpose(
+                    _field(p, "name", str),
+                    _field(p, "epsilon", (float, int, type(None))),
+                    _field(p, "delta", (float, int, type(None))),
+                )
+                for p in _field(body, "purposes", list)
+            ]
             g = cls(
-                body["consortium"],
+                _field(body, "consortium", str),
                 members,
-                body["quorum"],
+                _field(body, "quorum", int),
                 purposes,
-                body["created"],
+                _field(body, "created", int),
                 dict(signatures),
             )
-        except (KeyError, TypeError) as exc:
+            canonical = g.body() == body
+        except IdentityError as exc:  # e.g. a public key of the wrong length
             raise GenesisError(f"malformed genesis body: {exc}") from exc
-        if g.body() != body:
+        if not canonical:
             raise GenesisError("genesis body is not in canonical form")
         return g
 

@@ -172,13 +172,15 @@ def evm_binding_body(node_id: str, evm_address: str) -> dict[str, Any]:
 
 
 def tls_public_key_der(cert_pem: str) -> bytes:
+    # The certificate's key is parsed lazily: a damaged key inside a well-formed certificate
+    # raises here ("Invalid key", an unsupported curve), so both parses are guarded.
     try:
         cert = x509.load_pem_x509_certificate(cert_pem.encode())
-    except ValueError as exc:
+        return cert.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    except (ValueError, UnsupportedAlgorithm) as exc:
         raise IdentityError(f"malformed TLS certificate: {exc}") from exc
-    return cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
 
 
 class NodeIdentity:

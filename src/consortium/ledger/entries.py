@@ -18,7 +18,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from multiformats import CID
 
 from consortium.core.encoding import Domain, decode, encode, signing_payload
-from consortium.core.errors import EncodingError, GenesisError, LedgerError, SignatureError
+from consortium.core.errors import (
+    EncodingError,
+    GenesisError,
+    IdentityError,
+    LedgerError,
+    SignatureError,
+)
 from consortium.core.genesis import Genesis
 from consortium.core.identity import SIGNATURE_BYTES, NodeIdentity, node_id_for
 
@@ -201,6 +207,15 @@ def genesis_from_entry(entry: Entry) -> Genesis:
     try:
         genesis = Genesis.from_body(entry.body, dict(entry.signatures))
         genesis.verify()
-    except GenesisError as exc:
+    except (GenesisError, IdentityError) as exc:
         raise LedgerError(f"entry 0 is not a valid genesis manifest: {exc}") from exc
     return genesis
+
+
+def genesis_from_bytes(data: bytes) -> Genesis:
+    """The manifest from the stored bytes of entry 0; every refusal names entry 0."""
+    try:
+        entry = Entry.from_bytes(data)
+    except LedgerError as exc:
+        raise LedgerError(f"entry 0 is not a valid genesis manifest: {exc}") from exc
+    return genesis_from_entry(entry)

@@ -17,12 +17,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from consortium.core.errors import ForkError, LedgerError
 from consortium.core.genesis import Genesis
 from consortium.core.identity import NodeIdentity
+from consortium.core.sqlite import open_for_reading
 from consortium.ledger import merkle
-from consortium.ledger.entries import GENESIS_KIND, Entry, genesis_entry, genesis_from_entry
+from consortium.ledger.entries import GENESIS_KIND, Entry, genesis_entry, genesis_from_bytes
 from consortium.ledger.frontier import Frontier
 from consortium.ledger.heads import (
     Cosignature,
@@ -34,7 +36,7 @@ from consortium.ledger.heads import (
 
 FORMAT = b"consortium-ledger/1"
 
-_SCHEMA = """
+SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE entries(idx INTEGER PRIMARY KEY, data BLOB NOT NULL, leaf_hash BLOB NOT NULL);
 CREATE TABLE tree(level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,
@@ -47,6 +49,29 @@ CREATE TABLE cosignatures(size INTEGER NOT NULL, root BLOB NOT NULL, time INTEGE
                           PRIMARY KEY(size, root, time, node_id)) WITHOUT ROWID;
 CREATE TABLE equivocations(id INTEGER PRIMARY KEY, evidence BLOB NOT NULL UNIQUE);
 """
+
+
+def _as(column: str, kind: str) -> str:
+    """SQL for `column`'s value if its SQLite type is `kind` (integer, blob or text), else NULL.
+
+    A damaged (or edited) file can hold any value in any column: none may pass for another type,
+    and text comes back as its bytes, so text that is not UTF-8 is refused here, not in a crash."""
+    value = f"CAST({column} AS BLOB)" if kind == "text" else column
+    return f"CASE typeof({column}) WHEN '{kind}' THEN {value} END"
+
+
+def _typed(where: str, row: Sequence[Any], text: Sequence[int] = ()) -> tuple[Any, ...]:
+    """A row selected with `_as`: LedgerError naming `where` if a value had the wrong type;
+    the columns at `text` decoded from UTF-8."""
+    if any(v is None for v in row):
+        raise LedgerError(f"{where}: a stored value has the wrong type")
+    out = list(row)
+    for i in text:
+        try:
+            out[i] = bytes(out[i]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise LedgerError(f"{where}: a stored text is not UTF-8") from None
+    return tuple(out)
 
 
 class Ledger:
@@ -62,7 +87,9 @@ class Ledger:
     # -- lifecycle -----------------------------------------------------------------------------
 
     @staticmethod
-    def _connect(path: Path) -> sqlite3.Connection:
+    def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
+        if readonly:  # for auditors: nothing about the file may change, not even its header
+            return open_for_reading(path)
         conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
@@ -79,7 +106,7 @@ class Ledger:
         ledger = cls(conn, path)
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for statement in _SCHEMA.split(";"):  # not executescript: it would COMMIT early
+            for statement in SCHEMA.split(";"):  # not executescript: it would COMMIT early
                 conn.execute(statement)
             conn.execute("INSERT INTO meta VALUES ('format', ?)", (FORMAT,))
             ledger._insert([genesis_entry(genesis).data])
@@ -93,21 +120,30 @@ class Ledger:
         return ledger
 
     @classmethod
-    def open(cls, path: Path | str) -> Ledger:
+    def open(cls, path: Path | str, *, readonly: bool = False) -> Ledger:
+        """The ledger at `path`; `readonly` opens it without ever writing (for auditors)."""
         path = Path(path)
         if not path.is_file():
             raise LedgerError(f"no ledger at {path}; create one with the genesis manifest first")
         try:
-            conn = cls._connect(path)
-            row = conn.execute("SELECT value FROM meta WHERE key='format'").fetchone()
+            conn = cls._connect(path, readonly)
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{path} is not a consortium ledger: {exc}") from exc
-        if row is None or bytes(row[0]) != FORMAT:
+        # A connection left open by a failed open would checkpoint into the file when collected.
+        try:
+            row = conn.execute(f"SELECT {_as('value', 'blob')} FROM meta WHERE key='format'")
+            found = row.fetchone()
+            if found is None or found[0] != FORMAT:
+                raise LedgerError(f"{path} is not a consortium ledger (format {found!r})")
+            ledger = cls(conn, path)
+            ledger._reload()
+            ledger.genesis()
+        except sqlite3.DatabaseError as exc:
             conn.close()
-            raise LedgerError(f"{path} is not a consortium ledger (format {row!r})")
-        ledger = cls(conn, path)
-        ledger._reload()
-        ledger.genesis()
+            raise LedgerError(f"{path} is not a consortium ledger: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
         return ledger
 
     def close(self) -> None:
@@ -143,11 +179,11 @@ class Ledger:
         out: dict[tuple[int, int], bytes] = {}
         for node in set(wanted):
             row = self._conn.execute(
-                "SELECT hash FROM tree WHERE level=? AND idx=?", node
+                f"SELECT {_as('hash', 'blob')} FROM tree WHERE level=? AND idx=?", node
             ).fetchone()
             if row is None:
                 raise LedgerError(f"ledger tree is missing node {node}; the file is damaged")
-            out[node] = bytes(row[0])
+            out[node] = _typed(f"tree node {node}", row)[0]
         return out
 
     @staticmethod
@@ -219,14 +255,16 @@ class Ledger:
 
     def genesis(self) -> Genesis:
         if self._genesis is None:
-            self._genesis = genesis_from_entry(self.entry(0))
+            self._genesis = genesis_from_bytes(self.entry_bytes(0))
         return self._genesis
 
     def entry_bytes(self, index: int) -> bytes:
-        row = self._conn.execute("SELECT data FROM entries WHERE idx=?", (index,)).fetchone()
+        row = self._conn.execute(
+            f"SELECT {_as('data', 'blob')} FROM entries WHERE idx=?", (index,)
+        ).fetchone()
         if row is None:
             raise LedgerError(f"no entry {index}; the ledger has {self._size} entries")
-        return bytes(row[0])
+        return bytes(_typed(f"entry {index}", row)[0])
 
     def entry(self, index: int) -> Entry:
         return Entry.from_bytes(self.entry_bytes(index))
@@ -273,33 +311,53 @@ class Ledger:
 
     # -- raw accessors for auditors: recompute everything, trust nothing stored ----------------
 
+    # Each value is checked against its column's type: a damaged (or edited) file can hold any
+    # SQLite value in any column, and a float or text must never pass for an integer or hash.
+
     def raw_entries(self, start: int = 0, end: int | None = None) -> Iterator[tuple[int, bytes]]:
         end = self._size if end is None else end
         cur = self._conn.execute(
-            "SELECT idx, CAST(data AS BLOB) FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx",
+            f"SELECT idx, {_as('data', 'blob')} FROM entries WHERE idx >= ? AND idx < ? "
+            "ORDER BY idx",
             (start, end),
         )
-        for idx, data in cur:
-            yield int(idx), bytes(data)
+        for row in cur:
+            yield _typed(f"entry {row[0]}", row)
+
+    def raw_leaf_hashes(self) -> Iterator[tuple[int, bytes]]:
+        """(index, stored leaf hash) of every entry: `fsck` checks them against the bytes."""
+        cur = self._conn.execute(f"SELECT idx, {_as('leaf_hash', 'blob')} FROM entries")
+        for row in cur:
+            yield _typed(f"entry {row[0]}", row)
 
     def raw_tree(self) -> Iterator[tuple[int, int, bytes]]:
-        for level, idx, h in self._conn.execute("SELECT level, idx, hash FROM tree"):
-            yield int(level), int(idx), bytes(h)
+        cur = self._conn.execute(
+            f"SELECT {_as('level', 'integer')}, {_as('idx', 'integer')}, {_as('hash', 'blob')} "
+            "FROM tree"
+        )
+        for row in cur:
+            yield _typed("a tree node", row)
 
     def raw_cosignatures(self) -> Iterator[tuple[int, bytes, int, str, bytes]]:
         cur = self._conn.execute(
-            "SELECT size, root, time, node_id, signature FROM cosignatures ORDER BY size"
+            f"SELECT {_as('size', 'integer')}, {_as('root', 'blob')}, {_as('time', 'integer')}, "
+            f"{_as('node_id', 'text')}, {_as('signature', 'blob')} FROM cosignatures ORDER BY size"
         )
-        for size, root, time, node_id, sig in cur:
-            yield int(size), bytes(root), int(time), str(node_id), bytes(sig)
+        for row in cur:
+            yield _typed(f"a cosignature on the tree head of size {row[0]}", row, text=[3])
 
     def raw_heads(self) -> Iterator[tuple[int, bytes, int]]:
-        for size, root, time in self._conn.execute("SELECT size, root, time FROM heads"):
-            yield int(size), bytes(root), int(time)
+        cur = self._conn.execute(
+            f"SELECT {_as('size', 'integer')}, {_as('root', 'blob')}, {_as('time', 'integer')} "
+            "FROM heads"
+        )
+        for row in cur:
+            yield _typed(f"tree head of size {row[0]}", row)
 
     def raw_equivocations(self) -> Iterator[bytes]:
-        for (blob,) in self._conn.execute("SELECT evidence FROM equivocations ORDER BY id"):
-            yield bytes(blob)
+        cur = self._conn.execute(f"SELECT {_as('evidence', 'blob')} FROM equivocations ORDER BY id")
+        for row in cur:
+            yield _typed("equivocation evidence", row)[0]
 
     def fsck(self) -> bytes:
         """Recompute every leaf and tree row from entry bytes; return the root or raise."""
@@ -320,6 +378,9 @@ class Ledger:
         if stored != expected:
             bad = sorted(set(stored.items()) ^ set(expected.items()))[:1]
             raise LedgerError(f"ledger tree disagrees with its entries at node {bad[0][:2]}")
+        for idx, stored_leaf in self.raw_leaf_hashes():
+            if stored_leaf != expected.get((0, idx)):
+                raise LedgerError(f"entry {idx}: its stored leaf hash does not match its bytes")
         root = merkle.root_from_leaf_hashes([expected[(0, i)] for i in range(self._size)])
         if root != self.root():
             raise LedgerError("ledger root disagrees with its entries")
@@ -485,7 +546,7 @@ class Ledger:
     # What this node has cosigned, by ledger size: written (and fsynced, synchronous=FULL) before
     # the vote leaves the node, so a restart can never make it cosign two heads of one size. Local
     # state, not part of the log: created on the first vote, so readers never write the file.
-    _VOTES = (
+    VOTES_SCHEMA = (
         "CREATE TABLE IF NOT EXISTS my_votes(size INTEGER PRIMARY KEY, root BLOB NOT NULL, "
         "attempt INTEGER NOT NULL, author TEXT NOT NULL, record_attempt INTEGER NOT NULL)"
     )
@@ -497,7 +558,7 @@ class Ledger:
         for `record_attempt`), replacing an earlier vote at that size only when the round
         machine moved it with proof."""
         try:
-            self._conn.execute(self._VOTES)
+            self._conn.execute(self.VOTES_SCHEMA)
             self._conn.execute(
                 "INSERT OR REPLACE INTO my_votes VALUES (?,?,?,?,?)",
                 (size, root, attempt, author, record_attempt),
@@ -508,7 +569,7 @@ class Ledger:
     def forget_vote(self, size: int, root: bytes) -> None:
         """Lift this node's vote for `root` at `size` (the proposal provably cannot be final)."""
         try:
-            self._conn.execute(self._VOTES)
+            self._conn.execute(self.VOTES_SCHEMA)
             self._conn.execute("DELETE FROM my_votes WHERE size = ? AND root = ?", (size, root))
         except sqlite3.Error as exc:
             raise self._write_error(exc) from exc
@@ -528,14 +589,14 @@ class Ledger:
     # What this node did in secure aggregation that it must never contradict after a restart:
     # the survivor set it signed per (ledger slot of the round, attempt), kind "set", value the
     # encoded set. Written before the signature leaves, like votes.
-    _SECAGG = (
+    SECAGG_SCHEMA = (
         "CREATE TABLE IF NOT EXISTS my_secagg(slot INTEGER NOT NULL, attempt INTEGER NOT NULL, "
         "kind TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY(slot, attempt, kind))"
     )
 
     def record_secagg(self, slot: int, attempt: int, kind: str, value: bytes) -> None:
         try:
-            self._conn.execute(self._SECAGG)
+            self._conn.execute(self.SECAGG_SCHEMA)
             self._conn.execute(
                 "INSERT OR REPLACE INTO my_secagg VALUES (?,?,?,?)", (slot, attempt, kind, value)
             )

@@ -166,7 +166,7 @@ class Update:
     update: bytes
     metrics: dict[str, Any]
     accepted: Proposal | None = None
-    #: This node's consent commitment for the round (root, count, purpose): no identifiers.
+    #: This node's consent commitment for the round (root, count, purpose, head): no identifiers.
     consent: dict[str, Any] | None = None
     #: Erasures this node carried out since its last round (counts and times only).
     erasures: list[Any] = field(default_factory=list)
