@@ -159,5 +159,6 @@ def test_ledger_commit_failure_rolls_the_batch_back(tmp_path: Path) -> None:
     assert (ledger.size, ledger.root()) == (size, root)
     ledger.append_many(batch)  # the same batch goes in once the disk is back
     assert ledger.size == size + 3 and ledger.fsck() == ledger.root()
+    ledger.sign_head(member, 10)  # final, as audit requires of every entry
     ledger.close()
     assert audit(d, workers=1).entries == size + 3
