@@ -25,7 +25,7 @@ Each outcome is one of:
   JSON file parses to the same value;
 - `not read`: audit passed and the change is confined to what audit does not read, by design
   (private keys, the node's local config and status, the compiled-contract cache it recompiles,
-  the node's own `my_votes` table);
+  the node's own `my_votes` and `my_secagg` tables);
 - `limit`: audit passed; the change removed evidence nothing else commits to and no conclusion
   rests on: a cosignature beyond what finality needs (every entry stays covered by a final
   head), or the last transaction of the embedded chain's record (an anchor that, for all anyone
@@ -65,14 +65,21 @@ from consortium.core.layout import CONSENT_FILE
 from consortium.node.config import RunConfig, load_node_config
 from consortium.node.node import Node
 from consortium.node.sim import create_consortium
-from consortium.protocol.messages import StartRun, encode_message
 from consortium.transport.inprocess import InProcessNetwork, InProcessTransport
 
 #: Files audit does not read, by design (see `audit.auditor`'s docstring), by name or prefix.
-UNTRUSTED_FILES = ("node.key", "tls.key", "node.json", "node.toml", "status.json", "node.log")
+UNTRUSTED_FILES = (
+    "node.key",
+    "tls.key",
+    "node.json",
+    "node.toml",
+    "status.json",
+    "node.log",
+    "node.lock",
+)
 UNTRUSTED_PREFIXES = ("chain/TreeHeadAnchor-", "chain/chain.lock")
 #: Tables of trusted SQLite files that audit does not read, by design.
-UNTRUSTED_TABLES = {"ledger.sqlite": {"my_votes"}}
+UNTRUSTED_TABLES = {"ledger.sqlite": {"my_votes", "my_secagg"}}
 #: Changes audit cannot see, by design: nothing anyone else holds commits to them (see `LIMITS`).
 LIMITS = {
     ("ledger.sqlite", "delete-row", "cosignatures"): "a cosignature finality does not rest on",
@@ -115,9 +122,9 @@ def build_run(root: Path, rounds: int = 2, seed: int = 0) -> Path:
         for node in nodes:
             await node.start()
         try:
-            payload = encode_message(StartRun(run.body()))
-            for node in nodes:
-                await nodes[0].transport.request(node.identity.node_id, "msg", payload)
+            report = await nodes[0].propose_run(run)  # a quorum must agree to the run
+            if not report["started"]:
+                raise SystemExit(f"run not agreed: {report}")
             await asyncio.wait_for(
                 asyncio.gather(*(n.finished.wait() for n in nodes)), timeout=60 * rounds
             )

@@ -86,7 +86,7 @@ PLAIN: dict[str, tuple[str, str, Change]] = {
         v.OWN_MISSTATED,
         "the record misstates this node's consent commitment",
         lambda r, c: (
-            replace(r, consent={_me(c): RoundCommitment(bytes(32), 1, "research")}),
+            replace(r, consent={_me(c): RoundCommitment(bytes(32), 1, "research", bytes(32))}),
             c,
         ),
     ),

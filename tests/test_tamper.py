@@ -74,7 +74,7 @@ def test_a_consent_history_rewritten_consistently_fails_audit_against_the_ledger
         "UPDATE consent SET withdrawn = 1.0 WHERE withdrawn IS NOT NULL",
     )
     _edit(path, lambda db: (withdraw(db), _rechain(db, heads=True)))
-    refusal = r"consent.sqlite: round at ledger entry 1: the stored commitment differs"
+    refusal = r"consent.sqlite: round at ledger entry 2: the stored commitment differs"
     with pytest.raises(AuditError, match=refusal):
         audit(folder)
 
