@@ -20,7 +20,25 @@ unchecked):
 - `protocol/round.py`, `RoundMachine`: the transition-table refusal in `on_message`, the
   attempt check of `_on_propose`, every refusal `return` of `_unlock_refusal`, the prior-vote
   checks of `_vote_for`, the vote-report checks of `_check_update` (each `if` test -> `False`),
-  and the PersistVote-before-Send order of `_vote_for`'s results (PersistVote moved last).
+  and the PersistVote-before-Send order of `_vote_for`'s results (PersistVote moved last);
+  for SecAgg+ (issue 11): every refusal of a START in `_on_secagg` (shape, this node left out,
+  a second start, [rule participant-floor], the bound set), the words-after-restart refusal of
+  `_client_start`, both survivor-set refusals of `_client_on` ([rule one-set-per-attempt],
+  [rule one-sum-per-update]) and its PersistSurvivorSet-before-the-answer order (moved last),
+  and the filter of `published_metrics` (-> `True`: every local metric leaves the node);
+- `protocol/secagg/client.py`, `SecAggClient`: the signature check of relayed neighbour keys,
+  the share-commitment check of `receive_shares`, and every refusal of `_check_set` and
+  `_check_certificate`; `protocol/secagg/aggregator.py`, `SecAggAggregator`: the key and
+  survivor-vote signature checks, the share-commitment shape check, the `min_survivors` floor
+  of `finish_inputs`, the quorum of `finish_agreement` and the revealed-share check of
+  `receive_unmask` (each `if` test -> `False`; a refusal is a `raise` or `self._reject(...)`);
+- agreed runs (issue 12): every refusal `if` and wrapped error of `protocol/agreement.py`'s
+  `check`, `cosign` and `valid_cosignatures`, and the f lying refusers of `abandoned`
+  (`colluders` -> 0); `node/config.py`: the budget-bypass rule and the unknown-purpose refusal
+  of `consortium_refusals` (-> `[]`), every policy refusal of `run_refusals`; `node/node.py`,
+  `Node`: the refusals of `_vote_run` (a run in progress, a refused run signed as a refusal, a
+  dry run after a vote for another head) and `_abandon_run`'s threshold (its check, and
+  `max_faulty(...)` -> 0).
 
 Before any mutant, every test group runs once on an unmutated copy and must pass. Test files that
 do not exist are left out of a mutant's run (and the table says so). Exit status: 0 when every
@@ -46,6 +64,11 @@ ROOT = Path(__file__).resolve().parent.parent
 VERIFIER = "consortium/protocol/verifier.py"
 RECORD = "consortium/protocol/record.py"
 ROUND = "consortium/protocol/round.py"
+CLIENT = "consortium/protocol/secagg/client.py"
+AGGREGATOR = "consortium/protocol/secagg/aggregator.py"
+AGREEMENT = "consortium/protocol/agreement.py"
+CONFIG = "consortium/node/config.py"
+NODE = "consortium/node/node.py"
 
 T_VERIFIER = "tests/test_round_verifier.py"
 T_VERIFIER_RULES = "tests/test_round_verifier_rules.py"
@@ -53,6 +76,10 @@ T_MACHINE = "tests/test_round_machine.py"
 T_MACHINE_RULES = "tests/test_round_machine_rules.py"
 T_AUDIT = "tests/test_audit_records.py"
 T_PRIVACY_AUDIT = "tests/test_privacy_rounds.py::test_audit_flags_a_tampered_privacy_total"
+T_SECAGG = "tests/test_secagg.py"
+T_SECAGG_HOSTILE = "tests/test_secagg_hostile.py"
+T_DISHONEST = "tests/adversarial/test_secagg_dishonest.py"
+T_AGREED = "tests/adversarial/test_agreed_runs.py"
 
 #: Test files each mutant runs, fastest first (pytest -x stops at the first failure).
 VERIFIER_TESTS = (T_VERIFIER, T_VERIFIER_RULES)
@@ -65,6 +92,10 @@ VERIFIER_EXTRA = {
 }
 RECORD_TESTS = (T_VERIFIER, T_VERIFIER_RULES)
 ROUND_TESTS = (T_MACHINE, T_MACHINE_RULES)
+#: The round machine's SecAgg+ checks (issue 11): the dishonest-leader tests run them.
+ROUND_SECAGG_TESTS = (T_MACHINE_RULES, T_DISHONEST, T_MACHINE)
+SECAGG_TESTS = (T_SECAGG_HOSTILE, T_SECAGG, T_DISHONEST)
+AGREED_TESTS = (T_AGREED,)
 
 
 @dataclass(frozen=True)
@@ -143,6 +174,74 @@ def _if_false(file: str, node: ast.If, check: str, tests: tuple[str, ...]) -> Mu
 def _reraise(file: str, node: ast.Raise, check: str, tests: tuple[str, ...]) -> Mutant:
     start, end = _span(node)
     return Mutant(file, node.lineno, check, start, end, "raise", "-> bare raise", tests)
+
+
+def _replace(
+    file: str, node: ast.AST, text: str, check: str, how: str, tests: tuple[str, ...]
+) -> Mutant:
+    start, end = _span(node)
+    return Mutant(file, start[0], check, start, end, text, how, tests)
+
+
+def _reason(stmt: ast.stmt) -> str:
+    """The refusal text of a `raise E(..., text)` or `self._reject(node, text)`: its last string
+    argument (the first one may be whom a `RejectedMessage` names)."""
+    call = stmt.exc if isinstance(stmt, ast.Raise) else getattr(stmt, "value", None)
+    if isinstance(call, ast.Call):
+        texts = [a for a in call.args if isinstance(a, ast.JoinedStr | ast.Constant)]
+        if texts:
+            return _message(texts[-1])
+    return _message(stmt)
+
+
+def _refuses(stmt: ast.stmt) -> bool:
+    """A raise, or a call of the aggregator's `self._reject(sender, reason)` (which raises)."""
+    if isinstance(stmt, ast.Raise):
+        return True
+    return (
+        isinstance(stmt, ast.Expr)
+        and isinstance(stmt.value, ast.Call)
+        and isinstance(stmt.value.func, ast.Attribute)
+        and stmt.value.func.attr == "_reject"
+    )
+
+
+def _refusal_ifs(scope: ast.AST, where: str) -> list[ast.If]:
+    """Every `if test: <refusal>` (one statement, no else) under `scope`, in source order."""
+    found = [
+        n
+        for n in ast.walk(scope)
+        if isinstance(n, ast.If) and not n.orelse and len(n.body) == 1 and _refuses(n.body[0])
+    ]
+    if not found:
+        raise SystemExit(f"mutations: no refusal found in {where}")
+    return sorted(found, key=lambda n: (n.lineno, n.col_offset))
+
+
+def _refusal_if(scope: ast.FunctionDef, text: str) -> ast.If:
+    """The one refusal `if` of `scope` whose source contains `text`."""
+    found = [n for n in _refusal_ifs(scope, scope.name) if text in ast.unparse(n)]
+    if len(found) != 1:
+        raise SystemExit(
+            f"mutations: {scope.name}: {len(found)} refusals match {text!r}, expected one"
+        )
+    return found[0]
+
+
+def _refusal_mutant(file: str, fn: ast.FunctionDef, n: ast.If, tests: tuple[str, ...]) -> Mutant:
+    return _if_false(file, n, f"{fn.name}: {_reason(n.body[0])!r}", tests)
+
+
+def _to_zero(file: str, scope: ast.AST, name: str, check: str, tests: tuple[str, ...]) -> Mutant:
+    """The one call of `name(...)` under `scope` or, if there is none, the one read of variable
+    `name` -> 0."""
+    calls = [n for n in ast.walk(scope) if isinstance(n, ast.Call) and ast.unparse(n.func) == name]
+    names = [n for n in ast.walk(scope) if isinstance(n, ast.Name) and n.id == name]
+    found = calls or names
+    if len(found) != 1:
+        raise SystemExit(f"mutations: {check}: {len(found)} uses of {name!r}, expected one")
+    what = f"{name}(...)" if calls else name
+    return _replace(file, found[0], "0", check, f"{what} -> 0", tests)
 
 
 # -- protocol/verifier.py -------------------------------------------------------------------------
@@ -288,14 +387,162 @@ def round_mutants(tree: ast.Module) -> Iterator[Mutant]:
             yield _if_false(ROUND, stmt, check, ROUND_TESTS)
 
 
-FINDERS = {VERIFIER: verifier_mutants, RECORD: record_mutants, ROUND: round_mutants}
+def round_secagg_mutants(tree: ast.Module) -> Iterator[Mutant]:
+    """The round machine's SecAgg+ checks (issue 11)."""
+    cls, tests = "RoundMachine", ROUND_SECAGG_TESTS
+
+    fn = _function(tree, "_on_secagg", cls)
+    (start,) = [
+        n
+        for n in ast.walk(fn)
+        if isinstance(n, ast.If) and ast.unparse(n.test) == "START in msg.body"
+    ]
+    for n in _refusal_ifs(start, "_on_secagg's START block"):
+        yield _refusal_mutant(ROUND, fn, n, tests)
+
+    fn = _function(tree, "_client_start", cls)
+    yield _refusal_mutant(ROUND, fn, _refusal_if(fn, "cannot reproduce"), tests)
+
+    fn = _function(tree, "_client_on", cls)
+    for n in _refusal_ifs(fn, "_client_on"):
+        yield _refusal_mutant(ROUND, fn, n, tests)
+    orders = [
+        n.value.body
+        for n in ast.walk(fn)
+        if isinstance(n, ast.Return)
+        and isinstance(n.value, ast.IfExp)
+        and isinstance(n.value.body, ast.List)
+        and ast.unparse(n.value.body.elts[0]) == "*before"
+    ]
+    if len(orders) != 1:
+        raise SystemExit("mutations: no [*before, ...] result found in _client_on")
+    elts = orders[0].elts
+    swapped = "[" + ", ".join(ast.unparse(e) for e in [*elts[1:], elts[0]]) + "]"
+    check = "_client_on: PersistSurvivorSet before the answer leaves"
+    yield _replace(ROUND, orders[0], swapped, check, "persist moved last", tests)
+
+    fn = _function(tree, "published_metrics")
+    comps = [n for n in ast.walk(fn) if isinstance(n, ast.DictComp)]
+    if len(comps) != 1 or len(comps[0].generators[0].ifs) != 1:
+        raise SystemExit("mutations: published_metrics is not one filtered dict comprehension")
+    cond = comps[0].generators[0].ifs[0]
+    check = f"published_metrics: if {ast.unparse(cond)}"
+    yield _replace(ROUND, cond, "True", check, "filter -> True", ROUND_TESTS)
+
+
+# -- protocol/secagg/client.py and aggregator.py ---------------------------------------------------
+
+
+def client_mutants(tree: ast.Module) -> Iterator[Mutant]:
+    cls = "SecAggClient"
+    fn = _function(tree, "receive_neighbour_keys", cls)
+    yield _refusal_mutant(CLIENT, fn, _refusal_if(fn, "did not sign"), SECAGG_TESTS)
+    fn = _function(tree, "receive_shares", cls)
+    yield _refusal_mutant(CLIENT, fn, _refusal_if(fn, "share commitments"), SECAGG_TESTS)
+    for name in ("_check_set", "_check_certificate"):
+        fn = _function(tree, name, cls)
+        for n in _refusal_ifs(fn, name):
+            yield _refusal_mutant(CLIENT, fn, n, SECAGG_TESTS)
+
+
+def aggregator_mutants(tree: ast.Module) -> Iterator[Mutant]:
+    cls = "SecAggAggregator"
+    for name, text in (
+        ("receive_keys", "self._verify"),
+        ("receive_shares", "share commitments"),
+        ("finish_inputs", "min_survivors"),
+        ("receive_survivor_vote", "self._verify"),
+        ("finish_agreement", "quorum"),
+        ("receive_unmask", "it was not dealt"),
+    ):
+        fn = _function(tree, name, cls)
+        yield _refusal_mutant(AGGREGATOR, fn, _refusal_if(fn, text), SECAGG_TESTS)
+
+
+# -- agreed runs: protocol/agreement.py, node/config.py, node/node.py ------------------------------
+
+
+def agreement_mutants(tree: ast.Module) -> Iterator[Mutant]:
+    for name in ("check", "cosign", "valid_cosignatures"):
+        fn = _function(tree, name)
+        for n in _refusal_ifs(fn, name):
+            yield _refusal_mutant(AGREEMENT, fn, n, AGREED_TESTS)
+        for n in ast.walk(fn):
+            if isinstance(n, ast.Raise) and id(n) in _in_handlers(fn):
+                yield _reraise(AGREEMENT, n, f"{name}: {_reason(n)!r} from exc", AGREED_TESTS)
+    fn = _function(tree, "abandoned")
+    check = "abandoned: refusals must leave quorum out of reach with f lying refusers"
+    yield _to_zero(AGREEMENT, fn, "colluders", check, AGREED_TESTS)
+
+
+def config_mutants(tree: ast.Module) -> Iterator[Mutant]:
+    fn = _function(tree, "consortium_refusals")
+    refusals = [
+        n
+        for n in ast.walk(fn)
+        if isinstance(n, ast.If)
+        and isinstance(n.body[-1], ast.Return)
+        and isinstance(n.body[-1].value, ast.List)
+        and n.body[-1].value.elts
+    ]
+    if not refusals:
+        raise SystemExit("mutations: no refusal found in consortium_refusals")
+    for n in refusals:
+        yield _if_false(CONFIG, n, f"consortium_refusals: {_message(n.body[-1])!r}", AGREED_TESTS)
+    for handler in ast.walk(fn):
+        if isinstance(handler, ast.ExceptHandler):
+            for stmt in handler.body:
+                if isinstance(stmt, ast.Return) and isinstance(stmt.value, ast.List):
+                    check = "consortium_refusals: an unknown purpose is refused"
+                    yield _replace(CONFIG, stmt.value, "[]", check, "refusal -> []", AGREED_TESTS)
+    fn = _function(tree, "run_refusals")
+    appends = [
+        n
+        for n in ast.walk(fn)
+        if isinstance(n, ast.If)
+        and len(n.body) == 1
+        and isinstance(n.body[0], ast.Expr)
+        and ast.unparse(n.body[0]).startswith("out.append(")
+    ]
+    if not appends:
+        raise SystemExit("mutations: no policy refusal found in run_refusals")
+    for n in appends:
+        yield _if_false(CONFIG, n, f"run_refusals: {_message(n.body[0])!r}", AGREED_TESTS)
+
+
+def node_mutants(tree: ast.Module) -> Iterator[Mutant]:
+    cls = "Node"
+    fn = _function(tree, "_vote_run", cls)
+    for n in _refusal_ifs(fn, "_vote_run"):
+        yield _refusal_mutant(NODE, fn, n, AGREED_TESTS)
+    (refused,) = [
+        n for n in ast.walk(fn) if isinstance(n, ast.If) and ast.unparse(n.test) == "refusals"
+    ]
+    check = "_vote_run: if refusals (sign a refusal, not the head)"
+    yield _if_false(NODE, refused, check, AGREED_TESTS)
+    fn = _function(tree, "_abandon_run", cls)
+    yield _refusal_mutant(NODE, fn, _refusal_if(fn, "abandoned"), AGREED_TESTS)
+    check = "_abandon_run: f lying refusers allowed for"
+    yield _to_zero(NODE, fn, "max_faulty", check, AGREED_TESTS)
+
+
+FINDERS = {
+    VERIFIER: [verifier_mutants],
+    RECORD: [record_mutants],
+    ROUND: [round_mutants, round_secagg_mutants],
+    CLIENT: [client_mutants],
+    AGGREGATOR: [aggregator_mutants],
+    AGREEMENT: [agreement_mutants],
+    CONFIG: [config_mutants],
+    NODE: [node_mutants],
+}
 
 
 def all_mutants(src: Path) -> list[Mutant]:
     out: list[Mutant] = []
-    for file, finder in FINDERS.items():
+    for file, finders in FINDERS.items():
         tree = ast.parse((src / file).read_bytes())
-        out += sorted(finder(tree), key=lambda m: m.start)
+        out += sorted((m for f in finders for m in f(tree)), key=lambda m: m.start)
     return out
 
 
@@ -333,7 +580,9 @@ def run_tests(src_copy: Path, tests: list[str], timeout: float) -> Outcome:
     out = proc.stdout + proc.stderr
     if proc.returncode == 0:
         return Outcome("SURVIVED", "all passed", seconds)
-    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)(?: - (.*))?$", out, re.MULTILINE)
+    # A parametrized test's id may hold spaces: it runs up to " - " (the reason) or the line's
+    # end. Captured log lines ("ERROR    logger:file.py:1 ...") have more than one space.
+    failed = re.findall(r"^(?:FAILED|ERROR) (\S.*?)(?: - (.*))?$", out, re.MULTILINE)
     if proc.returncode == 1 and failed:
         test, why = failed[0]
         return Outcome("KILLED", f"{test} ({_short(why, 70)})" if why else test, seconds)

@@ -20,8 +20,10 @@ from consortium.ledger.entries import Entry
 from consortium.privacy.budget import Budget
 from consortium.privacy.config import PrivacyConfig
 from consortium.protocol import verifier as v
+from consortium.protocol.messages import Message, SecAgg
 from consortium.protocol.privacy_round import RecordParams, RoundPrivacy
 from consortium.protocol.record import Erasure, RecordFormatError, RoundRecord
+from consortium.protocol.secure_round import params_from_body
 from consortium.protocol.verifier import RecordContext, RecordRejected, verify_round_record
 from tests.machines import Wire, cid_of
 
@@ -208,6 +210,61 @@ PRIVACY: dict[str, Change] = {
 def test_each_privacy_check_refuses_by_name(text: str) -> None:
     record, ctx = _valid_dp()
     _refused(*PRIVACY[text](record, ctx), v.PRIVACY, text)
+
+
+# -- client-level DP under SecAgg+: the noise shares a sum must carry -----------------------------
+
+
+def _secure_with_a_dropout() -> tuple[RoundRecord, RecordContext]:
+    """A committed secure round of five members whose START named all five and whose sum holds
+    four (one member's keys never reached the leader), checked by a contributor."""
+    wire = Wire.build(5, secure=True, seed=4)
+    wire.begin()
+    leader = next(iter(wire.machines.values())).leader(0)
+    lost = next(n for n in sorted(wire.machines) if n != leader)
+
+    def drop_keys(sender: str, to: str, msg: Message) -> list[tuple[str, Message]]:
+        keys = isinstance(msg, SecAgg) and msg.body.get("type") == "secagg/advertise-keys"
+        return [] if sender == lost and keys else [(to, msg)]
+
+    wire.filter = drop_keys
+    wire.settle(step=5.0)
+    voter = next(n for n in sorted(wire.machines) if n not in (leader, lost))
+    p = wire.committed[voter][-1].proposal
+    entry = Entry.from_bytes(p.entry)
+    ctx = wire.machines[voter]._context(entry.author, p, voting=True)
+    record = RoundRecord.from_entry(entry)
+    verify_round_record(record, ctx)  # the baseline passes
+    assert record.secagg is not None and lost not in record.participants
+    assert len(params_from_body(dict(record.secagg.params)).participants) == 5
+    return record, ctx
+
+
+def _client_dp(dropout_tolerance: int) -> RoundPrivacy:
+    config = PrivacyConfig(unit="client", noise_multiplier=1.0, dropout_tolerance=dropout_tolerance)
+    return RoundPrivacy(config, Budget(10.0, 1e-5, "research"), [])
+
+
+NOISE: dict[str, Change] = {
+    # Sized for no dropout and no colluder: each of the five carries a fifth of the noise.
+    "4 noise shares in the sum, it was sized for 5": lambda r, c: (
+        r,
+        replace(c, privacy=_client_dp(0), colluders=0),
+    ),
+    "5 participants cannot carry the noise when 0 may drop and 5 may collude": lambda r, c: (
+        r,
+        replace(c, privacy=_client_dp(0), colluders=5),
+    ),
+}
+
+
+@pytest.mark.parametrize("text", sorted(NOISE), ids=_slug)
+def test_each_client_noise_check_refuses_by_name(text: str) -> None:
+    record, ctx = _secure_with_a_dropout()
+    _refused(*NOISE[text](record, ctx), v.PRIVACY, text)
+    # Sized for one dropout, four shares are enough: the next check is the spend's.
+    lenient = replace(ctx, privacy=_client_dp(1), colluders=0)
+    _refused(record, lenient, v.PRIVACY, "the record lacks the round's privacy spend")
 
 
 # -- the codec ------------------------------------------------------------------------------------

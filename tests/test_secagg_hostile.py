@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -18,10 +19,11 @@ from consortium.protocol.secagg import (
     SecAggError,
     SecAggParams,
     SecAggStateError,
+    SurvivorSet,
     UnmaskRequest,
     parse_message,
 )
-from consortium.protocol.secagg.auth import SimulatedKeys
+from consortium.protocol.secagg.auth import SimulatedKeys, survivors_statement
 
 N, D = 10, 32
 
@@ -239,3 +241,109 @@ def test_a_dealer_whose_shares_do_not_match_its_commitments_is_named(
         with pytest.raises(RejectedMessage, match="do not match its share commitments") as info:
             r.clients[dlv.recipient].receive_shares(dlv)
         assert info.value.sender == dealer
+
+
+# -- what a client signs and reveals on (issue 11): one refusal per check --------------------------
+
+
+def _at_agreement(params: SecAggParams) -> tuple[Round, dict[str, SurvivorSet]]:
+    """A round whose masked inputs are all in: the survivor set each client is asked to sign."""
+    r = Round(params)
+    r.to_inputs()
+    for node, c in r.clients.items():
+        r.agg.receive_masked_input(c.masked_input(r.words[node]))
+    return r, {s.recipient: s for s in r.agg.finish_inputs()}
+
+
+def _slug(text: str) -> str:
+    """A test id without spaces: the refusal text, words joined by '-'."""
+    return "-".join(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+SETS = {
+    # n0's complete graph: every participant holds a share of n0's secrets (k = 9 of 10).
+    "survivor set names a non-participant": lambda full: (*full, "zz-stranger"),
+    "survivor set of 4 is below the floor of 5": lambda full: full[:4],
+    "only 5 of this node's share holders survive, threshold is 6": lambda full: full[:5],
+}
+
+
+@pytest.mark.parametrize("text", sorted(SETS), ids=_slug)
+def test_a_client_signs_no_set_it_may_not_let_be_unmasked(params: SecAggParams, text: str) -> None:
+    r, sets = _at_agreement(params)
+    me = params.participants[0]
+    shown = replace(sets[me], survivors=SETS[text](sets[me].survivors))
+    with pytest.raises(RejectedMessage, match=text) as info:
+        r.clients[me].receive_survivor_set(shown)
+    assert info.value.sender == "aggregator"
+    assert r.clients[me].signed_set is None and r.clients[me].stage is ClientStage.AGREE
+
+
+def test_a_client_reveals_nothing_for_a_set_it_did_not_sign(params: SecAggParams) -> None:
+    """Every client signed the full set; the aggregator presents n0 a request over the set
+    without n9, under a genuine quorum of signatures over that smaller set (colluders may sign
+    anything). Revealing would hand out n9's mask key while n9's input is in the signed sum."""
+    r, sets = _at_agreement(params)
+    p = params.participants
+    me, left_out = p[0], p[-1]
+    for node, s in sets.items():
+        r.agg.receive_survivor_vote(r.clients[node].receive_survivor_set(s))
+    assert r.clients[me].signed_set == p
+    other = tuple(n for n in p if n != left_out)
+    statement = survivors_statement(params.round_id, other)
+    cert = tuple((n, r.auth.signer(n)(statement)) for n in other[1 : 1 + params.quorum])
+    request = UnmaskRequest(params.round_id, me, other, (left_out,), other, cert)
+    with pytest.raises(RejectedMessage, match="unmask request for a set this node did not sign"):
+        r.clients[me].receive_unmask_request(request)
+    assert r.clients[me].stage is ClientStage.UNMASK  # nothing was revealed
+
+
+COMMITMENTS = {
+    "holder-missing": lambda c: c[1:],
+    "short": lambda c: ((c[0][0], c[0][1][:63]), *c[1:]),
+    "stranger": lambda c: (*c, ("zz-stranger", bytes(64))),
+}
+
+
+@pytest.mark.parametrize("case", sorted(COMMITMENTS))
+def test_malformed_share_commitments_drop_their_dealer(params: SecAggParams, case: str) -> None:
+    r = Round(params)
+    for c in r.clients.values():
+        r.agg.receive_keys(c.advertise_keys())
+    dealer = params.participants[0]
+    for m in r.agg.finish_keys():
+        out = r.clients[m.recipient].receive_neighbour_keys(m)
+        if m.recipient != dealer:
+            r.agg.receive_shares(out)
+            continue
+        bad = replace(out, share_commitments=COMMITMENTS[case](out.share_commitments))
+        text = "share commitments are not 64 bytes for exactly its share holders"
+        with pytest.raises(RejectedMessage, match=text) as info:
+            r.agg.receive_shares(bad)
+        assert info.value.sender == dealer
+    # The round goes on without the dealer.
+    for dlv in r.agg.finish_shares():
+        r.clients[dlv.recipient].receive_shares(dlv)
+    assert dealer in r.agg.dropped
+    for node, c in r.clients.items():
+        if node != dealer:
+            r.agg.receive_masked_input(c.masked_input(r.words[node]))
+    for s in r.agg.finish_inputs():
+        r.agg.receive_survivor_vote(r.clients[s.recipient].receive_survivor_set(s))
+    for q in r.agg.finish_agreement():
+        r.agg.receive_unmask(r.clients[q.recipient].receive_unmask_request(q))
+    expected = sum(int(r.words[n][0]) for n in params.participants if n != dealer)
+    assert np.array_equal(r.agg.finish().words, np.full(D, expected, dtype=np.uint32))
+
+
+def test_the_aggregator_asks_no_one_to_sign_a_set_below_the_floor() -> None:
+    """Seven inputs keep every mask removable (t = 6) but are below the floor of 8."""
+    params = SecAggParams.create(
+        b"floor", [f"n{i}" for i in range(N)], D, k=9, threshold=6, quorum=5, min_survivors=8
+    )
+    r = Round(params)
+    r.to_inputs()
+    for node in params.participants[:7]:
+        r.agg.receive_masked_input(r.clients[node].masked_input(r.words[node]))
+    with pytest.raises(SecAggAbort, match="only 7 masked inputs, the floor is 8"):
+        r.agg.finish_inputs()

@@ -5,19 +5,26 @@ name."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from consortium.audit import audit
+from consortium.core.encoding import Domain, decode, encode
 from consortium.core.errors import AuditError, ConfigError
 from consortium.core.genesis import Purpose
+from consortium.core.identity import NodeIdentity, is_valid_signature
+from consortium.ledger.entries import Entry, make_record
 from consortium.node.config import PolicyConfig, RunConfig
+from consortium.node.node import Node
 from consortium.privacy.config import PrivacyConfig
-from consortium.protocol.messages import StartRun, encode_message
+from consortium.protocol import agreement
+from consortium.protocol.messages import Proposal, StartRun, encode_message
 from consortium.protocol.record import RUN_KIND, RunRecord
 from consortium.transport.inprocess import InProcessTransport
-from tests.inprocess_cluster import cluster, run_config
+from tests.inprocess_cluster import cluster, run_config, start
 from tests.records import forge_folder
 
 BUDGET = Purpose("research", 8.0, 1e-5)
@@ -106,6 +113,12 @@ def test_a_proposal_for_another_ledger_size_or_a_second_head_is_refused(tmp_path
             other = agreement.propose(
                 n0.identity, n0.genesis, n1.ledger.frontier(), RUN_KIND, body, 6
             )
+            # Asked first whether it would accept, it already says no: the proposer must not
+            # count it among the willing.
+            with pytest.raises(
+                agreement.AgreementRefused, match=r"already cosigned another head of size 2$"
+            ):
+                n1._vote_run(other, dry_run=True)
             with pytest.raises(agreement.AgreementRefused, match="would equivocate"):
                 n1._vote_run(other)
         finally:
@@ -203,3 +216,120 @@ def test_a_run_stops_only_when_a_quorum_agrees_and_audit_sees_the_stop(tmp_path:
     folder = asyncio.run(go())
     report = audit(folder)
     assert report.kinds.get("run-stop") == 1
+
+
+def _run_proposal(proposer: Node, voter: Node, run: RunConfig, kind: str = RUN_KIND) -> Proposal:
+    body = RunRecord(run.run_id(), run.body()).to_body()
+    frontier = voter.ledger.frontier()
+    return agreement.propose(proposer.identity, proposer.genesis, frontier, kind, body, 5)
+
+
+#: case -> (the refusal, the voter's [policy], changes to the run)
+REFUSALS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "min-honest": ("policy requires min_honest >= 4, the run has 3", {"min_honest": 4}, {}),
+    "purpose": ("policy does not allow purpose 'research'", {"purposes": ["clinical"]}, {}),
+    "dataset": ("policy does not allow dataset 'digits'", {"datasets": ["fashion-mnist"]}, {}),
+    "unknown-purpose": (
+        "purpose 'marketing' is not declared in genesis",
+        {},
+        {"purpose": "marketing"},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_each_refusal_is_named_signed_and_locks_no_vote(tmp_path: Path, case: str) -> None:
+    text, policy, change = REFUSALS[case]
+
+    async def go() -> None:
+        nodes, _, _ = await cluster(tmp_path, 3, seed=67, consent=False)
+        try:
+            n0, voter = nodes[0], nodes[1]
+            lenient = PolicyConfig(require_secure_aggregation=False, **policy)
+            voter.config = voter.config.model_copy(update={"policy": lenient})
+            p = _run_proposal(n0, voter, run_config(1, 0).model_copy(update=change))
+            for dry_run in (True, False):
+                answer = decode(voter._vote_run(p, dry_run=dry_run))
+                assert text in answer["refused"], answer
+                key = voter.genesis.member(voter.identity.node_id).public_key
+                statement = agreement.refusal_statement(p)
+                digest = voter.genesis.digest()
+                assert is_valid_signature(key, Domain.MESSAGE, statement, answer["sig"], digest)
+            assert p.size not in voter.ledger.my_votes()
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    asyncio.run(go())
+
+
+def test_a_proposal_of_another_kind_or_by_an_outsider_is_refused(tmp_path: Path) -> None:
+    async def go() -> None:
+        nodes, _, _ = await cluster(tmp_path, 3, seed=68, consent=False)
+        try:
+            n0, voter = nodes[0], nodes[1]
+            note = _run_proposal(n0, voter, run_config(1, 0), kind="note")
+            text = "the proposed entry is a 'note', not one of"
+            with pytest.raises(agreement.AgreementRefused, match=text):
+                voter._vote_run(note)
+            mallory = NodeIdentity.generate("mallory", seed=b"agreed-runs/mallory")
+            forged = _run_proposal(n0, voter, run_config(1, 0))
+            entry = make_record(
+                mallory, RUN_KIND, Entry.from_bytes(forged.entry).body, 5, n0.genesis
+            )
+            forged = replace(forged, entry=entry.to_bytes())
+            with pytest.raises(
+                agreement.AgreementRefused, match="the proposed entry does not verify"
+            ):
+                voter._vote_run(forged)
+            assert not voter.ledger.my_votes()
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    asyncio.run(go())
+
+
+def test_a_run_commit_without_a_quorum_of_valid_cosignatures_is_refused(tmp_path: Path) -> None:
+    """4 members, quorum 3: two cosignatures, then with a third copied under another name."""
+
+    async def go() -> None:
+        nodes, _, _ = await cluster(tmp_path, 4, seed=69, consent=False)
+        try:
+            n0, target, n2, n3 = nodes
+            p = _run_proposal(n0, target, run_config(1, 0))
+            two = {n.identity.node_id: decode(n._vote_run(p))["sig"] for n in (n0, n2)}
+            copied = {**two, n3.identity.node_id: two[n0.identity.node_id]}  # not n3's
+            for sigs in (two, copied):
+                commit = encode({"proposal": p.to_body(), "cosignatures": sigs})
+                with pytest.raises(
+                    agreement.AgreementRefused, match="2 valid cosignatures, the quorum is 3"
+                ):
+                    await target._handle(n0.identity.node_id, "run-commit", commit)
+            assert target.ledger.size == 1 and target.machine is None
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    asyncio.run(go())
+
+
+def test_a_member_running_a_run_votes_for_no_other(tmp_path: Path) -> None:
+    async def go() -> None:
+        nodes, _, _ = await cluster(tmp_path, 3, seed=70, consent=False)
+        try:
+            await start(nodes, run_config(5, 0))
+            voter = nodes[1]
+            assert voter.machine is not None and not voter.finished.is_set()
+            p = _run_proposal(nodes[0], voter, run_config(2, 0))
+            for dry_run in (True, False):
+                with pytest.raises(
+                    agreement.AgreementRefused, match="a run is already in progress on this node"
+                ):
+                    voter._vote_run(p, dry_run=dry_run)
+            assert p.size not in voter.ledger.my_votes()
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    asyncio.run(go())

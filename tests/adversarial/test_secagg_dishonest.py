@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from consortium.core.encoding import Domain, decode
@@ -324,3 +325,164 @@ def test_a_lying_share_is_discarded_its_sender_named_and_the_round_goes_on() -> 
     notes = "\n".join(wire.notes.get(leader, []))
     assert wire.name(liar) in notes and "it was not dealt" in notes
     assert _committed_attempts(wire) == {0}  # no attempt lost
+
+
+# -- the START a participant accepts, one refusal per check ----------------------------------------
+
+
+def _start_to_victim(seed: int, rewrite: Any) -> tuple[Wire, str, str]:
+    """A round whose attempt-0 leader sends the victim `rewrite(start)` (None: the same start
+    twice) instead of the START everyone else gets."""
+    wire = Wire.build(5, secure=True, seed=seed)
+    wire.begin()
+    attacker, victim = _attack(wire)
+
+    def tamper(sender: str, to: str, msg: Message) -> list[tuple[str, Message]]:
+        if sender == attacker and to == victim and _secagg_type(msg) == "start":
+            assert isinstance(msg, SecAgg)
+            if rewrite is None:
+                return [(to, msg), (to, msg)]
+            return [(to, replace(msg, body={START: rewrite(dict(msg.body[START]))}))]
+        return [(to, msg)]
+
+    wire.filter = tamper
+    wire.run()
+    return wire, attacker, victim
+
+
+def _advertised(wire: Wire, node: str, attempt: int = 0) -> int:
+    return sum(
+        1
+        for n, a in wire.trace
+        if n == node
+        and isinstance(a, Send)
+        and isinstance(a.message, SecAgg)
+        and a.message.attempt == attempt
+        and _secagg_type(a.message) == "secagg/advertise-keys"
+    )
+
+
+def _counts(start: dict[str, Any], value: Any) -> dict[str, Any]:
+    return {**start, "samples": dict.fromkeys(start["samples"], value)}
+
+
+MALFORMED_STARTS = {
+    "not-a-map": lambda start: ["participants", start["participants"]],
+    "participants-not-a-list": lambda start: {**start, "participants": "everyone"},
+    "count-not-a-positive-integer": lambda start: _counts(start, True),
+    "more-participants-than-members": lambda start: {
+        **start,
+        "participants": [*start["participants"], *start["participants"][:1]],
+    },
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_STARTS))
+def test_a_malformed_start_is_refused(case: str) -> None:
+    wire, attacker, victim = _start_to_victim(17, MALFORMED_STARTS[case])
+    refusal = f"refused secagg from {wire.name(attacker)}: malformed secure-aggregation start"
+    assert refusal in wire.notes.get(victim, []), wire.notes.get(victim)
+    assert _advertised(wire, victim) == 0
+
+
+def _without(start: dict[str, Any], node: str, key: str) -> dict[str, Any]:
+    parts = [p for p in start["participants"] if p != node or key == "samples"]
+    samples = {k: v for k, v in start["samples"].items() if k != node or key == "participants"}
+    return {**start, "participants": parts, "samples": samples}
+
+
+@pytest.mark.parametrize("key", ["participants", "samples"])
+def test_a_start_that_leaves_the_recipient_out_is_refused(key: str) -> None:
+    wire = Wire.build(5, secure=True, seed=18)
+    _, victim = _attack(wire)
+    wire, attacker, victim = _start_to_victim(18, lambda start: _without(start, victim, key))
+    refusal = f"refused secagg from {wire.name(attacker)}: secure-aggregation start leaves this "
+    refusal += "node out"
+    assert refusal in wire.notes.get(victim, []), wire.notes.get(victim)
+    assert _advertised(wire, victim) == 0
+
+
+def test_a_second_start_in_one_attempt_is_refused_and_the_first_goes_on() -> None:
+    wire, attacker, victim = _start_to_victim(19, None)
+    refusal = (
+        f"refused secagg from {wire.name(attacker)}: a second secure-aggregation start in one "
+        "attempt"
+    )
+    assert refusal in wire.notes.get(victim, [])
+    assert _advertised(wire, victim) == 1  # one client, one set of keys
+    wire.filter = None
+    wire.settle(step=5.0)
+    record = RoundRecord.from_entry(Entry.from_bytes(wire.entry_bytes(victim)))
+    assert victim in record.participants and _committed_attempts(wire) == {0}
+
+
+# -- one survivor set per attempt, one sum per update ---------------------------------------------
+
+
+def _survivor_votes(wire: Wire, node: str, attempt: int) -> int:
+    return sum(
+        1
+        for n, a in wire.trace
+        if n == node
+        and isinstance(a, Send)
+        and isinstance(a.message, SecAgg)
+        and a.message.attempt == attempt
+        and _secagg_type(a.message) == "secagg/survivor-vote"
+    )
+
+
+def test_a_restarted_member_signs_no_second_set_in_the_attempt_it_signed_one() -> None:
+    """The victim signed (and persisted) a four-member set in attempt 0, crashed and restarted
+    in that attempt: asked to sign the five-member set of a fresh start, it refuses."""
+    probe = Wire.build(5, secure=True, seed=20)
+    probe.begin()
+    attacker, victim = _attack(probe)
+    four = tuple(sorted(n for n in probe.machines if n != attacker))
+    wire = Wire.build(5, secure=True, seed=20, signed_sets={victim: {(1, 0): four}})
+    wire.begin()
+    wire.run()
+    refusal = (
+        "round 1: secure aggregation: it already signed another survivor set for this attempt "
+        "[rule one-set-per-attempt]"
+    )
+    assert refusal in wire.notes.get(victim, []), wire.notes.get(victim)
+    assert _survivor_votes(wire, victim, 0) == 0
+    assert not any(n == victim and isinstance(a, PersistSurvivorSet) for n, a in wire.trace)
+
+
+def test_a_member_bound_to_a_set_signs_no_smaller_one_in_a_later_attempt() -> None:
+    """Six members (f = 1, quorum 4, floor 4). Attempt 0's leader leaves attempt 1's leader out
+    (no shares), gets the other five's set signed and withholds the unmasking. In attempt 1
+    the leader, bound to nothing, starts over that five; the attacker's masked input goes
+    missing, so the sum would be over four. Every member bound to the five refuses to sign the
+    four: the five's sum minus the four's would be the attacker's update, and with a colluder
+    who withholds its input instead, any member's."""
+    wire = Wire.build(6, secure=True, seed=21)
+    wire.begin()
+    attacker, victim = _attack(wire)
+    relay = wire.machines[victim].leader(1)  # attempt 1's leader
+
+    def leave_out_then_drop_out(sender: str, to: str, msg: Message) -> list[tuple[str, Message]]:
+        kind = _secagg_type(msg)
+        withheld = kind == "secagg/unmask-request" or (kind, to) == ("secagg/share-delivery", relay)
+        if sender == attacker and msg.attempt == 0 and withheld:
+            return []
+        if sender == attacker and msg.attempt == 1 and kind == "secagg/masked-input":
+            return []
+        return [(to, msg)]
+
+    wire.filter = leave_out_then_drop_out
+    wire.run()
+    wire.tick(6.0)  # past the stage deadline: the five sign their set; nothing is unmasked
+    five = tuple(sorted(n for n in wire.machines if n != relay))
+    assert wire.machines[victim]._signed_sets == {(1, 0): five}
+    assert not _unmask_responses(wire, 0)
+    wire.tick(25.0)  # attempt 1: its leader starts over the five the members are bound to
+    wire.tick(6.0)  # past the stage deadline: it asks the four whose inputs came to sign
+    refusal = (
+        "round 1: secure aggregation: it signed another survivor set earlier in this round "
+        "[rule one-sum-per-update]"
+    )
+    assert refusal in wire.notes.get(victim, []), wire.notes.get(victim)
+    assert _survivor_votes(wire, victim, 1) == 0
+    assert not _unmask_responses(wire, 1)

@@ -690,7 +690,10 @@ class Node:
             m = self.machine
             if m is not None and not self.finished.is_set():
                 round_no, attempt = m.round, m.attempt
-                self._execute(m.tick(self.clock()))
+                try:
+                    self._execute(m.tick(self.clock()))
+                except ConsortiumError as exc:  # one bad deadline must not stop the clock
+                    log.error("%s: round %d: %s", self.name, round_no, exc)
                 if self.machine is m and m.round == round_no and m.attempt != attempt:
                     # The attempt timed out: perhaps the others committed the round and this
                     # node missed the commit (it was starting, say). Messages of the next round

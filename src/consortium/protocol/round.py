@@ -1033,6 +1033,7 @@ class RoundMachine:
         assert s.client is not None
         key = (s.frontier.size, s.attempt)
         before: list[Action] = []
+        survivors: tuple[str, ...] | None = None
         if body.get("type") == SurvivorSet.TYPE:
             survivors = SurvivorSet.from_body(body).survivors
             prior = self._signed_sets.get(key)
@@ -1046,9 +1047,10 @@ class RoundMachine:
                 raise SecAggError(
                     "it signed another survivor set earlier in this round [rule one-sum-per-update]"
                 )
+        reply = s.client.on(body)
+        if survivors is not None:  # signed (the client's own checks passed): bound from now on
             self._signed_sets[key] = survivors
             before.append(PersistSurvivorSet(s.frontier.size, s.attempt, survivors))
-        reply = s.client.on(body)
         if s.client.input_hash is not None:
             s.sent[s.attempt] = s.client.input_hash
         if s.client.words is not None:
@@ -1139,7 +1141,12 @@ class RoundMachine:
             for recipient, body in out:
                 if recipient == self.me:
                     if s.client is not None:
-                        actions += self._client_on(body)
+                        try:
+                            actions += self._client_on(body)
+                        except SecAggError as exc:  # its own refusal: never escape a tick
+                            actions.append(
+                                Note(f"round {s.round}: this node's client refused: {exc}")
+                            )
                 else:
                     actions.append(Send(recipient, self._secagg_msg(body)))
         if lead is not None and lead.stage_name == "done" and s.phase is Phase.SECURE:
