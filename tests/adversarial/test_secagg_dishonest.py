@@ -453,21 +453,22 @@ def test_a_restarted_member_signs_no_second_set_in_the_attempt_it_signed_one() -
 def test_a_member_bound_to_a_set_signs_no_smaller_one_in_a_later_attempt() -> None:
     """Six members (f = 1, quorum 4, floor 4). Attempt 0's leader leaves attempt 1's leader out
     (no shares), gets the other five's set signed and withholds the unmasking. In attempt 1
-    the leader, bound to nothing, starts over that five; the attacker's masked input goes
-    missing, so the sum would be over four. Every member bound to the five refuses to sign the
-    four: the five's sum minus the four's would be the attacker's update, and with a colluder
-    who withholds its input instead, any member's."""
+    the leader, bound to nothing, starts over that five; a colluder withholds its masked input,
+    so the sum would be over four. Every member bound to the five refuses to sign the four: the
+    five's sum minus the four's would be the colluder's update, and so any member's. (Leaving
+    out attempt 0's leader alone would be allowed: the difference is that leader's own update.)"""
     wire = Wire.build(6, secure=True, seed=21)
     wire.begin()
     attacker, victim = _attack(wire)
     relay = wire.machines[victim].leader(1)  # attempt 1's leader
+    colluder = next(n for n in sorted(wire.machines) if n not in (attacker, victim, relay))
 
     def leave_out_then_drop_out(sender: str, to: str, msg: Message) -> list[tuple[str, Message]]:
         kind = _secagg_type(msg)
         withheld = kind == "secagg/unmask-request" or (kind, to) == ("secagg/share-delivery", relay)
         if sender == attacker and msg.attempt == 0 and withheld:
             return []
-        if sender == attacker and msg.attempt == 1 and kind == "secagg/masked-input":
+        if sender == colluder and msg.attempt == 1 and kind == "secagg/masked-input":
             return []
         return [(to, msg)]
 
@@ -486,3 +487,29 @@ def test_a_member_bound_to_a_set_signs_no_smaller_one_in_a_later_attempt() -> No
     assert refusal in wire.notes.get(victim, []), wire.notes.get(victim)
     assert _survivor_votes(wire, victim, 1) == 0
     assert not _unmask_responses(wire, 1)
+
+
+def test_a_leader_lost_after_the_set_was_signed_costs_one_attempt() -> None:
+    """Attempt 0's leader crashes after its five members signed their survivor set. The bound
+    members may drop that leader (the difference of the two sums is its own update, which it
+    alone could learn), so attempt 1 completes over the other four."""
+    wire = Wire.build(5, secure=True, seed=17)
+    wire.begin()
+    leader, _ = _attack(wire)
+
+    def crash_before_unmask(sender: str, to: str, msg: Message) -> list[tuple[str, Message]]:
+        if sender == leader and _secagg_type(msg) == "secagg/unmask-request":
+            wire.down.add(leader)  # gone with the signed set, before anyone revealed
+            return []
+        return [(to, msg)]
+
+    wire.filter = crash_before_unmask
+    wire.run()
+    assert leader in wire.down
+    assert all(m._signed_sets for n, m in wire.machines.items() if n != leader)
+    wire.settle(step=7.0)
+    record = RoundRecord.from_entry(
+        Entry.from_bytes(next(iter(wire.committed.values()))[-1].proposal.entry)
+    )
+    assert record.attempt >= 1 and leader not in record.participants
+    assert len(record.participants) == 4

@@ -46,7 +46,7 @@ def test_a_member_is_not_bound_to_a_survivor_set_it_refused() -> None:
 
 def test_a_leader_whose_own_client_refuses_the_set_does_not_raise_from_tick() -> None:
     """Five members sign their set in attempt 0, whose leader withholds the unmasking. Attempt
-    1's leader, bound to the five like everyone, restarts that sum; the attacker's masked input
+    1's leader, bound to the five like everyone, restarts that sum; a colluder's masked input
     goes missing, and at the stage deadline the leader's aggregator proposes the four. The
     leader's own `_client_on` refuses ([rule one-sum-per-update]) inside `_secure_progress`,
     which `tick` calls unguarded: SecAggError escapes `RoundMachine.tick`. In a node it ends
@@ -56,12 +56,16 @@ def test_a_leader_whose_own_client_refuses_the_set_does_not_raise_from_tick() ->
     wire = Wire.build(5, secure=True, seed=21)
     wire.begin()
     attacker, _ = _attack(wire)
+    # A colluder (not a leader of an attempt the members signed in) drops out in attempt 1.
+    colluder = next(
+        n for n in sorted(wire.machines) if n not in (attacker, wire.machines[attacker].leader(1))
+    )
 
     def withhold_then_drop_out(sender: str, to: str, msg: Message) -> list[tuple[str, Message]]:
         kind = _secagg_type(msg)
         if sender == attacker and msg.attempt == 0 and kind == "secagg/unmask-request":
             return []
-        if sender == attacker and msg.attempt == 1 and kind == "secagg/masked-input":
+        if sender == colluder and msg.attempt == 1 and kind == "secagg/masked-input":
             return []
         return [(to, msg)]
 

@@ -546,10 +546,9 @@ class RoundMachine:
             self._goto(event, Phase.COLLECTING)
         everyone = len(s.updates) == len(self.members)
         waited = now >= s.attempt_started + self.settings.collect_timeout
-        bound = self._reported_bound() if self.settings.secure else None
+        bound = self._reported_bound(waited) if self.settings.secure else None
         if bound is not None:
-            everyone = set(bound) <= set(s.updates)  # that set alone: wait for all of it
-            if not everyone:
+            if not set(bound) <= set(s.updates):  # that set alone: wait for all of it
                 return []
         elif len(s.updates) < self.min_contributors or not (everyone or waited):
             return []
@@ -573,10 +572,19 @@ class RoundMachine:
         msg = Propose(self.settings.run_id, s.round, s.attempt, proposal, reports)
         return [Broadcast(msg), *self._vote_for(proposal, self.me, reports, event)]
 
-    def _reported_bound(self) -> tuple[str, ...] | None:
-        """A survivor set participants report being bound to (see `_bound_set`), if any."""
-        sets = sorted({u.bound for u in self.s.updates.values() if u.bound})
-        return sets[0] if sets else None
+    def _reported_bound(self, waited: bool) -> tuple[str, ...] | None:
+        """The set to start over when participants report being bound (see `_bound_set`): the
+        smallest reported set; once the collect deadline passed, less leaders of earlier
+        attempts whose updates did not come (a crashed leader; members check they may drop it).
+        None when no one is bound."""
+        s = self.s
+        sets = sorted({u.bound for u in s.updates.values() if u.bound}, key=lambda b: (len(b), b))
+        if not sets:
+            return None
+        if not waited:
+            return sets[0]
+        earlier_leaders = {self.leader(a) for a in range(s.attempt)}
+        return tuple(p for p in sets[0] if p in s.updates or p not in earlier_leaders)
 
     def _reported_proposals(self) -> list[Proposal]:
         """Proposals that participants say they already cosigned, in a deterministic order."""
@@ -877,19 +885,34 @@ class RoundMachine:
         return [Send(self.leader(), self._my_update())]
 
     def _bound_set(self) -> tuple[str, ...] | None:
-        """The survivor set this node signed in an earlier attempt of this round, if any.
+        """The survivor set this node signed last in an earlier attempt of this round, if any.
 
-        Once signed, its masked input may have been unmasked within that set's sum (the leader
-        may withhold the result). A sum over any other set, with or without this node, would
-        let the difference of the two give updates away, so for the rest of the round it helps
-        only to recompute that same sum, from the very same quantized words."""
+        Once signed, its masked input may have been unmasked within that set's sum, by that
+        attempt's leader (who may withhold the result). A sum over a set with anyone else in it,
+        or without anyone but such leaders, would let the difference of the two give an honest
+        member's update away; so for the rest of the round this node joins only sums over that
+        set minus leaders of attempts in which it signed (`_may_join`)."""
         s = self.s
         slot = s.frontier.size
         earlier = sorted((a, u) for (r, a), u in self._signed_sets.items() if r == slot)
-        for a, survivors in earlier:
-            if a != s.attempt:
-                return survivors
-        return None
+        signed = [u for a, u in earlier if a != s.attempt]
+        return signed[-1] if signed else None
+
+    def _may_join(self, parts: Sequence[str]) -> bool:
+        """Whether this node may contribute to a sum over `parts` in this attempt: any set if it
+        signed none earlier in the round, else its last signed set minus leaders of attempts in
+        which it signed (each of those learned at most its own update from the difference)."""
+        bound = self._bound_set()
+        if bound is None:
+            return True
+        s = self.s
+        leaders = {
+            self.leader(a)
+            for (r, a) in self._signed_sets
+            if r == s.frontier.size and a != s.attempt
+        }
+        missing = set(bound) - set(parts)
+        return set(parts) <= set(bound) and missing <= leaders
 
     def _my_update(self) -> Update:
         s = self.s
@@ -927,7 +950,8 @@ class RoundMachine:
         """As leader: open SecAgg+ among the participants whose updates arrived."""
         s = self.s
         parts = sorted(s.updates)
-        bound = self._reported_bound()
+        waited = now >= s.attempt_started + self.settings.collect_timeout
+        bound = self._reported_bound(waited)
         if bound is not None:  # members bound to a set: only that sum may be recomputed
             parts = list(bound)
         params = self._secagg_params(s.attempt, parts)
@@ -1005,7 +1029,9 @@ class RoundMachine:
         weight = 1.0 / len(samples)
         auth = (self._secagg_sign, self._secagg_verify)
         words = None
-        if self._bound_set() is not None:
+        bound = self._bound_set()
+        if bound is not None and tuple(sorted(samples)) == bound:
+            # The same sum again: the very same words, so it is released bit for bit again.
             if s.words is None:
                 raise ConsortiumError(
                     "this node signed a survivor set earlier in the round and cannot reproduce "
@@ -1042,8 +1068,7 @@ class RoundMachine:
                     "it already signed another survivor set for this attempt "
                     "[rule one-set-per-attempt]"
                 )
-            bound = self._bound_set()
-            if bound is not None and survivors != bound:
+            if not self._may_join(survivors):
                 raise SecAggError(
                     "it signed another survivor set earlier in this round [rule one-sum-per-update]"
                 )
@@ -1110,8 +1135,7 @@ class RoundMachine:
                     f"({len(outsiders)} not members); the floor is {self.min_contributors} "
                     "members [rule participant-floor]"
                 )
-            bound = self._bound_set()
-            if bound is not None and tuple(sorted(parts)) != bound:
+            if not self._may_join(parts):
                 raise ConsortiumError(
                     "secure-aggregation start differs from the survivor set this node signed "
                     "earlier in the round [rule one-sum-per-update]"
