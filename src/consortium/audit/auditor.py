@@ -70,7 +70,7 @@ from consortium.protocol.record import (
     StopRecord,
 )
 from consortium.protocol.secagg import SecAggParams
-from consortium.protocol.secure_round import Consortium, round_params
+from consortium.protocol.secure_round import Consortium, min_contributors, round_params
 from consortium.protocol.verifier import CONFIG, RecordContext, verify_round_record
 from consortium.store.blockstore import BlockStore
 from consortium.store.cid import cid_for
@@ -497,7 +497,7 @@ def _record_context(
         # Every CID the verifier asks about is of bytes just read (and re-hashed) from the store.
         cid_of=lambda data: fetched.get(sha256(data)) or cid_for(data),
         secure=secure,
-        min_contributors=max(run.min_updates, consortium.floor) if secure else run.min_updates,
+        min_contributors=min_contributors(run.min_updates, secure, consortium),
         transcript=transcript,
         secagg_params=secagg_params,
         apply_delta=add_flat_delta,

@@ -80,6 +80,7 @@ from consortium.protocol.secure_round import (
     round_params,
     weighted_vector,
 )
+from consortium.protocol.secure_round import min_contributors as rule_min_contributors
 from consortium.protocol.verifier import (
     PUBLISHED_METRICS,
     OwnContribution,
@@ -993,7 +994,7 @@ class RoundMachine:
     def min_contributors(self) -> int:
         """Plaintext: the run's minimum; SecAgg+: also the floor sized for colluders."""
         st = self.settings
-        return max(st.min_updates, self._secagg.floor) if st.secure else st.min_updates
+        return rule_min_contributors(st.min_updates, st.secure, self._secagg)
 
     def _secagg_sign(self, statement: dict[str, Any]) -> bytes:
         return self._identity.sign(Domain.MESSAGE, statement, self._digest)

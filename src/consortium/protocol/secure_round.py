@@ -72,6 +72,12 @@ def contributor_floor(members: int, quorum: int, min_honest: int) -> int:
     return max(quorum, max_faulty(members) + min_honest)
 
 
+def min_contributors(min_updates: int, secure: bool, consortium: Consortium) -> int:
+    """The fewest contributors a round's record may have: the run's minimum, and under SecAgg+
+    also the floor sized for colluders (voters and `audit` use this one rule)."""
+    return max(min_updates, consortium.floor) if secure else min_updates
+
+
 @dataclass(frozen=True)
 class Consortium:
     """What SecAgg+ parameters depend on beyond the participants: genesis's size and quorum,
