@@ -5,6 +5,7 @@ This is the only path from a node's data to training (the consent issue hooks it
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,11 @@ class Learner:
         self._val_ids, self._train_ids = idx[:n_val], idx[n_val:]
         self.model = build_model(run.model, ds.input_shape, ds.num_classes, seed=run.seed)
         self.like = get_weights(self.model)
+        #: `train` runs in worker threads and trains the one `model` in place: a node that
+        #: resumed mid-round and then received that round's commit starts the next round's
+        #: training while the stale one still runs, and two threads in one module's autograd
+        #: corrupt memory (a restarted node segfaulted in `bench chaos`). One at a time.
+        self.training = threading.Lock()
         self.strategy = get_strategy(
             run.strategy, **({"mu": run.mu} if run.strategy == "fedprox" else {})
         )
@@ -104,7 +110,18 @@ class Learner:
     ) -> tuple[int, bytes, dict[str, Any]]:
         """Train from the global model on the rows in `allowed` (the records whose consent
         covers this round; None: every row), with DP-SGD at noise multiplier `dp_noise` when
-        record-level privacy is on; return (samples, update bytes, metrics)."""
+        record-level privacy is on; return (samples, update bytes, metrics). Thread-safe: calls
+        run one after another."""
+        with self.training:
+            return self._train(global_model, round_no, allowed, dp_noise)
+
+    def _train(
+        self,
+        global_model: bytes,
+        round_no: int,
+        allowed: np.ndarray | None,
+        dp_noise: float | None,
+    ) -> tuple[int, bytes, dict[str, Any]]:
         ds = self.dataset
         train_ids = self._rows(self._train_ids, allowed)
         val_ids = self._rows(self._val_ids, allowed)
