@@ -102,22 +102,6 @@ async def start(nodes: list[Node], run: RunConfig) -> None:
     assert report["started"], report
 
 
-async def until_finished(nodes: list[Node], clock: Clock, step: float, limit: float = 120) -> None:
-    """Let real time pass; when nothing commits for a while, move virtual time past a deadline."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + limit
-    last, idle = -1, 0
-    while not all(n.finished.is_set() for n in nodes):
-        assert loop.time() < end, "run did not finish"
-        await asyncio.sleep(0.05)
-        size = sum(n.ledger.size for n in nodes)
-        idle = idle + 1 if size == last else 0
-        last = size
-        if idle > 40:  # 2 s of real time without a commit: let a deadline pass
-            clock.now += step
-            idle = 0
-
-
 def _deadline_due(nodes: list[Node], net: InProcessNetwork) -> float:
     """Seconds of virtual time to let pass now, or 0: only when the live nodes all wait on a
     deadline that an unreachable member keeps them from meeting."""
@@ -142,8 +126,16 @@ def _deadline_due(nodes: list[Node], net: InProcessNetwork) -> float:
 
 
 def _progress(nodes: list[Node]) -> tuple[object, ...]:
+    """What a passed deadline changes: ledger, round, attempt, phase and a leader's SecAgg+
+    stage (a stage closed on its deadline leaves the leader in the SECURE phase)."""
     return tuple(
-        (n.ledger.size, n.machine.round, n.machine.s.attempt, n.machine.phase)
+        (
+            n.ledger.size,
+            n.machine.round,
+            n.machine.s.attempt,
+            n.machine.phase,
+            n.machine.s.leading.stage if n.machine.s.leading else -1,
+        )
         if n.machine
         else (n.ledger.size,)
         for n in nodes
@@ -151,19 +143,25 @@ def _progress(nodes: list[Node]) -> tuple[object, ...]:
 
 
 async def drive(nodes: list[Node], net: InProcessNetwork, clock: Clock, limit: float = 120) -> None:
-    """Until every live node finished its run, moving virtual time past a deadline only when
-    the protocol state shows the live nodes wait for it (see `_deadline_due`); unlike
-    `until_finished`, it never guesses from a quiet spell of real time."""
+    """Until every node of `nodes` that is still connected finished its run, moving virtual time
+    past a deadline only when the protocol state shows that they wait for it (`_deadline_due`);
+    it never guesses from a quiet spell of real time, so the deadlines that pass are the ones the
+    test's faults cause. Members left out of `nodes` count as unreachable (a test passes only
+    the honest ones), and a node the test cuts off meanwhile (`net.disconnect`) need not finish.
+    `limit` bounds real time only, so a stuck run fails instead of hanging."""
     loop = asyncio.get_running_loop()
     end = loop.time() + limit
-    live = [n for n in nodes if net.is_up(n.identity.node_id)]
-    while not all(n.finished.is_set() for n in live):
+
+    def live() -> list[Node]:
+        return [n for n in nodes if net.is_up(n.identity.node_id)]
+
+    while not all(n.finished.is_set() for n in live()):
         assert loop.time() < end, f"run did not finish: {_progress(nodes)}"
         await asyncio.sleep(0.02)
         due = _deadline_due(nodes, net)
         if due:
-            before = _progress(live)
+            before = _progress(live())
             clock.now += due
-            while _progress(live) == before:  # each node's next tick acts on the new time
+            while _progress(live()) == before:  # each node's next tick acts on the new time
                 assert loop.time() < end, f"nothing moved after a deadline: {before}"
                 await asyncio.sleep(0.02)

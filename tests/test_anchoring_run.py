@@ -13,15 +13,15 @@ from consortium.core.identity import NodeIdentity
 from consortium.core.layout import LEDGER_FILE
 from consortium.ledger.entries import make_record
 from consortium.ledger.log import Ledger
-from tests.inprocess_cluster import cluster, run_config, start, until_finished
+from tests.inprocess_cluster import cluster, drive, run_config, start
 
 
 def _train(root: Path) -> list[Path]:
     async def go() -> list[Path]:
-        nodes, _, clock = await cluster(root, 3, seed=11)
+        nodes, net, clock = await cluster(root, 3, seed=11)
         try:
             await start(nodes, run_config(3, 11, anchor_every=2))
-            await until_finished(nodes, clock, step=0.0)
+            await drive(nodes, net, clock)
         finally:
             for n in nodes:
                 await n.stop()  # waits for anchors in flight

@@ -33,7 +33,7 @@ from consortium.node.node import Node
 from consortium.node.sim import create_consortium
 from consortium.transport.inprocess import InProcessNetwork, InProcessTransport
 from tests.anvil_support import ANVIL_DEV_KEY, running_anvil
-from tests.inprocess_cluster import Clock, run_config, start, until_finished
+from tests.inprocess_cluster import Clock, drive, run_config, start
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +63,7 @@ def _run(dirs: list[Path]) -> list[Anchored]:
         try:
             assert all(n.anchorer.shared for n in nodes)
             await start(nodes, run_config(ROUNDS, 13, anchor_every=1))
-            await until_finished(nodes, clock, step=0.0)
+            await drive(nodes, net, clock)
         finally:
             for n in nodes:
                 await n.stop()  # waits for anchors in flight

@@ -15,7 +15,7 @@ from consortium.core.identity import NodeIdentity
 from consortium.ledger.entries import Entry
 from consortium.ledger.log import Ledger
 from consortium.protocol.schedule import leader_for
-from tests.inprocess_cluster import cluster, run_config, start, until_finished
+from tests.inprocess_cluster import cluster, drive, run_config, start
 from tests.records import forge_folder
 
 
@@ -24,10 +24,10 @@ def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("run")
 
     async def go() -> Path:
-        nodes, _, clock = await cluster(root, 3, seed=51, consent=False)
+        nodes, net, clock = await cluster(root, 3, seed=51, consent=False)
         try:
             await start(nodes, run_config(2, 0))
-            await until_finished(nodes, clock, step=0.0)
+            await drive(nodes, net, clock)
             return nodes[0].dir
         finally:
             for n in nodes:

@@ -10,7 +10,7 @@ from consortium.consent import check_receipt, receipt_from_registry, roots_from_
 from consortium.node.node import Node, run_records
 from consortium.node.sim import synthetic_subject
 from consortium.protocol.record import Erasure
-from tests.inprocess_cluster import cluster, run_config, start, until_finished
+from tests.inprocess_cluster import cluster, drive, run_config, start
 
 
 async def _wait_rounds(node: Node, n: int) -> None:
@@ -23,7 +23,7 @@ async def _wait_rounds(node: Node, n: int) -> None:
 
 def test_withdrawal_receipts_erasure_and_no_identifiers(tmp_path: Path) -> None:
     async def go() -> None:
-        nodes, _, clock = await cluster(tmp_path, 3, seed=31)
+        nodes, net, clock = await cluster(tmp_path, 3, seed=31)
         node0 = nodes[0]
         try:
             await start(nodes, run_config(4, 0, secure="secagg+"))
@@ -36,7 +36,7 @@ def test_withdrawal_receipts_erasure_and_no_identifiers(tmp_path: Path) -> None:
             t_withdraw = clock.now
             for subject in withdrawn:
                 reg.withdraw(subject, at=t_withdraw)
-            await until_finished(nodes, clock, step=0.0)
+            await drive(nodes, net, clock)
             records = run_records(node0.ledger)
             me = node0.identity.node_id
             sel_at = {r.round: r.at for r in reg.rounds()}
@@ -76,7 +76,7 @@ def test_withdrawal_receipts_erasure_and_no_identifiers(tmp_path: Path) -> None:
 
 def test_erasure_is_recorded_in_the_next_round(tmp_path: Path) -> None:
     async def go() -> None:
-        nodes, _, clock = await cluster(tmp_path, 3, seed=32)
+        nodes, net, clock = await cluster(tmp_path, 3, seed=32)
         node0 = nodes[0]
         try:
             await start(nodes, run_config(3, 0))
@@ -89,7 +89,7 @@ def test_erasure_is_recorded_in_the_next_round(tmp_path: Path) -> None:
 
             er = erase_subject(reg, synthetic_subject(0, rid), at=clock.now)
             assert er.record_ids == [rid]
-            await until_finished(nodes, clock, step=0.0)
+            await drive(nodes, net, clock)
             records = run_records(node0.ledger)
             me = node0.identity.node_id
             noted = [r.erasures.get(me) for r in records if r.erasures.get(me)]
@@ -111,11 +111,11 @@ def test_erasure_retrains_from_the_checkpoint_before_first_use(tmp_path: Path) -
     from consortium.node.config import RunConfig
 
     async def go() -> None:
-        nodes, _, clock = await cluster(tmp_path, 3, seed=33)
+        nodes, net, clock = await cluster(tmp_path, 3, seed=33)
         node0 = nodes[0]
         try:
             await start(nodes, run_config(3, 0))
-            await until_finished(nodes, clock, step=0.0)
+            await drive(nodes, net, clock)
             reg = node0.registry
             assert reg is not None and node0.learner is not None
             me = node0.identity.node_id
@@ -129,7 +129,7 @@ def test_erasure_retrains_from_the_checkpoint_before_first_use(tmp_path: Path) -
             retrain = run_config(redo, 0).model_copy(update={"initial_model": str(checkpoint)})
             assert isinstance(retrain, RunConfig)
             await start(nodes, retrain)
-            await until_finished(nodes, clock, step=0.0)
+            await drive(nodes, net, clock)
             del t0
             new = run_records(node0.ledger)
             assert len(new) == redo and new[0].prev_model == checkpoint

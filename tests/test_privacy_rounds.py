@@ -14,7 +14,7 @@ from consortium.core.errors import AuditError
 from consortium.core.genesis import Purpose
 from consortium.ledger.entries import Entry
 from consortium.node.node import run_records
-from tests.inprocess_cluster import cluster, run_config, start, until_finished
+from tests.inprocess_cluster import cluster, drive, run_config, start
 from tests.records import forge_folder
 
 
@@ -22,13 +22,13 @@ def test_record_level_spends_are_on_the_ledger_and_the_budget_stops_the_run(
     tmp_path: Path,
 ) -> None:
     async def go() -> None:
-        nodes, _, clock = await cluster(
+        nodes, net, clock = await cluster(
             tmp_path, 3, seed=41, purpose=Purpose("research", 6.0, 1e-5)
         )
         try:
             privacy = {"unit": "record", "noise_multiplier": 1.5, "clip_norm": 1.0}
             await start(nodes, run_config(20, 0, privacy=privacy))
-            await until_finished(nodes, clock, step=0.0)
+            await drive(nodes, net, clock)
             records = run_records(nodes[0].ledger)
             assert 0 < len(records) < 20  # stopped before the budget was exceeded
             me = nodes[0].identity.node_id
@@ -48,7 +48,7 @@ def test_record_level_spends_are_on_the_ledger_and_the_budget_stops_the_run(
 
 def test_client_level_noise_under_secure_aggregation(tmp_path: Path) -> None:
     async def go() -> None:
-        nodes, _, clock = await cluster(
+        nodes, net, clock = await cluster(
             tmp_path, 4, seed=42, purpose=Purpose("research", 50.0, 1e-5)
         )
         try:
@@ -59,7 +59,7 @@ def test_client_level_noise_under_secure_aggregation(tmp_path: Path) -> None:
                 "dropout_tolerance": 1,
             }
             await start(nodes, run_config(2, 0, secure="secagg+", privacy=privacy))
-            await until_finished(nodes, clock, step=0.0)
+            await drive(nodes, net, clock)
             records = run_records(nodes[0].ledger)
             assert len(records) == 2
             spent = [r.privacy["client"] for r in records]
@@ -80,13 +80,13 @@ def test_audit_flags_a_tampered_privacy_total(tmp_path: Path) -> None:
     """A record whose spend was rewritten (and re-signed by a member) no longer audits."""
 
     async def go() -> Path:
-        nodes, _, clock = await cluster(
+        nodes, net, clock = await cluster(
             tmp_path, 3, seed=43, purpose=Purpose("research", 20.0, 1e-5)
         )
         try:
             privacy = {"unit": "record", "noise_multiplier": 2.0}
             await start(nodes, run_config(2, 0, privacy=privacy))
-            await until_finished(nodes, clock, step=0.0)
+            await drive(nodes, net, clock)
             return nodes[0].dir
         finally:
             for n in nodes:

@@ -15,7 +15,7 @@ from consortium.protocol.messages import StartRun
 from consortium.protocol.record import RoundRecord
 from consortium.protocol.round import Phase
 from consortium.transport.inprocess import InProcessTransport
-from tests.inprocess_cluster import cluster, run_config, start, until_finished
+from tests.inprocess_cluster import cluster, drive, run_config, start
 
 
 def _roots(nodes: list[Node]) -> set[bytes]:
@@ -23,10 +23,12 @@ def _roots(nodes: list[Node]) -> set[bytes]:
 
 
 async def _train_once(root: Path, seed: int) -> tuple[bytes, list[RoundRecord]]:
-    nodes, _, clock = await cluster(root, 3, seed, consent=False)
+    nodes, net, clock = await cluster(root, 3, seed, consent=False)
     try:
         await start(nodes, run_config(3, seed))
-        await until_finished(nodes, clock, step=0.0)  # no deadline may pass: same times
+        began = clock.now
+        await drive(nodes, net, clock)
+        assert clock.now == began, "a deadline passed: the entry times would differ"
         assert len(_roots(nodes)) == 1, "replicas disagree"
         return nodes[0].ledger.root(), run_records(nodes[0].ledger)
     finally:
@@ -61,7 +63,7 @@ async def _failover(root: Path) -> None:
         leader = by_id[nodes[0].machine.leader()]  # type: ignore[union-attr]
         net.disconnect(leader.identity.node_id)
         survivors = [n for n in nodes if n is not leader]
-        await until_finished(survivors, clock, step=6.0)
+        await drive(survivors, net, clock)
         assert len(_roots(survivors)) == 1
         records = run_records(survivors[0].ledger)
         r2 = records[1]
@@ -106,10 +108,10 @@ def test_outsider_messages_are_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize("n", [3])
 def test_all_replicas_identical_afterrun_config(tmp_path: Path, n: int) -> None:
     async def go() -> None:
-        nodes, _, clock = await cluster(tmp_path, n, seed=5)
+        nodes, net, clock = await cluster(tmp_path, n, seed=5)
         try:
             await start(nodes, run_config(2, 5))
-            await until_finished(nodes, clock, step=0.0)
+            await drive(nodes, net, clock)
             assert len(_roots(nodes)) == 1
             assert all(n.ledger.size == 4 for n in nodes)  # genesis, run-config, 2 rounds
             final = nodes[0].ledger.latest_final_head()

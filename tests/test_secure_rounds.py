@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,9 @@ from consortium.learning.serialize import weights_from_bytes
 from consortium.node.node import Node, run_records
 from consortium.protocol.record import RoundRecord
 from consortium.protocol.secagg import Transcript
+from consortium.protocol.verifier import SUM
 from consortium.store.objects import get_bytes
-from tests.inprocess_cluster import cluster, run_config, start, until_finished
+from tests.inprocess_cluster import cluster, drive, run_config, start
 
 
 def _accuracy(node: Node, cid: object) -> float:
@@ -26,10 +28,10 @@ def _accuracy(node: Node, cid: object) -> float:
 
 def _train(root: Path, secure: str, rounds: int = 3) -> tuple[list[RoundRecord], float]:
     async def go() -> tuple[list[RoundRecord], float]:
-        nodes, _, clock = await cluster(root, 4, seed=21)
+        nodes, net, clock = await cluster(root, 4, seed=21)
         try:
             await start(nodes, run_config(rounds, 0, secure=secure))
-            await until_finished(nodes, clock, step=0.0)
+            await drive(nodes, net, clock)
             assert len({n.ledger.root() for n in nodes}) == 1
             records = run_records(nodes[0].ledger)
             return records, _accuracy(nodes[0], records[-1].model)
@@ -63,6 +65,20 @@ def test_secure_rounds_match_plaintext_accuracy_and_publish_a_verifiable_sum(
     assert tr.input_hashes == last.updates
 
 
+class _Notes(logging.Handler):
+    """The node log's lines (round-machine notes among them), kept for a test to wait on."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def saw(self, prefix: str, text: str) -> bool:
+        return any(line.startswith(prefix) and text in line for line in self.lines)
+
+
 class _Cheat:
     """Model arithmetic of a leader that nudges the aggregate before proposing it."""
 
@@ -78,7 +94,7 @@ class _Cheat:
 
 def test_voters_refuse_a_model_that_is_not_the_secure_aggregate(tmp_path: Path) -> None:
     async def go() -> None:
-        nodes, _, clock = await cluster(tmp_path, 4, seed=22)
+        nodes, net, clock = await cluster(tmp_path, 4, seed=22)
         try:
             await start(nodes, run_config(1, 0, secure="secagg+"))
             assert nodes[0].machine is not None
@@ -87,7 +103,21 @@ def test_voters_refuse_a_model_that_is_not_the_secure_aggregate(tmp_path: Path) 
             assert cheat.machine is not None
             cheat.machine._ops = _Cheat(cheat.machine._ops)
             honest = [n for n in nodes if n is not cheat]
-            await until_finished(honest, clock, step=6.0)
+            # Time stays frozen until every honest member refused the cheat's proposal, so the
+            # failover below is the refusal's doing, not a deadline that passed first.
+            notes = _Notes()
+            logging.getLogger("consortium.node").addHandler(notes)
+            try:
+                loop = asyncio.get_running_loop()
+                end = loop.time() + 120
+                while not all(
+                    notes.saw(f"{n.name}: refused propose from {cheat.name}", SUM) for n in honest
+                ):
+                    assert loop.time() < end, f"no refusal from every honest member: {notes.lines}"
+                    await asyncio.sleep(0.02)
+            finally:
+                logging.getLogger("consortium.node").removeHandler(notes)
+            await drive(honest, net, clock)
             rec = run_records(honest[0].ledger)[0]
             assert rec.leader != cheat_id and rec.attempt >= 1
             assert audit(honest[0].dir).secure_rounds == 1
@@ -103,7 +133,7 @@ def test_a_participant_lost_during_secure_aggregation_is_left_out(tmp_path: Path
     must reconstruct its mask key from the neighbours' shares and finish with the other four."""
 
     async def go() -> None:
-        nodes, _, clock = await cluster(tmp_path, 5, seed=23)
+        nodes, net, clock = await cluster(tmp_path, 5, seed=23)
         try:
             await start(nodes, run_config(1, 0, secure="secagg+"))
             assert nodes[0].machine is not None
@@ -115,19 +145,21 @@ def test_a_participant_lost_during_secure_aggregation_is_left_out(tmp_path: Path
 
             def vanish_before_input(body: dict[str, Any]) -> list[Any]:
                 if body.get("type") == "secagg/masked-input":
+                    net.disconnect(victim.identity.node_id)
                     return []
                 return honest_send(body)
 
             machine._to_leader = vanish_before_input  # type: ignore[method-assign]
-            await until_finished(nodes, clock, step=6.0)
-            rec = run_records(nodes[0].ledger)[0]
+            await drive(nodes, net, clock)  # the stage waits for the victim, then its deadline
+            leader = next(n for n in nodes if n.identity.node_id == leader_id)
+            rec = run_records(leader.ledger)[0]
             assert victim.identity.node_id in rec.dropouts
             assert len(rec.participants) == 4 and rec.attempt == 0
-            report = audit(nodes[0].dir)
+            report = audit(leader.dir)
             assert report.secure_rounds == 1
             assert rec.secagg is not None
             tr_cid = rec.secagg.transcript
-            tr = Transcript.from_body(decode(get_bytes(nodes[0].store, tr_cid)))
+            tr = Transcript.from_body(decode(get_bytes(leader.store, tr_cid)))
             assert victim.identity.node_id in tr.revealed_mask_keys  # dropped: key rebuilt
         finally:
             for n in nodes:

@@ -130,12 +130,12 @@ def test_a_proposal_for_another_ledger_size_or_a_second_head_is_refused(tmp_path
 
 def test_audit_refuses_rounds_of_a_run_no_quorum_agreed(tmp_path: Path) -> None:
     async def go() -> Path:
-        nodes, _, clock = await cluster(tmp_path, 3, seed=65, consent=False)
+        nodes, net, clock = await cluster(tmp_path, 3, seed=65, consent=False)
         try:
-            from tests.inprocess_cluster import start, until_finished
+            from tests.inprocess_cluster import drive, start
 
             await start(nodes, run_config(1, 0))
-            await until_finished(nodes, clock, step=0.0)
+            await drive(nodes, net, clock)
             return nodes[0].dir
         finally:
             for n in nodes:
