@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from consortium.audit import audit
 from consortium.core.encoding import decode
 from consortium.learning import build_model, evaluate, load_dataset, set_weights
 from consortium.learning.serialize import weights_from_bytes
 from consortium.node.node import Node, run_records
+from consortium.protocol.messages import SecAgg
 from consortium.protocol.record import RoundRecord
-from consortium.protocol.secagg import Transcript
+from consortium.protocol.round import Action, Committed, Send
+from consortium.protocol.secagg import Transcript, UnmaskRequest
 from consortium.protocol.verifier import SUM
 from consortium.store.objects import get_bytes
 from tests.inprocess_cluster import cluster, drive, run_config, start
@@ -166,3 +171,66 @@ def test_a_participant_lost_during_secure_aggregation_is_left_out(tmp_path: Path
                 await n.stop()
 
     asyncio.run(go())
+
+
+# -- a leader lost after the members signed its survivor set (found by `bench chaos`) -------------
+
+
+def _leader_lost(root: Path, seed: int, when: Callable[[Action], bool]) -> None:
+    """Five members run two secure rounds; round 1's leader is cut off for good at the first
+    action `when` picks. The four others are the SecAgg+ floor at n = 5, so the run must finish
+    without it: a crashed leader costs one attempt."""
+
+    async def go() -> None:
+        nodes, net, clock = await cluster(root, 5, seed=seed, consent=False)
+        try:
+            await start(nodes, run_config(2, 0, secure="secagg+"))
+            assert nodes[0].machine is not None
+            leader_id = nodes[0].machine.leader(0)
+            leader = next(n for n in nodes if n.identity.node_id == leader_id)
+            execute = leader._execute
+
+            def cut_then_execute(actions: list[Action]) -> None:
+                if any(when(a) for a in actions):
+                    net.disconnect(leader_id)  # before its sends of this step can leave
+                execute(actions)
+
+            leader._execute = cut_then_execute  # type: ignore[method-assign]
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 120
+            while net.is_up(leader_id):
+                assert loop.time() < end, "the leader never reached the point to cut it at"
+                await asyncio.sleep(0.02)
+            survivors = [n for n in nodes if n is not leader]
+            # The round takes about a second here: 20 s without progress is a stall.
+            await drive(survivors, net, clock, limit=20)
+            assert [r.round for r in run_records(survivors[0].ledger)] == [1, 2]
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    asyncio.run(go())
+
+
+STALL = (
+    "protocol: every member is bound to the survivor set it signed (rule one-sum-per-update), "
+    "and the later leader waits for that whole set, the lost leader included, for ever"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=STALL + "; it never gets to re-propose the cosigned entry")
+def test_a_leader_lost_after_a_quorum_cosigned_is_replaced(tmp_path: Path) -> None:
+    _leader_lost(tmp_path, 24, lambda a: isinstance(a, Committed))
+
+
+@pytest.mark.xfail(strict=True, reason=STALL + "; nobody revealed anything for that set yet")
+def test_a_leader_lost_as_it_asks_to_unmask_is_replaced(tmp_path: Path) -> None:
+    _leader_lost(
+        tmp_path,
+        25,
+        lambda a: (
+            isinstance(a, Send)
+            and isinstance(a.message, SecAgg)
+            and a.message.body.get("type") == UnmaskRequest.TYPE
+        ),
+    )

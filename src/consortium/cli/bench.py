@@ -23,11 +23,12 @@ _SCRIPTS = {
     "tamper": "tamper.py",
     "anchor": "anchor.py",
     "privacy": "privacy.py",
+    "chaos": "chaos.py",
 }
 
 
 def load_script(name: str) -> ModuleType:
-    """The benchmark script `name` (ledger, secagg, rounds, anchor, privacy, tamper) as a module."""
+    """The benchmark script `name` (a key of _SCRIPTS: ledger, secagg, ..., chaos) as a module."""
     path = Path(__file__).resolve().parents[3] / "benchmarks" / _SCRIPTS[name]
     if not path.exists():
         fail(f"{path} not found: `consortium bench` runs from a source checkout of the project", 2)
@@ -61,3 +62,4 @@ _command("rounds", "Round latency, bytes per round, accuracy vs centralized.")
 _command("anchor", "Anchor latency and gas on the embedded chain (and anvil if present).")
 _command("privacy", "Accuracy against epsilon for record- and client-level DP (CSV + PNG).")
 _command("tamper", "Flip bits in a real run folder: does audit notice every change, and where?")
+_command("chaos", "SIGKILL and restart node processes during a SecAgg+ run: liveness, catch-up.")
