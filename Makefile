@@ -61,6 +61,7 @@ bench: $(STAMP)
 	$(BIN)/consortium bench secagg --n 10,100 --d 10000,100000
 	$(BIN)/consortium bench anchor
 	$(BIN)/consortium bench rounds
+	$(BIN)/consortium bench chaos
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
