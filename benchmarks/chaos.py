@@ -21,10 +21,12 @@ max(quorum, f + min_honest), 2 at n = 7 (the script refuses a consortium that to
 A leader is killed only before any member can have signed a survivor set of its round: the
 scheduler freezes it (SIGSTOP), reads its folder, and kills it if it has not yet signed one (a
 leader signs its own copy before the set leaves it), else lets it go on (SIGCONT) and tries at
-the next round. A leader that dies after members signed its set stalls the round: they are bound
-to a sum over a set that includes it, and a restarted member cannot reproduce its input
-(`protocol/round.py`, rule one-sum-per-update; reported, owned by the protocol). Other members
-are killed whenever they are drawn.
+the next round. So every leader kill is a failover the tables attribute: a leader lost after a
+quorum cosigned its proposal would have that very entry re-proposed at attempt 0. (A leader lost
+after its members signed its set no longer stalls the round: they may leave out a leader of an
+attempt in which they signed, rule one-sum-per-update in `protocol/round.py`; tested in
+`tests/test_secure_rounds.py` and `tests/test_e2e_grpc.py`.) Other members are killed whenever
+they are drawn.
 
 Kills stop when no round would remain to be committed without the victim. At the end every
 member must hold the whole run; the processes are stopped, every folder is audited
@@ -104,7 +106,7 @@ class Report:
     seed: int
     tolerated: int  # members a round can lose: n minus the SecAgg+ floor
     kills: list[Kill] = field(default_factory=list)
-    spared: int = 0  # leaders found past the point where a kill stalls the round: let go on
+    spared: int = 0  # leaders found past signing their survivor set: let go on (see above)
     failovers: list[tuple[int, int]] = field(default_factory=list)  # (round, attempt > 0)
     run_seconds: float = 0.0  # run-config entry -> last round entry (entry times)
     wall: float = 0.0  # the whole benchmark, process starts and audits included
@@ -285,7 +287,7 @@ class Chaos:
             if had < committed or not _signed_at(self.dirs[first], size):
                 self.cluster.kill(first)
                 return self._killed(first, kind, had, committed)
-            os.kill(proc.pid, signal.SIGCONT)  # its set may be signed: a kill would stall
+            os.kill(proc.pid, signal.SIGCONT)  # its set may be signed: not a clean failover
             self.report.spared += 1
             self.say(f"spared node{first}, leader of round {committed + 1}: its set is signed")
 
@@ -412,7 +414,7 @@ def markdown(r: Report, command: str) -> str:
         f"{r.wall:.0f} s with process starts and {r.audited} audits",
         "catch-up and rejoin are measured from the restart, so they include starting a Python "
         "process (imports, keys, ledger) on the shared cores",
-        f"leaders spared (found past the point where a kill stalls the round): {r.spared}",
+        f"leaders spared (found past signing their survivor set, so left to go on): {r.spared}",
         *r.notes,
     ]
     lines += ["", "Notes:", *[f"- {n}" for n in notes]]
