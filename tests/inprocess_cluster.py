@@ -111,6 +111,8 @@ def _deadline_due(nodes: list[Node], net: InProcessNetwork) -> float:
         return 0.0  # nothing running, or nodes between rounds or attempts: let them settle
     m = machines[0]
     settings = m.settings
+    if any(x.beacon is None for x in machines):
+        return 0.0  # partials in flight (a late node asks for them when it begins)
     lead = live.get(m.leader())
     if lead is None or lead.machine is None:  # the attempt's leader is cut off
         waiting = all(x.phase is Phase.AWAITING for x in machines)

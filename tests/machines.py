@@ -18,9 +18,10 @@ from multiformats import CID
 
 from consortium.core.genesis import Genesis, Purpose
 from consortium.core.identity import NodeIdentity
+from consortium.core.threshold import seeded_bytes
 from consortium.ledger.entries import genesis_entry
 from consortium.ledger.frontier import Frontier
-from consortium.protocol.messages import Message
+from consortium.protocol.messages import BeaconShare, Message
 from consortium.protocol.randomness import Randomness
 from consortium.protocol.round import (
     Action,
@@ -71,9 +72,9 @@ class VectorOps:
 
 def consortium(n: int) -> tuple[list[NodeIdentity], Genesis]:
     ids = [NodeIdentity.generate(f"m{i}", seed=b"machines/%d" % i) for i in range(n)]
-    genesis = Genesis.create("machines", [i.public() for i in ids], [Purpose("research")], 1)
-    for i in ids:
-        genesis.sign(i)
+    genesis = Genesis.ceremony(
+        "machines", ids, [Purpose("research")], 1, random=seeded_bytes(b"machines/%d" % n)
+    )
     return ids, genesis
 
 
@@ -145,9 +146,24 @@ class Wire:
         return self.genesis.member_by_name(name).node_id
 
     def begin(self, round_no: int = 1, start: bytes | None = None) -> None:
+        """Begin the round everywhere and exchange the beacon's partials (only those), so every
+        live machine knows the leader order and has queued its update, as tests expect."""
         f = self.frontier
         for nid, m in self.machines.items():
-            self._do(nid, m.begin(round_no, f, f.root(), self.now, model=start or model([0] * 8)))
+            self._do(nid, m.begin(round_no, f, self.now, model=start or model([0] * 8)))
+        self.deliver(BeaconShare)
+
+    def deliver(self, kind: type) -> None:
+        """Deliver the queued messages of `kind` (and those they cause), leaving the rest queued
+        in order."""
+        while True:
+            picked = [x for x in self.queue if isinstance(x[2], kind)]
+            if not picked:
+                return
+            rest = [x for x in self.queue if not isinstance(x[2], kind)]
+            self.queue = deque(rest)
+            for sender, to, msg in picked:
+                self._deliver(sender, to, msg)
 
     def _do(self, nid: str, actions: list[Action]) -> None:
         for a in actions:
@@ -182,13 +198,15 @@ class Wire:
         for _ in range(limit):
             if not self.queue:
                 return
-            sender, to, msg = self.queue.popleft()
-            if sender in self.down or to in self.down:
-                continue
-            deliveries = [(to, msg)] if self.filter is None else self.filter(sender, to, msg)
-            for recipient, m in deliveries:
-                self._do(recipient, self.machines[recipient].on_message(sender, m, self.now))
+            self._deliver(*self.queue.popleft())
         raise AssertionError("messages kept flowing")
+
+    def _deliver(self, sender: str, to: str, msg: Message) -> None:
+        if sender in self.down or to in self.down:
+            return
+        deliveries = [(to, msg)] if self.filter is None else self.filter(sender, to, msg)
+        for recipient, m in deliveries:
+            self._do(recipient, self.machines[recipient].on_message(sender, m, self.now))
 
     def tick(self, seconds: float) -> None:
         self.now += seconds

@@ -31,9 +31,7 @@ from tests.records import round_body
 def build_folder(root: Path, n_members: int = 3, n_records: int = 12) -> Path:
     """A node folder with a signed genesis, records referencing stored artifacts, cosigned heads."""
     ids = [NodeIdentity.generate(f"m{i}", f"127.0.0.1:{7200 + i}") for i in range(n_members)]
-    genesis = Genesis.create("audit-test", [i.public() for i in ids], [Purpose("research")], 1)
-    for i in ids:
-        genesis.sign(i)
+    genesis = Genesis.ceremony("audit-test", ids, [Purpose("research")], 1)
     genesis.save(root / "genesis.json")
     store = BlockStore(root / "store")
     rng = random.Random(7)
@@ -228,8 +226,7 @@ def test_missing_artifact_names_the_cid(tmp_path: Path) -> None:
 def test_replaced_genesis_is_caught(tmp_path: Path) -> None:
     folder = build_folder(tmp_path, n_records=3)
     other = NodeIdentity.generate("x")
-    g = Genesis.create("other", [other.public()], [Purpose("p")], 1)
-    g.sign(other)
+    g = Genesis.ceremony("other", [other], [Purpose("p")], 1)
     g.save(folder / "genesis.json")
     with pytest.raises(AuditError, match="genesis"):
         audit(folder)
@@ -237,8 +234,7 @@ def test_replaced_genesis_is_caught(tmp_path: Path) -> None:
 
 def test_a_consent_commitment_carrying_an_identifier_fails_audit(tmp_path: Path) -> None:
     ident = NodeIdentity.generate("m0")
-    genesis = Genesis.create("t", [ident.public()], [Purpose("research")], 1)
-    genesis.sign(ident)
+    genesis = Genesis.ceremony("t", [ident], [Purpose("research")], 1)
     genesis.save(tmp_path / "genesis.json")
     leak = {"root": bytes(32), "count": 1, "purpose": "research", "subject": "alice"}
     with Ledger.create(tmp_path / "ledger.sqlite", genesis) as ledger:
@@ -257,11 +253,8 @@ def test_a_consent_commitment_carrying_an_identifier_fails_audit(tmp_path: Path)
 def _twin_consortia() -> tuple[list[NodeIdentity], Genesis, Genesis]:
     """Consortia A and B with the very same members (keys); only the manifests differ."""
     ids = [NodeIdentity.generate(f"m{i}", seed=b"audit-bind%d" % i) for i in range(3)]
-    a = Genesis.create("twin", [i.public() for i in ids], [Purpose("research")], 1)
-    b = Genesis.create("twin", [i.public() for i in ids], [Purpose("research"), Purpose("x")], 1)
-    for g in (a, b):
-        for i in ids:
-            g.sign(i)
+    a = Genesis.ceremony("twin", ids, [Purpose("research")], 1)
+    b = Genesis.ceremony("twin", ids, [Purpose("research"), Purpose("x")], 1)
     assert a.digest() != b.digest()
     return ids, a, b
 

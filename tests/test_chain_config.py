@@ -70,8 +70,7 @@ def test_missing_chain_toml(tmp_path: Path) -> None:
 def _member(tmp_path: Path) -> tuple[Path, NodeIdentity, Genesis]:
     ident = NodeIdentity.generate("solo", "127.0.0.1:7000")
     ident.evm_address = derive_account(ident).address
-    genesis = Genesis.create("t", [ident.public()], [Purpose("research")], 1)
-    genesis.sign(ident)
+    genesis = Genesis.ceremony("t", [ident], [Purpose("research")], 1)
     ident.save(tmp_path)
     genesis.save(tmp_path / GENESIS_FILE)
     return tmp_path, ident, genesis

@@ -29,7 +29,7 @@ def test_rounds_complete_with_clocks_30_seconds_apart(tmp_path: Path) -> None:
             end = loop.time() + 120
             while True:
                 m = nodes[0].machine
-                if m is not None and m.round == 2 and m.phase is not Phase.DONE:
+                if m is not None and m.round == 2 and m.phase is not Phase.DONE and m.beacon:
                     break
                 assert loop.time() < end, "round 2 did not begin"
                 await asyncio.sleep(0.01)

@@ -147,8 +147,7 @@ def test_receipt_check_report_erase(tmp_path: Path) -> None:
 def test_check_against_a_ledger(tmp_path: Path) -> None:
     node_dir, published = _node_with_rounds(tmp_path)
     ident = NodeIdentity.generate("n0")
-    g = Genesis.create("t", [ident.public()], [Purpose(P, 1.0)], 1)
-    g.sign(ident)
+    g = Genesis.ceremony("t", [ident], [Purpose(P, 1.0)], 1)
     ledger = Ledger.create(tmp_path / "ledger.sqlite", g)
     for r, rc in published.items():
         body = round_body(ident.node_id, r, rc.to_body())

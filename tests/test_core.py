@@ -88,6 +88,8 @@ def test_domains_split_into_consortium_bound_and_identity() -> None:
         Domain.TLS_BINDING,
         Domain.CHAIN_KEY,
         Domain.CHAIN_ACCOUNT,
+        Domain.BOX_KEY,
+        Domain.BEACON_DEALING,
     } == IDENTITY_DOMAINS
     assert set(Domain) == CONSORTIUM_DOMAINS | IDENTITY_DOMAINS
     assert not CONSORTIUM_DOMAINS & IDENTITY_DOMAINS
@@ -145,6 +147,8 @@ def _two_consortia() -> tuple[list[NodeIdentity], Genesis, Genesis]:
     b = Genesis.create("alpha", pubs, [Purpose("marketing")], 1)
     for g in (a, b):
         for i in ids:
+            g.deal(i)
+        for i in ids:
             g.sign(i)
     return ids, a, b
 
@@ -194,6 +198,8 @@ def test_tampered_tls_binding_is_refused(tmp_path: Path) -> None:
 def _genesis(n: int) -> tuple[list[NodeIdentity], Genesis]:
     ids = [NodeIdentity.generate(f"n{i}", f"127.0.0.1:{7100 + i}") for i in range(n)]
     g = Genesis.create("test", [i.public() for i in ids], [Purpose("research", 3.0, 1e-5)], 1)
+    for i in ids:
+        g.deal(i)
     return ids, g
 
 

@@ -37,9 +37,7 @@ def members() -> list[NodeIdentity]:
 
 @pytest.fixture(scope="module")
 def genesis(members: list[NodeIdentity]) -> Genesis:
-    g = Genesis.create("test", [m.public() for m in members], [Purpose("research", 1.0)], 1000)
-    for m in members:
-        g.sign(m)
+    g = Genesis.ceremony("test", members, [Purpose("research", 1.0)], 1000)
     return g
 
 
@@ -344,9 +342,7 @@ def test_fsck_detects_tampered_storage(members: list[NodeIdentity], ledger: Ledg
 @pytest.fixture(scope="module")
 def genesis_b(members: list[NodeIdentity]) -> Genesis:
     """Consortium B: the very same members (keys) as `genesis`, another manifest."""
-    g = Genesis.create("test-b", [m.public() for m in members], [Purpose("research", 1.0)], 1000)
-    for m in members:
-        g.sign(m)
+    g = Genesis.ceremony("test-b", members, [Purpose("research", 1.0)], 1000)
     return g
 
 

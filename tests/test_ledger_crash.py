@@ -31,8 +31,7 @@ while True:
 
 def test_sigkill_mid_append_leaves_consistent_ledger(tmp_path: Path) -> None:
     member = NodeIdentity.generate("solo")
-    genesis = Genesis.create("crash", [member.public()], [Purpose("p")], 1)
-    genesis.sign(member)
+    genesis = Genesis.ceremony("crash", [member], [Purpose("p")], 1)
     path = tmp_path / "ledger.db"
     with Ledger.create(path, genesis) as led:
         led.append(make_record(member, "record", {"payload": "x" * 200}, 1, genesis))

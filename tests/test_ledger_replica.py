@@ -22,9 +22,7 @@ def members() -> list[NodeIdentity]:
 
 @pytest.fixture(scope="module")
 def genesis(members: list[NodeIdentity]) -> Genesis:
-    g = Genesis.create("sync", [m.public() for m in members], [Purpose("research")], 7)
-    for m in members:
-        g.sign(m)
+    g = Genesis.ceremony("sync", members, [Purpose("research")], 7)
     return g
 
 
@@ -160,9 +158,7 @@ def test_entries_and_heads_of_another_consortium_are_refused(
     tmp_path: Path, members: list[NodeIdentity], genesis: Genesis
 ) -> None:
     """Consortium B has the very same members as ours; nothing signed for it syncs into ours."""
-    other = Genesis.create("sync-b", [m.public() for m in members], [Purpose("research")], 7)
-    for m in members:
-        other.sign(m)
+    other = Genesis.ceremony("sync-b", members, [Purpose("research")], 7)
     # Our consortium's ledger with B's record spliced in (stored unchecked), final heads for us.
     source = Ledger.create(tmp_path / "s.db", genesis)
     source.append_many([make_record(members[0], "record", {"i": i}, i, genesis) for i in range(2)])

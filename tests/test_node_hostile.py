@@ -88,6 +88,12 @@ class Hostile:
         self.leader = by_id[machine.leader()]
         self.run_id = self.run.run_id()
 
+    def beacon(self) -> bytes:
+        """Round 1's beacon (public once made): what SecAgg+ round ids derive from."""
+        machine = self.leader.machine
+        assert machine is not None and machine.beacon is not None
+        return machine.beacon
+
     async def ask(self, sender: str, method: str, payload: bytes, to: Node | None = None) -> bytes:
         """One request to `to` (the leader); an internal error (a handler bug) fails the test."""
         transport = InProcessTransport(self.net, sender)
@@ -118,10 +124,13 @@ async def _hostile(root: Path) -> Hostile:
     run = run_config(1, SEED, secure="secagg+")
     report = await nodes[0].propose_run(run)  # agreed by the four honest members
     assert report["started"], report
-    h = Hostile(nodes, net, clock, run, NodeIdentity.load(dirs[4]))
-    # Until the leader holds the four honest updates; with time frozen it waits for mallory's.
     loop = asyncio.get_running_loop()
     end = loop.time() + 120
+    while any(n.machine is None or n.machine.beacon is None for n in nodes):
+        assert loop.time() < end, "the round's beacon was not made"
+        await asyncio.sleep(0.02)
+    h = Hostile(nodes, net, clock, run, NodeIdentity.load(dirs[4]))
+    # Until the leader holds the four honest updates; with time frozen it waits for mallory's.
     machine = h.leader.machine
     assert machine is not None
     while len(machine.s.updates) < 4:
@@ -225,7 +234,7 @@ def _templates(h: Hostile, attempt: int, to: Node) -> list[tuple[str, dict[str, 
     """One well-formed body of every message type of `attempt`, as mallory could send it."""
     run, a, n = h.run_id, to.identity.node_id, attempt
     b = next(i for i in h.ids() if i not in (a, h.mallory))
-    rid = secagg_round_id(run, 1, n)
+    rid = secagg_round_id(run, 1, n, h.beacon())
     k32, sig = bytes(range(32)), bytes(64)
     report = VoteReport(run, 1, n, b, 2, k32, sig)
     # A round entry mallory really signed, with a record that is not one.
@@ -449,7 +458,8 @@ def test_a_member_cannot_speak_for_another(
         machine = h.leader.machine
         assert machine is not None and machine.phase.value == "secure-aggregation"
         # A SecAgg+ message whose body says it is from another participant.
-        keys = AdvertiseKeys(secagg_round_id(h.run_id, 1, 0), victim, bytes(32), bytes(range(32)))
+        rid = secagg_round_id(h.run_id, 1, 0, h.beacon())
+        keys = AdvertiseKeys(rid, victim, bytes(32), bytes(range(32)))
         run(h.ask(h.mallory, "msg", encode_message(SecAgg(h.run_id, 1, 0, keys.to_body()))))
         assert f"secure aggregation refused {name}: message claims to be from {victim}" in (
             _notes(caplog)

@@ -57,6 +57,7 @@ def _forged(wire: Wire, author: str, attempt: int, participants: tuple[str, ...]
         model=cid_of(evil),
         prev_model=cid_of(m.s.model),
         aggregation="fedavg",
+        beacon=m.s.beacon.partials() if m.s.beacon is not None else (),
     )
     ident = next(i for i in wire.ids if i.node_id == author)
     entry = make_record(ident, "round", record.to_body(), 5, wire.genesis).to_bytes()

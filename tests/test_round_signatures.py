@@ -46,9 +46,7 @@ def ids() -> list[NodeIdentity]:
 
 
 def _genesis(ids: list[NodeIdentity], purpose: str) -> Genesis:
-    g = Genesis.create("bind", [i.public() for i in ids], [Purpose(purpose)], 1)
-    for i in ids:
-        g.sign(i)
+    g = Genesis.ceremony("bind", ids, [Purpose(purpose)], 1)
     return g
 
 
@@ -75,7 +73,7 @@ def _proposing(
     frontier = Frontier.empty().append(genesis_entry(genesis).data)
     machines = {i.node_id: RoundMachine(i, genesis, SETTINGS, _aggregate, _cid_of) for i in ids}
     for m in machines.values():
-        m.begin(1, frontier, frontier.root(), 0.0, model=b"model:0")
+        m.begin(1, frontier, 0.0, model=b"model:0")  # three members: a beacon of one partial
     leader = next(iter(machines.values())).leader()
     sends: list[tuple[str, Action]] = []
     for nid, m in machines.items():

@@ -104,7 +104,7 @@ def test_the_codec_refuses_unknown_sections_and_versions() -> None:
     with pytest.raises(RecordFormatError, match="unknown field"):
         RoundRecord.from_body({**body, "smuggled": "alice"})
     with pytest.raises(RecordFormatError, match="unsupported version"):
-        RoundRecord.from_body({**body, "v": 2})
+        RoundRecord.from_body({**body, "v": 1})
     with pytest.raises(RecordFormatError, match="missing model"):
         RoundRecord.from_body({k: x for k, x in body.items() if k != "model"})
 

@@ -56,7 +56,7 @@ async def _failover(root: Path) -> None:
         end = loop.time() + 60
         while True:
             m = nodes[0].machine
-            if m is not None and m.round == 2 and m.phase is not Phase.DONE:
+            if m is not None and m.round == 2 and m.phase is not Phase.DONE and m.beacon:
                 break
             assert loop.time() < end
             await asyncio.sleep(0.01)

@@ -394,6 +394,7 @@ def _without(start: dict[str, Any], node: str, key: str) -> dict[str, Any]:
 @pytest.mark.parametrize("key", ["participants", "samples"])
 def test_a_start_that_leaves_the_recipient_out_is_refused(key: str) -> None:
     wire = Wire.build(5, secure=True, seed=18)
+    wire.begin()
     _, victim = _attack(wire)
     wire, attacker, victim = _start_to_victim(18, lambda start: _without(start, victim, key))
     refusal = f"refused secagg from {wire.name(attacker)}: secure-aggregation start leaves this "

@@ -358,7 +358,7 @@ def _check_round_records(
     frontier = Frontier.empty()
     with Ledger.open(ledger_path, readonly=True) as ledger:
         for idx, data in ledger.raw_entries():
-            start_root, frontier = frontier.root(), frontier.append(data)
+            frontier = frontier.append(data)
             entry = Entry.from_bytes(data)
             if entry.kind in (RUN_KIND, STOP_KIND):
                 try:
@@ -381,9 +381,7 @@ def _check_round_records(
                         f"[rule {CONFIG}]"
                     )
                 privacy = _round_privacy(genesis, run, spends)
-                context = _record_context(
-                    record, run, entry, idx, start_root, genesis, store, privacy
-                )
+                context = _record_context(record, run, entry, idx, genesis, store, privacy)
                 verify_round_record(record, context)
             except ConsortiumError as exc:
                 raise _fail(f"entry {idx}: {exc}") from exc
@@ -449,7 +447,6 @@ def _record_context(
     run: RunConfig,
     entry: Entry,
     idx: int,
-    start_root: bytes,
     genesis: Genesis,
     store: BlockStore,
     privacy: RoundPrivacy | None,
@@ -473,10 +470,11 @@ def _record_context(
         len(genesis.members), genesis.quorum, run.min_honest, run.secagg_corrupt_fraction
     )
 
-    def secagg_params(attempt: int, parts: list[str]) -> SecAggParams:
+    def secagg_params(beacon: bytes, attempt: int, parts: list[str]) -> SecAggParams:
         return round_params(
             record.run,
             record.round,
+            beacon,
             attempt,
             parts,
             model_size,
@@ -491,7 +489,6 @@ def _record_context(
         run_id=run.run_id(),
         round=record.round,
         slot=idx,
-        start_root=start_root,
         prev_model=prev,
         model=model,
         # Every CID the verifier asks about is of bytes just read (and re-hashed) from the store.

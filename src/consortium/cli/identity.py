@@ -1,4 +1,4 @@
-"""`consortium node init|reencrypt` and `consortium genesis create|sign|verify`.
+"""`consortium node init|reencrypt` and `consortium genesis create|deal|sign|verify`.
 
 Passphrases come from environment variables or a hidden prompt, never from the command line.
 """
@@ -139,7 +139,33 @@ def genesis_create(
     g.save(out)
     console.print(
         f"wrote {out}: {len(members)} members, quorum {g.quorum}; "
-        "each member now runs `consortium genesis sign`"
+        "each member now runs `consortium genesis deal`, then each runs `consortium genesis sign`"
+    )
+
+
+@genesis_app.command("deal")
+@handle_errors
+def genesis_deal(
+    directory: Path = typer.Option(..., "--dir", help="The dealing node's folder."),
+    manifest: Path | None = typer.Option(
+        None, "--genesis", help="Manifest to add the dealing to (default DIR/genesis.json)."
+    ),
+) -> None:
+    """Add this node's share of the beacon's key setup: commitments and one encrypted share per
+    member. Every member deals before anyone signs."""
+    path = manifest or directory / GENESIS_FILE
+    g = Genesis.load(path)
+    ident = NodeIdentity.load(directory, node_passphrase(directory))
+    g.deal(ident)
+    g.save(path)
+    missing = g.missing_dealings()
+    console.print(
+        f"{ident.name} dealt in {path}; "
+        + (
+            f"still to deal: {', '.join(missing)}"
+            if missing
+            else "every member has dealt: each now runs `consortium genesis sign`"
+        )
     )
 
 
@@ -151,7 +177,7 @@ def genesis_sign(
         None, "--genesis", help="Manifest to sign in place (default DIR/genesis.json)."
     ),
 ) -> None:
-    """Add this node's signature to the manifest."""
+    """Check every dealing and the shares dealt to this node, then sign the manifest."""
     path = manifest or directory / GENESIS_FILE
     g = Genesis.load(path)
     ident = NodeIdentity.load(directory, node_passphrase(directory))

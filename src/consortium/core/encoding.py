@@ -35,13 +35,23 @@ class Domain(enum.Enum):
     MESSAGE = "message"
     CHAIN_KEY = "chain-key"
     CHAIN_ACCOUNT = "chain-account"
+    BOX_KEY = "box-key"
+    BEACON_DEALING = "beacon-dealing"
 
 
 #: Domains of statements about an identity itself, made before (or to define) any consortium: the
-#: genesis manifest, a node's TLS key and EVM account, and the key its EVM account derives from.
+#: genesis manifest and the beacon dealings inside it, a node's TLS key, box key and EVM account,
+#: and the key its EVM account derives from.
 #: Their signatures carry no consortium digest (the same node.pub serves every consortium).
 IDENTITY_DOMAINS: frozenset[Domain] = frozenset(
-    {Domain.GENESIS, Domain.TLS_BINDING, Domain.CHAIN_KEY, Domain.CHAIN_ACCOUNT}
+    {
+        Domain.GENESIS,
+        Domain.TLS_BINDING,
+        Domain.CHAIN_KEY,
+        Domain.CHAIN_ACCOUNT,
+        Domain.BOX_KEY,
+        Domain.BEACON_DEALING,
+    }
 )
 #: Domains of consortium state (ledger records, tree heads, round and protocol messages): their
 #: signatures cover the genesis digest, so one never replays into another consortium. Every

@@ -1,4 +1,11 @@
-"""The genesis manifest: who the members are, the quorum, and the purposes data may be used for.
+"""The genesis manifest: who the members are, the quorum, the purposes data may be used for, and
+the setup of the shared beacon.
+
+The ceremony has three steps: one member writes the manifest (`genesis create`); every member adds
+its beacon dealing (`genesis deal`: Feldman commitments and one encrypted key share per member, see
+`core/threshold.py`); then every member signs (`genesis sign`), which it does only after checking
+that every share dealt to it matches its dealer's commitments. So a signed manifest says that every
+member received valid shares, and the beacon's key exists, held by nobody.
 
 The manifest body is signed by every member (domain `genesis`); it becomes entry 0 of the ledger.
 On disk it is JSON (`genesis.json`) so operators can read it; what is signed is the canonical
@@ -9,6 +16,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +26,16 @@ from consortium.core.encoding import Domain, digest
 from consortium.core.errors import GenesisError, IdentityError, SignatureError
 from consortium.core.files import atomic_write
 from consortium.core.identity import NodeIdentity, PublicIdentity, verify_signature
+from consortium.core.threshold import (
+    Dealing,
+    EncryptedShare,
+    GroupKey,
+    SecretShare,
+    ThresholdError,
+    check_dealing_shape,
+    deal,
+    open_share,
+)
 
 GENESIS_FILE = "genesis.json"
 MANIFEST_VERSION = 1
@@ -34,6 +53,47 @@ def _field(obj: Any, key: str, kind: type | tuple[type, ...]) -> Any:
 def quorum_for(n: int) -> int:
     """Cosignatures needed for finality: ceil(2n/3)."""
     return math.ceil(2 * n / 3)
+
+
+def beacon_threshold(n: int, quorum: int) -> int:
+    """Partials that make a beacon: one more than the colluders tolerated (the largest number
+    below a third), so they cannot predict it, and at most the quorum, so the members that can
+    finalize a round can also make its beacon."""
+    return min((n - 1) // 3 + 1, quorum)
+
+
+@dataclass(frozen=True)
+class SignedDealing:
+    dealing: Dealing
+    signature: bytes  # the dealer's, domain beacon-dealing, over `dealing_statement`
+
+
+def _dealing_body(d: Dealing) -> dict[str, Any]:
+    return {
+        "dealer": d.dealer,
+        "commitments": list(d.commitments),
+        "shares": [
+            {"to": s.recipient, "ephemeral": s.ephemeral, "ciphertext": s.ciphertext}
+            for s in d.shares
+        ],
+    }
+
+
+def _dealing_from_body(b: Any) -> Dealing:
+    commitments = _field(b, "commitments", list)
+    shares = _field(b, "shares", list)
+    if not all(isinstance(c, bytes) for c in commitments):
+        raise GenesisError("malformed genesis body: a beacon commitment is not bytes")
+    return Dealing(
+        _field(b, "dealer", str),
+        tuple(commitments),
+        tuple(
+            EncryptedShare(
+                _field(x, "to", str), _field(x, "ephemeral", bytes), _field(x, "ciphertext", bytes)
+            )
+            for x in shares
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -56,6 +116,8 @@ class Genesis:
     purposes: list[Purpose]
     created: int
     signatures: dict[str, bytes] = field(default_factory=dict)
+    #: The beacon's DKG: dealer node id -> its signed dealing.
+    dealings: dict[str, SignedDealing] = field(default_factory=dict)
     #: (the objects the body was built from, its digest); see `digest`.
     _digest_cache: tuple[tuple[object, ...], bytes] | None = field(
         default=None, init=False, repr=False, compare=False
@@ -91,6 +153,25 @@ class Genesis:
             raise GenesisError(f"quorum {q} must be between 1 and {len(members)}")
         return cls(consortium, list(members), q, list(purposes), created)
 
+    @classmethod
+    def ceremony(
+        cls,
+        consortium: str,
+        identities: list[NodeIdentity],
+        purposes: list[Purpose],
+        created: int,
+        quorum: int | None = None,
+        random: Callable[[int], bytes] = os.urandom,
+    ) -> Genesis:
+        """The whole ceremony (create, every member deals, every member signs) where one process
+        holds every member's keys: simulations and tests only."""
+        g = cls.create(consortium, [i.public() for i in identities], purposes, created, quorum)
+        for ident in identities:
+            g.deal(ident, random)
+        for ident in identities:
+            g.sign(ident)
+        return g
+
     # -- canonical body and signatures ----------------------------------------------------------
 
     def body(self) -> dict[str, Any]:
@@ -109,11 +190,25 @@ class Genesis:
                     "tls_binding": m.tls_binding,
                     "evm_address": m.evm_address,
                     "evm_binding": m.evm_binding,
+                    "box_key": m.box_key,
+                    "box_binding": m.box_binding,
                 }
                 for m in self.members
             ],
             "purposes": [p.to_body() for p in self.purposes],
+            "beacon": {
+                "threshold": self.threshold,
+                "dealings": [
+                    {**_dealing_body(sd.dealing), "signature": sd.signature}
+                    for _, sd in sorted(self.dealings.items())
+                ],
+            },
         }
+
+    @property
+    def threshold(self) -> int:
+        """Partials needed for a beacon (`beacon_threshold`)."""
+        return beacon_threshold(len(self.members), self.quorum)
 
     def digest(self) -> bytes:
         """SHA-256 of the canonical body: the consortium's identity, which every signature over
@@ -124,7 +219,16 @@ class Genesis:
         are frozen, their fields immutable) and is used only while each field still *is* the same
         object, so reassigning or editing a field in place recomputes it.
         """
-        state = (self.consortium, self.created, self.quorum, *self.members, _SPLIT, *self.purposes)
+        state = (
+            self.consortium,
+            self.created,
+            self.quorum,
+            *self.members,
+            _SPLIT,
+            *self.purposes,
+            _SPLIT,
+            *(sd for _, sd in sorted(self.dealings.items())),
+        )
         cached = self._digest_cache
         if (
             cached is not None
@@ -158,11 +262,100 @@ class Genesis:
         known = ", ".join(p.name for p in self.purposes)
         raise GenesisError(f"purpose {name!r} is not declared in genesis (declared: {known})")
 
-    def sign(self, identity: NodeIdentity) -> None:
+    # -- the beacon's key (a DKG among the members) -------------------------------------------
+
+    def member_ids(self) -> list[str]:
+        return sorted(m.node_id for m in self.members)
+
+    def dealing_statement(self, d: Dealing) -> dict[str, Any]:
+        """What a dealer signs: its dealing, bound to this manifest's members and threshold."""
+        return {
+            "consortium": self.consortium,
+            "created": self.created,
+            "members": self.member_ids(),
+            "threshold": self.threshold,
+            "dealing": _dealing_body(d),
+        }
+
+    def deal(self, identity: NodeIdentity, random: Callable[[int], bytes] = os.urandom) -> None:
+        """Add `identity`'s dealing; only before anyone signs (a dealing changes the body)."""
         if not self.is_member(identity.node_id):
             raise GenesisError(
                 f"{identity.name} ({identity.node_id}) is not listed in this manifest"
             )
+        if self.signatures:
+            raise GenesisError(
+                "members have already signed this manifest: a dealing now would void their "
+                "signatures; every member deals before anyone signs"
+            )
+        if identity.node_id in self.dealings:
+            raise GenesisError(f"{identity.name} has already dealt")
+        no_box = [m.name for m in self.members if len(m.box_key) != 32]
+        if no_box:
+            raise GenesisError(
+                f"no box key in the node.pub of {', '.join(no_box)}: they must re-export node.pub "
+                "with this version (`consortium node init` writes it)"
+            )
+        boxes = {m.node_id: m.box_key for m in self.members}
+        d = deal(identity.node_id, boxes, self.threshold, random)
+        signature = identity.sign(Domain.BEACON_DEALING, self.dealing_statement(d))
+        self.dealings[identity.node_id] = SignedDealing(d, signature)
+
+    def missing_dealings(self) -> list[str]:
+        return [m.name for m in self.members if m.node_id not in self.dealings]
+
+    def _check_dealings(self) -> None:
+        """Every member dealt once, signed its dealing, and the dealing is well formed."""
+        missing = self.missing_dealings()
+        if missing:
+            raise GenesisError(
+                f"beacon dealings missing from {', '.join(missing)} (`consortium genesis deal`)"
+            )
+        ids = self.member_ids()
+        for dealer, sd in self.dealings.items():
+            if not self.is_member(dealer) or sd.dealing.dealer != dealer:
+                raise GenesisError(f"beacon dealing from {dealer}, which is not a member")
+            m = self.member(dealer)
+            try:
+                verify_signature(
+                    m.public_key,
+                    Domain.BEACON_DEALING,
+                    self.dealing_statement(sd.dealing),
+                    sd.signature,
+                )
+                check_dealing_shape(sd.dealing, ids, self.threshold)
+            except SignatureError as exc:
+                raise GenesisError(f"invalid beacon dealing signature from {m.name}") from exc
+            except ThresholdError as exc:
+                raise GenesisError(f"malformed beacon dealing from {m.name}: {exc}") from exc
+
+    def secret_share(self, identity: NodeIdentity) -> SecretShare:
+        """This member's share of the beacon's key: the sum of the shares dealt to it, each
+        checked against its dealer's commitments (a bad one is a GenesisError naming the dealer)."""
+        self._check_dealings()
+        ids = self.member_ids()
+        box = identity.box_private_key()
+        total = 0
+        for dealer, sd in sorted(self.dealings.items()):
+            try:
+                total += open_share(sd.dealing, identity.node_id, ids, box)
+            except ThresholdError as exc:
+                name = self.member(dealer).name
+                raise GenesisError(f"bad beacon dealing from {name}: {exc}") from exc
+        return SecretShare(identity.node_id, total)
+
+    def group_key(self) -> GroupKey:
+        """Every member's public verification key for beacon partials (cached per digest)."""
+        self._check_dealings()
+        return _group_key(self.digest(), self)
+
+    def sign(self, identity: NodeIdentity) -> None:
+        """Sign the manifest, after checking every dealing and the shares dealt to `identity`."""
+        if not self.is_member(identity.node_id):
+            raise GenesisError(
+                f"{identity.name} ({identity.node_id}) is not listed in this manifest"
+            )
+        self.secret_share(identity)
         self.signatures[identity.node_id] = identity.sign(Domain.GENESIS, self.body())
 
     def verify(self) -> None:
@@ -175,6 +368,7 @@ class Genesis:
             try:
                 m.verify_binding()
                 m.verify_evm_binding()
+                m.verify_box_binding()
             except IdentityError as exc:
                 raise GenesisError(str(exc)) from exc
             sig = self.signatures.get(m.node_id)
@@ -184,6 +378,7 @@ class Genesis:
                 verify_signature(m.public_key, Domain.GENESIS, body, sig)
             except SignatureError as exc:
                 raise GenesisError(f"invalid signature from member {m.name} ({m.node_id})") from exc
+        self._check_dealings()
 
     def missing_signatures(self) -> list[str]:
         return [m.name for m in self.members if m.node_id not in self.signatures]
@@ -198,6 +393,25 @@ class Genesis:
             "quorum": self.quorum,
             "members": [m.to_json() for m in self.members],
             "purposes": [p.to_body() for p in self.purposes],
+            "beacon": {
+                "threshold": self.threshold,
+                "dealings": [
+                    {
+                        "dealer": d.dealing.dealer,
+                        "commitments": [c.hex() for c in d.dealing.commitments],
+                        "shares": [
+                            {
+                                "to": x.recipient,
+                                "ephemeral": x.ephemeral.hex(),
+                                "ciphertext": x.ciphertext.hex(),
+                            }
+                            for x in d.dealing.shares
+                        ],
+                        "signature": d.signature.hex(),
+                    }
+                    for _, d in sorted(self.dealings.items())
+                ],
+            },
             "signatures": {k: v.hex() for k, v in sorted(self.signatures.items())},
         }
 
@@ -214,6 +428,21 @@ class Genesis:
             if not isinstance(raw_sigs, dict):
                 raise GenesisError("signatures must be a map from node id to hex signature")
             sigs = {str(k): bytes.fromhex(v) for k, v in raw_sigs.items()}
+            dealings = {}
+            for d in data.get("beacon", {}).get("dealings", []):
+                dealing = Dealing(
+                    str(d["dealer"]),
+                    tuple(bytes.fromhex(c) for c in d["commitments"]),
+                    tuple(
+                        EncryptedShare(
+                            str(x["to"]),
+                            bytes.fromhex(x["ephemeral"]),
+                            bytes.fromhex(x["ciphertext"]),
+                        )
+                        for x in d["shares"]
+                    ),
+                )
+                dealings[dealing.dealer] = SignedDealing(dealing, bytes.fromhex(d["signature"]))
             return cls(
                 str(data["consortium"]),
                 members,
@@ -221,6 +450,7 @@ class Genesis:
                 purposes,
                 int(data["created"]),
                 sigs,
+                dealings,
             )
         except GenesisError:
             raise
@@ -241,6 +471,8 @@ class Genesis:
                     _field(m, "tls_binding", bytes),
                     _field(m, "evm_address", str),
                     _field(m, "evm_binding", bytes),
+                    _field(m, "box_key", bytes),
+                    _field(m, "box_binding", bytes),
                 )
                 for m in _field(body, "members", list)
             ]
@@ -252,6 +484,10 @@ class Genesis:
                 )
                 for p in _field(body, "purposes", list)
             ]
+            dealings = {}
+            for d in _field(_field(body, "beacon", dict), "dealings", list):
+                dealing = _dealing_from_body(d)
+                dealings[dealing.dealer] = SignedDealing(dealing, _field(d, "signature", bytes))
             g = cls(
                 _field(body, "consortium", str),
                 members,
@@ -259,6 +495,7 @@ class Genesis:
                 purposes,
                 _field(body, "created", int),
                 dict(signatures),
+                dealings,
             )
             canonical = g.body() == body
         except IdentityError as exc:  # e.g. a public key of the wrong length
@@ -282,3 +519,18 @@ class Genesis:
         except (OSError, ValueError) as exc:
             raise GenesisError(f"cannot read genesis manifest {path}: {exc}") from exc
         return cls.from_json(data)
+
+
+_GROUP_KEYS: dict[bytes, GroupKey] = {}
+
+
+def _group_key(digest: bytes, g: Genesis) -> GroupKey:
+    """The verification keys of a manifest, computed once per genesis digest (~n·t point
+    multiplications): the digest covers every dealing, so equal digests mean equal keys."""
+    key = _GROUP_KEYS.get(digest)
+    if key is None:
+        key = GroupKey.from_dealings(
+            [sd.dealing for _, sd in sorted(g.dealings.items())], g.member_ids(), g.threshold
+        )
+        _GROUP_KEYS[digest] = key
+    return key

@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import NameOID
 from multiformats import CID, multihash
 
@@ -87,6 +89,10 @@ class PublicIdentity:
     #: The node's EVM account for anchoring (optional) and the identity key's signature on it.
     evm_address: str = ""
     evm_binding: bytes = b""
+    #: The node's X25519 box key (shares of the beacon's key are encrypted to it at genesis) and
+    #: the identity key's signature on it.
+    box_key: bytes = b""
+    box_binding: bytes = b""
 
     @functools.cached_property
     def node_id(self) -> str:
@@ -123,6 +129,22 @@ class PublicIdentity:
                 f"EVM address {self.evm_address} of {self.name} is not bound to its identity key"
             ) from exc
 
+    def verify_box_binding(self) -> None:
+        """Check that the identity key vouches for the box key (if one is published)."""
+        if not self.box_key and not self.box_binding:
+            return
+        try:
+            verify_signature(
+                self.public_key,
+                Domain.BOX_KEY,
+                box_binding_body(self.node_id, self.box_key),
+                self.box_binding,
+            )
+        except SignatureError as exc:
+            raise IdentityError(
+                f"box key of {self.name} ({self.node_id}) is not bound to its identity key"
+            ) from exc
+
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -133,6 +155,8 @@ class PublicIdentity:
             "tls_binding": self.tls_binding.hex(),
             "evm_address": self.evm_address,
             "evm_binding": self.evm_binding.hex(),
+            "box_key": self.box_key.hex(),
+            "box_binding": self.box_binding.hex(),
         }
 
     @classmethod
@@ -146,6 +170,8 @@ class PublicIdentity:
                 tls_binding=bytes.fromhex(data["tls_binding"]),
                 evm_address=str(data.get("evm_address", "")),
                 evm_binding=bytes.fromhex(data.get("evm_binding", "")),
+                box_key=bytes.fromhex(data.get("box_key", "")),
+                box_binding=bytes.fromhex(data.get("box_binding", "")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise IdentityError(f"malformed public identity: {exc}") from exc
@@ -153,6 +179,7 @@ class PublicIdentity:
             raise IdentityError(f"node_id of {ident.name} does not match its public key")
         ident.verify_binding()
         ident.verify_evm_binding()
+        ident.verify_box_binding()
         return ident
 
     @classmethod
@@ -169,6 +196,11 @@ class PublicIdentity:
 def evm_binding_body(node_id: str, evm_address: str) -> dict[str, Any]:
     """What a node's identity key signs (domain chain-account) to publish its EVM address."""
     return {"node_id": node_id, "evm_address": evm_address}
+
+
+def box_binding_body(node_id: str, box_key: bytes) -> dict[str, Any]:
+    """What a node's identity key signs (domain box-key) to publish its X25519 box key."""
+    return {"node_id": node_id, "box_key": box_key}
 
 
 def tls_public_key_der(cert_pem: str) -> bytes:
@@ -249,7 +281,24 @@ class NodeIdentity:
             self.sign(Domain.TLS_BINDING, unbound.binding_body()),
             self.evm_address,
             evm_binding,
+            self.box_public_key,
+            self.sign(Domain.BOX_KEY, box_binding_body(self.node_id, self.box_public_key)),
         )
+
+    def box_private_key(self) -> X25519PrivateKey:
+        """The X25519 key others encrypt to (the beacon's key shares at genesis). Derived from the
+        identity key with HKDF, so it needs no key file of its own and no new backup."""
+        raw = self._signing_key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        seed = HKDF(hashes.SHA256(), 32, None, b"consortium/box-key/v1").derive(raw)
+        return X25519PrivateKey.from_private_bytes(seed)
+
+    @functools.cached_property
+    def box_public_key(self) -> bytes:
+        return self.box_private_key().public_key().public_bytes_raw()
 
     def tls_key_pem(self) -> bytes:
         return self._tls_key.private_bytes(

@@ -438,8 +438,9 @@ class Node:
         self.finished.set()
         self._write_status()
 
-    def start_run(self, run: RunConfig) -> None:
-        """Start `run`, whose run-config entry this ledger holds (see `propose_run`)."""
+    def start_run(self, run: RunConfig, *, late: bool = False) -> None:
+        """Start `run`, whose run-config entry this ledger holds (see `propose_run`); `late`:
+        after a restart or catch-up, when the others' beacon partials went out before."""
         self.genesis.purpose(run.purpose)  # ConsortiumError if not a declared purpose
         if self.machine is not None and not self.finished.is_set():
             raise ConfigError("a run is already in progress on this node")
@@ -461,7 +462,7 @@ class Node:
             self.global_model = weights_to_bytes(initial_weights(run, self.learner.dataset))
         put_bytes(self.store, self.global_model)
         self._write_status()
-        self._begin(1)
+        self._begin(1, late=late)
 
     def _setup_run(self, run: RunConfig) -> None:
         self.run = run
@@ -509,7 +510,7 @@ class Node:
         if run_refusals(run, self.genesis, self.config.policy):
             return  # this member sits the run out
         if not records:
-            self.start_run(run)  # agreed, but its first round never committed here
+            self.start_run(run, late=True)  # agreed, but its first round never committed here
             return
         last = records[-1]
         self._setup_run(run)
@@ -518,9 +519,10 @@ class Node:
             self.finished.set()
             return
         log.info("%s: resuming run %s at round %d", self.name, run.run_id(), last.round + 1)
-        self._begin(last.round + 1)
+        self._begin(last.round + 1, late=True)
 
-    def _begin(self, round_no: int) -> None:
+    def _begin(self, round_no: int, *, late: bool = False) -> None:
+        """Begin round `round_no`; `late` asks the members to resend their beacon partials."""
         assert self.machine is not None
         frontier = self.ledger.frontier()
         privacy, my_dp = self._round_privacy()
@@ -528,11 +530,11 @@ class Node:
             self.machine.begin(
                 round_no,
                 frontier,
-                frontier.root(),
                 self.clock(),
                 model=self.global_model,
                 privacy=privacy,
                 my_dp=my_dp,
+                ask=late,
             )
         )
 

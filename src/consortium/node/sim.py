@@ -21,6 +21,7 @@ from consortium.core.errors import ConsortiumError
 from consortium.core.genesis import GENESIS_FILE, Genesis, Purpose
 from consortium.core.identity import NodeIdentity
 from consortium.core.layout import CONSENT_FILE, NODE_CONFIG_FILE, STATUS_FILE
+from consortium.core.threshold import seeded_bytes
 from consortium.learning import load_dataset
 from consortium.node.config import load_node_config
 from consortium.node.learner import node_shard
@@ -72,11 +73,11 @@ def create_consortium(
     for ident in ids:
         ident.evm_address = derive_account(ident).address
     created = 1_767_225_600 if reproducible else int(time.time())
-    genesis = Genesis.create(
-        "demo", [i.public() for i in ids], [purpose or Purpose("research")], created
+    # Reproducible runs deal from a seeded PRG so the same seed gives the same root.
+    random = seeded_bytes(f"{seed}/dkg".encode()) if reproducible else os.urandom
+    genesis = Genesis.ceremony(
+        "demo", ids, [purpose or Purpose("research")], created, random=random
     )
-    for ident in ids:
-        genesis.sign(ident)
     genesis.verify()
     dirs = []
     for i, ident in enumerate(ids):

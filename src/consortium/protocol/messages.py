@@ -333,8 +333,42 @@ class SecAgg:
         return cls(_str(b, "run"), _int(b, "round", 1), _int(b, "attempt"), _dict(b, "body"))
 
 
-Message = StartRun | Update | Propose | Vote | Commit | SecAgg
-_TYPES: dict[str, Any] = {c.TYPE: c for c in (StartRun, Update, Propose, Vote, Commit, SecAgg)}
+@dataclass(frozen=True)
+class BeaconShare:
+    """A member's partial of a round's beacon (`protocol/beacon.py`), broadcast when it begins the
+    round. `ask`: the sender is still missing partials; members answer with theirs."""
+
+    TYPE: ClassVar[str] = "beacon"
+    run: str
+    round: int
+    sigma: bytes
+    proof: bytes
+    ask: bool = False
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "run": self.run,
+            "round": self.round,
+            "sigma": self.sigma,
+            "proof": self.proof,
+            "ask": self.ask,
+        }
+
+    @classmethod
+    def from_body(cls, b: dict[str, Any]) -> BeaconShare:
+        ask = b.get("ask")
+        if not isinstance(ask, bool):
+            raise ProtocolError("field 'ask' must be a boolean")
+        sigma, proof = _bytes(b, "sigma", 33), _bytes(b, "proof", 64)
+        if len(sigma) != 33 or len(proof) != 64:
+            raise ProtocolError("a beacon share is a 33-byte point and a 64-byte proof")
+        return cls(_str(b, "run"), _int(b, "round", 1), sigma, proof, ask)
+
+
+Message = StartRun | Update | Propose | Vote | Commit | SecAgg | BeaconShare
+_TYPES: dict[str, Any] = {
+    c.TYPE: c for c in (StartRun, Update, Propose, Vote, Commit, SecAgg, BeaconShare)
+}
 
 
 def encode_message(msg: Message) -> bytes:

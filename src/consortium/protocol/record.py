@@ -6,11 +6,13 @@ explicit bounds and refuses unknown fields, so nothing outside this module reads
 by string. The verifier that decides whether a record may be cosigned (or passes audit) is
 `protocol.verifier.verify_round_record`; it works on this type.
 
-Layout (version 1). Core fields are always present; optional sections appear only when the run
+Layout (version 2). Core fields are always present; optional sections appear only when the run
 uses them:
 
-    v            1
+    v            2
     run, round, attempt, leader, slot
+    beacon       t members' partials of the round's beacon, with proofs (`protocol/beacon.py`):
+                 they prove the value the leader order and the SecAgg+ graph derive from
     participants sorted member ids whose contribution is in the model
     dropouts     the other members (sorted)
     samples      node -> sample count          updates  node -> 32-byte commitment
@@ -26,7 +28,7 @@ below) cosigned by a quorum, whose configuration hashes to the run id every reco
 
 Later issues add sections (storage proofs, proofs of evaluation, a consent-history head): each is
 a new optional key with its own typed section here and its own rule in the verifier; a reader of
-version 1 refuses keys it does not know, so no section can ride along unchecked.
+this version refuses keys it does not know, so no section can ride along unchecked.
 """
 
 from __future__ import annotations
@@ -40,10 +42,15 @@ from multiformats import CID
 from consortium.consent.commitments import RoundCommitment
 from consortium.consent.erasure import RoundRef
 from consortium.core.errors import ConsortiumError
+from consortium.core.threshold import ThresholdError
 from consortium.ledger.entries import Entry
 from consortium.privacy.budget import spend_purpose
+from consortium.protocol.beacon import BeaconPartial, partials_body, partials_from_body
 
-RECORD_VERSION = 1
+#: 2: the beacon's partials (version 1 scheduled from the ledger root, which leaders could grind).
+RECORD_VERSION = 2
+#: Version of the run-config and run-stop bodies.
+RUN_RECORD_VERSION = 1
 ROUND_KIND = "round"
 Aggregation = Literal["fedavg", "secagg+"]
 _AGGREGATIONS = ("fedavg", "secagg+")
@@ -55,6 +62,7 @@ _CORE = frozenset(
         "attempt",
         "leader",
         "slot",
+        "beacon",
         "participants",
         "dropouts",
         "samples",
@@ -172,6 +180,7 @@ class RoundRecord:
     erasures: Mapping[str, tuple[Erasure, ...]] = field(default_factory=dict)
     secagg: SecAggSection | None = None
     privacy: Mapping[str, Any] | None = None
+    beacon: tuple[BeaconPartial, ...] = ()
     version: int = RECORD_VERSION
 
     # -- codec -----------------------------------------------------------------------------------
@@ -184,6 +193,7 @@ class RoundRecord:
             "attempt": self.attempt,
             "leader": self.leader,
             "slot": self.slot,
+            "beacon": partials_body(self.beacon),
             "participants": list(self.participants),
             "dropouts": list(self.dropouts),
             "samples": dict(self.samples),
@@ -240,6 +250,10 @@ class RoundRecord:
         privacy = b.get("privacy")
         if privacy is not None and not isinstance(privacy, dict):
             raise _fail("'privacy' must be a map")
+        try:
+            beacon = partials_from_body(b["beacon"], _MAX_MEMBERS)
+        except ThresholdError as exc:
+            raise _fail(str(exc)) from exc
         return cls(
             run=_str(b["run"], "run"),
             round=_int(b, "round", 1),
@@ -258,6 +272,7 @@ class RoundRecord:
             erasures=erasures,
             secagg=None if b.get("secagg") is None else SecAggSection.from_body(b["secagg"]),
             privacy=privacy,
+            beacon=beacon,
         )
 
     @classmethod
@@ -292,7 +307,7 @@ class RunRecord:
 
     run: str
     config: Mapping[str, Any]
-    version: int = RECORD_VERSION
+    version: int = RUN_RECORD_VERSION
 
     def to_body(self) -> dict[str, Any]:
         return {"v": self.version, "run": self.run, "config": dict(self.config)}
@@ -301,7 +316,7 @@ class RunRecord:
     def from_body(cls, b: Any) -> RunRecord:
         if not isinstance(b, dict) or set(b) != {"v", "run", "config"}:
             raise RecordFormatError("malformed run-config record: need exactly v, run, config")
-        if b["v"] != RECORD_VERSION:
+        if b["v"] != RUN_RECORD_VERSION:
             raise RecordFormatError(f"unsupported run-config version {b['v']!r}")
         if not isinstance(b["config"], dict):
             raise RecordFormatError("malformed run-config record: 'config' must be a map")
@@ -323,7 +338,7 @@ class StopRecord:
 
     run: str
     reason: str
-    version: int = RECORD_VERSION
+    version: int = RUN_RECORD_VERSION
 
     def to_body(self) -> dict[str, Any]:
         return {"v": self.version, "run": self.run, "reason": self.reason}

@@ -3,11 +3,14 @@
 Theory of operation
 -------------------
 Round r starts on every node when round r-1 is committed (round 1 when the run starts). Each node
-trains locally (the `Train` action; the node feeds the result back with `on_trained`) and sends its
-`Update` to the leader of the current attempt, which `schedule.leader_for` derives from the ledger
-root the round started from. The leader waits for every member's update, or for `collect_timeout`
-with at least the run's minimum, aggregates (in plaintext, or by SecAgg+ among the participants)
-and broadcasts a `Propose`: a signed "round" ledger entry (a `RoundRecord`), the tree head the
+broadcasts its partial of the round's beacon (`protocol/beacon.py`: a threshold unique signature no
+member can steer) and trains locally (the `Train` action; the node feeds the result back with
+`on_trained`). Once t partials made the beacon, it sends its `Update` to the leader of the current
+attempt, which `schedule.leader_for` derives from the beacon; messages that need the leader wait
+until then (a proposal's record carries t partials, which also make it). The leader waits for every
+member's update, or for `collect_timeout` with at least the run's minimum, aggregates (in
+plaintext, or by SecAgg+ among the participants) and broadcasts a `Propose`: a signed "round"
+ledger entry (a `RoundRecord`), the tree head the
 ledger has once it is appended, and the new model. Each participant checks the proposal with
 `verify_round_record`, the same function `audit` runs on stored records, and answers with a `Vote`,
 its cosignature of that head, persisted (the `PersistVote` action) before it is sent. With a quorum
@@ -45,11 +48,14 @@ from consortium.core.encoding import Domain, encode, signing_payload
 from consortium.core.errors import ConsortiumError
 from consortium.core.genesis import Genesis
 from consortium.core.identity import NodeIdentity, is_valid_signature
+from consortium.core.threshold import SecretShare, ThresholdError
 from consortium.ledger.entries import Entry, check_payload, make_record
 from consortium.ledger.frontier import Frontier
 from consortium.ledger.heads import TreeHead
 from consortium.privacy.client_dp import ClientNoisePlan
+from consortium.protocol.beacon import BeaconCollector, BeaconPartial, beacon_message, make_partial
 from consortium.protocol.messages import (
+    BeaconShare,
     Commit,
     Message,
     Proposal,
@@ -113,6 +119,7 @@ class Event(enum.Enum):
     COMMIT = "commit"
     TICK = "tick"
     TIMEOUT = "timeout"
+    BEACON = "beacon"
 
 
 P = Phase
@@ -124,6 +131,9 @@ TRANSITIONS: dict[tuple[Phase, Event], frozenset[Phase]] = {
     **{(p, Event.BEGIN): frozenset({P.TRAINING, P.DONE}) for p in Phase},
     **{(p, Event.COMMIT): frozenset({P.DONE}) for p in Phase if p is not P.DONE},
     **{(p, Event.TIMEOUT): _SWITCH | {P.TRAINING} for p in Phase if p is not P.DONE},
+    **{(p, Event.BEACON): frozenset({p}) for p in Phase},
+    # The beacon completed after training: lead the attempt, or send it the update.
+    (P.TRAINING, Event.BEACON): _LEAD | {P.AWAITING, P.TRAINING},
     (P.TRAINING, Event.TRAINED): _LEAD | {P.AWAITING},
     (P.TRAINING, Event.UPDATE): _LEAD | {P.TRAINING},
     (P.TRAINING, Event.PROPOSE): frozenset({P.TRAINING}),
@@ -150,7 +160,10 @@ _MESSAGE_EVENTS: dict[type, Event] = {
     Propose: Event.PROPOSE,
     Vote: Event.VOTE,
     Commit: Event.COMMIT,
+    BeaconShare: Event.BEACON,
 }
+#: Messages of the current round held until the beacon is known, at most this many per sender.
+_HELD_PER_SENDER = 8
 
 
 # -- actions the node must carry out --------------------------------------------------------------
@@ -238,6 +251,9 @@ class RoundSettings:
     min_honest: int = 3
     #: A stated corrupt fraction: SecAgg+ uses a sparse graph sized for it (None: complete).
     corrupt_fraction: float | None = None
+    #: Seconds after beginning a round without its beacon before asking members for partials
+    #: (a node that restarted mid-round missed them), and again after as long each time.
+    beacon_ask_after: float = 2.0
 
 
 class SecureOps(Protocol):
@@ -275,7 +291,6 @@ class _State:
     attempt: int = 0
     phase: Phase = Phase.DONE
     frontier: Frontier = field(default_factory=Frontier.empty)
-    head_root: bytes = b""
     attempt_started: float = 0.0
     local: _LocalResult | None = None
     updates: dict[str, Update] = field(default_factory=dict)
@@ -284,6 +299,11 @@ class _State:
     votes: dict[str, bytes] = field(default_factory=dict)
     accepted: Proposal | None = None
     early: dict[str, Update] = field(default_factory=dict)  # next round's updates, held back
+    early_beacon: dict[str, BeaconShare] = field(default_factory=dict)  # next round's partials
+    beacon: BeaconCollector | None = None  # this round's partials, until they make the beacon
+    beacon_asked: float = 0.0  # when this node last asked for partials
+    held: list[tuple[str, Message]] = field(default_factory=list)  # waiting for the beacon
+    answered: set[str] = field(default_factory=set)  # members this node sent its partial on ask
     model: bytes = b""  # the global model this round starts from
     leading: LeaderAggregation | None = None  # secure aggregation, as this attempt's leader
     client: ParticipantAggregation | None = None  # secure aggregation, as a participant
@@ -335,6 +355,7 @@ class RoundMachine:
         )
         self.s = _State()
         self._from = Phase.DONE  # the phase the event being handled started in
+        self._share: SecretShare | None = None  # this node's beacon key share, derived once
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -350,9 +371,17 @@ class RoundMachine:
     def attempt(self) -> int:
         return self.s.attempt
 
+    @property
+    def beacon(self) -> bytes | None:
+        """This round's beacon, once t partials made it."""
+        return self.s.beacon.value if self.s.beacon is not None else None
+
     def leader(self, attempt: int | None = None) -> str:
         a = self.s.attempt if attempt is None else attempt
-        return leader_for(self.s.head_root, self.s.round, a, self.members)
+        value = self.beacon
+        if value is None:
+            raise ConsortiumError(f"round {self.s.round}: the beacon is not known yet")
+        return leader_for(value, self.s.round, a, self.members)
 
     def note_vote(self, size: int, root: bytes, author: str) -> None:
         """This node cosigned `root` at `size` outside a round (an agreed run-stop): never
@@ -373,21 +402,22 @@ class RoundMachine:
         self,
         round_no: int,
         frontier: Frontier,
-        head_root: bytes,
         now: float,
         model: bytes = b"",
         privacy: RoundPrivacy | None = None,
         my_dp: RecordParams | None = None,
+        ask: bool = False,
     ) -> list[Action]:
         """Start round `round_no` from global `model` on a ledger whose right edge is `frontier`;
-        with `privacy`, first check this node's next spend (`my_dp`: its DP-SGD parameters)."""
+        with `privacy`, first check this node's next spend (`my_dp`: its DP-SGD parameters).
+        `ask`: this node is late (restarted, caught up): members answer with their partials."""
         early = {k: u for k, u in self.s.early.items() if u.round == round_no}
+        early_beacon = {k: b for k, b in self.s.early_beacon.items() if b.round == round_no}
         self._from = self.s.phase
         self.s = _State(
             round=round_no,
             phase=Phase.TRAINING,
             frontier=frontier,
-            head_root=head_root,
             attempt_started=now,
             model=model,
             privacy=privacy,
@@ -397,10 +427,82 @@ class RoundMachine:
             if reason is not None:
                 self._goto(Event.BEGIN, Phase.DONE)
                 return [Stopped(reason)]
-        actions: list[Action] = [Train(round_no)]
+        actions: list[Action] = [Train(round_no), *self._begin_beacon(now, ask)]
+        for sender, share in early_beacon.items():
+            actions += self.on_message(sender, share, now)
         for sender, upd in early.items():
             actions += self.on_message(sender, upd, now)
         return actions
+
+    # -- the beacon -----------------------------------------------------------------------------
+
+    def _my_partial(self) -> BeaconPartial:
+        s = self.s
+        assert s.beacon is not None
+        if self._share is None:
+            self._share = self.genesis.secret_share(self._identity)
+        return make_partial(self._share, s.beacon.message)
+
+    def _begin_beacon(self, now: float, ask: bool) -> list[Action]:
+        """Start collecting this round's partials with this node's own; broadcast it."""
+        s = self.s
+        message = beacon_message(self._digest, self.settings.run_id, s.round)
+        s.beacon = BeaconCollector(self.genesis.group_key(), self.members, message)
+        s.beacon_asked = now
+        mine = self._my_partial()
+        s.beacon.add(mine)
+        share = BeaconShare(self.settings.run_id, s.round, mine.sigma, mine.proof, ask)
+        actions: list[Action] = [Broadcast(share)]
+        if s.beacon.value is not None:  # a threshold of one (fewer than four members)
+            actions += self._beacon_known(now)
+        return actions
+
+    def _on_beacon(self, sender: str, msg: BeaconShare, now: float) -> list[Action]:
+        s = self.s
+        assert s.beacon is not None
+        actions: list[Action] = []
+        if msg.ask and sender != self.me and sender not in s.answered:
+            s.answered.add(sender)  # answered once per member and round: no ping-pong
+            mine = self._my_partial()
+            actions.append(
+                Send(sender, BeaconShare(self.settings.run_id, s.round, mine.sigma, mine.proof))
+            )
+        try:
+            made = s.beacon.add(BeaconPartial(sender, msg.sigma, msg.proof))
+        except ThresholdError as exc:
+            raise ConsortiumError(f"invalid beacon partial: {exc}") from exc
+        if made:
+            actions += self._beacon_known(now)
+        return actions
+
+    def _beacon_known(self, now: float) -> list[Action]:
+        """The leader order is known: go on with what waited for it."""
+        s = self.s
+        s.attempt_started = now  # attempt 0's deadline counts from when its leader is known
+        actions: list[Action] = []
+        if s.phase is Phase.TRAINING and s.local is not None:
+            actions += self._after_training(Event.BEACON, now)
+        held, s.held = s.held, []
+        for sender, msg in held:
+            actions += self.on_message(sender, msg, now)
+        return actions
+
+    def _hold(self, sender: str, msg: Message, now: float) -> list[Action]:
+        """A message that needs the leader before the beacon is known: keep it (a bounded number
+        per sender); a proposal's or commit's record carries partials that may make the beacon."""
+        s = self.s
+        assert s.beacon is not None
+        if isinstance(msg, Propose | Commit):
+            for p in _record_partials(msg.proposal):
+                try:
+                    if s.beacon.add(p):
+                        return self._beacon_known(now) + self.on_message(sender, msg, now)
+                except ThresholdError:
+                    continue  # a bad partial is the verifier's to name, with the record
+        if sum(1 for k, _ in s.held if k == sender) >= _HELD_PER_SENDER:
+            return [Note(f"dropped a message from {self._name(sender)}: too many held")]
+        s.held.append((sender, msg))
+        return []
 
     def on_trained(
         self,
@@ -423,11 +525,18 @@ class RoundMachine:
             None if consent is None else RoundCommitment.from_body(consent),
             tuple(Erasure.from_body(e) for e in erasures or []),
         )
+        if self.beacon is None:
+            return []  # the update goes out once the beacon names the leader
+        return self._after_training(Event.TRAINED, now)
+
+    def _after_training(self, event: Event, now: float) -> list[Action]:
+        """Trained and the leader known: lead the attempt, or send it the update."""
+        s = self.s
         if self.leader() == self.me:
             s.updates[self.me] = self._my_update()
-            self._goto(Event.TRAINED, Phase.COLLECTING)
-            return self._maybe_propose(Event.TRAINED, now)
-        self._goto(Event.TRAINED, Phase.AWAITING)
+            self._goto(event, Phase.COLLECTING)
+            return self._maybe_propose(event, now)
+        self._goto(event, Phase.AWAITING)
         return [Send(self.leader(), self._my_update())]
 
     def on_message(self, sender: str, msg: Message, now: float) -> list[Action]:
@@ -453,6 +562,10 @@ class RoundMachine:
             ]
         self._from = s.phase
         try:
+            if isinstance(msg, BeaconShare):
+                return self._on_beacon(sender, msg, now)
+            if self.beacon is None and s.beacon is not None:
+                return self._hold(sender, msg, now)
             if isinstance(msg, Update):
                 return self._on_update(sender, msg, now)
             if isinstance(msg, Propose):
@@ -472,6 +585,9 @@ class RoundMachine:
         if isinstance(msg, Update) and (r == s.round + 1):
             s.early[sender] = msg  # a faster node's next round: replayed when it begins
             return []
+        if isinstance(msg, BeaconShare) and (r == s.round + 1):
+            s.early_beacon[sender] = msg
+            return []
         if isinstance(msg, Commit) and r > s.round:
             return [Note(f"commit for round {r} while at {s.round}: catch up needed", "info")]
         return [Note(f"ignored {name} from {self._name(sender)} for round {r}", "info")]
@@ -481,6 +597,8 @@ class RoundMachine:
         if s.phase is Phase.DONE:
             return []
         self._from = s.phase
+        if self.beacon is None:
+            return self._ask_beacon(now)
         if now >= s.attempt_started + self.settings.round_timeout:
             return self._next_attempt(now)
         if s.phase is Phase.COLLECTING:
@@ -488,6 +606,16 @@ class RoundMachine:
         if s.phase is Phase.SECURE:
             return self._secure_progress(Event.TICK, now)
         return []
+
+    def _ask_beacon(self, now: float) -> list[Action]:
+        """No failover without a leader order: ask the members for their partials now and then."""
+        s = self.s
+        if s.beacon is None or now < s.beacon_asked + self.settings.beacon_ask_after:
+            return []
+        s.beacon_asked = now
+        mine = self._my_partial()
+        ask = BeaconShare(self.settings.run_id, s.round, mine.sigma, mine.proof, ask=True)
+        return [Broadcast(ask)]
 
     # -- handlers -------------------------------------------------------------------------------
 
@@ -657,6 +785,7 @@ class RoundMachine:
             },
             secagg=secagg,
             privacy=privacy,
+            beacon=s.beacon.partials() if s.beacon is not None else (),
         )
 
     def _sign_proposal(
@@ -688,14 +817,13 @@ class RoundMachine:
             run_id=self.settings.run_id,
             round=s.round,
             slot=s.frontier.size,
-            start_root=s.head_root,
             prev_model=s.model,
             model=p.model,
             cid_of=self._cid_of,
             secure=self.settings.secure,
             min_contributors=self.min_contributors,
             transcript=p.transcript,
-            secagg_params=self._secagg_params,
+            secagg_params=self._params_for,
             apply_delta=self._ops.apply if self._ops is not None else None,
             privacy=s.privacy,
             colluders=self._secagg.f,
@@ -978,10 +1106,15 @@ class RoundMachine:
 
     def _secagg_params(self, attempt: int, parts: list[str]) -> SecAggParams:
         """The SecAgg+ parameters every node derives alike for this attempt and participants."""
+        assert self.beacon is not None  # secure aggregation starts after the leader is known
+        return self._params_for(self.beacon, attempt, parts)
+
+    def _params_for(self, beacon: bytes, attempt: int, parts: list[str]) -> SecAggParams:
         st = self.settings
         return round_params(
             st.run_id,
             self.s.round,
+            beacon,
             attempt,
             parts,
             st.model_size,
@@ -1225,3 +1358,11 @@ def _authorship(p: Proposal) -> tuple[str, int]:
     """(author, attempt) of a proposal's entry (already verified by the caller)."""
     entry = Entry.from_bytes(p.entry)
     return entry.author, RoundRecord.from_entry(entry).attempt
+
+
+def _record_partials(p: Proposal) -> tuple[BeaconPartial, ...]:
+    """The beacon partials a proposal's record carries (none if it is malformed)."""
+    try:
+        return RoundRecord.from_entry(Entry.from_bytes(p.entry)).beacon
+    except (ConsortiumError, ValueError, TypeError):
+        return ()

@@ -1,9 +1,9 @@
-"""The round schedule, derived from the ledger alone.
+"""The round schedule, derived from the round's beacon.
 
-Every node computes the same leader order for round r from the latest final tree head's root and
-the live members: members sorted by H(root ‖ r ‖ node_id). Attempt 0 is led by the first; when a
-leader misses its deadline, attempt a is led by the member at position a (mod n). No node is special
-across rounds, and no message is needed to agree on who leads.
+Every node computes the same leader order for round r from the round's beacon (`protocol/beacon.py`,
+a value no member can steer, fixed before the round) and the members: members sorted by
+H(beacon ‖ r ‖ node_id). Attempt 0 is led by the first; when a leader misses its deadline, attempt a
+is led by the member at position a (mod n). No node is special across rounds.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ import hashlib
 from collections.abc import Sequence
 
 
-def leader_order(head_root: bytes, round_no: int, live: Sequence[str]) -> list[str]:
+def leader_order(beacon: bytes, round_no: int, live: Sequence[str]) -> list[str]:
     """Live members in the order they lead round `round_no`'s attempts."""
     if not live:
         raise ValueError("no live members to schedule")
-    prefix = head_root + round_no.to_bytes(8, "big")
+    prefix = beacon + round_no.to_bytes(8, "big")
     return sorted(set(live), key=lambda m: (hashlib.sha256(prefix + m.encode()).digest(), m))
 
 
-def leader_for(head_root: bytes, round_no: int, attempt: int, live: Sequence[str]) -> str:
-    order = leader_order(head_root, round_no, live)
+def leader_for(beacon: bytes, round_no: int, attempt: int, live: Sequence[str]) -> str:
+    order = leader_order(beacon, round_no, live)
     return order[attempt % len(order)]

@@ -22,6 +22,7 @@ from consortium.core.encoding import decode
 from consortium.core.errors import ConfigError, ConsortiumError
 from consortium.privacy.client_dp import ClientNoisePlan
 from consortium.privacy.noise import add_to_words, node_noise_share
+from consortium.protocol.beacon import attempt_beacon
 from consortium.protocol.privacy_round import RoundPrivacy, client_scale
 from consortium.protocol.randomness import Randomness
 from consortium.protocol.secagg import (
@@ -51,9 +52,12 @@ from consortium.protocol.secagg.sizing import sparse_degree_and_threshold
 START = "start"
 
 
-def secagg_round_id(run_id: str, round_no: int, attempt: int) -> bytes:
-    """Fresh per attempt, so keys and masks are never reused across attempts."""
-    return hashlib.sha256(f"consortium/secagg/{run_id}/{round_no}/{attempt}".encode()).digest()
+def secagg_round_id(run_id: str, round_no: int, attempt: int, beacon: bytes = b"") -> bytes:
+    """Fresh per attempt, so keys and masks are never reused across attempts; with the round's
+    beacon, unpredictable before the round (the sparse graph is ordered by it)."""
+    seed = attempt_beacon(beacon, attempt) if beacon else b""
+    name = f"consortium/secagg/{run_id}/{round_no}/{attempt}/".encode()
+    return hashlib.sha256(name + seed).digest()
 
 
 #: Complete graph up to this many participants; above it a sparse graph needs a stated (lower)
@@ -141,6 +145,7 @@ def make_params(
 def round_params(
     run_id: str,
     round_no: int,
+    beacon: bytes,
     attempt: int,
     participants: list[str],
     model_size: int,
@@ -150,7 +155,7 @@ def round_params(
 ) -> SecAggParams:
     """The SecAgg+ parameters of one attempt, as every node (and the auditor) derives them: the
     clip and quantization scale follow client-level DP when the run uses it."""
-    rid = secagg_round_id(run_id, round_no, attempt)
+    rid = secagg_round_id(run_id, round_no, attempt, beacon)
     if privacy is None or not privacy.config.client_level:
         return make_params(rid, participants, model_size, clip, consortium)
     scale = client_scale(privacy, len(participants), model_size, consortium.f)

@@ -2,7 +2,7 @@
 
 A member calls it before cosigning a proposal; `audit` calls it on every stored record. It is a
 pure function of the record and a `RecordContext` that carries everything the caller fetched
-(genesis, the ledger root the round started from, the previous and proposed models, the SecAgg+
+(genesis, the previous and proposed models, the SecAgg+
 transcript, the run's configuration and privacy history) plus, for a voter, what the voter itself
 did in this round. A check therefore exists for both callers or for neither.
 
@@ -22,7 +22,9 @@ from multiformats import CID
 from consortium.consent.commitments import RoundCommitment
 from consortium.core.errors import ConsortiumError
 from consortium.core.genesis import Genesis
+from consortium.core.threshold import ThresholdError
 from consortium.privacy.errors import BudgetExceeded
+from consortium.protocol.beacon import beacon_message, value_from_partials
 from consortium.protocol.privacy_round import (
     RecordParams,
     RoundPrivacy,
@@ -36,6 +38,7 @@ from consortium.protocol.secure_round import params_body, params_from_body, reco
 
 # Rule names (stable: tests and audit reports refer to them).
 RUN = "run"  # the record is for another run, round or ledger slot
+BEACON = "beacon-invalid"  # the record's partials do not prove the round's beacon
 ATTEMPT = "attempt-not-current"  # the record's attempt is ahead of the voter's current attempt
 LEADER = "author-not-attempt-leader"  # the author did not lead the attempt the record names
 MEMBERS = "participants-not-members"  # a participant or dropout is not a genesis member
@@ -85,15 +88,14 @@ class RecordContext:
     run_id: str
     round: int
     slot: int  # the ledger index the record takes
-    start_root: bytes  # the ledger root at `slot`: the round's schedule seed
     prev_model: bytes  # the global model the round starts from
     model: bytes  # the proposed model's bytes
     cid_of: Callable[[bytes], CID]
     secure: bool
     min_contributors: int
     transcript: bytes = b""
-    #: SecAgg+ parameters every node derives for (attempt, participants).
-    secagg_params: Callable[[int, list[str]], SecAggParams] | None = None
+    #: SecAgg+ parameters every node derives for (beacon, attempt, participants).
+    secagg_params: Callable[[bytes, int, list[str]], SecAggParams] | None = None
     apply_delta: Callable[[bytes, npt.NDArray[np.float64]], bytes] | None = None
     privacy: RoundPrivacy | None = None
     #: f, the colluders the noise of a client-level DP sum is sized against.
@@ -117,7 +119,8 @@ def verify_round_record(record: RoundRecord, ctx: RecordContext) -> None:
         f"the record is for run {record.run!r} round {record.round} slot {record.slot}, "
         f"expected run {ctx.run_id!r} round {ctx.round} slot {ctx.slot}",
     )
-    _check_leader(record, ctx, members)
+    beacon = record_beacon(record, ctx.genesis)
+    _check_leader(record, ctx, members, beacon)
     _check_participants(record, ctx, members)
     if ctx.own is not None:
         _check_own(record, ctx.own)
@@ -138,11 +141,25 @@ def verify_round_record(record: RoundRecord, ctx: RecordContext) -> None:
         f"the record's aggregation is {record.aggregation!r}, this run's is {expected!r}",
     )
     if ctx.secure:
-        _check_secure_sum(record, ctx)
+        _check_secure_sum(record, ctx, beacon)
     _check_privacy(record, ctx)
 
 
-def _check_leader(record: RoundRecord, ctx: RecordContext, members: list[str]) -> None:
+def record_beacon(record: RoundRecord, genesis: Genesis) -> bytes:
+    """The round's beacon, from the t partials the record carries, each checked against its
+    member's verification key; any t valid partials give the same value, so the leader cannot
+    choose it by choosing which partials to include."""
+    members = sorted(m.node_id for m in genesis.members)
+    message = beacon_message(genesis.digest(), record.run, record.round)
+    try:
+        return value_from_partials(genesis.group_key(), members, message, record.beacon)
+    except ThresholdError as exc:
+        raise RecordRejected(BEACON, f"the record's beacon does not verify: {exc}") from exc
+
+
+def _check_leader(
+    record: RoundRecord, ctx: RecordContext, members: list[str], beacon: bytes
+) -> None:
     if ctx.current_attempt is not None:
         _require(
             record.attempt <= ctx.current_attempt,
@@ -150,7 +167,7 @@ def _check_leader(record: RoundRecord, ctx: RecordContext, members: list[str]) -
             f"the record is for attempt {record.attempt}, this node is at attempt "
             f"{ctx.current_attempt}",
         )
-    leader = leader_for(ctx.start_root, record.round, record.attempt, members)
+    leader = leader_for(beacon, record.round, record.attempt, members)
     # A re-proposed record keeps its author: it must be the leader of the attempt it names,
     # which for a re-proposal is an earlier attempt of this round.
     _require(
@@ -235,7 +252,7 @@ def _check_own(record: RoundRecord, own: OwnContribution) -> None:
     )
 
 
-def _check_secure_sum(record: RoundRecord, ctx: RecordContext) -> None:
+def _check_secure_sum(record: RoundRecord, ctx: RecordContext, beacon: bytes) -> None:
     assert record.secagg is not None
     if ctx.secagg_params is None or ctx.apply_delta is None:
         raise ConsortiumError("verifying a secure round needs the model arithmetic")
@@ -243,7 +260,7 @@ def _check_secure_sum(record: RoundRecord, ctx: RecordContext) -> None:
         params = params_from_body(dict(record.secagg.params))
     except ConsortiumError as exc:
         raise RecordRejected(SUM, str(exc)) from exc
-    expected = ctx.secagg_params(record.attempt, list(params.participants))
+    expected = ctx.secagg_params(beacon, record.attempt, list(params.participants))
     _require(
         params_body(params) == params_body(expected),
         SUM,
