@@ -99,9 +99,9 @@ class TimedNode(Node):
         self.begun: dict[int, float] = {}
         self.committed: dict[int, float] = {}
 
-    def _begin(self, round_no: int) -> None:
+    def _begin(self, round_no: int, *, late: bool = False) -> None:
         self.begun[round_no] = time.perf_counter()
-        super()._begin(round_no)
+        super()._begin(round_no, late=late)
 
     def _commit(self, c: Committed) -> None:
         self.committed[c.round] = time.perf_counter()
