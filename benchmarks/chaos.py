@@ -68,10 +68,11 @@ from consortium.ledger.log import Ledger
 from consortium.node.config import RunConfig
 from consortium.node.node import run_records
 from consortium.node.runner import start_run
-from consortium.node.sim import Cluster, create_consortium
+from consortium.node.sim import Cluster, create_consortium, member_shares, scheduled_leader
 from consortium.protocol.record import ROUND_KIND, RUN_KIND, RoundRecord
 from consortium.protocol.schedule import leader_for
 from consortium.protocol.secure_round import Consortium
+from consortium.protocol.verifier import record_beacon
 from consortium.store.blockstore import BlockStore
 from consortium.store.objects import get_bytes
 
@@ -151,10 +152,11 @@ def _signed_at(d: Path, slot: int) -> bool:
 
 
 def _first_leaders(d: Path, members: list[str]) -> dict[int, str]:
-    """round -> its attempt-0 leader, from the root each round started from."""
+    """round -> its attempt-0 leader, from the beacon each record proves."""
     with Ledger.open(d / LEDGER_FILE) as ledger:
+        genesis = ledger.genesis()
         return {
-            r.round: leader_for(ledger.root(r.slot), r.round, 0, members)
+            r.round: leader_for(record_beacon(r, genesis), r.round, 0, members)
             for r in run_records(ledger)
         }
 
@@ -183,7 +185,10 @@ class Chaos:
         self.rng = random.Random(args.seed)
         self.dirs = create_consortium(root, args.nodes, partition="iid", seed=args.seed)
         genesis = Genesis.load(self.dirs[0] / GENESIS_FILE)
+        self.genesis = genesis
         self.members = sorted(m.node_id for m in genesis.members)  # the schedule's order
+        self.shares = member_shares(self.dirs, genesis)
+        self.run_id = ""
         self.ids = [genesis.member_by_name(d.name).node_id for d in self.dirs]
         floor = Consortium(args.nodes, genesis.quorum, RunConfig().min_honest).floor
         self.report = Report(args.nodes, args.rounds, args.seed, args.nodes - floor)
@@ -242,6 +247,7 @@ class Chaos:
         agreed = asyncio.run(start_run(self.dirs[0], None, run))
         if not agreed["started"]:
             raise ChaosError(f"the run was not agreed: {agreed}")
+        self.run_id = run.run_id()
         kinds = ["leader"] * ((args.kills + 1) // 2) + ["member"] * (args.kills // 2)
         self.rng.shuffle(kinds)
         for kind in kinds:
@@ -272,10 +278,11 @@ class Chaos:
             if _state(ref)[1] + 1 + down > self.args.rounds:
                 return None
             self.wait(_grown(ref, seen), f"{ref.name} to commit", HUNT)
-            _, committed, root = _state(ref)
+            _, committed, _ = _state(ref)
             if committed + down > self.args.rounds:
                 return None
-            first = self.ids.index(leader_for(root, committed + 1, 0, self.members))
+            leader = scheduled_leader(self.genesis, self.shares, self.run_id, committed + 1)
+            first = self.ids.index(leader)
             if kind == "member":
                 victim = self.rng.choice([i for i in range(len(self.dirs)) if i != first])
                 had = _state(self.dirs[victim])[1]

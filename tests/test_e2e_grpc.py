@@ -23,9 +23,8 @@ from consortium.ledger.log import Ledger
 from consortium.node.config import RunConfig
 from consortium.node.node import run_records
 from consortium.node.runner import start_run
-from consortium.node.sim import Cluster, create_consortium
+from consortium.node.sim import Cluster, create_consortium, member_shares, scheduled_leader
 from consortium.protocol.record import RoundRecord
-from consortium.protocol.schedule import leader_for
 from consortium.store.blockstore import BlockStore
 from consortium.store.objects import get_bytes
 
@@ -91,7 +90,6 @@ def test_processes_train_over_grpc_and_survive_faults(tmp_path: Path) -> None:
     dirs = create_consortium(tmp_path, N, alpha=0.5, seed=0)
     genesis = Genesis.load(dirs[0] / GENESIS_FILE)
     assert genesis.quorum == N - 1
-    members = sorted(m.node_id for m in genesis.members)  # the round machine's order
     ids = [genesis.member_by_name(d.name).node_id for d in dirs]
     # Nodes serve on after the run, so a node restarted late still catches up; stopped below.
     cluster = Cluster(dirs, exit_when_finished=False)
@@ -105,11 +103,12 @@ def test_processes_train_over_grpc_and_survive_faults(tmp_path: Path) -> None:
         cluster.start_all()
         cluster.wait_ready(DEADLINE)
         assert asyncio.run(start_run(dirs[0], None, run))["started"]
+        shares = member_shares(dirs, genesis)  # this disk holds every member's keys
         _wait(cluster, lambda: _state(dirs[0])[1] >= 1, "round 1")
 
         # 1. Kill a member that does not lead the next round: the rounds go on without it.
-        _, committed, root = _state(dirs[0])
-        leader = ids.index(leader_for(root, committed + 1, 0, members))
+        _, committed, _ = _state(dirs[0])
+        leader = ids.index(scheduled_leader(genesis, shares, run.run_id(), committed + 1))
         victim = next(i for i in range(1, N) if i != leader)
         cluster.kill(victim)
         # It had not committed round `had` + 1, so it never began (sent an update in) any round
@@ -133,10 +132,10 @@ def test_processes_train_over_grpc_and_survive_faults(tmp_path: Path) -> None:
         while killed is None:
             seen = _state(dirs[0])[1]
             _wait(cluster, lambda s=seen: _state(dirs[0])[1] > s, f"round {seen + 1}")
-            size, committed, root = _state(dirs[0])
+            size, committed, _ = _state(dirs[0])
             nxt = committed + 1
             assert nxt <= ROUNDS, "no round left in which to kill a leader: raise ROUNDS"
-            candidate = ids.index(leader_for(root, nxt, 0, members))
+            candidate = ids.index(scheduled_leader(genesis, shares, run.run_id(), nxt))
             if candidate == last:
                 continue
             cluster.kill(candidate)
@@ -152,7 +151,7 @@ def test_processes_train_over_grpc_and_survive_faults(tmp_path: Path) -> None:
         assert (rec.round, rec.slot) == (nxt, size)  # the round whose leader was computed
         # Its leader is the scheduled one of its attempt: a later attempt's, unless that leader
         # re-proposed the entry the dead one had proposed (participants had cosigned it).
-        assert rec.leader == leader_for(root, nxt, rec.attempt, members)
+        assert rec.leader == scheduled_leader(genesis, shares, run.run_id(), nxt, rec.attempt)
 
         # 4. Restart it; the run finishes, and every member, both restarted ones included,
         # holds the whole run before the cluster is stopped.

@@ -21,10 +21,12 @@ from consortium.core.errors import ConsortiumError
 from consortium.core.genesis import GENESIS_FILE, Genesis, Purpose
 from consortium.core.identity import NodeIdentity
 from consortium.core.layout import CONSENT_FILE, NODE_CONFIG_FILE, STATUS_FILE
-from consortium.core.threshold import seeded_bytes
+from consortium.core.threshold import SecretShare, seeded_bytes
 from consortium.learning import load_dataset
 from consortium.node.config import load_node_config
 from consortium.node.learner import node_shard
+from consortium.protocol.beacon import beacon_message, make_partial, value_from_partials
+from consortium.protocol.schedule import leader_for
 
 
 def free_ports(n: int) -> list[int]:
@@ -37,6 +39,23 @@ def free_ports(n: int) -> list[int]:
     for s in socks:
         s.close()
     return ports
+
+
+def member_shares(dirs: list[Path], genesis: Genesis) -> list[SecretShare]:
+    """Every member's beacon key share, from folders on this disk (simulations only)."""
+    return [genesis.secret_share(NodeIdentity.load(d)) for d in dirs]
+
+
+def scheduled_leader(
+    genesis: Genesis, shares: list[SecretShare], run_id: str, round_no: int, attempt: int = 0
+) -> str:
+    """The leader of an attempt of a round before the round begins: a simulation holds every
+    member's keys, so it makes the round's beacon from t shares, as the members will."""
+    members = genesis.member_ids()
+    message = beacon_message(genesis.digest(), run_id, round_no)
+    partials = [make_partial(s, message) for s in shares[: genesis.threshold]]
+    value = value_from_partials(genesis.group_key(), members, message, partials)
+    return leader_for(value, round_no, attempt, members)
 
 
 def create_consortium(

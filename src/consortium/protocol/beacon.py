@@ -153,4 +153,3 @@ def partials_from_body(b: Any, limit: int) -> tuple[BeaconPartial, ...]:
     if not isinstance(b, list) or len(b) > limit:
         raise ThresholdError(f"a beacon section is a list of at most {limit} partials")
     return tuple(BeaconPartial.from_body(x) for x in b)
-
