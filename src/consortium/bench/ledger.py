@@ -1,6 +1,6 @@
 """Ledger benchmark: append throughput, proof sizes and proof times at several log sizes.
 
-    python benchmarks/ledger.py [--sizes 10000,100000,1000000] [--out FILE.md]
+    consortium bench ledger [--sizes 10000,100000,1000000] [--out FILE.md]
 
 Rows, all on one SQLite file with WAL + synchronous=FULL:
 - "single ... verified": one record entry signed per entry by a member, one transaction each.
@@ -126,7 +126,7 @@ def proofs(tmp: Path, sizes: list[int], batch: int) -> list[tuple[int, str, int,
 def extra_sections(tmp: Path) -> list[str]:
     """Further markdown sections (store throughput, audit time); empty until those layers land."""
     try:
-        from consortium.store.bench import measure_throughput  # type: ignore[import-not-found]
+        from consortium.store.bench import measure_throughput
     except ImportError:
         return []
     result = measure_throughput(tmp)
