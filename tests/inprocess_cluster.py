@@ -93,7 +93,7 @@ def run_config(
         collect_timeout=5.0,
         round_timeout=20.0,
         started=1,
-    )
+    ).pinned()
 
 
 async def start(nodes: list[Node], run: RunConfig) -> None:

@@ -18,6 +18,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from consortium.learning.task import BUILTIN_MODULE, code_hash
+
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src" / "consortium"
 
@@ -173,6 +175,12 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs_three_nodes() -> None:
         where = _run([str(py), "-c", code], work, env, 60)
         assert where.strip().startswith(str(venv)), where
         assert "Usage: consortium" in _run([str(cli), "--help"], work, env, 120)
+        # The installed built-in tasks hash like the sources: members on a wheel and on a
+        # checkout of the same version agree on a run's task_hash.
+        code = (
+            f"from consortium.learning.task import code_hash; print(code_hash({BUILTIN_MODULE!r}))"
+        )
+        assert _run([str(py), "-c", code], work, env, 60).strip() == code_hash(BUILTIN_MODULE)
         table = _run([str(cli), "bench", "secagg", "--n", "5", "--d", "1000"], work, env, 300)
         assert re.search(r"^\|\s*5\s*\|\s*1000\s*\|", table, re.M), table
         out = _run(

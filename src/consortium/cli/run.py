@@ -74,6 +74,11 @@ def run_start(
     ),
     rounds: int | None = typer.Option(None, min=1, help="Training rounds [10]."),
     purpose: str | None = typer.Option(None, help="A purpose declared in genesis [research]."),
+    task: str | None = typer.Option(
+        None,
+        help="Your task, 'package.module:name' (installed on every member; its code hash is "
+        "pinned from this node's copy). Default: the built-in task of --dataset and --model.",
+    ),
     dataset: str | None = typer.Option(None, help="digits | breast_cancer | fashion-mnist."),
     model: str | None = typer.Option(None, help="mlp | cnn | logreg [mlp]."),
     strategy: str | None = typer.Option(None, help="fedavg | fedprox [fedavg]."),
@@ -117,6 +122,7 @@ def run_start(
     flags = {
         "rounds": rounds,
         "purpose": purpose,
+        "task": task,
         "dataset": dataset,
         "model": model,
         "strategy": strategy,
@@ -143,7 +149,7 @@ def run_start(
         privacy["noise_multiplier"], privacy["target_epsilon"] = noise_multiplier, None
     body["privacy"] = privacy
     body["started"] = int(time.time() * 1000)
-    run = RunConfig.from_body(body)
+    run = RunConfig.from_body(body).pinned()  # the task as installed here, or a clear error
     report = asyncio.run(start_run(directory, node_passphrase(directory), run))
     for line in report_lines(report):
         console.print(f"[yellow]{line}[/]")
@@ -156,7 +162,8 @@ def run_start(
     dp_text = "" if run.privacy.unit == "none" else f", {run.privacy.unit}-level DP"
     console.print(
         f"run {run.run_id()} agreed by {', '.join(report['accepted'])} and started: "
-        f"{run.rounds} rounds of {run.model} on {run.dataset}, "
+        f"{run.rounds} rounds of {run.task or f'{run.model} on {run.dataset}'} "
+        f"(code {run.task_hash[:19]}…), "
         f"aggregation {run.secure_aggregation}{dp_text}"
     )
 

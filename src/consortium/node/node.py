@@ -39,6 +39,7 @@ from consortium.core.genesis import GENESIS_FILE, Genesis
 from consortium.core.identity import NodeIdentity
 from consortium.core.layout import CONSENT_FILE, LEDGER_FILE, STATUS_FILE, STORE_DIR
 from consortium.learning.serialize import weights_from_bytes, weights_to_bytes
+from consortium.learning.task import TaskError
 from consortium.ledger.entries import Entry
 from consortium.ledger.heads import Cosignature, CosignedHead, TreeHead
 from consortium.ledger.log import Ledger
@@ -242,7 +243,9 @@ class Node:
 
     async def propose_run(self, run: RunConfig) -> dict[str, Any]:
         """Propose `run` to every member; start it if a quorum cosigns its run-config entry.
-        Returns the agreement report (see `_agree`) with "started"."""
+        Returns the agreement report (see `_agree`) with "started". A run that pins no task code
+        hash gets the hash of the task as installed here (`RunConfig.pinned`)."""
+        run = run.pinned()
         report = await self._agree(RUN_KIND, RunRecord(run.run_id(), run.body()).to_body())
         report["run"], report["started"] = run.run_id(), report["agreed"]
         return report
@@ -425,12 +428,15 @@ class Node:
             self._stopped_by_agreement(StopRecord.from_entry(entry))
             return
         refusals = run_refusals(run, self.genesis, self.config.policy)
-        if refusals:
-            self.stopped = "sitting this run out: " + "; ".join(refusals)
-            log.error("%s: %s", self.name, self.stopped)
-            self._write_status()
-            return
-        self.start_run(run)
+        if not refusals:
+            try:
+                self.start_run(run)
+                return
+            except TaskError as exc:  # e.g. its data(): one line in the log, not a traceback
+                self.machine, refusals = None, [f"cannot train it: {exc}"]
+        self.stopped = "sitting this run out: " + "; ".join(refusals)
+        log.error("%s: %s", self.name, self.stopped)
+        self._write_status()
 
     def _stopped_by_agreement(self, stop: StopRecord) -> None:
         self.stopped = f"stopped by agreement of the members: {stop.reason}"
@@ -459,7 +465,7 @@ class Node:
             self.global_model = model
         else:
             assert self.learner is not None
-            self.global_model = weights_to_bytes(initial_weights(run, self.learner.dataset))
+            self.global_model = weights_to_bytes(initial_weights(run, self.learner.task))
         put_bytes(self.store, self.global_model)
         self._write_status()
         self._begin(1, late=late)
@@ -468,7 +474,7 @@ class Node:
         self.run = run
         self._dp = None
         self.stopped = ""
-        self.learner = Learner(self.config.data, run)
+        self.learner = Learner(self.config.data, run, name=self.name)
         settings = RoundSettings(
             run_id=run.run_id(),
             config=run.body(),

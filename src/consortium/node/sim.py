@@ -23,8 +23,8 @@ from consortium.core.identity import NodeIdentity
 from consortium.core.layout import CONSENT_FILE, NODE_CONFIG_FILE, STATUS_FILE
 from consortium.core.threshold import SecretShare, seeded_bytes
 from consortium.learning import load_dataset
+from consortium.learning.builtin import node_shard
 from consortium.node.config import load_node_config
-from consortium.node.learner import node_shard
 from consortium.protocol.beacon import beacon_message, make_partial, value_from_partials
 from consortium.protocol.schedule import leader_for
 
@@ -115,7 +115,7 @@ def create_consortium(
         ds = load_dataset(dataset, Path(data_dir) if data_dir else None, seed=seed)
         the_purpose = (purpose or Purpose("research")).name
         for i, d in enumerate(dirs):
-            shard = node_shard(load_node_config(d).data, ds)
+            shard = node_shard(load_node_config(d).data.context(), ds.y_train)
             rows = [
                 GrantRow(synthetic_subject(i, int(r)), int(r), (the_purpose,), 0.0) for r in shard
             ]
