@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from torch.utils.data import TensorDataset
 
 from consortium.core.errors import ConsortiumError
 from consortium.learning import build_model, datasets, get_weights, models, partition
@@ -189,6 +191,22 @@ def test_data_without_record_ids_is_refused(task_root: Path) -> None:
         Examples(np.zeros((2, 3), np.float32), np.zeros(2, np.int64), np.array([4, 4]))
     with pytest.raises(TaskError, match="x has dtype float64; use float32"):
         Examples(np.zeros((2, 3)), np.zeros(2, np.int64), np.array([1, 2]))
+
+
+def test_a_pytorch_dataset_gives_examples_only_with_a_record_id_per_item() -> None:
+    x = torch.arange(12, dtype=torch.float32).reshape(4, 3)
+    y = torch.tensor([0, 1, 1, 0])
+    ids = torch.tensor([10, 11, 12, 13])
+    examples = Examples.from_torch(TensorDataset(x, y, ids))
+    assert examples.x.dtype == np.float32 and examples.y.dtype == np.int64
+    assert np.array_equal(examples.x, x.numpy()) and examples.record_ids.tolist() == [
+        10,
+        11,
+        12,
+        13,
+    ]
+    with pytest.raises(TaskError, match=r"item 0 of the dataset is not \(x, y, record_id\)"):
+        Examples.from_torch(TensorDataset(x, y))
 
 
 def test_record_level_dp_refuses_a_task_with_its_own_training(task_root: Path) -> None:
