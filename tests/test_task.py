@@ -37,7 +37,7 @@ from consortium.node.config import RunConfig, task_refusals
 from consortium.node.node import run_records
 from consortium.privacy.config import PrivacyConfig
 from consortium.store.objects import get_bytes
-from tests.inprocess_cluster import cluster, run_config, start, until_finished
+from tests.inprocess_cluster import cluster, drive, run_config, start
 
 #: An engineer's task package: a logistic regression on two Gaussian blobs, sharded by node,
 #: record ids 1000 + row (not row numbers, so nothing can confuse the two).
@@ -234,10 +234,10 @@ def test_a_task_package_outside_the_repository_trains_over_three_nodes(
     )
 
     async def go() -> float:
-        nodes, _, clock = await cluster(tmp_path / "run", 3, seed=71, consent=False)
+        nodes, net, clock = await cluster(tmp_path / "run", 3, seed=71, consent=False)
         try:
             await start(nodes, run)
-            await until_finished(nodes, clock, 1.0)
+            await drive(nodes, net, clock)
             records = run_records(nodes[0].ledger)
             assert [r.round for r in records] == [1, 2, 3]
             assert all(len(r.participants) == 3 for r in records)
