@@ -461,7 +461,8 @@ class RoundMachine:
         s = self.s
         assert s.beacon is not None
         actions: list[Action] = []
-        if msg.ask and sender != self.me and sender not in s.answered:
+        first_ask = msg.ask and sender != self.me and sender not in s.answered
+        if first_ask:
             s.answered.add(sender)  # answered once per member and round: no ping-pong
             mine = self._my_partial()
             actions.append(
@@ -473,6 +474,15 @@ class RoundMachine:
             raise ConsortiumError(f"invalid beacon partial: {exc}") from exc
         if made:
             actions += self._beacon_known(now)
+        elif (
+            first_ask
+            and s.phase is Phase.AWAITING
+            and self.beacon is not None
+            and self.leader() == sender
+        ):
+            # This attempt's leader asks: it restarted and lost the updates it had collected.
+            # Send it ours again (once per round: `answered`), so it need not cost an attempt.
+            actions.append(Send(sender, self._my_update()))
         return actions
 
     def _beacon_known(self, now: float) -> list[Action]:
