@@ -17,7 +17,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,7 @@ from consortium.protocol.privacy_round import (
 )
 from consortium.protocol.randomness import Randomness
 from consortium.protocol.record import (
+    ROUND_KIND,
     RUN_KIND,
     STOP_KIND,
     RoundRecord,
@@ -84,6 +85,7 @@ from consortium.protocol.round import (
     CastVote,
     Committed,
     Note,
+    PersistRelease,
     PersistSurvivorSet,
     PersistVote,
     RoundMachine,
@@ -571,7 +573,28 @@ class Node:
         my_dp = None
         if config.record_level:
             my_dp = self.learner.record_dp(n, record_z)
-        return RoundPrivacy(config, budget, history, client_z), my_dp
+        unrecorded = self.unrecorded_releases(purpose.name)
+        return RoundPrivacy(config, budget, history, client_z, unrecorded), my_dp
+
+    def unrecorded_releases(self, purpose: str) -> list[Mapping[str, Any]]:
+        """Privacy bodies of rounds (of `purpose`) whose update this node released but whose
+        ledger slot holds no round record with this node in it: a leader withheld the round,
+        or a run-stop took its place. The ledger never charged them; this node counts them."""
+        out: list[Mapping[str, Any]] = []
+        size = self.ledger.size
+        for slot, _, kind, value in self.ledger.my_secagg():
+            if kind != "release" or slot >= size:
+                continue  # the slot is still open: the round may yet commit
+            body = decode(value)
+            if not isinstance(body, dict) or body.get("purpose") != purpose:
+                continue
+            entry = self.ledger.entry(slot)
+            if entry.kind == ROUND_KIND:
+                record = RoundRecord.from_entry(entry)
+                if self.identity.node_id in record.participants:
+                    continue  # charged by the record that took the slot
+            out.append(body)
+        return out
 
     # -- protocol actions ------------------------------------------------------------------------
 
@@ -585,6 +608,8 @@ class Node:
                     self._spawn(self._send(peer, payload))
             elif isinstance(action, Train):
                 self._spawn(self._train(action.round))
+            elif isinstance(action, PersistRelease):  # durable before the update can be seen
+                self.ledger.record_secagg(action.slot, 0, "release", encode(dict(action.privacy)))
             elif isinstance(action, PersistSurvivorSet):  # durable before the signature leaves
                 survivors = encode(list(action.survivors))
                 self.ledger.record_secagg(action.slot, action.attempt, "set", survivors)
