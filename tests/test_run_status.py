@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -364,3 +365,82 @@ def test_what_is_not_a_node_folder_is_one_line_and_exit_2(
             assert code == want, (command, folder, err)
             assert err.startswith("error:") and message in err, (command, err)
             assert len(err.strip().splitlines()) == 1 and out == "", (command, err)
+
+
+# -- run start and stop: who did not agree -------------------------------------------------------
+
+
+def _fake_report(monkeypatch: pytest.MonkeyPatch, name: str, report: dict[str, Any]) -> None:
+    async def fake(*args: object) -> dict[str, Any]:
+        return report
+
+    monkeypatch.setattr(f"consortium.node.runner.{name}", fake)
+
+
+def test_run_start_without_a_quorum_exits_1_naming_who_refused_or_was_unreachable(
+    folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The report is the real one a node gave when one member was cut off and one refused."""
+    report = json.loads((folders["idle"].parent.parent / "idle-report.json").read_text())
+    assert report["accepted"] == ["node0", "node3"]
+    _fake_report(monkeypatch, "start_run", report)
+    code, out, err = cli("run", "start", "--dir", str(folders["idle"]), "--rounds", "2")
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert (
+        lines[0].startswith("refused by node2: ")
+        and "policy requires secure aggregation" in lines[0]
+    )
+    assert lines[1].startswith("unreachable: node1 (")
+    assert (
+        lines[2].startswith("error: run ") and "not started: accepted by 2 of 4 members" in lines[2]
+    )
+    assert "(node0, node3), quorum 3" in lines[2] and "started" not in out
+
+
+def test_run_start_with_a_quorum_exits_0_and_names_who_refused(
+    folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    report = json.loads((folders["sitout"].parent.parent / "sitout-report.json").read_text())
+    _fake_report(monkeypatch, "start_run", report)
+    code, out, err = cli("run", "start", "--dir", str(folders["sitout"]), "--rounds", "1")
+    assert code == 0, err
+    assert err.startswith("refused by node2: ") and len(err.strip().splitlines()) == 1
+    assert "agreed by node0, node1, node3 and started: 1 rounds" in words(out)
+
+
+def test_run_stop_without_a_quorum_exits_1(
+    folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    report = {
+        "agreed": False,
+        "run": "r1",
+        "accepted": ["node0"],
+        "refused": {},
+        "unreachable": {"node1": "node1 is unreachable", "node2": "node2 is unreachable"},
+    }
+    _fake_report(monkeypatch, "stop_run", report)
+    code, out, err = cli("run", "stop", "--dir", str(folders["stopped"]))
+    assert code == 1 and out == ""
+    assert "unreachable: node1" in err and "unreachable: node2" in err
+    assert "run r1 not stopped: accepted by 1 of 3 members (node0), quorum 2" in words(err)
+
+
+def test_a_refusal_from_the_own_node_is_not_blamed_on_a_stopped_node(
+    folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from consortium.core.errors import PeerRefused
+    from consortium.node import runner
+
+    class Refusing:
+        async def request(self, *args: object, **kwargs: object) -> bytes:
+            raise PeerRefused("node0 refused 'propose-stop': no run is in progress on this node")
+
+        async def stop(self) -> None:
+            return None
+
+    monkeypatch.setattr(runner, "make_transport", lambda *a, **k: Refusing())
+    code, _, err = cli("run", "stop", "--dir", str(folders["stopped"]))
+    assert code == 2
+    assert "this member's node refused" in err and "no run is in progress" in err
+    assert "is `consortium node start" not in err
