@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from consortium.audit import audit as audit_folder
 from consortium.cli.common import console, err_console, fail, handle_errors
@@ -71,7 +72,7 @@ def _print_report(report: dict[str, Any]) -> None:
     from consortium.node.runner import report_lines
 
     for line in report_lines(report):
-        err_console.print(f"[yellow]{line}[/]", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]{escape(line)}[/]", highlight=False, soft_wrap=True)
 
 
 def _agreed_by(directory: Path, report: dict[str, Any]) -> str:

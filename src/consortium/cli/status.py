@@ -17,6 +17,7 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
+from rich.text import Text
 
 from consortium.cli.common import console, err_console, fail, handle_errors
 from consortium.node.run_status import (
@@ -106,13 +107,13 @@ def privacy_summary(s: RunStatus, p: PrivacyView) -> str:
     return line
 
 
-def state_text(s: RunStatus) -> str:
+def state_text(s: RunStatus) -> Text:
     done = f"{s.committed} of {s.target} rounds"
     if s.state == "finished":
-        return f"[green]finished[/]: {done} committed"
+        return Text.assemble(("finished", "green"), f": {done} committed")
     if s.state == "stopped":
-        return f"[red]stopped[/] after {done} {_named(s, s.reason)}"
-    return f"[cyan]running[/]: {done} committed"
+        return Text.assemble(("stopped", "red"), f" after {done} {_named(s, s.reason)}")
+    return Text.assemble(("running", "cyan"), f": {done} committed")
 
 
 def round_line(s: RunStatus, r: RoundView) -> str:
@@ -126,35 +127,40 @@ def round_line(s: RunStatus, r: RoundView) -> str:
 
 
 def status_table(s: RunStatus) -> Table:
+    """Every value is plain text (never markup): names and reasons come from the folder."""
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold", no_wrap=True)
     table.add_column()
+
+    def row(key: str, value: str | Text) -> None:
+        table.add_row(key, value if isinstance(value, Text) else Text(value))
+
     me = f" (this folder: {s.name(s.node)})" if s.node else ""
-    table.add_row("consortium", f"{s.consortium}, {len(s.members)} members{me}")
-    table.add_row("run", f"{s.run}, agreed at ledger entry {s.config_index}")
-    table.add_row("config", config_summary(s))
-    table.add_row("rounds", f"{s.committed} of {s.target} committed")
+    row("consortium", f"{s.consortium}, {len(s.members)} members{me}")
+    row("run", f"{s.run}, agreed at ledger entry {s.config_index}")
+    row("config", config_summary(s))
+    row("rounds", f"{s.committed} of {s.target} committed")
     r = s.latest
     if r is None:
-        table.add_row("latest round", "none committed yet")
+        row("latest round", "none committed yet")
     else:
-        table.add_row(
+        row(
             "latest round",
             f"{r.round}: leader {s.name(r.leader)}, attempt {r.attempt}, committed "
             f"{_when(r.time)} (ledger entry {r.index})",
         )
-        table.add_row(
+        row(
             "participants",
             f"{_names(s, r.participants)} ({len(r.participants)} of {len(s.members)})"
             + (f"; dropped: {_names(s, r.dropouts)}" if r.dropouts else ""),
         )
-    table.add_row(
+    row(
         "privacy", "no differential privacy" if s.privacy is None else privacy_summary(s, s.privacy)
     )
-    table.add_row("accuracy", ACCURACY_NOT_PUBLISHED if s.accuracy is None else f"{s.accuracy}")
-    table.add_row("state", state_text(s))
+    row("accuracy", ACCURACY_NOT_PUBLISHED)
+    row("state", state_text(s))
     if s.node_note:
-        table.add_row("this node", _named(s, s.node_note))
+        row("this node", _named(s, s.node_note))
     return table
 
 
@@ -204,9 +210,11 @@ class _Display:
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
         self.progress = Progress(
-            TextColumn("{task.fields[head]}", table_column=Column(no_wrap=True, min_width=12)),
+            TextColumn(
+                "{task.fields[head]}", markup=False, table_column=Column(no_wrap=True, min_width=12)
+            ),
             BarColumn(bar_width=24),
-            TextColumn("{task.description}", table_column=Column(ratio=1)),
+            TextColumn("{task.description}", markup=False, table_column=Column(ratio=1)),
             TimeElapsedColumn(),
             console=console,
         )
@@ -232,10 +240,12 @@ class _Display:
                 self.last_json = line
             return
         if self.rounds is None:
-            self.progress.console.print(f"run {s.run}: {config_summary(s)}", highlight=False)
+            self.progress.console.print(
+                f"run {s.run}: {config_summary(s)}", markup=False, highlight=False
+            )
             self.rounds = self.progress.add_task("", total=s.target, head="")
         for r in s.rounds[self.shown :]:
-            self.progress.console.print(round_line(s, r), highlight=False)
+            self.progress.console.print(round_line(s, r), markup=False, highlight=False)
         self.shown = len(s.rounds)
         self.progress.update(
             self.rounds,
@@ -304,4 +314,8 @@ def watch(
             EXIT_STOPPED,
         )
     if not as_json:
-        console.print(f"run {s.run} finished: {s.committed} of {s.target} rounds committed")
+        console.print(
+            f"run {s.run} finished: {s.committed} of {s.target} rounds committed",
+            markup=False,
+            highlight=False,
+        )

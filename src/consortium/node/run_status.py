@@ -26,7 +26,7 @@ import json
 import math
 import sqlite3
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -107,7 +107,6 @@ class RunStatus:
     agreed_stop: str | None  # the reason of a run-stop entry for this run
     node_stop: str = ""  # why this folder's node stopped or sits the run out (status.json)
     node_finished: bool = False  # status.json: this node is done with the run
-    accuracy: float | None = field(default=None)
 
     def name(self, node_id: str) -> str:
         return self.members.get(node_id, node_id[:16])
@@ -179,8 +178,8 @@ class RunStatus:
             "rounds": {"committed": self.committed, "target": self.target},
             "latest_round": None,
             "privacy": None,
-            "accuracy": self.accuracy,
-            "accuracy_note": ACCURACY_NOT_PUBLISHED if self.accuracy is None else "",
+            "accuracy": None,
+            "accuracy_note": ACCURACY_NOT_PUBLISHED,
             "state": self.state,
             "reason": self.reason,
             "node_note": self.node_note,
