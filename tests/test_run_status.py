@@ -26,7 +26,7 @@ from consortium.core.layout import LEDGER_FILE
 from consortium.ledger import Ledger
 from consortium.node.config import PolicyConfig
 from consortium.node.node import Node
-from consortium.node.run_status import FolderReader, read_run_status
+from consortium.node.run_status import FolderReader, RunStatus, read_run_status
 from consortium.privacy.budget import totals
 from consortium.protocol.record import RoundRecord, privacy_history, round_records
 from tests.inprocess_cluster import cluster, drive, run_config, start
@@ -62,7 +62,8 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path
 
     finished: two runs of one budgeted purpose (1 round, then 2), so the spend of the latest
     run's purpose counts the earlier run too. stopped: the members agreed to stop it before its
-    first round. budget: record-level DP stops the run before a round would pass ε 3. idle: a
+    first round. budget: record-level DP stops a run before a round would pass ε 3, then the
+    next run before its first round (the purpose's budget is spent). idle: a
     run start no quorum accepted (one member unreachable, one refusing by policy). sitout: the
     folder of a member whose policy refused a run the others started (stopped at once)."""
     root = tmp_path_factory.mktemp("runs")
@@ -100,6 +101,9 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path
             await start(nodes, run_config(20, 0, privacy=DP))
             await drive(nodes, net, clock)
             assert all(n.stopped.startswith("stopping before round") for n in nodes)
+            await start(nodes, run_config(20, 1, privacy=DP))  # the budget is spent already
+            await drive(nodes, net, clock)
+            assert all(n.stopped.startswith("stopping before round 1:") for n in nodes)
         finally:
             await _stop_all(nodes)
         out["budget"] = nodes[0].dir
@@ -178,6 +182,11 @@ def test_status_json_says_what_the_ledger_records(folders: dict[str, Path]) -> N
     assert 0 < s["privacy"]["spent"] < 8
     assert s["accuracy"] is None and "not published" in s["accuracy_note"]
     assert s["node"]["name"] == "node0"
+    # The earlier run of the two, as it ended: finished, the purpose's spend as of then.
+    earlier = FolderReader(folder).read(records[0].run)
+    assert earlier.state == "finished" and earlier.committed == earlier.target == 1
+    assert earlier.privacy is not None and earlier.privacy.rounds_charged == 1
+    assert earlier.privacy.spent == max(totals([records[0].privacy]).values())
 
 
 def test_status_table(folders: dict[str, Path]) -> None:
@@ -215,12 +224,30 @@ def test_status_of_stopped_runs(folders: dict[str, Path]) -> None:
 
     code, out, err = cli("run", "status", str(folders["budget"]))
     assert code == 0, err
-    committed = len(ledger_records(folders["budget"]))
-    assert 0 < committed < 20
     text = words(out)
-    assert f"stopped after {committed} of 20 rounds on this node: stopping before round " in text
+    assert "stopped after 0 of 20 rounds on this node: stopping before round 1: " in text
     assert "above the budget epsilon 3.0" in text
     assert "bafz" not in text.split("state", 1)[1]  # the reason names members, not node ids
+
+
+def test_the_budget_is_the_purposes_and_an_earlier_run_ended_when_the_next_was_agreed(
+    folders: dict[str, Path],
+) -> None:
+    records = ledger_records(folders["budget"])
+    first = records[0].run
+    assert 0 < len(records) < 20 and {r.run for r in records} == {first}
+    latest = read_run_status(folders["budget"])
+    assert latest.run != first and latest.committed == 0
+    spent = max(totals([records[-1].privacy]).values())
+    assert latest.privacy is not None and latest.privacy.rounds_charged == len(records)
+    assert latest.privacy.spent == spent  # the earlier run's spend counts against the budget
+
+    earlier = FolderReader(folders["budget"]).read(first)
+    assert earlier.state == "stopped" and earlier.committed == len(records)
+    assert earlier.reason == (
+        f"before the members agreed run {latest.run} (ledger entry {latest.config_index})"
+    )
+    assert earlier.privacy is not None and earlier.privacy.spent == spent
 
 
 def test_status_of_a_member_that_sits_the_run_out(folders: dict[str, Path]) -> None:
@@ -261,7 +288,30 @@ def test_watch_a_stopped_run_exits_1_with_the_reason(
 
     code, _, err = cli("run", "watch", str(folders["budget"]), "--json")
     assert code == 1 and no_wait == []
-    assert "on this node: stopping before round" in err and "budget epsilon 3.0" in err
+    assert "on this node: stopping before round 1" in err and "budget epsilon 3.0" in err
+
+
+def test_watch_follows_the_run_it_began_with(
+    folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run watched while it ran, then another agreed: the watch ends with the first."""
+    first = ledger_records(folders["budget"])[0].run
+    real = FolderReader.read
+    calls: list[str | None] = []
+
+    def read(self: FolderReader, run: str | None = None) -> RunStatus:
+        calls.append(run)
+        s = real(self, first)
+        return replace(s, rounds=s.rounds[:1], next_run=None) if len(calls) == 1 else s
+
+    def wait(seconds: float) -> None:
+        assert len(calls) < 5, "watch went on after the run it watched was over"
+
+    monkeypatch.setattr(FolderReader, "read", read)
+    monkeypatch.setattr(status_cli, "_wait", wait)
+    code, _, err = cli("run", "watch", str(folders["budget"]))
+    assert code == 1 and calls == [None, first]
+    assert f"run {first} stopped after " in err and "before the members agreed run " in err
 
 
 def test_follow_reads_until_the_run_is_over(folders: dict[str, Path]) -> None:
@@ -285,7 +335,7 @@ def test_watch_ctrl_c_stops_watching_not_the_run(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(status_cli, "_wait", interrupt)
-    monkeypatch.setattr(FolderReader, "read", lambda self: running)
+    monkeypatch.setattr(FolderReader, "read", lambda self, run=None: running)
     code, _, err = cli("run", "watch", str(folders["finished"]))
     assert code == 130
     assert "stopped watching (the run goes on" in err
@@ -339,7 +389,7 @@ def test_watch_json_prints_one_line_per_change(
     done = read_run_status(folders["finished"])
     seq = [replace(done, rounds=done.rounds[:k]) for k in (1, 1, 2)]
     monkeypatch.setattr(status_cli, "_wait", lambda seconds: None)
-    monkeypatch.setattr(FolderReader, "read", lambda self: seq.pop(0))
+    monkeypatch.setattr(FolderReader, "read", lambda self, run=None: seq.pop(0))
     code, out, err = cli("run", "watch", str(folders["finished"]), "--json")
     assert code == 0, err
     lines = [json.loads(line) for line in out.splitlines()]

@@ -297,8 +297,8 @@ def watch(
     first = reader.read()  # a folder without a run fails here, before any display
     pending = [first]
 
-    def read() -> RunStatus:
-        return pending.pop() if pending else reader.read()
+    def read() -> RunStatus:  # the run watched from the start, even once another is agreed
+        return pending.pop() if pending else reader.read(first.run)
 
     try:
         with _Display(as_json) as display:

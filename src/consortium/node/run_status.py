@@ -107,6 +107,7 @@ class RunStatus:
     agreed_stop: str | None  # the reason of a run-stop entry for this run
     node_stop: str = ""  # why this folder's node stopped or sits the run out (status.json)
     node_finished: bool = False  # status.json: this node is done with the run
+    next_run: tuple[str, int] | None = None  # (id, ledger index) of a run agreed after this one
 
     def name(self, node_id: str) -> str:
         return self.members.get(node_id, node_id[:16])
@@ -129,6 +130,8 @@ class RunStatus:
             return "stopped"
         if self.committed >= self.target:
             return "finished"
+        if self.next_run is not None:  # members agree a run only when none is in progress
+            return "stopped"
         if self.node_finished and self.node_stop:
             return "stopped"
         return "running"
@@ -138,9 +141,12 @@ class RunStatus:
         """Why the run stopped, to follow "stopped" ('' unless stopped)."""
         if self.agreed_stop is not None:
             return f"by agreement of the members: {self.agreed_stop}"
-        if self.state == "stopped":
-            return f"on this node: {self.node_stop}"
-        return ""
+        if self.state != "stopped":
+            return ""
+        if self.next_run is not None:
+            run, index = self.next_run
+            return f"before the members agreed run {run} (ledger entry {index})"
+        return f"on this node: {self.node_stop}"
 
     @property
     def node_note(self) -> str:
@@ -304,8 +310,9 @@ class FolderReader:
         stopped = status.get("stopped")
         return (stopped if isinstance(stopped, str) else ""), status.get("finished") is True
 
-    def read(self) -> RunStatus:
-        """The folder's latest agreed run now. ConsortiumError (one line) if there is none."""
+    def read(self, run: str | None = None) -> RunStatus:
+        """The folder's latest agreed run now, or run `run` (`watch` follows the run it began
+        with, even once another is agreed). ConsortiumError (one line) if there is none."""
         self._refresh()
         genesis = self._genesis
         assert genesis is not None
@@ -314,7 +321,18 @@ class FolderReader:
                 f"no run on the ledger of {self.dir} yet ({self._size} entries): start one "
                 f"with `consortium run start --dir {self.dir}`"
             )
-        config_index, record, config_time = self._runs[-1]
+        at = len(self._runs) - 1
+        if run is not None:
+            found = [i for i, (_, r, _) in enumerate(self._runs) if r.run == run]
+            if not found:
+                raise ConsortiumError(f"no run {run} on the ledger of {self.dir}")
+            at = found[-1]
+        config_index, record, config_time = self._runs[at]
+        next_run = None
+        end = self._size  # ledger entries of this run (and before): up to the next agreement
+        if at + 1 < len(self._runs):
+            end = self._runs[at + 1][0]
+            next_run = (self._runs[at + 1][1].run, end)
         config = RunConfig.from_body(dict(record.config))
         rounds = tuple(
             RoundView(
@@ -330,7 +348,8 @@ class FolderReader:
             for idx, r, time in self._rounds
             if r.run == record.run
         )
-        node_stop, node_finished = self._node_status(config_index)
+        # status.json is about the latest run only: the node rewrites it when a run is agreed.
+        node_stop, node_finished = ("", False) if next_run else self._node_status(config_index)
         return RunStatus(
             folder=self.dir,
             consortium=genesis.consortium,
@@ -342,15 +361,17 @@ class FolderReader:
             config_index=config_index,
             config_time=config_time,
             rounds=rounds,
-            privacy=self._privacy(genesis, config),
+            privacy=self._privacy(genesis, config, end),
             agreed_stop=self._stops.get(record.run),
             node_stop=node_stop,
             node_finished=node_finished,
+            next_run=next_run,
         )
 
-    def _privacy(self, genesis: Genesis, config: RunConfig) -> PrivacyView | None:
+    def _privacy(self, genesis: Genesis, config: RunConfig, end: int) -> PrivacyView | None:
+        """The purpose's spend as of ledger index `end` (the end of the run shown)."""
         purpose = genesis.purpose(config.purpose)
-        history = privacy_history((r for _, r, _ in self._rounds), purpose.name)
+        history = privacy_history((r for i, r, _ in self._rounds if i < end), purpose.name)
         if config.privacy.unit == "none" and purpose.epsilon is None and not history:
             return None
         last = totals(history)
