@@ -91,7 +91,8 @@ class PrivacyView:
 
 @dataclass(frozen=True)
 class RunStatus:
-    """The latest agreed run of a node folder, and how far it got."""
+    """An agreed run of a node folder (the latest, unless asked for another), and how far it
+    got."""
 
     folder: Path
     consortium: str
