@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -363,6 +364,9 @@ def test_watch_follows_a_live_run_read_only(
 
     monkeypatch.setattr(status_cli, "_wait", wait)
     monkeypatch.setattr(status_cli, "_now", clock)
+    # The nodes log while the watch runs: keep their lines out of the command's captured output
+    # (and away from a handler an earlier test may have left on a closed stream).
+    monkeypatch.setattr(logging.root, "handlers", [logging.NullHandler()])
     try:
         loop.run_until_complete(start(nodes, run_config(3, 0)))
         code, out, err = cli("run", "watch", str(nodes[0].dir), "--interval", "0.25")
