@@ -468,7 +468,7 @@ def test_run_start_with_a_quorum_exits_0_and_names_who_refused(
     code, out, err = cli("run", "start", "--dir", str(folders["sitout"]), "--rounds", "1")
     assert code == 0, err
     assert err.startswith("refused by node2: ") and len(err.strip().splitlines()) == 1
-    assert "agreed by node0, node1, node3 and started: 1 rounds" in words(out)
+    assert "agreed by node0, node1, node3 and started: 1 round of" in words(out)
 
 
 def test_run_stop_without_a_quorum_exits_1(

@@ -185,7 +185,8 @@ def run_start(
     dp_text = "" if run.privacy.unit == "none" else f", {run.privacy.unit}-level DP"
     console.print(
         f"run {run.run_id()} agreed by {', '.join(report['accepted'])} and started: "
-        f"{run.rounds} rounds of {run.task or f'{run.model} on {run.dataset}'} "
+        f"{run.rounds} round{'' if run.rounds == 1 else 's'} of "
+        f"{run.task or f'{run.model} on {run.dataset}'} "
         f"(code {run.task_hash[:19]}…), "
         f"aggregation {run.secure_aggregation}{dp_text}"
     )
