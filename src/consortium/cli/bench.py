@@ -12,11 +12,11 @@ bench_app = typer.Typer(
     no_args_is_help=True,
 )
 
-_SCRIPTS = ("ledger", "secagg", "rounds", "tamper", "anchor", "privacy", "chaos")
+_SCRIPTS = ("ledger", "secagg", "rounds", "tamper", "anchor", "privacy", "chaos", "beacon")
 
 
 def load_script(name: str) -> ModuleType:
-    """The benchmark `name` (ledger, secagg, rounds, anchor, privacy, tamper, chaos) as a module."""
+    """The benchmark `name` (a key of _SCRIPTS) as a module."""
     if name not in _SCRIPTS:
         raise KeyError(f"no benchmark named {name!r}; choose one of: {', '.join(_SCRIPTS)}")
     return importlib.import_module(f"consortium.bench.{name}")
@@ -45,3 +45,4 @@ _command("anchor", "Anchor latency and gas on the embedded chain (and anvil if p
 _command("privacy", "Accuracy against epsilon for record- and client-level DP (CSV + PNG).")
 _command("tamper", "Flip bits in a real run folder: does audit notice every change, and where?")
 _command("chaos", "SIGKILL and restart node processes during a SecAgg+ run: liveness, catch-up.")
+_command("beacon", "The shared beacon: genesis DKG cost, partial, check and combination times.")
