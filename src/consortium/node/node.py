@@ -30,6 +30,7 @@ from consortium.core.encoding import decode, encode
 from consortium.core.errors import (
     ConfigError,
     ConsortiumError,
+    IntegrityError,
     LedgerError,
     TransportError,
 )
@@ -88,21 +89,21 @@ from consortium.protocol.round import (
     Stopped,
     Train,
 )
-from consortium.store.blockstore import CHUNK_SIZE, BlockStore
+from consortium.store.blockstore import BlockStore
 from consortium.store.cid import as_cid, cid_for
-from consortium.store.objects import file_cid, get_bytes, is_complete, put_bytes
+from consortium.store.objects import get_bytes, is_complete, put_bytes, put_verified
+from consortium.store.unixfs import Profile, profile
 from consortium.transport.base import Transport
 
 log = logging.getLogger("consortium.node")
 
-#: Entries the members agree to outside rounds (`_agree`).
 
-
-def model_cid(data: bytes, store: BlockStore) -> CID:
-    """The CID the store gives `data`: computed directly for one block, else by storing it."""
-    if len(data) <= CHUNK_SIZE:
+def model_cid(data: bytes, store: BlockStore, prof: Profile) -> CID:
+    """The CID the store gives `data` under the consortium's profile: computed directly for one
+    raw leaf, else by storing it."""
+    if prof.raw_leaves and len(data) <= prof.chunk_size:
         return cid_for(data, "raw")
-    return put_bytes(store, data)
+    return put_bytes(store, data, prof)
 
 
 def run_records(ledger: Ledger) -> list[RoundRecord]:
@@ -171,6 +172,9 @@ class Node(RunAgreement):
             self._lock.release()
             raise
         self.name = identity.name
+        #: How this consortium's files become blocks (genesis `unixfs_profile`): every member
+        #: must cut a model alike, since voters recompute its CID from its bytes.
+        self.unixfs = profile(self.genesis.unixfs_profile)
         self._members = frozenset(m.node_id for m in self.genesis.members)
         self.peers = [m.node_id for m in self.genesis.members if m.node_id != identity.node_id]
         self.machine: RoundMachine | None = None
@@ -261,7 +265,7 @@ class Node(RunAgreement):
         else:
             assert self.learner is not None
             self.global_model = weights_to_bytes(initial_weights(run, self.learner.task))
-        put_bytes(self.store, self.global_model)
+        put_bytes(self.store, self.global_model, self.unixfs)
         self._write_status()
         self._begin(1, late=late)
 
@@ -289,7 +293,7 @@ class Node(RunAgreement):
             self.genesis,
             settings,
             self.learner.aggregate,
-            lambda data: model_cid(data, self.store),
+            lambda data: model_cid(data, self.store, self.unixfs),
             self.learner,
             randomness=self.randomness or Randomness.from_os(),
             votes=votes,
@@ -484,9 +488,9 @@ class Node(RunAgreement):
             )
             return
         # Artifacts first: an entry on the ledger is never without the bytes it references.
-        put_bytes(self.store, p.model)
+        put_bytes(self.store, p.model, self.unixfs)
         if p.transcript:  # the published SecAgg+ transcript: auditors recompute the sum from it
-            put_bytes(self.store, p.transcript)
+            put_bytes(self.store, p.transcript, self.unixfs)
         head = CosignedHead(
             TreeHead(p.size, p.root, p.time),
             [Cosignature(node_id, sig) for node_id, sig in sorted(c.cosignatures.items())],
@@ -622,12 +626,13 @@ class Node(RunAgreement):
                 except TransportError as exc:
                     log.info("%s: %s did not send %s: %s", self.name, peer[:16], cid, exc)
                     continue
-                if file_cid(data) != cid:
+                try:  # stored as the file `cid` is, under whichever profile made it
+                    put_verified(self.store, data, cid)
+                except IntegrityError:
                     log.warning(
                         "%s: peer %s sent bytes that do not match %s", self.name, peer[:16], cid
                     )
                     continue
-                put_bytes(self.store, data)
                 break
             else:
                 lost.append(cid)
