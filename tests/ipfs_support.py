@@ -48,8 +48,9 @@ needs_kubo = pytest.mark.skipif(not have_kubo(), reason=KUBO_MISSING)
 
 def run_js(script: str, *args: str, timeout: float = 300) -> str:
     """Run tests/ipfs_js/SCRIPT with Node.js beside the installed packages; its stdout."""
-    target = JS_DIR / script  # bare imports resolve from the script's own folder
-    shutil.copyfile(SCRIPTS / script, target)
+    for source in SCRIPTS.glob("*.mjs"):  # bare imports resolve from the script's own folder
+        shutil.copyfile(source, JS_DIR / source.name)
+    target = JS_DIR / script
     proc = subprocess.run(
         ["node", str(target), *args], capture_output=True, text=True, timeout=timeout, check=False
     )

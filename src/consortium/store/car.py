@@ -148,18 +148,33 @@ def _split_cid(section: bytes) -> tuple[CID, bytes] | str:
     version, codec, hash_code, length = values
     if version != 1:
         return f"a CID of version {version}"
+    named = _named(section[: pos + length])
     if codec not in _CODECS:
-        try:
-            name = multicodec.get(code=codec).name
-        except (KeyError, ValueError):
-            name = f"0x{codec:x}"
-        return f"codec {name}; this store holds {', '.join(sorted(_CODECS.values()))} blocks"
+        return (
+            f"{named}codec {_codec_name(codec)}; this store holds "
+            f"{', '.join(sorted(_CODECS.values()))} blocks"
+        )
     if hash_code != _SHA2_256 or length != 32:
-        return f"hash 0x{hash_code:x} of {length} bytes; only sha2-256 is accepted"
+        return f"{named}hash {_codec_name(hash_code)} of {length} bytes; only sha2-256 is accepted"
     if pos + 32 > len(section):
         return "a CID longer than its section"
     digest = section[pos : pos + 32]
     return CID("base32", 1, _CODECS[codec], b"\x12\x20" + digest), section[pos + 32 :]
+
+
+def _codec_name(code: int) -> str:
+    try:
+        return str(multicodec.get(code=code).name)
+    except (KeyError, ValueError):
+        return f"0x{code:x}"
+
+
+def _named(raw: bytes) -> str:
+    """ "CID " for the message about a CID we refuse, where multiformats can print it."""
+    try:
+        return f"CID {CID.decode(raw).set(base='base32')} with "
+    except Exception:  # an unknown codec or hash: the message names the code instead
+        return ""
 
 
 @dataclass
@@ -183,7 +198,9 @@ def read_car(fh: BinaryIO, name: str) -> tuple[list[CID], Iterator[tuple[CID, by
     try:
         header = decode(reader.exact(size, "the header"))
     except EncodingError as exc:
-        raise reader.fail(f"the header is not dag-cbor ({exc}); not a CAR file?") from None
+        raise reader.fail(f"the header is not dag-cbor ({_first_line(exc)}); not a CAR?") from None
+    except StoreError as exc:
+        raise StoreError(f"{exc}; not a CAR file?") from None
     if not isinstance(header, dict) or not isinstance(header.get("version"), int):
         raise reader.fail("the header has no version; not a CAR file?")
     if header["version"] != 1:
@@ -202,7 +219,10 @@ def read_car(fh: BinaryIO, name: str) -> tuple[list[CID], Iterator[tuple[CID, by
             if length is None:
                 return
             if length == 0 or length > MAX_SECTION:
-                raise reader.fail(f"block {index} at byte {start} claims {length} bytes")
+                raise reader.fail(
+                    f"block {index} at byte {start} claims {length} bytes "
+                    f"(a block holds 1 to {MAX_SECTION})"
+                )
             parsed = _split_cid(reader.exact(length, f"block {index}"))
             if isinstance(parsed, str):
                 raise reader.fail(f"block {index} at byte {start} has {parsed}")
@@ -223,7 +243,13 @@ def _check_codec(cid: CID, data: bytes, reader: _Reader, index: int) -> None:
         elif cid.codec.name == "dag-pb":
             decode_node(data)
     except (EncodingError, StoreError) as exc:
-        raise reader.fail(f"block {index} ({cid}) is not valid {cid.codec.name}: {exc}") from None
+        why = _first_line(exc).removeprefix(f"not valid {cid.codec.name}: ")
+        raise reader.fail(f"block {index} ({cid}) is not valid {cid.codec.name}: {why}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    """A decoder's message up to its first line break (some explain over several lines)."""
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def import_car(store: BlockStore, path: Path | str) -> CarReport:
@@ -250,9 +276,7 @@ def import_car(store: BlockStore, path: Path | str) -> CarReport:
         for key, codec in staged:  # every block verified: now add them
             if store.has(key):
                 continue
-            data = Path(tmp, key).read_bytes()
-            if cid_key(store.put_block(data, codec)) != key:  # our own staging file changed
-                raise StoreError(f"staged block {key} changed during the import")
+            store.put_block(Path(tmp, key).read_bytes(), codec)
             report.added += 1
     return report
 
