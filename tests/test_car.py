@@ -4,6 +4,7 @@ the IPFS project's own CAR library reads what we write and writes what we read."
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import shutil
@@ -19,6 +20,7 @@ from consortium.cli.app import app
 from consortium.core.encoding import encode
 from consortium.core.errors import AuditError
 from consortium.ledger.log import Ledger
+from consortium.node.node import run_records
 from consortium.store import (
     PROFILES,
     BlockStore,
@@ -31,6 +33,7 @@ from consortium.store import (
     walk,
 )
 from consortium.store.car import car_header, car_section, import_car
+from tests.inprocess_cluster import cluster, drive, run_config, start
 from tests.ipfs_support import needs_js, run_js
 from tests.test_audit import build_folder
 
@@ -245,3 +248,35 @@ def test_a_car_the_javascript_library_writes_imports_into_us(tmp_path: Path, nam
     code, out, err = _invoke("store", "import", str(car), "--dir", str(folder))
     assert code == 0 and f"roots: {cid}" in out, err
     assert get_bytes(BlockStore(folder / "store"), cid) == data
+
+
+def test_a_run_under_kubos_default_profile_audits_and_exports(tmp_path: Path) -> None:
+    """A consortium whose genesis picks unixfs-v0-2015: models are stored (and recorded on the
+    ledger) under kubo's CIDv0, every member's folder audits, and so does a folder rebuilt from
+    one member's ledger and CAR."""
+
+    async def main() -> Path:
+        nodes, net, clock = await cluster(
+            tmp_path / "run", 3, seed=4, consent=False, unixfs_profile="unixfs-v0-2015"
+        )
+        try:
+            await start(nodes, run_config(2, seed=4))
+            await drive(nodes, net, clock)
+            records = run_records(nodes[0].ledger)
+            assert len(records) == 2
+            assert all(str(r.model).startswith("Qm") for r in records)
+            return nodes[0].dir
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    node = asyncio.run(main())
+    assert audit(node).artifacts >= 3
+    car = tmp_path / "run.car"
+    _export(node, car)
+    auditor = tmp_path / "auditor"
+    auditor.mkdir()
+    shutil.copy(node / "ledger.sqlite", auditor)
+    code, _, err = _invoke("store", "import", str(car), "--dir", str(auditor))
+    assert code == 0, err
+    assert audit(auditor).artifacts == audit(node).artifacts

@@ -18,7 +18,7 @@ from pathlib import Path
 from consortium.chain.accounts import derive_account
 from consortium.consent.registry import ConsentRegistry, GrantRow
 from consortium.core.errors import ConsortiumError
-from consortium.core.genesis import GENESIS_FILE, Genesis, Purpose
+from consortium.core.genesis import DEFAULT_UNIXFS_PROFILE, GENESIS_FILE, Genesis, Purpose
 from consortium.core.identity import NodeIdentity
 from consortium.core.layout import CONSENT_FILE, NODE_CONFIG_FILE, STATUS_FILE
 from consortium.core.threshold import SecretShare, seeded_bytes
@@ -71,6 +71,7 @@ def create_consortium(
     reproducible: bool = False,
     consent: bool = True,
     allow_plaintext: bool = False,
+    unixfs_profile: str = DEFAULT_UNIXFS_PROFILE,
 ) -> list[Path]:
     """Create n member folders under root with a fully signed genesis and per-node data shards.
 
@@ -95,7 +96,12 @@ def create_consortium(
     # Reproducible runs deal from a seeded PRG so the same seed gives the same root.
     random = seeded_bytes(f"{seed}/dkg".encode()) if reproducible else os.urandom
     genesis = Genesis.ceremony(
-        "demo", ids, [purpose or Purpose("research")], created, random=random
+        "demo",
+        ids,
+        [purpose or Purpose("research")],
+        created,
+        random=random,
+        unixfs_profile=unixfs_profile,
     )
     genesis.verify()
     dirs = []
