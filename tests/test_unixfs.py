@@ -303,3 +303,31 @@ def test_cids_equal_kubos_ipfs_add(random_files: list[Path]) -> None:
 def test_cids_equal_the_javascript_importer(random_files: list[Path], name: str) -> None:
     cids = run_js("unixfs_cid.mjs", name, *map(str, random_files)).split()
     assert cids == _ours(random_files, name)
+
+
+def test_random_damage_to_dag_pb_and_unixfs_is_refused_cleanly() -> None:
+    """Bit flips, truncations and random bytes: the decoders answer with a node or a StoreError,
+    never another exception (a hostile peer or CAR must not crash a reader)."""
+    import random
+
+    rng = random.Random(16)
+    a, b = cid_for(b"a"), cid_for(b"b")
+    seeds = [
+        encode_node([(a, 1), (b, 1)], encode_unixfs_file(b"", 2, [1, 1])),
+        encode_node([], encode_unixfs_file(b"hello world", 11, [])),
+    ]
+    for _ in range(3000):
+        block = bytearray(rng.choice(seeds))
+        action = rng.randrange(3)
+        if action == 0:
+            block[rng.randrange(len(block))] ^= 1 << rng.randrange(8)
+        elif action == 1:
+            del block[rng.randrange(len(block)) :]
+        else:
+            block = bytearray(rng.randbytes(rng.randrange(1, 40)))
+        try:
+            node = decode_node(bytes(block))
+            if node.data is not None:
+                decode_unixfs(node.data)
+        except StoreError:
+            pass
