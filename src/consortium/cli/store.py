@@ -176,8 +176,11 @@ def import_(
     file: Path = typer.Argument(..., help="A CARv1 file."),
     directory: Path = DIR,
 ) -> None:
-    """Add every block of a CARv1 to the store, each verified against its CID before any is
-    added: a bad block, an unsupported codec or a truncated file adds nothing."""
+    """Add every block of a CARv1 to the store, or none.
+
+    Each block is checked against its CID (codec, hash, bytes) before any is added: a bad block,
+    an unsupported codec or a truncated file adds nothing and is named in one error line.
+    """
     if not file.is_file():
         fail(f"not a file: {file}", 2)
     report = import_car(_store(directory, create=True), file)
