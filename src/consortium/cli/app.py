@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from consortium.cli import demo, identity, run, status
+from consortium.cli.audit_privacy import audit_app
 from consortium.cli.bench import bench_app
 from consortium.cli.chain import chain_app
 from consortium.cli.consent import consent_app
@@ -25,7 +26,7 @@ run.run_app.command("status")(status.status)
 run.run_app.command("watch")(status.watch)
 app.add_typer(run.run_app, name="run")
 app.add_typer(store_app, name="store", help="Put, get and verify content-addressed artifacts.")
-app.command("audit")(run.audit)
+app.add_typer(audit_app(run.audit), name="audit")
 app.command("demo")(demo.demo)
 app.add_typer(bench_app, name="bench")
 app.add_typer(chain_app, name="chain")

@@ -1,0 +1,457 @@
+"""The privacy audit's report: a `Page` for `ui.report` from a `MembershipAudit`, a summary a
+data-protection officer can read, and the same figures as JSON.
+
+Every sentence of the summary is computed from the figures: which attack did best, how that
+compares with guessing given how many records were tested, and with the ε the ledger records.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from consortium import __version__
+from consortium.audit.privacy.membership import (
+    ATTACK_NAMES,
+    FPRS,
+    AttackResult,
+    MembershipAudit,
+    RoundAudit,
+)
+from consortium.audit.privacy.metrics import dp_tpr_bound
+from consortium.audit.privacy.views import View
+from consortium.ui.report import (
+    Axis,
+    Facts,
+    LineChart,
+    Page,
+    Paragraph,
+    Section,
+    Series,
+    Table,
+    Tone,
+    roc_chart,
+)
+
+#: An AUC this many null standard errors above 0.5 counts as better than guessing.
+Z_BETTER_THAN_GUESSING = 2.0
+#: AUC at and above which leakage is called substantial (below, with a measurable difference
+#: from guessing: some).
+AUC_SUBSTANTIAL = 0.65
+
+
+def _pct(x: float | None, digits: int = 1) -> str:
+    if x is None:
+        return "-"
+    return f"{x * 100:.{digits}f}%"
+
+
+def _eps(x: float) -> str:
+    return "∞ (no noise)" if math.isinf(x) else f"{x:.3g}"
+
+
+def null_se(members: int, non_members: float) -> float:
+    """Standard error of the AUC of a score that carries no information (Mann-Whitney)."""
+    return math.sqrt((members + non_members + 1) / (12 * members * non_members))
+
+
+def strongest(r: RoundAudit) -> AttackResult:
+    """The attack with the highest TPR at 1% FPR (where measurable), then the highest AUC."""
+    return max(r.attacks.values(), key=lambda a: (a.tpr(FPRS[0]) or 0.0, a.auc))
+
+
+def _best_auc(r: RoundAudit) -> AttackResult:
+    return max(r.attacks.values(), key=lambda a: a.auc)
+
+
+def summary(audit: MembershipAudit) -> list[tuple[str, Tone]]:
+    """Plain-language paragraphs (text, tone) about the final model, then the trend."""
+    f = audit.final
+    node = audit.node_name
+    best = _best_auc(f)
+    se = null_se(best.members, best.non_members)
+    z = (best.auc - 0.5) / se
+    out: list[tuple[str, Tone]] = [
+        (
+            f"What was tested: whether someone who holds only what this consortium publishes "
+            f"(the model after each training round) can tell which records of {node} were "
+            f"used to train it. {len(f.attacks)} published attacks were run against "
+            f"{f.members} records {node} trained on and {f.non_members} records no member "
+            f"trained on, on the final model (round {f.round}) and on every round's model.",
+            "plain",
+        )
+    ]
+    auc_text = (
+        f"The strongest attack on the final model, {ATTACK_NAMES[best.attack]}, picks the "
+        f"training record out of a pair (one used, one not) {best.auc * 100:.1f}% of the time "
+        f"(AUC {best.auc:.3f}; guessing gets 50%)."
+    )
+    tpr_best = strongest(f)
+    tpr = tpr_best.tpr(FPRS[0])
+    if tpr is not None:
+        auc_text += (
+            f" Allowed to wrongly flag 1 in 100 records that were not used, the best attack "
+            f"at that rate ({tpr_best.attack}) finds {_pct(tpr)} of the records that were "
+            "(guessing finds 1%)."
+        )
+    verdict: tuple[str, Tone]
+    if z < Z_BETTER_THAN_GUESSING:
+        verdict = (
+            f"This is no better than guessing within what {best.members} + "
+            f"{f.non_members} records can measure (±{2 * se:.3f} on the AUC): the published "
+            f"models show no measurable sign of whether a given record of {node} was used.",
+            "ok",
+        )
+    elif best.auc < AUC_SUBSTANTIAL:
+        verdict = (
+            f"This is measurably better than guessing, but weak: the published models leak "
+            f"some information about whether a given record of {node} was used.",
+            "note",
+        )
+    else:
+        verdict = (
+            f"This is substantial leakage: the published models reveal, for many records of "
+            f"{node}, whether they were used.",
+            "warning",
+        )
+    out.append((auc_text + " " + verdict[0], verdict[1]))
+    claim = f.claim
+    if claim is None or math.isinf(claim.epsilon):
+        out.append(
+            (
+                "This run's purpose records no differential-privacy guarantee for these "
+                "records: nothing bounds what a stronger attack could learn; the figures are "
+                "what these attacks achieved, not a limit.",
+                "warning",
+            )
+        )
+    else:
+        bound = claim.tpr_bound(FPRS[0])
+        above = [
+            a.attack
+            for a in f.attacks.values()
+            if (a.tpr(FPRS[0]) or 0.0) > bound or a.auc > claim.auc_bound
+        ]
+        text = (
+            f"The ledger records a {claim.source} privacy guarantee of ε = {_eps(claim.epsilon)} "
+            f"(δ = {claim.delta:g}) covering {node}'s records after round {f.round}. Such a "
+            f"guarantee allows any attack at most {_pct(bound)} at the 1-in-100 false-flag "
+            f"rate and an AUC of at most {claim.auc_bound:.3f}."
+        )
+        if above:
+            out.append(
+                (
+                    text + f" Measured: above that limit ({', '.join(above)}). Report this to "
+                    "the consortium: the guarantee, its accounting or its implementation may be "
+                    "wrong (or the measurement noisy: a formal test needs the canary audit).",
+                    "warning",
+                )
+            )
+        else:
+            out.append((text + " The measurements are within that limit.", "ok"))
+    first, last = audit.rounds[0], audit.rounds[-1]
+    if len(audit.rounds) > 1:
+        out.append(
+            (
+                f"Over the run, the strongest attack's AUC went from "
+                f"{_best_auc(first).auc:.3f} (round {first.round}) to "
+                f"{_best_auc(last).auc:.3f} (round {last.round}); every round's model is "
+                "published, so the worst round counts: "
+                f"{max(audit.rounds, key=lambda r: _best_auc(r).auc).round} "
+                f"(AUC {max(_best_auc(r).auc for r in audit.rounds):.3f}).",
+                "plain",
+            )
+        )
+    out.append(
+        (
+            "These attacks give a lower bound on what leaks, not an upper one: a stronger "
+            "attack could do better. The formal limit is the recorded ε, if any.",
+            "note",
+        )
+    )
+    return out
+
+
+def _attack_table(r: RoundAudit) -> Table:
+    rows: list[list[str | int | float | None]] = []
+    for a in r.attacks.values():
+        cells: list[str | int | float | None] = [ATTACK_NAMES[a.attack], a.auc]
+        for fpr in FPRS:
+            t = a.tpr(fpr)
+            ci = a.tpr_interval(fpr)
+            if t is None or ci is None:
+                cells.append(
+                    f"not measured: {a.non_members:.0f} non-members, {math.ceil(1 / fpr)} needed"
+                )
+            else:
+                cells.append(f"{_pct(t)} ({_pct(ci[0])}-{_pct(ci[1])})")
+        rows.append(cells)
+    if r.claim is not None and not math.isinf(r.claim.epsilon):
+        rows.append(
+            [
+                f"most any attack can reach under the recorded ε = {_eps(r.claim.epsilon)}",
+                r.claim.auc_bound,
+                *[_pct(r.claim.tpr_bound(fpr)) for fpr in FPRS],
+            ]
+        )
+    rows.append(["guessing", 0.5, *[_pct(fpr, 2 if fpr < 0.01 else 1) for fpr in FPRS]])
+    return Table(
+        ["attack", "AUC", *[f"TPR at {fpr * 100:g}% FPR (95% interval)" for fpr in FPRS]],
+        rows,
+        caption=f"Round {r.round} (the final model): {r.members} members, {r.non_members} "
+        "non-members. TPR: share of members found; FPR: share of non-members wrongly flagged.",
+    )
+
+
+def _roc(r: RoundAudit, floor: float) -> LineChart:
+    curves = [
+        (ATTACK_NAMES[a.attack], a.roc.fpr.tolist(), a.roc.tpr.tolist()) for a in r.attacks.values()
+    ]
+    extra: list[Series] = []
+    if r.claim is not None and not math.isinf(r.claim.epsilon):
+        xs = np.geomspace(floor, 1.0, 60).tolist()
+        extra.append(
+            Series(
+                f"limit under the recorded ε = {_eps(r.claim.epsilon)}",
+                xs,
+                [dp_tpr_bound(x, r.claim.epsilon, r.claim.delta) for x in xs],
+                dashed=True,
+                color="#D55E00",
+            )
+        )
+    return roc_chart(
+        f"ROC of the membership attacks, final model (round {r.round})",
+        curves,
+        floor=floor,
+        extra=extra,
+        caption="Log-log axes: the lower left is where an attack is useful (finding members "
+        "while rarely flagging a non-member). The grey diagonal is guessing.",
+    )
+
+
+def _round_charts(audit: MembershipAudit) -> list[LineChart]:
+    xs = [float(r.round) for r in audit.rounds]
+    claims = [r.claim for r in audit.rounds]
+    auc = [
+        Series(
+            ATTACK_NAMES[name],
+            xs,
+            [r.attacks[name].auc for r in audit.rounds],
+            markers=len(xs) <= 30,
+        )
+        for name in audit.rounds[0].attacks
+    ]
+    auc.append(Series("guessing", [xs[0], xs[-1]], [0.5, 0.5], dashed=True, reference=True))
+    tpr = [
+        Series(
+            ATTACK_NAMES[name],
+            xs,
+            [r.attacks[name].tpr(FPRS[0]) or math.nan for r in audit.rounds],
+            markers=len(xs) <= 30,
+        )
+        for name in audit.rounds[0].attacks
+    ]
+    tpr.append(Series("guessing", [xs[0], xs[-1]], [FPRS[0]] * 2, dashed=True, reference=True))
+    if all(c is not None and math.isfinite(c.epsilon) for c in claims):
+        tpr.append(
+            Series(
+                "limit under the recorded ε",
+                xs,
+                [c.tpr_bound(FPRS[0]) for c in claims if c is not None],
+                dashed=True,
+                color="#D55E00",
+            )
+        )
+    if all(c is not None and math.isfinite(c.epsilon) for c in claims):
+        auc.append(
+            Series(
+                "limit under the recorded ε",
+                xs,
+                [c.auc_bound for c in claims if c is not None],
+                dashed=True,
+                color="#D55E00",
+            )
+        )
+    values = [v for series in auc for v in series.y]
+    span = (xs[0] - 0.5, xs[-1] + 0.5)
+    return [
+        LineChart(
+            "AUC of each round's published model",
+            Axis("round", lo=span[0], hi=span[1]),
+            # At least 0.4 to 0.7: noise around 0.5 should look like noise.
+            Axis("AUC", lo=min(0.4, min(values) - 0.02), hi=min(1.0, max(0.7, max(values) + 0.02))),
+            auc,
+        ),
+        LineChart(
+            "TPR at 1% FPR of each round's published model",
+            Axis("round", lo=span[0], hi=span[1]),
+            Axis("TPR at 1% FPR", lo=0.0, percent=True),
+            tpr,
+        ),
+    ]
+
+
+def _round_table(audit: MembershipAudit) -> Table:
+    names = list(audit.rounds[0].attacks)
+    rows: list[list[str | int | float | None]] = []
+    for r in audit.rounds:
+        row: list[str | int | float | None] = [r.round, r.members]
+        row += [r.attacks[n].auc for n in names]
+        row += [_pct(r.attacks[n].tpr(FPRS[0])) for n in names]
+        row.append(None if r.claim is None else _eps(r.claim.epsilon))
+        rows.append(row)
+    return Table(
+        [
+            "round",
+            "members",
+            *[f"AUC {n}" for n in names],
+            *[f"TPR@1% {n}" for n in names],
+            "recorded ε",
+        ],
+        rows,
+        caption="Members of a round: the node's records used in that round or before.",
+    )
+
+
+def _views_table(views: Sequence[View]) -> Table:
+    return Table(
+        ["position", "holds", "beyond the published models", "figures that apply"],
+        [[v.position, v.holds, v.beyond_models, v.measured] for v in views],
+    )
+
+
+def _method(audit: MembershipAudit) -> list[Paragraph | Facts]:
+    c = audit.status.config
+    s = audit.settings
+    return [
+        Facts(
+            [
+                (
+                    "models attacked",
+                    "the global model each round published (its CID in the round's ledger "
+                    "record, read from the folder's store and re-hashed); the final model is "
+                    "the last round's",
+                ),
+                (
+                    "members",
+                    f"records of {audit.node_name} (this folder's node) that the run's task "
+                    "loads for it, that its Learner trains on, and that the round's consent "
+                    "selection (consent.sqlite, by ledger slot) allowed; a member of round r "
+                    "was used in some round up to r",
+                ),
+                (
+                    "non-members",
+                    "the task's test split as this node loads it (built-in datasets: the "
+                    "dataset's test split, which no Learner trains on)"
+                    + (", weighted to the members' label mix" if audit.weighted else ""),
+                ),
+                (
+                    "reference models",
+                    f"{audit.reference_models} (half on each half of the non-members, "
+                    f"{audit.reference_data} records each), trained centrally with the run's "
+                    f"task, model and optimiser, {audit.epochs_per_round} epochs per round, one "
+                    "checkpoint per round; each record scored with the "
+                    f"{audit.reference_models // 2} models that never saw it",
+                ),
+                (
+                    "attacks",
+                    "loss threshold (Yeom et al. 2018, every threshold swept); LiRA offline "
+                    "with fixed variance (Carlini et al. 2022); RMIA offline, a = 0.3 "
+                    "(Zarifzadeh et al. 2024)",
+                ),
+                (
+                    "figures",
+                    "AUC; TPR at 1% and 0.1% FPR (measured only with at least 1/FPR "
+                    "non-members), with a 95% Clopper-Pearson interval over the members",
+                ),
+                (
+                    "recorded ε",
+                    "the purpose's running total on the ledger after the round, for this "
+                    "node's records: its record-level total or the client-level total, "
+                    "whichever is smaller",
+                ),
+                (
+                    "seed, caps",
+                    f"seed {s.seed}; at most {s.max_records} members and "
+                    f"non-members each, {s.max_rounds} rounds",
+                ),
+                (
+                    "run",
+                    f"{audit.run}: {c.rounds} rounds agreed, {audit.status.committed} committed",
+                ),
+            ]
+        ),
+        Paragraph(
+            "The limit an ε allows, TPR ≤ min(1, e^ε·FPR + δ, 1 - e^-ε·(1 - δ - FPR)), holds "
+            "for a test on one record whose membership was decided at random; members here "
+            "were not, so a figure above it is a warning sign, not a proof. The one-run canary "
+            "audit (issue 17, item 2) is the formal test.",
+            "note",
+        ),
+    ]
+
+
+def page(audit: MembershipAudit, views: Sequence[View], command: str = "") -> Page:
+    final = audit.final
+    c = audit.status.config
+    floor = 10 ** math.floor(math.log10(max(1.0 / max(final.non_members, 1), 1e-4)))
+    sections = [
+        Section(
+            "Summary",
+            [Paragraph(text, tone) for text, tone in summary(audit)],
+        ),
+        Section("Final model", [_attack_table(final), _roc(final, floor)]),
+        Section("Every round", [*_round_charts(audit), _round_table(audit)]),
+        Section(
+            "Who sees what",
+            [
+                Paragraph(
+                    "What each position holds of this run, given what the ledger and the "
+                    "transcripts publish. The attacks above ran from the outside auditor's "
+                    "view: the published models only."
+                ),
+                _views_table(views),
+            ],
+        ),
+        Section("Method", _method(audit)),
+        Section(
+            "Not in this report",
+            [
+                Paragraph(
+                    "A one-run ε lower bound from canaries (issue 17, item 2) and gradient "
+                    "inversion against a node's update as a plaintext leader, a SecAgg+ leader "
+                    "and with DP (item 3) are not measured yet."
+                )
+            ],
+        ),
+    ]
+    if audit.notes:
+        sections.append(Section("Notes", [Paragraph(n) for n in audit.notes]))
+    return Page(
+        "Privacy audit: membership inference",
+        sections,
+        subtitle=f"What the published models of run {audit.run} reveal about the records of "
+        f"{audit.node_name}",
+        meta=[
+            ("consortium", audit.consortium),
+            (
+                "run",
+                f"{audit.run} ({c.task or f'{c.dataset}/{c.model}'}, {c.rounds} rounds, "
+                f"secure aggregation {c.secure_aggregation}, DP {c.privacy.unit})",
+            ),
+            ("node", f"{audit.node_name} ({audit.node})"),
+            ("folder", str(audit.folder)),
+            ("consortium version", __version__),
+        ],
+        footer=f"Reproduce: {command}" if command else "",
+    )
+
+
+def to_json(audit: MembershipAudit, views: Sequence[View]) -> dict[str, Any]:
+    out = audit.to_json()
+    out["who_sees_what"] = [v.to_json() for v in views]
+    out["summary"] = [text for text, _ in summary(audit)]
+    return out
