@@ -38,19 +38,34 @@ from consortium.ui.report import (
 
 #: An AUC this many null standard errors above 0.5 counts as better than guessing.
 Z_BETTER_THAN_GUESSING = 2.0
+#: Attack names inside a sentence.
+SHORT_NAMES = {"loss": "the loss threshold", "lira": "LiRA", "rmia": "RMIA"}
+#: A recorded ε whose TPR limit at 1% FPR is above this "barely limits" an attack.
+WEAK_LIMIT = 0.9
 #: AUC at and above which leakage is called substantial (below, with a measurable difference
 #: from guessing: some).
 AUC_SUBSTANTIAL = 0.65
 
 
 def _pct(x: float | None, digits: int = 1) -> str:
+    """A rate as a percentage; near 100% with the digits that tell it from 100%."""
     if x is None:
         return "-"
+    while digits < 4 and x < 1 and round(x * 100, digits) >= 100:
+        digits += 1
     return f"{x * 100:.{digits}f}%"
 
 
 def _eps(x: float) -> str:
     return "∞ (no noise)" if math.isinf(x) else f"{x:.3g}"
+
+
+def _auc(x: float) -> str:
+    """An AUC to 3 decimals, more near 1 so that a limit below 1 never reads as 1.000."""
+    digits = 3
+    while digits < 6 and x < 1 and round(x, digits) >= 1:
+        digits += 1
+    return f"{x:.{digits}f}"
 
 
 def null_se(members: int, non_members: float) -> float:
@@ -94,8 +109,8 @@ def summary(audit: MembershipAudit) -> list[tuple[str, Tone]]:
     if tpr is not None:
         auc_text += (
             f" Allowed to wrongly flag 1 in 100 records that were not used, the best attack "
-            f"at that rate ({tpr_best.attack}) finds {_pct(tpr)} of the records that were "
-            "(guessing finds 1%)."
+            f"at that rate, {SHORT_NAMES[tpr_best.attack]}, finds {_pct(tpr)} of the records "
+            "that were (guessing finds 1%)."
         )
     verdict: tuple[str, Tone]
     if z < Z_BETTER_THAN_GUESSING:
@@ -139,8 +154,13 @@ def summary(audit: MembershipAudit) -> list[tuple[str, Tone]]:
             f"The ledger records a {claim.source} privacy guarantee of ε = {_eps(claim.epsilon)} "
             f"(δ = {claim.delta:g}) covering {node}'s records after round {f.round}. Such a "
             f"guarantee allows any attack at most {_pct(bound)} at the 1-in-100 false-flag "
-            f"rate and an AUC of at most {claim.auc_bound:.3f}."
+            f"rate and an AUC of at most {_auc(claim.auc_bound)}."
         )
+        if bound > WEAK_LIMIT:
+            text += (
+                " So weak a guarantee barely limits what a membership attack could reach; "
+                "what these attacks reached is what the figures above measure."
+            )
         if above:
             out.append(
                 (
@@ -159,7 +179,7 @@ def summary(audit: MembershipAudit) -> list[tuple[str, Tone]]:
                 f"Over the run, the strongest attack's AUC went from "
                 f"{_best_auc(first).auc:.3f} (round {first.round}) to "
                 f"{_best_auc(last).auc:.3f} (round {last.round}); every round's model is "
-                "published, so the worst round counts: "
+                "published, so the worst round counts: round "
                 f"{max(audit.rounds, key=lambda r: _best_auc(r).auc).round} "
                 f"(AUC {max(_best_auc(r).auc for r in audit.rounds):.3f}).",
                 "plain",
@@ -178,7 +198,7 @@ def summary(audit: MembershipAudit) -> list[tuple[str, Tone]]:
 def _attack_table(r: RoundAudit) -> Table:
     rows: list[list[str | int | float | None]] = []
     for a in r.attacks.values():
-        cells: list[str | int | float | None] = [ATTACK_NAMES[a.attack], a.auc]
+        cells: list[str | int | float | None] = [ATTACK_NAMES[a.attack], _auc(a.auc)]
         for fpr in FPRS:
             t = a.tpr(fpr)
             ci = a.tpr_interval(fpr)
@@ -193,11 +213,11 @@ def _attack_table(r: RoundAudit) -> Table:
         rows.append(
             [
                 f"most any attack can reach under the recorded ε = {_eps(r.claim.epsilon)}",
-                r.claim.auc_bound,
+                _auc(r.claim.auc_bound),
                 *[_pct(r.claim.tpr_bound(fpr)) for fpr in FPRS],
             ]
         )
-    rows.append(["guessing", 0.5, *[_pct(fpr, 2 if fpr < 0.01 else 1) for fpr in FPRS]])
+    rows.append(["guessing", _auc(0.5), *[_pct(fpr, 2 if fpr < 0.01 else 1) for fpr in FPRS]])
     return Table(
         ["attack", "AUC", *[f"TPR at {fpr * 100:g}% FPR (95% interval)" for fpr in FPRS]],
         rows,
