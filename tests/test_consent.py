@@ -25,10 +25,11 @@ from consortium.consent import (
     receipt_from_registry,
     roots_from_records,
     round_leaves,
+    verify_registry,
 )
 from consortium.consent.commitments import Neighbour, RoundProof
 from consortium.consent.erasure import rounds_using
-from consortium.core.encoding import decode, encode
+from consortium.core.encoding import decode, encode, sha256
 from consortium.ledger import merkle
 from tests.records import round_body
 
@@ -87,7 +88,11 @@ def test_grant_refusals(reg: ConsentRegistry) -> None:
         reg.grant("bob", [1], [P], expires=2.0, at=2.0)
     with pytest.raises(ConsentError, match="out of range"):
         reg.grant("bob", [-1], [P], at=2.0)
-    assert reg.records_of("alice") == [0]
+    with pytest.raises(ConsentError, match="contains a control character"):
+        reg.grant("bob", ["p-1", "p\n2"], [P], at=2.0)
+    with pytest.raises(ConsentError, match="begins or ends with whitespace"):
+        reg.grant("bob", ["p-1 "], [P], at=2.0)
+    assert reg.records_of("alice") == ["0"]
     with pytest.raises(ConsentError, match="unknown subject"):
         reg.records_of("bob")
 
@@ -96,7 +101,7 @@ def test_history_is_append_only(reg: ConsentRegistry) -> None:
     reg.grant("alice", [3], [P], at=1.0)
     reg.withdraw("alice", at=2.0)
     kinds = [(e.kind, e.record_id, e.purpose, e.at) for e in reg.history("alice")]
-    assert kinds == [("grant", 3, P, 1.0), ("withdraw", 3, P, 2.0)]
+    assert kinds == [("grant", "3", P, 1.0), ("withdraw", "3", P, 2.0)]
     raw = sqlite3.connect(reg.path)
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):
         raw.execute("UPDATE events SET at=0")
@@ -123,8 +128,8 @@ def _write_csv(path: Path, rows: list[str]) -> Path:
 
 def test_import_is_all_or_nothing_and_names_the_line(reg: ConsentRegistry, tmp_path: Path) -> None:
     good = ["s1,0,research;ads,2024-01-01T00:00:00Z,", "s2,1,research,2024-01-01,2030-01-01"]
-    bad = _write_csv(tmp_path / "bad.csv", [*good, "s3,notanint,research,2024-01-01,"])
-    with pytest.raises(ConsentError, match="line 4: record_id"):
+    bad = _write_csv(tmp_path / "bad.csv", [*good, "s3,a\tb,research,2024-01-01,"])
+    with pytest.raises(ConsentError, match=r"line 4: record id .* contains a control character"):
         reg.import_csv(bad)
     assert reg.history() == []
     assert reg.state() == []
@@ -186,8 +191,8 @@ def test_eligible_matches_a_naive_loop_on_100k_records(reg: ConsentRegistry) -> 
     for at in (0.0, 25.0, 75.0, 120.0, 250.0):
         got = reg.eligible(P, at)
         naive = sorted(s.record_id for s in state if s.active(at))
-        assert got.dtype == np.int64
-        assert ids(got) == naive
+        assert got.dtype.kind == "U"  # record ids are text, sorted as text
+        assert got.tolist() == naive
     assert 0 < len(reg.eligible(P, 75.0)) < n
 
 
@@ -218,7 +223,8 @@ def test_begin_round_selects_commits_and_remembers(reg: ConsentRegistry) -> None
     assert sel.commitment == published[3]
     assert 20 not in ids(sel.record_ids) and 30 not in ids(sel.record_ids)
     # the root is the RFC 9162 root over the sorted salted commitments
-    leaves = round_leaves(reg.salts(ids(sel.record_ids)), ids(sel.record_ids), P, 3)
+    chosen = sel.record_ids.tolist()
+    leaves = round_leaves(reg.salts(chosen), chosen, P, 3)
     assert leaves == reg.round_leaves(3, P)
     assert published[3].root == merkle.root_from_leaf_hashes([merkle.leaf_hash(c) for c in leaves])
     reg.grant("late", [99], [P], at=31.0)
@@ -248,12 +254,12 @@ def test_withdrawn_and_expired_records_are_never_committed(reg: ConsentRegistry)
                 reg.withdraw(f"s{s}", at=at - 5.0)  # mid-round: effective next round
                 gone.add(int(s))
         sel = begin_round(reg, P, rnd, at=at)
-        expires = {s.record_id: s.expires for s in reg.state() if s.expires is not None}
+        expires = {int(s.record_id): s.expires for s in reg.state() if s.expires is not None}
         expired = {i for i, t in expires.items() if t <= at}
         used = set(ids(sel.record_ids))
         assert used == set(range(n)) - gone - expired
         leaves = set(reg.round_leaves(rnd, P))
-        assert all(commitment(salts[i], i, P, rnd) not in leaves for i in gone | expired)
+        assert all(commitment(salts[str(i)], i, P, rnd) not in leaves for i in gone | expired)
         assert sel.commitment.count == len(used)
 
 
@@ -266,12 +272,12 @@ def test_receipt_check_round_trip(reg: ConsentRegistry) -> None:
     verdicts = check_receipt(rec, roots)
     got = {(v.round, v.record_id): v.status for v in verdicts}
     assert got == {
-        (1, 20): "used",
-        (1, 21): "used",
-        (2, 20): "not-used",
-        (2, 21): "not-used",
-        (3, 20): "not-used",
-        (3, 21): "not-used",
+        (1, "20"): "used",
+        (1, "21"): "used",
+        (2, "20"): "not-used",
+        (2, "21"): "not-used",
+        (3, "20"): "not-used",
+        (3, "21"): "not-used",
     }
     dave = check_receipt(receipt_from_registry(reg, "dave", NODE), roots)
     assert [v.status for v in dave] == ["used", "used", "not-used"]
@@ -297,14 +303,14 @@ def test_tampered_roots_and_proofs_fail(reg: ConsentRegistry) -> None:
 
     # a node that used the record but claims it did not: the neighbours around it are not adjacent
     leaves = reg.round_leaves(1, P)
-    mine = commitment(rec.salts[20], 20, P, 1)
+    mine = commitment(rec.salts["20"], "20", P, 1)
     pos = leaves.index(mine)
     lie_nbrs = [
         Neighbour(i, leaves[i], _proof_of(leaves, i))
         for i in (pos - 1, pos + 1)
         if 0 <= i < len(leaves)
     ]
-    lie = RoundProof(1, P, 20, len(leaves), used=False, neighbours=lie_nbrs)
+    lie = RoundProof(1, P, "20", len(leaves), used=False, neighbours=lie_nbrs)
     forged = Receipt("alice", NODE, rec.salts, [lie])
     assert check_receipt(forged, {1: published[1]})[0].status == "invalid"
 
@@ -321,8 +327,8 @@ def _proof_of(leaves: list[bytes], i: int) -> list[bytes]:
 @pytest.mark.parametrize("size", [0, 1, 2, 3, 7, 16])
 def test_absence_proofs_at_every_position(size: int) -> None:
     rng = np.random.default_rng(size)
-    salts = {i: rng.bytes(32) for i in range(size + 40)}
-    used = list(range(size))
+    salts = {str(i): rng.bytes(32) for i in range(size + 40)}
+    used = [str(i) for i in range(size)]
     leaves = round_leaves(salts, used, P, 5)
     rc = commit(leaves, P, bytes(32))
     rec = build_receipt("x", salts, [(5, P, leaves)])
@@ -390,10 +396,10 @@ def test_no_identifier_in_published_commitments(reg: ConsentRegistry) -> None:
 
 def test_erasure_shreds_salts_and_unlinks_old_commitments(reg: ConsentRegistry) -> None:
     published = _run(reg)
-    alice_salts = reg.salts([20, 21])
+    alice_salts = reg.salts(["20", "21"])
     assert rounds_using(reg, "alice") == [(1, P)]
     er = erase_subject(reg, "alice", at=40.0)
-    assert er.record_ids == [20, 21]
+    assert er.record_ids == ["20", "21"]
     assert er.first_used_round == 1
     plan = plan_retrain(er, 3)
     assert (plan.from_checkpoint, plan.rounds, plan.needed) == (0, 3, True)
@@ -423,7 +429,7 @@ def test_erasure_shreds_salts_and_unlinks_old_commitments(reg: ConsentRegistry) 
     assert raw  # the files exist
     for salt in alice_salts.values():
         assert salt not in raw
-    survivor = remaining[0]
+    survivor = remaining["0"]
     assert survivor in raw  # the search above can find salts that were not shredded
 
 
@@ -451,3 +457,43 @@ def test_report_counts_and_effective_rounds(reg: ConsentRegistry) -> None:
     assert [c.subject for c in named.changes] == ["alice", "dave", "s3"]
     reg.withdraw("s4", at=50.0)
     assert build_report(reg, P).changes[-1].effective_round is None  # pending: no round since
+
+
+# -- text record ids -------------------------------------------------------------------------------
+
+
+def test_a_numeric_record_id_commits_as_the_integer_and_text_ids_apart(tmp_path: Path) -> None:
+    """Numeric ids hash exactly as integer ids did (format 2's commitments stay valid); a text
+    id has its own domain tag, so "017" and "17" are different records with different leaves."""
+    salt = bytes(range(32))
+    tag = b"consortium/v1/consent-leaf"
+    as_integer = sha256(
+        bytes([len(tag)]) + tag + salt + (17).to_bytes(8, "big") + b"\x00\x08research"
+        + (3).to_bytes(8, "big")
+    )  # fmt: skip
+    assert commitment(salt, "17", P, 3) == commitment(salt, 17, P, 3) == as_integer
+    text = {commitment(salt, rid, P, 3) for rid in ("017", "17a", "p-17", "x" * 256)}
+    assert len(text) == 4 and as_integer not in text
+
+
+def test_text_record_ids_through_rounds_receipts_and_erasure(reg: ConsentRegistry) -> None:
+    reg.grant("alice", ["MRN-0042", "scan/2024-07.png"], [P], at=0.0)
+    reg.grant("bob", ["MRN-0043", "7"], [P], at=0.0)
+    first = begin_round(reg, P, 1, at=10.0)
+    assert first.record_ids.tolist() == ["7", "MRN-0042", "MRN-0043", "scan/2024-07.png"]
+    reg.withdraw("bob", at=15.0)
+    second = begin_round(reg, P, 2, at=20.0)
+    assert second.commitment.count == first.commitment.count - 2
+    roots = {1: first.commitment, 2: second.commitment}
+    receipt = Receipt.loads(receipt_from_registry(reg, "bob", NODE).dumps())
+    assert set(receipt.salts) == {"7", "MRN-0043"}
+    assert [(v.round, v.record_id, v.status) for v in check_receipt(receipt, roots)] == [
+        (1, "7", "used"),
+        (1, "MRN-0043", "used"),
+        (2, "7", "not-used"),
+        (2, "MRN-0043", "not-used"),
+    ]
+    er = erase_subject(reg, "alice", at=30.0)
+    assert er.record_ids == ["MRN-0042", "scan/2024-07.png"] and er.first_used_round == 1
+    assert begin_round(reg, P, 3, at=40.0).record_ids.tolist() == []
+    verify_registry(reg, roots)

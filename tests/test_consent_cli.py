@@ -57,7 +57,8 @@ def test_bad_input_is_one_line_without_traceback(tmp_path: Path) -> None:
     d = str(tmp_path)
     cases = [
         ("list", "--dir", d),  # no registry yet
-        ("grant", "a", "--records", "x-y", "--purpose", P, "--dir", d),
+        ("grant", "a", "--records", "9-5", "--purpose", P, "--dir", d),
+        ("grant", "a", "--records", "p-1," + "x" * 300, "--purpose", P, "--dir", d),
         ("grant", "a", "--records", "1", "--purpose", P, "--at", "yesterday", "--dir", d),
         ("withdraw", "nobody", "--dir", d),
         ("grant", "a", "--records", "1", "--purpose", P, "--dir", str(tmp_path / "nope")),
@@ -136,7 +137,7 @@ def test_receipt_check_report_erase(tmp_path: Path) -> None:
 
     code, out, err = run("erase", "s3", "--yes", "--at", "30", "--dir", d)
     assert code == 0, err
-    assert "delete data rows [3]" in out
+    assert "delete record(s) 3 from the node's source data" in out
     assert "retrain 2 round(s) from the model before round 1" in out
     ledger_line = next(line for line in out.splitlines() if "first_used_round" in line)
     assert '"first_used_round": 1' in ledger_line and "s3" not in ledger_line

@@ -88,13 +88,13 @@ def test_erasure_is_recorded_in_the_next_round(tmp_path: Path) -> None:
             from consortium.consent import erase_subject
 
             er = erase_subject(reg, synthetic_subject(0, rid), at=clock.now)
-            assert er.record_ids == [rid]
+            assert er.record_ids == [str(rid)]
             await drive(nodes, net, clock)
             records = run_records(node0.ledger)
             me = node0.identity.node_id
             noted = [r.erasures.get(me) for r in records if r.erasures.get(me)]
             assert noted == [(Erasure(records=1, at=int(clock.now * 1000)),)]
-            assert rid not in reg.eligible("research", clock.now + 10)
+            assert str(rid) not in reg.eligible("research", clock.now + 10)
         finally:
             for n in nodes:
                 await n.stop()

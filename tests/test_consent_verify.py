@@ -20,6 +20,7 @@ from consortium.consent import (
 )
 from consortium.consent.commitments import commit, round_leaves
 from consortium.consent.history import EMPTY_CHAIN, blind, chain_step, event_digest, round_head
+from consortium.consent.record_ids import decode_ids, encode_ids
 
 P = "research"
 Committed = dict[int, RoundCommitment]
@@ -89,14 +90,14 @@ def _edit(path: Path, change: Callable[[sqlite3.Connection], None]) -> None:
     db.close()
 
 
-def _ids(db: sqlite3.Connection, slot: int) -> list[int]:
+def _ids(db: sqlite3.Connection, slot: int) -> list[str]:
     (blob,) = db.execute("SELECT ids FROM rounds WHERE round = ?", (slot,)).fetchone()
-    return [int(x) for x in np.frombuffer(blob, dtype="<i8")]
+    return decode_ids(blob)
 
 
-def _set_ids(slot: int, change: Callable[[list[int]], list[int]]) -> Callable[..., None]:
+def _set_ids(slot: int, change: Callable[[list[str]], list[str]]) -> Callable[..., None]:
     def run(db: sqlite3.Connection) -> None:
-        blob = np.asarray(change(_ids(db, slot)), dtype="<i8").tobytes()
+        blob = encode_ids(change(_ids(db, slot)))
         db.execute("UPDATE rounds SET ids = ? WHERE round = ?", (blob, slot))
 
     return run
@@ -136,7 +137,7 @@ CASES: dict[str, tuple[Callable[[sqlite3.Connection], None], str]] = {
     ),
     "salt malformed": (
         _sql("UPDATE salts SET salt = x'00' WHERE record_id = 0"),
-        r"^malformed salt row for record 0",
+        r"^malformed salt row for record '0'",
     ),
     "erasure time malformed": (
         _sql("UPDATE records SET erased = 'x' WHERE record_id = 6"),
@@ -163,8 +164,12 @@ CASES: dict[str, tuple[Callable[[sqlite3.Connection], None], str]] = {
         r"^event 12 changes consent that was never granted",
     ),
     "round names a record it did not commit to": (
-        _set_ids(2, lambda ids: sorted([*ids, 2])),
+        _set_ids(2, lambda ids: sorted([*ids, "2"])),
         r"^round at ledger entry 2 .*: it names a record its leaves do not commit to",
+    ),
+    "round lists its records out of order": (
+        _set_ids(1, lambda ids: ids[::-1]),
+        r"^round at ledger entry 1 .*: its record list: .* not sorted and distinct",
     ),
     "round forgets a record it used": (
         _set_ids(1, lambda ids: ids[1:]),
@@ -221,7 +226,7 @@ def test_a_round_that_used_a_record_without_consent_is_refused(tmp_path: Path) -
     path = tmp_path / "consent.sqlite"
     committed = _registry(path)
     with ConsentRegistry(path) as reg:
-        used = np.array([0, 1, 2], dtype=np.int64)  # record 2 was withdrawn at 20.0
+        used = np.array(["0", "1", "2"])  # record 2 was withdrawn at 20.0
         leaves = round_leaves(reg.salts(used.tolist()), used.tolist(), P, 4)
         k = 16  # the events a round at 25.0 saw
         chain = reg.raw_rows("events")[k - 1][8]
@@ -252,7 +257,7 @@ def test_an_erasure_that_kept_the_salt_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "consent.sqlite"
     with ConsentRegistry(path) as reg:
         reg.grant("s", [6], [P], at=1.0)
-        kept = reg.salts([6])[6]
+        kept = reg.salts(["6"])["6"]
         committed = {1: begin_round(reg, P, 1, at=10.0).commitment}
         erase_subject(reg, "s", at=20.0)
     with ConsentRegistry(path, readonly=True) as reg:

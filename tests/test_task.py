@@ -135,7 +135,7 @@ def test_the_builtin_tasks_are_the_former_datasets_and_models() -> None:
     train, test = load_data(task, node)
     ds = load_dataset("digits", seed=3)
     rows = node_shard(node, ds.y_train)
-    assert np.array_equal(train.record_ids, rows)
+    assert train.record_ids.tolist() == [str(r) for r in rows]  # each row's decimal text
     assert np.array_equal(train.x, ds.x_train[rows]) and len(test) == len(ds.y_test)
     with pytest.raises(ConsortiumError, match="unknown model 'resnet'; choose one of: cnn"):
         builtin_task("digits", "resnet")
@@ -193,18 +193,38 @@ def test_data_without_record_ids_is_refused(task_root: Path) -> None:
         Examples(np.zeros((2, 3)), np.zeros(2, np.int64), np.array([1, 2]))
 
 
+def test_record_ids_are_text_and_integers_are_their_decimal_text() -> None:
+    x, y = np.zeros((3, 2), np.float32), np.zeros(3, np.int64)
+    assert Examples(x, y, np.array(["p-001", "p-002", "007"])).record_ids.tolist() == [
+        "p-001",
+        "p-002",
+        "007",
+    ]
+    assert Examples(x, y, np.array([0, 7, 2**40])).record_ids.tolist() == ["0", "7", str(2**40)]
+    bad = [
+        (np.array(["a", "b", "a"]), "record ids must be distinct"),
+        (np.array(["a", "b\nc", "d"]), "contains a control character"),
+        (np.array(["a", " b", "c"]), "begins or ends with whitespace"),
+        (np.array(["a", "", "c"]), "a record id is empty"),
+        (np.array(["a", "x" * 257, "c"]), "longer than 256 bytes"),
+        (np.array([1, -2, 3]), "must be non-negative"),
+        (np.array([1.0, 2.0, 3.0]), "record_ids have dtype float64; use text"),
+    ]
+    for ids, message in bad:
+        with pytest.raises(TaskError, match=message):
+            Examples(x, y, ids)
+
+
 def test_a_pytorch_dataset_gives_examples_only_with_a_record_id_per_item() -> None:
     x = torch.arange(12, dtype=torch.float32).reshape(4, 3)
     y = torch.tensor([0, 1, 1, 0])
     ids = torch.tensor([10, 11, 12, 13])
     examples = Examples.from_torch(TensorDataset(x, y, ids))
     assert examples.x.dtype == np.float32 and examples.y.dtype == np.int64
-    assert np.array_equal(examples.x, x.numpy()) and examples.record_ids.tolist() == [
-        10,
-        11,
-        12,
-        13,
-    ]
+    assert np.array_equal(examples.x, x.numpy())
+    assert examples.record_ids.tolist() == ["10", "11", "12", "13"]
+    named = Examples.from_torch([(x[i], y[i], f"p-{i}") for i in range(4)])
+    assert named.record_ids.tolist() == ["p-0", "p-1", "p-2", "p-3"]
     with pytest.raises(TaskError, match=r"item 0 of the dataset is not \(x, y, record_id\)"):
         Examples.from_torch(TensorDataset(x, y))
 

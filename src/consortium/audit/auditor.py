@@ -44,8 +44,7 @@ from consortium.audit.entries_check import CHUNK, check_all
 from consortium.chain.check import check_anchored, check_deployment
 from consortium.chain.client import RECORD_FILE, AnchorChain, AnchoredHead
 from consortium.chain.txlog import SCHEMA as TXLOG_SCHEMA
-from consortium.consent.registry import SCHEMA as CONSENT_SCHEMA
-from consortium.consent.registry import ConsentRegistry
+from consortium.consent.registry import ConsentRegistry, registry_schema
 from consortium.consent.verify import verify_registry
 from consortium.core.encoding import Domain, sha256
 from consortium.core.errors import AuditError, ConfigError, ConsortiumError
@@ -227,7 +226,7 @@ def _check_consent(path: Path, node_id: str | None, rounds: list[tuple[int, Roun
     """The folder's consent registry against itself and the heads its node committed."""
     if node_id is None:
         raise _fail(f"no {PUBLIC_FILE} says which member's registry this is")
-    check_database(path, CONSENT_SCHEMA)
+    check_database(path, registry_schema(path))  # format 2's until a writer upgrades it
     committed = {idx: r.consent[node_id] for idx, r in rounds if node_id in r.consent}
     with ConsentRegistry(path, readonly=True) as registry:
         verify_registry(registry, committed)

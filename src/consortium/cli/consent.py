@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from consortium.consent import (
     roots_from_records,
 )
 from consortium.consent.erasure import RoundRef, checkpoint_for
+from consortium.consent.record_ids import RecordIdError, record_id
 from consortium.consent.registry import format_time, parse_time
 from consortium.core.files import atomic_write
 from consortium.core.layout import CONSENT_FILE, LEDGER_FILE
@@ -54,23 +56,25 @@ def _at(value: str | None) -> float:
     return time.time() if value is None else parse_time(value, "--at")
 
 
-def _record_ids(spec: str) -> list[int]:
-    """'1,2,5-9' -> [1, 2, 5, 6, 7, 8, 9]."""
-    out: list[int] = []
+def _record_ids(spec: str) -> list[str]:
+    """'1,2,5-9' -> ['1', '2', '5', '6', '7', '8', '9']; 'p-001,p-002' -> those two ids. A part
+    of two numbers joined by '-' is a range of numeric ids; any other part is one record id."""
+    out: list[str] = []
     for part in spec.split(","):
         part = part.strip()
         if not part:
             continue
+        bounds = re.fullmatch(r"([0-9]+)-([0-9]+)", part)
+        if bounds:
+            lo, hi = int(bounds[1]), int(bounds[2])
+            if hi < lo or hi - lo > 10_000_000:
+                raise ConsentError(f"invalid record id range {part!r}: use e.g. 5-9")
+            out.extend(str(i) for i in range(lo, hi + 1))
+            continue
         try:
-            if "-" in part:
-                lo, hi = (int(x) for x in part.split("-", 1))
-                if hi < lo or hi - lo > 10_000_000:
-                    raise ValueError
-                out.extend(range(lo, hi + 1))
-            else:
-                out.append(int(part))
-        except ValueError:
-            raise ConsentError(f"invalid record ids {part!r}: use e.g. 1,2,5-9") from None
+            out.append(record_id(part))
+        except RecordIdError as exc:
+            raise ConsentError(f"invalid record ids {part!r}: {exc}") from None
     if not out:
         raise ConsentError("no record ids given")
     return out
@@ -387,8 +391,9 @@ def erase(
         markup=False,
     )
     console.print(
-        f"delete data rows {er.record_ids} from the node's source data",
+        f"delete record(s) {', '.join(er.record_ids)} from the node's source data",
         highlight=False,
+        markup=False,
         soft_wrap=True,
     )
     if er.first_used_round is None:

@@ -8,6 +8,17 @@ Leaf commitment (32 bytes), a fixed length-prefixed layout so no two inputs shar
                  ‖ len(purpose) (u16 big-endian) ‖ purpose (UTF-8)
                  ‖ round (u64 big-endian) )
 
+for a numeric record id (`consent.record_ids`: the decimal text of an integer below 2^63, as
+every id was before ids were text, so earlier commitments are unchanged), and for any other id
+
+    c = SHA-256( 0x1f ‖ "consortium/v1/consent-leaf-text"
+                 ‖ salt (32 bytes)
+                 ‖ len(record id) (u16 big-endian) ‖ record id (UTF-8)
+                 ‖ len(purpose) (u16 big-endian) ‖ purpose (UTF-8)
+                 ‖ round (u64 big-endian) )
+
+(the two tags differ in their first byte, so no text id shares hashed bytes with a numeric one).
+
 A node's round commitment is the RFC 9162 Merkle root (`ledger.merkle`) over the commitments
 sorted by value, plus their count. The salt is per record and random, so without it a
 commitment cannot be linked to a record id (and the round number in it makes the commitments of
@@ -30,6 +41,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from consortium.consent.record_ids import RecordIdError, numeric
+from consortium.consent.record_ids import record_id as as_record_id
 from consortium.consent.registry import SALT_SIZE, ConsentError, check_name
 from consortium.core.encoding import sha256
 from consortium.core.errors import ProofError
@@ -37,31 +50,37 @@ from consortium.ledger import merkle
 
 LEAF_TAG = b"consortium/v1/consent-leaf"
 _PREFIX = bytes([len(LEAF_TAG)]) + LEAF_TAG
+TEXT_LEAF_TAG = b"consortium/v1/consent-leaf-text"
+_TEXT_PREFIX = bytes([len(TEXT_LEAF_TAG)]) + TEXT_LEAF_TAG
 HASH_SIZE = 32
 
 Status = Literal["used", "not-used", "invalid", "no-proof", "missing"]
+#: A subject's receipt; format 1 (record ids as integers) is still read.
+RECEIPT_FORMAT = "consortium-consent-receipt/2"
+RECEIPT_FORMAT_V1 = "consortium-consent-receipt/1"
 
 
-def commitment(salt: bytes, record_id: int, purpose: str, round_no: int) -> bytes:
-    """c = SHA-256(tag ‖ salt ‖ record id ‖ purpose ‖ round), see the module docstring."""
+def commitment(salt: bytes, record_id: str | int, purpose: str, round_no: int) -> bytes:
+    """c = SHA-256(tag ‖ salt ‖ record id ‖ purpose ‖ round), see the module docstring (an
+    integer record id is its decimal text)."""
     if len(salt) != SALT_SIZE:
         raise ConsentError(f"salt must be {SALT_SIZE} bytes, got {len(salt)}")
     p = purpose.encode("utf-8")
-    return sha256(
-        _PREFIX
-        + salt
-        + record_id.to_bytes(8, "big")
-        + len(p).to_bytes(2, "big")
-        + p
-        + round_no.to_bytes(8, "big")
-    )
+    text = record_id if isinstance(record_id, str) else str(record_id)
+    n = numeric(text)
+    if n is None:
+        rid = text.encode("utf-8", "surrogateescape")  # as read from a damaged file
+        head = _TEXT_PREFIX + salt + len(rid).to_bytes(2, "big") + rid
+    else:
+        head = _PREFIX + salt + n.to_bytes(8, "big")
+    return sha256(head + len(p).to_bytes(2, "big") + p + round_no.to_bytes(8, "big"))
 
 
 def round_leaves(
-    salts: Mapping[int, bytes], record_ids: Iterable[int], purpose: str, round_no: int
+    salts: Mapping[str, bytes], record_ids: Iterable[str], purpose: str, round_no: int
 ) -> list[bytes]:
     """The sorted commitments of the records used in one round."""
-    return sorted(commitment(salts[int(r)], int(r), purpose, round_no) for r in record_ids)
+    return sorted(commitment(salts[r], r, purpose, round_no) for r in record_ids)
 
 
 @dataclass(frozen=True)
@@ -150,7 +169,7 @@ class RoundProof:
 
     round: int
     purpose: str
-    record_id: int
+    record_id: str
     size: int
     used: bool
     index: int = -1
@@ -164,15 +183,15 @@ class Receipt:
 
     subject: str
     node: str
-    salts: dict[int, bytes]
+    salts: dict[str, bytes]
     rounds: list[RoundProof]
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "format": "consortium-consent-receipt/1",
+            "format": RECEIPT_FORMAT,
             "subject": self.subject,
             "node": self.node,
-            "salts": {str(r): s.hex() for r, s in sorted(self.salts.items())},
+            "salts": {r: s.hex() for r, s in sorted(self.salts.items())},
             "rounds": [
                 {
                     "round": p.round,
@@ -201,14 +220,15 @@ class Receipt:
     @classmethod
     def from_json(cls, data: Any) -> Receipt:
         try:
-            if data["format"] != "consortium-consent-receipt/1":
+            if data["format"] not in (RECEIPT_FORMAT, RECEIPT_FORMAT_V1):
                 raise ConsentError(f"unknown receipt format {data['format']!r}")
-            salts = {int(r): bytes.fromhex(s) for r, s in data["salts"].items()}
+            # Format 1 wrote record ids as integers: each is its decimal text.
+            salts = {as_record_id(r): bytes.fromhex(s) for r, s in data["salts"].items()}
             rounds = [
                 RoundProof(
                     round=int(p["round"]),
                     purpose=str(p["purpose"]),
-                    record_id=int(p["record_id"]),
+                    record_id=as_record_id(p["record_id"]),
                     size=int(p["size"]),
                     used=bool(p["used"]),
                     index=int(p["index"]),
@@ -227,6 +247,8 @@ class Receipt:
             return cls(str(data["subject"]), str(data["node"]), salts, rounds)
         except ConsentError:
             raise
+        except RecordIdError as exc:
+            raise ConsentError(f"malformed receipt: {exc}") from exc
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConsentError(f"malformed receipt: {exc!r}") from exc
 
@@ -240,7 +262,7 @@ class Receipt:
 
 
 def prove_round(
-    salts: Mapping[int, bytes], record_id: int, purpose: str, round_no: int, leaves: Sequence[bytes]
+    salts: Mapping[str, bytes], record_id: str, purpose: str, round_no: int, leaves: Sequence[bytes]
 ) -> RoundProof:
     """The proof that `record_id` was (or was not) among the sorted `leaves` of a round."""
     mine = commitment(salts[record_id], record_id, purpose, round_no)
@@ -255,7 +277,7 @@ def prove_round(
 
 def build_receipt(
     subject: str,
-    salts: Mapping[int, bytes],
+    salts: Mapping[str, bytes],
     rounds: Iterable[tuple[int, str, Sequence[bytes]]],
     node: str = "",
 ) -> Receipt:
@@ -272,7 +294,7 @@ def build_receipt(
 class Verdict:
     round: int
     purpose: str
-    record_id: int | None
+    record_id: str | None
     status: Status
     reason: str = ""
 
@@ -330,7 +352,7 @@ def check_receipt(receipt: Receipt, roots_by_round: Mapping[int, RoundCommitment
     for r in sorted(set(roots_by_round) - seen):
         rc = roots_by_round[r]
         out.append(Verdict(r, rc.purpose, None, "no-proof", "the receipt covers no such round"))
-    return sorted(out, key=lambda v: (v.round, v.record_id if v.record_id is not None else -1))
+    return sorted(out, key=lambda v: (v.round, v.record_id is not None, v.record_id or ""))
 
 
 def roots_from_records(

@@ -21,7 +21,7 @@ from consortium.consent.registry import ConsentRegistry
 @dataclass(frozen=True)
 class Erasure:
     subject: str
-    record_ids: list[int]  # the data rows the caller must delete
+    record_ids: list[str]  # the records the caller must delete from its data
     at: float
     used_rounds: list[tuple[int, str]]  # (round, purpose) that used any of the records
 

@@ -2,10 +2,13 @@
 
 Every event (grant, withdraw, expire-change, erase) gets a 32-byte *blind* and a *digest*:
 
-    blind  = SHA-256(tag "consent-blind" ‖ salt ‖ record id (u64) ‖ subject)
+    blind  = SHA-256(tag "consent-blind" ‖ salt ‖ record id (u64) ‖ subject)        numeric id
+    blind  = SHA-256(tag "consent-blind-text" ‖ salt ‖ record id (text) ‖ subject)  any other
     digest = SHA-256(tag "consent-event" ‖ seq (u64) ‖ kind ‖ at (f64) ‖ purpose ‖ expires ‖ blind)
     chain_k = SHA-256(tag "consent-chain" ‖ chain_{k-1} ‖ digest_k),   chain_0 = 32 zero bytes
 
+(`consent.record_ids`: a numeric record id is hashed as the integer it was before record ids were
+text, so the chains of earlier registries are unchanged; text is length-prefixed UTF-8.)
 The identifiers enter only through the blind, salted with the record's salt, so the chain reveals
 nothing about anyone. Erasure deletes the salt (crypto-shredding) but keeps the stored blind: the
 chain, and every non-identifying field of the erased record's events, stay verifiable; only the
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import struct
 
+from consortium.consent.record_ids import numeric
 from consortium.core.encoding import sha256
 
 HASH_SIZE = 32
@@ -33,6 +37,7 @@ def _tag(name: str) -> bytes:
 
 
 _BLIND = _tag("consent-blind")
+_BLIND_TEXT = _tag("consent-blind-text")
 _EVENT = _tag("consent-event")
 _CHAIN = _tag("consent-chain")
 _HEAD = _tag("consent-head")
@@ -50,9 +55,12 @@ def _time(value: float | None) -> bytes:
     return b"\x00" if value is None else b"\x01" + struct.pack(">d", value)
 
 
-def blind(salt: bytes, record_id: int, subject: str) -> bytes:
+def blind(salt: bytes, record_id: str, subject: str) -> bytes:
     """The salted stand-in for an event's identifiers."""
-    return sha256(_BLIND + salt + record_id.to_bytes(8, "big") + _text(subject))
+    n = numeric(record_id)
+    if n is not None:
+        return sha256(_BLIND + salt + n.to_bytes(8, "big") + _text(subject))
+    return sha256(_BLIND_TEXT + salt + _text(record_id) + _text(subject))
 
 
 def event_digest(

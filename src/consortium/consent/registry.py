@@ -14,9 +14,16 @@ SQLite (WAL, synchronous=FULL, secure_delete) with these tables:
   retried attempt or a restarted node trains on the same rows (erasure removes ids from it), and
   the history head: how many events the selection saw and the round head over them).
 
-Record ids are the node's local dataset row indices. Times are float seconds since the epoch.
+Record ids are text (`consent.record_ids`): the engineer's own key of each record (a row of a
+built-in dataset is its decimal text). Times are float seconds since the epoch.
 State answers "now": `eligible(purpose, at)` is exact for any `at` not earlier than the latest
 event on a record (a re-grant overwrites the earlier interval; `history` keeps it).
+
+Format `consortium-consent/3` keys records by text. Registries of format 2 (integer row ids)
+are upgraded in place the first time a writer opens them (`_upgrade`, one transaction: every
+event, chain value, salt and commitment is kept, each id becoming its decimal text, which is
+hashed exactly as the integer was), and read as if upgraded by a reader (the auditor), which
+writes nothing.
 """
 
 from __future__ import annotations
@@ -37,17 +44,59 @@ from typing import Any
 import numpy as np
 
 from consortium.consent.history import EMPTY_CHAIN, blind, chain_step, event_digest
+from consortium.consent.record_ids import (
+    RecordIdError,
+    decode_ids,
+    encode_ids,
+    id_array,
+    record_id,
+)
 from consortium.core.errors import ConsortiumError
 from consortium.core.sqlite import open_for_reading
 
 SALT_SIZE = 32
-FORMAT = "consortium-consent/2"
+FORMAT = "consortium-consent/3"
+#: The previous format (integer record ids), upgraded on open.
+FORMAT_V2 = "consortium-consent/2"
 CSV_COLUMNS = ("subject", "record_id", "purposes", "granted", "expires")
 EVENT_KINDS = ("grant", "withdraw", "expire-change", "erase")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/+-]{0,127}$")
-_MAX_RECORD_ID = 2**63 - 1
 
 SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events(
+    seq INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('grant', 'withdraw', 'expire-change', 'erase')),
+    subject TEXT NOT NULL,
+    record_id TEXT NOT NULL,
+    purpose TEXT,
+    expires REAL,
+    blind BLOB NOT NULL,
+    chain BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS events_subject ON events(subject);
+CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
+    BEGIN SELECT RAISE(ABORT, 'consent history is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
+    BEGIN SELECT RAISE(ABORT, 'consent history is append-only'); END;
+CREATE TABLE IF NOT EXISTS records(
+    record_id TEXT PRIMARY KEY, subject TEXT NOT NULL, erased REAL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS records_subject ON records(subject);
+CREATE TABLE IF NOT EXISTS consent(
+    purpose TEXT NOT NULL, record_id TEXT NOT NULL REFERENCES records(record_id),
+    granted REAL NOT NULL, expires REAL, withdrawn REAL,
+    PRIMARY KEY (purpose, record_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS consent_record ON consent(record_id);
+CREATE TABLE IF NOT EXISTS salts(record_id TEXT PRIMARY KEY, salt BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rounds(
+    round INTEGER NOT NULL, purpose TEXT NOT NULL, at REAL NOT NULL, count INTEGER NOT NULL,
+    root BLOB NOT NULL, leaves BLOB NOT NULL, ids BLOB NOT NULL,
+    events INTEGER NOT NULL, head BLOB NOT NULL,
+    PRIMARY KEY (round, purpose)) WITHOUT ROWID;
+"""
+
+#: Format 2's schema: what the auditor checks a registry not yet upgraded against.
+SCHEMA_V2 = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events(
     seq INTEGER PRIMARY KEY,
@@ -92,7 +141,7 @@ class GrantRow:
     """One grant: `subject` agrees that `record_id` be used for `purposes` from `granted`."""
 
     subject: str
-    record_id: int
+    record_id: str | int  # text; an integer is its decimal text
     purposes: tuple[str, ...]
     granted: float
     expires: float | None = None
@@ -105,14 +154,14 @@ class Event:
     at: float
     kind: str
     subject: str
-    record_id: int
+    record_id: str
     purpose: str | None
     expires: float | None
 
 
 @dataclass(frozen=True)
 class ConsentState:
-    record_id: int
+    record_id: str
     subject: str
     purpose: str
     granted: float
@@ -141,7 +190,7 @@ class StoredRound:
 
 
 #: (at, kind, subject, record id, purpose, expires) of an event about to be appended.
-NewEvent = tuple[float, str, str, int, str | None, float | None]
+NewEvent = tuple[float, str, str, str, str | None, float | None]
 
 
 _RAW = {
@@ -159,9 +208,9 @@ class Replay:
     auditor's check of each round's selection compare against."""
 
     def __init__(self) -> None:
-        self.owner: dict[int, str] = {}
-        self.erased: dict[int, float] = {}
-        self.consent: dict[tuple[str, int], tuple[float, float | None, float | None]] = {}
+        self.owner: dict[str, str] = {}
+        self.erased: dict[str, float] = {}
+        self.consent: dict[tuple[str, str], tuple[float, float | None, float | None]] = {}
 
     def apply(self, e: Event) -> None:
         # A record belongs to one subject for good (`grant_many` refuses a second one); this also
@@ -182,7 +231,7 @@ class Replay:
         else:
             raise ConsentError(f"event {e.seq} changes consent that was never granted")
 
-    def active(self, record_id: int, purpose: str, at: float) -> bool:
+    def active(self, record_id: str, purpose: str, at: float) -> bool:
         """Whether `eligible(purpose, at)` would select the record in this state."""
         c = self.consent.get((purpose, record_id))
         return (
@@ -231,6 +280,115 @@ def format_time(t: float | None) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
 
 
+def stored_format(conn: sqlite3.Connection) -> str | None:
+    """The format a registry's `meta` table states, or None (no such table or row)."""
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key='format'").fetchone()
+    except sqlite3.OperationalError:
+        return None  # a new, empty file
+    return None if row is None else str(row[0])
+
+
+def registry_schema(path: Path) -> str:
+    """The schema a registry of the format it states must have exactly (the auditor checks it
+    before reading anything else): format 2's until a writer upgrades it, else the current."""
+    try:
+        conn = open_for_reading(path)
+        try:
+            return SCHEMA_V2 if stored_format(conn) == FORMAT_V2 else SCHEMA
+        finally:
+            conn.close()
+    except (OSError, sqlite3.Error, UnicodeDecodeError):
+        return SCHEMA  # missing or unreadable: the schema check says so
+
+
+def _statements(script: str) -> list[str]:
+    """A schema script as statements, to run inside a transaction (`executescript` commits)."""
+    out, pending = [], ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            out.append(pending.strip())
+            pending = ""
+    return out
+
+
+_V2_TABLES = ("events", "records", "consent", "salts", "rounds")
+_V2_OBJECTS = (
+    ("TRIGGER", "events_no_update"),
+    ("TRIGGER", "events_no_delete"),
+    ("INDEX", "events_subject"),
+    ("INDEX", "records_subject"),
+    ("INDEX", "consent_record"),
+)
+
+
+def _upgrade(conn: sqlite3.Connection) -> None:
+    """Rewrite a format-2 registry (integer record ids) as format 3 (text), in one transaction:
+    the old tables are renamed aside, the current schema created, every row copied with each
+    record id as its decimal text (blinds, chain values, salts, leaves and roots unchanged: a
+    numeric id is hashed as the integer it was), each round's id list re-encoded, and the old
+    tables dropped (secure_delete zeroes their pages). ConsentError naming a round whose list of
+    ids is malformed."""
+    factory = conn.text_factory
+    conn.text_factory = bytes  # text is copied as it is stored, even if it is not UTF-8
+    conn.execute("PRAGMA foreign_keys=OFF")  # tables are renamed and dropped
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key='format'").fetchone()
+        if row is None or row[0] != FORMAT_V2.encode():
+            conn.execute("ROLLBACK")  # another writer upgraded it meanwhile
+            return
+        for kind, name in _V2_OBJECTS:
+            conn.execute(f"DROP {kind} IF EXISTS {name}")
+        for table in _V2_TABLES:
+            conn.execute(f"ALTER TABLE {table} RENAME TO {table}_v2")
+        for statement in _statements(SCHEMA):
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO events SELECT seq, at, kind, subject, CAST(record_id AS TEXT), purpose, "
+            "expires, blind, chain FROM events_v2 ORDER BY seq"
+        )
+        conn.execute(
+            "INSERT INTO records SELECT CAST(record_id AS TEXT), subject, erased FROM records_v2"
+        )
+        conn.execute(
+            "INSERT INTO consent SELECT purpose, CAST(record_id AS TEXT), granted, expires, "
+            "withdrawn FROM consent_v2"
+        )
+        conn.execute("INSERT INTO salts SELECT CAST(record_id AS TEXT), salt FROM salts_v2")
+        for row in conn.execute("SELECT * FROM rounds_v2").fetchall():
+            rnd, purpose, blob = row[0], row[1], row[6]
+            conn.execute(
+                "INSERT INTO rounds VALUES (?, CAST(? AS TEXT), ?, ?, ?, ?, ?, ?, ?)",
+                (*row[:6], _v2_ids(rnd, purpose, blob), *row[7:]),
+            )
+        for table in _V2_TABLES:
+            conn.execute(f"DROP TABLE {table}_v2")
+        conn.execute("UPDATE meta SET value=? WHERE key='format'", (FORMAT,))
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")
+    finally:
+        conn.text_factory = factory
+
+
+def _v2_ids(rnd: Any, purpose: Any, blob: Any) -> bytes:
+    """A format-2 round's selected ids (little-endian int64, strictly increasing) as format
+    3's list of their decimal texts."""
+    if not isinstance(blob, bytes) or len(blob) % 8:
+        raise ConsentError(f"round at ledger entry {rnd!r} ({purpose!r}): malformed record list")
+    ints = np.frombuffer(blob, dtype="<i8").tolist()
+    if any(a >= b for a, b in itertools.pairwise(ints)):
+        raise ConsentError(
+            f"round at ledger entry {rnd!r} ({purpose!r}): its record list is not a sorted "
+            "subset of its leaves"
+        )
+    return encode_ids(sorted(str(i) for i in ints))
+
+
 def _where(row: GrantRow) -> str:
     return f"line {row.line}: " if row.line is not None else ""
 
@@ -247,6 +405,13 @@ class ConsentRegistry:
                 if not self.path.is_file():
                     raise ConsentError(f"no consent registry at {self.path}")
                 self._conn = open_for_reading(self.path)
+                if stored_format(self._conn) == FORMAT_V2:  # read it as upgraded, in memory
+                    memory = sqlite3.connect(":memory:", isolation_level=None)
+                    self._conn.backup(memory)
+                    self._conn.close()
+                    self._conn = memory
+                    _upgrade(memory)
+                    memory.execute("PRAGMA query_only=ON")
                 # Damaged text must not stop the audit in a decode error: it reads on, and the
                 # bytes that are not UTF-8 make the event's digest (or the state) differ.
                 self._conn.text_factory = lambda b: b.decode("utf-8", "surrogateescape")
@@ -256,6 +421,8 @@ class ConsentRegistry:
                 self._conn.execute("PRAGMA synchronous=FULL")
                 # Deleted salts are overwritten with zeros, not left in free pages.
                 self._conn.execute("PRAGMA secure_delete=ON")
+                if stored_format(self._conn) == FORMAT_V2:
+                    _upgrade(self._conn)
                 self._conn.execute("PRAGMA foreign_keys=ON")
                 self._conn.executescript(SCHEMA)  # idempotent: every statement is IF NOT EXISTS
             with self._tx(readonly):
@@ -310,7 +477,7 @@ class ConsentRegistry:
     def grant(
         self,
         subject: str,
-        record_ids: Iterable[int],
+        record_ids: Iterable[str | int],
         purposes: Iterable[str],
         expires: float | None = None,
         *,
@@ -318,33 +485,37 @@ class ConsentRegistry:
     ) -> int:
         """Grant (or renew) consent; returns the number of (record, purpose) pairs written."""
         ps = tuple(purposes)
-        rows = [GrantRow(subject, int(r), ps, at, expires) for r in record_ids]
+        rows = [GrantRow(subject, r, ps, at, expires) for r in record_ids]
         if not rows:
             raise ConsentError("grant needs at least one record id")
         return self.grant_many(rows)
 
     def grant_many(self, rows: Sequence[GrantRow]) -> int:
         """Apply many grants in one transaction: all of them or, on any error, none."""
-        owner: dict[int, GrantRow] = {}
+        owner: dict[str, GrantRow] = {}
+        ids: list[str] = []  # each row's record id, as text
         for row in rows:
             where = _where(row)
             check_name("subject", row.subject)
-            if not 0 <= row.record_id <= _MAX_RECORD_ID:
-                raise ConsentError(f"{where}record id {row.record_id} is out of range")
+            try:
+                rid = record_id(row.record_id)
+            except RecordIdError as exc:
+                raise ConsentError(f"{where}{exc}") from None
+            ids.append(rid)
             if not row.purposes:
                 raise ConsentError(f"{where}no purpose given")
             for p in row.purposes:
                 check_name("purpose", p)
             if row.expires is not None and row.expires <= row.granted:
                 raise ConsentError(f"{where}expires is not after granted")
-            prev = owner.setdefault(row.record_id, row)
+            prev = owner.setdefault(rid, row)
             if prev.subject != row.subject:
-                raise ConsentError(
-                    f"{where}record {row.record_id} is given to two subjects in one import"
-                )
-        pairs = [(r, p) for r in rows for p in dict.fromkeys(r.purposes)]
+                raise ConsentError(f"{where}record {rid} is given to two subjects in one import")
+        pairs = [
+            (r, rid, p) for r, rid in zip(rows, ids, strict=True) for p in dict.fromkeys(r.purposes)
+        ]
         with self._tx() as db:
-            db.execute("CREATE TEMP TABLE IF NOT EXISTS _new(record_id INTEGER PRIMARY KEY)")
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS _new(record_id TEXT PRIMARY KEY)")
             db.execute("DELETE FROM _new")
             db.executemany("INSERT INTO _new VALUES (?)", ((rid,) for rid in owner))
             for rid, subject, erased in db.execute(
@@ -367,10 +538,10 @@ class ConsentRegistry:
             db.executemany(
                 "INSERT INTO consent VALUES (?, ?, ?, ?, NULL) ON CONFLICT(purpose, record_id) "
                 "DO UPDATE SET granted=excluded.granted, expires=excluded.expires, withdrawn=NULL",
-                ((p, r.record_id, r.granted, r.expires) for r, p in pairs),
+                ((p, rid, r.granted, r.expires) for r, rid, p in pairs),
             )
             self._append_events(
-                db, [(r.granted, "grant", r.subject, r.record_id, p, r.expires) for r, p in pairs]
+                db, [(r.granted, "grant", r.subject, rid, p, r.expires) for r, rid, p in pairs]
             )
         return len(pairs)
 
@@ -380,11 +551,11 @@ class ConsentRegistry:
         seq, chain = self._head(db)
         salts = self._read_salts(db, {e[3] for e in events})
         rows = []
-        for at, kind, subject, record_id, purpose, expires in events:
+        for at, kind, subject, rid, purpose, expires in events:
             seq += 1
-            blinded = blind(salts[record_id], record_id, subject)
+            blinded = blind(salts[rid], rid, subject)
             chain = chain_step(chain, event_digest(seq, kind, at, purpose, expires, blinded))
-            rows.append((seq, at, kind, subject, record_id, purpose, expires, blinded, chain))
+            rows.append((seq, at, kind, subject, rid, purpose, expires, blinded, chain))
         db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     @staticmethod
@@ -394,7 +565,7 @@ class ConsentRegistry:
 
     def _active_pairs(
         self, db: sqlite3.Connection, subject: str, purposes: Sequence[str] | None
-    ) -> list[tuple[int, str]]:
+    ) -> list[tuple[str, str]]:
         rows = db.execute(
             "SELECT c.record_id, c.purpose FROM consent c JOIN records r USING(record_id) "
             "WHERE r.subject=? AND r.erased IS NULL AND c.withdrawn IS NULL "
@@ -449,7 +620,7 @@ class ConsentRegistry:
             )
         return len(pairs)
 
-    def erase(self, subject: str, *, at: float) -> list[int]:
+    def erase(self, subject: str, *, at: float) -> list[str]:
         """Mark the subject's records erased and delete their salts (crypto-shredding).
 
         Returns the record ids; the caller must delete those data rows and retrain. Use
@@ -472,16 +643,16 @@ class ConsentRegistry:
             self._append_events(db, [(at, "erase", subject, r, None, None) for r in ids])
             db.executemany("DELETE FROM salts WHERE record_id=?", ((r,) for r in ids))
             # Forget which rounds selected these rows (the published counts stay as they were).
-            gone = np.asarray(ids, dtype=np.int64)
+            gone = set(ids)
             for rnd, purpose, blob in db.execute(
                 "SELECT round, purpose, ids FROM rounds"
             ).fetchall():
-                sel = np.frombuffer(bytes(blob), dtype="<i8")
-                keep = sel[~np.isin(sel, gone)]
+                sel = decode_ids(bytes(blob))
+                keep = [r for r in sel if r not in gone]
                 if len(keep) != len(sel):
                     db.execute(
                         "UPDATE rounds SET ids=? WHERE round=? AND purpose=?",
-                        (keep.astype("<i8").tobytes(), rnd, purpose),
+                        (encode_ids(keep), rnd, purpose),
                     )
         # Move the zeroed pages into the main file and empty the WAL, which still held the salts.
         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -498,9 +669,10 @@ class ConsentRegistry:
         events: int,
         head: bytes,
     ) -> None:
-        """Remember a commitment (sorted leaf commitments) so receipts can be made later."""
+        """Remember a commitment (sorted leaf commitments) so receipts can be made later;
+        `record_ids`: the sorted, distinct ids selected."""
         blob = b"".join(leaves)
-        ids = np.ascontiguousarray(record_ids, dtype="<i8").tobytes()
+        ids = encode_ids(str(r) for r in record_ids)
         with self._tx() as db:
             old = db.execute(
                 "SELECT root, count, head FROM rounds WHERE round=? AND purpose=?",
@@ -530,7 +702,7 @@ class ConsentRegistry:
         at, count, root, events, head, ids = row
         return (
             StoredRound(round_no, purpose, at, count, bytes(root), events, bytes(head)),
-            np.frombuffer(bytes(ids), dtype="<i8").astype(np.int64),
+            id_array(decode_ids(bytes(ids))),
         )
 
     # -- reads ------------------------------------------------------------------------------
@@ -543,18 +715,18 @@ class ConsentRegistry:
             raise ConsentError(f"unknown subject {subject!r}")
 
     def eligible(self, purpose: str, at: float) -> np.ndarray:
-        """Sorted int64 record ids whose consent covers `purpose` at time `at`."""
+        """Sorted record ids (a text array) whose consent covers `purpose` at time `at`."""
         return self._eligible(self._conn, purpose, at)
 
     def select(
         self, purpose: str, at: float, held: np.ndarray | None = None
-    ) -> tuple[np.ndarray, dict[int, bytes], int, bytes]:
+    ) -> tuple[np.ndarray, dict[str, bytes], int, bytes]:
         """One snapshot for a round: the eligible ids (within `held`), their salts, and the
         history it was taken from (events so far, chain after them)."""
         with self._tx(readonly=True) as db:
             ids = self._eligible(db, purpose, at)
             if held is not None:  # only records this node actually holds are used, and counted
-                ids = np.intersect1d(ids, held)
+                ids = np.intersect1d(ids, np.asarray(held, dtype=np.str_))
             salts = self._read_salts(db, ids.tolist())
             events, chain = self._head(db)
         return ids, salts, events, chain
@@ -568,10 +740,9 @@ class ConsentRegistry:
             "ORDER BY c.record_id",
             (purpose, at, at, at),
         )
-        # fromiter + chain run in C: no per-record Python bytecode for 10^5 records.
-        return np.fromiter(itertools.chain.from_iterable(cur), dtype=np.int64)
+        return id_array(r for (r,) in cur)
 
-    def records_of(self, subject: str) -> list[int]:
+    def records_of(self, subject: str) -> list[str]:
         rows = self._conn.execute(
             "SELECT record_id FROM records WHERE subject=? ORDER BY record_id", (subject,)
         ).fetchall()
@@ -579,17 +750,17 @@ class ConsentRegistry:
             raise ConsentError(f"unknown subject {subject!r}")
         return [r for (r,) in rows]
 
-    def salts(self, record_ids: Iterable[int]) -> dict[int, bytes]:
+    def salts(self, record_ids: Iterable[str]) -> dict[str, bytes]:
         """The salts of `record_ids`; ConsentError if any is missing (erased or never granted)."""
         with self._tx(readonly=True) as db:  # one consistent snapshot
             return self._read_salts(db, record_ids)
 
     @staticmethod
-    def _read_salts(db: sqlite3.Connection, record_ids: Iterable[int]) -> dict[int, bytes]:
-        ids = [int(r) for r in record_ids]
-        out: dict[int, bytes] = {}
+    def _read_salts(db: sqlite3.Connection, record_ids: Iterable[str]) -> dict[str, bytes]:
+        ids = [str(r) for r in record_ids]
+        out: dict[str, bytes] = {}
         # A temp table in memory (not in the file), so a read-only auditor can use it too.
-        db.execute("CREATE TEMP TABLE IF NOT EXISTS _want(record_id INTEGER PRIMARY KEY)")
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS _want(record_id TEXT PRIMARY KEY)")
         db.execute("DELETE FROM _want")
         db.executemany("INSERT OR IGNORE INTO _want VALUES (?)", ((r,) for r in ids))
         for rid, salt in db.execute(
@@ -680,7 +851,7 @@ class ConsentRegistry:
 
     def export_csv(self, path: Path | str) -> int:
         """Write the active (not withdrawn, not erased) grants in the import format."""
-        groups: dict[tuple[str, int, float, float | None], list[str]] = {}
+        groups: dict[tuple[str, str, float, float | None], list[str]] = {}
         for s in self.state():
             if s.withdrawn is None and s.erased is None:
                 groups.setdefault((s.subject, s.record_id, s.granted, s.expires), []).append(
@@ -714,11 +885,9 @@ def read_csv(path: Path) -> list[GrantRow]:
                 line = reader.line_num
                 rec = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k}
                 try:
-                    rid = int(rec["record_id"])
-                except ValueError:
-                    raise ConsentError(
-                        f"line {line}: record_id {rec['record_id']!r} is not an integer"
-                    ) from None
+                    rid = record_id(rec["record_id"])
+                except RecordIdError as exc:
+                    raise ConsentError(f"line {line}: {exc}") from None
                 purposes = tuple(p.strip() for p in rec["purposes"].split(";") if p.strip())
                 try:
                     granted = parse_time(rec["granted"], "granted")

@@ -29,7 +29,7 @@ class RoundSelection:
     round: int
     purpose: str
     at: float
-    record_ids: np.ndarray  # sorted int64: the only rows this round may train on
+    record_ids: np.ndarray  # sorted record ids (text): the only records this round may use
     commitment: RoundCommitment
 
 

@@ -23,10 +23,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from consortium.consent.commitments import HASH_SIZE, RoundCommitment, commitment, leaves_root
 from consortium.consent.history import EMPTY_CHAIN, blind, chain_step, event_digest, round_head
+from consortium.consent.record_ids import RecordIdError, decode_ids
 from consortium.consent.registry import (
     EVENT_KINDS,
     SALT_SIZE,
@@ -66,19 +65,19 @@ def verify_registry(registry: ConsentRegistry, committed: Mapping[int, RoundComm
             )
 
 
-def _salts(rows: Sequence[tuple[Any, ...]]) -> dict[int, bytes]:
-    out: dict[int, bytes] = {}
+def _salts(rows: Sequence[tuple[Any, ...]]) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
     for rid, salt in rows:
-        if not isinstance(rid, int) or not isinstance(salt, bytes) or len(salt) != SALT_SIZE:
+        if not isinstance(rid, str) or not isinstance(salt, bytes) or len(salt) != SALT_SIZE:
             raise ConsentError(f"malformed salt row for record {rid!r}")
         out[rid] = salt
     return out
 
 
-def _erased(rows: Sequence[tuple[Any, ...]]) -> dict[int, float | None]:
-    out: dict[int, float | None] = {}
+def _erased(rows: Sequence[tuple[Any, ...]]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
     for rid, subject, erased in rows:
-        if not isinstance(rid, int) or not isinstance(subject, str):
+        if not isinstance(rid, str) or not isinstance(subject, str):
             raise ConsentError(f"malformed record row {rid!r}")
         if erased is not None and not isinstance(erased, float):
             raise ConsentError(f"record {rid}: malformed erasure time")
@@ -97,7 +96,7 @@ def _events(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Event, bytes, bytes]]
             not isinstance(at, float)
             or kind not in EVENT_KINDS
             or not isinstance(subject, str)
-            or not isinstance(rid, int)
+            or not isinstance(rid, str)
             or (purpose is None) != (kind == "erase")
             or not isinstance(purpose, str | None)
             or not isinstance(expires, float | None)
@@ -113,8 +112,8 @@ def _events(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Event, bytes, bytes]]
 
 def _check_chain(
     events: Sequence[tuple[Event, bytes, bytes]],
-    salts: Mapping[int, bytes],
-    erased: Mapping[int, float | None],
+    salts: Mapping[str, bytes],
+    erased: Mapping[str, float | None],
 ) -> list[bytes]:
     """Recompute the chain; return it after each prefix (chains[k]: after k events)."""
     chains = [EMPTY_CHAIN]
@@ -142,7 +141,7 @@ def _check_rounds(
     rows: Sequence[tuple[Any, ...]],
     events: Sequence[tuple[Event, bytes, bytes]],
     chains: Sequence[bytes],
-    salts: Mapping[int, bytes],
+    salts: Mapping[str, bytes],
     erased: int,
 ) -> dict[tuple[int, str], tuple[bytes, int, bytes]]:
     """Check every stored round, in the order of the history they saw; return
@@ -167,7 +166,6 @@ def _check_rounds(
             and isinstance(k, int)
             and isinstance(head, bytes)
             and len(leaves) == HASH_SIZE * count
-            and len(ids) % 8 == 0
         ):
             raise ConsentError(f"{where}: malformed (a field has the wrong type or size)")
         try:
@@ -191,7 +189,10 @@ def _check_rounds(
         while seen < k:  # the state this round was selected from
             replay.apply(events[seen][0])
             seen += 1
-        selected = np.frombuffer(ids, dtype="<i8")
+        try:
+            selected = decode_ids(ids)
+        except RecordIdError as exc:  # not UTF-8, or not sorted and distinct
+            raise ConsentError(f"{where}: its record list: {exc}") from None
         _check_selection(where, selected, sorted_leaves, salts, replay, row, erased)
         out[(slot, purpose)] = (root, count, head)
     return out
@@ -199,9 +200,9 @@ def _check_rounds(
 
 def _check_selection(
     where: str,
-    ids: np.ndarray,
+    ids: list[str],
     leaves: list[bytes],
-    salts: Mapping[int, bytes],
+    salts: Mapping[str, bytes],
     replay: Replay,
     row: tuple[Any, ...],
     erased: int,
@@ -209,10 +210,10 @@ def _check_selection(
     """The records a round still names (erasure removes ids) were salted, committed to and
     consented for its purpose at its start."""
     slot, purpose, at = row[0], row[1], row[2]
-    if len(ids) > len(leaves) or (len(ids) > 1 and bool(np.any(np.diff(ids) <= 0))):
+    if len(ids) > len(leaves):
         raise ConsentError(f"{where}: its record list is not a sorted subset of its leaves")
     committed = set(leaves)
-    for rid in ids.tolist():
+    for rid in ids:
         salt = salts.get(rid)
         if salt is None or commitment(salt, rid, purpose, slot) not in committed:
             raise ConsentError(f"{where}: it names a record its leaves do not commit to")

@@ -12,8 +12,10 @@ A run names it in its configuration (`task = "mypkg.task:task"`); every member i
 package itself (members never send each other code) and the run pins the hash of its sources
 (`code_hash`), which each member compares with what it has installed before it agrees.
 
-`Examples` are arrays with one record id per example: the ids consent is granted for (today
-non-negative integers; a node's consent registry keys records by them). `train`, `evaluate`,
+`Examples` are arrays with one record id per example: the ids consent is granted for (text, the
+engineer's own key of each record; integers are read as their decimal text; a node's consent
+registry keys records by them). `consortium.learning.loaders` reads CSV, Parquet and image
+folders into Examples, with the schema in node.toml. `train`, `evaluate`,
 `loss`, `optimizer` and `metrics` are optional; the defaults are the project's trainer
 (`train_local`: seeded batches, SGD or Adam from the run's settings, cross-entropy) and
 evaluation (mean loss and accuracy). The built-in datasets and models are tasks written against
@@ -40,6 +42,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from consortium.consent.record_ids import RecordIdError, id_array, record_id
 from consortium.core.errors import ConfigError, ConsortiumError
 from consortium.learning.adapter import Weights, get_weights
 from consortium.learning.train import TrainConfig, TrainResult, evaluate, predict, train_local
@@ -53,11 +56,12 @@ class TaskError(ConfigError):
 class Examples:
     """Examples with a record id each: `x` float32 of shape (n, ...), `y` of shape (n,) (integer
     class labels, or float32 targets for a task with its own loss), `record_ids` (n,) distinct
-    non-negative integers."""
+    record ids: text (`consent.record_ids`), or non-negative integers, which become their
+    decimal text (so `record_ids` is always a NumPy text array)."""
 
     x: npt.NDArray[np.float32]
     y: npt.NDArray[Any]
-    record_ids: npt.NDArray[np.int64]
+    record_ids: npt.NDArray[Any]  # a text array once constructed
 
     def __post_init__(self) -> None:
         x, y, ids = self.x, self.y, self.record_ids
@@ -75,18 +79,13 @@ class Examples:
             )
         if not (np.issubdtype(y.dtype, np.integer) or y.dtype == np.float32):
             raise TaskError(f"examples: y has dtype {y.dtype}; use int64 labels or float32")
-        if not np.issubdtype(ids.dtype, np.integer):
-            raise TaskError(
-                f"examples: record_ids have dtype {ids.dtype}; they must be integers (the ids "
-                "a node's consent registry grants)"
-            )
-        if len(ids) and int(ids.min()) < 0:
-            raise TaskError("examples: record ids must be non-negative")
+        ids = _text_ids(ids)
+        object.__setattr__(self, "record_ids", ids)
         if len(np.unique(ids)) != len(ids):
             raise TaskError("examples: record ids must be distinct (one per example)")
         if not np.isfinite(x).all():
             row = int(np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))[0])
-            raise TaskError(f"examples: x holds NaN or infinity (record {int(ids[row])})")
+            raise TaskError(f"examples: x holds NaN or infinity (record {ids[row]})")
 
     def __len__(self) -> int:
         return len(self.record_ids)
@@ -109,15 +108,43 @@ class Examples:
             x, y, rid = item
             xs.append(np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x))
             ys.append(np.asarray(y.detach().cpu() if isinstance(y, torch.Tensor) else y))
-            ids.append(int(rid))
+            ids.append(rid.item() if isinstance(rid, torch.Tensor) else rid)
         if not xs:
             raise TaskError("examples: the dataset is empty")
         y_arr = np.stack(ys)
         y_arr = y_arr.astype(np.int64) if np.issubdtype(y_arr.dtype, np.integer) else y_arr
-        return cls(np.stack(xs).astype(np.float32), y_arr, np.asarray(ids, dtype=np.int64))
+        id_arr = np.empty(len(ids), dtype=object)
+        id_arr[:] = ids
+        return cls(np.stack(xs).astype(np.float32), y_arr, id_arr)
 
     def take(self, positions: npt.NDArray[np.int64]) -> Examples:
-        return Examples(self.x[positions], self.y[positions], self.record_ids[positions])
+        """The examples at `positions` (already checked: not checked again)."""
+        out = object.__new__(Examples)
+        for name, value in (
+            ("x", self.x[positions]),
+            ("y", self.y[positions]),
+            ("record_ids", self.record_ids[positions]),
+        ):
+            object.__setattr__(out, name, value)
+        return out
+
+
+def _text_ids(ids: npt.NDArray[Any]) -> npt.NDArray[np.str_]:
+    """Record ids as a text array: integers as their decimal text, text checked
+    (`consent.record_ids.record_id`); TaskError naming the first bad one."""
+    if np.issubdtype(ids.dtype, np.integer):
+        if len(ids) and int(ids.min()) < 0:
+            raise TaskError("examples: integer record ids must be non-negative")
+        return ids.astype(np.str_)
+    if ids.dtype.kind not in "UO":
+        raise TaskError(
+            f"examples: record_ids have dtype {ids.dtype}; use text (or integers): the ids a "
+            "node's consent registry grants"
+        )
+    try:
+        return id_array(record_id(v) for v in ids.tolist())
+    except RecordIdError as exc:
+        raise TaskError(f"examples: {exc}") from None
 
 
 @dataclass(frozen=True)
