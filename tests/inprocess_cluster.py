@@ -62,6 +62,13 @@ async def cluster(
         allow_plaintext=allow_plaintext,
         unixfs_profile=unixfs_profile,
     )
+    return await start_nodes(dirs, offsets)
+
+
+async def start_nodes(
+    dirs: Sequence[Path], offsets: Sequence[float] = ()
+) -> tuple[list[Node], InProcessNetwork, Clock]:
+    """Started nodes of member folders (as `cluster` makes them, then changed by a test)."""
     net = InProcessNetwork()
     clock = Clock()
     nodes = []

@@ -45,6 +45,7 @@ from torch import nn
 from consortium.consent.record_ids import RecordIdError, id_array, record_id
 from consortium.core.errors import ConfigError, ConsortiumError
 from consortium.learning.adapter import Weights, get_weights
+from consortium.learning.sources import ImageSource, TableSource
 from consortium.learning.train import TrainConfig, TrainResult, evaluate, predict, train_local
 
 
@@ -150,7 +151,8 @@ def _text_ids(ids: npt.NDArray[Any]) -> npt.NDArray[np.str_]:
 @dataclass(frozen=True)
 class NodeContext:
     """What `Task.data` learns about the node that loads it: its name and its `[data]` table
-    from node.toml (where the node keeps its data, and which shard of a built-in dataset)."""
+    from node.toml (where the node keeps its data, which shard of a built-in dataset, and the
+    schema of its own files for `learning.loaders`)."""
 
     name: str = ""
     data_dir: Path | None = None
@@ -160,6 +162,9 @@ class NodeContext:
     index: int = 0
     seed: int = 0
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: `[data.table]` and `[data.images]`: the node's own files (`learning.loaders`).
+    table: TableSource | None = None
+    images: ImageSource | None = None
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -14,6 +14,7 @@ from consortium.core.errors import ConfigError, ConsortiumError
 from consortium.core.genesis import Genesis
 from consortium.core.layout import NODE_CONFIG_FILE
 from consortium.learning.builtin import builtin_task
+from consortium.learning.sources import ImageSource, TableSource
 from consortium.learning.task import NodeContext, Task, build_model, code_hash, load_task
 from consortium.privacy.config import PrivacyConfig
 
@@ -35,6 +36,12 @@ class DataConfig(BaseModel):
     options: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="settings for the run's task ([data.options])"
     )
+    table: TableSource | None = Field(
+        None, description="this node's CSV or Parquet files and their columns ([data.table])"
+    )
+    images: ImageSource | None = Field(
+        None, description="this node's image folders, one folder per class ([data.images])"
+    )
 
     def context(self, name: str = "") -> NodeContext:
         """What a task's `data(node)` sees of this node."""
@@ -47,6 +54,8 @@ class DataConfig(BaseModel):
             index=self.index,
             seed=self.seed,
             options=dict(self.options),
+            table=self.table,
+            images=self.images,
         )
 
 
