@@ -199,6 +199,10 @@ def test_status_table(folders: dict[str, Path]) -> None:
     s = read_run_status(folder)
     assert f"run {latest.run}" in text
     assert "purpose research · 2 rounds of mlp on digits" in text
+    own = s.config.model_copy(update={"task": "mypkg.task:task"})  # not mlp on digits
+    assert "· 2 rounds of task mypkg.task:task ·" in status_cli.config_summary(
+        replace(s, config=own)
+    )
     assert "secure aggregation none" in text and "record-level DP (noise multiplier 1.5" in text
     assert "rounds 2 of 2 committed" in text
     assert f"latest round 2: leader {s.name(latest.leader)}, attempt {latest.attempt}" in text

@@ -10,6 +10,7 @@ from consortium.cli.bench import bench_app
 from consortium.cli.chain import chain_app
 from consortium.cli.consent import consent_app
 from consortium.cli.model import model_app
+from consortium.cli.new import new_app
 from consortium.cli.store import app as store_app
 
 app = typer.Typer(
@@ -33,6 +34,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(chain_app, name="chain")
 app.add_typer(consent_app, name="consent")
 app.add_typer(model_app, name="model")
+app.add_typer(new_app, name="new")
 
 
 def main() -> None:

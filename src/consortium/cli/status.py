@@ -55,7 +55,9 @@ def config_summary(s: RunStatus) -> str:
     c = s.config
     parts = [
         f"purpose {c.purpose}",
-        f"{c.rounds} rounds of {c.model} on {c.dataset}",
+        f"{c.rounds} rounds of task {c.task}"
+        if c.task
+        else f"{c.rounds} rounds of {c.model} on {c.dataset}",
         c.strategy,
         f"secure aggregation {c.secure_aggregation}",
     ]
