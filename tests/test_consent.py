@@ -459,6 +459,20 @@ def test_report_counts_and_effective_rounds(reg: ConsentRegistry) -> None:
     assert build_report(reg, P).changes[-1].effective_round is None  # pending: no round since
 
 
+def test_a_change_takes_effect_at_the_first_round_that_saw_it(reg: ConsentRegistry) -> None:
+    """A withdrawal is stamped before it commits; a round selected meanwhile, from a history
+    without it, starts after its time yet used the record. The report names the round that saw
+    it, as the round heads on the ledger do."""
+    reg.grant("alice", [1], [P], at=0.0)
+    reg.grant("bob", [2], [P], at=0.0)
+    first = begin_round(reg, P, 1, at=10.0)  # selected without the withdrawal below
+    reg.withdraw("alice", at=9.0)  # stamped 9.0, committed after round 1's selection
+    second = begin_round(reg, P, 2, at=20.0)
+    assert (first.commitment.count, second.commitment.count) == (2, 1)
+    change = build_report(reg, P).changes[0]
+    assert (change.kind, change.at, change.effective_round) == ("withdraw", 9.0, 2)
+
+
 # -- text record ids -------------------------------------------------------------------------------
 
 

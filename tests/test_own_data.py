@@ -23,7 +23,12 @@ from typer.testing import CliRunner
 
 from consortium.audit import audit
 from consortium.cli.app import app
-from consortium.consent import ConsentRegistry, check_receipt, receipt_from_registry
+from consortium.consent import (
+    ConsentRegistry,
+    build_report,
+    check_receipt,
+    receipt_from_registry,
+)
 from consortium.consent.commitments import roots_from_records
 from consortium.core.identity import PublicIdentity
 from consortium.core.layout import CONSENT_FILE, LEDGER_FILE, NODE_CONFIG_FILE, STATUS_FILE
@@ -171,13 +176,19 @@ def test_own_task_and_csv_over_grpc_with_a_withdrawal(
     done = records(dirs[0])
     assert [r.round for r in done] == list(range(1, rounds + 1))
     with ConsentRegistry(dirs[0] / CONSENT_FILE) as reg:  # the nodes have exited
-        (withdrawn,) = [e.at for e in reg.history("S-H0/MRN-0007") if e.kind == "withdraw"]
-        started = {r.round: r.at for r in reg.rounds()}  # ledger slot -> selection time
+        (withdrawal,) = [e.seq for e in reg.history("S-H0/MRN-0007") if e.kind == "withdraw"]
+        saw = {r.round: r.events for r in reg.rounds()}  # ledger slot -> history it saw
         receipt = receipt_from_registry(reg, "S-H0/MRN-0007", node0)
-    counts = [(started[r.slot] >= withdrawn, r.consent[node0].count) for r in done]
+        report = build_report(reg)
+    # "From the next round": the first whose selection saw the withdrawal (the history a round
+    # saw is what its commitment's head fixes on the ledger), and every round after it.
+    counts = [(saw[r.slot] >= withdrawal, r.consent[node0].count) for r in done]
     assert counts[0] == (False, 60)
     assert all(count == (59 if after else 60) for after, count in counts), counts
     assert any(after for after, _ in counts)  # a round started after the withdrawal
+    first = next(r.round for (after, _), r in zip(counts, done, strict=True) if after)
+    (change,) = report.changes
+    assert change.kind == "withdraw" and change.effective_round == done[first - 1].slot
     # The subject's receipt proves it against the ledger, round by round.
     roots = roots_from_records(((r.slot, r.consent) for r in done), node0)
     verdicts = check_receipt(receipt, roots)

@@ -1,5 +1,9 @@
 """The data-protection officer's view: records used per purpose and round, and when each
-withdrawal, expiry and erasure took effect (the first round that started at or after it).
+withdrawal, expiry and erasure took effect: the first round whose selection saw it (a round
+commits to the history it was selected from, `consent.history`), or, for an expiry, which is a
+time rather than an event, the first round that started at or after it. (By start time alone, a
+withdrawal recorded while a round was being selected could be credited to that round, though
+the round never saw it and used the record.)
 
 Counts only by default: the report can be shared without naming anyone.
 """
@@ -49,11 +53,26 @@ def _effective(rounds: list[RoundUse], at: float, purpose: str | None) -> int | 
     return min(starts, default=None)
 
 
+def _seen(
+    rounds: list[RoundUse], saw: dict[tuple[int, str], int], seq: int, purpose: str | None
+) -> int | None:
+    """The first round whose selection saw event `seq` (its history held that many events)."""
+    after = [
+        r.round
+        for r in rounds
+        if saw[(r.round, r.purpose)] >= seq and (purpose is None or r.purpose == purpose)
+    ]
+    return min(after, default=None)
+
+
 def build_report(
     registry: ConsentRegistry, purpose: str | None = None, *, with_subjects: bool = False
 ) -> ConsentReport:
-    rounds = [RoundUse(r.round, r.purpose, r.at, r.count) for r in registry.rounds(purpose)]
+    stored = registry.rounds(purpose)
+    rounds = [RoundUse(r.round, r.purpose, r.at, r.count) for r in stored]
+    saw = {(r.round, r.purpose): r.events for r in stored}
     groups: dict[tuple[str, float, str | None, str], int] = {}
+    last: dict[tuple[str, float, str | None, str], int] = {}  # the group's last event
     for e in registry.history():
         if e.kind == "withdraw" and (purpose is None or e.purpose == purpose):
             key = ("withdraw", e.at, e.purpose, e.subject)
@@ -62,6 +81,7 @@ def build_report(
         else:
             continue
         groups[key] = groups.get(key, 0) + 1
+        last[key] = e.seq
     for s in registry.state(purpose=purpose):
         # An expiry that a later withdrawal or erasure pre-empted is not a change of its own.
         exp = s.expires
@@ -73,13 +93,17 @@ def build_report(
             key = ("expire", exp, s.purpose, s.subject)
             groups[key] = groups.get(key, 0) + 1
     changes: dict[tuple[str, float, str | None, str | None], int] = {}
-    for (kind, at, p, subj), n in groups.items():
+    seqs: dict[tuple[str, float, str | None, str | None], int] = {}
+    for key, n in groups.items():
+        kind, at, p, subj = key
         k = (kind, at, p, subj if with_subjects else None)
         changes[k] = changes.get(k, 0) + n
-    out = [
-        Change(kind, at, p, n, _effective(rounds, at, p), subj)
-        for (kind, at, p, subj), n in changes.items()
-    ]
+        if key in last:
+            seqs[k] = max(seqs.get(k, 0), last[key])
+    out = []
+    for k, n in changes.items():
+        when = _seen(rounds, saw, seqs[k], k[2]) if k in seqs else _effective(rounds, k[1], k[2])
+        out.append(Change(k[0], k[1], k[2], n, when, k[3]))
     out.sort(key=lambda c: (c.at, c.kind, c.purpose or "", c.subject or ""))
     return ConsentReport(rounds, out)
 
