@@ -30,8 +30,7 @@ from consortium.ledger import Entry, Ledger, make_record, merkle
 
 def _consortium() -> tuple[NodeIdentity, Genesis]:
     member = NodeIdentity.generate("bench")
-    genesis = Genesis.create("bench", [member.public()], [Purpose("bench")], 0)
-    genesis.sign(member)
+    genesis = Genesis.ceremony("bench", [member], [Purpose("bench")], 0)
     return member, genesis
 
 
@@ -151,15 +150,13 @@ def audit_time(tmp: Path, n: int) -> str:
     folder = tmp / f"audit-{n}"
     folder.mkdir()
     ids = [NodeIdentity.generate(f"m{i}") for i in range(3)]
-    genesis = Genesis.create("bench", [i.public() for i in ids], [Purpose("research")], 1)
-    for ident in ids:
-        genesis.sign(ident)
+    genesis = Genesis.ceremony("bench", ids, [Purpose("research")], 1)
     t0 = time.perf_counter()
     with Ledger.create(folder / "ledger.sqlite", genesis) as led:
         batch = []
         for k in range(n):
             body = {"round": k, "participants": [i.node_id for i in ids], "loss": 0.5}
-            batch.append(make_record(ids[k % 3], "round", body, k, genesis))
+            batch.append(make_record(ids[k % 3], "record", body, k, genesis))
             if len(batch) == 1000 or k == n - 1:
                 led.append_many(batch, verify=False)  # signed just above by members
                 batch = []
