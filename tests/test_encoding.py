@@ -241,5 +241,5 @@ def test_nesting_is_bounded() -> None:
 
 def test_a_huge_claimed_length_is_refused_without_allocating() -> None:
     for head in ("9b", "bb", "5b", "7b"):
-        with pytest.raises(EncodingError, match="truncated"):
+        with pytest.raises(EncodingError):
             decode(bytes.fromhex(head + "00000001" + "00000000"))

@@ -82,14 +82,17 @@ def decode(data: bytes, *, max_bytes: int = MAX_DECODE_BYTES) -> Any:
 
     Exactly the inputs the reference codec accepts (`dag_cbor.decode` whose result re-encodes to
     the same bytes), decoded to equal objects (tests/test_encoding.py checks both against it):
-    1. `_scan` walks the item heads in Python, without building anything: one top-level item,
-       definite lengths, shortest heads, no tag but 42 on a byte string (so none of cbor2's
-       semantic decoders ever runs on untrusted bytes: a rational's gcd costs quadratic time), no
-       simple value but false, true and null, only finite 64-bit floats, text keys in strictly
-       canonical order (length, then bytes: so no duplicates), nesting at most MAX_DECODE_DEPTH;
-    2. cbor2's C decoder builds the objects, and its C encoder must give back the very bytes
-       (cbor2 writes shortest heads, definite lengths and 64-bit floats, in the decoded order);
-    3. every tag-42 byte string must be a CID whose binary form is exactly those bytes.
+    1. `_scan` walks the item heads in Python, building nothing, and refuses what the C codec
+       would let through: any tag but 42 on a byte string (so none of cbor2's semantic decoders
+       ever runs on untrusted bytes: a rational's gcd alone costs quadratic time), a simple value
+       but false, true and null, a map key that is not text or not in strictly canonical order
+       (length, then bytes; so no key repeats), indefinite lengths, nesting deeper than
+       MAX_DECODE_DEPTH;
+    2. cbor2's C decoder builds the objects, and its C encoder must give back the very bytes: it
+       writes shortest heads and 64-bit floats (NaN and infinities in 16 bits), definite lengths,
+       keys in the decoded order, so this refuses every other form of the same value, duplicate
+       keys, NaN, infinities, and bytes after the object;
+    3. every tag-42 byte string must be 0x00 and a CID whose binary form is exactly those bytes.
     """
     if len(data) > max_bytes:
         raise EncodingError(f"encoded object is {len(data)} bytes, limit is {max_bytes}")
@@ -98,79 +101,60 @@ def decode(data: bytes, *, max_bytes: int = MAX_DECODE_BYTES) -> Any:
     try:
         obj = cbor2.loads(data)
         same = cbor2.dumps(obj) == data
-    except Exception as exc:  # defence in depth: _scan let through only well-formed items
+    except Exception as exc:  # cbor2 raises several types on garbage (truncated input …)
         raise EncodingError(f"not valid dag-cbor: {exc}") from exc
     if not same:
         raise EncodingError("dag-cbor bytes are not in canonical form")
     return _link(obj) if cids else obj
 
 
-def _head(data: bytes, i: int, n: int) -> tuple[int, int, int, int]:
-    """(major type, additional info, argument, next offset) of the head at `i`; EncodingError if
-    it is truncated, indefinite or reserved, or not in its shortest form."""
-    if i >= n:
-        raise EncodingError("not valid dag-cbor: truncated")
-    b = data[i]
-    major, info = b >> 5, b & 31
-    if info < 24:
-        return major, info, info, i + 1
-    if info > 27:
-        raise EncodingError("not valid dag-cbor: indefinite length or reserved head")
-    end = i + 1 + (1 << (info - 24))
-    if end > n:
-        raise EncodingError("not valid dag-cbor: truncated")
-    arg = int.from_bytes(data[i + 1 : end], "big")
-    if major == 7:
-        if info != 27:
-            raise EncodingError("dag-cbor allows only 64-bit floats and false, true, null")
-        if data[i + 1] & 0x7F == 0x7F and data[i + 2] & 0xF0 == 0xF0:
-            raise EncodingError("dag-cbor does not allow NaN or infinite floats")
-    elif arg < (24 if info == 24 else 1 << (8 << (info - 25))):
-        raise EncodingError("dag-cbor bytes are not in canonical form (a head is not shortest)")
-    return major, info, arg, end
-
-
 def _scan(data: bytes) -> int:
-    """Check the structure of `data` (step 1 of `decode`); return the number of CIDs in it."""
-    n = len(data)
+    """Step 1 of `decode`; return the number of tag-42 items (CIDs) in `data`."""
     i = 0
     cids = 0
     # Open containers: [items left, is a map, previous key (length, bytes) or None].
     stack: list[list[Any]] = [[1, False, None]]
-    while stack:
-        top = stack[-1]
-        if top[0] == 0:
-            stack.pop()
-            continue
-        key = top[1] and top[0] % 2 == 0
-        top[0] -= 1
-        major, info, arg, i = _head(data, i, n)
-        if key:
-            if major != 3:
-                raise EncodingError("dag-cbor map keys must be strings")
-            this = (arg, data[i : i + arg])
-            if top[2] is not None and this <= top[2]:
-                raise EncodingError("dag-cbor map keys are not in canonical order (or repeat)")
-            top[2] = this
-        if major == 2 or major == 3:
-            i += arg
-            if i > n:
-                raise EncodingError("not valid dag-cbor: truncated")
-        elif major == 4 or major == 5:
-            if len(stack) > MAX_DECODE_DEPTH:
-                raise EncodingError(f"dag-cbor nested deeper than {MAX_DECODE_DEPTH}")
-            stack.append([arg * 2 if major == 5 else arg, major == 5, None])
-        elif major == 6:
-            if arg != 42:
-                raise EncodingError(f"dag-cbor allows only tag 42 (CIDs), found tag {arg}")
-            if i >= n or data[i] >> 5 != 2:
-                raise EncodingError("dag-cbor tag 42 must hold a byte string")
-            cids += 1
-            stack.append([1, False, None])
-        elif major == 7 and info < 24 and arg not in (20, 21, 22):
-            raise EncodingError("dag-cbor allows only 64-bit floats and false, true, null")
-    if i != n:
-        raise EncodingError("not valid dag-cbor: bytes after the encoded object")
+    try:
+        while stack:
+            top = stack[-1]
+            if top[0] == 0:
+                stack.pop()
+                continue
+            key = top[1] and top[0] % 2 == 0
+            top[0] -= 1
+            b = data[i]
+            major, info = b >> 5, b & 31
+            if info < 24:
+                arg = info
+                i += 1
+            elif info < 28:
+                end = i + 1 + (1 << (info - 24))
+                arg = int.from_bytes(data[i + 1 : end], "big")
+                i = end
+            else:
+                raise EncodingError("dag-cbor allows no indefinite length (or reserved head)")
+            if key:
+                if major != 3:
+                    raise EncodingError("dag-cbor map keys must be strings")
+                this = (arg, data[i : i + arg])
+                if top[2] is not None and this <= top[2]:
+                    raise EncodingError("dag-cbor map keys are not in canonical order (or repeat)")
+                top[2] = this
+            if major == 2 or major == 3:
+                i += arg
+            elif major == 4 or major == 5:
+                if len(stack) > MAX_DECODE_DEPTH:
+                    raise EncodingError(f"dag-cbor nested deeper than {MAX_DECODE_DEPTH}")
+                stack.append([arg * 2 if major == 5 else arg, major == 5, None])
+            elif major == 6:
+                if arg != 42 or data[i] >> 5 != 2:
+                    raise EncodingError(f"dag-cbor allows only tag 42 on bytes, found tag {arg}")
+                cids += 1
+                stack.append([1, False, None])
+            elif major == 7 and (info == 24 or (info < 24 and arg not in (20, 21, 22))):
+                raise EncodingError("dag-cbor allows no simple value but false, true and null")
+    except IndexError:
+        raise EncodingError("not valid dag-cbor: truncated") from None
     return cids
 
 
@@ -182,7 +166,7 @@ def _cid(tag: cbor2.CBORTag) -> CID:
         cid = CID.decode(raw[1:])
     except Exception as exc:  # multiformats raises several types on garbage
         raise EncodingError(f"not a valid CID in dag-cbor: {exc}") from exc
-    if bytes(cid) != raw[1:]:
+    if bytes(cid) != raw[1:]:  # multiformats refuses the forms we know of; whatever its version
         raise EncodingError("dag-cbor bytes are not in canonical form (a CID)")
     return cid
 
