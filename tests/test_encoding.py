@@ -174,6 +174,7 @@ _BAD = {
     "invalid utf-8 key": "a162c32801",
     "tag 42 on text": "d82a6161",
     "tag 42 without the 0x00 prefix": "d82a420155",
+    "tag 42 with 0x01, then a CID": "d82a5825" + "01" + bytes(_CIDS[0]).hex(),
     "tag 42, not a CID": "d82a4300ffff",
     "tag 42 twice": "d82ad82a4100",
     "tag 0 (date text)": "c07818323031332d30332d32315432303a30343a30305a",
@@ -228,6 +229,15 @@ def test_a_semantic_tag_is_refused_before_cbor2_decodes_anything() -> None:
     data = b"\xd8\x1e\x82" + big + big
     with pytest.raises(EncodingError, match="tag 30"):
         decode(data)
+
+
+def test_inside_an_indefinite_container_nothing_reaches_cbor2() -> None:
+    """The scan cannot see into an indefinite-length container, so it refuses the container
+    itself: a semantic tag inside is never decoded (the refusal names the container)."""
+    rational = "d81e820102"  # tag 30: the fraction 1/2
+    for data in ("9f" + rational + "ff", "bf6161" + rational + "ff"):
+        with pytest.raises(EncodingError, match="indefinite"):
+            decode(bytes.fromhex(data))
 
 
 def test_nesting_is_bounded() -> None:

@@ -2,8 +2,10 @@
 
 `dag-cbor` sorts map keys and uses the shortest integer forms, so equal objects always give equal
 bytes. Objects are encoded with the `dag_cbor` package (pure Python, the reference) and decoded with
-`cbor2`'s C decoder behind three checks of our own (see `decode`), about 20× faster: every ledger
-entry, message and block read goes through `decode`. Signatures never cover bare bytes: `signing_payload` prefixes a domain-separation tag so a
+`cbor2`'s C decoder behind checks of our own (see `decode`), over ten times faster: every ledger
+entry, message and block read goes through `decode`.
+
+Signatures never cover bare bytes: `signing_payload` prefixes a domain-separation tag so a
 signature made for one purpose (a tree head, say) never verifies for another (a genesis manifest),
 and, for consortium state, the consortium's genesis digest so a signature made in one consortium
 never verifies in another whose members overlap.
@@ -83,7 +85,7 @@ def decode(data: bytes, *, max_bytes: int = MAX_DECODE_BYTES) -> Any:
     Exactly the inputs the reference codec accepts (`dag_cbor.decode` whose result re-encodes to
     the same bytes), decoded to equal objects (tests/test_encoding.py checks both against it):
     1. `_scan` walks the item heads in Python, building nothing, and refuses what the C codec
-       would let through: any tag but 42 on a byte string (so none of cbor2's semantic decoders
+       would let through: any tag but 42 (so none of cbor2's semantic decoders
        ever runs on untrusted bytes: a rational's gcd alone costs quadratic time), a simple value
        but false, true and null, a map key that is not text or not in strictly canonical order
        (length, then bytes; so no key repeats), indefinite lengths, nesting deeper than
@@ -147,8 +149,8 @@ def _scan(data: bytes) -> int:
                     raise EncodingError(f"dag-cbor nested deeper than {MAX_DECODE_DEPTH}")
                 stack.append([arg * 2 if major == 5 else arg, major == 5, None])
             elif major == 6:
-                if arg != 42 or data[i] >> 5 != 2:
-                    raise EncodingError(f"dag-cbor allows only tag 42 on bytes, found tag {arg}")
+                if arg != 42:
+                    raise EncodingError(f"dag-cbor allows only tag 42 (CIDs), found tag {arg}")
                 cids += 1
                 stack.append([1, False, None])
             elif major == 7 and (info == 24 or (info < 24 and arg not in (20, 21, 22))):
