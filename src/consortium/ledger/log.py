@@ -24,7 +24,12 @@ from consortium.core.genesis import Genesis
 from consortium.core.identity import NodeIdentity
 from consortium.core.sqlite import open_for_reading
 from consortium.ledger import merkle
-from consortium.ledger.entries import GENESIS_KIND, Entry, genesis_entry, genesis_from_bytes
+from consortium.ledger.entries import (
+    Entry,
+    EntryChecks,
+    genesis_entry,
+    genesis_from_bytes,
+)
 from consortium.ledger.frontier import Frontier
 from consortium.ledger.heads import (
     Cosignature,
@@ -63,8 +68,10 @@ def _as(column: str, kind: str) -> str:
 def _typed(where: str, row: Sequence[Any], text: Sequence[int] = ()) -> tuple[Any, ...]:
     """A row selected with `_as`: LedgerError naming `where` if a value had the wrong type;
     the columns at `text` decoded from UTF-8."""
-    if any(v is None for v in row):
+    if None in row:
         raise LedgerError(f"{where}: a stored value has the wrong type")
+    if not text:
+        return tuple(row)
     out = list(row)
     for i in text:
         try:
@@ -359,13 +366,19 @@ class Ledger:
         for row in cur:
             yield _typed("equivocation evidence", row)[0]
 
-    def fsck(self) -> bytes:
-        """Recompute every leaf and tree row from entry bytes; return the root or raise."""
+    def fsck(self, leaf_hashes: Sequence[bytes] | None = None) -> bytes:
+        """Recompute every leaf and tree row from entry bytes; return the root or raise.
+
+        `leaf_hashes`: the leaf hash of every entry, computed by the caller from the entry bytes
+        it just read and checked (the auditor), so they are not read and hashed twice."""
         level: list[bytes] = []
-        for idx, data in self.raw_entries():
-            if idx != len(level):
-                raise LedgerError(f"ledger entry {len(level)} is missing")
-            level.append(merkle.leaf_hash(data))
+        if leaf_hashes is not None:
+            level = list(leaf_hashes)
+        else:
+            for idx, data in self.raw_entries():
+                if idx != len(level):
+                    raise LedgerError(f"ledger entry {len(level)} is missing")
+                level.append(merkle.leaf_hash(data))
         if len(level) != self._size:
             raise LedgerError(f"ledger holds {len(level)} entries, expected {self._size}")
         expected: dict[tuple[int, int], bytes] = {}
@@ -381,17 +394,12 @@ class Ledger:
         for idx, stored_leaf in self.raw_leaf_hashes():
             if stored_leaf != expected.get((0, idx)):
                 raise LedgerError(f"entry {idx}: its stored leaf hash does not match its bytes")
-        root = merkle.root_from_leaf_hashes([expected[(0, i)] for i in range(self._size)])
+        root = merkle.fold([expected[node] for node in merkle.subtrees(0, self._size)])
         if root != self.root():
             raise LedgerError("ledger root disagrees with its entries")
         return root
 
     # -- writing -------------------------------------------------------------------------------
-
-    def _check_entry(self, entry: Entry) -> None:
-        if entry.kind == GENESIS_KIND:
-            raise LedgerError("a genesis entry can only be entry 0")
-        entry.verify(self.genesis())
 
     def append(self, entry: Entry, *, verify: bool = True) -> int:
         """Append one entry (signatures checked against genesis); return its index."""
@@ -404,6 +412,7 @@ class Ledger:
         verify: bool = True,
         heads: Sequence[CosignedHead] = (),
         expect_size: int | None = None,
+        workers: int | None = None,
     ) -> int:
         """Append entries, and the cosignatures of `heads`, in one transaction; return the index
         of the first entry. A crash leaves all of it or none.
@@ -413,23 +422,40 @@ class Ledger:
         entries against; LedgerError, and nothing written, if the ledger is no longer that
         size. `verify=False` is for entries and cosignatures this process has already verified
         (replica sync, or a node appending what it just signed itself).
+
+        Verification: the entries' signatures go to `workers` processes (default: every core;
+        a small batch is checked inline) while this process hashes and inserts the entries
+        inside the still uncommitted transaction; the first refusal (named by the index the
+        entry would have had) rolls it back, so nothing unverified is ever committed.
         """
-        if verify:
-            genesis = self.genesis()
-            for e in entries:
-                self._check_entry(e)
-            for ch in heads:
-                for c in ch.cosignatures:
-                    ch.head.check_signature(genesis, c.node_id, c.signature)
+        checks = EntryChecks.of(entries, self.genesis(), workers) if verify and entries else None
+
+        def refuse_unverified(first: int) -> None:
+            if checks is not None:
+                failure = checks.failure()
+                if failure is not None:
+                    pos, error = failure
+                    raise type(error)(f"entry {first + pos}: {error}")
+            if verify:
+                genesis = self.genesis()
+                for ch in heads:
+                    for c in ch.cosignatures:
+                        ch.head.check_signature(genesis, c.node_id, c.signature)
+
         if not entries and not heads:
             return self._size
+        if not entries:
+            refuse_unverified(self._size)
         with self._transaction():
-            if expect_size is not None and self._size != expect_size:
+            first = self._size
+            if entries:
+                self._insert([e.data for e in entries])
+                refuse_unverified(first)
+            if expect_size is not None and first != expect_size:
                 raise LedgerError(
-                    f"the ledger has {self._size} entries, expected {expect_size}: it changed "
+                    f"the ledger has {first} entries, expected {expect_size}: it changed "
                     "meanwhile; retry"
                 )
-            first = self._insert([e.data for e in entries]) if entries else self._size
             for ch in heads:
                 if ch.head.size > self._size or self.root(ch.head.size) != ch.head.root:
                     raise ForkError(f"head for size {ch.head.size} is not a head of this log")
