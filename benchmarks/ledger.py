@@ -1,16 +1,29 @@
-"""Ledger benchmark: append throughput, proof sizes and proof times at several log sizes.
+"""Ledger benchmark: append throughput, proof sizes and proof times at several log sizes, audit
+time, each verifying figure as a fraction of the machine's signature-verification limit.
 
-    python benchmarks/ledger.py [--sizes 10000,100000,1000000] [--out FILE.md]
+    python benchmarks/ledger.py [--sizes 10000,100000,1000000] [--audit 100000] [--out FILE.md]
+
+The limit: Ed25519 verifications per second on all cores, measured in this run (three times:
+before the appends, after them and after the audit; the median is used): one process per core
+(`os.sched_getaffinity`), each verifying a record's signature in a loop with the very
+`cryptography` call the ledger makes (`ledger.parallel.verification_limit`). A verified append
+or an audited entry checks one signature here, so a rate over the limit is the fraction of the
+machine's verifying capacity it reaches; the rest is decoding, hashing and SQLite.
 
 Rows, all on one SQLite file with WAL + synchronous=FULL:
 - "single ... verified": one record entry signed per entry by a member, one transaction each.
-- "batched ... verified": records each signed by a member (signed before the clock starts),
-  signatures checked against genesis inside append_many.
+- "batched ... verified": records each signed by a member (signed before the clock starts, so
+  their canonical bytes are cached, as `make_record` leaves them), signatures checked against
+  genesis inside append_many (on every core).
+- "batched ... verified, from bytes": the same records as a peer sends them: bytes decoded
+  (`Entry.from_bytes`, canonical check included) inside the clock, then as above.
 - "batched ... log only": Entry objects (canonical encoding not yet cached) appended with
   verify=False, i.e. what a replica does after it verified, or a node appending its own records.
 - "batched ... raw bytes": pre-encoded entry bytes: SQLite + hashing + tree rows only.
 The log-only rows and the growth to each proof size use one pre-signed template with a distinct
 time per entry; those entries' signatures do not verify (time is signed) and are never checked.
+The worker processes are started before the clock (a node keeps its pool); the audit starts its
+own if none is running, inside its clock.
 """
 
 from __future__ import annotations
@@ -23,9 +36,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from consortium.core.encoding import Domain, domain_prefix
 from consortium.core.genesis import Genesis, Purpose
 from consortium.core.identity import NodeIdentity
-from consortium.ledger import Entry, Ledger, make_record, merkle
+from consortium.ledger import Entry, Ledger, make_record, merkle, parallel
 
 
 def _consortium() -> tuple[NodeIdentity, Genesis]:
@@ -56,36 +70,51 @@ def _median_us(fn: Callable[[], object], reps: int) -> float:
     return statistics.median(times) * 1e6
 
 
-def throughput(tmp: Path, batch: int) -> list[tuple[str, float]]:
+def verification_limit() -> float:
+    """Ed25519 verifications/s on all cores now, for a record's signature (see the docstring)."""
     member, genesis = _consortium()
-    rows: list[tuple[str, float]] = []
+    e = make_record(member, "record", {"i": 0, "pad": b"\x00" * 64}, 0, genesis)
+    payload = domain_prefix(Domain.RECORD, genesis.digest()) + e.signed_bytes
+    return parallel.verification_limit(member.public_key, e.signatures[e.author], payload)
+
+
+def throughput(tmp: Path, batch: int) -> list[tuple[str, float, bool]]:
+    """(operation, entries/s, whether it verifies one signature per entry)."""
+    member, genesis = _consortium()
+    rows: list[tuple[str, float, bool]] = []
     with Ledger.create(tmp / "tp.db", genesis) as led:
         singles = _records(member, genesis, 300)
         t = time.perf_counter()
         for e in singles:
             led.append(e)
         rate = 300 / (time.perf_counter() - t)
-        rows.append(("single append, verified (1 tx + fsync each)", rate))
-        signed = _records(member, genesis, 20 * batch // 10, start=1000)
+        rows.append(("single append, verified (1 tx + fsync each)", rate, True))
+        signed = _records(member, genesis, 20 * batch, start=1000)
         t = time.perf_counter()
         for i in range(0, len(signed), batch):
             led.append_many(signed[i : i + batch])
         rate = len(signed) / (time.perf_counter() - t)
-        rows.append((f"batched append x{batch}, verified", rate))
+        rows.append((f"batched append x{batch}, verified", rate, True))
+        datas = [e.data for e in _records(member, genesis, 20 * batch, start=10**5)]
+        t = time.perf_counter()
+        for i in range(0, len(datas), batch):
+            led.append_many([Entry.from_bytes(d) for d in datas[i : i + batch]])
+        rate = len(datas) / (time.perf_counter() - t)
+        rows.append((f"batched append x{batch}, verified, from bytes (decoded too)", rate, True))
         n = 50 * batch
         entries = _template_entries(member, genesis, n, 10**6)
         t = time.perf_counter()
         for i in range(0, n, batch):
             led.append_many(entries[i : i + batch], verify=False)
-        rows.append(
-            (f"batched append x{batch}, log only (pre-verified)", n / (time.perf_counter() - t))
-        )
+        rate = n / (time.perf_counter() - t)
+        rows.append((f"batched append x{batch}, log only (pre-verified)", rate, False))
         datas = [e.data for e in entries]  # encoding already cached: isolates SQLite + hashing
         t = time.perf_counter()
         for i in range(0, n, batch):
             with led._transaction():
                 led._insert(datas[i : i + batch])
-        rows.append((f"batched append x{batch}, raw bytes", n / (time.perf_counter() - t)))
+        rate = n / (time.perf_counter() - t)
+        rows.append((f"batched append x{batch}, raw bytes", rate, False))
         assert led.fsck() == led.root()
     return rows
 
@@ -141,8 +170,9 @@ def extra_sections(tmp: Path) -> list[str]:
     return [str(result)]
 
 
-def audit_time(tmp: Path, n: int) -> str:
-    """Build a run folder of n signed records with a final head every 1000, time `audit` on it."""
+def audit_time(tmp: Path, n: int) -> tuple[int, int, float, float]:
+    """Build a run folder of n signed records with a final head every 1000, time `audit` on it:
+    (entries, final heads, audit seconds, build seconds)."""
     from consortium.audit import audit
     from consortium.core.genesis import Genesis, Purpose
     from consortium.ledger.entries import make_record
@@ -166,12 +196,7 @@ def audit_time(tmp: Path, n: int) -> str:
     t0 = time.perf_counter()
     report = audit(folder)
     took = time.perf_counter() - t0
-    return (
-        f"## Audit\n\n| entries | final heads | audit (s) | entries/s | build (s) |\n"
-        f"|---:|---:|---:|---:|---:|\n"
-        f"| {report.entries:,} | {report.final_heads} | {took:.2f} | {report.entries / took:,.0f} "
-        f"| {build:.1f} |"
-    )
+    return report.entries, report.final_heads, took, build
 
 
 # ---- end of hook ---------------------------------------------------------------------------------
@@ -185,25 +210,59 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--audit", type=int, default=100_000, help="entries for the audit timing")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    lines = ["## Ledger appends", "", "| operation | entries/s |", "|---|---:|"]
+    limits = [verification_limit()]
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        lines += [f"| {name} | {rate:,.0f} |" for name, rate in throughput(tmp, args.batch)]
+        appends = throughput(tmp, args.batch)
+        limits.append(verification_limit())
+        proof_rows = proofs(tmp, sizes, args.batch)
+        sections = extra_sections(tmp)
+        audited = audit_time(tmp, args.audit) if args.audit else None
+        if audited:
+            limits.append(verification_limit())
+    limit = statistics.median(limits)
+    cores = parallel.cpu_count()
+    lines = [
+        "## Signature-verification limit",
+        "",
+        f"Ed25519 verifications/s on {cores} cores ({cores} processes), measured "
+        f"{len(limits)} times in this run: "
+        + ", ".join(f"{x:,.0f}" for x in limits)
+        + f"; median **{limit:,.0f}/s** ({cores / limit * 1e6:.0f} µs per signature per core).",
+        "",
+        "## Ledger appends",
+        "",
+        "| operation | entries/s | of the limit |",
+        "|---|---:|---:|",
+    ]
+    lines += [
+        f"| {name} | {rate:,.0f} | {f'{rate / limit:.2f}' if verified else '-'} |"
+        for name, rate, verified in appends
+    ]
+    lines += [
+        "",
+        "## Proofs",
+        "",
+        "| log size | proof | bytes | generate (µs, median) | verify (µs, median) |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {size:,} | {kind} | {nbytes} | {gen:.0f} | {ver:.0f} |"
+        for size, kind, nbytes, gen, ver in proof_rows
+    ]
+    for section in sections:
+        lines += ["", section]
+    if audited:
+        entries, finals, took, build = audited
         lines += [
             "",
-            "## Proofs",
+            "## Audit",
             "",
-            "| log size | proof | bytes | generate (µs, median) | verify (µs, median) |",
-            "|---:|---|---:|---:|---:|",
+            "| entries | final heads | audit (s) | entries/s | of the limit | build (s) |",
+            "|---:|---:|---:|---:|---:|---:|",
+            f"| {entries:,} | {finals} | {took:.2f} | {entries / took:,.0f} "
+            f"| {entries / took / limit:.2f} | {build:.1f} |",
         ]
-        lines += [
-            f"| {size:,} | {kind} | {nbytes} | {gen:.0f} | {ver:.0f} |"
-            for size, kind, nbytes, gen, ver in proofs(tmp, sizes, args.batch)
-        ]
-        for section in extra_sections(tmp):
-            lines += ["", section]
-        if args.audit:
-            lines += ["", audit_time(tmp, args.audit)]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -173,7 +173,7 @@ def _audit(
         with _about(chain_label):
             _check_anchors(anchored, checked.roots, report)
         with _about(LEDGER_FILE):
-            ledger.fsck(checked.leaves)
+            ledger.fsck(checked.levels)
             for blob in ledger.raw_equivocations():
                 report.equivocations.append(blob.hex()[:32])
     with _about(STORE_DIR):
@@ -243,7 +243,7 @@ class _Entries:
 
     references: dict[str, int]  # CID -> first entry referencing it
     roots: dict[int, bytes]  # recomputed root at every size a stored or anchored head names
-    leaves: list[bytes]  # leaf hash of every entry, for `Ledger.fsck`
+    levels: list[list[bytes]]  # `merkle.tree_levels` of the leaves, for `Ledger.fsck`
     records: list[tuple[int, bytes]]  # (index, bytes) of every run, stop and round record
 
 
@@ -271,31 +271,25 @@ def _check_entries(
     pending = check_all(chunks, keys, genesis.digest(), workers, _RECORD_KINDS)
     first = Entry.from_bytes(rows[0][1])  # entry 0 was verified as the genesis manifest
     report.kinds = {first.kind: 1}
-    out = _Entries({}, {0: merkle.root_from_leaf_hashes([])}, [merkle.leaf_hash(rows[0][1])], [])
-    edge: list[tuple[int, bytes]] = [(0, out.leaves[0])]  # (height, hash) of the right edge
-    out.roots[1] = out.leaves[0]
+    references: dict[str, int] = {}
+    records: list[tuple[int, bytes]] = []
+    leaves = [merkle.leaf_hash(rows[0][1])]
     for n, result in enumerate(pending.results()):
         if result.error is not None:
             raise _fail(f"entry {result.error[0]}: {result.error[1]}")
         for kind, count in result.kinds.items():
             report.kinds[kind] = report.kinds.get(kind, 0) + count
         for cid, idx in result.references:
-            out.references.setdefault(cid, idx)
-        out.records.extend(rows[idx] for idx in result.wanted)
-        for leaf in result.leaf_hashes:
-            out.leaves.append(leaf)
-            height, h = 0, leaf
-            while edge and edge[-1][0] == height:
-                h = merkle.node_hash(edge.pop()[1], h)
-                height += 1
-            edge.append((height, h))
-            if len(out.leaves) in wanted:
-                out.roots[len(out.leaves)] = merkle.fold([h for _, h in edge])
+            references.setdefault(cid, idx)
+        records.extend(rows[idx] for idx in result.wanted)
+        leaves.extend(result.leaf_hashes)
         if progress:
             progress("entries", min(total, (n + 1) * CHUNK), total)
+    levels = merkle.tree_levels(leaves)  # every node hashed once, for the roots and fsck
+    roots = {size: merkle.root_at(levels, size) for size in wanted | {0, total} if size <= total}
     report.entries = total
-    report.root = merkle.fold([h for _, h in edge])
-    return out
+    report.root = roots[total]
+    return _Entries(references, roots, levels, records)
 
 
 def _chain_target(

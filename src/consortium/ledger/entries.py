@@ -154,7 +154,13 @@ class Entry:
         ):
             raise LedgerError("ledger entry signatures must map node ids to bytes")
         entry = cls(kind, author, body, sigs, time)
-        entry.__dict__["data"] = bytes(data)  # already canonical: skip re-encoding
+        data = bytes(data)
+        entry.__dict__["data"] = data  # already canonical: skip re-encoding
+        # Decoded from canonical bytes, the signatures are in canonical order already: their
+        # pair is the stored tail (see `signed_bytes`), found without sorting.
+        tail = _SIGNATURES_KEY + cbor2.dumps(sigs)
+        if data.endswith(tail):
+            entry.__dict__["signed_bytes"] = b"\xa4" + data[1 : len(data) - len(tail)]
         return entry
 
     # -- checks ------------------------------------------------------------------------------

@@ -337,10 +337,11 @@ class Ledger:
         for row in cur:
             yield _typed(f"entry {row[0]}", row)
 
-    def raw_tree(self) -> Iterator[tuple[int, int, bytes]]:
+    def raw_tree(self, ordered: bool = False) -> Iterator[tuple[int, int, bytes]]:
+        """Every stored tree row; `ordered`: by (level, idx), the table's own key order."""
         cur = self._conn.execute(
             f"SELECT {_as('level', 'integer')}, {_as('idx', 'integer')}, {_as('hash', 'blob')} "
-            "FROM tree"
+            "FROM tree" + (" ORDER BY level, idx" if ordered else "")
         )
         for row in cur:
             yield _typed("a tree node", row)
@@ -366,35 +367,38 @@ class Ledger:
         for row in cur:
             yield _typed("equivocation evidence", row)[0]
 
-    def fsck(self, leaf_hashes: Sequence[bytes] | None = None) -> bytes:
+    def fsck(self, levels: Sequence[Sequence[bytes]] | None = None) -> bytes:
         """Recompute every leaf and tree row from entry bytes; return the root or raise.
 
-        `leaf_hashes`: the leaf hash of every entry, computed by the caller from the entry bytes
-        it just read and checked (the auditor), so they are not read and hashed twice."""
-        level: list[bytes] = []
-        if leaf_hashes is not None:
-            level = list(leaf_hashes)
-        else:
+        `levels`: `merkle.tree_levels` of every entry's leaf hash, computed by the caller from
+        the entry bytes it just read and checked (the auditor), so they are not read and hashed
+        twice."""
+        if levels is None:
+            leaves: list[bytes] = []
             for idx, data in self.raw_entries():
-                if idx != len(level):
-                    raise LedgerError(f"ledger entry {len(level)} is missing")
-                level.append(merkle.leaf_hash(data))
-        if len(level) != self._size:
-            raise LedgerError(f"ledger holds {len(level)} entries, expected {self._size}")
-        expected: dict[tuple[int, int], bytes] = {}
-        lv = 0
-        while level:
-            expected.update(((lv, i), h) for i, h in enumerate(level))
-            level = [merkle.node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
-            lv += 1
-        stored = {(lv_, i): h for lv_, i, h in self.raw_tree()}
-        if stored != expected:
-            bad = sorted(set(stored.items()) ^ set(expected.items()))[:1]
-            raise LedgerError(f"ledger tree disagrees with its entries at node {bad[0][:2]}")
+                if idx != len(leaves):
+                    raise LedgerError(f"ledger entry {len(leaves)} is missing")
+                leaves.append(merkle.leaf_hash(data))
+            levels = merkle.tree_levels(leaves)
+        if len(levels[0]) != self._size:
+            raise LedgerError(f"ledger holds {len(levels[0])} entries, expected {self._size}")
+        # Stored rows in key order against the computed nodes level by level: the first that
+        # differs (or is missing, or extra) is the node to name.
+        stored = self.raw_tree(ordered=True)
+        for level, hashes in enumerate(levels):
+            for idx, h in enumerate(hashes):
+                row = next(stored, None)
+                if row != (level, idx, h):
+                    bad = min((level, idx), row[:2]) if row is not None else (level, idx)
+                    raise LedgerError(f"ledger tree disagrees with its entries at node {bad}")
+        extra = next(stored, None)
+        if extra is not None:
+            raise LedgerError(f"ledger tree disagrees with its entries at node {extra[:2]}")
+        leaves_ = levels[0]
         for idx, stored_leaf in self.raw_leaf_hashes():
-            if stored_leaf != expected.get((0, idx)):
+            if not 0 <= idx < len(leaves_) or stored_leaf != leaves_[idx]:
                 raise LedgerError(f"entry {idx}: its stored leaf hash does not match its bytes")
-        root = merkle.fold([expected[node] for node in merkle.subtrees(0, self._size)])
+        root = merkle.root_at(levels, self._size)
         if root != self.root():
             raise LedgerError("ledger root disagrees with its entries")
         return root
