@@ -114,16 +114,17 @@ def _scan(data: bytes) -> int:
     """Step 1 of `decode`; return the number of tag-42 items (CIDs) in `data`."""
     i = 0
     cids = 0
-    # Open containers: [items left, is a map, previous key (length, bytes) or None].
-    stack: list[list[Any]] = [[1, False, None]]
+    left = 1  # items left in the innermost open container (for a map: its keys and values)
+    keyed = False  # whether that container is a map
+    prev: tuple[int, bytes] | None = None  # the map's previous key: (length, bytes)
+    outer: list[tuple[int, bool, tuple[int, bytes] | None]] = []  # the containers around it
     try:
-        while stack:
-            top = stack[-1]
-            if top[0] == 0:
-                stack.pop()
+        while True:
+            if left == 0:
+                if not outer:
+                    return cids
+                left, keyed, prev = outer.pop()
                 continue
-            key = top[1] and top[0] % 2 == 0
-            top[0] -= 1
             b = data[i]
             major, info = b >> 5, b & 31
             if info < 24:
@@ -135,29 +136,31 @@ def _scan(data: bytes) -> int:
                 i = end
             else:
                 raise EncodingError("dag-cbor allows no indefinite length (or reserved head)")
-            if key:
+            if keyed and not left & 1:  # a key: a map's items alternate key, value
                 if major != 3:
                     raise EncodingError("dag-cbor map keys must be strings")
-                this = (arg, data[i : i + arg])
-                if top[2] is not None and this <= top[2]:
+                key = (arg, data[i : i + arg])
+                if prev is not None and key <= prev:
                     raise EncodingError("dag-cbor map keys are not in canonical order (or repeat)")
-                top[2] = this
+                prev = key
+            left -= 1
             if major == 2 or major == 3:
                 i += arg
             elif major == 4 or major == 5:
-                if len(stack) > MAX_DECODE_DEPTH:
+                if len(outer) >= MAX_DECODE_DEPTH:
                     raise EncodingError(f"dag-cbor nested deeper than {MAX_DECODE_DEPTH}")
-                stack.append([arg * 2 if major == 5 else arg, major == 5, None])
+                outer.append((left, keyed, prev))
+                left, keyed, prev = (2 * arg, True, None) if major == 5 else (arg, False, None)
             elif major == 6:
                 if arg != 42:
                     raise EncodingError(f"dag-cbor allows only tag 42 (CIDs), found tag {arg}")
                 cids += 1
-                stack.append([1, False, None])
+                outer.append((left, keyed, prev))
+                left, keyed, prev = 1, False, None
             elif major == 7 and (info == 24 or (info < 24 and arg not in (20, 21, 22))):
                 raise EncodingError("dag-cbor allows no simple value but false, true and null")
     except IndexError:
         raise EncodingError("not valid dag-cbor: truncated") from None
-    return cids
 
 
 def _cid(tag: cbor2.CBORTag) -> CID:
