@@ -40,7 +40,7 @@ from typing import Any
 from multiformats import CID
 
 from consortium.audit.database import check_database
-from consortium.audit.entries_check import CHUNK, check_all
+from consortium.audit.entries_check import CHUNK, check_chunk
 from consortium.chain.check import check_anchored, check_deployment
 from consortium.chain.client import RECORD_FILE, AnchorChain, AnchoredHead
 from consortium.chain.txlog import SCHEMA as TXLOG_SCHEMA
@@ -56,7 +56,8 @@ from consortium.ledger import merkle
 from consortium.ledger.entries import Entry, check_signature, member_keys
 from consortium.ledger.heads import TreeHead
 from consortium.ledger.log import SCHEMA as LEDGER_SCHEMA
-from consortium.ledger.log import Ledger
+from consortium.ledger.log import Ledger, StoredTree
+from consortium.ledger.parallel import Pending, workers_for
 from consortium.node.anchoring import CHAIN_CONFIG_FILE, ChainConfig, load_chain_config
 from consortium.node.config import RunConfig, consortium_refusals
 from consortium.privacy.budget import Budget, recompute_totals, totals
@@ -173,7 +174,9 @@ def _audit(
         with _about(chain_label):
             _check_anchors(anchored, checked.roots, report)
         with _about(LEDGER_FILE):
-            ledger.fsck(checked.levels)
+            if isinstance(checked.stored, Exception):
+                raise checked.stored
+            ledger.fsck(checked.levels, checked.stored)
             for blob in ledger.raw_equivocations():
                 report.equivocations.append(blob.hex()[:32])
     with _about(STORE_DIR):
@@ -244,6 +247,7 @@ class _Entries:
     references: dict[str, int]  # CID -> first entry referencing it
     roots: dict[int, bytes]  # recomputed root at every size a stored or anchored head names
     levels: list[list[bytes]]  # `merkle.tree_levels` of the leaves, for `Ledger.fsck`
+    stored: StoredTree | Exception  # `Ledger.stored_tree()`, or why it could not be read
     records: list[tuple[int, bytes]]  # (index, bytes) of every run, stop and round record
 
 
@@ -259,16 +263,26 @@ def _check_entries(
     wanted = {size for size, *_ in ledger.raw_cosignatures()}
     wanted |= {size for size, *_ in ledger.raw_heads()}
     wanted |= anchored_sizes
-    rows = list(ledger.raw_entries())
     total = ledger.size
-    for expected, (idx, _) in enumerate(rows):
-        if idx != expected:
-            raise _fail(f"entry {expected}: missing")
+    keys = member_keys(genesis)
+    consortium = genesis.digest()
+    # Chunks go to the workers as they are read; this process then reads what fsck compares.
+    pending = Pending(check_chunk, workers=workers_for(workers), expect_more=total > 1 + CHUNK)
+    rows: list[tuple[int, bytes]] = []
+    for idx, data in ledger.raw_entries():
+        if idx != len(rows):
+            raise _fail(f"entry {len(rows)}: missing")
+        rows.append((idx, data))
+        if idx % CHUNK == 0 and idx:
+            pending.add((rows[idx - CHUNK + 1 :], keys, consortium, _RECORD_KINDS))
     if len(rows) != total:
         raise _fail(f"entry {len(rows)}: missing (ledger claims {total} entries)")
-    keys = member_keys(genesis)
-    chunks = [rows[i : i + CHUNK] for i in range(1, len(rows), CHUNK)]
-    pending = check_all(chunks, keys, genesis.digest(), workers, _RECORD_KINDS)
+    if (len(rows) - 1) % CHUNK:
+        pending.add((rows[len(rows) - (len(rows) - 1) % CHUNK :], keys, consortium, _RECORD_KINDS))
+    try:  # refused only in fsck's turn, after every check of the entries and heads
+        stored: StoredTree | Exception = ledger.stored_tree()
+    except (ConsortiumError, sqlite3.Error) as exc:
+        stored = exc
     first = Entry.from_bytes(rows[0][1])  # entry 0 was verified as the genesis manifest
     report.kinds = {first.kind: 1}
     references: dict[str, int] = {}
@@ -289,7 +303,7 @@ def _check_entries(
     roots = {size: merkle.root_at(levels, size) for size in wanted | {0, total} if size <= total}
     report.entries = total
     report.root = roots[total]
-    return _Entries(references, roots, levels, records)
+    return _Entries(references, roots, levels, stored, records)
 
 
 def _chain_target(

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 
 from consortium.core.errors import LedgerError
 from consortium.ledger.entries import Entry, EntryChecks
-from consortium.ledger.parallel import Pending, workers_for
 from consortium.store.cid import cid_key
 
 CHUNK = 5000
@@ -65,16 +64,3 @@ def check_chunk(
         out.leaf_hashes.append(hashlib.sha256(b"\x00" + data).digest())
     out.error = unreadable
     return out
-
-
-def check_all(
-    chunks: Sequence[Sequence[tuple[int, bytes]]],
-    keys: dict[str, tuple[str, bytes]],
-    consortium: bytes,
-    workers: int | None,
-    want: frozenset[str] = frozenset(),
-) -> Pending[ChunkResult]:
-    """Check chunks on `workers` processes (default: all cores; 1 runs inline), submitted now;
-    the results come in order from `.results()`."""
-    args = [(c, keys, consortium, want) for c in chunks]
-    return Pending(check_chunk, args, workers_for(workers))

@@ -41,6 +41,9 @@ from consortium.ledger.heads import (
 
 FORMAT = b"consortium-ledger/1"
 
+#: `Ledger.stored_tree()`: tree rows (level, idx, hash) in key order, and (idx, leaf hash) rows.
+StoredTree = tuple[list[tuple[int, int, bytes]], list[tuple[int, bytes]]]
+
 SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE entries(idx INTEGER PRIMARY KEY, data BLOB NOT NULL, leaf_hash BLOB NOT NULL);
@@ -367,12 +370,21 @@ class Ledger:
         for row in cur:
             yield _typed("equivocation evidence", row)[0]
 
-    def fsck(self, levels: Sequence[Sequence[bytes]] | None = None) -> bytes:
+    def stored_tree(self) -> StoredTree:
+        """What `fsck` compares with the entries: every stored tree row in key order, and every
+        entry's stored leaf hash (the auditor reads them while its workers verify)."""
+        return list(self.raw_tree(ordered=True)), list(self.raw_leaf_hashes())
+
+    def fsck(
+        self,
+        levels: Sequence[Sequence[bytes]] | None = None,
+        stored: StoredTree | None = None,
+    ) -> bytes:
         """Recompute every leaf and tree row from entry bytes; return the root or raise.
 
         `levels`: `merkle.tree_levels` of every entry's leaf hash, computed by the caller from
         the entry bytes it just read and checked (the auditor), so they are not read and hashed
-        twice."""
+        twice; `stored`: `stored_tree()`, if the caller read it already."""
         if levels is None:
             leaves: list[bytes] = []
             for idx, data in self.raw_entries():
@@ -382,20 +394,21 @@ class Ledger:
             levels = merkle.tree_levels(leaves)
         if len(levels[0]) != self._size:
             raise LedgerError(f"ledger holds {len(levels[0])} entries, expected {self._size}")
+        tree_rows, leaf_rows = self.stored_tree() if stored is None else stored
         # Stored rows in key order against the computed nodes level by level: the first that
         # differs (or is missing, or extra) is the node to name.
-        stored = self.raw_tree(ordered=True)
+        rows = iter(tree_rows)
         for level, hashes in enumerate(levels):
             for idx, h in enumerate(hashes):
-                row = next(stored, None)
+                row = next(rows, None)
                 if row != (level, idx, h):
                     bad = min((level, idx), row[:2]) if row is not None else (level, idx)
                     raise LedgerError(f"ledger tree disagrees with its entries at node {bad}")
-        extra = next(stored, None)
+        extra = next(rows, None)
         if extra is not None:
             raise LedgerError(f"ledger tree disagrees with its entries at node {extra[:2]}")
         leaves_ = levels[0]
-        for idx, stored_leaf in self.raw_leaf_hashes():
+        for idx, stored_leaf in leaf_rows:
             if not 0 <= idx < len(leaves_) or stored_leaf != leaves_[idx]:
                 raise LedgerError(f"entry {idx}: its stored leaf hash does not match its bytes")
         root = merkle.root_at(levels, self._size)

@@ -101,24 +101,40 @@ def split(items: Sequence[T], parts: int) -> list[Sequence[T]]:
 
 
 class Pending(Generic[T]):
-    """`fn(*chunk)` for every chunk: submitted to the pool at once (when workers > 1 and there
-    are several chunks), so the caller can work meanwhile; `results` yields them in order. A
-    pool that breaks (a worker killed) is discarded and the chunks it did not answer run inline."""
+    """`fn(*chunk)` for chunks given at construction or added later: submitted to the pool as
+    they come (when `workers` > 1, and there are several chunks or `expect_more`), so the caller
+    works meanwhile; `results` yields them in order. A pool that breaks (a worker killed) is
+    discarded and the chunks it did not answer run inline."""
 
-    def __init__(self, fn: Callable[..., T], chunks: Sequence[tuple[Any, ...]], workers: int):
+    def __init__(
+        self,
+        fn: Callable[..., T],
+        chunks: Sequence[tuple[Any, ...]] = (),
+        workers: int = 1,
+        expect_more: bool = False,
+    ) -> None:
         self._fn = fn
-        self._chunks = chunks
+        self._chunks: list[tuple[Any, ...]] = []
         self._futures: list[Future[T]] = []
         self._workers = workers
         self._executor: ProcessPoolExecutor | None = None
-        if workers > 1 and len(chunks) > 1:
-            executor = pool(workers)
+        if workers > 1 and (len(chunks) > 1 or expect_more):
+            self._executor = pool(workers)
+        for chunk in chunks:
+            self.add(chunk)
+
+    def add(self, chunk: tuple[Any, ...]) -> None:
+        self._chunks.append(chunk)
+        if self._executor is not None and len(self._futures) == len(self._chunks) - 1:
             try:
-                self._futures = [executor.submit(fn, *chunk) for chunk in chunks]
-                self._executor = executor
+                self._futures.append(self._executor.submit(self._fn, *chunk))
             except BrokenProcessPool:
-                _discard(workers, executor)
-                self._futures = []
+                self._broken()
+
+    def _broken(self) -> None:
+        if self._executor is not None:
+            _discard(self._workers, self._executor)
+            self._executor = None
 
     def results(self) -> Iterator[T]:
         for k, chunk in enumerate(self._chunks):
@@ -127,8 +143,7 @@ class Pending(Generic[T]):
                     yield self._futures[k].result()
                     continue
                 except BrokenProcessPool:
-                    assert self._executor is not None
-                    _discard(self._workers, self._executor)
+                    self._broken()
                     self._futures = self._futures[:k]
             yield self._fn(*chunk)
 
