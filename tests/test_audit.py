@@ -15,7 +15,6 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from typer.testing import CliRunner
 
 from consortium.audit import audit
-from consortium.audit.entries_check import check_chunk
 from consortium.cli.app import app
 from consortium.core.encoding import Domain
 from consortium.core.errors import AuditError, IdentityError, LedgerError, SignatureError
@@ -23,6 +22,7 @@ from consortium.core.genesis import Genesis, Purpose
 from consortium.core.identity import NodeIdentity, tls_public_key_der
 from consortium.ledger.entries import Entry, genesis_from_bytes, make_record, member_keys
 from consortium.ledger.log import Ledger
+from consortium.ledger.stored import check_chunk
 from consortium.store.blockstore import BlockStore
 from consortium.store.objects import put_bytes
 from tests.records import round_body

@@ -40,7 +40,6 @@ from typing import Any
 from multiformats import CID
 
 from consortium.audit.database import check_database
-from consortium.audit.entries_check import CHUNK, check_chunk
 from consortium.chain.check import check_anchored, check_deployment
 from consortium.chain.client import RECORD_FILE, AnchorChain, AnchoredHead
 from consortium.chain.txlog import SCHEMA as TXLOG_SCHEMA
@@ -58,6 +57,7 @@ from consortium.ledger.heads import TreeHead
 from consortium.ledger.log import SCHEMA as LEDGER_SCHEMA
 from consortium.ledger.log import Ledger, StoredTree
 from consortium.ledger.parallel import Pending, workers_for
+from consortium.ledger.stored import CHUNK, check_chunk
 from consortium.node.anchoring import CHAIN_CONFIG_FILE, ChainConfig, load_chain_config
 from consortium.node.config import RunConfig, consortium_refusals
 from consortium.privacy.budget import Budget, recompute_totals, totals

@@ -36,6 +36,9 @@ Check = tuple[bytes, bytes, bytes]
 
 T = TypeVar("T")
 
+#: What a worker runs comes from here (it imports `parallel` and `entries`): light to import.
+_WORKER_MODULE = "consortium.ledger.stored"
+
 _pools: dict[int, ProcessPoolExecutor] = {}
 _lock = threading.Lock()
 
@@ -75,8 +78,12 @@ def pool(workers: int) -> ProcessPoolExecutor:
     with _lock:
         found = _pools.get(workers)
         if found is None:
-            method = "fork" if threading.active_count() == 1 else "forkserver"
-            found = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+            if threading.active_count() == 1:
+                found = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+            else:
+                server = multiprocessing.get_context("forkserver")
+                server.set_forkserver_preload([_WORKER_MODULE])  # imported once, by the server
+                found = ProcessPoolExecutor(workers, mp_context=server)
             _pools[workers] = found
         return found
 

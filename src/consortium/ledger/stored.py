@@ -1,4 +1,4 @@
-"""Verify many raw ledger entries fast, on every core: the auditor's hot loop.
+"""Check many stored ledger entries at once, on every core: the auditor's hot loop.
 
 Each worker runs, on consecutive stored entries, exactly what a node runs on entries it appends
 (`Entry.from_bytes`, then `EntryChecks`): the canonical dag-cbor decoder (cbor2's C codec behind
@@ -7,8 +7,11 @@ stored bytes (`Entry.signed_bytes`), after the payload prefix `len(tag) ‖ tag 
 Any stored byte that differs from what the author signed therefore fails the signature (or, for
 the signatures themselves, changes the leaf hash under the cosigned root), and so does a record
 signed for another consortium. Each entry is decoded once and hashed once here; the auditor
-reuses the leaf hashes (root, `Ledger.fsck`) and reads again only the few records the round
+reuses the leaf hashes (roots, `Ledger.fsck`) and decodes again only the few records the round
 verifier needs (CIDs, which it needs, do not cross process boundaries).
+
+This module lives with the ledger, not the auditor, so that a worker process imports only the
+ledger (well under a second) to run it, not the auditor's chain and learning stacks (seconds).
 """
 
 from __future__ import annotations
