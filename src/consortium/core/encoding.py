@@ -2,7 +2,7 @@
 
 `dag-cbor` sorts map keys and uses the shortest integer forms, so equal objects always give equal
 bytes. Objects are encoded with the `dag_cbor` package (pure Python, the reference) and decoded with
-`cbor2`'s C decoder behind checks of our own (see `decode`), over ten times faster: every ledger
+`cbor2`'s C decoder behind a check of our own (see `decode`), over ten times faster: every ledger
 entry, message and block read goes through `decode`.
 
 Signatures never cover bare bytes: `signing_payload` prefixes a domain-separation tag so a
@@ -84,16 +84,15 @@ def decode(data: bytes, *, max_bytes: int = MAX_DECODE_BYTES) -> Any:
 
     Exactly the inputs the reference codec accepts (`dag_cbor.decode` whose result re-encodes to
     the same bytes), decoded to equal objects (tests/test_encoding.py checks both against it):
-    1. `_scan` walks the item heads in Python, building nothing, and refuses what the C codec
-       would let through: any tag but 42 (so none of cbor2's semantic decoders
-       ever runs on untrusted bytes: a rational's gcd alone costs quadratic time), a simple value
-       but false, true and null, a map key that is not text or not in strictly canonical order
-       (length, then bytes; so no key repeats), indefinite lengths, nesting deeper than
-       MAX_DECODE_DEPTH;
-    2. cbor2's C decoder builds the objects, and its C encoder must give back the very bytes: it
-       writes shortest heads and 64-bit floats (NaN and infinities in 16 bits), definite lengths,
-       keys in the decoded order, so this refuses every other form of the same value, duplicate
-       keys, NaN, infinities, and bytes after the object;
+    1. `_scan` walks the item heads in Python, building nothing, and refuses every form the
+       reference refuses, before cbor2 sees a byte: anything after the one top-level item,
+       indefinite lengths, heads not in their shortest form, any tag but 42 (so none of cbor2's
+       semantic decoders ever runs on untrusted bytes: a rational's gcd alone costs quadratic
+       time), a simple value but false, true and null, floats but finite 64-bit ones, map keys
+       that are not text or not in strictly canonical order (length, then bytes: so no key
+       repeats), nesting deeper than MAX_DECODE_DEPTH;
+    2. cbor2's C decoder builds the objects from what is left: canonical items of the dag-cbor
+       kinds only, each of which it decodes to exactly one value (text as strict UTF-8);
     3. every tag-42 byte string must be 0x00 and a CID whose binary form is exactly those bytes.
     """
     if len(data) > max_bytes:
@@ -102,12 +101,13 @@ def decode(data: bytes, *, max_bytes: int = MAX_DECODE_BYTES) -> Any:
     cids = _scan(data)
     try:
         obj = cbor2.loads(data)
-        same = cbor2.dumps(obj) == data
-    except Exception as exc:  # cbor2 raises several types on garbage (truncated input …)
+    except Exception as exc:  # invalid UTF-8 is the one refusal left to cbor2
         raise EncodingError(f"not valid dag-cbor: {exc}") from exc
-    if not same:
-        raise EncodingError("dag-cbor bytes are not in canonical form")
     return _link(obj) if cids else obj
+
+
+#: Smallest argument that needs a head of 1 + 2**(info - 24) bytes, by additional info 24..27.
+_SHORTEST = (24, 1 << 8, 1 << 16, 1 << 32)
 
 
 def _scan(data: bytes) -> int:
@@ -122,7 +122,7 @@ def _scan(data: bytes) -> int:
         while True:
             if left == 0:
                 if not outer:
-                    return cids
+                    break
                 left, keyed, prev = outer.pop()
                 continue
             b = data[i]
@@ -132,8 +132,17 @@ def _scan(data: bytes) -> int:
                 i += 1
             elif info < 28:
                 end = i + 1 + (1 << (info - 24))
+                if end > len(data):
+                    raise IndexError
                 arg = int.from_bytes(data[i + 1 : end], "big")
                 i = end
+                if major == 7:
+                    if info != 27:
+                        raise EncodingError("dag-cbor allows only 64-bit floats")
+                    if data[end - 8] & 0x7F == 0x7F and data[end - 7] & 0xF0 == 0xF0:
+                        raise EncodingError("dag-cbor allows no NaN or infinite float")
+                elif arg < _SHORTEST[info - 24]:
+                    raise EncodingError("dag-cbor bytes are not in canonical form (a long head)")
             else:
                 raise EncodingError("dag-cbor allows no indefinite length (or reserved head)")
             if keyed and not left & 1:  # a key: a map's items alternate key, value
@@ -157,10 +166,13 @@ def _scan(data: bytes) -> int:
                 cids += 1
                 outer.append((left, keyed, prev))
                 left, keyed, prev = 1, False, None
-            elif major == 7 and (info == 24 or (info < 24 and arg not in (20, 21, 22))):
+            elif major == 7 and info < 24 and arg not in (20, 21, 22):
                 raise EncodingError("dag-cbor allows no simple value but false, true and null")
     except IndexError:
         raise EncodingError("not valid dag-cbor: truncated") from None
+    if i != len(data):
+        raise EncodingError("not valid dag-cbor: bytes after the object, or truncated")
+    return cids
 
 
 def _cid(tag: cbor2.CBORTag) -> CID:
