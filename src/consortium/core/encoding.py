@@ -131,9 +131,7 @@ def _scan(data: bytes) -> int:
                 arg = info
                 i += 1
             elif info < 28:
-                end = i + 1 + (1 << (info - 24))
-                if end > len(data):
-                    raise IndexError
+                end = i + 1 + (1 << (info - 24))  # past the end: refused after the loop
                 arg = int.from_bytes(data[i + 1 : end], "big")
                 i = end
                 if major == 7:
