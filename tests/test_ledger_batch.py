@@ -127,7 +127,11 @@ def test_signed_bytes_are_the_encoded_signed_body(
     cosig = b.sign(Domain.RECORD, made.signed_body(), genesis.digest())
     both = Entry(made.kind, made.author, made.body, {**made.signatures, b.node_id: cosig}, 9)
     odd = Entry("k", "someone", {}, {"x": b"1", "ab": b"22", "b": b""}, -1)  # keys reordered
-    for e in (made, both, odd, Entry.from_bytes(both.data), Entry.from_bytes(odd.data)):
+    # 30 signatures (a two-byte map head), values up to 377 bytes (three-byte heads)
+    many = Entry("k", "a0", {"b": b"\x00" * 300}, {f"a{i}": bytes(13 * i) for i in range(30)}, 2)
+    decoded = [Entry.from_bytes(e.data) for e in (made, both, odd, many)]
+    assert all("signed_bytes" in e.__dict__ for e in decoded)  # sliced while decoding
+    for e in (made, both, odd, many, *decoded):
         assert e.signed_bytes == encode(e.signed_body())
         assert e.data == encode(e.to_dict())
 

@@ -38,6 +38,11 @@ _FIELDS = frozenset({"kind", "author", "time", "body", "signatures"})
 _SIGNATURES_KEY = b"\x6asignatures"  # encode("signatures")
 
 
+def _head_bytes(n: int) -> int:
+    """Length of the shortest CBOR head for the argument n."""
+    return 1 if n < 24 else 2 if n < 1 << 8 else 3 if n < 1 << 16 else 5 if n < 1 << 32 else 9
+
+
 @functools.lru_cache(maxsize=1024)
 def _public_key(raw: bytes) -> Ed25519PublicKey:
     # Parsing a key costs as much as hashing an entry; members are few, so keep them parsed.
@@ -156,11 +161,15 @@ class Entry:
         entry = cls(kind, author, body, sigs, time)
         data = bytes(data)
         entry.__dict__["data"] = data  # already canonical: skip re-encoding
-        # Decoded from canonical bytes, the signatures are in canonical order already: their
-        # pair is the stored tail (see `signed_bytes`), found without sorting.
-        tail = _SIGNATURES_KEY + cbor2.dumps(sigs)
-        if data.endswith(tail):
-            entry.__dict__["signed_bytes"] = b"\xa4" + data[1 : len(data) - len(tail)]
+        # The bytes are canonical (decode checked every head is shortest), so the trailing
+        # "signatures" pair (see `signed_bytes`) has exactly this length.
+        tail = len(_SIGNATURES_KEY) + _head_bytes(len(sigs))
+        for k, v in sigs.items():
+            n = len(k.encode())
+            tail += _head_bytes(n) + n + _head_bytes(len(v)) + len(v)
+        start = len(data) - tail
+        if data[start : start + len(_SIGNATURES_KEY)] == _SIGNATURES_KEY:
+            entry.__dict__["signed_bytes"] = b"\xa4" + data[1:start]
         return entry
 
     # -- checks ------------------------------------------------------------------------------
