@@ -6,8 +6,11 @@ canonical dag-cbor are refused everywhere, however validly signed."""
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
@@ -365,10 +368,37 @@ def test_a_broken_pool_is_dropped_and_every_check_still_runs(
 
 
 def test_the_pool_path_runs_in_other_processes(pool_always: None) -> None:
-    import os
-
     got = list(parallel.Pending(os.getpid, [(), (), (), ()], workers=2).results())
     assert os.getpid() not in got and len(got) == 4
+
+
+def test_a_forked_child_starts_its_own_pool(
+    members: list[NodeIdentity], genesis: Genesis, pool_always: None
+) -> None:
+    """A process forked after its parent made a pool (a simulated node) must not submit to the
+    parent's workers: it would wait forever for answers that go to the parent."""
+    entries = _records(members, genesis, 8)
+    assert first_failure(entries, genesis, workers=2) is None  # the parent's pool exists
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if its own pool answers, both ways
+        try:
+            ok = first_failure(entries, genesis, workers=2) is None
+            bad = [*entries[:5], _with_flipped_signature(entries[5]), *entries[6:]]
+            found = first_failure(bad, genesis, workers=2)
+            parallel.shutdown()  # os._exit skips the exit handlers that would stop its workers
+            os._exit(0 if ok and found is not None and found[0] == 5 else 1)
+        finally:
+            os._exit(2)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child's checks never came back")
 
 
 def test_fsck_names_the_first_tree_node_that_differs(

@@ -43,6 +43,17 @@ _pools: dict[int, ProcessPoolExecutor] = {}
 _lock = threading.Lock()
 
 
+def _forget_in_child() -> None:
+    """A pool belongs to the process that made it: a child forked later (a simulated node, say)
+    starts its own rather than writing into its parent's pipes, with a lock nobody holds."""
+    global _lock
+    _pools.clear()
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
 def cpu_count() -> int:
     """Cores this process may run on (the affinity mask, else every core)."""
     try:
@@ -86,6 +97,17 @@ def pool(workers: int) -> ProcessPoolExecutor:
                 found = ProcessPoolExecutor(workers, mp_context=server)
             _pools[workers] = found
         return found
+
+
+def shutdown() -> None:
+    """Stop this process's pools and their workers (a later batch starts a new pool). Exiting
+    normally does it too; a process leaving by `os._exit` must call it first, or its workers
+    outlive it."""
+    with _lock:
+        pools = list(_pools.values())
+        _pools.clear()
+    for executor in pools:
+        executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _discard(workers: int, broken: ProcessPoolExecutor) -> None:
