@@ -13,7 +13,7 @@ with fewer entries could sign a different root for N, i.e. equivocate. Batching 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -324,6 +324,17 @@ class Ledger:
     # Each value is checked against its column's type: a damaged (or edited) file can hold any
     # SQLite value in any column, and a float or text must never pass for an integer or hash.
 
+    @staticmethod
+    def _checked(cur: sqlite3.Cursor, where: Callable[[Any], str]) -> Iterator[Any]:
+        """The rows of a query selected with `_as` and no text column, fetched in batches (these
+        tables hold a row or two per entry): LedgerError naming `where(row)` for the first row
+        with a value of the wrong type."""
+        while batch := cur.fetchmany(4096):
+            for row in batch:
+                if None in row:
+                    raise LedgerError(f"{where(row)}: a stored value has the wrong type")
+                yield row
+
     def raw_entries(self, start: int = 0, end: int | None = None) -> Iterator[tuple[int, bytes]]:
         end = self._size if end is None else end
         cur = self._conn.execute(
@@ -331,14 +342,12 @@ class Ledger:
             "ORDER BY idx",
             (start, end),
         )
-        for row in cur:
-            yield _typed(f"entry {row[0]}", row)
+        return self._checked(cur, lambda row: f"entry {row[0]}")
 
     def raw_leaf_hashes(self) -> Iterator[tuple[int, bytes]]:
         """(index, stored leaf hash) of every entry: `fsck` checks them against the bytes."""
         cur = self._conn.execute(f"SELECT idx, {_as('leaf_hash', 'blob')} FROM entries")
-        for row in cur:
-            yield _typed(f"entry {row[0]}", row)
+        return self._checked(cur, lambda row: f"entry {row[0]}")
 
     def raw_tree(self, ordered: bool = False) -> Iterator[tuple[int, int, bytes]]:
         """Every stored tree row; `ordered`: by (level, idx), the table's own key order."""
@@ -346,8 +355,7 @@ class Ledger:
             f"SELECT {_as('level', 'integer')}, {_as('idx', 'integer')}, {_as('hash', 'blob')} "
             "FROM tree" + (" ORDER BY level, idx" if ordered else "")
         )
-        for row in cur:
-            yield _typed("a tree node", row)
+        return self._checked(cur, lambda row: "a tree node")
 
     def raw_cosignatures(self) -> Iterator[tuple[int, bytes, int, str, bytes]]:
         cur = self._conn.execute(
