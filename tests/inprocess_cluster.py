@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
-from consortium.core.genesis import Purpose
+from consortium.core.genesis import DEFAULT_UNIXFS_PROFILE, Purpose
 from consortium.core.identity import NodeIdentity
 from consortium.node.config import RunConfig, load_node_config
 from consortium.node.node import Node
@@ -45,6 +45,7 @@ async def cluster(
     purpose: Purpose | None = None,
     allow_plaintext: bool = True,
     offsets: Sequence[float] = (),
+    unixfs_profile: str = DEFAULT_UNIXFS_PROFILE,
 ) -> tuple[list[Node], InProcessNetwork, Clock]:
     """N started nodes; consent registries hold random salts, so only consent=False runs are
     reproducible to the byte. Their policy accepts plaintext runs unless `allow_plaintext` is
@@ -59,6 +60,7 @@ async def cluster(
         consent=consent,
         purpose=purpose,
         allow_plaintext=allow_plaintext,
+        unixfs_profile=unixfs_profile,
     )
     net = InProcessNetwork()
     clock = Clock()
@@ -93,7 +95,7 @@ def run_config(
         collect_timeout=5.0,
         round_timeout=20.0,
         started=1,
-    )
+    ).pinned()
 
 
 async def start(nodes: list[Node], run: RunConfig) -> None:

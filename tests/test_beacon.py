@@ -260,3 +260,34 @@ def test_a_late_member_asks_for_partials_and_a_proposal_can_make_the_beacon() ->
     assert got.beacon == next(iter(other.machines.values())).beacon
     assert other.committed[silent], "m2 cosigned or appended the round once it knew the leader"
     assert any(isinstance(a, Send) and isinstance(a.message, Propose) for _, a in other.trace)
+
+
+def test_a_restarted_leader_gets_the_updates_again_and_the_attempt_goes_on() -> None:
+    from consortium.protocol.randomness import Randomness
+    from consortium.protocol.round import RoundMachine
+    from tests.machines import VectorOps, cid_of, fedavg
+
+    wire = Wire.build(4)
+    wire.begin()
+    leader = next(iter(wire.machines.values())).leader(0)
+    wire.down.add(leader)
+    wire.run()  # the updates reach a crashed leader: lost
+    wire.down.discard(leader)
+    old = wire.machines[leader]
+    ident = next(i for i in wire.ids if i.node_id == leader)
+    fresh = RoundMachine(
+        ident,
+        wire.genesis,
+        old.settings,
+        fedavg,
+        cid_of,
+        VectorOps(),
+        randomness=Randomness.seeded(9),
+    )
+    wire.machines[leader] = fresh  # restarted with nothing in memory; it asks as it begins
+    wire._do(leader, fresh.begin(1, wire.frontier, wire.now, model=old.s.model, ask=True))
+    wire.run()
+    (entry,) = {wire.entry_bytes(n) for n in wire.machines}
+    record = RoundRecord.from_entry(Entry.from_bytes(entry))
+    assert record.attempt == 0 and record.leader == leader  # no attempt lost to the restart
+    assert len(record.participants) == 4  # every member's update, sent again on its ask

@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/rounds.py: a tiny grid runs real nodes and writes a full table."""
+"""Smoke test of consortium.bench.rounds: a tiny grid runs real nodes and writes a full table."""
 
 from __future__ import annotations
 

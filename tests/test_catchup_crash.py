@@ -261,7 +261,7 @@ def test_start_fetches_what_the_ledger_references_and_reports_what_no_peer_has(
     f = _build(tmp_path)
     # node1 loses a leaf of entry 3's artifact of several blocks, and node2 is down.
     with Ledger.open(f.behind / LEDGER_FILE) as led:
-        big = next(as_cid(c) for c in led.entry(3).references() if c.codec.name == "dag-cbor")
+        big = next(as_cid(c) for c in led.entry(3).references() if c.codec.name == "dag-pb")
     behind = BlockStore(f.behind / STORE_DIR)
     leaf = list(walk(behind, big))[-1]
     full_store = BlockStore(f.full / STORE_DIR)

@@ -102,13 +102,15 @@ def test_processes_train_over_grpc_and_survive_faults(tmp_path: Path) -> None:
     try:
         cluster.start_all()
         cluster.wait_ready(DEADLINE)
-        assert asyncio.run(start_run(dirs[0], None, run))["started"]
+        report = asyncio.run(start_run(dirs[0], None, run))
+        assert report["started"], report
+        run_id = report["run"]  # the agreed config's id (the proposer pins the task's hash)
         shares = member_shares(dirs, genesis)  # this disk holds every member's keys
         _wait(cluster, lambda: _state(dirs[0])[1] >= 1, "round 1")
 
         # 1. Kill a member that does not lead the next round: the rounds go on without it.
         _, committed, _ = _state(dirs[0])
-        leader = ids.index(scheduled_leader(genesis, shares, run.run_id(), committed + 1))
+        leader = ids.index(scheduled_leader(genesis, shares, run_id, committed + 1))
         victim = next(i for i in range(1, N) if i != leader)
         cluster.kill(victim)
         # It had not committed round `had` + 1, so it never began (sent an update in) any round
@@ -135,7 +137,7 @@ def test_processes_train_over_grpc_and_survive_faults(tmp_path: Path) -> None:
             size, committed, _ = _state(dirs[0])
             nxt = committed + 1
             assert nxt <= ROUNDS, "no round left in which to kill a leader: raise ROUNDS"
-            candidate = ids.index(scheduled_leader(genesis, shares, run.run_id(), nxt))
+            candidate = ids.index(scheduled_leader(genesis, shares, run_id, nxt))
             if candidate == last:
                 continue
             cluster.kill(candidate)
@@ -151,7 +153,7 @@ def test_processes_train_over_grpc_and_survive_faults(tmp_path: Path) -> None:
         assert (rec.round, rec.slot) == (nxt, size)  # the round whose leader was computed
         # Its leader is the scheduled one of its attempt: a later attempt's, unless that leader
         # re-proposed the entry the dead one had proposed (participants had cosigned it).
-        assert rec.leader == scheduled_leader(genesis, shares, run.run_id(), nxt, rec.attempt)
+        assert rec.leader == scheduled_leader(genesis, shares, run_id, nxt, rec.attempt)
 
         # 4. Restart it; the run finishes, and every member, both restarted ones included,
         # holds the whole run before the cluster is stopped.

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from multiformats import CID, multihash
 
 from consortium.core.encoding import Domain, decode, encode
 from consortium.core.errors import PeerRefused, TransportError
@@ -388,6 +389,7 @@ def test_fuzzed_requests_are_refused_and_the_node_keeps_serving(tmp_path: Path) 
         run(_finish(h))
 
 
+DAG_JSON = CID("base32", 1, "dag-json", multihash.digest(b"x", "sha2-256"))
 MALFORMED = [
     ("sync", encode({"from": "0"}), "field 'from' must be an integer"),
     ("sync", encode({"from": -1}), "field 'from' must be an integer"),
@@ -398,7 +400,8 @@ MALFORMED = [
     ("sync", LYING_HEADS[0], "undecodable sync request"),
     ("sync", encode({"from": 0, "pad": bytes(5000)}), "exceeds 4096"),
     ("artifact", encode({"cid": 7}), "field 'cid' must be a string"),
-    ("artifact", encode({"cid": "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG"}), "CIDv1"),
+    ("artifact", encode({"cid": "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG"}), "not in the"),
+    ("artifact", encode({"cid": str(DAG_JSON)}), "has codec dag-json"),
     ("artifact", encode({"cid": "bafkqaaa"}), "only sha2-256 is accepted"),
     ("artifact", encode({"cid": str(cid_for(b"absent"))}), "is not in the store"),
     ("artifact", encode({}), r"artifact request must be a map \{cid\}"),

@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/privacy.py: a tiny grid writes CSV, PNG and the markdown table."""
+"""Smoke test of consortium.bench.privacy: a tiny grid writes CSV, PNG and the markdown table."""
 
 from __future__ import annotations
 

@@ -1,12 +1,10 @@
-"""CIDs, the block store and chunked files/objects."""
+"""CIDs, the block store, UnixFS files and dag-cbor objects (kubo compatibility: test_unixfs.py)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
-import dag_cbor
 import numpy as np
 import pytest
 from multiformats import CID, multihash
@@ -17,6 +15,7 @@ from consortium.store import (
     CHUNK_SIZE,
     MAX_BLOCK_SIZE,
     BlockStore,
+    Profile,
     check,
     cid_for,
     cid_key,
@@ -26,13 +25,13 @@ from consortium.store import (
     get_file,
     get_object,
     is_complete,
-    objects,
     parse_cid,
     put_bytes,
     put_file,
     put_object,
     walk,
 )
+from consortium.store.dagpb import FILE, decode_node, decode_unixfs
 
 MiB = 1024 * 1024
 
@@ -65,7 +64,7 @@ def test_cid_matches_multiformats_raw_leaf() -> None:
     assert str(cid_for(encode({"a": 1}), "dag-cbor")).startswith("bafyrei")
 
 
-@pytest.mark.parametrize("codec", ["raw", "dag-cbor"])
+@pytest.mark.parametrize("codec", ["raw", "dag-pb", "dag-cbor"])
 def test_cid_key_equals_str(codec: str) -> None:
     for n in range(20):
         cid = CID("base32", 1, codec, multihash.digest(bytes(n), "sha2-256"))
@@ -86,14 +85,27 @@ def test_parse_cid_rejects_garbage(text: str) -> None:
 
 
 def test_parse_cid_rejects_unsupported_kinds() -> None:
-    v0 = CID("base58btc", 0, "dag-pb", multihash.digest(b"x", "sha2-256"))
     ident = CID("base32", 1, "raw", multihash.digest(b"x", "identity"))
-    pb = CID("base32", 1, "dag-pb", multihash.digest(b"x", "sha2-256"))
-    for bad in (v0, ident, pb):
-        with pytest.raises(StoreError):
+    blake = CID("base32", 1, "raw", multihash.digest(b"x", "blake2b-256"))
+    json = CID("base32", 1, "dag-json", multihash.digest(b"x", "sha2-256"))
+    for bad, why in ((ident, "identity"), (blake, "blake2b-256"), (json, "dag-json")):
+        with pytest.raises(StoreError, match=why):
             parse_cid(str(bad))
     with pytest.raises(StoreError, match="codec"):
-        cid_for(b"x", "dag-pb")
+        cid_for(b"x", "dag-json")
+    with pytest.raises(StoreError, match="CIDv0 is always dag-pb"):
+        cid_for(b"x", "raw", version=0)
+
+
+def test_a_cidv0_prints_as_itself_and_shares_its_block_with_its_cidv1(store: BlockStore) -> None:
+    block = bytes.fromhex("0a0408021800")  # the empty file's dag-pb node (kubo's default)
+    v0 = parse_cid("QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH")
+    assert v0 == cid_for(block, "dag-pb", version=0) and str(v0).startswith("Qm")
+    v1 = store.put_block(block, "dag-pb")
+    assert v1.version == 1 and str(v1).startswith("bafybei")
+    assert cid_key(v0) == cid_key(v1) == str(v1)
+    assert store.has(v0) and store.get_block(v0) == block
+    assert list(store.iter_cids()) == [v1]
 
 
 def test_check_detects_mismatch() -> None:
@@ -231,18 +243,17 @@ def test_remove_temp_files_of_unfinished_writes(store: BlockStore) -> None:
     assert store.verify() == [] and list(store.iter_cids()) == [cid]
 
 
-def test_large_root_links_are_cbor_cid_tags(store: BlockStore) -> None:
+def test_large_files_are_unixfs_nodes_over_raw_leaves(store: BlockStore) -> None:
     data = rand(2 * CHUNK_SIZE + 10)
     cid = put_bytes(store, data)
-    raw_root = store.get_block(cid)
-    decoded: Any = dag_cbor.decode(raw_root)
-    assert decoded["links"][0] == cid_for(data[:CHUNK_SIZE])
-    node = get_object(store, cid)
-    assert node["type"] == "consortium/file/v1" and node["size"] == len(data)
-    assert [str(c) for c in node["links"]] == [
-        str(cid_for(data[i : i + CHUNK_SIZE])) for i in range(0, len(data), CHUNK_SIZE)
-    ]
-    assert raw_root.count(b"\xd8\x2a") == 3  # CBOR tag 42 per link
+    assert cid.codec.name == "dag-pb" and str(cid).startswith("bafybei")
+    node = decode_node(store.get_block(cid))
+    leaves = [cid_for(data[i : i + CHUNK_SIZE]) for i in range(0, len(data), CHUNK_SIZE)]
+    assert [link.cid for link in node.links] == leaves
+    assert [link.tsize for link in node.links] == [CHUNK_SIZE, CHUNK_SIZE, 10]
+    assert node.data is not None
+    fs = decode_unixfs(node.data)
+    assert (fs.type, fs.filesize, fs.blocksizes) == (FILE, len(data), (CHUNK_SIZE, CHUNK_SIZE, 10))
 
 
 def test_determinism_across_stores(tmp_path: Path) -> None:
@@ -253,18 +264,18 @@ def test_determinism_across_stores(tmp_path: Path) -> None:
     assert put_bytes(BlockStore(tmp_path / "c"), data[:-1] + b"\0") != a
 
 
-def test_deep_tree_and_walk(store: BlockStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(objects, "FANOUT", 2)
-    data = rand(5 * CHUNK_SIZE, seed=3)
-    cid = put_bytes(store, data)
+def test_deep_tree_and_walk(store: BlockStore) -> None:
+    tiny = Profile("tiny", 1, True, 1000, 2)
+    data = rand(5 * 1000, seed=3)
+    cid = put_bytes(store, data, tiny)
     assert get_bytes(store, cid) == data
     reached = list(walk(store, cid))
     assert reached[0] == cid
-    leaves = {str(cid_for(data[i : i + CHUNK_SIZE])) for i in range(0, len(data), CHUNK_SIZE)}
+    leaves = {str(cid_for(data[i : i + 1000])) for i in range(0, len(data), 1000)}
     assert leaves <= {str(c) for c in reached}
     assert len({str(c) for c in reached}) == len(reached)
-    nodes = [c for c in reached if c.codec.name == "dag-cbor"]
-    assert len(nodes) == 6  # 5 leaves, fanout 2: levels of 3, 2 and 1 nodes
+    nodes = [c for c in reached if c.codec.name == "dag-pb"]
+    assert len(nodes) == 6  # 5 leaves, 2 links a node: levels of 3, 2 and 1 nodes
     # Every reachable block is in the store and re-hashes.
     for c in reached:
         store.get_block(c)
@@ -293,33 +304,6 @@ def test_walk_raises_on_missing_node(store: BlockStore) -> None:
 def test_get_object_rejects_raw(store: BlockStore) -> None:
     with pytest.raises(StoreError, match="not a dag-cbor"):
         get_object(store, store.put_block(b"raw"))
-
-
-def _node(**fields: object) -> dict[str, object]:
-    return {"type": "consortium/file/v1", **fields}
-
-
-@pytest.mark.parametrize("variant", ["type", "short", "long", "not_cid", "empty", "extra", "list"])
-def test_malformed_roots_are_refused(store: BlockStore, variant: str) -> None:
-    a, b = store.put_block(b"a" * 10), store.put_block(b"b" * 20)
-    bodies: dict[str, object] = {
-        "type": {"type": "other", "size": 30, "links": [a, b]},
-        "short": _node(size=29, links=[a, b]),
-        "long": _node(size=31, links=[a, b]),
-        "not_cid": _node(size=30, links=[str(a), str(b)]),
-        "empty": _node(size=0, links=[]),
-        "extra": _node(size=30, links=[a, b], more=1),
-        "list": [a, b],
-    }
-    root = put_object(store, bodies[variant])
-    with pytest.raises(StoreError):
-        get_bytes(store, root)
-
-
-def test_valid_handmade_root_is_accepted(store: BlockStore) -> None:
-    a, b = store.put_block(b"a" * 10), store.put_block(b"b" * 20)
-    root = put_object(store, _node(size=30, links=[a, b]))
-    assert get_bytes(store, root) == b"a" * 10 + b"b" * 20
 
 
 def test_missing_leaf_raises_not_found(store: BlockStore) -> None:

@@ -9,6 +9,8 @@ import numpy as np
 from typer.testing import CliRunner
 
 from consortium.cli.store import app
+from consortium.core.genesis import GENESIS_FILE, Genesis, Purpose
+from consortium.core.identity import NodeIdentity
 from consortium.store import CHUNK_SIZE, BlockStore, cid_for
 
 runner = CliRunner()
@@ -27,7 +29,7 @@ def test_put_get_verify(tmp_path: Path) -> None:
     res = runner.invoke(app, ["put", str(big), "--dir", str(tmp_path)])
     assert res.exit_code == 0, res.output
     cid = res.stdout.strip()
-    assert cid.startswith("bafyrei")
+    assert cid.startswith("bafybei")  # a UnixFS file node (unixfs-v1-2025)
 
     out = tmp_path / "copy.bin"
     res = runner.invoke(app, ["get", cid, str(out), "--dir", str(tmp_path)])
@@ -83,3 +85,36 @@ def test_error_lines(tmp_path: Path) -> None:
 
     res = runner.invoke(app, ["verify", "--dir", str(tmp_path / "nowhere")])
     assert res.exit_code != 0 and "not a folder" in _one_error_line(res)
+
+    (tmp_path / "f").write_bytes(b"x")
+    res = runner.invoke(
+        app, ["put", str(tmp_path / "f"), "--dir", str(tmp_path), "--profile", "v2"]
+    )
+    assert res.exit_code != 0 and "unknown UnixFS profile 'v2'" in _one_error_line(res)
+
+
+def test_put_gives_kubos_cids_under_each_profile(tmp_path: Path) -> None:
+    """kubo's published CIDs of "hello world": `ipfs add` (CIDv0), `--cid-version 1`, and the
+    unixfs-v1-2025 profile (both raw leaves: one chunk is its raw block)."""
+    hello = tmp_path / "hello.txt"
+    hello.write_bytes(b"hello world")
+    expected = {
+        "unixfs-v0-2015": "Qmf412jQZiuVUtdgnB36FXFX7xg5V6KEbSJ4dpQuhkLyfD",
+        "kubo-cid-v1": "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e",
+        "unixfs-v1-2025": "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e",
+    }
+    for name, cid in expected.items():
+        res = runner.invoke(app, ["put", str(hello), "--dir", str(tmp_path), "--profile", name])
+        assert res.exit_code == 0 and res.stdout.strip() == cid, res.output
+        out = tmp_path / f"{name}.out"
+        res = runner.invoke(app, ["get", cid, str(out), "--dir", str(tmp_path)])
+        assert res.exit_code == 0 and out.read_bytes() == b"hello world", res.output
+
+
+def test_put_defaults_to_the_consortiums_profile(tmp_path: Path) -> None:
+    ident = NodeIdentity.generate("m0", "127.0.0.1:7300")
+    genesis = Genesis.ceremony("c", [ident], [Purpose("p")], 1, unixfs_profile="unixfs-v0-2015")
+    genesis.save(tmp_path / GENESIS_FILE)
+    (tmp_path / "f").write_bytes(b"hello world")
+    res = runner.invoke(app, ["put", str(tmp_path / "f"), "--dir", str(tmp_path)])
+    assert res.exit_code == 0 and res.stdout.strip().startswith("Qmf412"), res.output

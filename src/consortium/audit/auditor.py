@@ -74,8 +74,7 @@ from consortium.protocol.secagg import SecAggParams
 from consortium.protocol.secure_round import Consortium, min_contributors, round_params
 from consortium.protocol.verifier import CONFIG, RecordContext, verify_round_record
 from consortium.store.blockstore import BlockStore
-from consortium.store.cid import cid_for
-from consortium.store.objects import get_bytes, walk
+from consortium.store.objects import file_cid, get_bytes, walk
 
 Progress = Callable[[str, int, int], None]
 
@@ -518,7 +517,7 @@ def _record_context(
         prev_model=prev,
         model=model,
         # Every CID the verifier asks about is of bytes just read (and re-hashed) from the store.
-        cid_of=lambda data: fetched.get(sha256(data)) or cid_for(data),
+        cid_of=lambda data: fetched.get(sha256(data)) or file_cid(data, genesis.unixfs_profile),
         secure=secure,
         min_contributors=min_contributors(run.min_updates, secure, consortium),
         transcript=transcript,

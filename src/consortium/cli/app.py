@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from consortium.cli import demo, identity, run
+from consortium.cli import demo, identity, run, status
 from consortium.cli.bench import bench_app
 from consortium.cli.chain import chain_app
 from consortium.cli.consent import consent_app
@@ -21,6 +21,8 @@ node_app.command("start")(run.node_start)
 node_app.command("reencrypt")(identity.node_reencrypt)
 app.add_typer(node_app, name="node")
 app.add_typer(identity.genesis_app, name="genesis", no_args_is_help=True)
+run.run_app.command("status")(status.status)
+run.run_app.command("watch")(status.watch)
 app.add_typer(run.run_app, name="run")
 app.add_typer(store_app, name="store", help="Put, get and verify content-addressed artifacts.")
 app.command("audit")(run.audit)

@@ -1,43 +1,25 @@
-"""`consortium bench …`: run the benchmark scripts under benchmarks/ (a source checkout)."""
+"""`consortium bench …`: the benchmarks in `consortium.bench` (they ship with the package)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+import importlib
 from types import ModuleType
 
 import typer
 
-from consortium.cli.common import fail
-
 bench_app = typer.Typer(
-    help="Benchmarks (scripts under benchmarks/; tables go to stdout or --out).",
+    help="Benchmarks (consortium.bench; tables go to stdout or --out).",
     no_args_is_help=True,
 )
 
-_SCRIPTS = {
-    "ledger": "ledger.py",
-    "secagg": "secagg.py",
-    "rounds": "rounds.py",
-    "tamper": "tamper.py",
-    "anchor": "anchor.py",
-    "privacy": "privacy.py",
-    "chaos": "chaos.py",
-}
+_SCRIPTS = ("ledger", "secagg", "rounds", "tamper", "anchor", "privacy", "chaos", "beacon")
 
 
 def load_script(name: str) -> ModuleType:
-    """The benchmark script `name` (a key of _SCRIPTS: ledger, secagg, ..., chaos) as a module."""
-    path = Path(__file__).resolve().parents[3] / "benchmarks" / _SCRIPTS[name]
-    if not path.exists():
-        fail(f"{path} not found: `consortium bench` runs from a source checkout of the project", 2)
-    spec = importlib.util.spec_from_file_location(f"consortium_bench_{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    """The benchmark `name` (a key of _SCRIPTS) as a module."""
+    if name not in _SCRIPTS:
+        raise KeyError(f"no benchmark named {name!r}; choose one of: {', '.join(_SCRIPTS)}")
+    return importlib.import_module(f"consortium.bench.{name}")
 
 
 def _run(name: str, args: list[str]) -> None:
@@ -63,3 +45,4 @@ _command("anchor", "Anchor latency and gas on the embedded chain (and anvil if p
 _command("privacy", "Accuracy against epsilon for record- and client-level DP (CSV + PNG).")
 _command("tamper", "Flip bits in a real run folder: does audit notice every change, and where?")
 _command("chaos", "SIGKILL and restart node processes during a SecAgg+ run: liveness, catch-up.")
+_command("beacon", "The shared beacon: genesis DKG cost, partial, check and combination times.")

@@ -11,6 +11,7 @@ from typing import NoReturn, ParamSpec, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from consortium.core.errors import ConfigError, ConsortiumError
 
@@ -22,8 +23,9 @@ R = TypeVar("R")
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    """Print one red error line on stderr and exit with `code`."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """Print one red error line on stderr and exit with `code`. The message is text, never
+    markup: a "[rule …]" or a stop reason with brackets is printed as written."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -20,16 +20,19 @@ from consortium.consent.registry import ConsentRegistry
 from consortium.core.errors import ConsortiumError
 from consortium.core.genesis import Genesis, Purpose
 from consortium.core.layout import CONSENT_FILE, LEDGER_FILE, STATUS_FILE, STORE_DIR
-from consortium.learning import (
-    TrainConfig,
-    build_model,
-    evaluate,
-    load_dataset,
-    set_weights,
-    train_centralized,
-)
+from consortium.learning import TrainConfig, load_dataset, set_weights, train_centralized
+from consortium.learning.builtin import builtin_task
 from consortium.learning.datasets import Dataset
 from consortium.learning.serialize import weights_from_bytes
+from consortium.learning.task import (
+    Examples,
+    NodeContext,
+    Task,
+    evaluate_task,
+    load_data,
+    load_task,
+)
+from consortium.learning.task import build_model as build_task_model
 from consortium.ledger.log import Ledger
 from consortium.node.config import RunConfig
 from consortium.node.node import run_records
@@ -131,7 +134,7 @@ def demo(
         collect_timeout=5.0,
         round_timeout=15.0,
         started=int(time.time() * 1000),
-    )
+    ).pinned()
     genesis = Genesis.load(dirs[0] / "genesis.json")
     names = {m.node_id: m.name for m in genesis.members}
     try:
@@ -248,13 +251,19 @@ def _test_set(name: str) -> Dataset:
     return load_dataset(name, seed=0)
 
 
+@functools.lru_cache(maxsize=2)
+def _task_test(spec: str, dataset: str, model: str) -> tuple[Task, Examples]:
+    task = load_task(spec) if spec else builtin_task(dataset, model)
+    return task, load_data(task, NodeContext())[1]
+
+
 def _test_accuracy(d: Path, run: RunConfig, record: RoundRecord) -> float:
-    """The round's global model on the dataset's public test split. Nodes publish no accuracy
+    """The round's global model on the task's public test split. Nodes publish no accuracy
     of their own (a figure computed from private data); anyone can measure the shared model."""
-    ds = _test_set(run.dataset)
-    model = build_model(run.model, ds.input_shape, ds.num_classes, seed=run.seed)
+    task, test = _task_test(run.task, run.dataset, run.model)
+    model, _ = build_task_model(task, run.seed)
     set_weights(model, weights_from_bytes(get_bytes(BlockStore(d / STORE_DIR), record.model)))
-    return float(evaluate(model, ds.x_test, ds.y_test)[1])
+    return evaluate_task(task, model, test)["accuracy"]
 
 
 def _epsilon(record: RoundRecord) -> float | None:

@@ -13,7 +13,13 @@ import typer
 from consortium.chain.accounts import derive_account
 from consortium.cli.common import console, fail, handle_errors, secret
 from consortium.core.errors import ConfigError
-from consortium.core.genesis import GENESIS_FILE, Genesis, Purpose
+from consortium.core.genesis import (
+    DEFAULT_UNIXFS_PROFILE,
+    GENESIS_FILE,
+    UNIXFS_PROFILES,
+    Genesis,
+    Purpose,
+)
 from consortium.core.identity import (
     KEY_FILE,
     PASSPHRASE_ENV,
@@ -128,13 +134,24 @@ def genesis_create(
     consortium: str = typer.Option("consortium", "--name", help="Name of the consortium."),
     out: Path = typer.Option(Path(GENESIS_FILE), "--out", help="Where to write the manifest."),
     quorum: int | None = typer.Option(None, help="Cosignatures for finality (default ceil(2n/3))."),
+    unixfs_profile: str = typer.Option(
+        DEFAULT_UNIXFS_PROFILE,
+        "--unixfs-profile",
+        help=f"How the store cuts files into blocks, so their CIDs: {', '.join(UNIXFS_PROFILES)} "
+        "(unixfs-v0-2015 gives the Qm… CIDs of kubo's default `ipfs add`).",
+    ),
 ) -> None:
     """Write an unsigned genesis manifest listing the members and purposes."""
     if out.exists():
         fail(f"{out} already exists; refusing to overwrite a manifest", 2)
     members = [PublicIdentity.load(p) for p in member]
     g = Genesis.create(
-        consortium, members, [_parse_purpose(p) for p in purpose], int(time.time()), quorum
+        consortium,
+        members,
+        [_parse_purpose(p) for p in purpose],
+        int(time.time()),
+        quorum,
+        unixfs_profile=unixfs_profile,
     )
     g.save(out)
     console.print(

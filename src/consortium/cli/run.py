@@ -1,4 +1,5 @@
-"""`consortium node start`, `consortium run start` and `consortium audit`."""
+"""`consortium node start`, `consortium run start|stop` and `consortium audit` (`run status` and
+`run watch` are in `cli.status`)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from consortium.audit import audit as audit_folder
-from consortium.cli.common import console, fail, handle_errors
+from consortium.cli.common import console, err_console, fail, handle_errors
 from consortium.cli.identity import node_passphrase
 from consortium.core.errors import ConfigError
+from consortium.core.genesis import GENESIS_FILE, Genesis
 from consortium.node.config import RunConfig
 
 run_app = typer.Typer(help="Start and inspect training runs.", no_args_is_help=True)
@@ -51,14 +54,35 @@ def stop(
 ) -> None:
     """Propose to stop the current run: it stops on every member once a quorum cosigned the
     run-stop entry (this member's node must be running)."""
-    from consortium.node.runner import report_lines, stop_run
+    from consortium.node.runner import stop_run
 
     report = asyncio.run(stop_run(directory, node_passphrase(directory), reason))
-    for line in report_lines(report):
-        console.print(f"[yellow]{line}[/]")
+    _print_report(report)
     if not report["agreed"]:
-        fail(f"run {report.get('run', '?')} not stopped: a quorum must agree to stop it", 1)
+        fail(
+            f"run {report.get('run', '?')} not stopped: {_agreed_by(directory, report)}; a "
+            "quorum must cosign the run-stop entry",
+            1,
+        )
     console.print(f"run {report['run']} stopped, agreed by {', '.join(report['accepted'])}")
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    """One line on stderr per member that refused (and why) or could not be reached."""
+    from consortium.node.runner import report_lines
+
+    for line in report_lines(report):
+        err_console.print(f"[yellow]{escape(line)}[/]", highlight=False, soft_wrap=True)
+
+
+def _agreed_by(directory: Path, report: dict[str, Any]) -> str:
+    genesis = Genesis.load(directory / GENESIS_FILE)
+    accepted = report["accepted"]
+    who = f" ({', '.join(accepted)})" if accepted else ""
+    return (
+        f"accepted by {len(accepted)} of {len(genesis.members)} members{who}, quorum "
+        f"{genesis.quorum}"
+    )
 
 
 @run_app.command("start")
@@ -74,6 +98,11 @@ def run_start(
     ),
     rounds: int | None = typer.Option(None, min=1, help="Training rounds [10]."),
     purpose: str | None = typer.Option(None, help="A purpose declared in genesis [research]."),
+    task: str | None = typer.Option(
+        None,
+        help="Your task, 'package.module:name' (installed on every member; its code hash is "
+        "pinned from this node's copy). Default: the built-in task of --dataset and --model.",
+    ),
     dataset: str | None = typer.Option(None, help="digits | breast_cancer | fashion-mnist."),
     model: str | None = typer.Option(None, help="mlp | cnn | logreg [mlp]."),
     strategy: str | None = typer.Option(None, help="fedavg | fedprox [fedavg]."),
@@ -109,7 +138,7 @@ def run_start(
     ),
 ) -> None:
     """Ask every member to start a training run (from any member)."""
-    from consortium.node.runner import report_lines, start_run
+    from consortium.node.runner import start_run
 
     body: dict[str, Any] = RunConfig().body()
     if config is not None:
@@ -117,6 +146,7 @@ def run_start(
     flags = {
         "rounds": rounds,
         "purpose": purpose,
+        "task": task,
         "dataset": dataset,
         "model": model,
         "strategy": strategy,
@@ -143,20 +173,21 @@ def run_start(
         privacy["noise_multiplier"], privacy["target_epsilon"] = noise_multiplier, None
     body["privacy"] = privacy
     body["started"] = int(time.time() * 1000)
-    run = RunConfig.from_body(body)
+    run = RunConfig.from_body(body).pinned()  # the task as installed here, or a clear error
     report = asyncio.run(start_run(directory, node_passphrase(directory), run))
-    for line in report_lines(report):
-        console.print(f"[yellow]{line}[/]")
+    _print_report(report)
     if not report["started"]:
         fail(
-            f"run {run.run_id()} not started: {len(report['accepted'])} members accepted it, "
-            "a quorum must (their run-config cosignatures)",
+            f"run {run.run_id()} not started: {_agreed_by(directory, report)}; a quorum must "
+            "cosign the run-config entry",
             1,
         )
     dp_text = "" if run.privacy.unit == "none" else f", {run.privacy.unit}-level DP"
     console.print(
         f"run {run.run_id()} agreed by {', '.join(report['accepted'])} and started: "
-        f"{run.rounds} rounds of {run.model} on {run.dataset}, "
+        f"{run.rounds} round{'' if run.rounds == 1 else 's'} of "
+        f"{run.task or f'{run.model} on {run.dataset}'} "
+        f"(code {run.task_hash[:19]}…), "
         f"aggregation {run.secure_aggregation}{dp_text}"
     )
 

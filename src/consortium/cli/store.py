@@ -1,4 +1,6 @@
-"""`consortium store put|get|verify`: the node's content-addressed store from the shell."""
+"""`consortium store put|get|verify|export|import`: the node's content-addressed store from the
+shell. Files are UnixFS, with the CIDs kubo gives them; `export` and `import` move blocks as CARv1,
+the file format every IPFS tool reads."""
 
 from __future__ import annotations
 
@@ -11,9 +13,27 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 
 from consortium.cli.common import console, err_console, fail, handle_errors
 from consortium.core.errors import StoreError
-from consortium.store import BlockStore, file_size, get_file, parse_cid, put_file
+from consortium.core.genesis import GENESIS_FILE, Genesis
+from consortium.core.layout import LEDGER_FILE, STORE_DIR
+from consortium.ledger.log import Ledger
+from consortium.store import (
+    CID,
+    PROFILES,
+    BlockStore,
+    Profile,
+    as_cid,
+    cid_key,
+    file_size,
+    get_file,
+    parse_cid,
+    profile,
+    put_file,
+)
+from consortium.store.car import export_car, import_car
 
-app = typer.Typer(help="Put, get and verify content-addressed blocks.", no_args_is_help=True)
+app = typer.Typer(
+    help="Put, get, verify, export and import content-addressed blocks.", no_args_is_help=True
+)
 
 #: Files at least this big get a progress bar (on a terminal only).
 PROGRESS_MIN_BYTES = 16 * 1024 * 1024
@@ -24,7 +44,16 @@ DIR = typer.Option(Path("."), "--dir", help="Node or run folder; the store lives
 def _store(directory: Path, *, create: bool) -> BlockStore:
     if not directory.is_dir():
         raise StoreError(f"--dir {directory} is not a folder")
-    return BlockStore(directory / "store", create=create)
+    return BlockStore(directory / STORE_DIR, create=create)
+
+
+def _profile(directory: Path, name: str | None) -> Profile:
+    """`name`, else the consortium's profile from DIR/genesis.json, else the default."""
+    if name is not None:
+        return profile(name)
+    if (directory / GENESIS_FILE).is_file():
+        return profile(Genesis.load(directory / GENESIS_FILE).unixfs_profile)
+    return profile(None)
 
 
 @contextmanager
@@ -43,13 +72,21 @@ def _progress(label: str, total: int) -> Iterator[Callable[[int], None] | None]:
 def put(
     file: Path = typer.Argument(..., help="File to add."),
     directory: Path = DIR,
+    unixfs: str | None = typer.Option(
+        None,
+        "--profile",
+        help=f"UnixFS profile: {', '.join(PROFILES)} (default: the consortium's, from "
+        "DIR/genesis.json, else unixfs-v1-2025). unixfs-v0-2015 gives the CID of kubo's "
+        "`ipfs add`, kubo-cid-v1 that of `ipfs add --cid-version 1`.",
+    ),
 ) -> None:
-    """Add FILE to the store and print its CID."""
+    """Add FILE to the store as a UnixFS file and print its CID."""
     if not file.is_file():
         fail(f"not a file: {file}", 2)
+    prof = _profile(directory, unixfs)
     store = _store(directory, create=True)
     with _progress("put", file.stat().st_size) as progress:
-        cid = put_file(store, file, progress=progress)
+        cid = put_file(store, file, prof=prof, progress=progress)
     console.print(str(cid), highlight=False, soft_wrap=True)
 
 
@@ -85,3 +122,71 @@ def verify(directory: Path = DIR) -> None:
     if report.stray:
         fail(f"stray file in store: {report.stray[0]} ({len(report.stray)} stray)")
     console.print(f"ok: {report.checked} blocks verified", highlight=False)
+
+
+@app.command("export")
+@handle_errors
+def export(
+    directory: Path = typer.Argument(..., help="Node or run folder (its ledger and store)."),
+    car: Path = typer.Option(..., "--car", help="The CAR file to write (replaced atomically)."),
+) -> None:
+    """Write a CARv1 holding every artifact the latest final tree head references.
+
+    Its one root is an index (dag-cbor: consortium digest, head size and root, the artifacts'
+    CIDs in ledger order) that links every artifact, so `ipfs dag import` pins the lot. With
+    the folder's ledger.sqlite, the CAR is what an outside auditor needs (docs/architecture.md).
+    """
+    if not directory.is_dir():
+        raise StoreError(f"{directory} is not a folder")
+    if car.is_dir():
+        fail(f"--car is a folder, give a file name: {car}", 2)
+    if not car.parent.is_dir():
+        fail(f"folder does not exist: {car.parent}", 2)
+    with Ledger.open(directory / LEDGER_FILE, readonly=True) as ledger:
+        final = ledger.latest_final_head()
+        size = final.head.size if final is not None else 1  # entry 0 is final by itself
+        root = final.head.root if final is not None else ledger.root(1)
+        digest = ledger.genesis().digest()
+        artifacts: dict[str, tuple[CID, str]] = {}
+        for idx, entry in enumerate(ledger.iter_entries(1, size), start=1):
+            for ref in entry.references():
+                cid = as_cid(ref)
+                artifacts.setdefault(cid_key(cid), (cid, f"referenced by entry {idx}"))
+    store = _store(directory, create=False)
+    refs = list(artifacts.values())
+    index = {
+        "format": "consortium-car/v1",
+        "consortium": digest,
+        "size": size,
+        "root": root,
+        "artifacts": [c for c, _ in refs],
+    }
+    root_cid, blocks = export_car(store, car, index, refs)
+    console.print(
+        f"wrote {car}: {blocks} blocks, {len(refs)} artifacts referenced by the {size} entries "
+        f"under the latest final head; root {root_cid}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command("import")
+@handle_errors
+def import_(
+    file: Path = typer.Argument(..., help="A CARv1 file."),
+    directory: Path = DIR,
+) -> None:
+    """Add every block of a CARv1 to the store, or none.
+
+    Each block is checked against its CID (codec, hash, bytes) before any is added: a bad block,
+    an unsupported codec or a truncated file adds nothing and is named in one error line.
+    """
+    if not file.is_file():
+        fail(f"not a file: {file}", 2)
+    report = import_car(_store(directory, create=True), file)
+    roots = ", ".join(str(r) for r in report.roots) or "none"
+    console.print(
+        f"imported {file}: {report.blocks} blocks ({report.added} new); roots: {roots}",
+        highlight=False,
+        soft_wrap=True,
+    )

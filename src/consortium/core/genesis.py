@@ -38,7 +38,13 @@ from consortium.core.threshold import (
 )
 
 GENESIS_FILE = "genesis.json"
-MANIFEST_VERSION = 1
+#: 2: `unixfs_profile` (how the store cuts files into blocks) joined the body.
+MANIFEST_VERSION = 2
+#: UnixFS profiles a consortium may store its files under (`store/unixfs.py` defines them); the
+#: first is the default. Every member must use the same one: a file's CID depends on it, and
+#: voters recompute the model's CID from its bytes.
+UNIXFS_PROFILES = ("unixfs-v1-2025", "kubo-cid-v1", "unixfs-v0-2015")
+DEFAULT_UNIXFS_PROFILE = UNIXFS_PROFILES[0]
 _SPLIT = object()  # separates members from purposes in the digest cache's key
 
 
@@ -48,6 +54,13 @@ def _field(obj: Any, key: str, kind: type | tuple[type, ...]) -> Any:
     if not isinstance(value, kind) or isinstance(value, bool):
         raise GenesisError(f"malformed genesis body: {key!r} is missing or of the wrong type")
     return value
+
+
+def _check_profile(name: str) -> None:
+    if name not in UNIXFS_PROFILES:
+        raise GenesisError(
+            f"unknown UnixFS profile {name!r}; use one of {', '.join(UNIXFS_PROFILES)}"
+        )
 
 
 def quorum_for(n: int) -> int:
@@ -118,6 +131,8 @@ class Genesis:
     signatures: dict[str, bytes] = field(default_factory=dict)
     #: The beacon's DKG: dealer node id -> its signed dealing.
     dealings: dict[str, SignedDealing] = field(default_factory=dict)
+    #: How the store cuts files (models, transcripts) into blocks, so how their CIDs come out.
+    unixfs_profile: str = DEFAULT_UNIXFS_PROFILE
     #: (the objects the body was built from, its digest); see `digest`.
     _digest_cache: tuple[tuple[object, ...], bytes] | None = field(
         default=None, init=False, repr=False, compare=False
@@ -133,6 +148,7 @@ class Genesis:
         purposes: list[Purpose],
         created: int,
         quorum: int | None = None,
+        unixfs_profile: str = DEFAULT_UNIXFS_PROFILE,
     ) -> Genesis:
         if not members:
             raise GenesisError("a consortium needs at least one member")
@@ -151,7 +167,10 @@ class Genesis:
         q = quorum_for(len(members)) if quorum is None else quorum
         if not 1 <= q <= len(members):
             raise GenesisError(f"quorum {q} must be between 1 and {len(members)}")
-        return cls(consortium, list(members), q, list(purposes), created)
+        _check_profile(unixfs_profile)
+        return cls(
+            consortium, list(members), q, list(purposes), created, unixfs_profile=unixfs_profile
+        )
 
     @classmethod
     def ceremony(
@@ -162,10 +181,18 @@ class Genesis:
         created: int,
         quorum: int | None = None,
         random: Callable[[int], bytes] = os.urandom,
+        unixfs_profile: str = DEFAULT_UNIXFS_PROFILE,
     ) -> Genesis:
         """The whole ceremony (create, every member deals, every member signs) where one process
         holds every member's keys: simulations and tests only."""
-        g = cls.create(consortium, [i.public() for i in identities], purposes, created, quorum)
+        g = cls.create(
+            consortium,
+            [i.public() for i in identities],
+            purposes,
+            created,
+            quorum,
+            unixfs_profile=unixfs_profile,
+        )
         for ident in identities:
             g.deal(ident, random)
         for ident in identities:
@@ -196,6 +223,7 @@ class Genesis:
                 for m in self.members
             ],
             "purposes": [p.to_body() for p in self.purposes],
+            "unixfs_profile": self.unixfs_profile,
             "beacon": {
                 "threshold": self.threshold,
                 "dealings": [
@@ -223,6 +251,7 @@ class Genesis:
             self.consortium,
             self.created,
             self.quorum,
+            self.unixfs_profile,
             *self.members,
             _SPLIT,
             *self.purposes,
@@ -345,9 +374,15 @@ class Genesis:
         return SecretShare(identity.node_id, total)
 
     def group_key(self) -> GroupKey:
-        """Every member's public verification key for beacon partials (cached per digest)."""
-        self._check_dealings()
-        return _group_key(self.digest(), self)
+        """Every member's public verification key for beacon partials. Computed, after checking
+        every dealing, once per genesis digest (which covers every dealing): a node asks per
+        round and `audit` per record."""
+        digest = self.digest()
+        key = _GROUP_KEYS.get(digest)
+        if key is None:
+            self._check_dealings()
+            key = _group_key(digest, self)
+        return key
 
     def sign(self, identity: NodeIdentity) -> None:
         """Sign the manifest, after checking every dealing and the shares dealt to `identity`."""
@@ -393,6 +428,7 @@ class Genesis:
             "quorum": self.quorum,
             "members": [m.to_json() for m in self.members],
             "purposes": [p.to_body() for p in self.purposes],
+            "unixfs_profile": self.unixfs_profile,
             "beacon": {
                 "threshold": self.threshold,
                 "dealings": [
@@ -443,6 +479,10 @@ class Genesis:
                     ),
                 )
                 dealings[dealing.dealer] = SignedDealing(dealing, bytes.fromhex(d["signature"]))
+            profile = data["unixfs_profile"]
+            if not isinstance(profile, str):
+                raise GenesisError("unixfs_profile must be a string")
+            _check_profile(profile)
             return cls(
                 str(data["consortium"]),
                 members,
@@ -451,6 +491,7 @@ class Genesis:
                 int(data["created"]),
                 sigs,
                 dealings,
+                unixfs_profile=profile,
             )
         except GenesisError:
             raise
@@ -461,7 +502,12 @@ class Genesis:
     def from_body(cls, body: Any, signatures: dict[str, bytes]) -> Genesis:
         """Rebuild from the canonical body stored in ledger entry 0 (untrusted bytes: every field
         is type-checked before use, so a damaged body is a GenesisError, never a crash)."""
+        version = body.get("version") if isinstance(body, dict) else None
+        if version != MANIFEST_VERSION:
+            raise GenesisError(f"unsupported manifest version {version!r}")
         try:
+            profile = _field(body, "unixfs_profile", str)
+            _check_profile(profile)
             members = [
                 PublicIdentity(
                     _field(m, "name", str),
@@ -496,6 +542,7 @@ class Genesis:
                 _field(body, "created", int),
                 dict(signatures),
                 dealings,
+                unixfs_profile=profile,
             )
             canonical = g.body() == body
         except IdentityError as exc:  # e.g. a public key of the wrong length

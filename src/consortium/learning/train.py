@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -43,13 +43,19 @@ def _tensors(
         raise ConfigError(f"features {x.shape} and labels {y.shape} do not line up")
     if len(y) == 0:
         raise ConfigError("no samples to train or evaluate on")
+    # Integer labels (classification) as int64; float targets (a task's own loss) as float32.
+    target = np.int64 if np.issubdtype(y.dtype, np.integer) else np.float32
     return (
         torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
-        torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)),
+        torch.from_numpy(np.ascontiguousarray(y, dtype=target)),
     )
 
 
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+#: A loss of (outputs, targets), averaged over the batch; the default is cross-entropy.
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def default_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=cfg.lr)
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
@@ -61,9 +67,14 @@ def train_local(
     y: npt.NDArray[np.integer],
     cfg: TrainConfig,
     global_weights: Mapping[str, npt.NDArray[np.float32]] | None = None,
+    *,
+    loss: Loss | None = None,
+    optimizer: Callable[[nn.Module, TrainConfig], torch.optim.Optimizer] | None = None,
 ) -> TrainResult:
-    """Train `model` in place on (x, y). With proximal_mu > 0 (FedProx) the loss gains
+    """Train `model` in place on (x, y) with `loss` (default cross-entropy) and `optimizer`
+    (default SGD or Adam as `cfg` says). With proximal_mu > 0 (FedProx) the loss gains
     mu/2 * ||w - w_global||^2, w_global being `global_weights` or, if None, the starting weights."""
+    loss_fn = loss or nn.functional.cross_entropy
     xt, yt = _tensors(x, y)
     anchor: dict[str, torch.Tensor] = {}
     if cfg.proximal_mu > 0.0:
@@ -71,7 +82,7 @@ def train_local(
         ref = start if global_weights is None else check_weights(global_weights, start)
         anchor = {name: torch.from_numpy(ref[name].copy()) for name, _ in model.named_parameters()}
     generator = torch.Generator().manual_seed(cfg.seed)
-    optimizer = _optimizer(model, cfg)
+    opt = (optimizer or default_optimizer)(model, cfg)
     model.train()
     n = len(yt)
     total = 0.0
@@ -80,16 +91,16 @@ def train_local(
         total = 0.0
         for start_at in range(0, n, cfg.batch_size):
             batch = order[start_at : start_at + cfg.batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            data_loss = nn.functional.cross_entropy(model(xt[batch]), yt[batch])
-            loss: torch.Tensor = data_loss
+            opt.zero_grad(set_to_none=True)
+            data_loss = loss_fn(model(xt[batch]), yt[batch])
+            total_loss: torch.Tensor = data_loss
             if anchor:
                 prox = torch.stack(
                     [((p - anchor[name]) ** 2).sum() for name, p in model.named_parameters()]
                 ).sum()
-                loss = data_loss + 0.5 * cfg.proximal_mu * prox
-            loss.backward()  # type: ignore[no-untyped-call]  # untyped in torch 2.13
-            optimizer.step()
+                total_loss = data_loss + 0.5 * cfg.proximal_mu * prox
+            total_loss.backward()  # type: ignore[no-untyped-call]  # untyped in torch 2.13
+            opt.step()
             total += float(data_loss.detach()) * len(batch)
     return TrainResult(num_samples=n, loss=total / n)
 
@@ -99,8 +110,11 @@ def evaluate(
     x: npt.NDArray[np.floating],
     y: npt.NDArray[np.integer],
     batch_size: int = 1024,
+    *,
+    loss: Loss | None = None,
 ) -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy of `model` on (x, y)."""
+    """Mean loss (default cross-entropy) and accuracy of `model` on (x, y); the accuracy is
+    NaN for float targets."""
     xt, yt = _tensors(x, y)
     model.eval()
     loss_sum = 0.0
@@ -109,6 +123,19 @@ def evaluate(
         for i in range(0, len(yt), batch_size):
             logits = model(xt[i : i + batch_size])
             target = yt[i : i + batch_size]
-            loss_sum += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
-            correct += int((logits.argmax(dim=1) == target).sum())
-    return loss_sum / len(yt), correct / len(yt)
+            if loss is None:
+                loss_sum += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
+            else:
+                loss_sum += float(loss(logits, target)) * len(target)
+            if not target.is_floating_point():
+                correct += int((logits.argmax(dim=1) == target).sum())
+    accuracy = float("nan") if yt.is_floating_point() else correct / len(yt)
+    return loss_sum / len(yt), accuracy
+
+
+def predict(model: nn.Module, x: npt.NDArray[np.floating], batch_size: int = 1024) -> torch.Tensor:
+    """The model's outputs on x, in evaluation mode, without gradients."""
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model(xt[i : i + batch_size]) for i in range(0, len(xt), batch_size)])

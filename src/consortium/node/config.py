@@ -13,6 +13,8 @@ from consortium.core.encoding import encode
 from consortium.core.errors import ConfigError, ConsortiumError
 from consortium.core.genesis import Genesis
 from consortium.core.layout import NODE_CONFIG_FILE
+from consortium.learning.builtin import builtin_task
+from consortium.learning.task import NodeContext, Task, build_model, code_hash, load_task
 from consortium.privacy.config import PrivacyConfig
 
 
@@ -22,12 +24,30 @@ class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     dataset: str = Field("digits", description="digits | breast_cancer | fashion-mnist")
-    data_dir: str | None = Field(None, description="folder of the Fashion-MNIST IDX files")
+    data_dir: str | None = Field(
+        None, description="folder of this node's data (the Fashion-MNIST IDX files; a task's own)"
+    )
     partition: Literal["all", "iid", "dirichlet"] = Field("all", description="how to shard")
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (label skew)")
     parts: int = Field(1, ge=1, description="number of shards the dataset is cut into")
     index: int = Field(0, ge=0, description="which shard this node holds")
     seed: int = Field(0, description="seeds the split and the partition")
+    options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="settings for the run's task ([data.options])"
+    )
+
+    def context(self, name: str = "") -> NodeContext:
+        """What a task's `data(node)` sees of this node."""
+        return NodeContext(
+            name=name,
+            data_dir=Path(self.data_dir) if self.data_dir else None,
+            partition=self.partition,
+            alpha=self.alpha,
+            parts=self.parts,
+            index=self.index,
+            seed=self.seed,
+            options=dict(self.options),
+        )
 
 
 class PolicyConfig(BaseModel):
@@ -72,8 +92,14 @@ class RunConfig(BaseModel):
 
     purpose: str = "research"
     rounds: int = Field(10, ge=1, le=100_000)
-    dataset: str = "digits"
-    model: str = "mlp"
+    task: str = Field(
+        "", description="the task as 'package.module:name'; empty: the built-in dataset/model"
+    )
+    task_hash: str = Field(
+        "", description="sha256 of the task's sources; the proposing node pins what it has"
+    )
+    dataset: str = Field("digits", description="built-in task: digits | breast_cancer | …")
+    model: str = Field("mlp", description="built-in task: mlp | cnn | logreg")
     strategy: Literal["fedavg", "fedprox"] = "fedavg"
     mu: float = Field(0.0, ge=0)
     epochs: int = Field(2, ge=1)
@@ -109,7 +135,27 @@ class RunConfig(BaseModel):
     started: int = Field(0, description="ms since the epoch when the run was started")
 
     def body(self) -> dict[str, Any]:
-        return self.model_dump()
+        body = self.model_dump()
+        if not self.task and not self.task_hash:  # configs from before the task API: same id
+            del body["task"], body["task_hash"]
+        return body
+
+    @property
+    def task_name(self) -> str:
+        """What the run trains, for messages and `[policy] datasets`."""
+        return self.task or self.dataset
+
+    def load_task(self) -> Task:
+        """The task this run trains, as installed on this node (TaskError if it is not)."""
+        if self.task:
+            return load_task(self.task)
+        return builtin_task(self.dataset, self.model)
+
+    def pinned(self) -> RunConfig:
+        """This run with `task_hash` set to the hash of the task installed here, if unset."""
+        if self.task_hash:
+            return self
+        return self.model_copy(update={"task_hash": code_hash(self.load_task().source)})
 
     def run_id(self) -> str:
         return hashlib.sha256(encode(self.body())).hexdigest()[:16]
@@ -148,9 +194,42 @@ def run_refusals(run: RunConfig, genesis: Genesis, policy: PolicyConfig) -> list
         )
     if policy.purposes and run.purpose not in policy.purposes:
         out.append(f"policy does not allow purpose {run.purpose!r}")
-    if policy.datasets and run.dataset not in policy.datasets:
-        out.append(f"policy does not allow dataset {run.dataset!r}")
+    if policy.datasets and run.task_name not in policy.datasets:
+        out.append(f"policy does not allow dataset {run.task_name!r}")
+    else:  # importing a task runs installed code: only one the policy allows
+        out += task_refusals(run)
     return out
+
+
+def task_refusals(run: RunConfig) -> list[str]:
+    """Why this member cannot train `run`'s task: it is not installed here, its sources here
+    differ from what the run pins (members never receive code from each other, so they must all
+    have installed the same), or its model is unusable."""
+    try:
+        task = run.load_task()
+    except ConsortiumError as exc:
+        return [f"{exc} [rule task-not-installed]"]
+    if not run.task_hash:
+        return [f"the run pins no code hash for task {run.task_name!r} [rule task-hash]"]
+    try:
+        here = code_hash(task.source)
+    except (ConsortiumError, OSError) as exc:
+        return [f"cannot hash the sources of task {run.task_name!r}: {exc} [rule task-hash]"]
+    if here != run.task_hash:
+        return [
+            f"task {run.task_name!r} installed here has code hash {here}, the run pins "
+            f"{run.task_hash} [rule task-hash]"
+        ]
+    if run.privacy.record_level and task.customises_training:
+        return [
+            f"task {run.task_name!r} sets its own {', '.join(task.customises_training)}: "
+            "record-level DP trains with the built-in DP-SGD loop [rule task-dp]"
+        ]
+    try:
+        build_model(task, run.seed)
+    except ConsortiumError as exc:
+        return [f"{exc} [rule task-model]"]
+    return []
 
 
 def _first(exc: ValidationError) -> str:

@@ -7,70 +7,50 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from consortium.core.errors import ConfigError
-from consortium.learning import (
-    TrainConfig,
-    build_model,
-    evaluate,
-    get_strategy,
-    get_weights,
-    load_dataset,
-    partition_dirichlet,
-    partition_iid,
-    set_weights,
-    train_local,
-)
+from consortium.learning import TrainConfig, get_strategy, get_weights, set_weights, train_local
 from consortium.learning.adapter import Weights, flatten
-from consortium.learning.datasets import Dataset
 from consortium.learning.serialize import add_flat_delta, weights_from_bytes, weights_to_bytes
+from consortium.learning.task import (
+    Examples,
+    Task,
+    build_model,
+    evaluate_task,
+    load_data,
+    train_task,
+)
 from consortium.node.config import DataConfig, RunConfig
 from consortium.privacy.accounting import record_sample_rate, record_steps_per_round
 from consortium.privacy.dpsgd import train_local_dp
 
 
-def node_shard(data: DataConfig, dataset: Dataset) -> np.ndarray:
-    """Indices of the training examples this node holds."""
-    y = dataset.y_train
-    if data.partition == "all" or data.parts == 1:
-        return np.arange(len(y))
-    rng = np.random.default_rng(data.seed)
-    parts = (
-        partition_iid(y, data.parts, rng)
-        if data.partition == "iid"
-        else partition_dirichlet(y, data.parts, data.alpha, rng)
-    )
-    if data.index >= data.parts:
-        raise ConfigError(f"shard index {data.index} out of range for {data.parts} parts")
-    return np.asarray(parts[data.index])
-
-
-def initial_weights(run: RunConfig, dataset: Dataset) -> Weights:
-    model = build_model(run.model, dataset.input_shape, dataset.num_classes, seed=run.seed)
-    return get_weights(model)
+def initial_weights(run: RunConfig, task: Task) -> Weights:
+    """The run's starting model: the task's model under the run's seed (equal on every node)."""
+    return build_model(task, run.seed)[1]
 
 
 class Learner:
-    def __init__(self, data: DataConfig, run: RunConfig, dataset: Dataset | None = None) -> None:
+    def __init__(
+        self, data: DataConfig, run: RunConfig, task: Task | None = None, name: str = ""
+    ) -> None:
         self.run = run
-        data_dir = Path(data.data_dir) if data.data_dir else None
-        ds = dataset or load_dataset(run.dataset, data_dir, seed=data.seed)
-        self.dataset = ds
-        idx = node_shard(data, ds)
+        self.task = task or run.load_task()
+        train, self.test = load_data(self.task, data.context(name))
+        self.examples = train
         rng = np.random.default_rng(data.seed + 7919 * (data.index + 1))
-        idx = rng.permutation(idx)
-        n_val = len(idx) // 10  # a held-out tenth for local metrics; none for tiny shards
-        #: Record ids (rows of the dataset's training split) this node holds: the ids consent
-        #: is granted for. Only `train` reads the rows, and only those a round selected.
-        self.record_ids = np.sort(idx)
-        self._val_ids, self._train_ids = idx[:n_val], idx[n_val:]
-        self.model = build_model(run.model, ds.input_shape, ds.num_classes, seed=run.seed)
-        self.like = get_weights(self.model)
+        order = rng.permutation(len(train)).astype(np.int64)
+        n_val = len(order) // 10  # a held-out tenth for local metrics; none for tiny shards
+        #: Record ids this node holds (for built-in tasks: rows of the dataset's training split):
+        #: the ids consent is granted for. Only `train` reads the examples, and only those a
+        #: round selected.
+        self.record_ids = np.sort(train.record_ids)
+        self._val_pos, self._train_pos = order[:n_val], order[n_val:]
+        self.model, self.like = build_model(self.task, run.seed)
         #: `train` runs in worker threads and trains the one `model` in place: a node that
         #: resumed mid-round and then received that round's commit starts the next round's
         #: training while the stale one still runs, and two threads in one module's autograd
@@ -89,12 +69,15 @@ class Learner:
             seed=run.seed,
         )
 
-    def _rows(self, ids: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
-        return ids if allowed is None else ids[np.isin(ids, allowed)]
+    def _rows(self, positions: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
+        """The positions among `positions` whose record id is in `allowed` (None: all)."""
+        if allowed is None:
+            return positions
+        return positions[np.isin(self.examples.record_ids[positions], allowed)]
 
     def train_count(self, allowed: np.ndarray | None) -> int:
-        """How many training rows a round with this consent selection uses."""
-        return len(self._rows(self._train_ids, allowed))
+        """How many training examples a round with this consent selection uses."""
+        return len(self._rows(self._train_pos, allowed))
 
     def record_dp(self, n: int, noise_multiplier: float) -> tuple[float, float, int]:
         """(z, q, steps) of one round of DP-SGD on n records (what the node reports)."""
@@ -122,28 +105,44 @@ class Learner:
         allowed: np.ndarray | None,
         dp_noise: float | None,
     ) -> tuple[int, bytes, dict[str, Any]]:
-        ds = self.dataset
-        train_ids = self._rows(self._train_ids, allowed)
-        val_ids = self._rows(self._val_ids, allowed)
-        if len(train_ids) == 0:
+        train_pos = self._rows(self._train_pos, allowed)
+        val_pos = self._rows(self._val_pos, allowed)
+        if len(train_pos) == 0:
             raise ConfigError(f"no consented training records for round {round_no}")
-        if len(val_ids) == 0:
-            val_ids = train_ids
+        if len(val_pos) == 0:
+            val_pos = train_pos
         weights = weights_from_bytes(global_model, self.like)
         set_weights(self.model, weights)
-        _, acc = evaluate(self.model, ds.x_train[val_ids], ds.y_train[val_ids])
+        before = evaluate_task(self.task, self.model, self.examples.take(val_pos))
         cfg = self.cfg.model_copy(update={"seed": self.run.seed * 100_003 + round_no})
-        x, y = ds.x_train[train_ids], ds.y_train[train_ids]
-        metrics: dict[str, Any] = {"accuracy": float(acc)}
+        train: Examples = self.examples.take(train_pos)
+        metrics: dict[str, Any] = {k: v for k, v in before.items() if k == "accuracy"}
         if dp_noise is None:
-            res = train_local(self.model, x, y, cfg, global_weights=weights)
+            if self.task.train is None:  # the default trainer
+                res = train_local(
+                    self.model,
+                    train.x,
+                    train.y,
+                    cfg,
+                    global_weights=weights,
+                    loss=self.task.loss,
+                    optimizer=self.task.optimizer,
+                )
+            else:
+                res = train_task(self.task, self.model, train, cfg, weights)
             metrics["loss"], n = float(res.loss), res.num_samples
         else:
             dp = train_local_dp(
-                self.model, x, y, cfg, self.run.privacy, dp_noise, global_weights=weights
+                self.model,
+                train.x,
+                train.y,
+                cfg,
+                self.run.privacy,
+                dp_noise,
+                global_weights=weights,
             )
             metrics["loss"], n = float(dp.loss), dp.num_samples
-            z, q, steps = self.record_dp(len(train_ids), dp_noise)
+            z, q, steps = self.record_dp(len(train_pos), dp_noise)
             metrics["dp"] = {"noise_multiplier": z, "sample_rate": q, "steps": steps}
         update = weights_to_bytes(get_weights(self.model))
         return n, update, metrics

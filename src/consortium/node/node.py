@@ -17,7 +17,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,12 @@ from multiformats import CID
 
 from consortium.consent.registry import ConsentRegistry
 from consortium.consent.rounds import begin_round
-from consortium.core.encoding import Domain, decode, encode
+from consortium.core.encoding import decode, encode
 from consortium.core.errors import (
     ConfigError,
     ConsortiumError,
+    IntegrityError,
     LedgerError,
-    PeerRefused,
     TransportError,
 )
 from consortium.core.files import atomic_write
@@ -39,17 +39,16 @@ from consortium.core.genesis import GENESIS_FILE, Genesis
 from consortium.core.identity import NodeIdentity
 from consortium.core.layout import CONSENT_FILE, LEDGER_FILE, STATUS_FILE, STORE_DIR
 from consortium.learning.serialize import weights_from_bytes, weights_to_bytes
-from consortium.ledger.entries import Entry
 from consortium.ledger.heads import Cosignature, CosignedHead, TreeHead
 from consortium.ledger.log import Ledger
 from consortium.ledger.replica import apply as apply_extension
 from consortium.ledger.replica import verify_extension
+from consortium.node.agreement import RunAgreement
 from consortium.node.anchoring import Anchorer
 from consortium.node.config import NodeConfig, RunConfig, load_node_config, run_refusals
 from consortium.node.learner import Learner, initial_weights
 from consortium.node.lock import FolderLock
 from consortium.privacy.budget import Budget
-from consortium.protocol import agreement
 from consortium.protocol.messages import (
     Commit,
     Proposal,
@@ -66,10 +65,8 @@ from consortium.protocol.privacy_round import (
 )
 from consortium.protocol.randomness import Randomness
 from consortium.protocol.record import (
-    RUN_KIND,
-    STOP_KIND,
+    ROUND_KIND,
     RoundRecord,
-    RunRecord,
     StopRecord,
     latest_agreed_run,
     privacy_history,
@@ -83,6 +80,7 @@ from consortium.protocol.round import (
     CastVote,
     Committed,
     Note,
+    PersistRelease,
     PersistSurvivorSet,
     PersistVote,
     RoundMachine,
@@ -91,23 +89,21 @@ from consortium.protocol.round import (
     Stopped,
     Train,
 )
-from consortium.protocol.secure_round import max_faulty
-from consortium.store.blockstore import CHUNK_SIZE, BlockStore
+from consortium.store.blockstore import BlockStore
 from consortium.store.cid import as_cid, cid_for
-from consortium.store.objects import file_cid, get_bytes, is_complete, put_bytes
+from consortium.store.objects import get_bytes, is_complete, put_bytes, put_verified
+from consortium.store.unixfs import Profile, profile
 from consortium.transport.base import Transport
 
 log = logging.getLogger("consortium.node")
 
-#: Entries the members agree to outside rounds (`_agree`).
-AGREED_KINDS = (RUN_KIND, STOP_KIND)
 
-
-def model_cid(data: bytes, store: BlockStore) -> CID:
-    """The CID the store gives `data`: computed directly for one block, else by storing it."""
-    if len(data) <= CHUNK_SIZE:
+def model_cid(data: bytes, store: BlockStore, prof: Profile) -> CID:
+    """The CID the store gives `data` under the consortium's profile: computed directly for one
+    raw leaf, else by storing it."""
+    if prof.raw_leaves and len(data) <= prof.chunk_size:
         return cid_for(data, "raw")
-    return put_bytes(store, data)
+    return put_bytes(store, data, prof)
 
 
 def run_records(ledger: Ledger) -> list[RoundRecord]:
@@ -151,7 +147,7 @@ class _Snapshot:
         return self._proof[2]
 
 
-class Node:
+class Node(RunAgreement):
     def __init__(
         self,
         directory: Path,
@@ -176,6 +172,9 @@ class Node:
             self._lock.release()
             raise
         self.name = identity.name
+        #: How this consortium's files become blocks (genesis `unixfs_profile`): every member
+        #: must cut a model alike, since voters recompute its CID from its bytes.
+        self.unixfs = profile(self.genesis.unixfs_profile)
         self._members = frozenset(m.node_id for m in self.genesis.members)
         self.peers = [m.node_id for m in self.genesis.members if m.node_id != identity.node_id]
         self.machine: RoundMachine | None = None
@@ -238,200 +237,6 @@ class Node:
 
     # -- run control -----------------------------------------------------------------------------
 
-    # -- agreeing on a run -----------------------------------------------------------------------
-
-    async def propose_run(self, run: RunConfig) -> dict[str, Any]:
-        """Propose `run` to every member; start it if a quorum cosigns its run-config entry.
-        Returns the agreement report (see `_agree`) with "started"."""
-        report = await self._agree(RUN_KIND, RunRecord(run.run_id(), run.body()).to_body())
-        report["run"], report["started"] = run.run_id(), report["agreed"]
-        return report
-
-    async def propose_stop(self, reason: str) -> dict[str, Any]:
-        """Propose to stop the current run; it stops everywhere once a quorum cosigned the
-        run-stop entry. Returns the agreement report (see `_agree`)."""
-        if self.run is None or self.finished.is_set():
-            raise ConfigError("no run is in progress on this node")
-        report = await self._agree(STOP_KIND, StopRecord(self.run.run_id(), reason).to_body())
-        report["run"] = self.run.run_id()
-        return report
-
-    async def _agree(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Get a `kind` entry cosigned by a quorum and committed on every member.
-
-        Two phases, so that a proposal some members refuse by policy locks nobody's vote:
-        every member first says whether it would accept (nothing signed); only if a quorum
-        would are the acceptors asked to cosign. Returns {"agreed", "accepted": [names],
-        "refused": {name: reason}, "unreachable": {name: reason}}."""
-        p = agreement.propose(
-            self.identity,
-            self.genesis,
-            self.ledger.frontier(),
-            kind,
-            body,
-            int(self.clock() * 1000),
-        )
-        names = {m.node_id: m.name for m in self.genesis.members}
-        refused: dict[str, str] = {}
-        unreachable: dict[str, str] = {}
-        report: dict[str, Any] = {
-            "agreed": False,
-            "accepted": [],
-            "refused": refused,
-            "unreachable": unreachable,
-        }
-        willing = await self._ask_members(p, "run-check", list(names), refused, unreachable)
-        report["accepted"] = sorted(names[n] for n in willing)
-        if len(willing) < self.genesis.quorum:
-            return report
-        answers = await self._ask_members(p, "run-vote", sorted(willing), refused, unreachable)
-        sigs = {n: a["sig"] for n, a in answers.items() if "sig" in a}
-        refusals = {n: a["refusal"] for n, a in answers.items() if "refusal" in a}
-        report["accepted"] = sorted(names[n] for n in sigs)
-        try:
-            valid = agreement.valid_cosignatures(p, self.genesis, sigs)
-        except agreement.AgreementRefused:
-            # Rare (a member changed its mind or went away between the phases): with enough
-            # signed refusals, those who cosigned may vote again at this ledger size.
-            note = encode({"proposal": p.to_body(), "refusals": refusals})
-            await asyncio.gather(
-                *(self._send(peer, note, "run-abandon") for peer in self.peers),
-                return_exceptions=True,
-            )
-            return report
-        commit = encode({"proposal": p.to_body(), "cosignatures": valid})
-        self._commit_agreed(p, valid)
-        await asyncio.gather(
-            *(self._send(peer, commit, "run-commit") for peer in self.peers),
-            return_exceptions=True,
-        )
-        report["agreed"] = True
-        return report
-
-    async def _ask_members(
-        self,
-        p: Proposal,
-        method: str,
-        members: list[str],
-        refused: dict[str, str],
-        unreachable: dict[str, str],
-    ) -> dict[str, dict[str, Any]]:
-        """Each member's answer to `method` ("run-check" or "run-vote") on `p`: those that
-        accept, with their answer; refusals and the unreachable are recorded by name."""
-        names = {m.node_id: m.name for m in self.genesis.members}
-        payload = encode(p.to_body())
-        accepted: dict[str, dict[str, Any]] = {}
-
-        async def ask(member: str) -> None:
-            name = names[member]
-            try:
-                if member == self.identity.node_id:
-                    raw = self._vote_run(p, dry_run=method == "run-check")
-                else:
-                    raw = await self.transport.request(member, method, payload, 15.0)
-                answer = decode(raw)
-                if not isinstance(answer, dict):
-                    raise ConfigError("malformed answer to a run proposal")
-                if "refused" in answer:
-                    refused[name] = str(answer["refused"])
-                    if isinstance(answer.get("sig"), bytes):  # its signed refusal
-                        accepted[member] = {"refusal": answer["sig"]}
-                elif method == "run-vote" and not isinstance(answer.get("sig"), bytes):
-                    raise ConfigError("malformed answer to a run proposal")
-                else:
-                    accepted[member] = answer
-            except PeerRefused as exc:
-                refused[name] = str(exc)
-            except TransportError as exc:
-                unreachable[name] = str(exc)
-            except ConsortiumError as exc:
-                refused[name] = str(exc)
-
-        await asyncio.gather(*(ask(m) for m in members))
-        if method == "run-check":
-            return {m: a for m, a in accepted.items() if "refusal" not in a}
-        return accepted
-
-    def _vote_run(self, p: Proposal, *, dry_run: bool = False) -> bytes:
-        """This member's answer to a proposed run-config or run-stop entry: {"sig": cosignature}
-        (with `dry_run`, {"ok": true}: nothing signed, nothing locked) or, when its rules or
-        policy refuse it, {"refused": why, "sig": signed refusal}."""
-        entry = agreement.check(p, self.genesis, self.ledger.frontier(), AGREED_KINDS)
-        refusals = self._refusals(entry)
-        if refusals:
-            why = "refused: " + "; ".join(refusals)
-            statement = agreement.refusal_statement(p)
-            sig = self.identity.sign(Domain.MESSAGE, statement, self.genesis.digest())
-            return encode({"refused": why, "sig": sig})
-        prior = self.ledger.my_votes().get(p.size)
-        if dry_run:
-            if prior is not None and prior[0] != p.root:
-                raise agreement.AgreementRefused(
-                    f"this member already cosigned another head of size {p.size}"
-                )
-            return encode({"ok": True})
-        sig = agreement.cosign(self.identity, self.genesis, p, prior[0] if prior else None)
-        self.ledger.record_vote(p.size, p.root, 0, entry.author, 0)  # before the vote leaves
-        if self.machine is not None:  # a stop takes the position a round's record would
-            self.machine.note_vote(p.size, p.root, entry.author)
-        return encode({"sig": sig})
-
-    def _refusals(self, entry: Entry) -> list[str]:
-        """Why this member refuses an agreed entry (empty: it accepts)."""
-        if entry.kind == RUN_KIND:
-            if self.machine is not None and not self.finished.is_set():
-                raise agreement.AgreementRefused("a run is already in progress on this node")
-            return run_refusals(self._agreed_config(entry), self.genesis, self.config.policy)
-        stop = StopRecord.from_entry(entry)
-        if self.run is None or self.run.run_id() != stop.run or self.finished.is_set():
-            return [f"run {stop.run} is not in progress on this node"]
-        return []
-
-    def _abandon_run(self, payload: bytes) -> None:
-        """Lift this member's vote for a run proposal that signed refusals show can never reach
-        quorum, so another run can be proposed at that ledger size."""
-        body = decode(payload)
-        if not isinstance(body, dict) or not isinstance(body.get("refusals"), dict):
-            raise ConfigError("malformed run abandonment")
-        p = Proposal.from_body(body["proposal"])
-        if not agreement.abandoned(
-            p, self.genesis, body["refusals"], max_faulty(len(self.peers) + 1)
-        ):
-            raise agreement.AgreementRefused("too few signed refusals to abandon that proposal")
-        prior = self.ledger.my_votes().get(p.size)
-        if prior is not None and prior[0] == p.root:
-            self.ledger.forget_vote(p.size, p.root)
-
-    def _agreed_config(self, entry: Entry) -> RunConfig:
-        record = RunRecord.from_entry(entry)
-        run = RunConfig.from_body(dict(record.config))
-        if run.run_id() != record.run:
-            raise agreement.AgreementRefused("the run id is not the hash of its configuration")
-        return run
-
-    def _commit_agreed(self, p: Proposal, cosignatures: dict[str, bytes]) -> None:
-        """Append an agreed entry with its cosigned head (one transaction), then act on it: a
-        run-config starts the run (unless this member's policy refuses it: then it sits the run
-        out), a run-stop stops it."""
-        entry = agreement.check(p, self.genesis, self.ledger.frontier(), AGREED_KINDS)
-        agreement.valid_cosignatures(p, self.genesis, cosignatures)
-        run = self._agreed_config(entry) if entry.kind == RUN_KIND else None
-        head = CosignedHead(
-            TreeHead(p.size, p.root, p.time),
-            [Cosignature(node_id, sig) for node_id, sig in sorted(cosignatures.items())],
-        )
-        self.ledger.append_many([entry], heads=[head], expect_size=p.size - 1)  # all or nothing
-        if run is None:
-            self._stopped_by_agreement(StopRecord.from_entry(entry))
-            return
-        refusals = run_refusals(run, self.genesis, self.config.policy)
-        if refusals:
-            self.stopped = "sitting this run out: " + "; ".join(refusals)
-            log.error("%s: %s", self.name, self.stopped)
-            self._write_status()
-            return
-        self.start_run(run)
-
     def _stopped_by_agreement(self, stop: StopRecord) -> None:
         self.stopped = f"stopped by agreement of the members: {stop.reason}"
         log.warning("%s: run %s %s", self.name, stop.run, self.stopped)
@@ -459,8 +264,8 @@ class Node:
             self.global_model = model
         else:
             assert self.learner is not None
-            self.global_model = weights_to_bytes(initial_weights(run, self.learner.dataset))
-        put_bytes(self.store, self.global_model)
+            self.global_model = weights_to_bytes(initial_weights(run, self.learner.task))
+        put_bytes(self.store, self.global_model, self.unixfs)
         self._write_status()
         self._begin(1, late=late)
 
@@ -468,7 +273,7 @@ class Node:
         self.run = run
         self._dp = None
         self.stopped = ""
-        self.learner = Learner(self.config.data, run)
+        self.learner = Learner(self.config.data, run, name=self.name)
         settings = RoundSettings(
             run_id=run.run_id(),
             config=run.body(),
@@ -488,7 +293,7 @@ class Node:
             self.genesis,
             settings,
             self.learner.aggregate,
-            lambda data: model_cid(data, self.store),
+            lambda data: model_cid(data, self.store, self.unixfs),
             self.learner,
             randomness=self.randomness or Randomness.from_os(),
             votes=votes,
@@ -565,7 +370,28 @@ class Node:
         my_dp = None
         if config.record_level:
             my_dp = self.learner.record_dp(n, record_z)
-        return RoundPrivacy(config, budget, history, client_z), my_dp
+        unrecorded = self.unrecorded_releases(purpose.name)
+        return RoundPrivacy(config, budget, history, client_z, unrecorded), my_dp
+
+    def unrecorded_releases(self, purpose: str) -> list[Mapping[str, Any]]:
+        """Privacy bodies of rounds (of `purpose`) whose update this node released but whose
+        ledger slot holds no round record with this node in it: a leader withheld the round,
+        or a run-stop took its place. The ledger never charged them; this node counts them."""
+        out: list[Mapping[str, Any]] = []
+        size = self.ledger.size
+        for slot, _, kind, value in self.ledger.my_secagg():
+            if kind != "release" or slot >= size:
+                continue  # the slot is still open: the round may yet commit
+            body = decode(value)
+            if not isinstance(body, dict) or body.get("purpose") != purpose:
+                continue
+            entry = self.ledger.entry(slot)
+            if entry.kind == ROUND_KIND:
+                record = RoundRecord.from_entry(entry)
+                if self.identity.node_id in record.participants:
+                    continue  # charged by the record that took the slot
+            out.append(body)
+        return out
 
     # -- protocol actions ------------------------------------------------------------------------
 
@@ -579,6 +405,8 @@ class Node:
                     self._spawn(self._send(peer, payload))
             elif isinstance(action, Train):
                 self._spawn(self._train(action.round))
+            elif isinstance(action, PersistRelease):  # durable before the update can be seen
+                self.ledger.record_secagg(action.slot, 0, "release", encode(dict(action.privacy)))
             elif isinstance(action, PersistSurvivorSet):  # durable before the signature leaves
                 survivors = encode(list(action.survivors))
                 self.ledger.record_secagg(action.slot, action.attempt, "set", survivors)
@@ -660,9 +488,9 @@ class Node:
             )
             return
         # Artifacts first: an entry on the ledger is never without the bytes it references.
-        put_bytes(self.store, p.model)
+        put_bytes(self.store, p.model, self.unixfs)
         if p.transcript:  # the published SecAgg+ transcript: auditors recompute the sum from it
-            put_bytes(self.store, p.transcript)
+            put_bytes(self.store, p.transcript, self.unixfs)
         head = CosignedHead(
             TreeHead(p.size, p.root, p.time),
             [Cosignature(node_id, sig) for node_id, sig in sorted(c.cosignatures.items())],
@@ -798,12 +626,13 @@ class Node:
                 except TransportError as exc:
                     log.info("%s: %s did not send %s: %s", self.name, peer[:16], cid, exc)
                     continue
-                if file_cid(data) != cid:
+                try:  # stored as the file `cid` is, under whichever profile made it
+                    put_verified(self.store, data, cid)
+                except IntegrityError:
                     log.warning(
                         "%s: peer %s sent bytes that do not match %s", self.name, peer[:16], cid
                     )
                     continue
-                put_bytes(self.store, data)
                 break
             else:
                 lost.append(cid)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from consortium.core.encoding import decode, encode
-from consortium.core.errors import ConfigError, TransportError
+from consortium.core.errors import ConfigError, PeerRefused, TransportError
 from consortium.core.genesis import GENESIS_FILE, Genesis
 from consortium.core.identity import NodeIdentity
 from consortium.node.config import RunConfig, load_node_config
@@ -84,6 +84,8 @@ async def _ask_own_node(
     transport = make_transport(directory, identity, listen=False)
     try:
         raw = await transport.request(identity.node_id, method, payload, timeout=60.0)
+    except PeerRefused as exc:  # it runs, and said no (no run in progress, say)
+        raise ConfigError(f"this member's node refused: {exc}") from exc
     except TransportError as exc:
         raise ConfigError(
             f"this member's node did not take the proposal ({exc}): is `consortium node start "

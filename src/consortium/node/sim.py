@@ -18,13 +18,13 @@ from pathlib import Path
 from consortium.chain.accounts import derive_account
 from consortium.consent.registry import ConsentRegistry, GrantRow
 from consortium.core.errors import ConsortiumError
-from consortium.core.genesis import GENESIS_FILE, Genesis, Purpose
+from consortium.core.genesis import DEFAULT_UNIXFS_PROFILE, GENESIS_FILE, Genesis, Purpose
 from consortium.core.identity import NodeIdentity
 from consortium.core.layout import CONSENT_FILE, NODE_CONFIG_FILE, STATUS_FILE
 from consortium.core.threshold import SecretShare, seeded_bytes
 from consortium.learning import load_dataset
+from consortium.learning.builtin import node_shard
 from consortium.node.config import load_node_config
-from consortium.node.learner import node_shard
 from consortium.protocol.beacon import beacon_message, make_partial, value_from_partials
 from consortium.protocol.schedule import leader_for
 
@@ -71,6 +71,7 @@ def create_consortium(
     reproducible: bool = False,
     consent: bool = True,
     allow_plaintext: bool = False,
+    unixfs_profile: str = DEFAULT_UNIXFS_PROFILE,
 ) -> list[Path]:
     """Create n member folders under root with a fully signed genesis and per-node data shards.
 
@@ -95,7 +96,12 @@ def create_consortium(
     # Reproducible runs deal from a seeded PRG so the same seed gives the same root.
     random = seeded_bytes(f"{seed}/dkg".encode()) if reproducible else os.urandom
     genesis = Genesis.ceremony(
-        "demo", ids, [purpose or Purpose("research")], created, random=random
+        "demo",
+        ids,
+        [purpose or Purpose("research")],
+        created,
+        random=random,
+        unixfs_profile=unixfs_profile,
     )
     genesis.verify()
     dirs = []
@@ -115,7 +121,7 @@ def create_consortium(
         ds = load_dataset(dataset, Path(data_dir) if data_dir else None, seed=seed)
         the_purpose = (purpose or Purpose("research")).name
         for i, d in enumerate(dirs):
-            shard = node_shard(load_node_config(d).data, ds)
+            shard = node_shard(load_node_config(d).data.context(), ds.y_train)
             rows = [
                 GrantRow(synthetic_subject(i, int(r)), int(r), (the_purpose,), 0.0) for r in shard
             ]

@@ -17,7 +17,7 @@ round's `privacy` body), every voter (who recomputes it) and the auditor agree t
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from consortium.core.errors import ConsortiumError
@@ -64,10 +64,18 @@ class RoundPrivacy:
     budget: Budget
     history: list[Mapping[str, Any]]
     client_z: float = 0.0
+    #: Spends of rounds in which this node's update was released (sent in the clear, or its
+    #: survivor set signed) but no record with it in it ever reached the ledger: a leader
+    #: withheld the round, or the run stopped first. Known only to this node, which counts them
+    #: against its own budget (`stop_reason`); the next record's body, which every voter
+    #: recomputes from the ledger, does not.
+    unrecorded: list[Mapping[str, Any]] = field(default_factory=list)
 
-    def _tracker(self) -> BudgetTracker:
+    def _tracker(self, *, unrecorded: bool = False) -> BudgetTracker:
         tracker = BudgetTracker(self.budget, self.config.unit, self.config.accountant)
         for body in self.history:
+            tracker.commit(body)
+        for body in self.unrecorded if unrecorded else []:
             tracker.commit(body)
         return tracker
 
@@ -97,6 +105,18 @@ class RoundPrivacy:
             )
         except BudgetExceeded as exc:
             return str(exc)
+        if not self.unrecorded:
+            return None
+        # This node's own check also counts what it released that no record charged.
+        try:
+            self._tracker(unrecorded=True).next_round(
+                round_no, client=self._client(), record={me: record[me]} if me in record else None
+            )
+        except BudgetExceeded as exc:
+            return (
+                f"{exc} (counting {len(self.unrecorded)} round(s) in which this node's update "
+                "was released but no ledger record charged it)"
+            )
         return None
 
     def body(self, round_no: int, record: Mapping[str, RecordParams]) -> dict[str, Any]:

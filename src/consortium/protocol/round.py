@@ -231,7 +231,30 @@ class Stopped:
     reason: str
 
 
-Action = Send | Broadcast | Train | PersistVote | PersistSurvivorSet | Committed | Note | Stopped
+@dataclass(frozen=True)
+class PersistRelease:
+    """Record durably that this node's update of the round at ledger `slot` may now be seen
+    (sent in the clear, or its survivor set signed, so its sum may be unmasked), with the privacy
+    spend the round's record would charge this node (`privacy` body). If no round record with
+    this node in it ever takes `slot` (a leader withheld it, the run stopped), the ledger never
+    charges it, and the node counts it itself (`RoundPrivacy.unrecorded`)."""
+
+    slot: int
+    round: int
+    privacy: Mapping[str, Any]
+
+
+Action = (
+    Send
+    | Broadcast
+    | Train
+    | PersistVote
+    | PersistSurvivorSet
+    | PersistRelease
+    | Committed
+    | Note
+    | Stopped
+)
 
 
 @dataclass(frozen=True)
@@ -304,6 +327,7 @@ class _State:
     beacon_asked: float = 0.0  # when this node last asked for partials
     held: list[tuple[str, Message]] = field(default_factory=list)  # waiting for the beacon
     answered: set[str] = field(default_factory=set)  # members this node sent its partial on ask
+    released: bool = False  # PersistRelease done this round
     model: bytes = b""  # the global model this round starts from
     leading: LeaderAggregation | None = None  # secure aggregation, as this attempt's leader
     client: ParticipantAggregation | None = None  # secure aggregation, as a participant
@@ -461,7 +485,8 @@ class RoundMachine:
         s = self.s
         assert s.beacon is not None
         actions: list[Action] = []
-        if msg.ask and sender != self.me and sender not in s.answered:
+        first_ask = msg.ask and sender != self.me and sender not in s.answered
+        if first_ask:
             s.answered.add(sender)  # answered once per member and round: no ping-pong
             mine = self._my_partial()
             actions.append(
@@ -473,6 +498,15 @@ class RoundMachine:
             raise ConsortiumError(f"invalid beacon partial: {exc}") from exc
         if made:
             actions += self._beacon_known(now)
+        elif (
+            first_ask
+            and s.phase is Phase.AWAITING
+            and self.beacon is not None
+            and self.leader() == sender
+        ):
+            # This attempt's leader asks: it restarted and lost the updates it had collected.
+            # Send it ours again (once per round: `answered`), so it need not cost an attempt.
+            actions.append(Send(sender, self._my_update()))
         return actions
 
     def _beacon_known(self, now: float) -> list[Action]:
@@ -532,12 +566,26 @@ class RoundMachine:
     def _after_training(self, event: Event, now: float) -> list[Action]:
         """Trained and the leader known: lead the attempt, or send it the update."""
         s = self.s
+        release = [] if self.settings.secure else self._release()
         if self.leader() == self.me:
             s.updates[self.me] = self._my_update()
             self._goto(event, Phase.COLLECTING)
-            return self._maybe_propose(event, now)
+            return [*release, *self._maybe_propose(event, now)]
         self._goto(event, Phase.AWAITING)
-        return [Send(self.leader(), self._my_update())]
+        return [*release, Send(self.leader(), self._my_update())]
+
+    def _release(self) -> list[Action]:
+        """`PersistRelease` once per round, before this node's update can first be seen."""
+        s = self.s
+        if s.released or s.privacy is None or s.local is None:
+            return []
+        s.released = True
+        mine = reported_params(s.local.metrics)
+        try:
+            body = s.privacy.body(s.round, {self.me: mine} if mine is not None else {})
+        except ConsortiumError:  # over budget: the leader will refuse to record it; count it
+            return [Note(f"round {s.round}: releasing an update the budget would refuse")]
+        return [PersistRelease(s.frontier.size, s.round, body)]
 
     def on_message(self, sender: str, msg: Message, now: float) -> list[Action]:
         """Handle a message from an authenticated member; refusals come back as Note actions."""
@@ -1209,6 +1257,7 @@ class RoundMachine:
         reply = s.client.on(body)
         if survivors is not None:  # signed (the client's own checks passed): bound from now on
             self._signed_sets[key] = survivors
+            before += self._release()
             before.append(PersistSurvivorSet(s.frontier.size, s.attempt, survivors))
         if s.client.input_hash is not None:
             s.sent[s.attempt] = s.client.input_hash

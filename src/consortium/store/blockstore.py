@@ -9,6 +9,7 @@ what was stored, and the CID is the only thing we trust.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +24,17 @@ from consortium.core.errors import (
 )
 from consortium.core.files import atomic_write
 from consortium.store.cid import CID, as_cid, check, cid_for, cid_key, parse_cid
+from consortium.store.dagpb import decode_node
 
-#: Largest chunk of a file stored as one raw block.
+#: Largest chunk of a file under any UnixFS profile (unixfs-v1-2025's), one raw block.
 CHUNK_SIZE = 1024 * 1024
-#: Largest block the store accepts: a chunk plus room for a dag-cbor node's framing.
+#: Largest block the store accepts: a chunk plus room for a node's framing (a file node of
+#: 1024 links is about 45 KiB). IPFS peers refuse blocks over 2 MiB; we stay well below.
 MAX_BLOCK_SIZE = CHUNK_SIZE + 64 * 1024
 
 _TMP_PREFIX = ".tmp-"
+#: Folders (under the root, beside `blocks`) where a CAR import stages verified blocks.
+STAGING_PREFIX = ".import-"
 
 
 @dataclass
@@ -82,6 +87,11 @@ class BlockStore:
                 decode(data)
             except EncodingError as exc:
                 raise StoreError(f"refusing to store a dag-cbor block that is not: {exc}") from exc
+        elif codec == "dag-pb":
+            try:
+                decode_node(data)
+            except StoreError as exc:
+                raise StoreError(f"refusing to store a dag-pb block that is not: {exc}") from exc
         cid = cid_for(data, codec)
         path = self.path_for(cid)
         if path.is_file():
@@ -111,6 +121,10 @@ class BlockStore:
         for path in self._files():
             if path.name.startswith(_TMP_PREFIX) and path.is_file():
                 path.unlink(missing_ok=True)
+                removed.append(str(path.relative_to(self.root)))
+        for path in sorted(self.root.glob(STAGING_PREFIX + "*")):  # a CAR import cut short
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
                 removed.append(str(path.relative_to(self.root)))
         return removed
 

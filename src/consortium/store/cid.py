@@ -1,8 +1,13 @@
-"""Content identifiers: CIDv1, base32, sha2-256, over the `raw` and `dag-cbor` codecs.
+"""Content identifiers: sha2-256 over the `raw`, `dag-pb` and `dag-cbor` codecs.
 
 A CID names bytes by their hash, so anything read back can be checked against the name it was
-asked for. We accept only the one hash function and the two codecs the store writes: a CID with
+asked for. We accept only the one hash function and the three codecs the store holds: a CID with
 the `identity` hash, say, would "verify" any bytes it carries and must never be trusted.
+
+CIDv1 is printed in base32 (`bafy…`, `bafk…`); CIDv0 (`Qm…`, kubo's default, always dag-pb and
+base58btc) is accepted and printed as itself, so `store put` under that profile prints what
+`ipfs add` prints. A CIDv0 and the CIDv1 of the same dag-pb block name the same bytes: the store
+files both under the CIDv1 (`cid_key`).
 """
 
 from __future__ import annotations
@@ -19,17 +24,24 @@ from consortium.core.errors import IntegrityError, StoreError
 __all__ = ["CID", "CODECS", "as_cid", "check", "cid_for", "cid_key", "parse_cid"]
 
 #: Codecs the store writes and accepts.
-CODECS = frozenset({"raw", "dag-cbor"})
+CODECS = frozenset({"raw", "dag-pb", "dag-cbor"})
 _HASH = "sha2-256"
 #: Multihash prefix of a sha2-256 digest: code 0x12, length 32.
 _SHA256_PREFIX = b"\x12\x20"
+#: Binary prefix of a CIDv1 with the dag-pb codec (version 1, codec 0x70).
+_V1_DAG_PB = b"\x01\x70"
 
 
-def cid_for(data: bytes, codec: str = "raw") -> CID:
-    """The CIDv1 (base32, sha2-256) of `data` under `codec`."""
+def cid_for(data: bytes, codec: str = "raw", version: int = 1) -> CID:
+    """The CID (sha2-256) of `data` under `codec`: CIDv1 in base32, or CIDv0 for dag-pb."""
     if codec not in CODECS:
         raise StoreError(f"unsupported codec {codec!r}; use one of {sorted(CODECS)}")
-    return CID("base32", 1, codec, _SHA256_PREFIX + hashlib.sha256(data).digest())
+    mh = _SHA256_PREFIX + hashlib.sha256(data).digest()
+    if version == 0:
+        if codec != "dag-pb":
+            raise StoreError(f"a CIDv0 is always dag-pb, not {codec}")
+        return CID("base58btc", 0, codec, mh)
+    return CID("base32", 1, codec, mh)
 
 
 def cid_key(cid: CID) -> str:
@@ -37,17 +49,19 @@ def cid_key(cid: CID) -> str:
 
     multiformats validates every character it encodes (about 0.2 ms per CID, measured), which
     showed up as a third of the store's write time; the binary form plus base64 is equal and fast.
+    A CIDv0 gets the key of its CIDv1 (same codec and hash, so the same bytes).
     """
-    return "b" + base64.b32encode(bytes(cid)).decode("ascii").lower().rstrip("=")
+    raw = bytes(cid) if cid.version == 1 else _V1_DAG_PB + bytes(cid)
+    return "b" + base64.b32encode(raw).decode("ascii").lower().rstrip("=")
 
 
 def _accept(cid: CID) -> CID:
-    if cid.version != 1:
-        raise StoreError(f"CID {cid} is version {cid.version}; only CIDv1 is accepted")
     if cid.codec.name not in CODECS:
         raise StoreError(f"CID {cid} has codec {cid.codec.name}; expected one of {sorted(CODECS)}")
     if cid.hashfun.name != _HASH:
         raise StoreError(f"CID {cid} uses hash {cid.hashfun.name}; only {_HASH} is accepted")
+    if cid.version == 0:  # always dag-pb, sha2-256 and base58btc (multiformats checks)
+        return cid
     # One printable form per CID, so that file names and log lines compare equal.
     return cid if cid.base.name == "base32" else cid.set(base="base32")
 

@@ -1,168 +1,60 @@
 """Files and objects on top of blocks.
 
-Data of at most `CHUNK_SIZE` bytes is one raw block, so a small file's CID is its plain raw-leaf
-CID. Larger data is split into raw chunks of `CHUNK_SIZE` bytes under dag-cbor nodes
-
-    {"type": "consortium/file/v1", "size": N, "links": [CID, ...]}
-
-whose links are raw chunks or further nodes (at most `FANOUT` links each, so no node outgrows a
-block). Sizes are checked on the way down: a node whose children do not add up is refused before
-any byte of it reaches the caller.
+Files are UnixFS (`unixfs.py`: the CIDs kubo gives the same bytes, under the consortium's
+profile); structured records are canonical dag-cbor objects whose links are CIDs, often of files.
+`walk` follows links of both kinds, so an object and every file it names can be checked, copied
+or exported together.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any
 
 from consortium.core.encoding import decode, encode
 from consortium.core.errors import ConsortiumError, EncodingError, StoreError
 from consortium.core.files import atomic_write
-from consortium.store.blockstore import CHUNK_SIZE, BlockStore
-from consortium.store.cid import CID, as_cid, cid_for, cid_key
+from consortium.store.blockstore import BlockStore
+from consortium.store.cid import CID, as_cid, cid_key
+from consortium.store.unixfs import (
+    Profile,
+    Progress,
+    file_links,
+    import_bytes,
+    import_stream,
+    iter_chunks,
+    matching_profile,
+    profile,
+)
+from consortium.store.unixfs import file_cid as file_cid
+from consortium.store.unixfs import file_size as file_size
 
-FILE_TYPE = "consortium/file/v1"
-#: Links per node: 1024 links of about 41 bytes each keep a node near 42 KiB.
-FANOUT = 1024
-#: Deepest tree we follow; FANOUT**MAX_DEPTH chunks is far beyond any real artifact.
-MAX_DEPTH = 6
-
-Progress = Callable[[int], None]
-
-
-# -- writing -----------------------------------------------------------------------------------
-
-
-class _Blocks(Protocol):
-    def put_block(self, data: bytes, codec: str = "raw") -> CID: ...
-
-
-class _NoStore:
-    """Names blocks without keeping them: `file_cid` computes a CID and writes nothing."""
-
-    def put_block(self, data: bytes, codec: str = "raw") -> CID:
-        return cid_for(data, codec)
+# -- files -------------------------------------------------------------------------------------
 
 
-def _put_node(store: _Blocks, links: list[tuple[CID, int]]) -> tuple[CID, int]:
-    size = sum(s for _, s in links)
-    node = {"type": FILE_TYPE, "size": size, "links": [c for c, _ in links]}
-    return store.put_block(encode(node), "dag-cbor"), size
+def put_bytes(store: BlockStore, data: bytes, prof: Profile | str | None = None) -> CID:
+    """Store `data` (any size) as a UnixFS file under profile `prof` (default: the store's
+    default, `unixfs-v1-2025`); return the root CID."""
+    return import_bytes(store, bytes(data), profile(prof))
 
 
-def _build_tree(store: _Blocks, leaves: list[tuple[CID, int]]) -> CID:
-    if len(leaves) == 1 and leaves[0][1] <= CHUNK_SIZE and leaves[0][0].codec.name == "raw":
-        return leaves[0][0]
-    level = leaves
-    while len(level) > FANOUT:
-        level = [_put_node(store, level[i : i + FANOUT]) for i in range(0, len(level), FANOUT)]
-    return _put_node(store, level)[0]
-
-
-def _put_stream(store: BlockStore, fh: BinaryIO, progress: Progress | None) -> CID:
-    leaves: list[tuple[CID, int]] = []
-    while True:
-        chunk = fh.read(CHUNK_SIZE)
-        if not chunk and leaves:
-            break
-        leaves.append((store.put_block(chunk, "raw"), len(chunk)))
-        if progress is not None:
-            progress(len(chunk))
-        if len(chunk) < CHUNK_SIZE:
-            break
-    return _build_tree(store, leaves)
-
-
-def put_bytes(store: BlockStore, data: bytes) -> CID:
-    """Store `data` (any size) and return the CID of its root."""
-    return _put_bytes(store, data)
-
-
-def file_cid(data: bytes) -> CID:
-    """The CID `put_bytes` gives `data`, computed without storing anything: check bytes from
-    elsewhere (a peer) against the CID they should have before they reach a store."""
-    return _put_bytes(_NoStore(), data)
-
-
-def _put_bytes(store: _Blocks, data: bytes) -> CID:
-    view = memoryview(bytes(data))
-    if len(view) <= CHUNK_SIZE:
-        return store.put_block(bytes(view), "raw")
-    leaves = [
-        (store.put_block(bytes(view[i : i + CHUNK_SIZE]), "raw"), min(CHUNK_SIZE, len(view) - i))
-        for i in range(0, len(view), CHUNK_SIZE)
-    ]
-    return _build_tree(store, leaves)
-
-
-def put_file(store: BlockStore, path: Path | str, *, progress: Progress | None = None) -> CID:
+def put_file(
+    store: BlockStore,
+    path: Path | str,
+    *,
+    prof: Profile | str | None = None,
+    progress: Progress | None = None,
+) -> CID:
     """Store a file chunk by chunk (never wholly in memory) and return its root CID."""
     with open(path, "rb") as fh:
-        return _put_stream(store, fh, progress)
+        return import_stream(store, fh, profile(prof), progress)
 
 
-# -- reading -----------------------------------------------------------------------------------
-
-
-def _read_node(store: BlockStore, cid: CID) -> tuple[int, list[CID]]:
-    """Decode and validate a file node: (declared size, links)."""
-    node = get_object(store, cid)
-    if not isinstance(node, dict) or set(node) != {"type", "size", "links"}:
-        raise StoreError(f"block {cid} is not a file node (expected type, size and links)")
-    if node["type"] != FILE_TYPE:
-        raise StoreError(f"block {cid} has type {node['type']!r}, expected {FILE_TYPE!r}")
-    size, links = node["size"], node["links"]
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise StoreError(f"file node {cid} has an invalid size {size!r}")
-    if not isinstance(links, list) or not links or len(links) > FANOUT:
-        raise StoreError(f"file node {cid} must have between 1 and {FANOUT} links")
-    if not all(isinstance(link, CID) for link in links):
-        raise StoreError(f"file node {cid} has a link that is not a CID")
-    return size, [as_cid(link) for link in links]
-
-
-def _declared_size(store: BlockStore, cid: CID) -> int | None:
-    """A node's declared size (checked at the end); None for a raw leaf (known once read)."""
-    if cid.codec.name == "raw":
-        return None
-    return _read_node(store, cid)[0]
-
-
-def _iter_chunks(store: BlockStore, cid: CID, depth: int = 0) -> Iterator[bytes]:
-    """Yield the verified chunks of file `cid` in order, checking every node's size."""
-    if depth > MAX_DEPTH:
-        raise StoreError(f"file tree under {cid} is deeper than {MAX_DEPTH} levels")
-    if cid.codec.name == "raw":
-        yield store.get_block(cid)
-        return
-    size, links = _read_node(store, cid)
-    total = 0
-    for link in links:
-        for chunk in _iter_chunks(store, link, depth + 1):
-            total += len(chunk)
-            if total > size:
-                raise StoreError(f"file node {cid} declares {size} bytes but holds more")
-            yield chunk
-    if total != size:
-        raise StoreError(f"file node {cid} declares {size} bytes but holds {total}")
-
-
-def is_complete(store: BlockStore, cid: CID | str) -> bool:
-    """Whether every block of the object at `cid` is in the store (dag-cbor blocks on the way
-    are read, so re-hashed; raw leaves are only looked up). A killed `put_bytes` writes its root
-    last, so a file whose write never finished is not complete."""
-    try:
-        return all(store.has(sub) for sub in walk(store, cid))
-    except ConsortiumError:  # a dag-cbor block missing, damaged or not an object
-        return False
-
-
-def file_size(store: BlockStore, cid: CID | str) -> int:
-    """Size of the file at `cid`, as its root declares it (a raw leaf is read)."""
-    cid = as_cid(cid)
-    declared = _declared_size(store, cid)
-    return len(store.get_block(cid)) if declared is None else declared
+def put_verified(store: BlockStore, data: bytes, cid: CID | str) -> None:
+    """Store `data` as the file `cid`, whichever profile made it; IntegrityError (and nothing
+    stored) if the bytes are not that file under any profile."""
+    put_bytes(store, data, matching_profile(data, cid))
 
 
 def get_bytes(store: BlockStore, cid: CID | str, *, max_bytes: int | None = None) -> bytes:
@@ -172,12 +64,12 @@ def get_bytes(store: BlockStore, cid: CID | str, *, max_bytes: int | None = None
         size = file_size(store, cid)
         if size > max_bytes:
             raise StoreError(f"file {cid} is {size} bytes, limit is {max_bytes}")
-    return b"".join(_iter_chunks(store, cid))
+    return b"".join(iter_chunks(store, cid))
 
 
 def iter_file(store: BlockStore, cid: CID | str) -> Iterator[bytes]:
     """Stream the verified chunks of file `cid`."""
-    return _iter_chunks(store, as_cid(cid))
+    return iter_chunks(store, as_cid(cid))
 
 
 def get_file(
@@ -192,6 +84,16 @@ def get_file(
             yield chunk
 
     atomic_write(Path(out_path), chunks())
+
+
+def is_complete(store: BlockStore, cid: CID | str) -> bool:
+    """Whether every block of the object or file at `cid` is in the store (inner blocks on the
+    way are read, so re-hashed; raw leaves are only looked up). A killed `put_bytes` writes its
+    root last, so a file whose write never finished is not complete."""
+    try:
+        return all(store.has(sub) for sub in walk(store, cid))
+    except ConsortiumError:  # an inner block missing, damaged or malformed
+        return False
 
 
 # -- objects -----------------------------------------------------------------------------------
@@ -237,11 +139,24 @@ def _links_in(obj: Any) -> Iterator[CID]:
             stack.extend(reversed(item))
 
 
+def links_of(cid: CID, block: bytes) -> list[CID]:
+    """The CIDs block `cid` links to (none for a raw block)."""
+    if cid.codec.name == "dag-cbor":
+        try:
+            obj = decode(block)
+        except EncodingError as exc:
+            raise StoreError(f"object {cid} is not canonical dag-cbor: {exc}") from exc
+        return [as_cid(link) for link in _links_in(obj)]
+    if cid.codec.name == "dag-pb":
+        return file_links(cid, block)
+    return []
+
+
 def walk(store: BlockStore, cid: CID | str) -> Iterator[CID]:
     """Every CID reachable from `cid` (itself first), each once.
 
-    dag-cbor blocks are read (and so re-hashed) to follow their links; raw leaves are only
-    named, so the caller decides whether to fetch them. A missing dag-cbor block raises.
+    dag-cbor and dag-pb blocks are read (and so re-hashed) to follow their links; raw leaves are
+    only named, so the caller decides whether to fetch them. A missing inner block raises.
     """
     root = as_cid(cid)
     seen: set[str] = set()
@@ -253,6 +168,24 @@ def walk(store: BlockStore, cid: CID | str) -> Iterator[CID]:
             continue
         seen.add(key)
         yield current
-        if current.codec.name == "dag-cbor":
-            links = [as_cid(link) for link in _links_in(get_object(store, current))]
-            stack.extend(reversed(links))
+        if current.codec.name != "raw":
+            stack.extend(reversed(links_of(current, store.get_block(current))))
+
+
+def iter_blocks(
+    store: BlockStore, cid: CID | str, seen: set[str] | None = None
+) -> Iterator[tuple[CID, bytes]]:
+    """(CID, bytes) of every block reachable from `cid`, depth first, parents before children
+    (the order `ipfs dag export` writes), each block read once and re-hashed; blocks whose key
+    is in `seen` are skipped (and `seen` gains every key yielded)."""
+    seen = set() if seen is None else seen
+    stack = [as_cid(cid)]
+    while stack:
+        current = stack.pop()
+        key = cid_key(current)
+        if key in seen:
+            continue
+        seen.add(key)
+        block = store.get_block(current)
+        yield current, block
+        stack.extend(reversed(links_of(current, block)))

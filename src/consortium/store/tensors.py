@@ -20,6 +20,7 @@ from consortium.core.errors import StoreError
 from consortium.store.blockstore import BlockStore
 from consortium.store.cid import CID, as_cid
 from consortium.store.objects import get_bytes, put_bytes
+from consortium.store.unixfs import Profile
 
 #: safetensors dtype tag -> little-endian NumPy dtype (the ones NumPy can represent).
 DTYPES: dict[str, np.dtype[Any]] = {
@@ -146,10 +147,13 @@ def tensor_metadata(data: bytes, *, max_bytes: int = MAX_TENSOR_BYTES) -> dict[s
 
 
 def put_tensors(
-    store: BlockStore, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None
+    store: BlockStore,
+    tensors: dict[str, np.ndarray],
+    metadata: dict[str, str] | None = None,
+    prof: Profile | str | None = None,
 ) -> CID:
-    """Store tensors as safetensors bytes (chunked if large) and return the CID."""
-    return put_bytes(store, encode_tensors(tensors, metadata))
+    """Store tensors as safetensors bytes (a UnixFS file under `prof`) and return the CID."""
+    return put_bytes(store, encode_tensors(tensors, metadata), prof)
 
 
 def get_tensors(

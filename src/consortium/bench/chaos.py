@@ -247,7 +247,7 @@ class Chaos:
         agreed = asyncio.run(start_run(self.dirs[0], None, run))
         if not agreed["started"]:
             raise ChaosError(f"the run was not agreed: {agreed}")
-        self.run_id = run.run_id()
+        self.run_id = str(agreed["run"])  # the agreed config's id (the task's hash pinned)
         kinds = ["leader"] * ((args.kills + 1) // 2) + ["member"] * (args.kills // 2)
         self.rng.shuffle(kinds)
         for kind in kinds:

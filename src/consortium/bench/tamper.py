@@ -1,6 +1,6 @@
 """Tamper benchmark: does `consortium audit` notice every change to a run folder, and say where?
 
-    python benchmarks/tamper.py [--flips 1000] [--seed 0] [--rounds 2] [--out FILE.md]
+    consortium bench tamper [--flips 1000] [--seed 0] [--rounds 2] [--out FILE.md]
         [--keep DIR] [--json]
 
 Builds a real run folder: 3 nodes in one process over the in-process transport, `--rounds`

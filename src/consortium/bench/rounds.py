@@ -1,6 +1,6 @@
 """Round benchmark: latency, bytes on the wire and accuracy of real nodes in one process.
 
-    python benchmarks/rounds.py [--nodes 5,20] [--datasets digits,fashion-mnist]
+    consortium bench rounds [--nodes 5,20] [--datasets digits,fashion-mnist]
         [--partitions iid,0.1,0.5] [--rounds 10] [--fashion-train 12000] [--out FILE.md]
 
 Each configuration starts N real `Node`s (SQLite ledgers, content-addressed stores, Ed25519

@@ -1,10 +1,11 @@
 """Anchoring cost: latency (median, p95) and gas per anchor, on the embedded chain and on anvil.
 
-    .venv/bin/python benchmarks/anchor.py [--anchors 100] [--anvil PATH] [--json]
+    consortium bench anchor [--anchors 100] [--anvil PATH] [--json]
 
 Also times reopening the embedded chain (replaying its recorded transactions) and reading every
 anchored head back. anvil is used when found (CONSORTIUM_ANVIL, PATH, or the npm install under
-.tmp/anvil: `npm install --prefix .tmp/anvil @foundry-rs/anvil@1.7.1`).
+.tmp/anvil of the current folder, where `make anvil` puts it:
+`npm install --prefix .tmp/anvil @foundry-rs/anvil@1.7.1`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from consortium.chain.accounts import derive_account
 from consortium.chain.client import AnchorChain
 from consortium.core.identity import NodeIdentity
 
-REPO = Path(__file__).resolve().parents[1]
 ANVIL_DEV_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
 GENESIS = hashlib.sha256(b"bench genesis").digest()
 
@@ -83,7 +83,7 @@ def find_anvil(explicit: str | None) -> str | None:
         return explicit
     if on_path := shutil.which("anvil"):
         return on_path
-    native = sorted((REPO / ".tmp/anvil/node_modules/@foundry-rs").glob("anvil-*/bin/anvil"))
+    native = sorted((Path.cwd() / ".tmp/anvil/node_modules/@foundry-rs").glob("anvil-*/bin/anvil"))
     return str(native[0]) if native else None
 
 

@@ -1,7 +1,7 @@
 """Ledger benchmark: append throughput, proof sizes and proof times at several log sizes, audit
 time, each verifying figure as a fraction of the machine's signature-verification limit.
 
-    python benchmarks/ledger.py [--sizes 10000,100000,1000000] [--audit 100000] [--out FILE.md]
+    consortium bench ledger [--sizes 10000,100000,1000000] [--audit N] [--rounds R] [--out F]
 
 The limit: Ed25519 verifications per second on all cores, measured in this run: one process per
 core (`os.sched_getaffinity`), each verifying a record's signature in a loop with the very
@@ -216,7 +216,7 @@ def proofs(tmp: Path, sizes: list[int], batch: int) -> list[tuple[int, str, int,
 def extra_sections(tmp: Path) -> list[str]:
     """Further markdown sections (store throughput, audit time); empty until those layers land."""
     try:
-        from consortium.store.bench import measure_throughput  # type: ignore[import-not-found]
+        from consortium.store.bench import measure_throughput
     except ImportError:
         return []
     result = measure_throughput(tmp)

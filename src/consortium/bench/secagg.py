@@ -1,6 +1,6 @@
 """SecAgg+ benchmark: time of each protocol phase for clients and the aggregator.
 
-    python benchmarks/secagg.py [--n 10,100,1000] [--d 10000,1000000] [--dropout 0,0.1]
+    consortium bench secagg [--n 10,100,1000] [--d 10000,1000000] [--dropout 0,0.1]
                                 [--max-words 2e9] [--out FILE.md]
 
 All clients run in this one process, one after another; client columns are the mean time per
@@ -19,6 +19,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -85,8 +86,8 @@ def run_case(
         from consortium.core.genesis import quorum_for
         from consortium.protocol.secure_round import Consortium, make_params
 
-        c = Consortium(n, quorum_for(n))
-        p0 = make_params(rid, participants, d - 1, 1.0, c)
+        members = Consortium(n, quorum_for(n))
+        p0 = make_params(rid, participants, d - 1, 1.0, members)
         # The floor stays the round's, dropouts permitting; the bench varies dropouts freely.
         params = SecAggParams.create(
             rid, participants, d, k=p0.k, threshold=p0.threshold, quorum=p0.quorum
@@ -108,34 +109,34 @@ def run_case(
     for cl in clients.values():
         msg, dt = _timed(cl.advertise_keys)
         c["keys"] += dt
-        a["keys"] += _timed(lambda m=msg: agg.receive_keys(m))[1]
+        a["keys"] += _timed(partial(agg.receive_keys, msg))[1]
     keys, dt = _timed(agg.finish_keys)
     a["keys"] += dt
     for km in keys:
-        out, dt = _timed(lambda m=km: clients[m.recipient].receive_neighbour_keys(m))
+        out, dt = _timed(partial(clients[km.recipient].receive_neighbour_keys, km))
         c["shares"] += dt
-        a["shares"] += _timed(lambda o=out: agg.receive_shares(o))[1]
+        a["shares"] += _timed(partial(agg.receive_shares, out))[1]
     deliveries, dt = _timed(agg.finish_shares)
     a["shares"] += dt
     live = [dv for dv in deliveries if dv.recipient not in dropped]
     for dv in live:
         cl = clients[dv.recipient]
-        c["recv"] += _timed(lambda m=dv, x=cl: x.receive_shares(m))[1]
-        masked, dt = _timed(lambda x=cl, r=dv.recipient: x.masked_input(words[r]))
+        c["recv"] += _timed(partial(cl.receive_shares, dv))[1]
+        masked, dt = _timed(partial(cl.masked_input, words[dv.recipient]))
         c["mask"] += dt
-        a["inputs"] += _timed(lambda o=masked: agg.receive_masked_input(o))[1]
+        a["inputs"] += _timed(partial(agg.receive_masked_input, masked))[1]
     sets, dt = _timed(agg.finish_inputs)
     a["inputs"] += dt
     for st in sets:
-        vote, dt = _timed(lambda m=st: clients[m.recipient].receive_survivor_set(m))
+        vote, dt = _timed(partial(clients[st.recipient].receive_survivor_set, st))
         c["agree"] += dt
-        a["agree"] += _timed(lambda o=vote: agg.receive_survivor_vote(o))[1]
+        a["agree"] += _timed(partial(agg.receive_survivor_vote, vote))[1]
     requests, dt = _timed(agg.finish_agreement)
     a["agree"] += dt
     for rq in requests:
-        resp, dt = _timed(lambda m=rq: clients[m.recipient].receive_unmask_request(m))
+        resp, dt = _timed(partial(clients[rq.recipient].receive_unmask_request, rq))
         c["unmask"] += dt
-        a["unmask"] += _timed(lambda o=resp: agg.receive_unmask(o))[1]
+        a["unmask"] += _timed(partial(agg.receive_unmask, resp))[1]
     result, dt = _timed(agg.finish)
     a["unmask"] += dt
 

@@ -1,6 +1,6 @@
 """Privacy benchmark: test accuracy of in-memory FedAvg against epsilon, for both units of privacy.
 
-    python benchmarks/privacy.py [--datasets digits,fashion-mnist] [--eps 1,3,8,inf]
+    consortium bench privacy [--datasets digits,fashion-mnist] [--eps 1,3,8,inf]
                                  [--nodes 10] [--rounds 20] [--out-dir DIR]
 
 For each dataset, unit (record, client) and target epsilon (at delta 1e-5), the noise multiplier
@@ -179,8 +179,15 @@ def write_outputs(rows: list[dict[str, object]], final: list[dict[str, object]],
 
 
 def _plot(final: list[dict[str, object]], path: Path) -> None:
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:  # an optional dependency: `pip install 'consortium[bench]'`
+        print(
+            f"{path.name} not drawn: matplotlib is not installed "
+            "(pip install 'consortium[bench]'); the CSV and the table are complete",
+            file=sys.stderr,
+        )
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

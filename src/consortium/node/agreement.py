@@ -1,0 +1,266 @@
+"""Agreeing on runs: the node's side of `protocol/agreement.py` (run-config and run-stop entries
+that a quorum cosigns before they take effect).
+
+`run start`/`run stop` ask a member's own node to propose; it asks every member in two phases,
+*check* (would you accept? nothing signed, nothing locked) and, if a quorum would, *vote* (cosign
+the head "ledger + entry", persisted first), then commits with the cosignatures. Each member
+answers by the consortium's rules and its own `[policy]` (`run_refusals`), and signs a refusal it
+gives, so that signed refusals can release votes on a proposal that can no longer pass.
+
+A mixin of `Node`: it uses the node's identity, genesis, ledger, transport and run state, and
+calls back into the node to start or stop a run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from consortium.core.encoding import Domain, decode, encode
+from consortium.core.errors import ConfigError, ConsortiumError, PeerRefused, TransportError
+from consortium.core.genesis import Genesis
+from consortium.core.identity import NodeIdentity
+from consortium.learning.task import TaskError
+from consortium.ledger.entries import Entry
+from consortium.ledger.heads import Cosignature, CosignedHead, TreeHead
+from consortium.ledger.log import Ledger
+from consortium.node.config import NodeConfig, RunConfig, run_refusals
+from consortium.protocol import agreement
+from consortium.protocol.messages import Proposal
+from consortium.protocol.record import RUN_KIND, STOP_KIND, RunRecord, StopRecord
+from consortium.protocol.round import RoundMachine
+from consortium.protocol.secure_round import max_faulty
+from consortium.transport.base import Transport
+
+log = logging.getLogger("consortium.node")
+
+AGREED_KINDS = (RUN_KIND, STOP_KIND)
+
+
+class RunAgreement:
+    """Proposing, answering and committing run-config and run-stop entries."""
+
+    # Provided by Node.
+    identity: NodeIdentity
+    genesis: Genesis
+    ledger: Ledger
+    transport: Transport
+    config: NodeConfig
+    clock: Callable[[], float]
+    peers: list[str]
+    name: str
+    machine: RoundMachine | None
+    run: RunConfig | None
+    stopped: str
+    finished: asyncio.Event
+
+    def start_run(self, run: RunConfig, *, late: bool = False) -> None:
+        raise NotImplementedError
+
+    def _stopped_by_agreement(self, stop: StopRecord) -> None:
+        raise NotImplementedError
+
+    def _write_status(self) -> None:
+        raise NotImplementedError
+
+    async def _send(self, peer: str, payload: bytes, method: str = "msg") -> None:
+        raise NotImplementedError
+
+    async def propose_run(self, run: RunConfig) -> dict[str, Any]:
+        """Propose `run` to every member; start it if a quorum cosigns its run-config entry.
+        Returns the agreement report (see `_agree`) with "started". A run that pins no task code
+        hash gets the hash of the task as installed here (`RunConfig.pinned`)."""
+        run = run.pinned()
+        report = await self._agree(RUN_KIND, RunRecord(run.run_id(), run.body()).to_body())
+        report["run"], report["started"] = run.run_id(), report["agreed"]
+        return report
+
+    async def propose_stop(self, reason: str) -> dict[str, Any]:
+        """Propose to stop the current run; it stops everywhere once a quorum cosigned the
+        run-stop entry. Returns the agreement report (see `_agree`)."""
+        if self.run is None or self.finished.is_set():
+            raise ConfigError("no run is in progress on this node")
+        report = await self._agree(STOP_KIND, StopRecord(self.run.run_id(), reason).to_body())
+        report["run"] = self.run.run_id()
+        return report
+
+    async def _agree(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Get a `kind` entry cosigned by a quorum and committed on every member.
+
+        Two phases, so that a proposal some members refuse by policy locks nobody's vote:
+        every member first says whether it would accept (nothing signed); only if a quorum
+        would are the acceptors asked to cosign. Returns {"agreed", "accepted": [names],
+        "refused": {name: reason}, "unreachable": {name: reason}}."""
+        p = agreement.propose(
+            self.identity,
+            self.genesis,
+            self.ledger.frontier(),
+            kind,
+            body,
+            int(self.clock() * 1000),
+        )
+        names = {m.node_id: m.name for m in self.genesis.members}
+        refused: dict[str, str] = {}
+        unreachable: dict[str, str] = {}
+        report: dict[str, Any] = {
+            "agreed": False,
+            "accepted": [],
+            "refused": refused,
+            "unreachable": unreachable,
+        }
+        willing = await self._ask_members(p, "run-check", list(names), refused, unreachable)
+        report["accepted"] = sorted(names[n] for n in willing)
+        if len(willing) < self.genesis.quorum:
+            return report
+        answers = await self._ask_members(p, "run-vote", sorted(willing), refused, unreachable)
+        sigs = {n: a["sig"] for n, a in answers.items() if "sig" in a}
+        refusals = {n: a["refusal"] for n, a in answers.items() if "refusal" in a}
+        report["accepted"] = sorted(names[n] for n in sigs)
+        try:
+            valid = agreement.valid_cosignatures(p, self.genesis, sigs)
+        except agreement.AgreementRefused:
+            # Rare (a member changed its mind or went away between the phases): with enough
+            # signed refusals, those who cosigned may vote again at this ledger size.
+            note = encode({"proposal": p.to_body(), "refusals": refusals})
+            await asyncio.gather(
+                *(self._send(peer, note, "run-abandon") for peer in self.peers),
+                return_exceptions=True,
+            )
+            return report
+        commit = encode({"proposal": p.to_body(), "cosignatures": valid})
+        self._commit_agreed(p, valid)
+        await asyncio.gather(
+            *(self._send(peer, commit, "run-commit") for peer in self.peers),
+            return_exceptions=True,
+        )
+        report["agreed"] = True
+        return report
+
+    async def _ask_members(
+        self,
+        p: Proposal,
+        method: str,
+        members: list[str],
+        refused: dict[str, str],
+        unreachable: dict[str, str],
+    ) -> dict[str, dict[str, Any]]:
+        """Each member's answer to `method` ("run-check" or "run-vote") on `p`: those that
+        accept, with their answer; refusals and the unreachable are recorded by name."""
+        names = {m.node_id: m.name for m in self.genesis.members}
+        payload = encode(p.to_body())
+        accepted: dict[str, dict[str, Any]] = {}
+
+        async def ask(member: str) -> None:
+            name = names[member]
+            try:
+                if member == self.identity.node_id:
+                    raw = self._vote_run(p, dry_run=method == "run-check")
+                else:
+                    raw = await self.transport.request(member, method, payload, 15.0)
+                answer = decode(raw)
+                if not isinstance(answer, dict):
+                    raise ConfigError("malformed answer to a run proposal")
+                if "refused" in answer:
+                    refused[name] = str(answer["refused"])
+                    if isinstance(answer.get("sig"), bytes):  # its signed refusal
+                        accepted[member] = {"refusal": answer["sig"]}
+                elif method == "run-vote" and not isinstance(answer.get("sig"), bytes):
+                    raise ConfigError("malformed answer to a run proposal")
+                else:
+                    accepted[member] = answer
+            except PeerRefused as exc:
+                refused[name] = str(exc)
+            except TransportError as exc:
+                unreachable[name] = str(exc)
+            except ConsortiumError as exc:
+                refused[name] = str(exc)
+
+        await asyncio.gather(*(ask(m) for m in members))
+        if method == "run-check":
+            return {m: a for m, a in accepted.items() if "refusal" not in a}
+        return accepted
+
+    def _vote_run(self, p: Proposal, *, dry_run: bool = False) -> bytes:
+        """This member's answer to a proposed run-config or run-stop entry: {"sig": cosignature}
+        (with `dry_run`, {"ok": true}: nothing signed, nothing locked) or, when its rules or
+        policy refuse it, {"refused": why, "sig": signed refusal}."""
+        entry = agreement.check(p, self.genesis, self.ledger.frontier(), AGREED_KINDS)
+        refusals = self._refusals(entry)
+        if refusals:
+            why = "refused: " + "; ".join(refusals)
+            statement = agreement.refusal_statement(p)
+            sig = self.identity.sign(Domain.MESSAGE, statement, self.genesis.digest())
+            return encode({"refused": why, "sig": sig})
+        prior = self.ledger.my_votes().get(p.size)
+        if dry_run:
+            if prior is not None and prior[0] != p.root:
+                raise agreement.AgreementRefused(
+                    f"this member already cosigned another head of size {p.size}"
+                )
+            return encode({"ok": True})
+        sig = agreement.cosign(self.identity, self.genesis, p, prior[0] if prior else None)
+        self.ledger.record_vote(p.size, p.root, 0, entry.author, 0)  # before the vote leaves
+        if self.machine is not None:  # a stop takes the position a round's record would
+            self.machine.note_vote(p.size, p.root, entry.author)
+        return encode({"sig": sig})
+
+    def _refusals(self, entry: Entry) -> list[str]:
+        """Why this member refuses an agreed entry (empty: it accepts)."""
+        if entry.kind == RUN_KIND:
+            if self.machine is not None and not self.finished.is_set():
+                raise agreement.AgreementRefused("a run is already in progress on this node")
+            return run_refusals(self._agreed_config(entry), self.genesis, self.config.policy)
+        stop = StopRecord.from_entry(entry)
+        if self.run is None or self.run.run_id() != stop.run or self.finished.is_set():
+            return [f"run {stop.run} is not in progress on this node"]
+        return []
+
+    def _abandon_run(self, payload: bytes) -> None:
+        """Lift this member's vote for a run proposal that signed refusals show can never reach
+        quorum, so another run can be proposed at that ledger size."""
+        body = decode(payload)
+        if not isinstance(body, dict) or not isinstance(body.get("refusals"), dict):
+            raise ConfigError("malformed run abandonment")
+        p = Proposal.from_body(body["proposal"])
+        if not agreement.abandoned(
+            p, self.genesis, body["refusals"], max_faulty(len(self.peers) + 1)
+        ):
+            raise agreement.AgreementRefused("too few signed refusals to abandon that proposal")
+        prior = self.ledger.my_votes().get(p.size)
+        if prior is not None and prior[0] == p.root:
+            self.ledger.forget_vote(p.size, p.root)
+
+    def _agreed_config(self, entry: Entry) -> RunConfig:
+        record = RunRecord.from_entry(entry)
+        run = RunConfig.from_body(dict(record.config))
+        if run.run_id() != record.run:
+            raise agreement.AgreementRefused("the run id is not the hash of its configuration")
+        return run
+
+    def _commit_agreed(self, p: Proposal, cosignatures: dict[str, bytes]) -> None:
+        """Append an agreed entry with its cosigned head (one transaction), then act on it: a
+        run-config starts the run (unless this member's policy refuses it: then it sits the run
+        out), a run-stop stops it."""
+        entry = agreement.check(p, self.genesis, self.ledger.frontier(), AGREED_KINDS)
+        agreement.valid_cosignatures(p, self.genesis, cosignatures)
+        run = self._agreed_config(entry) if entry.kind == RUN_KIND else None
+        head = CosignedHead(
+            TreeHead(p.size, p.root, p.time),
+            [Cosignature(node_id, sig) for node_id, sig in sorted(cosignatures.items())],
+        )
+        self.ledger.append_many([entry], heads=[head], expect_size=p.size - 1)  # all or nothing
+        if run is None:
+            self._stopped_by_agreement(StopRecord.from_entry(entry))
+            return
+        refusals = run_refusals(run, self.genesis, self.config.policy)
+        if not refusals:
+            try:
+                self.start_run(run)
+                return
+            except TaskError as exc:  # e.g. its data(): one line in the log, not a traceback
+                self.machine, refusals = None, [f"cannot train it: {exc}"]
+        self.stopped = "sitting this run out: " + "; ".join(refusals)
+        log.error("%s: %s", self.name, self.stopped)
+        self._write_status()
