@@ -40,7 +40,6 @@ from typing import Any
 from multiformats import CID
 
 from consortium.audit.database import check_database
-from consortium.audit.entries_check import CHUNK, check_all
 from consortium.chain.check import check_anchored, check_deployment
 from consortium.chain.client import RECORD_FILE, AnchorChain, AnchoredHead
 from consortium.chain.txlog import SCHEMA as TXLOG_SCHEMA
@@ -51,11 +50,13 @@ from consortium.core.errors import AuditError, ConfigError, ConsortiumError
 from consortium.core.genesis import GENESIS_FILE, Genesis
 from consortium.core.identity import PUBLIC_FILE, PublicIdentity
 from consortium.core.layout import CHAIN_DIR, CONSENT_FILE, LEDGER_FILE, STORE_DIR
-from consortium.ledger.entries import Entry, check_signature
-from consortium.ledger.frontier import Frontier
+from consortium.ledger import merkle
+from consortium.ledger.entries import Entry, check_signature, member_keys
 from consortium.ledger.heads import TreeHead
 from consortium.ledger.log import SCHEMA as LEDGER_SCHEMA
-from consortium.ledger.log import Ledger
+from consortium.ledger.log import Ledger, StoredTree
+from consortium.ledger.parallel import Pending, workers_for
+from consortium.ledger.stored import CHUNK, check_chunk
 from consortium.node.anchoring import CHAIN_CONFIG_FILE, ChainConfig, load_chain_config
 from consortium.node.config import RunConfig, consortium_refusals
 from consortium.privacy.budget import Budget, recompute_totals, totals
@@ -75,6 +76,9 @@ from consortium.store.blockstore import BlockStore
 from consortium.store.objects import file_cid, get_bytes, walk
 
 Progress = Callable[[str, int, int], None]
+
+#: Kinds whose records the round verifier reads after the pass over the entries.
+_RECORD_KINDS = frozenset({ROUND_KIND, RUN_KIND, STOP_KIND})
 
 
 @dataclass
@@ -161,22 +165,24 @@ def _audit(
         node_id = _check_public_identity(directory, genesis)
         anchored, chain_label = _read_chain(directory, genesis, report, target)
         with _about(LEDGER_FILE):
-            references, roots = _check_entries(
+            checked = _check_entries(
                 ledger, genesis, report, progress, workers, {h.size for h in anchored}
             )
-            _check_heads(ledger, genesis, roots, report)
+            _check_heads(ledger, genesis, checked.roots, report)
         with _about(chain_label):
-            _check_anchors(anchored, roots, report)
+            _check_anchors(anchored, checked.roots, report)
         with _about(LEDGER_FILE):
-            ledger.fsck()
+            if isinstance(checked.stored, Exception):
+                raise checked.stored
+            ledger.fsck(checked.levels, checked.stored)
             for blob in ledger.raw_equivocations():
                 report.equivocations.append(blob.hex()[:32])
     with _about(STORE_DIR):
-        _check_store(directory / STORE_DIR, references, report, progress)
+        _check_store(directory / STORE_DIR, checked.references, report, progress)
     rounds: list[tuple[int, RoundRecord]] = []
-    if report.kinds.get("round") or report.kinds.get(RUN_KIND) or report.kinds.get(STOP_KIND):
+    if checked.records:
         with _about(LEDGER_FILE):
-            rounds = _check_round_records(ledger_path, directory / STORE_DIR, genesis, report)
+            rounds = _check_round_records(checked.records, directory / STORE_DIR, genesis, report)
     if (directory / CONSENT_FILE).exists():
         with _about(CONSENT_FILE):
             _check_consent(directory / CONSENT_FILE, node_id, rounds)
@@ -232,6 +238,17 @@ def _check_consent(path: Path, node_id: str | None, rounds: list[tuple[int, Roun
         verify_registry(registry, committed)
 
 
+@dataclass
+class _Entries:
+    """What the pass over the entries found, for the checks after it."""
+
+    references: dict[str, int]  # CID -> first entry referencing it
+    roots: dict[int, bytes]  # recomputed root at every size a stored or anchored head names
+    levels: list[list[bytes]]  # `merkle.tree_levels` of the leaves, for `Ledger.fsck`
+    stored: StoredTree | Exception  # `Ledger.stored_tree()`, or why it could not be read
+    records: list[tuple[int, bytes]]  # (index, bytes) of every run, stop and round record
+
+
 def _check_entries(
     ledger: Ledger,
     genesis: Genesis,
@@ -239,42 +256,52 @@ def _check_entries(
     progress: Progress | None,
     workers: int | None,
     anchored_sizes: set[int],
-) -> tuple[dict[str, int], dict[int, bytes]]:
-    """Verify every entry; return the CIDs referenced (-> first entry) and the recomputed root
-    at every size a stored head claims."""
+) -> _Entries:
+    """Verify every entry (decoded once and hashed once, on every core)."""
     wanted = {size for size, *_ in ledger.raw_cosignatures()}
     wanted |= {size for size, *_ in ledger.raw_heads()}
     wanted |= anchored_sizes
-    rows = list(ledger.raw_entries())
     total = ledger.size
-    for expected, (idx, _) in enumerate(rows):
-        if idx != expected:
-            raise _fail(f"entry {expected}: missing")
+    keys = member_keys(genesis)
+    consortium = genesis.digest()
+    # Chunks go to the workers as they are read; this process then reads what fsck compares.
+    pending = Pending(check_chunk, workers=workers_for(workers), expect_more=total > 1 + CHUNK)
+    rows: list[tuple[int, bytes]] = []
+    for idx, data in ledger.raw_entries():
+        if idx != len(rows):
+            raise _fail(f"entry {len(rows)}: missing")
+        rows.append((idx, data))
+        if idx % CHUNK == 0 and idx:
+            pending.add((rows[idx - CHUNK + 1 :], keys, consortium, _RECORD_KINDS))
     if len(rows) != total:
         raise _fail(f"entry {len(rows)}: missing (ledger claims {total} entries)")
+    if (len(rows) - 1) % CHUNK:
+        pending.add((rows[len(rows) - (len(rows) - 1) % CHUNK :], keys, consortium, _RECORD_KINDS))
+    try:  # refused only in fsck's turn, after every check of the entries and heads
+        stored: StoredTree | Exception = ledger.stored_tree()
+    except (ConsortiumError, sqlite3.Error) as exc:
+        stored = exc
     first = Entry.from_bytes(rows[0][1])  # entry 0 was verified as the genesis manifest
     report.kinds = {first.kind: 1}
     references: dict[str, int] = {}
-    frontier = Frontier.empty().append(rows[0][1])
-    roots: dict[int, bytes] = {0: Frontier.empty().root(), 1: frontier.root()}
-    keys = {m.node_id: m.public_key for m in genesis.members}
-    chunks = [rows[i : i + CHUNK] for i in range(1, len(rows), CHUNK)]
-    for n, result in enumerate(check_all(chunks, keys, genesis.digest(), workers)):
+    records: list[tuple[int, bytes]] = []
+    leaves = [merkle.leaf_hash(rows[0][1])]
+    for n, result in enumerate(pending.results()):
         if result.error is not None:
             raise _fail(f"entry {result.error[0]}: {result.error[1]}")
         for kind, count in result.kinds.items():
             report.kinds[kind] = report.kinds.get(kind, 0) + count
         for cid, idx in result.references:
             references.setdefault(cid, idx)
-        for leaf in result.leaf_hashes:
-            frontier = frontier.append_hash(leaf)
-            if frontier.size in wanted:
-                roots[frontier.size] = frontier.root()
+        records.extend(rows[idx] for idx in result.wanted)
+        leaves.extend(result.leaf_hashes)
         if progress:
             progress("entries", min(total, (n + 1) * CHUNK), total)
+    levels = merkle.tree_levels(leaves)  # every node hashed once, for the roots and fsck
+    roots = {size: merkle.root_at(levels, size) for size in wanted | {0, total} if size <= total}
     report.entries = total
-    report.root = frontier.root()
-    return references, roots
+    report.root = roots[total]
+    return _Entries(references, roots, levels, stored, records)
 
 
 def _chain_target(
@@ -342,51 +369,50 @@ def _check_anchors(
 
 
 def _check_round_records(
-    ledger_path: Path, store_dir: Path, genesis: Genesis, report: AuditReport
+    stored: list[tuple[int, bytes]], store_dir: Path, genesis: Genesis, report: AuditReport
 ) -> list[tuple[int, RoundRecord]]:
     """Run `verify_round_record`, the check every voter ran before cosigning, on every stored
     round record: leader of its attempt, members, contributors, the model recomputed from the
     published SecAgg+ transcript, the privacy spend recomputed from the ledger, consent shape.
-    Then recompute every purpose's privacy totals."""
+    Then recompute every purpose's privacy totals. `stored`: the bytes of every run, stop and
+    round record, as checked (and decoded once already) by the pass over the entries: decoded
+    again here because CIDs do not cross process boundaries."""
     store: BlockStore | None = None
     records: list[tuple[int, RoundRecord]] = []
     runs: dict[str, RunConfig] = {}
     stopped: set[str] = set()
     spends: dict[str, list[tuple[int, Any]]] = {}
-    frontier = Frontier.empty()
-    with Ledger.open(ledger_path, readonly=True) as ledger:
-        for idx, data in ledger.raw_entries():
-            frontier = frontier.append(data)
-            entry = Entry.from_bytes(data)
-            if entry.kind in (RUN_KIND, STOP_KIND):
-                try:
-                    if entry.kind == RUN_KIND:
-                        _agreed_run(entry, genesis, runs)
-                    else:
-                        stopped.add(_run_of_stop(entry, runs))
-                except ConsortiumError as exc:
-                    raise _fail(f"entry {idx}: {exc}") from exc
-                continue
-            if entry.kind != ROUND_KIND:
-                continue
+    for idx, data in stored:
+        entry = Entry.from_bytes(data)  # the bytes the first pass verified
+        if entry.kind in (RUN_KIND, STOP_KIND):
             try:
-                store = store or BlockStore(store_dir, create=False)
-                record = RoundRecord.from_entry(entry)
-                run = _run_of(record, runs)
-                if record.run in stopped:
-                    raise ConsortiumError(
-                        f"a round of run {record.run} after the members agreed to stop it "
-                        f"[rule {CONFIG}]"
-                    )
-                privacy = _round_privacy(genesis, run, spends)
-                context = _record_context(record, run, entry, idx, genesis, store, privacy)
-                verify_round_record(record, context)
+                if entry.kind == RUN_KIND:
+                    _agreed_run(entry, genesis, runs)
+                else:
+                    stopped.add(_run_of_stop(entry, runs))
             except ConsortiumError as exc:
                 raise _fail(f"entry {idx}: {exc}") from exc
-            if record.privacy is not None:
-                spends.setdefault(run.purpose, []).append((idx, record.privacy))
-            report.secure_rounds += record.secure
-            records.append((idx, record))
+            continue
+        if entry.kind != ROUND_KIND:
+            continue
+        try:
+            store = store or BlockStore(store_dir, create=False)
+            record = RoundRecord.from_entry(entry)
+            run = _run_of(record, runs)
+            if record.run in stopped:
+                raise ConsortiumError(
+                    f"a round of run {record.run} after the members agreed to stop it "
+                    f"[rule {CONFIG}]"
+                )
+            privacy = _round_privacy(genesis, run, spends)
+            context = _record_context(record, run, entry, idx, genesis, store, privacy)
+            verify_round_record(record, context)
+        except ConsortiumError as exc:
+            raise _fail(f"entry {idx}: {exc}") from exc
+        if record.privacy is not None:
+            spends.setdefault(run.purpose, []).append((idx, record.privacy))
+        report.secure_rounds += record.secure
+        records.append((idx, record))
     for purpose, rows in spends.items():
         p = genesis.purpose(purpose)
         problems = recompute_totals(

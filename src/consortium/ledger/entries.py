@@ -10,15 +10,18 @@ the signatures and bound to the consortium by its genesis digest. `kind` is an o
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import cbor2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from multiformats import CID
 
-from consortium.core.encoding import Domain, decode, encode, signing_payload
+from consortium.core.encoding import Domain, decode, domain_prefix, encode, signing_payload
 from consortium.core.errors import (
+    ConsortiumError,
     EncodingError,
     GenesisError,
     IdentityError,
@@ -27,10 +30,17 @@ from consortium.core.errors import (
 )
 from consortium.core.genesis import Genesis
 from consortium.core.identity import SIGNATURE_BYTES, NodeIdentity, node_id_for
+from consortium.ledger.parallel import Check, SignatureBatch
 
 GENESIS_KIND = "genesis"
 RECORD_KIND = "record"
 _FIELDS = frozenset({"kind", "author", "time", "body", "signatures"})
+_SIGNATURES_KEY = b"\x6asignatures"  # encode("signatures")
+
+
+def _head_bytes(n: int) -> int:
+    """Length of the shortest CBOR head for the argument n."""
+    return 1 if n < 24 else 2 if n < 1 << 8 else 3 if n < 1 << 16 else 5 if n < 1 << 32 else 9
 
 
 @functools.lru_cache(maxsize=1024)
@@ -98,6 +108,26 @@ class Entry:
         """The canonical bytes: the Merkle leaf data."""
         return encode(self.to_dict())
 
+    @functools.cached_property
+    def signed_bytes(self) -> bytes:
+        """The canonical bytes of `signed_body()`, sliced from `data` rather than encoded again.
+
+        `data` is the canonical map {body, kind, time, author, signatures} (dag-cbor orders keys
+        by length, then bytes), so the signed map {body, kind, time, author} is the same bytes
+        with a four-entry header (0xa4 for 0xa5) and without the trailing "signatures" pair,
+        whose encoding (text keys, byte-string values, keys in that order) cbor2 writes exactly
+        as dag-cbor does. Whatever does not have that shape is encoded again."""
+        data = self.data
+        sigs = self.signatures
+        if data[:1] == b"\xa5" and all(
+            type(k) is str and type(v) is bytes for k, v in sigs.items()
+        ):
+            order = sorted(sigs, key=lambda k: (len(k.encode()), k.encode()))
+            tail = _SIGNATURES_KEY + cbor2.dumps({k: sigs[k] for k in order})
+            if data.endswith(tail):
+                return b"\xa4" + data[1 : len(data) - len(tail)]
+        return encode(self.signed_body())
+
     def to_bytes(self) -> bytes:
         return self.data
 
@@ -129,7 +159,17 @@ class Entry:
         ):
             raise LedgerError("ledger entry signatures must map node ids to bytes")
         entry = cls(kind, author, body, sigs, time)
-        entry.__dict__["data"] = bytes(data)  # already canonical: skip re-encoding
+        data = bytes(data)
+        entry.__dict__["data"] = data  # already canonical: skip re-encoding
+        # The bytes are canonical (decode checked every head is shortest), so the trailing
+        # "signatures" pair (see `signed_bytes`) has exactly this length.
+        tail = len(_SIGNATURES_KEY) + _head_bytes(len(sigs))
+        for k, v in sigs.items():
+            n = len(k.encode())
+            tail += _head_bytes(n) + n + _head_bytes(len(v)) + len(v)
+        start = len(data) - tail
+        if data[start : start + len(_SIGNATURES_KEY)] == _SIGNATURES_KEY:
+            entry.__dict__["signed_bytes"] = b"\xa4" + data[1:start]
         return entry
 
     # -- checks ------------------------------------------------------------------------------
@@ -140,23 +180,31 @@ class Entry:
         if self.kind == GENESIS_KIND:
             self._verify_genesis(genesis)
             return
+        failure = first_failure([self], genesis, workers=1)
+        if failure is not None:
+            raise failure[1]
+
+    def signature_checks(
+        self, keys: dict[str, tuple[str, bytes]]
+    ) -> tuple[list[tuple[str, Check]], ConsortiumError | None]:
+        """What `verify` checks, in its order, for a non-genesis entry: the (signer, check) of
+        each signature up to the first problem found without any signature check, and that
+        problem (no signature, none by the author, a signer who is not a member) or None.
+        `keys`: `member_keys(genesis)`; a check's message follows the record payload prefix."""
         if not self.signatures:
-            raise SignatureError(f"{self.kind} entry carries no signature")
+            return [], SignatureError(f"{self.kind} entry carries no signature")
         if self.author not in self.signatures:
-            raise SignatureError(f"{self.kind} entry is not signed by its author {self.author}")
-        signed = self.signed_body()
-        keys = member_keys(genesis)
-        consortium = genesis.digest()
+            return [], SignatureError(
+                f"{self.kind} entry is not signed by its author {self.author}"
+            )
+        checks: list[tuple[str, Check]] = []
         for node_id, sig in self.signatures.items():
             if node_id not in keys:
-                raise SignatureError(
+                return checks, SignatureError(
                     f"{self.kind} entry signed by {node_id}, which is not a member"
                 )
-            name, key = keys[node_id]
-            if not check_signature(key, Domain.RECORD, signed, sig, consortium):
-                raise SignatureError(
-                    f"invalid signature on {self.kind} entry from member {name} ({node_id})"
-                )
+            checks.append((node_id, (keys[node_id][1], sig, self.signed_bytes)))
+        return checks, None
 
     def _verify_genesis(self, genesis: Genesis) -> None:
         if self.author != "" or self.time != genesis.created:
@@ -184,15 +232,82 @@ class Entry:
         return found
 
 
+class EntryChecks:
+    """`Entry.verify` over a batch of non-genesis entries, in order: every signature up to the
+    first failure is submitted at construction (on every core for a large batch, see
+    `parallel.SignatureBatch`), so the caller can work meanwhile; `failure()` then answers with
+    the (position, error) of the first entry `Entry.verify` would refuse, and the error it would
+    raise, or None. A genesis entry is refused ("can only be entry 0"). The answer is the same
+    on the pool and inline."""
+
+    def __init__(
+        self,
+        entries: Sequence[Entry],
+        keys: dict[str, tuple[str, bytes]],
+        consortium: bytes,
+        workers: int | None = None,
+    ) -> None:
+        """`keys`: `member_keys(genesis)`; `consortium`: `genesis.digest()` (see `of`)."""
+        self._entries = entries
+        self._keys = keys
+        flat: list[Check] = []
+        self._owners: list[tuple[int, str]] = []  # (position, signer) of each check in `flat`
+        self._stop: tuple[int, ConsortiumError] | None = None
+        for pos, entry in enumerate(entries):
+            if entry.kind == GENESIS_KIND:
+                self._stop = (pos, LedgerError("a genesis entry can only be entry 0"))
+                break
+            checks, problem = entry.signature_checks(self._keys)
+            for signer, check in checks:
+                flat.append(check)
+                self._owners.append((pos, signer))
+            if problem is not None:
+                self._stop = (pos, problem)
+                break
+        prefix = domain_prefix(Domain.RECORD, consortium)
+        self._batch = SignatureBatch(prefix, flat, workers)
+
+    @classmethod
+    def of(
+        cls, entries: Sequence[Entry], genesis: Genesis, workers: int | None = None
+    ) -> EntryChecks:
+        return cls(entries, member_keys(genesis), genesis.digest(), workers)
+
+    def failure(self) -> tuple[int, ConsortiumError] | None:
+        found = self._batch.first_invalid()
+        if found is None:
+            return self._stop
+        pos, signer = self._owners[found]
+        name, kind = self._keys[signer][0], self._entries[pos].kind
+        return pos, SignatureError(
+            f"invalid signature on {kind} entry from member {name} ({signer})"
+        )
+
+
+def first_failure(
+    entries: Sequence[Entry], genesis: Genesis, workers: int | None = None
+) -> tuple[int, ConsortiumError] | None:
+    """`EntryChecks.of(entries, genesis, workers).failure()`."""
+    return EntryChecks.of(entries, genesis, workers).failure()
+
+
 def make_record(
     identity: NodeIdentity, kind: str, body: dict[str, Any], time: int, genesis: Genesis
 ) -> Entry:
-    """A new entry of `kind`, authored and signed by `identity` for the consortium of `genesis`."""
+    """A new entry of `kind`, authored and signed by `identity` for the consortium of `genesis`.
+
+    Its canonical bytes are cached: the signed bytes with the signature appended, so appending
+    it encodes nothing again."""
     if not kind or kind == GENESIS_KIND:
         raise LedgerError(f"cannot make a record of kind {kind!r}")
     unsigned = Entry(kind, identity.node_id, body, {}, time)
+    signed = encode(unsigned.signed_body())
     sig = identity.sign(Domain.RECORD, unsigned.signed_body(), genesis.digest())
-    return Entry(kind, identity.node_id, body, {identity.node_id: sig}, time)
+    entry = Entry(kind, identity.node_id, body, {identity.node_id: sig}, time)
+    tail = _SIGNATURES_KEY + cbor2.dumps({identity.node_id: sig})
+    entry.__dict__["data"] = b"\xa5" + signed[1:] + tail
+    entry.__dict__["signed_bytes"] = signed
+    return entry
 
 
 def genesis_entry(genesis: Genesis) -> Entry:

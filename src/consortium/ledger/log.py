@@ -13,7 +13,7 @@ with fewer entries could sign a different root for N, i.e. equivocate. Batching 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -24,7 +24,12 @@ from consortium.core.genesis import Genesis
 from consortium.core.identity import NodeIdentity
 from consortium.core.sqlite import open_for_reading
 from consortium.ledger import merkle
-from consortium.ledger.entries import GENESIS_KIND, Entry, genesis_entry, genesis_from_bytes
+from consortium.ledger.entries import (
+    Entry,
+    EntryChecks,
+    genesis_entry,
+    genesis_from_bytes,
+)
 from consortium.ledger.frontier import Frontier
 from consortium.ledger.heads import (
     Cosignature,
@@ -35,6 +40,9 @@ from consortium.ledger.heads import (
 )
 
 FORMAT = b"consortium-ledger/1"
+
+#: `Ledger.stored_tree()`: tree rows (level, idx, hash) in key order, and (idx, leaf hash) rows.
+StoredTree = tuple[list[tuple[int, int, bytes]], list[tuple[int, bytes]]]
 
 SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -63,8 +71,10 @@ def _as(column: str, kind: str) -> str:
 def _typed(where: str, row: Sequence[Any], text: Sequence[int] = ()) -> tuple[Any, ...]:
     """A row selected with `_as`: LedgerError naming `where` if a value had the wrong type;
     the columns at `text` decoded from UTF-8."""
-    if any(v is None for v in row):
+    if None in row:
         raise LedgerError(f"{where}: a stored value has the wrong type")
+    if not text:
+        return tuple(row)
     out = list(row)
     for i in text:
         try:
@@ -314,6 +324,17 @@ class Ledger:
     # Each value is checked against its column's type: a damaged (or edited) file can hold any
     # SQLite value in any column, and a float or text must never pass for an integer or hash.
 
+    @staticmethod
+    def _checked(cur: sqlite3.Cursor, where: Callable[[Any], str]) -> Iterator[Any]:
+        """The rows of a query selected with `_as` and no text column, fetched in batches (these
+        tables hold a row or two per entry): LedgerError naming `where(row)` for the first row
+        with a value of the wrong type."""
+        while batch := cur.fetchmany(4096):
+            for row in batch:
+                if None in row:
+                    raise LedgerError(f"{where(row)}: a stored value has the wrong type")
+                yield row
+
     def raw_entries(self, start: int = 0, end: int | None = None) -> Iterator[tuple[int, bytes]]:
         end = self._size if end is None else end
         cur = self._conn.execute(
@@ -321,22 +342,20 @@ class Ledger:
             "ORDER BY idx",
             (start, end),
         )
-        for row in cur:
-            yield _typed(f"entry {row[0]}", row)
+        return self._checked(cur, lambda row: f"entry {row[0]}")
 
     def raw_leaf_hashes(self) -> Iterator[tuple[int, bytes]]:
         """(index, stored leaf hash) of every entry: `fsck` checks them against the bytes."""
         cur = self._conn.execute(f"SELECT idx, {_as('leaf_hash', 'blob')} FROM entries")
-        for row in cur:
-            yield _typed(f"entry {row[0]}", row)
+        return self._checked(cur, lambda row: f"entry {row[0]}")
 
-    def raw_tree(self) -> Iterator[tuple[int, int, bytes]]:
+    def raw_tree(self, ordered: bool = False) -> Iterator[tuple[int, int, bytes]]:
+        """Every stored tree row; `ordered`: by (level, idx), the table's own key order."""
         cur = self._conn.execute(
             f"SELECT {_as('level', 'integer')}, {_as('idx', 'integer')}, {_as('hash', 'blob')} "
-            "FROM tree"
+            "FROM tree" + (" ORDER BY level, idx" if ordered else "")
         )
-        for row in cur:
-            yield _typed("a tree node", row)
+        return self._checked(cur, lambda row: "a tree node")
 
     def raw_cosignatures(self) -> Iterator[tuple[int, bytes, int, str, bytes]]:
         cur = self._conn.execute(
@@ -359,39 +378,53 @@ class Ledger:
         for row in cur:
             yield _typed("equivocation evidence", row)[0]
 
-    def fsck(self) -> bytes:
-        """Recompute every leaf and tree row from entry bytes; return the root or raise."""
-        level: list[bytes] = []
-        for idx, data in self.raw_entries():
-            if idx != len(level):
-                raise LedgerError(f"ledger entry {len(level)} is missing")
-            level.append(merkle.leaf_hash(data))
-        if len(level) != self._size:
-            raise LedgerError(f"ledger holds {len(level)} entries, expected {self._size}")
-        expected: dict[tuple[int, int], bytes] = {}
-        lv = 0
-        while level:
-            expected.update(((lv, i), h) for i, h in enumerate(level))
-            level = [merkle.node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
-            lv += 1
-        stored = {(lv_, i): h for lv_, i, h in self.raw_tree()}
-        if stored != expected:
-            bad = sorted(set(stored.items()) ^ set(expected.items()))[:1]
-            raise LedgerError(f"ledger tree disagrees with its entries at node {bad[0][:2]}")
-        for idx, stored_leaf in self.raw_leaf_hashes():
-            if stored_leaf != expected.get((0, idx)):
+    def stored_tree(self) -> StoredTree:
+        """What `fsck` compares with the entries: every stored tree row in key order, and every
+        entry's stored leaf hash (the auditor reads them while its workers verify)."""
+        return list(self.raw_tree(ordered=True)), list(self.raw_leaf_hashes())
+
+    def fsck(
+        self,
+        levels: Sequence[Sequence[bytes]] | None = None,
+        stored: StoredTree | None = None,
+    ) -> bytes:
+        """Recompute every leaf and tree row from entry bytes; return the root or raise.
+
+        `levels`: `merkle.tree_levels` of every entry's leaf hash, computed by the caller from
+        the entry bytes it just read and checked (the auditor), so they are not read and hashed
+        twice; `stored`: `stored_tree()`, if the caller read it already."""
+        if levels is None:
+            leaves: list[bytes] = []
+            for idx, data in self.raw_entries():
+                if idx != len(leaves):
+                    raise LedgerError(f"ledger entry {len(leaves)} is missing")
+                leaves.append(merkle.leaf_hash(data))
+            levels = merkle.tree_levels(leaves)
+        if len(levels[0]) != self._size:
+            raise LedgerError(f"ledger holds {len(levels[0])} entries, expected {self._size}")
+        tree_rows, leaf_rows = self.stored_tree() if stored is None else stored
+        # Stored rows in key order against the computed nodes level by level: the first that
+        # differs (or is missing, or extra) is the node to name.
+        rows = iter(tree_rows)
+        for level, hashes in enumerate(levels):
+            for idx, h in enumerate(hashes):
+                row = next(rows, None)
+                if row != (level, idx, h):
+                    bad = min((level, idx), row[:2]) if row is not None else (level, idx)
+                    raise LedgerError(f"ledger tree disagrees with its entries at node {bad}")
+        extra = next(rows, None)
+        if extra is not None:
+            raise LedgerError(f"ledger tree disagrees with its entries at node {extra[:2]}")
+        leaves_ = levels[0]
+        for idx, stored_leaf in leaf_rows:
+            if not 0 <= idx < len(leaves_) or stored_leaf != leaves_[idx]:
                 raise LedgerError(f"entry {idx}: its stored leaf hash does not match its bytes")
-        root = merkle.root_from_leaf_hashes([expected[(0, i)] for i in range(self._size)])
+        root = merkle.root_at(levels, self._size)
         if root != self.root():
             raise LedgerError("ledger root disagrees with its entries")
         return root
 
     # -- writing -------------------------------------------------------------------------------
-
-    def _check_entry(self, entry: Entry) -> None:
-        if entry.kind == GENESIS_KIND:
-            raise LedgerError("a genesis entry can only be entry 0")
-        entry.verify(self.genesis())
 
     def append(self, entry: Entry, *, verify: bool = True) -> int:
         """Append one entry (signatures checked against genesis); return its index."""
@@ -404,6 +437,7 @@ class Ledger:
         verify: bool = True,
         heads: Sequence[CosignedHead] = (),
         expect_size: int | None = None,
+        workers: int | None = None,
     ) -> int:
         """Append entries, and the cosignatures of `heads`, in one transaction; return the index
         of the first entry. A crash leaves all of it or none.
@@ -413,23 +447,40 @@ class Ledger:
         entries against; LedgerError, and nothing written, if the ledger is no longer that
         size. `verify=False` is for entries and cosignatures this process has already verified
         (replica sync, or a node appending what it just signed itself).
+
+        Verification: the entries' signatures go to `workers` processes (default: every core;
+        a small batch is checked inline) while this process hashes and inserts the entries
+        inside the still uncommitted transaction; the first refusal (named by the index the
+        entry would have had) rolls it back, so nothing unverified is ever committed.
         """
-        if verify:
-            genesis = self.genesis()
-            for e in entries:
-                self._check_entry(e)
-            for ch in heads:
-                for c in ch.cosignatures:
-                    ch.head.check_signature(genesis, c.node_id, c.signature)
+        checks = EntryChecks.of(entries, self.genesis(), workers) if verify and entries else None
+
+        def refuse_unverified(first: int) -> None:
+            if checks is not None:
+                failure = checks.failure()
+                if failure is not None:
+                    pos, error = failure
+                    raise type(error)(f"entry {first + pos}: {error}")
+            if verify:
+                genesis = self.genesis()
+                for ch in heads:
+                    for c in ch.cosignatures:
+                        ch.head.check_signature(genesis, c.node_id, c.signature)
+
         if not entries and not heads:
             return self._size
+        if not entries:
+            refuse_unverified(self._size)
         with self._transaction():
-            if expect_size is not None and self._size != expect_size:
+            first = self._size
+            if entries:
+                self._insert([e.data for e in entries])
+                refuse_unverified(first)
+            if expect_size is not None and first != expect_size:
                 raise LedgerError(
-                    f"the ledger has {self._size} entries, expected {expect_size}: it changed "
+                    f"the ledger has {first} entries, expected {expect_size}: it changed "
                     "meanwhile; retry"
                 )
-            first = self._insert([e.data for e in entries]) if entries else self._size
             for ch in heads:
                 if ch.head.size > self._size or self.root(ch.head.size) != ch.head.root:
                     raise ForkError(f"head for size {ch.head.size} is not a head of this log")

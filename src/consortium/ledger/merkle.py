@@ -82,6 +82,21 @@ def root_from_leaf_hashes(hashes: Sequence[bytes]) -> bytes:
     return level[0]
 
 
+def tree_levels(leaves: Sequence[bytes]) -> list[list[bytes]]:
+    """Every complete aligned subtree over `leaves`: levels[k][i] is node (k, i), the hash of
+    leaves [i * 2**k, (i + 1) * 2**k); each node hashed once."""
+    levels = [list(leaves)]
+    while len(levels[-1]) > 1:
+        below = levels[-1]
+        levels.append([node_hash(below[i], below[i + 1]) for i in range(0, len(below) - 1, 2)])
+    return levels
+
+
+def root_at(levels: Sequence[Sequence[bytes]], size: int) -> bytes:
+    """MTH of the first `size` leaves, from `tree_levels` of at least that many leaves."""
+    return fold([levels[level][idx] for level, idx in subtrees(0, size)])
+
+
 # -- proof shapes (which ranges each proof element covers) -----------------------------------------
 
 

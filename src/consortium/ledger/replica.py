@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from consortium.core.errors import ForkError, LedgerError, ProofError, SignatureError
+from consortium.core.errors import ForkError, LedgerError, ProofError
 from consortium.ledger import merkle
-from consortium.ledger.entries import GENESIS_KIND, Entry
+from consortium.ledger.entries import GENESIS_KIND, Entry, EntryChecks
 from consortium.ledger.heads import CosignedHead, Equivocation, find_equivocations
 from consortium.ledger.log import Ledger
 from consortium.store.cid import CID, as_cid
@@ -149,16 +149,30 @@ def verify_extension(replica: Ledger, source: Ledger | LedgerSource) -> Extensio
         chunk = src.entries(start, end)
         if len(chunk) != end - start:
             raise LedgerError(f"peer sent {len(chunk)} entries for [{start}, {end})")
+        # Refusals come in entry order, as one entry after another would find them: the
+        # entries before the first that does not decode (or is a second genesis) are verified,
+        # on every core, before that one is refused.
+        decoded: list[Entry] = []
+        unreadable: LedgerError | None = None
         for offset, data in enumerate(chunk):
-            entry = Entry.from_bytes(data)
-            if entry.kind == GENESIS_KIND:
-                raise LedgerError(f"peer's entry {start + offset} is a second genesis")
             try:
-                entry.verify(genesis)
-            except SignatureError as exc:
-                raise SignatureError(f"peer's entry {start + offset}: {exc}") from exc
-            entries.append(entry)
-        leaves = [merkle.leaf_hash(d) for d in chunk]
+                entry = Entry.from_bytes(data)
+            except LedgerError as exc:
+                unreadable = exc
+                break
+            if entry.kind == GENESIS_KIND:
+                unreadable = LedgerError(f"peer's entry {start + offset} is a second genesis")
+                break
+            decoded.append(entry)
+        checks = EntryChecks.of(decoded, genesis)
+        leaves = [merkle.leaf_hash(d) for d in chunk]  # meanwhile
+        failure = checks.failure()
+        if failure is not None:
+            pos, error = failure
+            raise type(error)(f"peer's entry {start + pos}: {error}") from error
+        if unreadable is not None:
+            raise unreadable
+        entries.extend(decoded)
         at = start
         for size in [s for s in sizes if start < s <= end]:
             replica._extend(frontier, at, leaves[at - start : size - start])
