@@ -160,6 +160,14 @@ def genesis_create(
     )
 
 
+def _manifest_and_identity(
+    directory: Path, manifest: Path | None
+) -> tuple[Path, Genesis, NodeIdentity]:
+    """The manifest a member works on (default DIR/genesis.json) and the member's identity."""
+    path = manifest or directory / GENESIS_FILE
+    return path, Genesis.load(path), NodeIdentity.load(directory, node_passphrase(directory))
+
+
 @genesis_app.command("deal")
 @handle_errors
 def genesis_deal(
@@ -170,9 +178,7 @@ def genesis_deal(
 ) -> None:
     """Add this node's share of the beacon's key setup: commitments and one encrypted share per
     member. Every member deals before anyone signs."""
-    path = manifest or directory / GENESIS_FILE
-    g = Genesis.load(path)
-    ident = NodeIdentity.load(directory, node_passphrase(directory))
+    path, g, ident = _manifest_and_identity(directory, manifest)
     g.deal(ident)
     g.save(path)
     missing = g.missing_dealings()
@@ -195,9 +201,7 @@ def genesis_sign(
     ),
 ) -> None:
     """Check every dealing and the shares dealt to this node, then sign the manifest."""
-    path = manifest or directory / GENESIS_FILE
-    g = Genesis.load(path)
-    ident = NodeIdentity.load(directory, node_passphrase(directory))
+    path, g, ident = _manifest_and_identity(directory, manifest)
     g.sign(ident)
     g.save(path)
     missing = g.missing_signatures()

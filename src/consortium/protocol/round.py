@@ -467,6 +467,9 @@ class RoundMachine:
             self._share = self.genesis.secret_share(self._identity)
         return make_partial(self._share, s.beacon.message)
 
+    def _share_message(self, mine: BeaconPartial, ask: bool = False) -> BeaconShare:
+        return BeaconShare(self.settings.run_id, self.s.round, mine.sigma, mine.proof, ask)
+
     def _begin_beacon(self, now: float, ask: bool) -> list[Action]:
         """Start collecting this round's partials with this node's own; broadcast it."""
         s = self.s
@@ -475,7 +478,7 @@ class RoundMachine:
         s.beacon_asked = now
         mine = self._my_partial()
         s.beacon.add(mine)
-        share = BeaconShare(self.settings.run_id, s.round, mine.sigma, mine.proof, ask)
+        share = self._share_message(mine, ask)
         actions: list[Action] = [Broadcast(share)]
         if s.beacon.value is not None:  # a threshold of one (fewer than four members)
             actions += self._beacon_known(now)
@@ -488,10 +491,7 @@ class RoundMachine:
         first_ask = msg.ask and sender != self.me and sender not in s.answered
         if first_ask:
             s.answered.add(sender)  # answered once per member and round: no ping-pong
-            mine = self._my_partial()
-            actions.append(
-                Send(sender, BeaconShare(self.settings.run_id, s.round, mine.sigma, mine.proof))
-            )
+            actions.append(Send(sender, self._share_message(self._my_partial())))
         try:
             made = s.beacon.add(BeaconPartial(sender, msg.sigma, msg.proof))
         except ThresholdError as exc:
@@ -661,8 +661,7 @@ class RoundMachine:
         if s.beacon is None or now < s.beacon_asked + self.settings.beacon_ask_after:
             return []
         s.beacon_asked = now
-        mine = self._my_partial()
-        ask = BeaconShare(self.settings.run_id, s.round, mine.sigma, mine.proof, ask=True)
+        ask = self._share_message(self._my_partial(), ask=True)
         return [Broadcast(ask)]
 
     # -- handlers -------------------------------------------------------------------------------
