@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from multiformats import CID, multicodec
+from multiformats import CID, multicodec, varint
 
 from consortium.core.encoding import decode, encode
 from consortium.core.errors import ConsortiumError, EncodingError, FileWriteError, StoreError
@@ -43,27 +43,18 @@ _CODECS = {0x55: "raw", 0x70: "dag-pb", 0x71: "dag-cbor"}
 _SHA2_256 = 0x12
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _cid_bytes(cid: CID) -> bytes:
     return bytes(cid)  # a CIDv0's binary form is its multihash, as CARs write it
 
 
 def car_header(roots: list[CID]) -> bytes:
     header = encode({"roots": list(roots), "version": 1})
-    return _varint(len(header)) + header
+    return varint.encode(len(header)) + header
 
 
 def car_section(cid: CID, data: bytes) -> bytes:
     raw = _cid_bytes(cid)
-    return _varint(len(raw) + len(data)) + raw
+    return varint.encode(len(raw) + len(data)) + raw
 
 
 def write_car(path: Path | str, roots: list[CID], blocks: Iterable[tuple[CID, bytes]]) -> int:

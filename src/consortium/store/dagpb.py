@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from multiformats import CID
+from multiformats import CID, varint
 
 from consortium.core.errors import StoreError
 
@@ -52,21 +52,12 @@ class UnixFSData:
 # -- encoding --------------------------------------------------------------------------------------
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _bytes_field(number: int, value: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(value)) + value
+    return varint.encode(number << 3 | 2) + varint.encode(len(value)) + value
 
 
 def _uint_field(number: int, value: int) -> bytes:
-    return _varint(number << 3) + _varint(value)
+    return varint.encode(number << 3) + varint.encode(value)
 
 
 def encode_node(links: list[tuple[CID, int]], data: bytes) -> bytes:
