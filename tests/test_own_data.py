@@ -147,7 +147,7 @@ def test_own_task_and_csv_over_grpc_with_a_withdrawal(
     dirs = create_consortium(tmp_path / "c", 3, consent=False)
     own_data(dirs)
     node0 = PublicIdentity.load(dirs[0] / "node.pub").node_id
-    rounds = 4
+    rounds = 12  # a round of this tiny task takes well under a second: some follow the withdrawal
     run = RunConfig(
         task=TASK,
         rounds=rounds,
