@@ -1,8 +1,9 @@
 """An engineer's own model and CSV data, end to end: a task package outside the repository, CSV
 files with text record ids described in each node.toml, consent imported by those ids.
 
-- over gRPC between node processes (slow): one subject withdraws mid-run and the next round that
-  starts commits to one record fewer; every folder audits clean (consent registries with text
+- over gRPC between node processes (slow): one subject withdraws mid-run (while node0 trains round
+  1, which the task holds until the withdrawal is stored, so the order is fixed, not raced) and
+  round 2 commits to one record fewer; every folder audits clean (consent registries with text
   ids included) and the model comes out through `consortium model export` / `evaluate`;
 - in process: a node whose CSV has a malformed row sits the run out, saying which line.
 """
@@ -44,17 +45,39 @@ runner = CliRunner()
 PACKAGE = "csvtask_e2e"
 TASK = f"{PACKAGE}.task:task"
 TASK_SOURCE = """
+import os
+import time
+from pathlib import Path
+
 import torch
 
 from consortium.learning.loaders import table_data
 from consortium.learning.task import Task
+from consortium.learning.train import train_local
+
+_calls = 0
 
 
 def model() -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
 
 
-task = Task("csv-outcome", model=model, data=table_data)
+def train(model, examples, cfg, weights):
+    # Test gate: node0 (records "H0/...") says when it trains its first round, then waits
+    # until the test says go; so a withdrawal made meanwhile falls between round 1's consent
+    # selection and round 2's, whatever the machine's speed.
+    global _calls
+    _calls += 1
+    gate = os.environ.get("CSVTASK_GATE")
+    if gate and _calls == 1 and str(examples.record_ids[0]).startswith("H0/"):
+        (Path(gate) / "training").touch()
+        end = time.monotonic() + 300
+        while not (Path(gate) / "go").exists() and time.monotonic() < end:
+            time.sleep(0.05)
+    return train_local(model, examples.x, examples.y, cfg, weights)
+
+
+task = Task("csv-outcome", model=model, data=table_data, train=train)
 """
 TABLE = """
 [data.table]
@@ -144,17 +167,22 @@ def test_own_task_and_csv_over_grpc_with_a_withdrawal(
     paths = [str(pkgs), *filter(None, [os.environ.get("PYTHONPATH")])]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
     monkeypatch.syspath_prepend(str(pkgs))
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    monkeypatch.setenv("CSVTASK_GATE", str(gate))
     dirs = create_consortium(tmp_path / "c", 3, consent=False)
     own_data(dirs)
     node0 = PublicIdentity.load(dirs[0] / "node.pub").node_id
-    rounds = 12  # a round of this tiny task takes well under a second: some follow the withdrawal
+    rounds = 4
     run = RunConfig(
         task=TASK,
         rounds=rounds,
         lr=0.1,
         epochs=2,
-        collect_timeout=3.0,
-        round_timeout=8.0,
+        # Long enough that the leader waits for node0 while the test withdraws (a round whose
+        # updates have all arrived closes at once, so this costs nothing otherwise).
+        collect_timeout=60.0,
+        round_timeout=120.0,
         started=int(time.time() * 1000),
     )
     cluster = Cluster(dirs)
@@ -163,11 +191,13 @@ def test_own_task_and_csv_over_grpc_with_a_withdrawal(
         cluster.wait_ready(DEADLINE)
         report = asyncio.run(start_run(dirs[0], None, run))
         assert report["started"], report
-        wait(cluster, lambda: len(records(dirs[0])) >= 1, "round 1")
-        # A data subject of node0 withdraws: from the next round that starts, node0 commits to
-        # (and trains on) one record fewer.
+        wait(cluster, lambda: (gate / "training").exists(), "node0 to train round 1")
+        # A data subject of node0 withdraws while node0 trains round 1 (its consent selection
+        # is made): from the next round, node0 commits to (and trains on) one record fewer.
         res = runner.invoke(app, ["consent", "withdraw", "S-H0/MRN-0007", "--dir", str(dirs[0])])
         assert res.exit_code == 0, res.output
+        assert not records(dirs[0])  # round 1 waited for node0: the order is fixed
+        (gate / "go").touch()
         wait(cluster, lambda: all(len(records(d)) >= rounds for d in dirs), "every round")
         wait(cluster, lambda: not cluster.alive(), "the nodes to exit")
     finally:
@@ -183,12 +213,9 @@ def test_own_task_and_csv_over_grpc_with_a_withdrawal(
     # "From the next round": the first whose selection saw the withdrawal (the history a round
     # saw is what its commitment's head fixes on the ledger), and every round after it.
     counts = [(saw[r.slot] >= withdrawal, r.consent[node0].count) for r in done]
-    assert counts[0] == (False, 60)
-    assert all(count == (59 if after else 60) for after, count in counts), counts
-    assert any(after for after, _ in counts)  # a round started after the withdrawal
-    first = next(r.round for (after, _), r in zip(counts, done, strict=True) if after)
+    assert counts == [(False, 60)] + [(True, 59)] * (rounds - 1)
     (change,) = report.changes
-    assert change.kind == "withdraw" and change.effective_round == done[first - 1].slot
+    assert change.kind == "withdraw" and change.effective_round == done[1].slot
     # The subject's receipt proves it against the ledger, round by round.
     roots = roots_from_records(((r.slot, r.consent) for r in done), node0)
     verdicts = check_receipt(receipt, roots)
