@@ -35,7 +35,7 @@ import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -193,6 +193,9 @@ class Task:
     metrics: MetricsFn | None = None
     #: The module whose package's sources `code_hash` covers (set by `load_task`).
     source: str = ""
+    #: "pytorch", or "numpy" for training done outside PyTorch (a Flower-style NumPy client,
+    #: `learning.flower`): `model()` then only holds the parameters, which DP-SGD cannot train.
+    framework: Literal["pytorch", "numpy"] = "pytorch"
 
     @property
     def customises_training(self) -> list[str]:
@@ -206,6 +209,25 @@ class Task:
 def build_model(task: Task, seed: int) -> tuple[nn.Module, Weights]:
     """The task's model with initial weights fixed by `seed` alone (torch's global RNG is left as
     it was), and its weights; TaskError if it is not a module or has non-float32 tensors."""
+    model = make_model(task, seed)
+    try:
+        weights = get_weights(model)
+    except ConsortiumError as exc:
+        hint = (
+            "BatchNorm counts batches in an integer: build it with track_running_stats=False, "
+            "or use GroupNorm"
+            if "num_batches_tracked" in str(exc)
+            else "convert it with model.float()"
+        )
+        raise TaskError(f"task {task.name!r}: {exc} ({hint})") from exc
+    if not weights:
+        raise TaskError(f"task {task.name!r}: the model has no parameters to train")
+    return model, weights
+
+
+def make_model(task: Task, seed: int) -> nn.Module:
+    """The task's model under `seed` (see `build_model`), not yet checked for float32 weights;
+    TaskError if `model()` fails or returns something other than a torch.nn.Module."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
@@ -218,13 +240,7 @@ def build_model(task: Task, seed: int) -> tuple[nn.Module, Weights]:
         raise TaskError(
             f"task {task.name!r}: model() returned a {type(model).__name__}, not a torch.nn.Module"
         )
-    try:
-        weights = get_weights(model)
-    except ConsortiumError as exc:
-        raise TaskError(f"task {task.name!r}: {exc} (convert it with model.float())") from exc
-    if not weights:
-        raise TaskError(f"task {task.name!r}: the model has no parameters to train")
-    return model, weights
+    return model
 
 
 def load_data(task: Task, node: NodeContext) -> tuple[Examples, Examples]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import nn
 
 from consortium.core.encoding import encode
 from consortium.core.errors import ConfigError, ConsortiumError
@@ -15,8 +16,17 @@ from consortium.core.genesis import Genesis
 from consortium.core.layout import NODE_CONFIG_FILE
 from consortium.learning.builtin import builtin_task
 from consortium.learning.sources import ImageSource, TableSource
-from consortium.learning.task import NodeContext, Task, build_model, code_hash, load_task
+from consortium.learning.task import (
+    NodeContext,
+    Task,
+    build_model,
+    code_hash,
+    load_data,
+    load_task,
+    make_model,
+)
 from consortium.privacy.config import PrivacyConfig
+from consortium.privacy.dpsgd import dpsgd_problems
 
 
 class DataConfig(BaseModel):
@@ -229,16 +239,59 @@ def task_refusals(run: RunConfig) -> list[str]:
             f"task {run.task_name!r} installed here has code hash {here}, the run pins "
             f"{run.task_hash} [rule task-hash]"
         ]
-    if run.privacy.record_level and task.customises_training:
-        return [
-            f"task {run.task_name!r} sets its own {', '.join(task.customises_training)}: "
-            "record-level DP trains with the built-in DP-SGD loop [rule task-dp]"
-        ]
+    try:
+        model = make_model(task, run.seed)
+    except ConsortiumError as exc:
+        return [f"{exc} [rule task-model]"]
+    why = record_dp_refusal(run, task, model)  # before the float32 check: its fix is the cure
+    if why:
+        return [f"{why} [rule task-dp]"]
     try:
         build_model(task, run.seed)
     except ConsortiumError as exc:
         return [f"{exc} [rule task-model]"]
     return []
+
+
+def data_refusals(run: RunConfig, data: DataConfig, name: str = "") -> list[str]:
+    """Why this member cannot load `run`'s task data from its `[data]` (empty: it can), checked
+    when it answers a proposal, so that `run start` names a member that would sit the run out
+    for want of its data, with the reason, instead of that showing only in its own log. Call it
+    after `run_refusals` accepted (it runs the task's `data`)."""
+    try:
+        load_data(run.load_task(), data.context(name))
+    except ConsortiumError as exc:
+        return [f"cannot load its data for task {run.task_name!r}: {exc} [rule task-data]"]
+    return []
+
+
+def record_dp_refusal(run: RunConfig, task: Task, model: nn.Module) -> str:
+    """Why `run`'s record-level DP cannot train `task` (empty: it can, or the run has no
+    record-level DP): DP-SGD needs a PyTorch model trained by the built-in loop, with no layer
+    Opacus' validator refuses (named, with the fix). Checked when a member answers a proposal
+    and again when it starts or resumes the run, never in the middle of one."""
+    if not run.privacy.record_level:
+        return ""
+    name = run.task_name
+    if task.framework != "pytorch":
+        return (
+            f"task {name!r} trains outside PyTorch ({task.framework}, e.g. a NumPy client): "
+            "record-level DP needs DP-SGD on a PyTorch model; use privacy unit 'client' or a "
+            "PyTorch task"
+        )
+    if task.customises_training:
+        return (
+            f"task {name!r} sets its own {', '.join(task.customises_training)}: "
+            "record-level DP trains with the built-in DP-SGD loop"
+        )
+    problems = dpsgd_problems(model)
+    if problems:
+        return (
+            f"task {name!r}: DP-SGD (record-level DP) cannot train its model: "
+            f"{'; '.join(problems)}; or build the model through "
+            "opacus.validators.ModuleValidator.fix(model)"
+        )
+    return ""
 
 
 def _first(exc: ValidationError) -> str:

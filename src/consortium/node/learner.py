@@ -19,12 +19,14 @@ from consortium.learning.serialize import add_flat_delta, weights_from_bytes, we
 from consortium.learning.task import (
     Examples,
     Task,
+    TaskError,
     build_model,
     evaluate_task,
     load_data,
+    make_model,
     train_task,
 )
-from consortium.node.config import DataConfig, RunConfig
+from consortium.node.config import DataConfig, RunConfig, record_dp_refusal
 from consortium.privacy.accounting import record_sample_rate, record_steps_per_round
 from consortium.privacy.dpsgd import train_local_dp
 
@@ -50,6 +52,9 @@ class Learner:
         #: round selected.
         self.record_ids = np.sort(train.record_ids)
         self._val_pos, self._train_pos = order[:n_val], order[n_val:]
+        why = record_dp_refusal(run, self.task, make_model(self.task, run.seed))
+        if why:  # refused at the vote too; checked again here, never in the middle of a run
+            raise TaskError(f"{why} [rule task-dp]")
         self.model, self.like = build_model(self.task, run.seed)
         #: `train` runs in worker threads and trains the one `model` in place: a node that
         #: resumed mid-round and then received that round's commit starts the next round's
@@ -130,7 +135,11 @@ class Learner:
                 )
             else:
                 res = train_task(self.task, self.model, train, cfg, weights)
-            metrics["loss"], n = float(res.loss), res.num_samples
+            # The node's count of consented records weighs the update, never what a task's own
+            # trainer says it used (a NumPy client's num_examples is its own claim).
+            metrics["loss"], n = float(res.loss), len(train)
+            if res.metrics:  # local metrics never leave the node (`round.published_metrics`)
+                metrics["task"] = dict(res.metrics)
         else:
             dp = train_local_dp(
                 self.model,
@@ -141,7 +150,7 @@ class Learner:
                 dp_noise,
                 global_weights=weights,
             )
-            metrics["loss"], n = float(dp.loss), dp.num_samples
+            metrics["loss"], n = float(dp.loss), len(train)
             z, q, steps = self.record_dp(len(train_pos), dp_noise)
             metrics["dp"] = {"noise_multiplier": z, "sample_rate": q, "steps": steps}
         update = weights_to_bytes(get_weights(self.model))

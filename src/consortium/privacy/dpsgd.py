@@ -21,6 +21,8 @@ import numpy.typing as npt
 import torch
 from opacus import GradSampleModule  # type: ignore[import-untyped]  # no type information
 from opacus.optimizers import DPOptimizer  # type: ignore[import-untyped]
+from opacus.utils.module_utils import trainable_modules  # type: ignore[import-untyped]
+from opacus.validators import ModuleValidator  # type: ignore[import-untyped]
 from torch import nn
 
 from consortium.core.errors import ConfigError
@@ -49,6 +51,41 @@ def _tensors(
     )
 
 
+#: What to use instead of a layer Opacus' validator refuses (by the layer's class name prefix).
+_FIXES = (
+    ("BatchNorm", "replace it with nn.GroupNorm (or nn.LayerNorm)"),
+    ("SyncBatchNorm", "replace it with nn.GroupNorm (or nn.LayerNorm)"),
+    ("InstanceNorm", "build it with track_running_stats=False"),
+    ("LSTM", "use opacus.layers.DPLSTM"),
+    ("GRU", "use opacus.layers.DPGRU"),
+    ("MultiheadAttention", "use opacus.layers.DPMultiheadAttention"),
+)
+
+
+def dpsgd_problems(model: nn.Module) -> list[str]:
+    """Why DP-SGD cannot train `model` (empty: it can), one line per offending layer, by name,
+    with the fix; decided by Opacus' validator (`ModuleValidator.validate`), which the layers it
+    refuses are found with. Looks at a model in training mode (how DP-SGD trains it)."""
+    was_training = model.training
+    model.train()
+    try:
+        if not ModuleValidator.validate(model, strict=False):
+            return []
+        out = []
+        for name, layer in trainable_modules(model):
+            check = ModuleValidator.VALIDATORS.get(type(layer))
+            if check is None or not check(layer):
+                continue
+            kind = type(layer).__name__
+            fix = next((f for p, f in _FIXES if kind.startswith(p)), "replace it")
+            out.append(f"layer {name or '(the model itself)'!r} ({kind}): {fix}")
+        if not out:  # refused, but by no single layer: say what Opacus said
+            out = [str(e).split(". ")[0] for e in ModuleValidator.validate(model, strict=False)]
+        return out
+    finally:
+        model.train(was_training)
+
+
 def train_local_dp(
     model: nn.Module,
     x: npt.NDArray[np.floating],
@@ -68,6 +105,9 @@ def train_local_dp(
         return DPTrainResult(plain.num_samples, plain.loss, 0, 1.0, 0.0)
     if noise_multiplier < 0:
         raise ConfigError(f"noise multiplier must be >= 0, got {noise_multiplier}")
+    problems = dpsgd_problems(model)
+    if problems:
+        raise ConfigError(f"DP-SGD cannot train this model: {'; '.join(problems)}")
     if cfg.proximal_mu > 0.0:
         raise ConfigError(
             "record-level DP does not support FedProx (proximal_mu > 0): the proximal gradient "
