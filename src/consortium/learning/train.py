@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -34,6 +34,8 @@ class TrainConfig(BaseModel):
 class TrainResult:
     num_samples: int
     loss: float  # mean data loss (without the proximal term) over the last epoch
+    #: A task's own figures from training (e.g. a NumPy client's fit metrics): kept on the node.
+    metrics: Mapping[str, float] = field(default_factory=dict)
 
 
 def _tensors(
