@@ -5,7 +5,8 @@ files with text record ids described in each node.toml, consent imported by thos
   1, which the task holds until the withdrawal is stored, so the order is fixed, not raced) and
   round 2 commits to one record fewer; every folder audits clean (consent registries with text
   ids included) and the model comes out through `consortium model export` / `evaluate`;
-- in process: a node whose CSV has a malformed row sits the run out, saying which line.
+- in process: a node whose CSV has a malformed row refuses the proposal saying which line (the
+  proposer's report names it) and sits the run out.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from consortium.node.node import run_records
 from consortium.node.runner import start_run
 from consortium.node.sim import Cluster, create_consortium
 from consortium.protocol.record import RoundRecord
-from tests.inprocess_cluster import drive, run_config, start, start_nodes
+from tests.inprocess_cluster import drive, run_config, start_nodes
 
 runner = CliRunner()
 PACKAGE = "csvtask_e2e"
@@ -254,7 +255,15 @@ def test_a_node_whose_csv_has_a_malformed_row_sits_the_run_out_naming_the_line(
     async def go() -> None:
         nodes, net, clock = await start_nodes(dirs)
         try:
-            await start(nodes, run_config(2).model_copy(update={"task": TASK, "task_hash": ""}))
+            run = run_config(2).model_copy(update={"task": TASK, "task_hash": ""})
+            report = await nodes[0].propose_run(run)
+            # node2 says so when it answers the proposal (`run start` prints it); the two others
+            # are a quorum, so the run starts without it: no member vetoes a run this way.
+            assert report["started"] and report["accepted"] == ["node0", "node1"], report
+            assert set(report["refused"]) == {"node2"}, report
+            why = report["refused"]["node2"]
+            assert f"cannot load its data for task {TASK!r}" in why and "[rule task-data]" in why
+            assert "train.csv line 7: column 'bmi' holds 'NaN'" in why, why
             await drive(nodes[:2], net, clock)
         finally:
             for n in nodes:

@@ -26,7 +26,7 @@ from consortium.learning.task import TaskError
 from consortium.ledger.entries import Entry
 from consortium.ledger.heads import Cosignature, CosignedHead, TreeHead
 from consortium.ledger.log import Ledger
-from consortium.node.config import NodeConfig, RunConfig, run_refusals
+from consortium.node.config import NodeConfig, RunConfig, data_refusals, run_refusals
 from consortium.protocol import agreement
 from consortium.protocol.messages import Proposal
 from consortium.protocol.record import RUN_KIND, STOP_KIND, RunRecord, StopRecord
@@ -156,7 +156,7 @@ class RunAgreement:
             name = names[member]
             try:
                 if member == self.identity.node_id:
-                    raw = self._vote_run(p, dry_run=method == "run-check")
+                    raw = await self.answer_run(p, method)
                 else:
                     raw = await self.transport.request(member, method, payload, 15.0)
                 answer = decode(raw)
@@ -182,12 +182,28 @@ class RunAgreement:
             return {m: a for m, a in accepted.items() if "refusal" not in a}
         return accepted
 
+    #: (proposal root, refusals) of the last run proposal this member checked: the vote that
+    #: follows the check reuses them instead of loading the task's data again.
+    _checked_run: tuple[bytes, list[str]] | None = None
+
+    async def answer_run(self, p: Proposal, method: str) -> bytes:
+        """This member's answer to "run-check" or "run-vote" on `p` (see `_vote_run`). At the
+        check, the slow part (loading the task and its data) runs in a worker thread, so the
+        node keeps serving its peers meanwhile."""
+        if method == "run-check":
+            try:
+                entry = agreement.check(p, self.genesis, self.ledger.frontier(), AGREED_KINDS)
+                await asyncio.to_thread(self._refusals, p, entry)
+            except ConsortiumError:
+                pass  # `_vote_run` meets it again and answers with it
+        return self._vote_run(p, dry_run=method == "run-check")
+
     def _vote_run(self, p: Proposal, *, dry_run: bool = False) -> bytes:
         """This member's answer to a proposed run-config or run-stop entry: {"sig": cosignature}
         (with `dry_run`, {"ok": true}: nothing signed, nothing locked) or, when its rules or
         policy refuse it, {"refused": why, "sig": signed refusal}."""
         entry = agreement.check(p, self.genesis, self.ledger.frontier(), AGREED_KINDS)
-        refusals = self._refusals(entry)
+        refusals = self._refusals(p, entry)
         if refusals:
             why = "refused: " + "; ".join(refusals)
             statement = agreement.refusal_statement(p)
@@ -206,12 +222,23 @@ class RunAgreement:
             self.machine.note_vote(p.size, p.root, entry.author)
         return encode({"sig": sig})
 
-    def _refusals(self, entry: Entry) -> list[str]:
-        """Why this member refuses an agreed entry (empty: it accepts)."""
+    def _refusals(self, p: Proposal, entry: Entry) -> list[str]:
+        """Why this member refuses an agreed entry (empty: it accepts). A run: the consortium's
+        rules and its policy (`run_refusals`), then whether it can load the task's data
+        (`data_refusals`): a member that cannot would sit the run out anyway, and refusing
+        says so to the proposer. This gives no member a veto: a run needs a quorum, not all."""
         if entry.kind == RUN_KIND:
             if self.machine is not None and not self.finished.is_set():
                 raise agreement.AgreementRefused("a run is already in progress on this node")
-            return run_refusals(self._agreed_config(entry), self.genesis, self.config.policy)
+            checked = self._checked_run
+            if checked is not None and checked[0] == p.root:
+                return checked[1]
+            run = self._agreed_config(entry)
+            out = run_refusals(run, self.genesis, self.config.policy)
+            if not out:  # only a task the policy allows is imported and run
+                out = data_refusals(run, self.config.data, self.name)
+            self._checked_run = (p.root, out)
+            return out
         stop = StopRecord.from_entry(entry)
         if self.run is None or self.run.run_id() != stop.run or self.finished.is_set():
             return [f"run {stop.run} is not in progress on this node"]

@@ -658,7 +658,7 @@ class Node(RunAgreement):
             return b""
         if method in ("run-check", "run-vote"):
             proposal = Proposal.from_body(decode(payload))
-            return self._vote_run(proposal, dry_run=method == "run-check")
+            return await self.answer_run(proposal, method)
         if method == "run-abandon":
             self._abandon_run(payload)
             return b""
