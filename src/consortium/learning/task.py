@@ -19,7 +19,8 @@ folders into Examples, with the schema in node.toml. `train`, `evaluate`,
 `loss`, `optimizer` and `metrics` are optional; the defaults are the project's trainer
 (`train_local`: seeded batches, SGD or Adam from the run's settings, cross-entropy) and
 evaluation (mean loss and accuracy). The built-in datasets and models are tasks written against
-this same API (`consortium.learning.builtin`).
+this same API (`consortium.learning.builtin`), and so is code written for Flower's
+`NumPyClient` (`consortium.learning.flower.numpy_client_task`).
 
 Everything a task returns is checked here, so a mistake in it is one clear `TaskError`, never
 a traceback in the middle of a round.
