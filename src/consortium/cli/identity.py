@@ -6,13 +6,14 @@ Passphrases come from environment variables or a hidden prompt, never from the c
 from __future__ import annotations
 
 import time
+import tomllib
 from pathlib import Path
 
 import typer
 
 from consortium.chain.accounts import derive_account
 from consortium.cli.common import console, fail, handle_errors, secret
-from consortium.core.errors import ConfigError
+from consortium.core.errors import ConfigError, GenesisError
 from consortium.core.genesis import (
     DEFAULT_UNIXFS_PROFILE,
     GENESIS_FILE,
@@ -124,12 +125,71 @@ def _parse_purpose(text: str) -> Purpose:
     raise ConfigError(f"--purpose must be NAME or NAME:EPSILON:DELTA, got {text!r}")
 
 
+_PURPOSE_KEYS = {"name", "epsilon", "delta", "data_categories", "recipients", "retention"}
+
+
+def load_purposes(path: Path) -> list[Purpose]:
+    """The `[[purpose]]` tables of a TOML file, each checked (ConfigError naming the file)."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not TOML: {exc}") from exc
+    tables = data.get("purpose")
+    if set(data) != {"purpose"} or not isinstance(tables, list) or not tables:
+        raise ConfigError(f"{path}: declare purposes as [[purpose]] tables, and nothing else")
+    out = []
+    for i, t in enumerate(tables, 1):
+        unknown = sorted(set(t) - _PURPOSE_KEYS)
+        if unknown:
+            raise ConfigError(
+                f"{path}: purpose {i}: unknown key {unknown[0]!r} "
+                f"(known: {', '.join(sorted(_PURPOSE_KEYS))})"
+            )
+        name = t.get("name")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{path}: purpose {i} needs a name")
+        eps, delta = t.get("epsilon"), t.get("delta")
+        if (eps is None) != (delta is None):
+            raise ConfigError(f"{path}: purpose {name!r}: give both epsilon and delta, or neither")
+        if eps is not None:
+            _parse_purpose(f"{name}:{eps}:{delta}")  # the same checks as --purpose
+        lists = {}
+        for key in ("data_categories", "recipients"):
+            value = t.get(key, [])
+            if not isinstance(value, list):
+                raise ConfigError(f"{path}: purpose {name!r}: {key} must be a list of texts")
+            lists[key] = tuple(value)
+        try:
+            out.append(
+                Purpose(
+                    name,
+                    None if eps is None else float(eps),
+                    None if delta is None else float(delta),
+                    lists["data_categories"],
+                    lists["recipients"],
+                    t.get("retention", ""),
+                )
+            )
+        except GenesisError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    return out
+
+
 @genesis_app.command("create")
 @handle_errors
 def genesis_create(
     member: list[Path] = typer.Option(..., "--member", help="A member's node.pub (repeat)."),
     purpose: list[str] = typer.Option(
-        ..., "--purpose", help="A purpose data may be used for: NAME or NAME:EPSILON:DELTA."
+        [], "--purpose", help="A purpose data may be used for: NAME or NAME:EPSILON:DELTA."
+    ),
+    purposes_file: Path | None = typer.Option(
+        None,
+        "--purposes",
+        help="A TOML file of purposes ([[purpose]] tables: name, epsilon, delta, and for the "
+        "record of processing data_categories, recipients, retention); with or instead of "
+        "--purpose.",
     ),
     consortium: str = typer.Option("consortium", "--name", help="Name of the consortium."),
     out: Path = typer.Option(Path(GENESIS_FILE), "--out", help="Where to write the manifest."),
@@ -144,11 +204,14 @@ def genesis_create(
     """Write an unsigned genesis manifest listing the members and purposes."""
     if out.exists():
         fail(f"{out} already exists; refusing to overwrite a manifest", 2)
+    if not purpose and purposes_file is None:
+        fail("declare at least one purpose (--purpose NAME or --purposes FILE)", 2)
     members = [PublicIdentity.load(p) for p in member]
     g = Genesis.create(
         consortium,
         members,
-        [_parse_purpose(p) for p in purpose],
+        [_parse_purpose(p) for p in purpose]
+        + ([] if purposes_file is None else load_purposes(purposes_file)),
         int(time.time()),
         quorum,
         unixfs_profile=unixfs_profile,

@@ -109,16 +109,76 @@ def _dealing_from_body(b: Any) -> Dealing:
     )
 
 
+#: A purpose's record-of-processing fields (GDPR Article 30), each omitted from the body while
+#: unset, so manifests written before they existed keep their bytes and digest.
+RECORD_FIELDS = ("data_categories", "recipients", "retention")
+_TEXT_MAX = 1000
+
+
 @dataclass(frozen=True)
 class Purpose:
-    """A purpose data may be used for, with its differential-privacy budget (epsilon, delta)."""
+    """A purpose data may be used for, with its differential-privacy budget (epsilon, delta)
+    and what a record of processing (GDPR Article 30) says about it: the categories of personal
+    data processed, the recipients of what the processing produces, and how long data is kept.
+    Unset (empty) fields are "not declared"."""
 
     name: str
     epsilon: float | None = None
     delta: float | None = None
+    data_categories: tuple[str, ...] = ()
+    recipients: tuple[str, ...] = ()
+    retention: str = ""
+
+    def __post_init__(self) -> None:
+        for key in ("data_categories", "recipients"):
+            items = getattr(self, key)
+            if not isinstance(items, tuple) or not all(_declared_text(x) for x in items):
+                raise GenesisError(
+                    f"purpose {self.name!r}: {key} must be a list of non-empty texts of at most "
+                    f"{_TEXT_MAX} characters"
+                )
+        if not isinstance(self.retention, str) or (
+            self.retention and not _declared_text(self.retention)
+        ):
+            raise GenesisError(
+                f"purpose {self.name!r}: retention must be a text of at most {_TEXT_MAX} "
+                "characters, without surrounding whitespace"
+            )
 
     def to_body(self) -> dict[str, Any]:
-        return {"name": self.name, "epsilon": self.epsilon, "delta": self.delta}
+        body: dict[str, Any] = {"name": self.name, "epsilon": self.epsilon, "delta": self.delta}
+        if self.data_categories:
+            body["data_categories"] = list(self.data_categories)
+        if self.recipients:
+            body["recipients"] = list(self.recipients)
+        if self.retention:
+            body["retention"] = self.retention
+        return body
+
+    @classmethod
+    def from_body(cls, p: Any) -> Purpose:
+        """From the canonical body or genesis.json (the same shape); untrusted: type-checked."""
+        return cls(
+            _field(p, "name", str),
+            _field(p, "epsilon", (float, int, type(None))),
+            _field(p, "delta", (float, int, type(None))),
+            _texts(p, "data_categories"),
+            _texts(p, "recipients"),
+            _field(p, "retention", str) if "retention" in p else "",
+        )
+
+
+def _declared_text(x: object) -> bool:
+    return isinstance(x, str) and 0 < len(x) <= _TEXT_MAX and x == x.strip()
+
+
+def _texts(p: dict[str, Any], key: str) -> tuple[str, ...]:
+    if key not in p:
+        return ()
+    items = _field(p, key, list)
+    if not all(isinstance(x, str) for x in items):
+        raise GenesisError(f"malformed genesis body: {key!r} must be a list of texts")
+    return tuple(items)
 
 
 @dataclass
@@ -164,6 +224,9 @@ class Genesis:
         names = [m.name for m in members]
         if len(set(names)) != len(names):
             raise GenesisError("member names must be unique")
+        declared = [p.name for p in purposes]
+        if len(set(declared)) != len(declared):
+            raise GenesisError("purpose names must be unique")
         q = quorum_for(len(members)) if quorum is None else quorum
         if not 1 <= q <= len(members):
             raise GenesisError(f"quorum {q} must be between 1 and {len(members)}")
@@ -457,9 +520,7 @@ class Genesis:
             if data["version"] != MANIFEST_VERSION:
                 raise GenesisError(f"unsupported manifest version {data['version']}")
             members = [PublicIdentity.from_json(m) for m in data["members"]]
-            purposes = [
-                Purpose(str(p["name"]), p.get("epsilon"), p.get("delta")) for p in data["purposes"]
-            ]
+            purposes = [Purpose.from_body(p) for p in data["purposes"]]
             raw_sigs = data.get("signatures", {})
             if not isinstance(raw_sigs, dict):
                 raise GenesisError("signatures must be a map from node id to hex signature")
@@ -522,14 +583,7 @@ class Genesis:
                 )
                 for m in _field(body, "members", list)
             ]
-            purposes = [
-                Purpose(
-                    _field(p, "name", str),
-                    _field(p, "epsilon", (float, int, type(None))),
-                    _field(p, "delta", (float, int, type(None))),
-                )
-                for p in _field(body, "purposes", list)
-            ]
+            purposes = [Purpose.from_body(p) for p in _field(body, "purposes", list)]
             dealings = {}
             for d in _field(_field(body, "beacon", dict), "dealings", list):
                 dealing = _dealing_from_body(d)
