@@ -202,6 +202,9 @@ def test_embedded_chain_persists_across_reopen(tmp_path: Path, members: list[Loc
     with AnchorChain.embedded(state, readonly=True) as ro:  # what `audit` does
         assert ro.contract_address == address
         assert ro.anchored_heads() == heads
+        log = ro.anchor_log()  # what the report and dashboard show: block and transaction too
+        assert [a.head for a in log] == heads
+        assert [(a.block, a.tx_hash) for a in log] == [(i.block, i.tx_hash) for i in infos]
         with pytest.raises(ChainError, match="read-only"):
             ro.anchor(members[0], 10, root(10))
     with AnchorChain.embedded(state) as ch:
@@ -211,6 +214,7 @@ def test_embedded_chain_persists_across_reopen(tmp_path: Path, members: list[Loc
         with pytest.raises(ChainError, match="size must grow"):
             ch.anchor(members[1], 4, root(4))
         assert [h.size for h in ch.anchored_heads()] == [1, 2, 3, 4]
+        assert [a.head.size for a in ch.anchor_log()] == [1, 2, 3, 4]  # replayed and new
     with AnchorChain.embedded(state) as ch:
         assert [h.size for h in ch.anchored_heads()] == [1, 2, 3, 4]
 

@@ -7,11 +7,12 @@ from consortium.chain.accounts import (
     verify_account_binding,
 )
 from consortium.chain.check import check_anchored, check_deployment
-from consortium.chain.client import AnchorChain, AnchoredHead, TxInfo
+from consortium.chain.client import AnchorChain, AnchoredHead, AnchorTx, TxInfo
 from consortium.chain.contract import CompiledContract, compiled_contract
 
 __all__ = [
     "AnchorChain",
+    "AnchorTx",
     "AnchoredHead",
     "CompiledContract",
     "TxInfo",

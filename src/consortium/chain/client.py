@@ -36,6 +36,7 @@ from eth_utils.exceptions import ValidationError
 from hexbytes import HexBytes
 from web3 import EthereumTesterProvider, HTTPProvider, Web3
 from web3.exceptions import ContractLogicError, Web3Exception
+from web3.logs import DISCARD
 
 from consortium.chain.accounts import checksum
 from consortium.chain.contract import CompiledContract, compiled_contract
@@ -68,6 +69,15 @@ class TxInfo:
     tx_hash: str
     gas_used: int
     block: int
+
+
+@dataclass(frozen=True)
+class AnchorTx:
+    """An `Anchored` event: the head, and the block and transaction that anchored it."""
+
+    head: AnchoredHead
+    block: int
+    tx_hash: str
 
 
 @contextlib.contextmanager
@@ -112,6 +122,7 @@ class AnchorChain:
         self._faucet = faucet
         self._funded: set[str] = set()
         self._record: TxLog | None = None
+        self._receipts: list[Any] = []  # an embedded chain's, as replayed (see anchor_log)
         self._lock_fd: int | None = None
         self._readonly = False
         with _chain_errors(f"connecting to {description}"):
@@ -212,6 +223,7 @@ class AnchorChain:
                 )
             if receipt.get("contractAddress"):
                 created.append(checksum(str(receipt["contractAddress"])))
+            self._receipts.append(receipt)
         return created
 
     def close(self) -> None:
@@ -317,6 +329,34 @@ class AnchorChain:
                 rows.extend(c.functions.heads(len(rows), PAGE).call())
         return [AnchoredHead(int(s), bytes(r), checksum(str(a))) for s, r, a in rows[:count]]
 
+    def anchor_log(self) -> list[AnchorTx]:
+        """Every `Anchored` event of the contract with its block and transaction, oldest first.
+        An embedded chain reads them from the receipts of its replay (eth-tester's log filter
+        slows down with chain length); any other node answers a log query."""
+        event = self._contract().events.Anchored()
+        with _chain_errors("reading anchor events"):
+            if self._record is not None:
+                logs = [
+                    log
+                    for receipt in self._receipts
+                    for log in event.process_receipt(receipt, errors=DISCARD)
+                    if log["address"] == self._address
+                ]
+            else:
+                logs = list(event.get_logs(from_block=0))
+        return [
+            AnchorTx(
+                AnchoredHead(
+                    int(log["args"]["size"]),
+                    bytes(log["args"]["root"]),
+                    checksum(str(log["args"]["submitter"])),
+                ),
+                int(log["blockNumber"]),
+                "0x" + bytes(log["transactionHash"]).hex(),
+            )
+            for log in logs
+        ]
+
     def latest(self) -> AnchoredHead | None:
         c = self._contract()
         with _chain_errors("reading the latest anchored head"):
@@ -395,6 +435,7 @@ class AnchorChain:
             )
         if self._record is not None:  # mined, so part of the chain even if it reverted
             self._record.append(raw, bytes(tx_hash), receipt_digest(receipt))
+            self._receipts.append(receipt)
         if int(receipt["status"]) != 1:
             raise ChainError(f"{what}: transaction {bytes(tx_hash).hex()} reverted on chain")
         return receipt

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from consortium.cli import demo, identity, run, status
+from consortium.cli import demo, identity, report, run, status
 from consortium.cli.audit_privacy import audit_app
 from consortium.cli.bench import bench_app
 from consortium.cli.chain import chain_app
@@ -30,6 +30,7 @@ app.add_typer(run.run_app, name="run")
 app.add_typer(store_app, name="store", help="Put, get and verify content-addressed artifacts.")
 app.add_typer(audit_app(run.audit), name="audit")
 app.command("demo")(demo.demo)
+app.command("report")(report.report)
 app.add_typer(bench_app, name="bench")
 app.add_typer(chain_app, name="chain")
 app.add_typer(consent_app, name="consent")

@@ -8,7 +8,6 @@ replace them and never sleep.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -23,9 +22,11 @@ from consortium.cli.common import console, err_console, fail, handle_errors
 from consortium.node.run_status import (
     ACCURACY_NOT_PUBLISHED,
     FolderReader,
-    PrivacyView,
     RoundView,
     RunStatus,
+    config_summary,
+    format_epsilon,
+    privacy_summary,
 )
 
 #: Injected by tests: the wall clock (seconds) and the wait between two polls.
@@ -40,42 +41,11 @@ EXIT_INTERRUPTED = 130
 # -- formatting ------------------------------------------------------------------------------
 
 
-def _eps(x: float | None) -> str:
-    if x is None:
-        return "-"
-    return "∞ (no noise)" if math.isinf(x) else f"{x:.2f}"
+_eps = format_epsilon
 
 
 def _when(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def config_summary(s: RunStatus) -> str:
-    """One line: what the members agreed to train."""
-    c = s.config
-    parts = [
-        f"purpose {c.purpose}",
-        f"{c.rounds} rounds of task {c.task}"
-        if c.task
-        else f"{c.rounds} rounds of {c.model} on {c.dataset}",
-        c.strategy,
-        f"secure aggregation {c.secure_aggregation}",
-    ]
-    p = c.privacy
-    if p.unit == "none":
-        parts.append("no differential privacy")
-    else:
-        noise = (
-            f"target ε {p.target_epsilon:g}"
-            if p.target_epsilon is not None
-            else f"noise multiplier {p.noise_multiplier:g}"
-        )
-        parts.append(f"{p.unit}-level DP ({noise}, δ {p.delta:g})")
-    if c.anchor_every:
-        parts.append(f"anchored every {c.anchor_every} rounds")
-    if c.initial_model:
-        parts.append(f"from model {c.initial_model[:16]}…")
-    return " · ".join(parts)
 
 
 def _named(s: RunStatus, text: str) -> str:
@@ -87,26 +57,6 @@ def _named(s: RunStatus, text: str) -> str:
 
 def _names(s: RunStatus, ids: Iterable[str]) -> str:
     return ", ".join(sorted(s.name(i) for i in ids))
-
-
-def privacy_summary(s: RunStatus, p: PrivacyView) -> str:
-    """ε spent on the run's purpose (every run of it) against its budget, as recorded."""
-    budget = (
-        "no budget"
-        if p.budget_epsilon is None
-        else f"budget ε {p.budget_epsilon:g} (δ {p.budget_delta:g})"
-    )
-    if p.spent is None:
-        return f"nothing spent yet on purpose {p.purpose!r}, {budget}"
-    line = (
-        f"ε {_eps(p.spent)} of {budget} spent on purpose {p.purpose!r} in {p.rounds_charged} rounds"
-    )
-    if p.client is not None:
-        line += f"; client level {_eps(p.client)}"
-    if p.record:
-        nodes = sorted((s.name(k), v) for k, v in p.record.items())
-        line += "; record level per node: " + ", ".join(f"{k} {_eps(v)}" for k, v in nodes)
-    return line
 
 
 def state_text(s: RunStatus) -> Text:

@@ -247,6 +247,20 @@ def folder_error(directory: Path) -> ConfigError | None:
     )
 
 
+def node_folder(directory: Path) -> Path:
+    """`directory` if it is a node folder; for a run folder (`consortium demo`'s, holding node
+    folders), its first node folder by name. ConfigError (one line) otherwise."""
+    directory = Path(directory)
+    if directory.is_dir() and not (directory / LEDGER_FILE).is_file():
+        nodes = sorted(d for d in directory.iterdir() if (d / LEDGER_FILE).is_file())
+        if nodes:
+            return nodes[0]
+    error = folder_error(directory)
+    if error is not None:
+        raise error
+    return directory
+
+
 class FolderReader:
     """Reads a node folder's latest run, again and again (`run watch`): each `read` opens the
     ledger read-only, parses only the entries appended since the last read, and closes it."""
@@ -310,6 +324,23 @@ class FolderReader:
             return "", False
         stopped = status.get("stopped")
         return (stopped if isinstance(stopped, str) else ""), status.get("finished") is True
+
+    @property
+    def genesis(self) -> Genesis:
+        """The consortium's manifest (ledger entry 0), as of the last read."""
+        if self._genesis is None:
+            self._refresh()
+        assert self._genesis is not None
+        return self._genesis
+
+    @property
+    def size(self) -> int:
+        """Ledger entries as of the last read."""
+        return self._size
+
+    def round_records(self) -> list[tuple[int, RoundRecord, int]]:
+        """Every round record of every run as of the last read: (ledger index, record, time)."""
+        return list(self._rounds)
 
     def read(self, run: str | None = None) -> RunStatus:
         """The folder's latest agreed run now, or run `run` (`watch` follows the run it began
@@ -384,6 +415,63 @@ class FolderReader:
             record={k.removeprefix("record:"): v for k, v in last.items() if k != "client"},
             rounds_charged=len(history),
         )
+
+
+def format_epsilon(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return "∞ (no noise)" if math.isinf(x) else f"{x:.2f}"
+
+
+def config_summary(s: RunStatus) -> str:
+    """One line: what the members agreed to train."""
+    c = s.config
+    parts = [
+        f"purpose {c.purpose}",
+        f"{c.rounds} rounds of task {c.task}"
+        if c.task
+        else f"{c.rounds} rounds of {c.model} on {c.dataset}",
+        c.strategy,
+        f"secure aggregation {c.secure_aggregation}",
+    ]
+    p = c.privacy
+    if p.unit == "none":
+        parts.append("no differential privacy")
+    else:
+        noise = (
+            f"target ε {p.target_epsilon:g}"
+            if p.target_epsilon is not None
+            else f"noise multiplier {p.noise_multiplier:g}"
+        )
+        parts.append(f"{p.unit}-level DP ({noise}, δ {p.delta:g})")
+    if c.anchor_every:
+        parts.append(f"anchored every {c.anchor_every} rounds")
+    if c.initial_model:
+        parts.append(f"from model {c.initial_model[:16]}…")
+    return " · ".join(parts)
+
+
+def privacy_summary(s: RunStatus, p: PrivacyView) -> str:
+    """ε spent on the run's purpose (every run of it) against its budget, as recorded."""
+    budget = (
+        "no budget"
+        if p.budget_epsilon is None
+        else f"budget ε {p.budget_epsilon:g} (δ {p.budget_delta:g})"
+    )
+    if p.spent is None:
+        return f"nothing spent yet on purpose {p.purpose!r}, {budget}"
+    line = (
+        f"ε {format_epsilon(p.spent)} of {budget} spent on purpose {p.purpose!r} in "
+        f"{p.rounds_charged} rounds"
+    )
+    if p.client is not None:
+        line += f"; client level {format_epsilon(p.client)}"
+    if p.record:
+        nodes = sorted((s.name(k), v) for k, v in p.record.items())
+        line += "; record level per node: " + ", ".join(
+            f"{k} {format_epsilon(v)}" for k, v in nodes
+        )
+    return line
 
 
 def read_run_status(directory: Path) -> RunStatus:

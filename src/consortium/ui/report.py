@@ -19,11 +19,11 @@ with `<`, `&` or quotes is shown as written and can never add markup. Only the S
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import jinja2
 
@@ -34,9 +34,13 @@ __all__ = [
     "Axis",
     "Block",
     "Facts",
+    "Field",
+    "Form",
     "LineChart",
+    "Link",
     "Page",
     "Paragraph",
+    "ReceiptChecker",
     "Section",
     "Series",
     "Table",
@@ -46,7 +50,18 @@ __all__ = [
 ]
 
 Tone = Literal["plain", "note", "ok", "warning"]
-Cell = str | int | float | None
+
+
+@dataclass(frozen=True)
+class Link:
+    """A link: a table cell or a page's navigation. `href` is a path of the dashboard or an
+    in-page anchor (`#round-3`); a static report links nowhere else."""
+
+    text: str
+    href: str
+
+
+Cell = str | int | float | Link | None
 
 
 @dataclass(frozen=True)
@@ -79,6 +94,8 @@ class Table:
     def cell(self, value: Cell) -> str:
         if value is None:
             return "-"
+        if isinstance(value, Link):
+            return value.text
         if isinstance(value, bool):
             return "yes" if value else "no"
         if isinstance(value, float):
@@ -89,6 +106,10 @@ class Table:
             return f"{value:.3g}"
         return str(value)
 
+    @staticmethod
+    def href(value: Cell) -> str:
+        return value.href if isinstance(value, Link) else ""
+
     def numeric(self, column: int) -> bool:
         cells = [r[column] for r in self.rows if column < len(r)]
         return bool(cells) and all(
@@ -96,7 +117,44 @@ class Table:
         )
 
 
-Block = Paragraph | Facts | Table | LineChart
+@dataclass(frozen=True)
+class Field:
+    """One input of a `Form`."""
+
+    name: str
+    label: str
+    type: Literal["text", "number", "textarea", "file"] = "text"
+    value: str = ""
+
+
+@dataclass(frozen=True)
+class Form:
+    """A form of the dashboard (a static report has none): GET for queries, POST for a receipt
+    or an audit run."""
+
+    action: str
+    fields: Sequence[Field]
+    submit: str
+    method: Literal["get", "post"] = "get"
+    kind: str = field(default="form", init=False)
+
+    @property
+    def multipart(self) -> bool:
+        return any(f.type == "file" for f in self.fields)
+
+
+@dataclass(frozen=True)
+class ReceiptChecker:
+    """The static receipt checker: the consent roots exported from a ledger (`data`), and the
+    page's one script, which checks a pasted or chosen receipt against them in the browser.
+    The data is embedded as JSON (`tojson` escapes `<`, `>`, `&` and quotes), so no value from
+    the folder can end the script element."""
+
+    data: Mapping[str, Any]
+    kind: str = field(default="receipt_checker", init=False)
+
+
+Block = Paragraph | Facts | Table | LineChart | Form | ReceiptChecker
 
 
 @dataclass(frozen=True)
@@ -119,6 +177,7 @@ class Page:
     subtitle: str = ""
     meta: Sequence[tuple[str, str]] = ()  # shown under the title (what, when, by which version)
     footer: str = ""
+    links: Sequence[Link] = ()  # the dashboard's navigation (a static report has none)
 
 
 def roc_chart(
