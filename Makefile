@@ -46,18 +46,27 @@ ipfs-tools:
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
 
-system-packages:
-	@if [ -f $(FASHION_MNIST) ]; then :; \
+CHROMIUM := /usr/bin/chromium
+
+# $(call need_apt,PACKAGE,FILE): install Debian's PACKAGE unless FILE exists, or say why not.
+define need_apt
+	@if [ -e $(2) ]; then :; \
 	elif [ "$$(id -u)" != 0 ]; then \
-	  echo "dataset-fashion-mnist is missing and installing it needs root" \
-	    "(sudo apt-get install dataset-fashion-mnist): its test will be skipped"; \
+	  echo "$(1) is missing and installing it needs root" \
+	    "(sudo apt-get install $(1)): its tests will be skipped"; \
 	elif ! command -v apt-get >/dev/null; then \
-	  echo "dataset-fashion-mnist is missing and this system has no apt-get: its test will be skipped"; \
+	  echo "$(1) is missing and this system has no apt-get: its tests will be skipped"; \
 	else \
-	  $(APT_INSTALL) dataset-fashion-mnist >/dev/null 2>&1 \
-	  || { apt-get update -q >/dev/null && $(APT_INSTALL) dataset-fashion-mnist >/dev/null; } \
-	  || echo "dataset-fashion-mnist could not be installed: its test will be skipped"; \
+	  $(APT_INSTALL) $(1) >/dev/null 2>&1 \
+	  || { apt-get update -q >/dev/null && $(APT_INSTALL) $(1) >/dev/null; } \
+	  || echo "$(1) could not be installed: its tests will be skipped"; \
 	fi
+endef
+
+# Fashion-MNIST's real files; chromium for the dashboard's browser tests (driven by playwright).
+system-packages:
+	$(call need_apt,dataset-fashion-mnist,$(FASHION_MNIST))
+	$(call need_apt,chromium,$(CHROMIUM))
 
 test: $(STAMP) anvil ipfs-tools system-packages
 	$(BIN)/ruff check src tests benchmarks
