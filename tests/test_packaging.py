@@ -196,3 +196,15 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs_three_nodes() -> None:
         )
         assert re.search(r"audit \S+node0: OK", out), out
         assert "replicas agree: True" in out, out
+        assert f"consortium ui {work / 'run'}" in " ".join(out.split()), out  # the dashboard's
+        # The report's templates and the receipt checker's script are package data.
+        report = work / "report.html"
+        _run(
+            [str(cli), "report", str(work / "run"), "--out", str(report), "--no-audit",
+             "--receipt-page", str(work / "receipts.html")],
+            work,
+            env,
+            300,
+        )  # fmt: skip
+        assert "Record of processing" in report.read_text()
+        assert "consortiumReceipt" in (work / "receipts.html").read_text()

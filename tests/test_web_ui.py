@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
+from typer.testing import CliRunner
 
+from consortium.cli.app import app
 from consortium.consent import Receipt
 from consortium.core.layout import LEDGER_FILE
 from consortium.ledger import Ledger
@@ -199,3 +201,9 @@ def test_dashboard_follows_a_growing_ledger(tmp_path: Path) -> None:
                 await n.stop()
 
     asyncio.run(go())
+
+
+def test_ui_command_refuses_a_folder_that_is_not_a_node_folder(tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["ui", str(tmp_path), "--port", "1"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "is not a node folder" in " ".join(res.output.split())

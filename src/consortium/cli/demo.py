@@ -7,6 +7,7 @@ import functools
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -14,6 +15,7 @@ from rich.table import Table
 
 from consortium.audit import audit as audit_folder
 from consortium.cli.common import console, handle_errors
+from consortium.cli.ui import serve
 from consortium.consent import erase_subject
 from consortium.consent.erasure import checkpoint_for
 from consortium.consent.registry import ConsentRegistry
@@ -43,6 +45,15 @@ from consortium.privacy.config import PrivacyConfig
 from consortium.protocol.record import RoundRecord
 from consortium.store.blockstore import BlockStore
 from consortium.store.objects import get_bytes
+
+
+def demo_declarations(dataset: str) -> dict[str, Any]:
+    """What the demo's purpose declares for its record of processing (GDPR Article 30)."""
+    return {
+        "data_categories": (f"{dataset} examples with their labels (synthetic data subjects)",),
+        "recipients": ("the consortium's members (the trained model only)",),
+        "retention": "until the demo's run folder is deleted",
+    }
 
 
 def genesis_budget(d: Path) -> str:
@@ -92,6 +103,10 @@ def demo(
         "their first use (the cost is reported).",
     ),
     out: Path | None = typer.Option(None, "--dir", help="Run folder (default runs/demo-TIME)."),
+    ui: bool = typer.Option(
+        False, "--ui", help="Then serve the dashboard over the run folder (Ctrl-C stops it)."
+    ),
+    port: int = typer.Option(8765, "--port", min=1, max=65535, help="The dashboard's port."),
 ) -> None:
     """Create a consortium, train it over gRPC with mTLS, compare with central training, audit."""
     t0 = time.time()
@@ -102,7 +117,12 @@ def demo(
         f"[bold]Consortium demo[/]: {nodes} nodes, {rounds} rounds, {dataset}, "
         f"Dirichlet(alpha={alpha}) shards, run folder {root}"
     )
-    budget = Purpose("research", 2.5 * epsilon, 1e-5) if dp != "none" else Purpose("research")
+    budget = Purpose(
+        "research",
+        2.5 * epsilon if dp != "none" else None,
+        1e-5 if dp != "none" else None,
+        **demo_declarations(dataset),
+    )
     dirs = create_consortium(
         root,
         nodes,
@@ -148,6 +168,14 @@ def demo(
         cluster.stop_all()
     erasure = _erase_and_retrain(dirs, run, cluster, names) if erase else ""
     _summary(root, dirs, run, records, names, t0, erasure)
+    console.print(
+        f"follow it in a browser: [bold]consortium ui {root}[/] (http://127.0.0.1:{port}/, "
+        f"read-only); a report for a regulator: consortium report {root} --out report.html",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if ui:
+        serve(root, port)
 
 
 def _erase_and_retrain(
