@@ -32,6 +32,7 @@ class Axis:
     lo: float | None = None
     hi: float | None = None
     percent: bool = False  # tick labels as percentages (0.01 -> 1%)
+    whole: bool = False  # ticks at whole numbers only (rounds)
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,8 @@ class _Scale:
         if self.axis.log:
             first, last = math.ceil(math.log10(self.lo) - 1e-9), math.floor(math.log10(self.hi))
             return [10.0**k for k in range(first, last + 1)]
-        return _nice_ticks(self.lo, self.hi)
+        ticks = _nice_ticks(self.lo, self.hi)
+        return [t for t in ticks if t == int(t)] if self.axis.whole else ticks
 
 
 def _path(points: list[tuple[float, float]]) -> str:

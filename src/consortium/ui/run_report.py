@@ -109,7 +109,7 @@ def epsilon_chart(ov: Overview) -> LineChart | Paragraph:
         top = max(top, p.budget_epsilon)
     return LineChart(
         f"Privacy spent on purpose {p.purpose!r}",
-        Axis("round", lo=0, hi=float(max(ov.status.target, xs[-1]))),
+        Axis("round", lo=0, hi=float(max(ov.status.target, xs[-1])), whole=True),
         Axis("ε (at the purpose's δ)", lo=0, hi=top * 1.1),
         series,
         caption="The largest recorded total after each round (client level, or the worst "

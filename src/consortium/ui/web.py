@@ -25,6 +25,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+# Starlette parses posted forms (a receipt, an upload) with python-multipart: imported here so
+# that a missing install fails when the dashboard loads, not at the first receipt posted.
+import python_multipart  # noqa: F401
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders, UploadFile
