@@ -179,6 +179,16 @@ def _final_accuracy(node: Node, dataset: Dataset) -> float:
     return evaluate(model, dataset.x_test, dataset.y_test)[1]
 
 
+def accuracy_curve(node: Node, dataset: Dataset) -> list[float]:
+    """Test accuracy of every committed round's global model, read from the node's store."""
+    model = build_model(MODEL, dataset.input_shape, dataset.num_classes, seed=SEED)
+    out = []
+    for record in run_records(node.ledger):
+        set_weights(model, weights_from_bytes(get_bytes(node.store, record.model)))
+        out.append(evaluate(model, dataset.x_test, dataset.y_test)[1])
+    return out
+
+
 async def run_federated(
     root: Path,
     args: argparse.Namespace,
@@ -186,8 +196,11 @@ async def run_federated(
     data_dir: Path | None,
     partition: str,
     n: int,
+    run: RunConfig | None = None,
+    curve: list[float] | None = None,
 ) -> tuple[list[float], float, float, list[str]]:
-    """One run: (round latencies on node 0, bytes per round, federated accuracy, notes)."""
+    """One run of `run` (default: from `args`): (round latencies on node 0, bytes per round,
+    federated accuracy, notes); with `curve`, every round's accuracy is appended to it."""
     iid = partition == "iid"
     dirs = create_consortium(
         root,
@@ -211,7 +224,7 @@ async def run_federated(
         for node in nodes:
             await node.start()
         counter.bytes = 0  # start-up catch-up requests are not round traffic
-        run = _run_config(args, dataset.name, n)
+        run = run or _run_config(args, dataset.name, n)
         report = await nodes[0].propose_run(run)  # agreed by a quorum, then started everywhere
         if not report["started"]:
             raise SystemExit(f"run not agreed: {report}")
@@ -235,6 +248,8 @@ async def run_federated(
             notes.append(f"rounds {short} committed without every node's update")
         done = [r for r in _timed_rounds(args.rounds) if r in first.committed]
         latencies = [first.committed[r] - first.begun[r] for r in done]
+        if curve is not None:
+            curve.extend(accuracy_curve(first, dataset))
         return latencies, sent / len(records), _final_accuracy(first, dataset), notes
     finally:
         for node in nodes:

@@ -12,7 +12,17 @@ bench_app = typer.Typer(
     no_args_is_help=True,
 )
 
-_SCRIPTS = ("ledger", "secagg", "rounds", "tamper", "anchor", "privacy", "chaos", "beacon")
+_SCRIPTS = (
+    "ledger",
+    "secagg",
+    "rounds",
+    "tamper",
+    "anchor",
+    "privacy",
+    "chaos",
+    "beacon",
+    "accuracy",
+)
 
 
 def load_script(name: str) -> ModuleType:
@@ -45,4 +55,5 @@ _command("anchor", "Anchor latency and gas on the embedded chain (and anvil if p
 _command("privacy", "Accuracy against epsilon for record- and client-level DP (CSV + PNG).")
 _command("tamper", "Flip bits in a real run folder: does audit notice every change, and where?")
 _command("chaos", "SIGKILL and restart node processes during a SecAgg+ run: liveness, catch-up.")
+_command("accuracy", "Accuracy against rounds for 5, 20, 50 members, with and without DP.")
 _command("beacon", "The shared beacon: genesis DKG cost, partial, check and combination times.")
