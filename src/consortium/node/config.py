@@ -95,6 +95,12 @@ class NodeConfig(BaseModel):
     data: DataConfig = DataConfig()
     policy: PolicyConfig = PolicyConfig()
     listen: str | None = Field(None, description="host:port to bind (default: node.pub address)")
+    gateway: str | None = Field(
+        None,
+        description="host:port where the node serves its store, read only, as an IPFS trustless "
+        "gateway while it runs (off when unset; 127.0.0.1:8080 serves this machine only)",
+        pattern=r"^(\[[0-9a-fA-F:]+\]|[^:\s]+):[0-9]{1,5}$",
+    )
     peers: dict[str, str] = Field(default_factory=dict, description="node id -> address override")
     tick_seconds: float = Field(0.1, gt=0, description="how often deadlines are checked")
     consent: Literal["required", "off"] = Field(

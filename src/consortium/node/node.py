@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from aiohttp import web
 from multiformats import CID
 
 from consortium.consent.registry import ConsentRegistry
@@ -91,6 +92,7 @@ from consortium.protocol.round import (
 )
 from consortium.store.blockstore import BlockStore
 from consortium.store.cid import as_cid, cid_for
+from consortium.store.gateway import start_gateway
 from consortium.store.objects import get_bytes, is_complete, put_bytes, put_verified
 from consortium.store.unixfs import Profile, profile
 from consortium.transport.base import Transport
@@ -192,6 +194,8 @@ class Node(RunAgreement):
         self._catch_up_lock = asyncio.Lock()
         self._catch_up_wanted = False
         self._catch_up_task: asyncio.Task[Any] | None = None
+        self._gateway: web.AppRunner | None = None  # the store's IPFS gateway, if configured
+        self.gateway_port = 0
 
     def _open_registry(self) -> ConsentRegistry | None:
         path = self.dir / CONSENT_FILE
@@ -209,6 +213,12 @@ class Node(RunAgreement):
 
     async def start(self) -> None:
         await self.transport.start(self._handle)
+        if self.config.gateway is not None:  # node.toml `gateway = "host:port"`
+            host, _, port = self.config.gateway.rpartition(":")
+            self._gateway, self.gateway_port = await start_gateway(
+                self.store, host.strip("[]"), int(port)
+            )
+            log.info("%s: serving its store at http://%s/ipfs/", self.name, self.config.gateway)
         self._ticker = asyncio.create_task(self._tick_loop())
         await self.recover()
         self._resume()
@@ -229,6 +239,8 @@ class Node(RunAgreement):
         for t in list(self._tasks):
             t.cancel()
         await self.transport.stop()
+        if self._gateway is not None:
+            await self._gateway.cleanup()
         self.ledger.close()
         if self.registry is not None:
             self.registry.close()
