@@ -83,12 +83,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-bench: $(STAMP)
+bench: $(STAMP) ipfs-tools
 	$(BIN)/consortium bench ledger
 	$(BIN)/consortium bench secagg --n 10,100 --d 10000,100000
 	$(BIN)/consortium bench anchor
 	$(BIN)/consortium bench rounds
 	$(BIN)/consortium bench chaos
+	$(BIN)/consortium bench store
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

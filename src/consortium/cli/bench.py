@@ -22,6 +22,7 @@ _SCRIPTS = (
     "chaos",
     "beacon",
     "accuracy",
+    "store",
 )
 
 
@@ -57,3 +58,4 @@ _command("tamper", "Flip bits in a real run folder: does audit notice every chan
 _command("chaos", "SIGKILL and restart node processes during a SecAgg+ run: liveness, catch-up.")
 _command("accuracy", "Accuracy against rounds for 5, 20, 50 members, with and without DP.")
 _command("beacon", "The shared beacon: genesis DKG cost, partial, check and combination times.")
+_command("store", "UnixFS import MiB/s: ours against the JavaScript importer and kubo 0.22.")
