@@ -1,0 +1,159 @@
+"""Retrievability challenges over stored artifacts: the pure pieces (sans-I/O).
+
+An artifact's bytes are cut into 32-byte leaves (the last zero-padded; n = ceil(size / 32), none
+for an empty artifact) and committed by the RFC 9162 Merkle root over them, with the ledger's own
+hashing (`ledger/merkle.py`: leaf SHA-256(0x00 | leaf), node SHA-256(0x01 | left | right)). A
+challenge names k leaf indices, drawn from the round's beacon so that no member can steer or
+foresee them; a holder answers each with the leaf and its inclusion path; anyone holding the
+committed (root, size) checks the answer. docs/architecture.md, "Replication with retrievability
+challenges", says how these fit in a round and what they prove (lost or corrupted copies; not a
+unique replica).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from consortium.core.errors import ProofError
+from consortium.ledger.merkle import (
+    EMPTY_ROOT,
+    HASH_SIZE,
+    inclusion_proof,
+    leaf_hash,
+    root_at,
+    tree_levels,
+    verify_inclusion,
+)
+
+LEAF_SIZE = 32
+#: Leaf indices challenged per artifact per holder in a challenge period (the design allows 5-10).
+CHALLENGES = 8
+MIN_CHALLENGES, MAX_CHALLENGES = 5, 10
+#: Deepest path we accept: a tree of 2**48 leaves is 8 PiB of artifact.
+MAX_PATH = 48
+_TAG = b"consortium/storage-challenge/v1"
+
+
+def leaf_count(size: int) -> int:
+    """Leaves of an artifact of `size` bytes."""
+    if size < 0:
+        raise ProofError(f"an artifact cannot be {size} bytes")
+    return -(-size // LEAF_SIZE)
+
+
+def leaf_at(data: bytes, index: int) -> bytes:
+    """Leaf `index` of `data`: its 32 bytes, the last zero-padded."""
+    if not 0 <= index < leaf_count(len(data)):
+        raise ProofError(f"leaf {index} is not in an artifact of {len(data)} bytes")
+    return data[index * LEAF_SIZE : (index + 1) * LEAF_SIZE].ljust(LEAF_SIZE, b"\0")
+
+
+@dataclass(frozen=True)
+class StorageProof:
+    """One challenged leaf of one artifact, with its inclusion path to the committed root."""
+
+    index: int
+    leaf: bytes
+    path: tuple[bytes, ...]
+
+    def to_body(self) -> dict[str, Any]:
+        return {"index": self.index, "leaf": self.leaf, "path": list(self.path)}
+
+    @classmethod
+    def from_body(cls, body: Any) -> StorageProof:
+        """Shape-check untrusted input: exactly these fields, in bounds."""
+        if not isinstance(body, dict) or set(body) != {"index", "leaf", "path"}:
+            raise ProofError("a storage proof is {index, leaf, path}")
+        index, leaf, path = body["index"], body["leaf"], body["path"]
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise ProofError("a storage proof's index is a non-negative integer")
+        if not isinstance(leaf, bytes) or len(leaf) != LEAF_SIZE:
+            raise ProofError(f"a storage proof's leaf is {LEAF_SIZE} bytes")
+        if not isinstance(path, list) or len(path) > MAX_PATH:
+            raise ProofError(f"a storage proof's path is a list of at most {MAX_PATH} hashes")
+        if not all(isinstance(p, bytes) and len(p) == HASH_SIZE for p in path):
+            raise ProofError(f"a storage proof's path holds {HASH_SIZE}-byte hashes")
+        return cls(index, leaf, tuple(path))
+
+    @property
+    def size_bytes(self) -> int:
+        """What the proof costs on the ledger, before encoding: index (8), leaf, path."""
+        return 8 + len(self.leaf) + HASH_SIZE * len(self.path)
+
+
+class ArtifactTree:
+    """The Merkle tree over an artifact's leaves: its root, and proofs of any leaf."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = bytes(data)
+        self.size = len(self.data)
+        self.leaves = leaf_count(self.size)
+        hashes = [leaf_hash(leaf_at(self.data, i)) for i in range(self.leaves)]
+        self.levels = tree_levels(hashes) if hashes else [[]]
+        self.root = root_at(self.levels, self.leaves) if hashes else EMPTY_ROOT
+
+    def prove(self, index: int) -> StorageProof:
+        leaf = leaf_at(self.data, index)
+        path = inclusion_proof(index, self.leaves, lambda level, i: self.levels[level][i])
+        return StorageProof(index, leaf, tuple(path))
+
+
+def commit(data: bytes) -> tuple[bytes, int]:
+    """(root, size) of an artifact: what a round record commits."""
+    tree = ArtifactTree(data)
+    return tree.root, tree.size
+
+
+def challenge_indices(
+    beacon: bytes, artifact: str, holder: str, leaves: int, k: int = CHALLENGES
+) -> list[int]:
+    """The `k` distinct leaf indices (all of them when there are fewer) `holder` must prove for
+    `artifact` (its printed CID), drawn from `beacon`: the attempt beacon of the challenging
+    round (`protocol.beacon.attempt_beacon`). SHA-256 in counter mode, 8 bytes per draw reduced
+    mod `leaves`: a bias below leaves / 2**64, nothing a holder can use."""
+    if not MIN_CHALLENGES <= k <= MAX_CHALLENGES:
+        raise ProofError(f"{k} challenges per artifact; {MIN_CHALLENGES} to {MAX_CHALLENGES}")
+    if len(beacon) != 32:
+        raise ProofError("a challenge is drawn from a 32-byte beacon")
+    if leaves <= k:
+        return list(range(leaves))
+    seed = hashlib.sha256(
+        _TAG + b"|" + beacon + b"|" + artifact.encode() + b"|" + holder.encode()
+    ).digest()
+    out: list[int] = []
+    counter = 0
+    while len(out) < k:
+        block = hashlib.sha256(seed + counter.to_bytes(8, "big")).digest()
+        counter += 1
+        for j in range(0, 32, 8):
+            index = int.from_bytes(block[j : j + 8], "big") % leaves
+            if index not in out and len(out) < k:
+                out.append(index)
+    return out
+
+
+def check_proof(root: bytes, size: int, proof: StorageProof, index: int) -> None:
+    """ProofError (naming the leaf) unless `proof` answers the challenge of leaf `index` of the
+    artifact committed as (root, size)."""
+    if proof.index != index:
+        raise ProofError(f"a proof of leaf {proof.index} answers the challenge of leaf {index}")
+    leaves = leaf_count(size)
+    if not 0 <= index < leaves:
+        raise ProofError(f"leaf {index} is not in an artifact of {size} bytes")
+    try:
+        verify_inclusion(index, leaves, leaf_hash(proof.leaf), proof.path, root)
+    except ProofError as exc:
+        raise ProofError(f"leaf {index}: {exc}") from None
+
+
+def check_answer(
+    root: bytes, size: int, indices: Sequence[int], proofs: Sequence[StorageProof]
+) -> None:
+    """ProofError unless `proofs` answer exactly the challenged `indices`, in order."""
+    if len(proofs) != len(indices):
+        raise ProofError(f"{len(proofs)} proofs answer {len(indices)} challenged leaves")
+    for index, proof in zip(indices, proofs, strict=True):
+        check_proof(root, size, proof, index)

@@ -1,0 +1,143 @@
+"""Retrievability challenges, the pure pieces (`protocol/storage.py`): the tree over 32-byte
+leaves equals RFC 9162's, every leaf proves, challenges come from the beacon alone, and every
+forged or wrong answer is refused by name."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import pytest
+
+from consortium.core.errors import ProofError
+from consortium.ledger.merkle import EMPTY_ROOT, leaf_hash, node_hash, root_from_leaf_hashes
+from consortium.protocol.beacon import attempt_beacon
+from consortium.protocol.storage import (
+    CHALLENGES,
+    LEAF_SIZE,
+    ArtifactTree,
+    StorageProof,
+    challenge_indices,
+    check_answer,
+    check_proof,
+    commit,
+    leaf_count,
+)
+
+BEACON = attempt_beacon(hashlib.sha256(b"round 7").digest(), 0)
+CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+
+
+def _data(size: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+@pytest.mark.parametrize("size", [0, 1, 31, 32, 33, 64, 65, 1000, 4096, 100_003])
+def test_the_root_is_rfc9162_over_zero_padded_32_byte_leaves(size: int) -> None:
+    data = _data(size)
+    padded = data + b"\0" * (-size % LEAF_SIZE)
+    leaves = [padded[i : i + LEAF_SIZE] for i in range(0, len(padded), LEAF_SIZE)]
+    root, committed = commit(data)
+    assert committed == size and leaf_count(size) == len(leaves)
+    assert root == root_from_leaf_hashes([leaf_hash(leaf) for leaf in leaves])
+    if size == 0:
+        assert root == EMPTY_ROOT
+    if size == 64:  # by hand: two leaves
+        assert root == node_hash(leaf_hash(data[:32]), leaf_hash(data[32:]))
+
+
+@pytest.mark.parametrize("size", [1, 32, 33, 95, 1000, 100_003])
+def test_every_leaf_proves_against_the_committed_root(size: int) -> None:
+    tree = ArtifactTree(_data(size, 1))
+    for index in range(tree.leaves) if tree.leaves < 200 else range(0, tree.leaves, 97):
+        proof = tree.prove(index)
+        check_proof(tree.root, size, proof, index)
+        assert StorageProof.from_body(proof.to_body()) == proof
+        assert proof.size_bytes == 8 + 32 + 32 * len(proof.path)
+
+
+def test_challenges_come_from_the_beacon_alone() -> None:
+    leaves = 10_000
+    one = challenge_indices(BEACON, CID, "node1", leaves)
+    assert one == challenge_indices(BEACON, CID, "node1", leaves)  # every verifier agrees
+    assert len(one) == CHALLENGES == len(set(one)) and all(0 <= i < leaves for i in one)
+    other_beacon = attempt_beacon(hashlib.sha256(b"round 7").digest(), 1)
+    assert challenge_indices(other_beacon, CID, "node1", leaves) != one
+    assert challenge_indices(BEACON, CID, "node2", leaves) != one  # each holder its own
+    assert challenge_indices(BEACON, CID + "x", "node1", leaves) != one
+    assert challenge_indices(BEACON, CID, "node1", 5) == [0, 1, 2, 3, 4]  # fewer leaves than k
+    assert challenge_indices(BEACON, CID, "node1", 0) == []
+    assert len(challenge_indices(BEACON, CID, "node1", 9)) == CHALLENGES  # distinct, k < n
+    with pytest.raises(ProofError, match="11 challenges per artifact; 5 to 10"):
+        challenge_indices(BEACON, CID, "node1", leaves, 11)
+    with pytest.raises(ProofError, match="32-byte beacon"):
+        challenge_indices(b"short", CID, "node1", leaves)
+
+
+def test_challenged_indices_spread_over_the_artifact() -> None:
+    """Over many beacons every eighth of a 1,000-leaf artifact is challenged about as often."""
+    counts = [0] * 8
+    for r in range(500):
+        beacon = attempt_beacon(hashlib.sha256(b"%d" % r).digest(), 0)
+        for i in challenge_indices(beacon, CID, "node1", 1000):
+            counts[i * 8 // 1000] += 1
+    assert min(counts) > 400 and max(counts) < 600  # 500 expected each
+
+
+def test_an_honest_answer_passes() -> None:
+    data = _data(5000, 2)
+    tree = ArtifactTree(data)
+    indices = challenge_indices(BEACON, CID, "node1", tree.leaves)
+    check_answer(tree.root, len(data), indices, [tree.prove(i) for i in indices])
+
+
+def test_a_holder_that_lost_or_changed_data_is_refused_by_name() -> None:
+    data = _data(5000, 3)
+    tree = ArtifactTree(data)
+    root, size = tree.root, len(data)
+    indices = challenge_indices(BEACON, CID, "node1", tree.leaves)
+    honest = [tree.prove(i) for i in indices]
+    target = indices[0]
+    # a corrupted copy: one byte of the challenged leaf changed, proved from the corrupt tree
+    damaged = bytearray(data)
+    damaged[target * LEAF_SIZE] ^= 1
+    forged = ArtifactTree(bytes(damaged)).prove(target)
+    with pytest.raises(ProofError, match=f"leaf {target}: inclusion proof"):
+        check_answer(root, size, indices, [forged, *honest[1:]])
+    # a lost leaf answered with zeros and the honest path
+    zeros = StorageProof(target, bytes(LEAF_SIZE), honest[0].path)
+    with pytest.raises(ProofError, match=f"leaf {target}"):
+        check_proof(root, size, zeros, target)
+    # a proof of another leaf (one the holder still has) for the challenged one
+    other = tree.prove((target + 1) % tree.leaves)
+    with pytest.raises(ProofError, match=f"answers the challenge of leaf {target}"):
+        check_proof(root, size, other, target)
+    # the right leaf moved to another index: the path does not fit
+    moved = StorageProof(target, honest[0].leaf, other.path)
+    with pytest.raises(ProofError, match=f"leaf {target}"):
+        check_proof(root, size, moved, target)
+    # a truncated path, an answer that skips a challenge, a leaf outside the artifact
+    short = StorageProof(target, honest[0].leaf, honest[0].path[:-1])
+    with pytest.raises(ProofError, match="too short"):
+        check_proof(root, size, short, target)
+    with pytest.raises(ProofError, match=f"{CHALLENGES - 1} proofs answer {CHALLENGES}"):
+        check_answer(root, size, indices, honest[1:])
+    with pytest.raises(ProofError, match="not in an artifact of 5000 bytes"):
+        check_proof(root, size, StorageProof(157, bytes(32), ()), 157)
+
+
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ({"index": 1, "leaf": bytes(32)}, "is {index, leaf, path}"),
+        ({"index": -1, "leaf": bytes(32), "path": []}, "non-negative"),
+        ({"index": True, "leaf": bytes(32), "path": []}, "non-negative"),
+        ({"index": 1, "leaf": bytes(31), "path": []}, "leaf is 32 bytes"),
+        ({"index": 1, "leaf": bytes(32), "path": [bytes(31)]}, "32-byte hashes"),
+        ({"index": 1, "leaf": bytes(32), "path": [bytes(32)] * 49}, "at most 48"),
+        ({"index": 1, "leaf": bytes(32), "path": [], "extra": 1}, "is {index, leaf, path}"),
+    ],
+)
+def test_a_malformed_proof_is_refused_when_read(body: object, words: str) -> None:
+    with pytest.raises(ProofError, match=words):
+        StorageProof.from_body(body)
