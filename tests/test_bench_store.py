@@ -23,3 +23,13 @@ def test_bench_store_refuses_an_unknown_profile(capsys: pytest.CaptureFixture[st
     with pytest.raises(SystemExit):
         bench.main(["--profiles", "unixfs-v9", "--size-mib", "1"])
     assert "unknown profile 'unixfs-v9'" in capsys.readouterr().err
+
+
+def test_bench_store_measures_proofs_and_detection() -> None:
+    r = bench.measure_proofs(100_000, repeat=2)
+    assert r["leaves"] == 3125 and r["k"] == 8
+    assert r["proof_bytes"] == 8 + 32 + 32 * 12  # a path of 12 hashes at 3,125 leaves
+    assert r["answer_bytes"] == 8 * r["proof_bytes"]
+    rows = dict(((p, m), q) for p, m, q in bench.detection())
+    assert abs(rows[(0.01, 1)] - (1 - 0.99**8)) < 1e-12 and rows[(0.05, 100)] > 0.999999
+    assert "| 5% |" in bench.proof_table(r)

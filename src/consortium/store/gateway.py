@@ -26,6 +26,7 @@ Requests are GET and HEAD only; request lines and headers are bounded by aiohttp
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -219,13 +220,13 @@ def make_app(store: BlockStore) -> web.Application:
         printed = str(want.cid)
         headers = _headers(want.car, printed, want.scope, want.dups)
         try:
+            # Disk reads and hashing run in a worker thread: a node serving its store keeps its
+            # event loop (and so its rounds) free while a large CAR streams.
+            block = await asyncio.to_thread(store.get_block, want.cid)
             if not want.car:
-                block = store.get_block(want.cid)
                 headers["Content-Length"] = str(len(block))
                 return web.Response(body=None if head else block, headers=headers)
-            if not store.has(want.cid):
-                raise NotFoundError(f"block {printed} is not in this gateway's store")
-            store.get_block(want.cid)  # the root is readable and whole before we say 200
+            # a CAR: its root is there and whole before we say 200
         except NotFoundError:
             return _error(404, f"block {printed} is not in this gateway's store")
         except IntegrityError as exc:
@@ -235,8 +236,10 @@ def make_app(store: BlockStore) -> web.Application:
         response = web.StreamResponse(headers=headers)
         await response.prepare(request)
         await response.write(car_header([want.cid]))
+        blocks = car_blocks(store, want)
         try:
-            for cid, block in car_blocks(store, want):
+            while (item := await asyncio.to_thread(next, blocks, None)) is not None:
+                cid, block = item
                 await response.write(car_section(cid, block) + block)
         except ConsortiumError as exc:
             # The status is sent: end the stream short, which every CAR reader refuses (the
