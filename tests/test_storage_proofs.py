@@ -16,11 +16,15 @@ from consortium.protocol.storage import (
     CHALLENGES,
     LEAF_SIZE,
     ArtifactTree,
+    Challenged,
+    HolderAnswer,
     StorageProof,
     challenge_indices,
     check_answer,
+    check_answers,
     check_proof,
     commit,
+    holders_for,
     leaf_count,
 )
 
@@ -141,3 +145,64 @@ def test_a_holder_that_lost_or_changed_data_is_refused_by_name() -> None:
 def test_a_malformed_proof_is_refused_when_read(body: object, words: str) -> None:
     with pytest.raises(ProofError, match=words):
         StorageProof.from_body(body)
+
+
+# -- holders and the verifier rule over a round's answers ------------------------------------------
+
+MEMBERS = [f"node{i}" for i in range(7)]
+
+
+def test_holders_are_the_leader_and_beacon_chosen_others() -> None:
+    three = holders_for(BEACON, CID, "node2", MEMBERS, 3)
+    assert three[0] == "node2" and len(set(three)) == 3 and set(three) <= set(MEMBERS)
+    assert three == holders_for(BEACON, CID, "node2", MEMBERS, 3)
+    assert holders_for(BEACON, CID, "node2", MEMBERS, 5)[:3] == three  # a prefix of one order
+    assert sorted(holders_for(BEACON, CID, "node2", MEMBERS, 0)) == MEMBERS  # 0: everyone
+    others = {
+        tuple(holders_for(attempt_beacon(bytes([r]) * 32, 0), CID, "node2", MEMBERS, 3))
+        for r in range(20)
+    }
+    assert len(others) > 5  # the beacon, not any member, picks them
+    with pytest.raises(ProofError, match=r"between min\(3, n\) = 3 and n = 7"):
+        holders_for(BEACON, CID, "node2", MEMBERS, 2)
+    with pytest.raises(ProofError, match="not a member"):
+        holders_for(BEACON, CID, "mallory", MEMBERS, 3)
+
+
+def _round(n_holders: int = 3) -> tuple[list[Challenged], dict[tuple[str, str], HolderAnswer]]:
+    data = _data(3000, 9)
+    tree = ArtifactTree(data)
+    challenged, honest = [], {}
+    for holder in MEMBERS[:n_holders]:
+        indices = tuple(challenge_indices(BEACON, CID, holder, tree.leaves))
+        challenged.append(Challenged(CID, holder, tree.root, len(data), indices))
+        honest[(CID, holder)] = HolderAnswer(CID, holder, tuple(tree.prove(i) for i in indices))
+    return challenged, honest
+
+
+def test_honest_answers_pass_and_a_missing_holder_is_named() -> None:
+    challenged, honest = _round()
+    assert check_answers(challenged, list(honest.values()), []) == []
+    answers = [honest[(CID, "node0")], honest[(CID, "node1")]]
+    assert check_answers(challenged, answers, [(CID, "node2")]) == [(CID, "node2")]
+    body = honest[(CID, "node1")].to_body()
+    assert HolderAnswer.from_body(body) == honest[(CID, "node1")]
+
+
+def test_a_leader_cannot_drop_invent_or_forge_an_answer() -> None:
+    challenged, honest = _round()
+    answers = list(honest.values())
+    with pytest.raises(ProofError, match=r"node2 on \S+ is neither answered nor listed missing"):
+        check_answers(challenged, answers[:2], [])  # dropped
+    with pytest.raises(ProofError, match="node5 was not challenged"):
+        check_answers(challenged, answers, [(CID, "node5")])  # invented
+    with pytest.raises(ProofError, match=r"node1 on \S+ is listed twice"):
+        check_answers(challenged, answers, [(CID, "node1")])  # answered and missing
+    bad = answers[1].proofs[0]
+    forged = HolderAnswer(
+        CID, "node1", (StorageProof(bad.index, bytes(32), bad.path), *answers[1].proofs[1:])
+    )
+    with pytest.raises(ProofError, match=f"node1's proof of {CID}: leaf {bad.index}"):
+        check_answers(challenged, [answers[0], forged, answers[2]], [])
+    with pytest.raises(ProofError, match="at most 10 proofs"):
+        HolderAnswer.from_body({"artifact": CID, "holder": "node1", "proofs": [{}] * 11})

@@ -157,3 +157,102 @@ def check_answer(
         raise ProofError(f"{len(proofs)} proofs answer {len(indices)} challenged leaves")
     for index, proof in zip(indices, proofs, strict=True):
         check_proof(root, size, proof, index)
+
+
+# -- who holds what, and the round record's section (not yet wired into rounds) --------------------
+
+
+def holders_for(
+    beacon: bytes, artifact: str, leader: str, members: Sequence[str], replicas: int
+) -> list[str]:
+    """The members that hold `artifact`: the leader that made it, then the first replicas - 1
+    others in the order sha256(beacon | artifact | member), `beacon` being the attempt beacon of
+    the round that made it. `replicas` 0 (the default) means every member."""
+    others = sorted(
+        (m for m in members if m != leader),
+        key=lambda m: hashlib.sha256(
+            _TAG + b"|holders|" + beacon + b"|" + artifact.encode() + b"|" + m.encode()
+        ).digest(),
+    )
+    if leader not in members:
+        raise ProofError(f"leader {leader} is not a member")
+    count = len(members) if replicas == 0 else replicas
+    if not min(3, len(members)) <= count <= len(members):
+        raise ProofError(
+            f"replicas = {replicas}: between min(3, n) = {min(3, len(members))} and "
+            f"n = {len(members)}, or 0 for every member"
+        )
+    return [leader, *others[: count - 1]]
+
+
+@dataclass(frozen=True)
+class HolderAnswer:
+    """One holder's proofs for one artifact, one per challenged leaf, in challenge order."""
+
+    artifact: str
+    holder: str
+    proofs: tuple[StorageProof, ...]
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "artifact": self.artifact,
+            "holder": self.holder,
+            "proofs": [p.to_body() for p in self.proofs],
+        }
+
+    @classmethod
+    def from_body(cls, body: Any) -> HolderAnswer:
+        if not isinstance(body, dict) or set(body) != {"artifact", "holder", "proofs"}:
+            raise ProofError("a holder's answer is {artifact, holder, proofs}")
+        artifact, holder, proofs = body["artifact"], body["holder"], body["proofs"]
+        if not isinstance(artifact, str) or not isinstance(holder, str):
+            raise ProofError("a holder's answer names its artifact and holder as text")
+        if not isinstance(proofs, list) or len(proofs) > MAX_CHALLENGES:
+            raise ProofError(f"a holder's answer holds at most {MAX_CHALLENGES} proofs")
+        return cls(artifact, holder, tuple(StorageProof.from_body(p) for p in proofs))
+
+
+@dataclass(frozen=True)
+class Challenged:
+    """What a verifier recomputes for one challenged (artifact, holder): the committed root and
+    size (from the record that made the artifact) and the indices (from this round's beacon)."""
+
+    artifact: str
+    holder: str
+    root: bytes
+    size: int
+    indices: tuple[int, ...]
+
+
+def check_answers(
+    challenged: Sequence[Challenged],
+    answers: Sequence[HolderAnswer],
+    missing: Sequence[tuple[str, str]],
+) -> list[tuple[str, str]]:
+    """The verifier rule `storage-proof-invalid`, pure: every challenged (artifact, holder) pair
+    is answered or listed missing, exactly once, nothing else is, and every answer proves every
+    challenged leaf. Returns the (artifact, holder) pairs listed missing: the holders to name and
+    re-replicate from. ProofError naming the pair otherwise."""
+    wanted = {(c.artifact, c.holder): c for c in challenged}
+    seen: set[tuple[str, str]] = set()
+    for pair in [*((a.artifact, a.holder) for a in answers), *missing]:
+        if pair not in wanted:
+            raise ProofError(f"storage-proof-invalid: {pair[1]} was not challenged on {pair[0]}")
+        if pair in seen:
+            raise ProofError(f"storage-proof-invalid: {pair[1]} on {pair[0]} is listed twice")
+        seen.add(pair)
+    for pair in wanted:
+        if pair not in seen:
+            raise ProofError(
+                f"storage-proof-invalid: the challenge of {pair[1]} on {pair[0]} is neither "
+                "answered nor listed missing"
+            )
+    for answer in answers:
+        c = wanted[(answer.artifact, answer.holder)]
+        try:
+            check_answer(c.root, c.size, c.indices, answer.proofs)
+        except ProofError as exc:
+            raise ProofError(
+                f"storage-proof-invalid: {answer.holder}'s proof of {answer.artifact}: {exc}"
+            ) from None
+    return list(missing)

@@ -153,7 +153,13 @@ class _Fetch:
                 todo.append(cid)
             local = [c for c in todo if self.store.has(c)]
             remote = [c for c in todo if not self.store.has(c)]
-            blocks = await asyncio.gather(*(self.block(c) for c in remote))
+            # every request ends (answered, refused or timed out) before the first error is
+            # raised: no request outlives the fetch
+            answers = await asyncio.gather(*(self.block(c) for c in remote), return_exceptions=True)
+            failed = [a for a in answers if isinstance(a, BaseException)]
+            if failed:
+                raise failed[0]
+            blocks = [a for a in answers if not isinstance(a, BaseException)]
             for cid, (data, links) in zip(remote, blocks, strict=True):
                 self.stage(cid, data)
                 frontier.extend(links)
