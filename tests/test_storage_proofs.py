@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from pathlib import Path
 
 import pytest
 
@@ -206,3 +207,54 @@ def test_a_leader_cannot_drop_invent_or_forge_an_answer() -> None:
         check_answers(challenged, [answers[0], forged, answers[2]], [])
     with pytest.raises(ProofError, match="at most 10 proofs"):
         HolderAnswer.from_body({"artifact": CID, "holder": "node1", "proofs": [{}] * 11})
+
+
+# -- `consortium store prove|challenge` ---------------------------------------------------------
+
+
+def test_store_prove_and_challenge_from_the_shell(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from consortium.cli.app import app
+    from consortium.store import BlockStore, put_bytes
+
+    runner = CliRunner()
+    data = _data(70_000, 4)
+    cid = str(put_bytes(BlockStore(tmp_path / "store"), data))
+    common = ["--beacon", BEACON.hex(), "--holder", "node3", "--dir", str(tmp_path)]
+    res = runner.invoke(app, ["store", "prove", cid, *common])
+    assert res.exit_code == 0, res.stderr
+    answer = tmp_path / "answer.json"
+    answer.write_text(res.stdout)
+    tree = ArtifactTree(data)
+    indices = challenge_indices(BEACON, cid, "node3", tree.leaves)
+    res = runner.invoke(app, ["store", "challenge", cid, *common])
+    assert res.stdout.split() == [str(i) for i in indices]
+    res = runner.invoke(app, ["store", "challenge", cid, *common, "--answer", str(answer)])
+    assert res.exit_code == 0 and f"ok: node3 proved leaves {indices[0]}" in res.stdout
+    committed = ["--root", tree.root.hex(), "--size", str(len(data))]
+    empty = tmp_path / "elsewhere"  # a challenger without a copy, holding the commitment
+    empty.mkdir()
+    args = ["store", "challenge", cid, "--beacon", BEACON.hex(), "--holder", "node3"]
+    res = runner.invoke(app, [*args, *committed, "--dir", str(empty), "--answer", str(answer)])
+    assert res.exit_code == 0, res.stderr
+
+    def refused(body: dict[str, object], words: str, *extra: str) -> None:
+        answer.write_text(json.dumps(body))
+        res = runner.invoke(app, [*args, *committed, *extra, "--answer", str(answer)])
+        lines = res.stderr.strip().splitlines()
+        assert res.exit_code != 0 and len(lines) == 1 and words in lines[0], res.stderr
+
+    good = json.loads(runner.invoke(app, ["store", "prove", cid, *common]).stdout)
+    bad = json.loads(json.dumps(good))
+    bad["proofs"][2]["leaf"] = "00" * 32
+    refused(bad, f"node3 failed the challenge on {cid}: leaf {indices[2]}")
+    refused({**good, "holder": "node4"}, "answers for node4")
+    refused({**good, "proofs": good["proofs"][:-1]}, "7 proofs answer 8 challenged leaves")
+    refused({"nonsense": 1}, "is not an answer printed by `store prove`")
+    res = runner.invoke(
+        app, [*args[:3], "--beacon", "abc", "--holder", "x", "--dir", str(tmp_path)]
+    )
+    assert res.exit_code != 0 and "--beacon must be 64 hex digits" in res.stderr

@@ -1,23 +1,32 @@
-"""`consortium store put|get|verify|export|import|serve|fetch`: the node's content-addressed store
+"""`consortium store put|get|verify|export|import|serve|fetch|prove|challenge`: the node's store
 from the shell. Files are UnixFS, with the CIDs kubo gives them; `export` and `import` move blocks
 as CARv1, the file format every IPFS tool reads; `serve` and `fetch` speak the IPFS Trustless
-Gateway protocol over HTTP."""
+Gateway protocol over HTTP; `prove` and `challenge` are the retrievability challenges' two sides."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from consortium.cli.common import console, err_console, fail, handle_errors
-from consortium.core.errors import StoreError
+from consortium.core.errors import ProofError, StoreError
 from consortium.core.genesis import GENESIS_FILE, Genesis
 from consortium.core.layout import LEDGER_FILE, STORE_DIR
 from consortium.ledger.log import Ledger
+from consortium.protocol.storage import (
+    ArtifactTree,
+    HolderAnswer,
+    challenge_indices,
+    check_answer,
+    leaf_count,
+)
 from consortium.store import (
     CID,
     PROFILES,
@@ -26,6 +35,7 @@ from consortium.store import (
     as_cid,
     cid_key,
     file_size,
+    get_bytes,
     get_file,
     parse_cid,
     profile,
@@ -267,6 +277,129 @@ def fetch_(
     console.print(
         f"fetched {report.root}: {report.blocks} blocks ({report.fetched} new, "
         f"{report.bytes} bytes)",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+# -- retrievability challenges (docs/architecture.md, "Replication with retrievability challenges")
+
+
+def _beacon(text: str) -> bytes:
+    try:
+        value = bytes.fromhex(text)
+    except ValueError:
+        value = b""
+    if len(value) != 32:
+        raise ProofError(
+            f"--beacon must be 64 hex digits (the round's attempt beacon), not {text!r}"
+        )
+    return value
+
+
+BEACON = typer.Option(..., "--beacon", help="The challenging round's attempt beacon (64 hex).")
+HOLDER = typer.Option(..., "--holder", help="Member id of the holder challenged.")
+
+
+@app.command("prove")
+@handle_errors
+def prove(
+    cid: str = typer.Argument(..., help="CID of the artifact (a UnixFS file) to prove."),
+    beacon: str = BEACON,
+    holder: str = HOLDER,
+    directory: Path = DIR,
+) -> None:
+    """Answer a challenge: print, as JSON, an inclusion proof of each leaf the beacon picks.
+
+    The artifact is read from DIR's store (every block re-hashed), cut into 32-byte leaves, and
+    each challenged leaf is proved against the Merkle root over them.
+    """
+    parsed = parse_cid(cid)
+    value = _beacon(beacon)
+    tree = ArtifactTree(get_bytes(_store(directory, create=False), parsed))
+    indices = challenge_indices(value, str(parsed), holder, tree.leaves)
+    answer = HolderAnswer(str(parsed), holder, tuple(tree.prove(i) for i in indices))
+    body = {"beacon": beacon.lower(), **_hex(answer.to_body())}
+    console.print(json.dumps(body), highlight=False, soft_wrap=True, markup=False)
+
+
+def _hex(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {k: _hex(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_hex(v) for v in value]
+    return value
+
+
+def _answer(path: Path) -> HolderAnswer:
+    """A holder's answer from the JSON `prove` prints (hostile input: shape-checked)."""
+    try:
+        body = json.loads(path.read_text())
+        proofs = [
+            {
+                "index": p["index"],
+                "leaf": bytes.fromhex(p["leaf"]),
+                "path": [bytes.fromhex(h) for h in p["path"]],
+            }
+            for p in body["proofs"]
+        ]
+        return HolderAnswer.from_body(
+            {"artifact": body["artifact"], "holder": body["holder"], "proofs": proofs}
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ProofError(f"{path} is not an answer printed by `store prove` ({exc})") from None
+
+
+@app.command("challenge")
+@handle_errors
+def challenge(
+    cid: str = typer.Argument(..., help="CID of the artifact challenged."),
+    beacon: str = BEACON,
+    holder: str = HOLDER,
+    answer: Path | None = typer.Option(
+        None, "--answer", help="The holder's answer (JSON from `store prove`) to check."
+    ),
+    root: str | None = typer.Option(
+        None, "--root", help="The committed Merkle root (64 hex); default: from DIR's own copy."
+    ),
+    size: int | None = typer.Option(None, "--size", help="The committed size, with --root."),
+    directory: Path = DIR,
+) -> None:
+    """Print the leaves the beacon challenges HOLDER to prove of CID; with --answer, check them.
+
+    The committed root and size come from --root/--size (as a round record will carry them) or
+    from the artifact in DIR's store. A wrong or missing proof exits 1 naming the leaf.
+    """
+    parsed = parse_cid(cid)
+    value = _beacon(beacon)
+    if (root is None) != (size is None):
+        fail("give --root and --size together, or neither (then DIR's copy is used)", 2)
+    if root is not None and size is not None:
+        committed, length = _beacon(root), size
+        if size < 0:
+            fail(f"--size {size} is negative", 2)
+    else:
+        tree = ArtifactTree(get_bytes(_store(directory, create=False), parsed))
+        committed, length = tree.root, tree.size
+    indices = challenge_indices(value, str(parsed), holder, leaf_count(length))
+    if answer is None:
+        console.print(" ".join(map(str, indices)), highlight=False)
+        return
+    if not answer.is_file():
+        fail(f"not a file: {answer}", 2)
+    got = _answer(answer)
+    if (got.artifact, got.holder) != (str(parsed), holder):
+        raise ProofError(
+            f"{answer} answers for {got.holder} on {got.artifact}, not {holder} on {parsed}"
+        )
+    try:
+        check_answer(committed, length, indices, got.proofs)
+    except ProofError as exc:
+        raise ProofError(f"{holder} failed the challenge on {parsed}: {exc}") from None
+    console.print(
+        f"ok: {holder} proved leaves {' '.join(map(str, indices))} of {parsed}",
         highlight=False,
         soft_wrap=True,
     )
