@@ -83,6 +83,7 @@ def kubo_cids(files: list[Path]) -> list[str]:
             text=True,
             timeout=300,
             check=False,
+            cwd=tmp,  # kubo writes a kubo.log into the folder it runs in
         )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout.split()
