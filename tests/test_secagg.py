@@ -14,13 +14,16 @@ from consortium.protocol.secagg import (
     SecAggAbort,
     SecAggParams,
     SecAggParamsError,
+    SimulatedKeys,
     Transcript,
     TranscriptError,
+    crypto,
     dequantize,
     field,
     quantize,
     verify_aggregate,
 )
+from consortium.protocol.secagg.client import seed_commitment
 from consortium.protocol.secagg.sim import PHASES, simulate_round
 
 
@@ -94,7 +97,10 @@ def test_sum_is_exact_sum_of_survivors(case: tuple[SecAggParams, dict[str, set[s
     assert np.all(np.abs(result.total - clipped) <= len(result.contributors) / params.scale)
     # The auditor recomputes the same sum from the published transcript only.
     body = decode(encode(agg.transcript().to_body()))
-    assert np.array_equal(verify_aggregate(params, Transcript.from_body(body)), result.words)
+    verify = SimulatedKeys.for_participants(params.participants, seed).verify
+    assert np.array_equal(
+        verify_aggregate(params, Transcript.from_body(body), verify), result.words
+    )
 
 
 def test_round_with_dropouts_in_every_phase() -> None:
@@ -119,11 +125,11 @@ def test_too_many_dropouts_abort_instead_of_leaking() -> None:
 
 
 def test_masked_vector_looks_uniform() -> None:
-    d = 100_000
+    d = 20_000  # 256 bins of ~78 expected counts; each commitment generator costs ~0.4 ms
     params = SecAggParams.create(b"privacy", ids(3), d, k=2, threshold=2)
     words = {p: np.zeros(d, dtype=np.uint32) for p in params.participants}  # worst case: constant
     _, agg, _ = simulate_round(params, words, seed=42)
-    masked = np.frombuffer(agg.transcript().masked_inputs[params.participants[0]], dtype="<u4")
+    masked = np.frombuffer(agg.masked_input(params.participants[0]), dtype="<u4")
     counts = np.bincount(masked >> 24, minlength=256)
     assert stats.chisquare(counts).pvalue > 1e-3
     # Sanity: the same test does flag a non-uniform vector.
@@ -181,22 +187,49 @@ def test_transcript_tampering_is_detected() -> None:
     params = SecAggParams.create(b"audit", ids(6), 16, k=4, threshold=3)
     rng = np.random.default_rng(2)
     words = {p: rng.integers(0, 100, 16, dtype=np.uint32) for p in params.participants}
-    _, agg, _ = simulate_round(params, words, dropouts={"inputs": [params.participants[1]]})
+    result, agg, _ = simulate_round(params, words, dropouts={"inputs": [params.participants[1]]})
+    verify = SimulatedKeys.for_participants(params.participants, 0).verify
     tr = agg.transcript()
     body = tr.to_body()
-    victim = params.participants[0]
+    assert np.array_equal(verify_aggregate(params, tr, verify), result.words)
+    victim, other, dropped = params.participants[0], params.participants[2], params.participants[1]
 
     def broken(**changes: object) -> Transcript:
         return Transcript.from_body(body | changes)
 
-    flipped = bytearray(tr.masked_inputs[victim])
-    flipped[0] ^= 1
-    with pytest.raises(TranscriptError, match="hash"):
-        verify_aggregate(params, broken(inputs=tr.masked_inputs | {victim: bytes(flipped)}))
+    # A wrong sum: one unit moved into the first word (mod 2**32 and in the integers).
+    wrong = bytearray(tr.masked_sum)
+    wrong[0] ^= 1
+    with pytest.raises(TranscriptError, match="does not match the contributors' commitments"):
+        verify_aggregate(params, broken(sum=bytes(wrong)), verify)
+    with pytest.raises(TranscriptError, match="entries of 5 bytes"):
+        verify_aggregate(params, broken(sum=tr.masked_sum[:-1]), verify)
+    # A forged or swapped commitment: its sender never signed it.
+    swapped = tr.commitments | {victim: tr.commitments[other]}
+    with pytest.raises(TranscriptError, match=f"commitment of '{victim}' is not signed"):
+        verify_aggregate(params, broken(commitments=swapped), verify)
     with pytest.raises(TranscriptError, match="commitment"):
-        verify_aggregate(params, broken(seeds=tr.revealed_seeds | {victim: bytes(32)}))
-    dropped = params.participants[1]
+        verify_aggregate(params, broken(seeds=tr.revealed_seeds | {victim: bytes(32)}), verify)
+    # A seed with a matching commitment the leader made up: the commitment is signed too.
+    fake = bytes(32)
+    forged = tr.seed_commitments | {victim: seed_commitment(tr.round_id, victim, fake)}
+    with pytest.raises(TranscriptError, match="not signed"):
+        verify_aggregate(
+            params,
+            broken(seeds=tr.revealed_seeds | {victim: fake}, seed_commitments=forged),
+            verify,
+        )
     with pytest.raises(TranscriptError, match="public key"):
-        verify_aggregate(params, broken(dropped_keys={dropped: bytes(32)}))
-    with pytest.raises(TranscriptError, match="differs"):
-        verify_aggregate(params, broken(aggregate=bytes(64)))
+        verify_aggregate(params, broken(dropped_keys={dropped: bytes(32)}), verify)
+    # A dropped member's key pair the leader made up: its public key is not the signed one.
+    secret = bytes(range(32))
+    enc, _, sig = tr.keys[dropped]
+    keys = {u: list(k) for u, k in tr.keys.items()}
+    keys[dropped] = [enc, crypto.public_bytes(secret), sig]
+    with pytest.raises(TranscriptError, match=f"public keys of '{dropped}' are not signed"):
+        verify_aggregate(params, broken(keys=keys, dropped_keys={dropped: secret}), verify)
+    # Version 1 (every masked input published) is refused by name.
+    with pytest.raises(TranscriptError, match="version 1 is not supported"):
+        Transcript.from_body(body | {"v": 1})
+    with pytest.raises(TranscriptError, match="version 1 is not supported"):
+        Transcript.from_body({k: v for k, v in body.items() if k != "v"} | {"inputs": {}})

@@ -102,6 +102,41 @@ def test_bad_masked_inputs_are_refused_and_sender_dropped(params: SecAggParams) 
     assert {e.sender for e in r.agg.rejections} >= set(cases) | {"intruder", p[3]}
 
 
+def test_inputs_that_break_their_signed_commitment_are_refused_by_name(
+    params: SecAggParams,
+) -> None:
+    """A member whose masked input is not what it committed to (which would make every voter
+    refuse the published sum) is dropped at the leader's batch check; one whose commitment
+    carries no valid signature is refused on receipt. The sum of the others is exact."""
+    r = Round(params)
+    r.to_inputs()
+    p = params.participants
+    liar, unsigned = p[0], p[1]
+    for node in p:
+        msg = r.clients[node].masked_input(r.words[node])
+        if node == liar:  # its commitment and signature, another vector
+            tampered = bytearray(msg.vector)
+            tampered[0] ^= 1
+            msg = replace(msg, vector=bytes(tampered))
+        if node == unsigned:
+            msg = replace(msg, signature=bytes(64))
+            with pytest.raises(RejectedMessage, match="commitment not signed by its sender"):
+                r.agg.receive_masked_input(msg)
+            continue
+        r.agg.receive_masked_input(msg)
+    total = r.finish()
+    reasons = {e.sender: e.reason for e in r.agg.rejections}
+    assert "does not match its signed commitment" in reasons[liar]
+    assert {liar, unsigned} <= r.agg.dropped
+    expected = sum(int(r.words[n][0]) for n in p if n not in (liar, unsigned))
+    assert np.array_equal(total, np.full(D, expected, dtype=np.uint32))
+    # What it publishes verifies: the liar's commitment is not in it.
+    from consortium.protocol.secagg import verify_aggregate
+
+    assert liar not in r.agg.transcript().commitments
+    assert np.array_equal(verify_aggregate(params, r.agg.transcript(), r.auth.verify), total)
+
+
 def test_wrong_dtype_is_refused_at_parse_and_at_client(params: SecAggParams) -> None:
     body = MaskedInput(params.round_id, "n1", bytes(4 * D)).to_body()
     with pytest.raises(RejectedMessage, match="n1"):

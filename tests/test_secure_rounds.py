@@ -56,7 +56,8 @@ def test_secure_rounds_match_plaintext_accuracy_and_publish_a_verifiable_sum(
     folder = tmp_path / "secure" / "node0"
     report = audit(folder)
     assert report.entries == 5 and report.secure_rounds == 3  # every sum recomputed
-    # What is published: masked vectors and revealed seeds, never a plaintext update.
+    # What is published: signed commitments, their integer sum and the revealed seeds; neither a
+    # plaintext update nor (since transcript v2) any masked vector.
     from consortium.store.blockstore import BlockStore
 
     store = BlockStore(folder / "store")
@@ -64,7 +65,7 @@ def test_secure_rounds_match_plaintext_accuracy_and_publish_a_verifiable_sum(
     info = last.secagg
     assert info is not None
     tr = Transcript.from_body(decode(get_bytes(store, info.transcript)))
-    assert set(tr.masked_inputs) == set(last.participants)
+    assert set(tr.commitments) == set(last.participants)
     assert tr.input_hashes == last.updates
 
 

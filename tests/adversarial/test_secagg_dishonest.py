@@ -21,9 +21,9 @@ from consortium.ledger.entries import Entry
 from consortium.protocol.messages import Message, Propose, SecAgg, Update
 from consortium.protocol.record import RoundRecord
 from consortium.protocol.round import Broadcast, PersistSurvivorSet, Send
-from consortium.protocol.secagg import Transcript
+from consortium.protocol.secagg import Transcript, verify_aggregate
 from consortium.protocol.secagg.auth import key_statement, survivors_statement
-from consortium.protocol.secure_round import START
+from consortium.protocol.secure_round import START, member_verifier, params_from_body
 from tests.machines import Wire, all_notes
 
 
@@ -174,13 +174,20 @@ def test_a_forged_certificate_is_refused() -> None:
     assert victim not in _unmask_responses(wire, 0)
 
 
-def _released(wire: Wire) -> list[Transcript]:
-    """Every transcript a leader proposed (what an attacker leading would hold)."""
-    return [
-        Transcript.from_body(decode(a.message.proposal.transcript))
-        for _, a in wire.trace
-        if isinstance(a, Send | Broadcast) and isinstance(a.message, Propose)
-    ]
+def _released(wire: Wire) -> list[tuple[Transcript, bytes]]:
+    """Every transcript a leader proposed (what an attacker leading would hold), with the
+    unmasked sum it proves (checked as every voter checks it)."""
+    out = []
+    for _, a in wire.trace:
+        if isinstance(a, Send | Broadcast) and isinstance(a.message, Propose):
+            proposal = a.message.proposal
+            tr = Transcript.from_body(decode(proposal.transcript))
+            record = RoundRecord.from_entry(Entry.from_bytes(proposal.entry))
+            assert record.secagg is not None
+            params = params_from_body(dict(record.secagg.params))
+            words = verify_aggregate(params, tr, member_verifier(wire.genesis))
+            out.append((tr, words.tobytes()))
+    return out
 
 
 def test_differencing_two_attempts_of_a_round_gains_nothing() -> None:
@@ -227,10 +234,10 @@ def test_differencing_two_attempts_of_a_round_gains_nothing() -> None:
     wire.filter = None
     wire.settle(step=25.0)
     released = _released(wire)
-    assert released and all(t.aggregate == released[0].aggregate for t in released)
-    assert all(victim not in t.survivors for t in released)
-    first_sum = first.agg.transcript().aggregate
-    assert released[0].aggregate == first_sum  # the same sum as the withheld one, bit for bit
+    assert released and all(words == released[0][1] for _, words in released)
+    assert all(victim not in t.survivors for t, _ in released)
+    first_sum = first.agg.result.words.tobytes()
+    assert released[0][1] == first_sum  # the same sum as the withheld one, bit for bit
 
 
 def test_signatures_from_another_consortium_are_refused() -> None:

@@ -1368,7 +1368,7 @@ class RoundMachine:
         s = self.s
         assert self._ops is not None
         transcript = encode(lead.agg.transcript().to_body())
-        mean, tr = recompute_mean_delta(lead.params, transcript)
+        mean, tr = recompute_mean_delta(lead.params, transcript, self._secagg_verify)
         contributors = tuple(tr.survivors)
         if len(contributors) < self.min_contributors:
             raise ConsortiumError(

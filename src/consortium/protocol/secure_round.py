@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from consortium.core.encoding import decode
+from consortium.core.encoding import Domain, decode, signing_payload
 from consortium.core.errors import ConfigError, ConsortiumError
+from consortium.core.genesis import Genesis
+from consortium.ledger.entries import check_payload
 from consortium.privacy.client_dp import ClientNoisePlan
 from consortium.privacy.noise import add_to_words, node_noise_share
 from consortium.protocol.beacon import attempt_beacon
@@ -43,6 +45,7 @@ from consortium.protocol.secagg import (
     UnmaskResponse,
     Verifier,
     dequantize,
+    input_digest,
     parse_message,
     verify_aggregate,
 )
@@ -210,13 +213,30 @@ def mean_delta(words: npt.NDArray[np.uint32], scale: float) -> npt.NDArray[np.fl
     return out
 
 
+def member_verifier(genesis: Genesis) -> Verifier:
+    """Checks a member's signature on a SecAgg+ statement, bound to this consortium (what
+    `RoundMachine` signs them with: `Domain.MESSAGE` and the genesis digest)."""
+    keys = {m.node_id: m.public_key for m in genesis.members}
+    digest = genesis.digest()
+
+    def verify(node: str, statement: dict[str, Any], signature: bytes) -> bool:
+        key = keys.get(node)
+        if key is None:
+            return False
+        return check_payload(key, signing_payload(Domain.MESSAGE, statement, digest), signature)
+
+    return verify
+
+
 def recompute_mean_delta(
-    params: SecAggParams, transcript_bytes: bytes
+    params: SecAggParams, transcript_bytes: bytes, verify: Verifier
 ) -> tuple[npt.NDArray[np.float64], Transcript]:
-    """Verify a published transcript and return the mean delta it implies (auditor and voters)."""
+    """Verify a published transcript and return the mean delta it implies (auditor and voters):
+    signed commitments, the integer sum against them, revealed secrets against signed keys and
+    commitments, then the masks removed locally (`verify_aggregate`)."""
     try:
         transcript = Transcript.from_body(decode(transcript_bytes))
-        words = verify_aggregate(params, transcript)
+        words = verify_aggregate(params, transcript, verify)
     except (SecAggError, ConsortiumError) as exc:
         raise ConsortiumError(f"secure-aggregation transcript does not verify: {exc}") from exc
     return mean_delta(words, params.scale), transcript
@@ -342,7 +362,7 @@ class ParticipantAggregation:
             if self.words is None:
                 self.words = self._quantize()
             reply = self.client.masked_input(self.words)
-            self.input_hash = hashlib.sha256(reply.vector).digest()
+            self.input_hash = input_digest(reply.commitment)
         elif isinstance(msg, SurvivorSet):
             reply = self.client.receive_survivor_set(msg)
         elif isinstance(msg, UnmaskRequest):

@@ -34,7 +34,12 @@ from consortium.protocol.privacy_round import (
 from consortium.protocol.record import Erasure, RoundRecord
 from consortium.protocol.schedule import leader_for
 from consortium.protocol.secagg import SecAggParams
-from consortium.protocol.secure_round import params_body, params_from_body, recompute_mean_delta
+from consortium.protocol.secure_round import (
+    member_verifier,
+    params_body,
+    params_from_body,
+    recompute_mean_delta,
+)
 
 # Rule names (stable: tests and audit reports refer to them).
 RUN = "run"  # the record is for another run, round or ledger slot
@@ -272,7 +277,7 @@ def _check_secure_sum(record: RoundRecord, ctx: RecordContext, beacon: bytes) ->
         "the transcript bytes do not match the transcript CID",
     )
     try:
-        mean, tr = recompute_mean_delta(params, ctx.transcript)
+        mean, tr = recompute_mean_delta(params, ctx.transcript, member_verifier(ctx.genesis))
     except ConsortiumError as exc:
         raise RecordRejected(SUM, str(exc)) from exc
     _require(

@@ -32,7 +32,7 @@ from consortium.protocol.secagg.messages import (
 from consortium.protocol.secagg.params import SecAggParams, default_degree, default_threshold
 from consortium.protocol.secagg.quantize import dequantize, quantize
 from consortium.protocol.secagg.sim import simulate_round
-from consortium.protocol.secagg.transcript import Transcript, verify_aggregate
+from consortium.protocol.secagg.transcript import Transcript, input_digest, verify_aggregate
 
 __all__ = [
     "AdvertiseKeys",
@@ -65,6 +65,7 @@ __all__ = [
     "default_degree",
     "default_threshold",
     "dequantize",
+    "input_digest",
     "parse_message",
     "quantize",
     "simulate_round",

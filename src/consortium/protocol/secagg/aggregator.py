@@ -22,8 +22,8 @@ every request carries: a dishonest aggregator cannot show two participants two d
 
 from __future__ import annotations
 
+import contextlib
 import enum
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NoReturn
@@ -31,8 +31,13 @@ from typing import NoReturn
 import numpy as np
 import numpy.typing as npt
 
-from consortium.protocol.secagg import crypto, field
-from consortium.protocol.secagg.auth import Verifier, key_statement, survivors_statement
+from consortium.protocol.secagg import commitment, crypto, field
+from consortium.protocol.secagg.auth import (
+    Verifier,
+    input_statement,
+    key_statement,
+    survivors_statement,
+)
 from consortium.protocol.secagg.client import seed_commitment, share_digest, share_plaintext
 from consortium.protocol.secagg.errors import (
     RejectedMessage,
@@ -54,7 +59,7 @@ from consortium.protocol.secagg.messages import (
 )
 from consortium.protocol.secagg.params import SecAggParams
 from consortium.protocol.secagg.quantize import dequantize
-from consortium.protocol.secagg.transcript import Transcript, unmask_sum
+from consortium.protocol.secagg.transcript import Transcript, integer_sum, unmask_words
 
 AEAD_TAG_BYTES = 16
 
@@ -93,6 +98,8 @@ class SecAggAggregator:
         self._shares: dict[str, EncryptedShares] = {}
         self._u2: frozenset[str] = frozenset()
         self._inputs: dict[str, bytes] = {}
+        self._input_commits: dict[str, tuple[bytes, bytes]] = {}  # (commitment, signature)
+        self._sum: npt.NDArray[np.uint64] | None = None  # integer sum of U3's masked inputs
         self._u3: frozenset[str] = frozenset()
         self._requests: dict[str, UnmaskRequest] = {}
         self._responses: dict[str, UnmaskResponse] = {}
@@ -159,6 +166,7 @@ class SecAggAggregator:
             self._shares.pop(sender, None)
         elif self.stage is AggregatorStage.INPUTS:
             self._inputs.pop(sender, None)
+            self._input_commits.pop(sender, None)
         elif self.stage is AggregatorStage.AGREE:
             self._votes.pop(sender, None)
         elif self.stage is AggregatorStage.UNMASK:
@@ -284,10 +292,36 @@ class SecAggAggregator:
             self._reject(
                 u, f"masked input must be {4 * self.params.vector_length} bytes, got {size}"
             )
+        try:
+            commitment.parse(msg.commitment)
+        except SecAggError as exc:
+            self._reject(u, f"masked input's commitment is unusable: {exc}")
+        seed = self._shares[u].seed_commitment
+        statement = input_statement(msg.round_id, u, msg.commitment, seed)
+        if not self._verify(u, statement, msg.signature):
+            self._reject(u, "masked input's commitment not signed by its sender")
         self._inputs[u] = msg.vector
+        self._input_commits[u] = (msg.commitment, msg.signature)
+
+    def _check_commitments(self) -> None:
+        """Refuse, by name, senders whose masked input is not what they signed a commitment to:
+        one multi-scalar multiplication for the whole sum, one per input only if that fails (a
+        wrong commitment would make the published sum fail every voter's check)."""
+        live = sorted(set(self._inputs) - self._banned)
+        d = self.params.vector_length
+        total = integer_sum({u: self._inputs[u] for u in live}, d)
+        if commitment.sum_matches(total, (self._input_commits[u][0] for u in live)):
+            return
+        for u in live:
+            words = np.frombuffer(self._inputs[u], dtype="<u4").astype(np.uint32)
+            if commitment.commit(words) != commitment.parse(self._input_commits[u][0]):
+                # Recorded in `rejections`; the round goes on without it.
+                with contextlib.suppress(RejectedMessage):
+                    self._reject(u, "masked input does not match its signed commitment")
 
     def finish_inputs(self) -> list[SurvivorSet]:
         self._expect(AggregatorStage.INPUTS)
+        self._check_commitments()
         u3 = set(self._inputs) - self._banned
         lost = self._unrecoverable(self._u2, u3)
         if lost:
@@ -399,9 +433,12 @@ class SecAggAggregator:
             if crypto.public_bytes(secret) != self._keys[u][1]:
                 raise SecAggAbort(f"reconstructed mask key of {u!r} does not match its public key")
             self._dropped_keys[u] = secret
-        inputs = {u: np.frombuffer(self._inputs[u], dtype="<u4") for u in self._u3}
+        self._sum = integer_sum({u: self._inputs[u] for u in self._u3}, self.params.vector_length)
+        masked = (self._sum & np.uint64(0xFFFFFFFF)).astype(np.uint32)
         mask_keys = {u: self._keys[u][1] for u in self._u2}
-        words = unmask_sum(self.params, inputs, self._seeds, self._dropped_keys, mask_keys)
+        words = unmask_words(
+            self.params, masked, sorted(self._u3), self._seeds, self._dropped_keys, mask_keys
+        )
         self.stage = AggregatorStage.DONE
         self._result = AggregateResult(
             words,
@@ -412,16 +449,28 @@ class SecAggAggregator:
         return self._result
 
     def transcript(self) -> Transcript:
-        """Everything that may be published so an auditor can recompute the sum."""
+        """What is published so any member or auditor can check the sum (transcript v2)."""
         self._expect(AggregatorStage.DONE)
-        assert self._result is not None
+        assert self._result is not None and self._sum is not None
+        u3 = sorted(self._u3)
         return Transcript(
             round_id=self.params.round_id,
-            masked_inputs={u: self._inputs[u] for u in sorted(self._u3)},
-            input_hashes={u: hashlib.sha256(self._inputs[u]).digest() for u in sorted(self._u3)},
-            mask_keys={u: self._keys[u][1] for u in sorted(self._u2)},
-            seed_commitments={u: self._shares[u].seed_commitment for u in sorted(self._u3)},
+            masked_sum=commitment.encode_sum(self._sum, commitment.sum_width(len(u3))),
+            commitments={u: self._input_commits[u][0] for u in u3},
+            input_signatures={u: self._input_commits[u][1] for u in u3},
+            seed_commitments={u: self._shares[u].seed_commitment for u in u3},
+            keys={u: (*self._keys[u], self._key_sigs[u]) for u in sorted(self._u2)},
             revealed_seeds=dict(sorted(self._seeds.items())),
             revealed_mask_keys=dict(sorted(self._dropped_keys.items())),
-            aggregate=self._result.words.astype("<u4").tobytes(),
         )
+
+    def masked_input(self, node: str) -> bytes:
+        """The masked input `node` sent (what the leader sees; no longer published)."""
+        return self._inputs[node]
+
+    @property
+    def result(self) -> AggregateResult:
+        """The unmasked aggregate (after `finish`)."""
+        self._expect(AggregatorStage.DONE)
+        assert self._result is not None
+        return self._result

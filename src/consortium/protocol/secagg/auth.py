@@ -1,8 +1,9 @@
-"""Who said what in a SecAgg+ round: signed key advertisements and signed survivor sets.
+"""Who said what in a SecAgg+ round: signed keys, input commitments and survivor sets.
 
 Without signatures the aggregator (the round's leader, who may be dishonest) could relay its own
-keys in place of a neighbour's and decrypt every share, or show different participants different
-survivor sets. So each participant signs (round id, its public keys) and the survivor set it
+keys in place of a neighbour's and decrypt every share, show different participants different
+survivor sets, or publish a sum of inputs nobody sent. So each participant signs (round id, its
+public keys), the commitments to its masked input and self-mask seed, and the survivor set it
 agrees to; every receiver checks against the members' identity keys. The package takes the two
 operations as callables: a node signs with its identity key, bound to the consortium's genesis
 digest (`RoundMachine`); simulations and benchmarks use `SimulatedKeys`.
@@ -28,6 +29,21 @@ Verifier = Callable[[str, dict[str, Any], bytes], bool]
 
 def key_statement(round_id: bytes, node: str, enc_key: bytes, mask_key: bytes) -> dict[str, Any]:
     return {"secagg": "keys", "round": round_id, "node": node, "enc": enc_key, "mask": mask_key}
+
+
+def input_statement(
+    round_id: bytes, node: str, commitment: bytes, seed_commitment: bytes
+) -> dict[str, Any]:
+    """What a contributor signs with its masked input: the vector commitment to it and the
+    commitment to its self-mask seed, so neither the sum it enters nor the seed that unmasks it
+    can be swapped by whoever relays or publishes them."""
+    return {
+        "secagg": "input",
+        "round": round_id,
+        "node": node,
+        "vector": commitment,
+        "seed": seed_commitment,
+    }
 
 
 def survivors_statement(round_id: bytes, survivors: Iterable[str]) -> dict[str, Any]:

@@ -6,7 +6,7 @@ Theory of operation (one round, Bell et al. 2020 over Bonawitz et al. 2017):
     ADVERTISE  advertise_keys()            -                AdvertiseKeys
     KEYS       receive_neighbour_keys(m)   NeighbourKeys    EncryptedShares
     SHARES     receive_shares(m)           ShareDelivery    None
-    INPUT      masked_input(words)         uint32 vector    MaskedInput
+    INPUT      masked_input(words)         uint32 vector    MaskedInput (+ signed commitment)
     AGREE      receive_survivor_set(m)     SurvivorSet      SurvivorVote
     UNMASK     receive_unmask_request(m)   UnmaskRequest    UnmaskResponse
     DONE       -
@@ -33,10 +33,11 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from consortium.protocol.secagg import crypto, field
+from consortium.protocol.secagg import commitment, crypto, field
 from consortium.protocol.secagg.auth import (
     Signer,
     Verifier,
+    input_statement,
     key_statement,
     survivors_statement,
 )
@@ -257,8 +258,13 @@ class SecAggClient:
         for peer, seed in sorted(self._pair_seeds.items()):
             prg.add(acc, seed, +1 if self.node_id < peer else -1)
         rid = self.params.round_id
+        vector_commitment = commitment.commit_words(acc)
+        seed_commit = seed_commitment(rid, self.node_id, self._seed)
+        sig = self._sign(input_statement(rid, self.node_id, vector_commitment, seed_commit))
         self.stage = ClientStage.AGREE
-        return MaskedInput(rid, self.node_id, acc.astype("<u4", copy=False).tobytes())
+        return MaskedInput(
+            rid, self.node_id, acc.astype("<u4", copy=False).tobytes(), vector_commitment, sig
+        )
 
     def mask_update(self, update: npt.ArrayLike, rng: np.random.Generator) -> MaskedInput:
         """Clip, quantize (stochastic rounding with `rng`) and mask a float update."""

@@ -138,14 +138,23 @@ class ShareDelivery(_Message):
 
 @dataclass(frozen=True)
 class MaskedInput(_Message):
-    """Client -> aggregator: the masked vector, little-endian uint32 words."""
+    """Client -> aggregator: the masked vector (little-endian uint32 words), the homomorphic
+    commitment to it (`commitment.commit_words`) and the sender's signature on
+    `auth.input_statement` (that commitment and its seed commitment)."""
 
     TYPE: ClassVar[str] = "secagg/masked-input"
     sender: str
     vector: bytes
+    commitment: bytes = b""
+    signature: bytes = b""
 
     def to_body(self) -> dict[str, Any]:
-        return self._base() | {"sender": self.sender, "vector": self.vector}
+        return self._base() | {
+            "sender": self.sender,
+            "vector": self.vector,
+            "commit": self.commitment,
+            "sig": self.signature,
+        }
 
 
 @dataclass(frozen=True)
@@ -268,7 +277,13 @@ def parse_message(body: Any) -> Message:
             _pairs(body, "share_commits", who),
         )
     if kind == MaskedInput.TYPE:
-        return MaskedInput(rid, _get(body, "sender", str, who), _get(body, "vector", bytes, who))
+        return MaskedInput(
+            rid,
+            _get(body, "sender", str, who),
+            _get(body, "vector", bytes, who),
+            _get(body, "commit", bytes, who),
+            _get(body, "sig", bytes, who),
+        )
     if kind == SurvivorSet.TYPE:
         return SurvivorSet(rid, _get(body, "recipient", str, who), _ids(body, "survivors", who))
     if kind == SurvivorVote.TYPE:
