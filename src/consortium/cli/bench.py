@@ -23,6 +23,7 @@ _SCRIPTS = (
     "beacon",
     "accuracy",
     "store",
+    "traffic",
 )
 
 
@@ -59,3 +60,4 @@ _command("chaos", "SIGKILL and restart node processes during a SecAgg+ run: live
 _command("accuracy", "Accuracy against rounds for 5, 20, 50 members, with and without DP.")
 _command("beacon", "The shared beacon: genesis DKG cost, partial, check and combination times.")
 _command("store", "UnixFS import MiB/s: ours against the JavaScript importer and kubo 0.22.")
+_command("traffic", "Bytes per member per SecAgg+ round and a voter's verification time.")
