@@ -128,7 +128,8 @@ def run_case(n: int, d: int, seed: int = 0) -> dict[str, float | int | str]:
     order = sorted(machines)
     sent = dict.fromkeys(machines, 0)
     received = dict.fromkeys(machines, 0)
-    sizes: dict[int, int] = {}
+    # Keyed by id(): the message is kept with its size, so no id is reused while cached.
+    sizes: dict[int, tuple[Message, int]] = {}
     queue: deque[tuple[str, str, Message]] = deque()
     committed: set[str] = set()
     verify_s: list[float] = []
@@ -141,8 +142,8 @@ def run_case(n: int, d: int, seed: int = 0) -> dict[str, float | int | str]:
     def size(msg: Message) -> int:
         key = id(msg)
         if key not in sizes:  # a broadcast is one object sent to every other member
-            sizes[key] = len(encode_message(msg))
-        return sizes[key]
+            sizes[key] = (msg, len(encode_message(msg)))
+        return sizes[key][1]
 
     def do(nid: str, actions: list[Action]) -> None:
         for a in actions:

@@ -48,8 +48,9 @@ def views(config: RunConfig) -> list[View]:
     )
     models = "every round's global model (the store)"
     transcript = (
-        "the SecAgg+ transcript of each round: masked inputs, revealed self-mask seeds and the "
-        "aggregate"
+        "the SecAgg+ transcript of each round: the integer sum of the masked inputs, each "
+        "contributor's signed commitment to its masked input, revealed self-mask seeds and "
+        "dropped members' mask keys"
         if secure
         else "no transcript (plaintext rounds publish only each update's hash)"
     )
@@ -60,8 +61,8 @@ def views(config: RunConfig) -> list[View]:
             f"a copy of a node folder: {ledger}; {models}; {transcript}",
             "nothing: each round's aggregate is the difference of two published models"
             + (
-                "; masked inputs still carry pairwise masks no holder below the threshold "
-                "can remove"
+                "; the masked inputs behind the sum and its commitments still carry pairwise "
+                "masks no holder below the threshold can remove"
                 if secure
                 else ""
             )
