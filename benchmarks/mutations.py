@@ -31,7 +31,11 @@ unchecked):
   `_check_certificate`; `protocol/secagg/aggregator.py`, `SecAggAggregator`: the key and
   survivor-vote signature checks, the share-commitment shape check, the `min_survivors` floor
   of `finish_inputs`, the quorum of `finish_agreement` and the revealed-share check of
-  `receive_unmask` (each `if` test -> `False`; a refusal is a `raise` or `self._reject(...)`);
+  `receive_unmask`, the signature on a masked input's commitment and the batch check of inputs
+  against their commitments (each `if` test -> `False`; a refusal is a `raise` or
+  `self._reject(...)`); `protocol/secagg/transcript.py` (issue 15): every refusal of
+  `verify_aggregate` (signed commitments and keys, revealed seeds and mask keys, the integer sum
+  against the commitments) and the version check of `Transcript.from_body`;
 - agreed runs (issue 12): every refusal `if` and wrapped error of `protocol/agreement.py`'s
   `check`, `cosign` and `valid_cosignatures`, and the f lying refusers of `abandoned`
   (`colluders` -> 0); `node/config.py`: the budget-bypass rule and the unknown-purpose refusal
@@ -66,6 +70,7 @@ RECORD = "consortium/protocol/record.py"
 ROUND = "consortium/protocol/round.py"
 CLIENT = "consortium/protocol/secagg/client.py"
 AGGREGATOR = "consortium/protocol/secagg/aggregator.py"
+TRANSCRIPT = "consortium/protocol/secagg/transcript.py"
 AGREEMENT = "consortium/protocol/agreement.py"
 CONFIG = "consortium/node/config.py"
 NODE = "consortium/node/node.py"
@@ -79,6 +84,7 @@ T_PRIVACY_AUDIT = "tests/test_privacy_rounds.py::test_audit_flags_a_tampered_pri
 T_SECAGG = "tests/test_secagg.py"
 T_SECAGG_HOSTILE = "tests/test_secagg_hostile.py"
 T_DISHONEST = "tests/adversarial/test_secagg_dishonest.py"
+T_PUBLISHED = "tests/adversarial/test_secagg_published_sum.py"
 T_AGREED = "tests/adversarial/test_agreed_runs.py"
 
 #: Test files each mutant runs, fastest first (pytest -x stops at the first failure).
@@ -95,6 +101,8 @@ ROUND_TESTS = (T_MACHINE, T_MACHINE_RULES)
 #: The round machine's SecAgg+ checks (issue 11): the dishonest-leader tests run them.
 ROUND_SECAGG_TESTS = (T_MACHINE_RULES, T_DISHONEST, T_MACHINE)
 SECAGG_TESTS = (T_SECAGG_HOSTILE, T_SECAGG, T_DISHONEST)
+#: The published transcript's checks (issue 15): forged transcripts, then the package's tests.
+TRANSCRIPT_TESTS = (T_PUBLISHED, T_SECAGG, T_SECAGG_HOSTILE)
 AGREED_TESTS = (T_AGREED,)
 
 
@@ -454,9 +462,25 @@ def aggregator_mutants(tree: ast.Module) -> Iterator[Mutant]:
         ("receive_survivor_vote", "self._verify"),
         ("finish_agreement", "quorum"),
         ("receive_unmask", "it was not dealt"),
+        ("receive_masked_input", "self._verify"),
     ):
         fn = _function(tree, name, cls)
         yield _refusal_mutant(AGGREGATOR, fn, _refusal_if(fn, text), SECAGG_TESTS)
+    # The batch check of inputs against their signed commitments drops a liar inside a `with`.
+    fn = _function(tree, "_check_commitments", cls)
+    (liar,) = [
+        n for n in ast.walk(fn) if isinstance(n, ast.If) and "commit(" in ast.unparse(n.test)
+    ]
+    check = "_check_commitments: 'masked input does not match its signed commitment'"
+    yield _if_false(AGGREGATOR, liar, check, SECAGG_TESTS)
+
+
+def transcript_mutants(tree: ast.Module) -> Iterator[Mutant]:
+    fn = _function(tree, "verify_aggregate")
+    for n in _refusal_ifs(fn, "verify_aggregate"):
+        yield _refusal_mutant(TRANSCRIPT, fn, n, TRANSCRIPT_TESTS)
+    fn = _function(tree, "from_body", "Transcript")
+    yield _refusal_mutant(TRANSCRIPT, fn, _refusal_if(fn, "VERSION"), TRANSCRIPT_TESTS)
 
 
 # -- agreed runs: protocol/agreement.py, node/config.py, node/node.py ------------------------------
@@ -532,6 +556,7 @@ FINDERS = {
     ROUND: [round_mutants, round_secagg_mutants],
     CLIENT: [client_mutants],
     AGGREGATOR: [aggregator_mutants],
+    TRANSCRIPT: [transcript_mutants],
     AGREEMENT: [agreement_mutants],
     CONFIG: [config_mutants],
     NODE: [node_mutants],

@@ -228,6 +228,21 @@ def test_transcript_tampering_is_detected() -> None:
     keys[dropped] = [enc, crypto.public_bytes(secret), sig]
     with pytest.raises(TranscriptError, match=f"public keys of '{dropped}' are not signed"):
         verify_aggregate(params, broken(keys=keys, dropped_keys={dropped: secret}), verify)
+    # Shapes: another round, a survivor also dropped, an outsider, a survivor without its
+    # seed, a dropped member without its signed keys.
+    with pytest.raises(TranscriptError, match="another round"):
+        verify_aggregate(params, broken(round=b"other"), verify)
+    both = tr.revealed_mask_keys | {victim: bytes(32)}
+    with pytest.raises(TranscriptError, match="disjoint"):
+        verify_aggregate(params, broken(dropped_keys=both), verify)
+    with pytest.raises(TranscriptError, match="not a participant"):
+        verify_aggregate(params, broken(dropped_keys={"outsider": bytes(32)}), verify)
+    seeds = {u: s for u, s in tr.revealed_seeds.items() if u != victim}
+    with pytest.raises(TranscriptError, match="every survivor needs"):
+        verify_aggregate(params, broken(seeds=seeds), verify)
+    keys = {u: list(k) for u, k in tr.keys.items() if u != dropped}
+    with pytest.raises(TranscriptError, match="lacks the signed keys"):
+        verify_aggregate(params, broken(keys=keys), verify)
     # Version 1 (every masked input published) is refused by name.
     with pytest.raises(TranscriptError, match="version 1 is not supported"):
         Transcript.from_body(body | {"v": 1})
