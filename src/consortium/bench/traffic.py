@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--members", default="5,20,50,100", help="member counts, comma-separated")
     parser.add_argument("--d", type=int, default=100_000, help="model parameters (default 10^5)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the members' randomness")
     parser.add_argument("--out", type=Path, help="also write the table to this markdown file")
     args = parser.parse_args(argv)
     try:

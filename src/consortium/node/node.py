@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -90,6 +91,7 @@ from consortium.protocol.round import (
     Stopped,
     Train,
 )
+from consortium.protocol.secagg import commitment
 from consortium.store.blockstore import BlockStore
 from consortium.store.cid import as_cid, cid_for
 from consortium.store.gateway import start_gateway
@@ -298,6 +300,13 @@ class Node(RunAgreement):
             min_honest=run.min_honest,
             corrupt_fraction=run.secagg_corrupt_fraction,
         )
+        if settings.secure:
+            # The commitment generators (hash-to-curve, ~0.4 ms each, cached per process) are
+            # derived while the first round trains, not when the masked input is due.
+            words = settings.model_size + 1
+            threading.Thread(
+                target=commitment.generators, args=(words,), name="generators", daemon=True
+            ).start()
         votes = {size: CastVote(*vote) for size, vote in self.ledger.my_votes().items()}
         done = self.ledger.my_secagg()
         self.machine = RoundMachine(
