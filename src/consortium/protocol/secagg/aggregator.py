@@ -18,6 +18,10 @@ Each live node is asked for seed shares of its surviving neighbours and mask-key
 dropped ones, never both for one peer. Keys are accepted only with their owner's signature, and
 nobody is asked to unmask before `quorum` participants signed the same survivor set U3, which
 every request carries: a dishonest aggregator cannot show two participants two different sets.
+Each masked input comes with its sender's signed homomorphic commitment (`commitment.py`);
+`finish_inputs` checks the inputs against them in one batch and drops, by name, a sender whose
+input is not what it committed to, since the published transcript (`transcript()`, version 2)
+holds the commitments and the integer sum of the inputs, not the inputs.
 """
 
 from __future__ import annotations
