@@ -135,7 +135,9 @@ def test_the_report_and_its_json_from_the_command_line(
     assert f"report: {html}, figures: {figures}" in out
     text = html.read_text()
     assert external_references(text) == [] and "http" not in text
-    assert text.count("<svg") == 3  # the final model's ROC; AUC and TPR per round
+    # The final model's ROC; AUC and TPR per round; 4 records and their 3 reconstructions.
+    assert text.count("<svg") == 3 + 4 * 4
+    assert "Gradient inversion" in text and "SecAgg+ leader, DP" in text
     assert "Who sees what" in text and "round leader" in text
     assert re.search(r"record-level privacy guarantee of ε = \d", text)
     assert "barely limits" in text  # ε about 6: any attack may reach 99.7% TPR at 1% FPR
@@ -161,8 +163,17 @@ def test_the_report_and_its_json_from_the_command_line(
         "colluding members",
     ]
     assert data["summary"] and "node0" in data["summary"][0]
+    inversion = data["gradient_inversion"]
+    assert inversion["round"] == 3 and inversion["contributors"] == 3
+    views_ = {v["scenario"]: v for v in inversion["views"]}
+    assert set(views_) == {"plaintext", "secagg", "secagg+dp"}
+    assert views_["secagg+dp"]["noise_multiplier"] == 1.0  # as the ledger records for node0
+    # What a plaintext leader rebuilds is far closer than what DP noise leaves.
+    assert views_["plaintext"]["best_psnr_db"] > views_["secagg+dp"]["best_psnr_db"] + 10
+    assert views_["plaintext"]["images_rebuilt"] == 4 and views_["secagg"]["images_rebuilt"] == 12
     # The command that reproduces the report is in it.
     assert f"--run {folders['first']} --reference-models 2 --seed 0" in text
+    assert "--inversion-iterations 300" in text
 
 
 def test_the_summary_says_when_no_guarantee_is_recorded(audited: MembershipAudit) -> None:
@@ -185,6 +196,8 @@ def test_clear_errors(folders: dict[str, Path], tmp_path: Path) -> None:
         ([str(folders["run"]), "--out", report], 1, "has no committed round yet"),
         ([str(folders["run"]), "--out", str(tmp_path / "no" / "r.html")], 2, "does not exist"),
         ([str(folders["run"]), "--out", report, "--reference-models", "3"], 2, "even number"),
+        ([str(folders["run"]), "--out", report, "--inversion-labels", "x"], 2, "'known' or"),
+        ([str(folders["run"]), "--out", report, "--inversion-batch", "0"], 2, "at least 1"),
     ]
     for args, code, message in cases:
         got, _, err = cli("audit", "privacy", *args)

@@ -11,7 +11,17 @@ from pathlib import Path
 import pytest
 
 from consortium.ui.charts import Axis, LineChart, Series, svg
-from consortium.ui.report import Facts, Page, Paragraph, Section, Table, render, roc_chart, write
+from consortium.ui.report import (
+    Facts,
+    ImageGrid,
+    Page,
+    Paragraph,
+    Section,
+    Table,
+    render,
+    roc_chart,
+    write,
+)
 
 HOSTILE = '<script>alert("x")</script><img src="https://evil.example/x.png"> & \'q\''
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
@@ -133,3 +143,16 @@ def test_every_template_ships_in_the_wheel() -> None:
     assert len(templates) >= 5
     assert [t for t in templates if not any(fnmatch.fnmatch(t, g) for g in globs)] == []
     assert (package / "audit" / "privacy" / "__init__.py").is_file()  # a package, not a folder
+
+
+def test_images_are_inline_svg_rectangles_with_escaped_labels() -> None:
+    image = [[0.0, 0.0, 1.0], [0.5, math.nan, 2.0]]  # out of range and NaN are clamped
+    grid = ImageGrid([HOSTILE, "b"], [(HOSTILE, [image, image])], caption=HOSTILE)
+    html = render(Page("t", [Section("s", [grid])]), now=NOW)
+    assert external_references(html) == [] and "<script>" not in html and "<img" not in html
+    assert "data:" not in html and "xmlns" not in html
+    assert html.count('<svg class="image"') == 2
+    # Runs of equal grey become one rectangle: (black x2, white) and (grey, black, white).
+    assert html.count("<rect") == 2 * 5
+    assert '<rect x="0" y="0" width="2" height="1" fill="#000000"/>' in html
+    assert 'fill="#ffffff"' in html and "&lt;script&gt;" in html

@@ -205,3 +205,56 @@ def svg(chart: LineChart) -> Markup:
         out.append(f'<text x="{lx + 28:.0f}" y="{ly + 4:.0f}" class="legend">{escape(name)}</text>')
     out.append("</svg>")
     return Markup("\n".join(out))
+
+
+@dataclass(frozen=True)
+class ImageGrid:
+    """Greyscale images in labelled rows (each image a 2-D array of values from `lo` (black) to
+    `hi` (white)), drawn as inline SVG: one rectangle per run of equal grey in a pixel row, 64
+    grey levels, so the file holds no bitmap, no data URL, nothing to decode."""
+
+    columns: Sequence[str]
+    rows: Sequence[tuple[str, Sequence[Sequence[Sequence[float]]]]]
+    lo: float = 0.0
+    hi: float = 1.0
+    size: int = 96  # pixels on screen per image side
+    caption: str = ""
+    kind: str = field(default="images", init=False)
+
+
+#: Grey levels an image is drawn with.
+GREYS = 64
+
+
+def image_svg(
+    pixels: Sequence[Sequence[float]], lo: float, hi: float, size: int, label: str
+) -> Markup:
+    """One greyscale image as an inline `<svg>` (escaped markup), `size` pixels wide."""
+    rows = [list(r) for r in pixels]
+    h, w = len(rows), max((len(r) for r in rows), default=0)
+    span = hi - lo if hi > lo else 1.0
+    out = [
+        f'<svg class="image" viewBox="0 0 {w} {h}" width="{size}" height="{size * h // max(w, 1)}" '
+        f'shape-rendering="crispEdges" role="img" aria-label="{escape(label)}">'
+    ]
+    for y, row in enumerate(rows):
+        x = 0
+        while x < len(row):
+            v = row[x]
+            t = (v - lo) / span if math.isfinite(v) else 0.0
+            level = round(min(max(t, 0.0), 1.0) * (GREYS - 1))
+            end = x + 1
+            while end < len(row):
+                u = row[end]
+                tu = (u - lo) / span if math.isfinite(u) else 0.0
+                if round(min(max(tu, 0.0), 1.0) * (GREYS - 1)) != level:
+                    break
+                end += 1
+            grey = round(level * 255 / (GREYS - 1))
+            out.append(
+                f'<rect x="{x}" y="{y}" width="{end - x}" height="1" '
+                f'fill="#{grey:02x}{grey:02x}{grey:02x}"/>'
+            )
+            x = end
+    out.append("</svg>")
+    return Markup("".join(out))

@@ -1,6 +1,6 @@
 """The one HTML report renderer: a page of sections, each a list of blocks (paragraphs, facts,
-tables, line charts), rendered from the Jinja2 templates in `consortium/ui/templates/` into one
-self-contained file.
+tables, line charts, greyscale images), rendered from the Jinja2 templates in
+`consortium/ui/templates/` into one self-contained file.
 
 Every static report (the privacy audit now; the regulator report and the dashboard later) builds
 a `Page` and calls `render` or `write`; nothing else writes HTML. Decided once (see
@@ -28,7 +28,7 @@ from typing import Any, Literal
 import jinja2
 
 from consortium.core.files import atomic_write
-from consortium.ui.charts import Axis, LineChart, Series, svg
+from consortium.ui.charts import Axis, ImageGrid, LineChart, Series, image_svg, svg
 
 __all__ = [
     "Axis",
@@ -36,6 +36,7 @@ __all__ = [
     "Facts",
     "Field",
     "Form",
+    "ImageGrid",
     "LineChart",
     "Link",
     "Page",
@@ -154,7 +155,7 @@ class ReceiptChecker:
     kind: str = field(default="receipt_checker", init=False)
 
 
-Block = Paragraph | Facts | Table | LineChart | Form | ReceiptChecker
+Block = Paragraph | Facts | Table | LineChart | Form | ReceiptChecker | ImageGrid
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,7 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.globals["svg"] = svg
+    env.globals["image_svg"] = image_svg
     return env
 
 

@@ -3,7 +3,9 @@
 - `membership`: membership inference (loss threshold, LiRA and RMIA offline) against every
   round's published model of a run folder, the folder's own node's records as ground truth;
 - `mia`: the attacks' scores; `metrics`: ROC, AUC, TPR at low FPR, the limits an (ε, δ) sets;
-- `views`: who sees what (leader, voter, outside auditor, colluders) given what is published.
+- `views`: who sees what (leader, voter, outside auditor, colluders) given what is published;
+- `inversion`: gradient inversion of the node's own records from its update as a plaintext
+  leader, a SecAgg+ leader (the sum only) and with DP noise sees it (PSNR, SSIM, the images).
 
-Still to come (issue 17): a one-run ε lower bound from canaries, gradient inversion.
+Still to come (issue 17): a one-run ε lower bound from canaries.
 """

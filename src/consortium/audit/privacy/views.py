@@ -8,8 +8,7 @@ under SecAgg+, a round's leader hold nothing more about another member's records
 they learn from the models; what they hold beyond it is their own data, which only makes their
 reference models better (more population data), not the target any different. A leader of a
 plaintext run (`secure_aggregation = "none"`) sees each contributor's own model: a strictly
-stronger position that this audit does not measure (issue 17 item 3, gradient inversion against
-the plaintext update, is where it is measured).
+stronger position, measured by gradient inversion against the plaintext update (`inversion`).
 """
 
 from __future__ import annotations
@@ -89,7 +88,10 @@ def views(config: RunConfig) -> list[View]:
                 f"max(quorum, f + {config.min_honest}) members",
                 "nothing about one member's update beyond the sum (SecAgg+, threshold f + 1): "
                 "the sum is the published model difference",
-                same,
+                same
+                + "; gradient inversion: the SecAgg+ views of its section (the sum"
+                + (", with DP noise" if dp else "")
+                + ")",
             )
         )
     else:
@@ -101,8 +103,8 @@ def views(config: RunConfig) -> list[View]:
                 "each member's own local model every round it leads: membership and "
                 "reconstruction attacks against one member's update, far stronger than "
                 "against the average",
-                "not measured here: the figures of this report are a lower bound on what a "
-                "plaintext leader learns (gradient inversion of item 3 measures that view)",
+                "membership: a lower bound (run on the models only); gradient inversion: the "
+                "plaintext view of its section, from one member's own update",
             )
         )
     out.append(
