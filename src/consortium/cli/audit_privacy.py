@@ -107,6 +107,21 @@ def privacy(
     inversion_batch: int = typer.Option(
         4, help="Gradient inversion: the node's records in the attacked update."
     ),
+    canaries: int = typer.Option(
+        0,
+        help="One-run ε audit (Steinke et al. 2023): plant this many canaries in a separate run "
+        "with this run's configuration on simulated members (0: skip). 100 canaries can show "
+        "at most ε ≈ 3.5, 1000 about 5.8.",
+    ),
+    canary_guesses: int | None = typer.Option(
+        None, help="Canary guesses (the rest abstained); default: every canary."
+    ),
+    canary_rounds: int | None = typer.Option(
+        None, help="Rounds of the canary run (default: the audited run's)."
+    ),
+    canary_timeout: float = typer.Option(
+        3600.0, help="Seconds the canary run may take before the audit gives up."
+    ),
     inversion_labels: str = typer.Option(
         "known",
         help="Gradient inversion: 'known' labels (strongest attacker) or 'inferred' from the "
@@ -119,9 +134,12 @@ def privacy(
     measured attack success, a summary a data-protection officer can read, and who sees what;
     and gradient inversion (Geiping et al. 2020 style) of the node's own records from its update
     as a plaintext leader, a SecAgg+ leader (the sum only) and with DP noise sees it, with PSNR,
-    SSIM and the images side by side."""
+    SSIM and the images side by side; with --canaries m, a one-run ε lower bound (Steinke, Nasr
+    and Jagielski 2023) from a separate canary run with this run's configuration, against the
+    accountant's ε (a bound above it is reported as a defect)."""
     import torch
 
+    from consortium.audit.privacy.canaries import CanarySettings, audit_canaries
     from consortium.audit.privacy.inversion import InversionSettings, audit_inversion
     from consortium.audit.privacy.membership import Settings, audit_membership
     from consortium.audit.privacy.views import views
@@ -138,6 +156,14 @@ def privacy(
             "--inversion-iterations must be at least 0, --inversion-restarts and "
             "--inversion-batch at least 1"
         )
+    if canaries and canaries < 2:
+        raise ConfigError("--canaries: give at least 2 (or 0 to skip the one-run audit)")
+    if canary_guesses is not None and not 1 <= canary_guesses <= max(canaries, 1):
+        raise ConfigError(
+            f"--canary-guesses {canary_guesses}: between 1 and --canaries ({canaries})"
+        )
+    if canary_rounds is not None and canary_rounds < 1:
+        raise ConfigError("--canary-rounds: at least 1")
     settings = Settings(
         reference_models=reference_models,
         seed=seed,
@@ -166,6 +192,22 @@ def privacy(
             if inversion_iterations
             else None
         )
+        canary = (
+            audit_canaries(
+                directory,
+                CanarySettings(
+                    canaries=canaries,
+                    guesses=canary_guesses,
+                    rounds=canary_rounds,
+                    seed=seed,
+                    timeout=canary_timeout,
+                ),
+                run=audit.run,
+                progress=report,
+            )
+            if canaries
+            else None
+        )
     finally:
         if bar.task_ids:  # a bar never started would still print an empty line
             bar.stop()
@@ -186,10 +228,13 @@ def privacy(
             "--inversion-labels",
             inversion_labels,
         ]
+        + (["--canaries", str(canaries)] if canaries else [])
+        + (["--canary-guesses", str(canary_guesses)] if canaries and canary_guesses else [])
+        + (["--canary-rounds", str(canary_rounds)] if canaries and canary_rounds else [])
     )
-    write(page(audit, seen, command, inversion), out)
+    write(page(audit, seen, command, inversion, canary), out)
     if json_out is not None:
-        text = json.dumps(to_json(audit, seen, inversion), indent=2, allow_nan=False)
+        text = json.dumps(to_json(audit, seen, inversion, canary), indent=2, allow_nan=False)
         atomic_write(json_out, (text + "\n").encode())
     final = audit.final
     lines = []
@@ -204,6 +249,17 @@ def privacy(
                 f"gradient inversion, {r.scenario}: best PSNR {r.best_psnr:.1f} dB, "
                 f"SSIM {r.best_ssim:.3f}"
             )
+    if canary is not None:
+        lines.append(
+            f"one-run audit: {canary.correct} of {canary.guesses} guesses right, ε ≥ "
+            f"{canary.epsilon_lower:.3f} at 95% (at most {canary.cap:.2f} showable), "
+            + (
+                "no ε claimed"
+                if canary.claimed is None
+                else f"accountant ε {canary.claimed:.3f}"
+                + (": DEFECT, the bound is above it" if canary.defect else ": consistent")
+            )
+        )
     lines.append(f"report: {out}" + (f", figures: {json_out}" if json_out else ""))
     for line in lines:  # text from the folder, printed as text (never rich markup)
         console.print(escape(line), highlight=False, soft_wrap=True)

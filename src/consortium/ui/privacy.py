@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from consortium import __version__
+from consortium.audit.privacy.canaries import CanaryAudit
 from consortium.audit.privacy.inversion import InversionAudit
 from consortium.audit.privacy.membership import (
     ATTACK_NAMES,
@@ -23,6 +24,7 @@ from consortium.audit.privacy.membership import (
     RoundAudit,
 )
 from consortium.audit.privacy.metrics import dp_tpr_bound
+from consortium.audit.privacy.one_run import BETA, epsilon_lower_bound
 from consortium.audit.privacy.views import View
 from consortium.ui.report import (
     Axis,
@@ -563,11 +565,133 @@ def _inversion_section(inv: InversionAudit, node: str) -> Section:
     )
 
 
+def canary_summary(c: CanaryAudit) -> tuple[str, Tone]:
+    """One paragraph: the one-run ε lower bound against the accountant's ε."""
+    text = (
+        f"One-run ε audit: a separate training run with this run's settings "
+        f"({c.members} simulated members, {c.rounds} rounds) planted {c.canaries} mislabelled "
+        f"records (canaries), each put in or left out by a coin flip; guessing from the final "
+        f"model which were in, the auditor got {c.correct} of {c.guesses} guesses right. That "
+        f"proves, at {round((1 - BETA) * 100)}% confidence, ε ≥ {c.epsilon_lower:.2f} for that "
+        "run."
+    )
+    if c.claimed is None:
+        text += (
+            " The run claims no differential-privacy guarantee, so there is nothing to check "
+            "it against" + (": the bound shows measurable leakage." if c.epsilon_lower > 0 else ".")
+        )
+        tone: Tone = "warning" if c.epsilon_lower > 0 else "note"
+    elif c.defect:
+        text += (
+            f" DEFECT: the accountant claims ε = {c.claimed:.3g}, below what was measured. The "
+            "guarantee, its accounting or its implementation is wrong (a 5% chance of a false "
+            "alarm): report this to the consortium."
+        )
+        tone = "warning"
+    else:
+        text += (
+            f" The accountant claims ε = {c.claimed:.3g}: consistent (the bound does not "
+            "exceed it)."
+        )
+        tone = "ok"
+    text += (
+        f" With {c.canaries} canaries and {c.guesses} guesses, this audit cannot show more than "
+        f"ε = {c.cap:.2f} even if every guess were right"
+        + (
+            f", so it cannot tell whether ε = {c.claimed:.3g} is tight"
+            if c.claimed is not None and c.claimed > c.cap
+            else ""
+        )
+        + ": a lower bound, never the true ε."
+    )
+    return text, tone
+
+
+def _canary_section(c: CanaryAudit) -> Section:
+    lo = c.guesses // 2
+    vs = sorted({round(lo + (c.guesses - lo) * i / 40) for i in range(41)})
+    bounds = [epsilon_lower_bound(c.canaries, c.guesses, v, c.delta) for v in vs]
+    series = [
+        Series("lower bound at 95% for v right guesses", [float(v) for v in vs], bounds),
+        Series(
+            "measured",
+            [float(c.correct)],
+            [c.epsilon_lower],
+            markers=True,
+            color="#D55E00",
+        ),
+    ]
+    if c.claimed is not None:
+        series.append(
+            Series(
+                f"accountant's ε = {c.claimed:.3g}",
+                [float(vs[0]), float(vs[-1])],
+                [c.claimed, c.claimed],
+                dashed=True,
+                reference=True,
+            )
+        )
+    top = max([*bounds, c.claimed or 0.0, 1.0])
+    chart = LineChart(
+        "Claimed ε and the one-run lower bound",
+        Axis("right guesses v", lo=float(vs[0]), hi=float(vs[-1])),
+        Axis("ε", lo=0.0, hi=top * 1.05),
+        series,
+        caption=f"The bound {c.guesses} guesses on {c.canaries} canaries give for each count of "
+        "right guesses (its right end, every guess right, is the most this audit can show), "
+        "the count measured, and the ε the accountant claims.",
+    )
+    rows: list[list[str | int | float | None]] = [
+        ["canaries planted (each in with probability ½)", c.canaries],
+        ["canaries drawn in", c.included],
+        ["guesses (the rest abstained)", c.guesses],
+        ["right guesses", c.correct],
+        [f"ε lower bound at {round((1 - BETA) * 100)}% confidence", c.epsilon_lower],
+        ["most these guesses can show (all right)", c.cap],
+        ["accountant's ε" + (f" ({c.claim_source})" if c.claim_source else ""), c.claimed],
+        ["δ", c.delta],
+    ]
+    return Section(
+        "One-run ε audit (canaries)",
+        [
+            Paragraph(*canary_summary(c)),
+            Table(["", "value"], rows),
+            chart,
+            Facts(
+                [
+                    (
+                        "method",
+                        "Steinke, Nasr and Jagielski, Privacy Auditing with One (1) Training "
+                        "Run (NeurIPS 2023): the p-value of their Corollary 5.4 (Appendix D), "
+                        "the largest ε it rejects at 5%",
+                    ),
+                    (
+                        "canary run",
+                        f"{c.members} in-process members (real nodes, rounds, "
+                        f"{'SecAgg+' if c.config.secure_aggregation == 'secagg+' else 'plaintext'}"
+                        f", DP {c.config.privacy.unit}) with this run's configuration, "
+                        f"{c.config.rounds} rounds; every member a shard of the auditing node's "
+                        "data source, the canaries on the member holding its shard",
+                    ),
+                    (
+                        "canaries",
+                        "records of the auditing node's test split with a wrong label drawn at "
+                        "random; score: minus the loss under the final model; the highest half "
+                        "of the guesses 'in', the lowest half 'out', fixed before the run",
+                    ),
+                ]
+            ),
+            *[Paragraph(n, "note") for n in c.notes],
+        ],
+    )
+
+
 def page(
     audit: MembershipAudit,
     views: Sequence[View],
     command: str = "",
     inversion: InversionAudit | None = None,
+    canary: CanaryAudit | None = None,
 ) -> Page:
     final = audit.final
     c = audit.status.config
@@ -580,11 +704,13 @@ def page(
                 [Paragraph(*inversion_summary(inversion, audit.node_name))]
                 if inversion is not None
                 else []
-            ),
+            )
+            + ([Paragraph(*canary_summary(canary))] if canary is not None else []),
         ),
         Section("Final model", [_attack_table(final), _roc(final, floor)]),
         Section("Every round", [*_round_charts(audit), _round_table(audit)]),
         *([_inversion_section(inversion, audit.node_name)] if inversion is not None else []),
+        *([_canary_section(canary)] if canary is not None else []),
         Section(
             "Who sees what",
             [
@@ -597,19 +723,26 @@ def page(
             ],
         ),
         Section("Method", _method(audit)),
-        Section(
-            "Not in this report",
+        *(
             [
-                Paragraph(
-                    "A one-run ε lower bound from canaries (issue 17, item 2) is not measured "
-                    "yet."
-                    + (
-                        ""
-                        if inversion is not None
-                        else " Gradient inversion was skipped (--inversion-iterations 0)."
-                    )
+                Section(
+                    "Not in this report",
+                    [
+                        Paragraph(
+                            " ".join(
+                                ([] if canary else ["No one-run ε audit (--canaries m)."])
+                                + (
+                                    []
+                                    if inversion
+                                    else ["No gradient inversion (--inversion-iterations 0)."]
+                                )
+                            )
+                        )
+                    ],
                 )
-            ],
+            ]
+            if canary is None or inversion is None
+            else []
         ),
     ]
     if audit.notes:
@@ -635,7 +768,10 @@ def page(
 
 
 def to_json(
-    audit: MembershipAudit, views: Sequence[View], inversion: InversionAudit | None = None
+    audit: MembershipAudit,
+    views: Sequence[View],
+    inversion: InversionAudit | None = None,
+    canary: CanaryAudit | None = None,
 ) -> dict[str, Any]:
     out = audit.to_json()
     out["who_sees_what"] = [v.to_json() for v in views]
@@ -643,4 +779,7 @@ def to_json(
     out["gradient_inversion"] = None if inversion is None else inversion.to_json()
     if inversion is not None:
         out["summary"].append(inversion_summary(inversion, audit.node_name)[0])
+    out["one_run_audit"] = None if canary is None else canary.to_json()
+    if canary is not None:
+        out["summary"].append(canary_summary(canary)[0])
     return out

@@ -6,6 +6,6 @@
 - `views`: who sees what (leader, voter, outside auditor, colluders) given what is published;
 - `inversion`: gradient inversion of the node's own records from its update as a plaintext
   leader, a SecAgg+ leader (the sum only) and with DP noise sees it (PSNR, SSIM, the images).
-
-Still to come (issue 17): a one-run ε lower bound from canaries.
+- `canaries` (with `one_run`, the bound, and `canary_task`): a one-run ε lower bound from a
+  separate canary run with the audited run's configuration (Steinke, Nasr, Jagielski 2023).
 """
