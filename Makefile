@@ -90,6 +90,7 @@ bench: $(STAMP) ipfs-tools
 	$(BIN)/consortium bench rounds
 	$(BIN)/consortium bench chaos
 	$(BIN)/consortium bench store
+	$(BIN)/consortium bench privacy-audit
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -181,3 +181,20 @@ def test_the_command_line(undefended: Path, tmp_path: Path) -> None:
         res = runner.invoke(app, ["audit", "privacy", str(undefended), "--out", str(html), *args])
         assert res.exit_code == 2 and message in res.stderr
         assert "Traceback" not in res.stdout + res.stderr
+
+
+def test_the_canary_task_adds_the_canaries_only_where_named(tmp_path: Path) -> None:
+    from consortium.audit.privacy import canary_task
+    from consortium.learning.task import NodeContext, load_task
+
+    task = load_task(canary_task.spec("builtin:digits/mlp"))
+    assert task.name == "canaries:digits/mlp"
+    assert not hasattr(canary_task, "test_anything") and not hasattr(canary_task, "tzz")
+    path = tmp_path / "c.npz"
+    x = np.zeros((2, 1, 8, 8), dtype=np.float32)
+    np.savez(path, x=x, y=np.array([3, 4]), record_ids=np.array(["canary-0", "canary-1"]))
+    plain, _ = task.data(NodeContext())
+    with_file, test = task.data(NodeContext(options={canary_task.CANARY_FILE: str(path)}))
+    assert len(with_file) == len(plain) + 2 and len(test) == 359
+    assert with_file.record_ids[-2:].tolist() == ["canary-0", "canary-1"]
+    assert with_file.y[-2:].tolist() == [3, 4]

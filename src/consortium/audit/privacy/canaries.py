@@ -143,7 +143,10 @@ def _data_table(data: DataConfig, n: int, index: int, canary_file: Path | None) 
     return "\n".join(lines) + "\n"
 
 
-async def _run(dirs: list[Path], run: RunConfig, timeout: float) -> None:
+async def run_in_process(dirs: list[Path], run: RunConfig, timeout: float) -> None:
+    """Start a real `Node` for each member folder over one in-process network (real clock),
+    have the first propose `run`, and wait until every node finished it; PrivacyAuditError if
+    the run is not agreed or does not finish within `timeout` seconds."""
     net = InProcessNetwork()
     nodes = []
     for d in dirs:
@@ -155,13 +158,13 @@ async def _run(dirs: list[Path], run: RunConfig, timeout: float) -> None:
             await node.start()
         report = await nodes[0].propose_run(run)
         if not report.get("started"):
-            raise PrivacyAuditError(f"the canary run was not agreed: {report}")
+            raise PrivacyAuditError(f"the run was not agreed: {report}")
         try:
             async with asyncio.timeout(timeout):
                 await asyncio.gather(*(node.finished.wait() for node in nodes))
         except TimeoutError:
             raise PrivacyAuditError(
-                f"the canary run did not finish within {timeout:g} s (--canary-timeout)"
+                f"the run did not finish within {timeout:g} s (--canary-timeout)"
             ) from None
     finally:
         for node in nodes:
@@ -270,7 +273,7 @@ def audit_canaries(
                 + policy
             )
         report("canary run (rounds)", 0, rounds)
-        asyncio.run(_run(dirs, canary_config, settings.timeout))
+        asyncio.run(run_in_process(dirs, canary_config, settings.timeout))
         report("canary run (rounds)", rounds, rounds)
         victim = dirs[me]
         ran = _read(victim, None)

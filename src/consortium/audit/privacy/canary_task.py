@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from consortium.learning.builtin import builtin_task
-from consortium.learning.task import Examples, NodeContext, Task, TaskError, load_task
+from consortium.learning.task import Examples, NodeContext, Task, load_task
 
 #: The [data.options] key naming the canary file.
 CANARY_FILE = "canary_file"
@@ -33,11 +33,7 @@ def spec(base: str) -> str:
     return f"{__name__}:{task_name(base)}"
 
 
-def _base(attr: str) -> Task:
-    try:
-        base = bytes.fromhex(attr[1:]).decode()
-    except ValueError as exc:
-        raise TaskError(f"canary task {attr!r}: not a canary task name") from exc
+def _base(base: str) -> Task:
     if base.startswith("builtin:"):
         dataset, _, model = base.removeprefix("builtin:").partition("/")
         return builtin_task(dataset, model)
@@ -77,6 +73,11 @@ def with_canaries(base: Task) -> Task:
 
 
 def __getattr__(attr: str) -> Any:
-    if not attr.startswith("t") or len(attr) < 3:
-        raise AttributeError(attr)
-    return with_canaries(_base(attr))
+    """`task_name(base)` -> the canary task of `base`; any other name: AttributeError."""
+    try:
+        if not attr.startswith("t") or len(attr) < 3:
+            raise ValueError(attr)
+        base = bytes.fromhex(attr[1:]).decode()
+    except ValueError:
+        raise AttributeError(f"module {__name__!r} has no attribute {attr!r}") from None
+    return with_canaries(_base(base))
