@@ -6,12 +6,15 @@ does."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from consortium.audit.privacy.inversion import (
     InversionSettings,
@@ -22,8 +25,11 @@ from consortium.audit.privacy.inversion import (
     psnr,
     ssim,
 )
+from consortium.cli.app import app
 from consortium.learning.datasets import load_dataset
 from consortium.learning.models import build_model
+from consortium.node.sim import create_consortium
+from tests.inprocess_cluster import drive, run_config, start, start_nodes
 
 SETTINGS = InversionSettings(iterations=300, restarts=1, seed=0)
 
@@ -139,3 +145,43 @@ def test_dp_noise_hides_the_records(digits: tuple[torch.Tensor, torch.Tensor]) -
     # Deterministic for a seed.
     again = run("secagg+dp", digits, batch=1, contributors=3)
     assert again.best_psnr == noisy.best_psnr
+
+
+def test_a_task_without_images_is_audited_without_inversion(tmp_path: Path) -> None:
+    """Inversion is on by default; a task whose records are not images is audited without it,
+    and the report says why, instead of the whole audit failing."""
+
+    async def go() -> Path:
+        dirs = create_consortium(
+            tmp_path / "c",
+            3,
+            dataset="breast_cancer",
+            seed=5,
+            consent=False,
+            reproducible=True,
+            allow_plaintext=True,
+        )
+        nodes, net, clock = await start_nodes(dirs)
+        try:
+            cfg = (
+                run_config(2, 0)
+                .model_copy(update={"dataset": "breast_cancer", "task_hash": ""})
+                .pinned()
+            )
+            await start(nodes, cfg)
+            await drive(nodes, net, clock)
+        finally:
+            for n in nodes:
+                await n.stop()
+        return nodes[0].dir
+
+    folder = asyncio.run(go())
+    html = tmp_path / "r.html"
+    res = CliRunner().invoke(
+        app, ["audit", "privacy", str(folder), "--out", str(html), "--reference-models", "2"]
+    )
+    assert res.exit_code == 0, res.stderr
+    assert "No gradient inversion: gradient inversion rebuilds images" in res.stdout
+    text = html.read_text()
+    assert "No gradient inversion: gradient inversion rebuilds images" in text
+    assert "Gradient inversion</h2>" not in text

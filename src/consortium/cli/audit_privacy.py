@@ -140,7 +140,11 @@ def privacy(
     import torch
 
     from consortium.audit.privacy.canaries import CanarySettings, audit_canaries
-    from consortium.audit.privacy.inversion import InversionSettings, audit_inversion
+    from consortium.audit.privacy.inversion import (
+        InversionSettings,
+        InversionUnsupported,
+        audit_inversion,
+    )
     from consortium.audit.privacy.membership import Settings, audit_membership
     from consortium.audit.privacy.views import views
     from consortium.ui.privacy import page, summary, to_json
@@ -176,22 +180,24 @@ def privacy(
     bar, report = _progress()
     try:
         audit = audit_membership(directory, run=run, settings=settings, progress=report)
-        inversion = (
-            audit_inversion(
-                directory,
-                run=audit.run,
-                settings=InversionSettings(
-                    iterations=inversion_iterations,
-                    restarts=inversion_restarts,
-                    batch=inversion_batch,
-                    labels="known" if inversion_labels == "known" else "inferred",
-                    seed=seed,
-                ),
-                progress=report,
-            )
-            if inversion_iterations
-            else None
-        )
+        inversion = None
+        skipped = "No gradient inversion (--inversion-iterations 0)."
+        if inversion_iterations:
+            try:
+                inversion = audit_inversion(
+                    directory,
+                    run=audit.run,
+                    settings=InversionSettings(
+                        iterations=inversion_iterations,
+                        restarts=inversion_restarts,
+                        batch=inversion_batch,
+                        labels="known" if inversion_labels == "known" else "inferred",
+                        seed=seed,
+                    ),
+                    progress=report,
+                )
+            except InversionUnsupported as exc:
+                skipped = f"No gradient inversion: {exc}."
         canary = (
             audit_canaries(
                 directory,
@@ -232,7 +238,7 @@ def privacy(
         + (["--canary-guesses", str(canary_guesses)] if canaries and canary_guesses else [])
         + (["--canary-rounds", str(canary_rounds)] if canaries and canary_rounds else [])
     )
-    write(page(audit, seen, command, inversion, canary), out)
+    write(page(audit, seen, command, inversion, canary, skipped), out)
     if json_out is not None:
         text = json.dumps(to_json(audit, seen, inversion, canary), indent=2, allow_nan=False)
         atomic_write(json_out, (text + "\n").encode())
@@ -243,6 +249,8 @@ def privacy(
         measured = "not measured" if t is None else f"{t * 100:.1f}%"
         lines.append(f"round {final.round}, {name}: AUC {a.auc:.3f}, TPR at 1% FPR {measured}")
     lines.append(summary(audit)[1][0])
+    if inversion is None and inversion_iterations:
+        lines.append(skipped)
     if inversion is not None:
         for r in inversion.results:
             lines.append(

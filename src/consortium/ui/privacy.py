@@ -692,6 +692,7 @@ def page(
     command: str = "",
     inversion: InversionAudit | None = None,
     canary: CanaryAudit | None = None,
+    inversion_skipped: str = "No gradient inversion (--inversion-iterations 0).",
 ) -> Page:
     final = audit.final
     c = audit.status.config
@@ -731,11 +732,7 @@ def page(
                         Paragraph(
                             " ".join(
                                 ([] if canary else ["No one-run ε audit (--canaries m)."])
-                                + (
-                                    []
-                                    if inversion
-                                    else ["No gradient inversion (--inversion-iterations 0)."]
-                                )
+                                + ([] if inversion else [inversion_skipped])
                             )
                         )
                     ],

@@ -371,6 +371,10 @@ def attack(
 # -- the audit of a folder -------------------------------------------------------------------
 
 
+class InversionUnsupported(PrivacyAuditError):
+    """The run's task is not one this attack applies to (not images, or its own loss)."""
+
+
 @dataclass(frozen=True)
 class InversionAudit:
     """Gradient inversion against one round of a run folder, from the three views."""
@@ -439,14 +443,14 @@ def audit_inversion(
     )
     examples = learner.examples
     if examples.x.ndim != 4 or min(examples.x.shape[2:]) < 3:
-        raise PrivacyAuditError(
+        raise InversionUnsupported(
             f"gradient inversion rebuilds images; this task's records have shape "
-            f"{examples.x.shape[1:]} (use --inversion-iterations 0 to skip it)"
+            f"{examples.x.shape[1:]}"
         )
     if task.loss is not None or not np.issubdtype(examples.y.dtype, np.integer):
-        raise PrivacyAuditError(
+        raise InversionUnsupported(
             "gradient inversion here attacks cross-entropy classifiers; this task has its own "
-            "loss or float targets (use --inversion-iterations 0 to skip it)"
+            "loss or float targets"
         )
     mine = [(i, r) for i, r in data.run_records if r.round in used]
     if not mine:
