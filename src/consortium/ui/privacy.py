@@ -1,5 +1,6 @@
-"""The privacy audit's report: a `Page` for `ui.report` from a `MembershipAudit`, a summary a
-data-protection officer can read, and the same figures as JSON.
+"""The privacy audit's report: a `Page` for `ui.report` from a `MembershipAudit` (and, when
+measured, an `InversionAudit` and a `CanaryAudit`), a summary a data-protection officer can
+read, and the same figures as JSON.
 
 Every sentence of the summary is computed from the figures: which attack did best, how that
 compares with guessing given how many records were tested, and with the ε the ledger records.
@@ -745,7 +746,9 @@ def page(
     if audit.notes:
         sections.append(Section("Notes", [Paragraph(n) for n in audit.notes]))
     return Page(
-        "Privacy audit: membership inference",
+        "Privacy audit: membership inference"
+        + (", gradient inversion" if inversion is not None else "")
+        + (", one-run ε bound" if canary is not None else ""),
         sections,
         subtitle=f"What the published models of run {audit.run} reveal about the records of "
         f"{audit.node_name}",
