@@ -248,23 +248,29 @@ def table(rows: list[Row]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="consortium bench privacy-audit",
+        description="Accuracy and attack success side by side: plaintext FedAvg, SecAgg+, "
+        "SecAgg+ with record-level DP at each --eps, centralized; real in-process runs, then "
+        "`consortium audit privacy`'s membership inference, gradient inversion and one-run ε "
+        "bound on node0's folder. Digits with the defaults: about 2 minutes on 2 cores.",
+    )
     parser.add_argument("--dataset", default="digits", help="digits or fashion-mnist")
-    parser.add_argument("--model", default="mlp")
-    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--model", default="mlp", help="mlp, cnn or logreg")
+    parser.add_argument("--nodes", type=int, default=3, help="members of each run")
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=2, help="local epochs per round")
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--eps", default="1,3,8", help="record-level DP targets (SecAgg+ runs)")
-    parser.add_argument("--reference-models", type=int, default=8)
+    parser.add_argument("--reference-models", type=int, default=8, help="LiRA/RMIA (even)")
     parser.add_argument("--inversion-iterations", type=int, default=300)
     parser.add_argument("--inversion-restarts", type=int, default=2)
-    parser.add_argument("--inversion-batch", type=int, default=4)
+    parser.add_argument("--inversion-batch", type=int, default=4, help="node0's records attacked")
     parser.add_argument(
         "--canaries", type=int, default=300, help="0: no one-run audit (digits: at most 359)"
     )
-    parser.add_argument("--run-timeout", type=float, default=1800.0)
+    parser.add_argument("--run-timeout", type=float, default=1800.0, help="seconds per run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--out", type=Path, default=None, help="also write the table here (Markdown)"

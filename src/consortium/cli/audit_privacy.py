@@ -107,6 +107,11 @@ def privacy(
     inversion_batch: int = typer.Option(
         4, help="Gradient inversion: the node's records in the attacked update."
     ),
+    inversion_labels: str = typer.Option(
+        "known",
+        help="Gradient inversion: 'known' labels (strongest attacker) or 'inferred' from the "
+        "update (iDLG).",
+    ),
     canaries: int = typer.Option(
         0,
         help="One-run ε audit (Steinke et al. 2023): plant this many canaries in a separate run "
@@ -121,11 +126,6 @@ def privacy(
     ),
     canary_timeout: float = typer.Option(
         3600.0, help="Seconds the canary run may take before the audit gives up."
-    ),
-    inversion_labels: str = typer.Option(
-        "known",
-        help="Gradient inversion: 'known' labels (strongest attacker) or 'inferred' from the "
-        "update (iDLG).",
     ),
 ) -> None:
     """Membership inference against every round's published model of a run (loss threshold,
