@@ -39,10 +39,10 @@ unchecked):
 - agreed runs (issue 12): every refusal `if` and wrapped error of `protocol/agreement.py`'s
   `check`, `cosign` and `valid_cosignatures`, and the f lying refusers of `abandoned`
   (`colluders` -> 0); `node/config.py`: the budget-bypass rule and the unknown-purpose refusal
-  of `consortium_refusals` (-> `[]`), every policy refusal of `run_refusals`; `node/node.py`,
-  `Node`: the refusals of `_vote_run` (a run in progress, a refused run signed as a refusal, a
-  dry run after a vote for another head) and `_abandon_run`'s threshold (its check, and
-  `max_faulty(...)` -> 0).
+  of `consortium_refusals` (-> `[]`), every policy refusal of `run_refusals`;
+  `node/agreement.py`, `RunAgreement` (Node's mixin): the refusals of `_vote_run` (a run in
+  progress, a refused run signed as a refusal, a dry run after a vote for another head) and
+  `_abandon_run`'s threshold (its check, and `max_faulty(...)` -> 0).
 
 Before any mutant, every test group runs once on an unmutated copy and must pass. Test files that
 do not exist are left out of a mutant's run (and the table says so). Exit status: 0 when every
@@ -73,7 +73,7 @@ AGGREGATOR = "consortium/protocol/secagg/aggregator.py"
 TRANSCRIPT = "consortium/protocol/secagg/transcript.py"
 AGREEMENT = "consortium/protocol/agreement.py"
 CONFIG = "consortium/node/config.py"
-NODE = "consortium/node/node.py"
+NODE = "consortium/node/agreement.py"  # the RunAgreement mixin of Node
 
 T_VERIFIER = "tests/test_round_verifier.py"
 T_VERIFIER_RULES = "tests/test_round_verifier_rules.py"
@@ -483,7 +483,7 @@ def transcript_mutants(tree: ast.Module) -> Iterator[Mutant]:
     yield _refusal_mutant(TRANSCRIPT, fn, _refusal_if(fn, "VERSION"), TRANSCRIPT_TESTS)
 
 
-# -- agreed runs: protocol/agreement.py, node/config.py, node/node.py ------------------------------
+# -- agreed runs: protocol/agreement.py, node/config.py, node/agreement.py ------------------------
 
 
 def agreement_mutants(tree: ast.Module) -> Iterator[Mutant]:
@@ -535,7 +535,7 @@ def config_mutants(tree: ast.Module) -> Iterator[Mutant]:
 
 
 def node_mutants(tree: ast.Module) -> Iterator[Mutant]:
-    cls = "Node"
+    cls = "RunAgreement"
     fn = _function(tree, "_vote_run", cls)
     for n in _refusal_ifs(fn, "_vote_run"):
         yield _refusal_mutant(NODE, fn, n, AGREED_TESTS)
