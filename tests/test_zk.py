@@ -241,3 +241,32 @@ def test_other_settings_srs_or_a_corrupted_file_are_refused(world: World) -> Non
     data[len(data) // 2] ^= 0xFF
     with pytest.raises(ZkError, match=E.PROOF_MALFORMED):
         _verify(world, bytes(data[:100]))
+
+
+def _solcjs() -> Path | None:
+    import os
+
+    root = Path(__file__).resolve().parents[1]
+    for p in (os.environ.get("CONSORTIUM_SOLCJS"), root / ".tmp/solcjs/node_modules/.bin/solcjs"):
+        if p and Path(p).is_file():
+            return Path(p)
+    return None
+
+
+@pytest.mark.slow
+def test_the_evm_verifier_compiled_offline_accepts_the_proof_on_the_embedded_chain(
+    world: World, tmp_path: Path
+) -> None:
+    from consortium.zk.evm import check_on_chain, compile_verifier, render_verifier
+
+    solcjs = _solcjs()
+    if solcjs is None:
+        pytest.skip("npm solc not installed: npm install --prefix .tmp/solcjs solc@0.8.37")
+    contract = compile_verifier(render_verifier(world.keys, tmp_path / "Verifier.sol"), solcjs)
+    good = check_on_chain(contract, world.proof.proof)
+    assert good.ok and good.verify_gas > 100_000
+    import json
+
+    body = json.loads(world.proof.proof)
+    body["instances"][0][0] = (world.proof.claims.correct + 1).to_bytes(32, "little").hex()
+    assert not check_on_chain(contract, json.dumps(body).encode()).ok
