@@ -95,3 +95,29 @@ def test_bad_input_is_one_line(folder: Path) -> None:
     cid = put_bytes(BlockStore(folder / STORE_DIR), b"not a proof")
     code, text = cli("zk", "verify", str(folder), str(cid), "--test-srs")
     assert code == 1 and "proof-malformed" in text, text
+
+
+def test_withdrawn_records_are_left_out_and_counted(folder: Path, proved: str) -> None:
+    """The record at the first position the beacon draws has its consent erased: the sample
+    skips it and the claims list it; the proof still verifies (the skip is part of the draw)."""
+    from consortium.consent import erase_subject
+    from consortium.consent.registry import ConsentRegistry
+    from consortium.core.layout import CONSENT_FILE
+    from consortium.node.models import find_round
+    from consortium.node.proofs import SrsChoice, prove_round, sample_beacon
+    from consortium.store.objects import get_bytes
+    from consortium.zk.testdata import sample_indices
+
+    size = EvalProof.from_bytes(get_bytes(BlockStore(folder / STORE_DIR), proved)).claims
+    beacon = sample_beacon(folder, find_round(folder, 1).record)
+    first = sample_indices(beacon, size.testdata_size, 2).indices[0]  # test ids are positions
+    with ConsentRegistry(folder / CONSENT_FILE) as registry:
+        subjects = {e.record_id: e.subject for e in registry.history()}
+        subject = subjects.get(str(first), f"subject-test-{first}")
+        if str(first) not in subjects:
+            registry.grant(subject, [first], ["research"], at=10.0)
+        erase_subject(registry, subject, at=11.0)
+    done = prove_round(folder, 1, srs=SrsChoice(test=True), s=2)
+    assert first in done.claims.withdrawn and first not in done.claims.indices
+    code, text = cli("zk", "verify", str(folder), done.cid, "--test-srs")
+    assert code == 0 and f"withdrawn and skipped: {len(done.claims.withdrawn)}" in text, text

@@ -156,13 +156,16 @@ def sample_beacon(directory: Path, record: RoundRecord) -> bytes:
 
 
 def _withdrawn(directory: Path, config: RunConfig, test: Examples) -> set[int]:
-    """Positions of test records whose consent for the run's purpose is no longer active."""
+    """Positions of test records whose consent for the run's purpose was granted and is no
+    longer active (records the registry never held are not withdrawn)."""
     registry_path = directory / CONSENT_FILE
     if load_node_config(directory).consent == "off" or not registry_path.is_file():
         return set()
+    ids = [str(r) for r in test.record_ids.tolist()]
     with ConsentRegistry(registry_path, readonly=True) as registry:
+        known = {e.record_id for e in registry.history()}  # granted at some time (or erased)
         active = set(registry.eligible(config.purpose, time.time()).tolist())
-    return {i for i, rid in enumerate(test.record_ids.tolist()) if rid not in active}
+    return {i for i, rid in enumerate(ids) if rid in known and rid not in active}
 
 
 def _committed(
