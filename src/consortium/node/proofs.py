@@ -45,6 +45,7 @@ from consortium.store.objects import get_bytes, put_bytes
 from consortium.zk.circuit import (
     Keys,
     Shape,
+    architecture_hash,
     calibrate,
     check_settings,
     keys_for,
@@ -126,7 +127,7 @@ def _circuit(
     """The pinned settings for (architecture, s), calibrated once and kept, and the keys."""
     shape = shape_of(model, tuple(test.x.shape[1:]), s)
     folder = directory / ZK_DIR / "settings"
-    path = folder / f"{shape.features}x{shape.classes}-s{s}-{type(model).__name__}.json"
+    path = folder / f"{architecture_hash(model, shape)[:32]}-s{s}.json"  # once per arch and s
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write(path, calibrate(model, shape))

@@ -197,6 +197,17 @@ def check_settings(data: bytes, shape: Shape) -> dict[str, Any]:
     return dict(settings)
 
 
+def architecture_hash(model: nn.Module, shape: Shape) -> str:
+    """sha256 of the evaluation graph of `model` with its weights zeroed: the architecture."""
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in zeroed.state_dict().values():
+            p.zero_()
+    with tempfile.TemporaryDirectory(prefix="consortium-zk-") as tmp:
+        export_onnx(zeroed, shape, Path(tmp) / "net.onnx")
+        return hashlib.sha256((Path(tmp) / "net.onnx").read_bytes()).hexdigest()
+
+
 def settings_logrows(data: bytes) -> int:
     return int(json.loads(data)["run_args"]["logrows"])
 
@@ -222,12 +233,7 @@ def keys_for(model: nn.Module, shape: Shape, settings: bytes, srs: Srs, cache: P
     Path(cache).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".keys-", dir=cache) as tmp:
         onnx = Path(tmp) / "net.onnx"
-        zeroed = copy.deepcopy(model)
-        with torch.no_grad():
-            for p in zeroed.state_dict().values():
-                p.zero_()
-        export_onnx(zeroed, shape, onnx)  # the architecture, without its weights
-        arch = hashlib.sha256(onnx.read_bytes()).hexdigest()
+        arch = architecture_hash(model, shape)
         export_onnx(model, shape, onnx)  # (zero weights may be folded away: compile real ones)
         folder = Path(cache) / hashlib.sha256(f"{digest}/{arch}/{srs.sha256}".encode()).hexdigest()
         keys = Keys(folder / "settings.json", folder / "vk.key", folder / "pk.key", srs, digest)
