@@ -100,9 +100,11 @@ def run_case(case: str, s: int) -> dict[str, Any]:
         proc.returncode = os.waitstatus_to_exitcode(status)
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
         wall = time.perf_counter() - t
+        if proc.returncode < 0:
+            return {"case": case, "s": s, "error": f"killed by signal {-proc.returncode}"}
         if proc.returncode != 0 or not result.is_file():
-            last = [ln for ln in err.splitlines() if ln.strip()][-1:] or ["no output"]
-            return {"case": case, "s": s, "error": last[0][:200]}
+            lines = [ln for ln in err.splitlines() if ln.strip() and "low scale" not in ln]
+            return {"case": case, "s": s, "error": (lines[-1:] or ["no output"])[0][:200]}
         out: dict[str, Any] = json.loads(result.read_text())
         out["peak_mib"] = usage.ru_maxrss / 1024  # KiB on Linux
         out["wall_s"] = wall
