@@ -12,6 +12,7 @@ from consortium.cli.consent import consent_app
 from consortium.cli.model import model_app
 from consortium.cli.new import new_app
 from consortium.cli.store import app as store_app
+from consortium.cli.zk import zk_app
 
 app = typer.Typer(
     help="Consortium: decentralized, privacy-preserving machine learning with an auditable ledger.",
@@ -37,6 +38,7 @@ app.add_typer(chain_app, name="chain")
 app.add_typer(consent_app, name="consent")
 app.add_typer(model_app, name="model")
 app.add_typer(new_app, name="new")
+app.add_typer(zk_app, name="zk")
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ _SCRIPTS = (
     "store",
     "traffic",
     "privacy-audit",
+    "zk",
 )
 
 
@@ -68,3 +69,4 @@ _command(
     "record-level DP at ε = 1, 3, 8, and centralized training (membership inference, "
     "gradient inversion, one-run ε bound).",
 )
+_command("zk", "Proofs of evaluation: settings, setup, prove, verify, proof size, peak memory.")
