@@ -28,6 +28,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,8 +67,21 @@ COLUMNS = (
 
 
 class ByteCounter:
+    """Payload bytes of requests and replies: in all (`bytes`), and per member (`by_node`: what
+    it sent and received, so each byte counts for both ends)."""
+
     def __init__(self) -> None:
         self.bytes = 0
+        self.by_node: dict[str, int] = defaultdict(int)
+
+    def add(self, node: str, peer: str, size: int) -> None:
+        self.bytes += size
+        self.by_node[node] += size
+        self.by_node[peer] += size
+
+    def reset(self) -> None:
+        self.bytes = 0
+        self.by_node.clear()
 
 
 class CountingTransport:
@@ -85,19 +101,21 @@ class CountingTransport:
     async def request(
         self, peer: str, method: str, payload: bytes, timeout: float = DEFAULT_TIMEOUT
     ) -> bytes:
-        self.counter.bytes += len(payload)  # sent even if no reply comes back
+        self.counter.add(self.node_id, peer, len(payload))  # sent even if no reply comes back
         reply = await self.inner.request(peer, method, payload, timeout)
-        self.counter.bytes += len(reply)
+        self.counter.add(self.node_id, peer, len(reply))
         return reply
 
 
 class TimedNode(Node):
-    """A Node that notes when each round begins and commits (perf_counter seconds)."""
+    """A Node that notes when each round begins and commits (perf_counter seconds), and calls
+    `on_commit(round)` (if set) as it commits one."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.begun: dict[int, float] = {}
         self.committed: dict[int, float] = {}
+        self.on_commit: Callable[[int], None] | None = None
 
     def _begin(self, round_no: int, *, late: bool = False) -> None:
         self.begun[round_no] = time.perf_counter()
@@ -105,6 +123,8 @@ class TimedNode(Node):
 
     def _commit(self, c: Committed) -> None:
         self.committed[c.round] = time.perf_counter()
+        if self.on_commit is not None:
+            self.on_commit(c.round)
         super()._commit(c)  # appends, then begins the next round
 
 
@@ -212,48 +232,72 @@ async def run_federated(
         data_dir=str(data_dir) if data_dir else None,
         allow_plaintext=args.secure_aggregation == "none",
     )
-    net = InProcessNetwork(seed=SEED)
     counter = ByteCounter()
-    nodes: list[TimedNode] = []
-    for d in dirs:
-        ident = NodeIdentity.load(d)
-        transport = CountingTransport(InProcessTransport(net, ident.node_id), counter)
-        nodes.append(TimedNode(d, ident, transport, load_node_config(d)))
-    notes: list[str] = []
-    try:
-        for node in nodes:
-            await node.start()
-        counter.bytes = 0  # start-up catch-up requests are not round traffic
+    async with running_nodes(dirs, counter) as nodes:
         run = run or _run_config(args, dataset.name, n)
-        report = await nodes[0].propose_run(run)  # agreed by a quorum, then started everywhere
-        if not report["started"]:
-            raise SystemExit(f"run not agreed: {report}")
-        try:
-            async with asyncio.timeout(args.run_timeout):
-                await asyncio.gather(*(node.finished.wait() for node in nodes))
-        except TimeoutError:
-            notes.append(f"run stopped after {args.run_timeout:g} s (--run-timeout) unfinished")
+        notes = await run_to_end(nodes, run, args.run_timeout)
         sent = counter.bytes
         first = nodes[0]
         records = run_records(first.ledger)
         if not records:
             return [], float("nan"), float("nan"), [*notes, "no round committed"]
-        if len({node.ledger.root() for node in nodes}) != 1:
-            notes.append("replicas disagree at the end of the run")
-        failovers = sum(1 for r in records if r.attempt > 0)
-        if failovers:
-            notes.append(f"{failovers} round(s) needed a failover")
-        short = [r.round for r in records if len(r.participants) < n]
-        if short:
-            notes.append(f"rounds {short} committed without every node's update")
+        notes += check_run(nodes, n)
         done = [r for r in _timed_rounds(args.rounds) if r in first.committed]
         latencies = [first.committed[r] - first.begun[r] for r in done]
         if curve is not None:
             curve.extend(accuracy_curve(first, dataset))
         return latencies, sent / len(records), _final_accuracy(first, dataset), notes
+
+
+@asynccontextmanager
+async def running_nodes(dirs: list[Path], counter: ByteCounter) -> AsyncIterator[list[TimedNode]]:
+    """Real nodes for the member folders `dirs` on this event loop, over one InProcessNetwork
+    with every request counted by `counter` (reset once they have started: start-up catch-up
+    is not round traffic); stopped on exit."""
+    net = InProcessNetwork(seed=SEED)
+    nodes: list[TimedNode] = []
+    for d in dirs:
+        ident = NodeIdentity.load(d)
+        transport = CountingTransport(InProcessTransport(net, ident.node_id), counter)
+        nodes.append(TimedNode(d, ident, transport, load_node_config(d)))
+    try:
+        for node in nodes:
+            await node.start()
+        counter.reset()
+        yield nodes
     finally:
         for node in nodes:
             await node.stop()
+
+
+async def run_to_end(nodes: list[TimedNode], run: RunConfig, run_timeout: float) -> list[str]:
+    """Propose `run` from the first node (a quorum agrees, then it starts everywhere) and wait
+    until every node has finished it, or `run_timeout` seconds; notes on what went wrong."""
+    report = await nodes[0].propose_run(run)
+    if not report["started"]:
+        raise SystemExit(f"run not agreed: {report}")
+    try:
+        async with asyncio.timeout(run_timeout):
+            await asyncio.gather(*(node.finished.wait() for node in nodes))
+    except TimeoutError:
+        return [f"run stopped after {run_timeout:g} s (--run-timeout) unfinished"]
+    return []
+
+
+def check_run(nodes: list[TimedNode], n: int) -> list[str]:
+    """Notes on a finished run that was not clean: replicas that disagree, failovers, rounds
+    committed without every node's update."""
+    notes: list[str] = []
+    records = run_records(nodes[0].ledger)
+    if len({node.ledger.root() for node in nodes}) != 1:
+        notes.append("replicas disagree at the end of the run")
+    failovers = sum(1 for r in records if r.attempt > 0)
+    if failovers:
+        notes.append(f"{failovers} round(s) needed a failover")
+    short = [r.round for r in records if len(r.participants) < n]
+    if short:
+        notes.append(f"rounds {short} committed without every node's update")
+    return notes
 
 
 def _timed_rounds(rounds: int) -> range:

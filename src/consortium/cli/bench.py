@@ -26,6 +26,7 @@ _SCRIPTS = (
     "traffic",
     "privacy-audit",
     "zk",
+    "round-e2e",
 )
 
 
@@ -61,6 +62,7 @@ _command("tamper", "Flip bits in a real run folder: does audit notice every chan
 _command("chaos", "SIGKILL and restart node processes during a SecAgg+ run: liveness, catch-up.")
 _command("accuracy", "Accuracy against rounds for 5, 20, 50 members, with and without DP.")
 _command("beacon", "The shared beacon: genesis DKG cost, partial, check and combination times.")
+_command("round-e2e", "Whole rounds at n = 10..100 in-process and over gRPC, against Flower.")
 _command("store", "UnixFS import MiB/s: ours against the JavaScript importer and kubo 0.22.")
 _command("traffic", "Bytes per member per SecAgg+ round and a voter's verification time.")
 _command(
