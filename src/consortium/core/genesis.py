@@ -22,10 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from consortium.core.encoding import Domain, digest
+from consortium.core.encoding import Domain, digest, signing_payload
 from consortium.core.errors import GenesisError, IdentityError, SignatureError
 from consortium.core.files import atomic_write
-from consortium.core.identity import NodeIdentity, PublicIdentity, verify_signature
+from consortium.core.identity import (
+    NodeIdentity,
+    PublicIdentity,
+    verify_payload,
+    verify_signature,
+)
 from consortium.core.threshold import (
     Dealing,
     EncryptedShare,
@@ -458,7 +463,8 @@ class Genesis:
 
     def verify(self) -> None:
         """Raise GenesisError naming the first member whose signature is missing or invalid."""
-        body = self.body()
+        # Every member signs the same body (it holds every dealing: O(n²) bytes): encode it once.
+        payload = signing_payload(Domain.GENESIS, self.body())
         for sid in self.signatures:
             if not self.is_member(sid):
                 raise GenesisError(f"signature from {sid}, which is not a member")
@@ -473,7 +479,7 @@ class Genesis:
             if sig is None:
                 raise GenesisError(f"member {m.name} ({m.node_id}) has not signed the manifest")
             try:
-                verify_signature(m.public_key, Domain.GENESIS, body, sig)
+                verify_payload(m.public_key, Domain.GENESIS, payload, sig)
             except SignatureError as exc:
                 raise GenesisError(f"invalid signature from member {m.name} ({m.node_id})") from exc
         self._check_dealings()

@@ -58,7 +58,12 @@ def verify_signature(
     """Raise SignatureError unless `signature` by `public_key` covers `obj` in `domain` (and, for
     a consortium-bound domain, in the consortium whose genesis digest is `consortium`)."""
     # Built outside the try: a missing or misplaced digest is a programming error, not a refusal.
-    payload = signing_payload(domain, obj, consortium)
+    verify_payload(public_key, domain, signing_payload(domain, obj, consortium), signature)
+
+
+def verify_payload(public_key: bytes, domain: Domain, payload: bytes, signature: bytes) -> None:
+    """`verify_signature` on a signing payload already built (`signing_payload`): one statement
+    signed by many members is encoded once."""
     if len(signature) != SIGNATURE_BYTES:
         raise SignatureError(f"signature is {len(signature)} bytes, expected {SIGNATURE_BYTES}")
     try:
