@@ -1,6 +1,6 @@
 """End-to-end round benchmark: whole rounds of real nodes, against Flower's SecAgg+ round.
 
-    consortium bench round-e2e [--n 10,50,100] [--d 100000] [--rounds 6] [--grpc-n 10,20]
+    consortium bench round-e2e [--n 10,50,100] [--d 100000] [--rounds 5] [--grpc-n 10,20]
         [--compare-n 100] [--corrupt-fraction 0.02] [--flower | --no-flower]
         [--flower-python PATH] [--out FILE.md]
 
@@ -448,7 +448,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--n", default="10,50,100", help="in-process member counts, comma-separated")
     p.add_argument("--d", type=int, default=100_000, help="vector length (model parameters)")
-    p.add_argument("--rounds", type=int, default=6, help="rounds per run (round 1 not timed)")
+    p.add_argument("--rounds", type=int, default=5, help="rounds per run (round 1 not timed)")
     p.add_argument(
         "--grpc-n", default="10,20", help="member counts as gRPC processes ('' for none)"
     )
