@@ -96,6 +96,7 @@ bench: $(STAMP) ipfs-tools
 	$(BIN)/consortium bench secagg --n 10,100 --d 10000,100000
 	$(BIN)/consortium bench anchor
 	$(BIN)/consortium bench rounds
+	$(BIN)/consortium bench round-e2e
 	$(BIN)/consortium bench chaos
 	$(BIN)/consortium bench store
 	$(BIN)/consortium bench privacy-audit

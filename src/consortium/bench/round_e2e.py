@@ -495,6 +495,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+#: Memory an in-process run needs, as a multiple of n²·4d: under the protocol this bench was
+#: written against every voter holds every masked vector (n²·4d bytes in one process), and
+#: the copies its checks make; n = 100, d = 10^5 was OOM-killed at 17.5 GB resident (4.4·n²·4d),
+#: still growing.
+MEMORY_FACTOR = 8
+
+
+def memory_refusal(n: int, d: int) -> str | None:
+    """Why an in-process run of n members would not fit in this machine's available memory."""
+    need = MEMORY_FACTOR * n * n * 4 * d
+    try:
+        with open("/proc/meminfo") as fh:
+            info = {ln.split(":")[0]: int(ln.split()[1]) * 1024 for ln in fh}
+    except (OSError, ValueError, IndexError):
+        return None
+    have = info.get("MemAvailable")
+    if have is None or need <= have:
+        return None
+    return (
+        f"skipped: may need about {need / 2**30:.0f} GiB ({MEMORY_FACTOR}·n²·4d: every voter "
+        f"holds every masked vector), {have / 2**30:.0f} GiB available"
+    )
+
+
+def _peak_rss() -> str:
+    import resource
+
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB"
+
+
 def _load() -> str:
     one, five, _ = os.getloadavg()
     return f"{one:.1f} (1 min) / {five:.1f} (5 min)"
@@ -522,6 +552,11 @@ def main(argv: list[str] | None = None) -> int:
             root = tmp / f"{kind}-{n}-{i}"
             loads.append(f"{kind} n={n}: {_load()}")
             t0 = time.perf_counter()
+            refusal = memory_refusal(n, args.d) if kind == "inprocess" else None
+            if refusal:
+                skipped.append(f"in-process n = {n}: {refusal}")
+                say(skipped[-1])
+                continue
             try:
                 if kind == "inprocess":
                     row = asyncio.run(run_inprocess(root, args, n, fraction))
@@ -533,6 +568,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             finally:
                 shutil.rmtree(root, ignore_errors=True)
+            if kind == "inprocess":
+                row.notes.append(f"peak resident memory of the bench so far {_peak_rss()}")
             rows.append(row)
             say(f"{' | '.join(row.cells())} ({time.perf_counter() - t0:.0f} s)")
     if args.compare_n and args.flower:
