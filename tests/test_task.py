@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from consortium.node.node import run_records
 from consortium.privacy.config import PrivacyConfig
 from consortium.store.objects import get_bytes
 from tests.inprocess_cluster import cluster, drive, run_config, start
+from tests.task_site import task_site, write_task_package
 
 #: An engineer's task package: a logistic regression on two Gaussian blobs, sharded by node,
 #: record ids 1000 + row (not row numbers, so nothing can confuse the two).
@@ -71,27 +71,14 @@ task = Task("blobs", model=model, data=data)
 
 
 def _write_package(root: Path, name: str, source: str = TASK_SOURCE) -> Path:
-    pkg = root / name
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    (pkg / "task.py").write_text(textwrap.dedent(source))
-    return pkg
+    return write_task_package(root, name, source)
 
 
 @pytest.fixture
 def task_root(tmp_path: Path) -> Iterator[Path]:
     """A folder outside the repository on sys.path; packages written there are forgotten after."""
-    root = tmp_path / "site"
-    root.mkdir()
-    sys.path.insert(0, str(root))
-    before = set(sys.modules)
-    try:
+    with task_site(tmp_path / "site") as root:
         yield root
-    finally:
-        sys.path.remove(str(root))
-        for name in set(sys.modules) - before:
-            if not name.startswith(("consortium", "torch", "numpy")):
-                del sys.modules[name]
 
 
 def test_code_hash_is_the_same_for_the_same_sources_and_changes_with_any_byte(

@@ -7,7 +7,6 @@ cannot load its data says so at the vote too (`run start` names it), see test_ow
 from __future__ import annotations
 
 import asyncio
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from consortium.node.node import run_records
 from consortium.privacy.config import PrivacyConfig
 from consortium.privacy.dpsgd import dpsgd_problems, train_local_dp
 from tests.inprocess_cluster import cluster, drive, run_config, start
+from tests.task_site import task_site, write_task_package
 
 #: A task whose model normalises with BatchNorm: DP-SGD cannot train it (a record's normalised
 #: value depends on the others in its batch).
@@ -70,20 +70,9 @@ REFUSAL = (
 
 @pytest.fixture
 def task_root(tmp_path: Path) -> Iterator[Path]:
-    root = tmp_path / "site"
-    pkg = root / "bntask"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    (pkg / "task.py").write_text(textwrap.dedent(TASK_SOURCE))
-    sys.path.insert(0, str(root))
-    before = set(sys.modules)
-    try:
+    with task_site(tmp_path / "site") as root:
+        write_task_package(root, "bntask", TASK_SOURCE)
         yield root
-    finally:
-        sys.path.remove(str(root))
-        for name in set(sys.modules) - before:
-            if not name.startswith(("consortium", "torch", "numpy")):
-                del sys.modules[name]
 
 
 def test_opacus_names_every_layer_it_refuses_with_the_fix() -> None:

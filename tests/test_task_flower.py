@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from consortium.privacy.config import PrivacyConfig
 from consortium.protocol.round import published_metrics
 from consortium.store.objects import get_bytes
 from tests.inprocess_cluster import cluster, drive, run_config, start
+from tests.task_site import task_site, write_task_package
 
 #: The engineer's package: a client with Flower NumPyClient's methods and return values, as in
 #: Flower's scikit-learn logistic-regression quickstart (softmax regression in NumPy here), on
@@ -124,20 +124,9 @@ TASK = "flowerlogreg.task:task"
 @pytest.fixture
 def task_root(tmp_path: Path) -> Iterator[Path]:
     """The task package, in a folder outside the repository on sys.path (forgotten after)."""
-    root = tmp_path / "site"
-    pkg = root / "flowerlogreg"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    (pkg / "task.py").write_text(textwrap.dedent(TASK_SOURCE))
-    sys.path.insert(0, str(root))
-    before = set(sys.modules)
-    try:
+    with task_site(tmp_path / "site") as root:
+        write_task_package(root, "flowerlogreg", TASK_SOURCE)
         yield root
-    finally:
-        sys.path.remove(str(root))
-        for name in set(sys.modules) - before:
-            if not name.startswith(("consortium", "torch", "numpy")):
-                del sys.modules[name]
 
 
 def test_a_numpy_client_trains_over_three_nodes_weighted_by_their_records(
