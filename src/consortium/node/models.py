@@ -26,13 +26,15 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch import nn
+
 from consortium.core.errors import ConfigError, ConsortiumError, LedgerError
 from consortium.core.files import atomic_write
 from consortium.core.identity import PUBLIC_FILE, PublicIdentity
 from consortium.core.layout import LEDGER_FILE, STORE_DIR
 from consortium.learning.adapter import set_weights
 from consortium.learning.serialize import weights_from_bytes
-from consortium.learning.task import build_model, code_hash, evaluate_task, load_data
+from consortium.learning.task import Task, build_model, code_hash, evaluate_task, load_data
 from consortium.ledger.entries import Entry
 from consortium.ledger.log import Ledger
 from consortium.node.config import RunConfig, load_node_config
@@ -218,13 +220,9 @@ class Evaluated:
     metrics: dict[str, float]
 
 
-def evaluate_model(
-    directory: Path, *, round_no: int | None = None, run: str | None = None
-) -> Evaluated:
-    """The round's model on this node's own test examples, through the run's task as installed
-    here (refused if its sources differ from what the run pins)."""
-    directory = Path(directory)
-    found = find_round(directory, round_no, run)
+def round_model(directory: Path, found: ModelRound) -> tuple[Task, nn.Module]:
+    """The run's task as installed here (refused if its sources differ from what the run pins)
+    and its model holding the round's weights, read from the store."""
     config = found.config
     task = config.load_task()
     here = code_hash(task.source)
@@ -235,6 +233,18 @@ def evaluate_model(
         )
     model, like = build_model(task, config.seed)
     set_weights(model, weights_from_bytes(model_bytes(directory, found), like))
+    return task, model
+
+
+def evaluate_model(
+    directory: Path, *, round_no: int | None = None, run: str | None = None
+) -> Evaluated:
+    """The round's model on this node's own test examples, through the run's task as installed
+    here (refused if its sources differ from what the run pins)."""
+    directory = Path(directory)
+    found = find_round(directory, round_no, run)
+    config = found.config
+    task, model = round_model(directory, found)
     name = ""
     if (directory / PUBLIC_FILE).is_file():
         name = PublicIdentity.load(directory / PUBLIC_FILE).name

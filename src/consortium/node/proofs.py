@@ -31,11 +31,9 @@ from consortium.core.files import atomic_write
 from consortium.core.genesis import GENESIS_FILE, Genesis
 from consortium.core.identity import PUBLIC_FILE, PublicIdentity
 from consortium.core.layout import CONSENT_FILE, STORE_DIR
-from consortium.learning.adapter import set_weights
-from consortium.learning.serialize import weights_from_bytes
-from consortium.learning.task import Examples, build_model, code_hash, load_data
+from consortium.learning.task import Examples, load_data
 from consortium.node.config import RunConfig, load_node_config
-from consortium.node.models import ModelRound, _read_ledger, find_round, model_bytes
+from consortium.node.models import ModelRound, _read_ledger, find_round, round_model
 from consortium.protocol.beacon import attempt_beacon
 from consortium.protocol.record import RoundRecord
 from consortium.protocol.verifier import record_beacon
@@ -98,17 +96,8 @@ def _sha(path: Path) -> str:
 
 
 def _model(directory: Path, found: ModelRound) -> tuple[RunConfig, nn.Module]:
-    config = found.config
-    task = config.load_task()
-    here = code_hash(task.source)
-    if here != config.task_hash:
-        raise ConfigError(
-            f"task {config.task_name!r} installed here has code hash {here}, the run pins "
-            f"{config.task_hash or 'none'}: install the task the run trained"
-        )
-    model, like = build_model(task, config.seed)
-    set_weights(model, weights_from_bytes(model_bytes(directory, found), like))
-    return config, model.eval()
+    _, model = round_model(directory, found)
+    return found.config, model.eval()
 
 
 def _test_examples(directory: Path, config: RunConfig) -> Examples:
