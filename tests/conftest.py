@@ -23,3 +23,13 @@ def _restore_root_logging() -> Iterator[None]:
         if h not in root.handlers:
             root.addHandler(h)
     root.setLevel(level)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _generator_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """SecAgg+ commitment generators cached in a folder of this test session (node processes
+    the tests start inherit it), never in the user's ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CONSORTIUM_CACHE_DIR", str(tmp_path_factory.mktemp("consortium-cache")))
+    yield
+    mp.undo()

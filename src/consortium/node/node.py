@@ -48,6 +48,7 @@ from consortium.ledger.replica import verify_extension
 from consortium.node.agreement import RunAgreement
 from consortium.node.anchoring import Anchorer
 from consortium.node.config import NodeConfig, RunConfig, load_node_config, run_refusals
+from consortium.node.generator_cache import warm_generators
 from consortium.node.learner import Learner, initial_weights
 from consortium.node.lock import FolderLock
 from consortium.privacy.budget import Budget
@@ -91,7 +92,6 @@ from consortium.protocol.round import (
     Stopped,
     Train,
 )
-from consortium.protocol.secagg import commitment
 from consortium.store.blockstore import BlockStore
 from consortium.store.cid import as_cid, cid_for
 from consortium.store.gateway import start_gateway
@@ -301,11 +301,12 @@ class Node(RunAgreement):
             corrupt_fraction=run.secagg_corrupt_fraction,
         )
         if settings.secure:
-            # The commitment generators (hash-to-curve, ~0.4 ms each, cached per process) are
-            # derived while the first round trains, not when the masked input is due.
+            # The commitment generators (hash-to-curve, ~0.4 ms each; kept per process and in
+            # the machine's cache folder) are loaded or derived while the first round trains,
+            # not when the masked input is due.
             words = settings.model_size + 1
             threading.Thread(
-                target=commitment.generators, args=(words,), name="generators", daemon=True
+                target=warm_generators, args=(words,), name="generators", daemon=True
             ).start()
         votes = {size: CastVote(*vote) for size, vote in self.ledger.my_votes().items()}
         done = self.ledger.my_secagg()

@@ -17,13 +17,21 @@ leader that publishes any other S is caught. The library is `py-arkworks-bls1238
 Rust implementation); nothing here does curve arithmetic by hand.
 
 Generators cost about 0.4 ms each to derive; they do not depend on d (index j is the same point
-for every length), so one process-wide list is extended on demand and reused.
+for every length), so one process-wide list is extended on demand and reused (and
+`node.generator_cache` keeps it on disk between processes).
+
+Every voter checks the same published sum with the same multi-scalar multiplication. Several
+members in one process (simulations, benchmarks) would repeat it, so `sum_matches` remembers the
+last few results of `commit(total)` by the sum's SHA-256: a pure function's memo, which changes
+no answer; each member still compares against the sum of its own contributors' commitments.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -41,6 +49,15 @@ WORD_LIMIT = 2**32  # masked inputs are words mod 2**32
 
 _generators: list[G1Point] = []
 _lock = threading.Lock()
+#: commit(total) of the last few sums checked in this process, by the sum's SHA-256.
+_SUM_MEMO_SIZE = 4
+_sum_memo: OrderedDict[bytes, G1Point] = OrderedDict()
+_memo_lock = threading.Lock()
+
+
+def derive_generator(j: int) -> G1Point:
+    """G_j from scratch: hash-to-curve of the domain-separated index."""
+    return G1Point.hash_to_curve(j.to_bytes(8, "big"), GENERATOR_DST)
 
 
 def generators(d: int) -> list[G1Point]:
@@ -49,8 +66,16 @@ def generators(d: int) -> list[G1Point]:
         raise SecAggError("vector length must be non-negative")
     with _lock:
         for j in range(len(_generators), d):
-            _generators.append(G1Point.hash_to_curve(j.to_bytes(8, "big"), GENERATOR_DST))
+            _generators.append(derive_generator(j))
         return _generators[:d]
+
+
+def adopt_generators(points: Sequence[G1Point]) -> None:
+    """Take G_0 .. G_{m-1} from a trusted cache (`node.generator_cache` checks it) if that is
+    more than this process has derived."""
+    with _lock:
+        if len(points) > len(_generators):
+            _generators[:] = points
 
 
 def max_sum_entry(contributors: int) -> int:
@@ -110,7 +135,16 @@ def combine(commitments: Iterable[bytes]) -> G1Point:
 
 def sum_matches(total: npt.NDArray[np.uint64], commitments: Iterable[bytes]) -> bool:
     """Whether the integer vector `total` is the sum of the vectors the commitments bind."""
-    return commit(total) == combine(commitments)
+    key = hashlib.sha256(np.ascontiguousarray(total, dtype="<u8").tobytes()).digest()
+    with _memo_lock:
+        expected = _sum_memo.get(key)
+    if expected is None:
+        expected = commit(total)
+        with _memo_lock:
+            _sum_memo[key] = expected
+            while len(_sum_memo) > _SUM_MEMO_SIZE:
+                _sum_memo.popitem(last=False)
+    return expected == combine(commitments)
 
 
 def encode_sum(total: npt.NDArray[np.uint64], width: int) -> bytes:
