@@ -36,6 +36,7 @@ from consortium.protocol.round import (
     Stopped,
     Train,
 )
+from consortium.protocol.storage import StorageState, artifact_name
 from consortium.store.cid import cid_for
 
 MODEL_SIZE = 8
@@ -97,6 +98,9 @@ class Wire:
     #: (sender, recipient, message) -> what is delivered instead (a dishonest sender's view).
     filter: Filter | None = None
     down: set[str] = field(default_factory=set)  # crashed: receive and send nothing
+    #: node -> printed CID -> bytes: each node's copies of committed artifacts (what its
+    #: `read_artifact` reads to answer storage challenges); a test deletes or damages them.
+    stores: dict[str, dict[str, bytes]] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -107,6 +111,8 @@ class Wire:
         seed: int = 0,
         votes: dict[str, dict[int, CastVote]] | None = None,
         signed_sets: dict[str, dict[tuple[int, int], tuple[str, ...]]] | None = None,
+        replicas: int = 0,
+        challenge_every: int = 0,
     ) -> Wire:
         ids, genesis = consortium(n)
         settings = RoundSettings(
@@ -118,7 +124,10 @@ class Wire:
             secure=secure,
             clip=10.0,
             model_size=MODEL_SIZE,
+            replicas=replicas,
+            challenge_every=challenge_every,
         )
+        stores: dict[str, dict[str, bytes]] = {i.node_id: {} for i in ids}
         machines = {
             i.node_id: RoundMachine(
                 i,
@@ -130,10 +139,11 @@ class Wire:
                 randomness=Randomness.seeded(seed * 1000 + k),
                 votes=(votes or {}).get(i.node_id),
                 signed_sets=(signed_sets or {}).get(i.node_id),
+                read_artifact=stores[i.node_id].get,
             )
             for k, i in enumerate(ids)
         }
-        return cls(ids, genesis, machines)
+        return cls(ids, genesis, machines, stores=stores)
 
     @property
     def frontier(self) -> Frontier:
@@ -145,12 +155,21 @@ class Wire:
     def by_name(self, name: str) -> str:
         return self.genesis.member_by_name(name).node_id
 
-    def begin(self, round_no: int = 1, start: bytes | None = None) -> None:
+    def begin(
+        self,
+        round_no: int = 1,
+        start: bytes | None = None,
+        storage: StorageState | None = None,
+        frontier: Frontier | None = None,
+    ) -> None:
         """Begin the round everywhere and exchange the beacon's partials (only those), so every
         live machine knows the leader order and has queued its update, as tests expect."""
-        f = self.frontier
+        f = frontier or self.frontier
         for nid, m in self.machines.items():
-            self._do(nid, m.begin(round_no, f, self.now, model=start or model([0] * 8)))
+            self._do(
+                nid,
+                m.begin(round_no, f, self.now, model=start or model([0] * 8), storage=storage),
+            )
         self.deliver(BeaconShare)
 
     def deliver(self, kind: type) -> None:
@@ -182,6 +201,10 @@ class Wire:
                 self.persisted.setdefault(nid, []).append(a)
             elif isinstance(a, Committed):
                 self.committed.setdefault(nid, []).append(a)
+                store = self.stores.setdefault(nid, {})
+                for data in (a.proposal.model, a.proposal.transcript):
+                    if data:
+                        store[artifact_name(cid_of(data))] = data
             elif isinstance(a, Note):
                 self.notes.setdefault(nid, []).append(a.text)
             elif isinstance(a, Stopped):

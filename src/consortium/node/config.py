@@ -110,6 +110,10 @@ class NodeConfig(BaseModel):
     )
 
 
+#: Storage fields (issue 16) and their defaults, which `RunConfig.body` leaves out.
+_STORAGE_DEFAULTS: dict[str, Any] = {"replicas": 0, "challenge_every": 0}
+
+
 class RunConfig(BaseModel):
     """What every member agrees to train; committed in round 1's ledger record."""
 
@@ -158,12 +162,29 @@ class RunConfig(BaseModel):
         "", description="CID of a ledger model to start from (retraining after an erasure)"
     )
     started: int = Field(0, description="ms since the epoch when the run was started")
+    replicas: int = Field(
+        0,
+        ge=0,
+        description="members holding each round artifact (model, SecAgg+ transcript): 0 every "
+        "member; else between min(3, n) and n (docs/architecture.md, 'Replication')",
+    )
+    challenge_every: int = Field(
+        0, ge=0, description="challenge every holder's artifacts every k rounds (0: off)"
+    )
 
     def body(self) -> dict[str, Any]:
         body = self.model_dump()
         if not self.task and not self.task_hash:  # configs from before the task API: same id
             del body["task"], body["task_hash"]
+        for key in _STORAGE_DEFAULTS:  # left out at their default: earlier run ids unchanged
+            if body[key] == _STORAGE_DEFAULTS[key]:
+                del body[key]
         return body
+
+    @property
+    def storage(self) -> bool:
+        """Whether rounds commit their artifacts' Merkle roots (a storage section)."""
+        return bool(self.replicas or self.challenge_every)
 
     @property
     def task_name(self) -> str:
@@ -203,6 +224,12 @@ def consortium_refusals(run: RunConfig, genesis: Genesis) -> list[str]:
         return [
             f"purpose {purpose.name!r} has a privacy budget: a run for it must use differential "
             "privacy, so that every round is charged [rule budget-bypass]"
+        ]
+    n = len(genesis.members)
+    if run.replicas and not min(3, n) <= run.replicas <= n:
+        return [
+            f"replicas = {run.replicas}: each artifact is held by between min(3, n) = "
+            f"{min(3, n)} and n = {n} members (0: every member) [rule replicas]"
         ]
     return []
 

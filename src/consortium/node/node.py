@@ -92,6 +92,8 @@ from consortium.protocol.round import (
     Stopped,
     Train,
 )
+from consortium.protocol.storage import StorageState
+from consortium.protocol.verifier import storage_after
 from consortium.store.blockstore import BlockStore
 from consortium.store.cid import as_cid, cid_for
 from consortium.store.gateway import start_gateway
@@ -299,7 +301,10 @@ class Node(RunAgreement):
             model_size=self.learner.model_size,
             min_honest=run.min_honest,
             corrupt_fraction=run.secagg_corrupt_fraction,
+            replicas=run.replicas,
+            challenge_every=run.challenge_every,
         )
+        self._storage = (0, StorageState())
         if settings.secure:
             # The commitment generators (hash-to-curve, ~0.4 ms each; kept per process and in
             # the machine's cache folder) are loaded or derived while the first round trains,
@@ -320,6 +325,7 @@ class Node(RunAgreement):
             randomness=self.randomness or Randomness.from_os(),
             votes=votes,
             signed_sets={(r, a): tuple(decode(d)) for r, a, kind, d in done if kind == "set"},
+            read_artifact=self._read_artifact,
         )
         self.finished.clear()
 
@@ -362,8 +368,48 @@ class Node(RunAgreement):
                 privacy=privacy,
                 my_dp=my_dp,
                 ask=late,
+                storage=self.storage_state() if self.run and self.run.storage else None,
             )
         )
+
+    # -- replication (docs/architecture.md, "Replication with retrievability challenges") ------
+
+    def storage_state(self) -> StorageState:
+        """What this run's round records committed so far (folded once per record)."""
+        records = run_records(self.ledger)
+        done, state = self._storage
+        for record in records[done:]:
+            state = storage_after(state, record, self.genesis)
+        self._storage = (len(records), state)
+        return state
+
+    def _read_artifact(self, cid: str) -> bytes | None:
+        """This node's own intact copy of an artifact (the prover's input), or None."""
+        try:
+            return get_bytes(self.store, cid)  # every block re-hashed against its CID
+        except (ConsortiumError, OSError):
+            return None
+
+    def _rereplicate(self, record: RoundRecord) -> None:
+        """After a challenge round named a holder missing: if this node is the replacement the
+        next round commits, fetch the artifact now from a holder that proved it (each block
+        verified against the CID), so that it holds it when challenged."""
+        if record.storage is None or not record.storage.missing:
+            return
+        proved: dict[str, list[str]] = {}
+        for a in record.storage.answers:
+            proved.setdefault(a.artifact, []).append(a.holder)
+        for owed in self.storage_state().owed:
+            me = self.identity.node_id
+            if me in owed.holders and self._read_artifact(owed.artifact) is None:
+                sources = [h for h in proved.get(owed.artifact, []) if h != me]
+                log.info("%s: re-replicating %s from %s", self.name, owed.artifact, sources[:1])
+                self._spawn(self._fetch_held(as_cid(owed.artifact), sources))
+
+    async def _fetch_held(self, cid: CID, sources: list[str]) -> None:
+        lost = await self._fetch([cid], sources[0] if sources else None)  # repairs damage
+        if lost:
+            log.error("%s: no holder sent %s to re-replicate", self.name, cid)
 
     def _round_privacy(self) -> tuple[RoundPrivacy | None, RecordParams | None]:
         """This round's DP state from the ledger: the purpose's budget and every earlier spend
@@ -520,6 +566,8 @@ class Node(RunAgreement):
         self.ledger.append_many([c.entry], heads=[head], expect_size=p.size - 1)
         self.global_model = p.model
         log.info("%s: round %d committed (leader %s)", self.name, c.round, c.entry.author[:16])
+        if self.run.storage:
+            self._rereplicate(RoundRecord.from_entry(c.entry))
         self._write_status()
         k = self.run.anchor_every
         if (

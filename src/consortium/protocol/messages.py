@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 from consortium.core.encoding import decode, encode
 from consortium.core.errors import ConsortiumError
+from consortium.protocol.storage import HolderAnswer
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -365,9 +366,46 @@ class BeaconShare:
         return cls(_str(b, "run"), _int(b, "round", 1), sigma, proof, ask)
 
 
-Message = StartRun | Update | Propose | Vote | Commit | SecAgg | BeaconShare
+#: Answers one holder may send for one attempt at most (artifacts it holds in the run).
+MAX_ANSWERS = 10_000
+
+
+@dataclass(frozen=True)
+class StorageAnswers:
+    """A holder's answers to this attempt's retrievability challenges, sent to its leader
+    (`protocol/storage.py`): one `HolderAnswer` body per challenged artifact it can prove (it
+    sends the message even when it can prove none, so the leader need not wait for it)."""
+
+    TYPE: ClassVar[str] = "storage"
+    run: str
+    round: int
+    attempt: int
+    answers: tuple[HolderAnswer, ...]
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "run": self.run,
+            "round": self.round,
+            "attempt": self.attempt,
+            "answers": [a.to_body() for a in self.answers],
+        }
+
+    @classmethod
+    def from_body(cls, b: dict[str, Any]) -> StorageAnswers:
+        answers = b.get("answers")
+        if not isinstance(answers, list) or len(answers) > MAX_ANSWERS:
+            raise ProtocolError(f"field 'answers' must be a list of at most {MAX_ANSWERS}")
+        try:
+            parsed = tuple(HolderAnswer.from_body(a) for a in answers)
+        except ConsortiumError as exc:
+            raise ProtocolError(f"malformed storage answer: {exc}") from exc
+        return cls(_str(b, "run"), _int(b, "round", 1), _int(b, "attempt"), parsed)
+
+
+Message = StartRun | Update | Propose | Vote | Commit | SecAgg | BeaconShare | StorageAnswers
 _TYPES: dict[str, Any] = {
-    c.TYPE: c for c in (StartRun, Update, Propose, Vote, Commit, SecAgg, BeaconShare)
+    c.TYPE: c
+    for c in (StartRun, Update, Propose, Vote, Commit, SecAgg, BeaconShare, StorageAnswers)
 }
 
 

@@ -22,11 +22,14 @@ uses them:
     erasures     node -> [{records, at}]
     secagg       (optional) SecAgg+ parameters and the transcript's CID
     privacy      (optional) the round's spend; its codec is `privacy.budget`
+    storage      (optional: runs with `replicas` or `challenge_every`) the Merkle roots and
+                 holders of the artifacts the round made, and in a challenge round the holders'
+                 proofs and who failed to answer (`protocol/storage.py`)
 
 The run a record belongs to was agreed before its first round: a "run-config" entry (`RunRecord`,
 below) cosigned by a quorum, whose configuration hashes to the run id every record names.
 
-Later issues add sections (storage proofs, proofs of evaluation, a consent-history head): each is
+Later issues add sections (proofs of evaluation, a consent-history head): each is
 a new optional key with its own typed section here and its own rule in the verifier; a reader of
 this version refuses keys it does not know, so no section can ride along unchecked.
 """
@@ -46,6 +49,7 @@ from consortium.core.threshold import ThresholdError
 from consortium.ledger.entries import Entry
 from consortium.privacy.budget import spend_purpose
 from consortium.protocol.beacon import BeaconPartial, partials_body, partials_from_body
+from consortium.protocol.storage import MAX_ENTRIES, Commitment, HolderAnswer
 
 #: 2: the beacon's partials (version 1 scheduled from the ledger root, which leaders could grind).
 RECORD_VERSION = 2
@@ -75,7 +79,7 @@ _CORE = frozenset(
         "erasures",
     }
 )
-_OPTIONAL = frozenset({"secagg", "privacy"})
+_OPTIONAL = frozenset({"secagg", "privacy", "storage"})
 _MAX_MEMBERS = 10_000
 _MAX_METRICS = 64
 
@@ -160,6 +164,43 @@ class SecAggSection:
 
 
 @dataclass(frozen=True)
+class StorageSection:
+    """Replication with retrievability challenges (docs/architecture.md): the commitments of
+    the artifacts this round made (and re-commitments of re-replicated ones), and in a challenge
+    round every challenged holder's answer, or its (artifact, holder) pair under `missing`."""
+
+    commitments: tuple[Commitment, ...] = ()
+    answers: tuple[HolderAnswer, ...] = ()
+    missing: tuple[tuple[str, str], ...] = ()
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "commitments": [c.to_body() for c in self.commitments],
+            "answers": [a.to_body() for a in self.answers],
+            "missing": [{"artifact": a, "holder": h} for a, h in self.missing],
+        }
+
+    @classmethod
+    def from_body(cls, b: Any) -> StorageSection:
+        if not isinstance(b, dict) or set(b) != {"commitments", "answers", "missing"}:
+            raise _fail("'storage' must be {commitments, answers, missing}")
+        for key in ("commitments", "answers", "missing"):
+            if not isinstance(b[key], list) or len(b[key]) > MAX_ENTRIES:
+                raise _fail(f"storage {key} must be a list of at most {MAX_ENTRIES}")
+        try:
+            commitments = tuple(Commitment.from_body(c) for c in b["commitments"])
+            answers = tuple(HolderAnswer.from_body(a) for a in b["answers"])
+        except ConsortiumError as exc:
+            raise _fail(str(exc)) from exc
+        missing = []
+        for m in b["missing"]:
+            if not isinstance(m, dict) or set(m) != {"artifact", "holder"}:
+                raise _fail("a missing storage answer is {artifact, holder}")
+            missing.append((_str(m["artifact"], "an artifact"), _str(m["holder"], "a holder")))
+        return cls(commitments, answers, tuple(missing))
+
+
+@dataclass(frozen=True)
 class RoundRecord:
     """The body of one "round" ledger entry. Frozen: build a new one with `dataclasses.replace`."""
 
@@ -181,6 +222,7 @@ class RoundRecord:
     secagg: SecAggSection | None = None
     privacy: Mapping[str, Any] | None = None
     beacon: tuple[BeaconPartial, ...] = ()
+    storage: StorageSection | None = None
     version: int = RECORD_VERSION
 
     # -- codec -----------------------------------------------------------------------------------
@@ -209,6 +251,8 @@ class RoundRecord:
             body["secagg"] = self.secagg.to_body()
         if self.privacy is not None:
             body["privacy"] = dict(self.privacy)
+        if self.storage is not None:
+            body["storage"] = self.storage.to_body()
         return body
 
     @classmethod
@@ -273,6 +317,7 @@ class RoundRecord:
             secagg=None if b.get("secagg") is None else SecAggSection.from_body(b["secagg"]),
             privacy=privacy,
             beacon=beacon,
+            storage=None if b.get("storage") is None else StorageSection.from_body(b["storage"]),
         )
 
     @classmethod

@@ -53,7 +53,13 @@ from consortium.ledger.entries import Entry, check_payload, make_record
 from consortium.ledger.frontier import Frontier
 from consortium.ledger.heads import TreeHead
 from consortium.privacy.client_dp import ClientNoisePlan
-from consortium.protocol.beacon import BeaconCollector, BeaconPartial, beacon_message, make_partial
+from consortium.protocol.beacon import (
+    BeaconCollector,
+    BeaconPartial,
+    attempt_beacon,
+    beacon_message,
+    make_partial,
+)
 from consortium.protocol.messages import (
     BeaconShare,
     Commit,
@@ -62,6 +68,7 @@ from consortium.protocol.messages import (
     Propose,
     SecAgg,
     StartRun,
+    StorageAnswers,
     Update,
     Vote,
     VoteReport,
@@ -73,7 +80,13 @@ from consortium.protocol.privacy_round import (
     reported_params,
 )
 from consortium.protocol.randomness import Randomness
-from consortium.protocol.record import Erasure, RecordFormatError, RoundRecord, SecAggSection
+from consortium.protocol.record import (
+    Erasure,
+    RecordFormatError,
+    RoundRecord,
+    SecAggSection,
+    StorageSection,
+)
 from consortium.protocol.schedule import leader_for
 from consortium.protocol.secagg import SecAggError, SecAggParams, SurvivorSet
 from consortium.protocol.secure_round import (
@@ -87,10 +100,21 @@ from consortium.protocol.secure_round import (
     weighted_vector,
 )
 from consortium.protocol.secure_round import min_contributors as rule_min_contributors
+from consortium.protocol.storage import (
+    Challenged,
+    HolderAnswer,
+    StorageState,
+    answer_challenge,
+    artifact_name,
+    check_answer,
+    commit_artifact,
+    is_challenge_round,
+)
 from consortium.protocol.verifier import (
     PUBLISHED_METRICS,
     OwnContribution,
     RecordContext,
+    StorageRules,
     verify_round_record,
 )
 
@@ -98,6 +122,9 @@ from consortium.protocol.verifier import (
 Aggregator = Callable[[Sequence[tuple[str, int, bytes]]], bytes]
 #: The CID the store will give these bytes (computed without storing them).
 CidOf = Callable[[bytes], CID]
+#: The bytes of an artifact (printed CID) this node's store holds intact, or None: the prover of
+#: retrievability challenges reads its own copy through it.
+ReadArtifact = Callable[[str], bytes | None]
 
 
 class Phase(enum.Enum):
@@ -120,6 +147,7 @@ class Event(enum.Enum):
     TICK = "tick"
     TIMEOUT = "timeout"
     BEACON = "beacon"
+    STORAGE = "storage"
 
 
 P = Phase
@@ -132,6 +160,10 @@ TRANSITIONS: dict[tuple[Phase, Event], frozenset[Phase]] = {
     **{(p, Event.COMMIT): frozenset({P.DONE}) for p in Phase if p is not P.DONE},
     **{(p, Event.TIMEOUT): _SWITCH | {P.TRAINING} for p in Phase if p is not P.DONE},
     **{(p, Event.BEACON): frozenset({p}) for p in Phase},
+    # Storage answers are kept in any phase (the leader lists them when it builds its record);
+    # collecting, the last one in may complete the wait.
+    **{(p, Event.STORAGE): frozenset({p}) for p in Phase},
+    (P.COLLECTING, Event.STORAGE): _LEAD,
     # The beacon completed after training: lead the attempt, or send it the update.
     (P.TRAINING, Event.BEACON): _LEAD | {P.AWAITING, P.TRAINING},
     (P.TRAINING, Event.TRAINED): _LEAD | {P.AWAITING},
@@ -161,6 +193,7 @@ _MESSAGE_EVENTS: dict[type, Event] = {
     Vote: Event.VOTE,
     Commit: Event.COMMIT,
     BeaconShare: Event.BEACON,
+    StorageAnswers: Event.STORAGE,
 }
 #: Messages of the current round held until the beacon is known, at most this many per sender.
 _HELD_PER_SENDER = 8
@@ -268,6 +301,10 @@ class RoundSettings:
     secure: bool = False
     #: L2 bound on each participant's model delta under secure aggregation.
     clip: float = 10.0
+    #: Members holding each artifact (0: every member) and the challenge period (0: none);
+    #: either set: records carry a storage section (docs/architecture.md, "Replication").
+    replicas: int = 0
+    challenge_every: int = 0
     #: Number of model parameters (the secure vector has one more word: the weight).
     model_size: int = 0
     #: Honest inputs every secure sum must hold even if f members collude.
@@ -277,6 +314,11 @@ class RoundSettings:
     #: Seconds after beginning a round without its beacon before asking members for partials
     #: (a node that restarted mid-round missed them), and again after as long each time.
     beacon_ask_after: float = 2.0
+
+    @property
+    def storage(self) -> bool:
+        """Whether records carry a storage section (replication or challenges configured)."""
+        return bool(self.replicas or self.challenge_every)
 
 
 class SecureOps(Protocol):
@@ -339,6 +381,15 @@ class _State:
     #: This node's quantized (and noised) SecAgg+ words of the round, once made: a later attempt
     #: bound to the same survivor set sends exactly these, so it releases the same sum.
     words: npt.NDArray[np.uint32] | None = None
+    #: What the run's earlier records committed (replication with retrievability challenges).
+    storage: StorageState = field(default_factory=StorageState)
+    #: attempt -> this round's challenges in that attempt (derived from its beacon, cached).
+    challenges: dict[int, list[Challenged]] = field(default_factory=dict)
+    #: As leader: attempt -> (artifact, holder) -> valid answer received; who sent answers.
+    answers: dict[int, dict[tuple[str, str], HolderAnswer]] = field(default_factory=dict)
+    answered_by: dict[int, set[str]] = field(default_factory=dict)
+    #: attempt -> the challenges this node answered with valid proofs (own-answer-missing).
+    proved: dict[int, frozenset[tuple[str, str]]] = field(default_factory=dict)
 
 
 class RoundMachine:
@@ -354,10 +405,12 @@ class RoundMachine:
         randomness: Randomness | None = None,
         votes: Mapping[int, CastVote] | None = None,
         signed_sets: Mapping[tuple[int, int], tuple[str, ...]] | None = None,
+        read_artifact: ReadArtifact | None = None,
     ) -> None:
         """`randomness`: secret bytes and a NumPy generator (tests pass a seeded one);
         `votes`: what this node has cosigned before (ledger size -> vote), `signed_sets`: the
-        survivor set it signed per (ledger slot, attempt); both from its own disk."""
+        survivor set it signed per (ledger slot, attempt); both from its own disk;
+        `read_artifact`: this node's own copy of an artifact, to answer storage challenges."""
         if settings.secure and secure_ops is None:
             raise ConsortiumError("secure aggregation needs the node's model operations")
         self.me = identity.node_id
@@ -367,6 +420,7 @@ class RoundMachine:
         self._aggregate = aggregate
         self._cid_of = cid_of
         self._ops = secure_ops
+        self._read_artifact = read_artifact
         self._random = randomness if randomness is not None else Randomness.from_os()
         self.members = sorted(m.node_id for m in genesis.members)
         self._keys = {m.node_id: m.public_key for m in genesis.members}
@@ -431,10 +485,12 @@ class RoundMachine:
         privacy: RoundPrivacy | None = None,
         my_dp: RecordParams | None = None,
         ask: bool = False,
+        storage: StorageState | None = None,
     ) -> list[Action]:
         """Start round `round_no` from global `model` on a ledger whose right edge is `frontier`;
         with `privacy`, first check this node's next spend (`my_dp`: its DP-SGD parameters).
-        `ask`: this node is late (restarted, caught up): members answer with their partials."""
+        `ask`: this node is late (restarted, caught up): members answer with their partials.
+        `storage`: what the run's earlier records committed (runs with replication)."""
         early = {k: u for k, u in self.s.early.items() if u.round == round_no}
         early_beacon = {k: b for k, b in self.s.early_beacon.items() if b.round == round_no}
         self._from = self.s.phase
@@ -445,6 +501,7 @@ class RoundMachine:
             attempt_started=now,
             model=model,
             privacy=privacy,
+            storage=storage or StorageState(),
         )
         if privacy is not None:
             reason = privacy.stop_reason(round_no, self.me, my_dp)
@@ -513,7 +570,7 @@ class RoundMachine:
         """The leader order is known: go on with what waited for it."""
         s = self.s
         s.attempt_started = now  # attempt 0's deadline counts from when its leader is known
-        actions: list[Action] = []
+        actions: list[Action] = self._answer_challenges()
         if s.phase is Phase.TRAINING and s.local is not None:
             actions += self._after_training(Event.BEACON, now)
         held, s.held = s.held, []
@@ -622,6 +679,8 @@ class RoundMachine:
                 return self._on_vote(sender, msg)
             if isinstance(msg, Commit):
                 return self._on_commit(msg)
+            if isinstance(msg, StorageAnswers):
+                return self._on_storage(sender, msg, now)
             assert isinstance(msg, SecAgg)
             return self._on_secagg(sender, msg, now)
         except ConsortiumError as exc:
@@ -720,7 +779,7 @@ class RoundMachine:
             return []
         if s.phase is not Phase.COLLECTING:
             self._goto(event, Phase.COLLECTING)
-        everyone = len(s.updates) == len(self.members)
+        everyone = len(s.updates) == len(self.members) and self._answers_in()
         waited = now >= s.attempt_started + self.settings.collect_timeout
         bound = self._reported_bound(waited) if self.settings.secure else None
         if bound is not None:
@@ -795,6 +854,7 @@ class RoundMachine:
         updates: dict[str, bytes],
         model: bytes,
         secagg: SecAggSection | None,
+        transcript: bytes = b"",
     ) -> RoundRecord:
         """The record of this attempt over contributors `parts` (all of whose updates arrived)."""
         s = self.s
@@ -833,6 +893,7 @@ class RoundMachine:
             secagg=secagg,
             privacy=privacy,
             beacon=s.beacon.partials() if s.beacon is not None else (),
+            storage=self._storage_section(model, secagg, transcript),
         )
 
     def _sign_proposal(
@@ -857,6 +918,7 @@ class RoundMachine:
                 s.local.erasures,
                 reported_params(s.local.metrics),
                 dict(s.sent),
+                dict(s.proved),
             )
         return RecordContext(
             genesis=self.genesis,
@@ -876,6 +938,9 @@ class RoundMachine:
             colluders=self._secagg.f,
             current_attempt=s.attempt if voting else None,
             own=own,
+            storage=StorageRules(self.settings.replicas, self.settings.challenge_every, s.storage)
+            if self.settings.storage
+            else None,
         )
 
     def _check_proposal(self, p: Proposal, *, voting: bool = True) -> Entry:
@@ -1047,18 +1112,19 @@ class RoundMachine:
         s.votes = {}
         s.leading = None
         s.client = None
+        answers = self._answer_challenges()  # this attempt's challenges, to its leader
         if s.local is None:
             self._goto(event, Phase.TRAINING)
-            return []
+            return answers
         if self.leader() == self.me:
             self._goto(event, Phase.COLLECTING)
             mine = self._my_update()
             s.updates[self.me] = mine
             if mine.report is not None:
                 s.reports[self.me] = mine.report
-            return []
+            return answers
         self._goto(event, Phase.AWAITING)
-        return [Send(self.leader(), self._my_update())]
+        return [*answers, Send(self.leader(), self._my_update())]
 
     def _bound_set(self) -> tuple[str, ...] | None:
         """The survivor set this node signed last in an earlier attempt of this round, if any.
@@ -1119,6 +1185,109 @@ class RoundMachine:
         )
         sig = self._identity.sign(Domain.ROUND, report.signed_body(), self._digest)
         return replace(report, signature=sig)
+
+    # -- replication: retrievability challenges ---------------------------------------------------
+
+    def _challenges(self, attempt: int) -> list[Challenged]:
+        """Every (artifact, holder) this round's `attempt` challenges (none outside challenge
+        rounds), from the attempt's beacon and what earlier records committed."""
+        s, st = self.s, self.settings
+        if not st.storage or not is_challenge_round(s.round, st.challenge_every):
+            return []
+        if attempt not in s.challenges:
+            assert self.beacon is not None
+            s.challenges[attempt] = s.storage.challenged(attempt_beacon(self.beacon, attempt))
+        return s.challenges[attempt]
+
+    def _answer_challenges(self) -> list[Action]:
+        """As a holder: prove this attempt's challenges from this node's own copies, to the
+        attempt's leader (also when it can prove none: then the leader need not wait for it)."""
+        s = self.s
+        mine = [c for c in self._challenges(s.attempt) if c.holder == self.me]
+        if not mine:
+            return []
+        answers: list[HolderAnswer] = []
+        notes: list[Action] = []
+        for c in mine:
+            data = self._read_artifact(c.artifact) if self._read_artifact is not None else None
+            answer = answer_challenge(data, c) if data is not None else None
+            if answer is None:
+                notes.append(
+                    Note(f"round {s.round}: this node cannot prove {c.artifact}: its copy is lost")
+                )
+            else:
+                answers.append(answer)
+        s.proved[s.attempt] = frozenset((a.artifact, a.holder) for a in answers)
+        msg = StorageAnswers(self.settings.run_id, s.round, s.attempt, tuple(answers))
+        if self.leader() == self.me:
+            return [*notes, *self._take_answers(self.me, msg)]
+        return [*notes, Send(self.leader(), msg)]
+
+    def _on_storage(self, sender: str, msg: StorageAnswers, now: float) -> list[Action]:
+        s = self.s
+        if msg.attempt < s.attempt:
+            return [Note(f"stale storage answers from {self._name(sender)}", "info")]
+        if msg.attempt > s.attempt + len(self.members) or self.leader(msg.attempt) != self.me:
+            raise ConsortiumError(
+                f"storage answers for attempt {msg.attempt}, which this node does not lead"
+            )
+        actions = self._take_answers(sender, msg)
+        if s.phase is Phase.COLLECTING and msg.attempt == s.attempt:
+            actions += self._maybe_propose(Event.STORAGE, now)
+        return actions
+
+    def _take_answers(self, sender: str, msg: StorageAnswers) -> list[Action]:
+        """As leader: keep each answer of `sender` that proves a challenge it was given."""
+        s = self.s
+        wanted = {(c.artifact, c.holder): c for c in self._challenges(msg.attempt)}
+        if not any(h == sender for _, h in wanted):
+            raise ConsortiumError("storage answers from a member this attempt does not challenge")
+        s.answered_by.setdefault(msg.attempt, set()).add(sender)
+        got = s.answers.setdefault(msg.attempt, {})
+        notes: list[Action] = []
+        for a in msg.answers:
+            c = wanted.get((a.artifact, a.holder))
+            if c is None or a.holder != sender:
+                notes.append(Note(f"{self._name(sender)} answered a challenge it was not given"))
+                continue
+            try:
+                check_answer(c.root, c.size, c.indices, a.proofs)
+            except ConsortiumError as exc:
+                notes.append(Note(f"{self._name(sender)}'s proof of {a.artifact}: {exc}"))
+                continue
+            got[(a.artifact, a.holder)] = a
+        return notes
+
+    def _answers_in(self) -> bool:
+        """As leader: every holder this attempt challenges has sent its answers."""
+        s = self.s
+        holders = {c.holder for c in self._challenges(s.attempt)}
+        return holders <= s.answered_by.get(s.attempt, set())
+
+    def _storage_section(
+        self, model: bytes, secagg: SecAggSection | None, transcript: bytes
+    ) -> StorageSection | None:
+        """As leader: the commitments of what this attempt made (and what earlier records owe),
+        and in a challenge round every challenge, answered or missing."""
+        s, st = self.s, self.settings
+        if not st.storage:
+            return None
+        assert self.beacon is not None
+        value = attempt_beacon(self.beacon, s.attempt)
+        made = [(artifact_name(self._cid_of(model)), model)]
+        if secagg is not None:
+            made.append((artifact_name(secagg.transcript), transcript))
+        commitments = tuple(
+            commit_artifact(value, cid, data, self.me, self.members, st.replicas)
+            for cid, data in made
+        )
+        got = s.answers.get(s.attempt, {})
+        pairs = [(c.artifact, c.holder) for c in self._challenges(s.attempt)]
+        return StorageSection(
+            commitments + s.storage.owed,
+            tuple(got[p] for p in pairs if p in got),
+            tuple(p for p in pairs if p not in got),
+        )
 
     # -- secure aggregation (SecAgg+) -----------------------------------------------------------
 
@@ -1381,6 +1550,7 @@ class RoundMachine:
             updates=dict(tr.input_hashes),
             model=model,
             secagg=SecAggSection(params_body(lead.params), self._cid_of(transcript)),
+            transcript=transcript,
         )
         return self._sign_proposal(record, model, transcript, now)
 

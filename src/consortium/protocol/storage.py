@@ -13,8 +13,8 @@ unique replica).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from consortium.core.errors import ProofError
@@ -27,6 +27,7 @@ from consortium.ledger.merkle import (
     tree_levels,
     verify_inclusion,
 )
+from consortium.store.cid import as_cid
 
 LEAF_SIZE = 32
 #: Leaf indices challenged per artifact per holder in a challenge period (the design allows 5-10).
@@ -159,7 +160,7 @@ def check_answer(
         check_proof(root, size, proof, index)
 
 
-# -- who holds what, and the round record's section (not yet wired into rounds) --------------------
+# -- who holds what, and the round record's section ----------------------------------------------
 
 
 def holders_for(
@@ -168,12 +169,7 @@ def holders_for(
     """The members that hold `artifact`: the leader that made it, then the first replicas - 1
     others in the order sha256(beacon | artifact | member), `beacon` being the attempt beacon of
     the round that made it. `replicas` 0 (the default) means every member."""
-    others = sorted(
-        (m for m in members if m != leader),
-        key=lambda m: hashlib.sha256(
-            _TAG + b"|holders|" + beacon + b"|" + artifact.encode() + b"|" + m.encode()
-        ).digest(),
-    )
+    others = _member_order(beacon, artifact, [m for m in members if m != leader])
     if leader not in members:
         raise ProofError(f"leader {leader} is not a member")
     count = len(members) if replicas == 0 else replicas
@@ -256,3 +252,182 @@ def check_answers(
                 f"storage-proof-invalid: {answer.holder}'s proof of {answer.artifact}: {exc}"
             ) from None
     return list(missing)
+
+
+# -- the round record's commitments, and what earlier rounds committed ---------------------------
+
+#: Entries of a record's storage section at most (commitments, answers, missing, each).
+MAX_ENTRIES = 100_000
+_MAX_CID = 256
+
+
+def _member_order(beacon: bytes, artifact: str, members: Sequence[str]) -> list[str]:
+    """`members` in the order sha256(tag | beacon | artifact | member): the order `holders_for`
+    picks holders in, and re-replication picks the next one in."""
+    return sorted(
+        members,
+        key=lambda m: hashlib.sha256(
+            _TAG + b"|holders|" + beacon + b"|" + artifact.encode() + b"|" + m.encode()
+        ).digest(),
+    )
+
+
+@dataclass(frozen=True)
+class Commitment:
+    """One artifact as a round record commits it: its printed CID, its size, the Merkle root of
+    its 32-byte leaves, and the members that hold it (the leader first)."""
+
+    artifact: str
+    size: int
+    root: bytes
+    holders: tuple[str, ...]
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "artifact": self.artifact,
+            "size": self.size,
+            "root": self.root,
+            "holders": list(self.holders),
+        }
+
+    @classmethod
+    def from_body(cls, body: Any) -> Commitment:
+        if not isinstance(body, dict) or set(body) != {"artifact", "size", "root", "holders"}:
+            raise ProofError("a storage commitment is {artifact, size, root, holders}")
+        artifact, size, root, holders = (
+            body["artifact"],
+            body["size"],
+            body["root"],
+            body["holders"],
+        )
+        if not isinstance(artifact, str) or not 0 < len(artifact) <= _MAX_CID:
+            raise ProofError("a storage commitment names its artifact by CID")
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size < 2**53:
+            raise ProofError("a storage commitment's size is a non-negative integer")
+        if not isinstance(root, bytes) or len(root) != HASH_SIZE:
+            raise ProofError(f"a storage commitment's root is {HASH_SIZE} bytes")
+        if (
+            not isinstance(holders, list)
+            or not 0 < len(holders) <= MAX_ENTRIES
+            or not all(isinstance(h, str) and 0 < len(h) <= 256 for h in holders)
+            or len(set(holders)) != len(holders)
+        ):
+            raise ProofError("a storage commitment's holders are distinct member ids")
+        return cls(artifact, size, root, tuple(holders))
+
+
+def artifact_name(cid: Any) -> str:
+    """How the storage section names an artifact: its CID as printed everywhere else (base32
+    for CIDv1), whatever base the CID object at hand would print in."""
+    return str(as_cid(cid))
+
+
+def commit_artifact(
+    beacon: bytes, artifact: str, data: bytes, leader: str, members: Sequence[str], replicas: int
+) -> Commitment:
+    """The commitment a round record carries for an artifact it made: root and size over
+    `data`, holders from `beacon` (the attempt beacon of the round)."""
+    root, size = commit(data)
+    return Commitment(
+        artifact, size, root, tuple(holders_for(beacon, artifact, leader, members, replicas))
+    )
+
+
+def challenged_pairs(
+    beacon: bytes, holdings: Sequence[Commitment], k: int = CHALLENGES
+) -> list[Challenged]:
+    """Every (artifact, holder) a challenge round challenges: each artifact earlier rounds
+    committed, at each of its holders, with k leaf indices drawn from `beacon` (the attempt
+    beacon of the challenging round)."""
+    return [
+        Challenged(
+            c.artifact,
+            holder,
+            c.root,
+            c.size,
+            tuple(challenge_indices(beacon, c.artifact, holder, leaf_count(c.size), k)),
+        )
+        for c in holdings
+        for holder in c.holders
+    ]
+
+
+def answer_challenge(data: bytes, c: Challenged) -> HolderAnswer | None:
+    """A holder's answer to challenge `c` from its own copy `data`, or None when that copy is not
+    the committed one (lost or corrupted: the holder cannot prove it)."""
+    tree = ArtifactTree(data)
+    if (tree.root, tree.size) != (c.root, c.size):
+        return None
+    return HolderAnswer(c.artifact, c.holder, tuple(tree.prove(i) for i in c.indices))
+
+
+def rereplicate(
+    beacon: bytes,
+    held: Commitment,
+    missing: Sequence[str],
+    proved: Sequence[str],
+    members: Sequence[str],
+) -> Commitment | None:
+    """The re-commitment the next round owes for `held` after a challenge round (attempt beacon
+    `beacon`) named `missing` of its holders: each missing holder is replaced by the next member
+    in the beacon order that holds nothing of it (the missing holder itself when every member
+    holds it), which fetches the artifact from a holder that proved it. None when no holder
+    proved it (the artifact is lost: nobody can re-replicate it)."""
+    if not proved:
+        return None
+    holders = list(held.holders)
+    for gone in missing:
+        taken = set(holders) | set(missing)
+        spare = [m for m in _member_order(beacon, held.artifact, members) if m not in taken]
+        holders[holders.index(gone)] = spare[0] if spare else gone
+    return Commitment(held.artifact, held.size, held.root, tuple(holders))
+
+
+@dataclass(frozen=True)
+class StorageState:
+    """What a run's earlier round records committed, as the next round needs it: every artifact
+    with its latest commitment (re-commitments replace holders), the re-commitments the next
+    round owes, and the artifacts no holder could prove (lost)."""
+
+    holdings: Mapping[str, Commitment] = field(default_factory=dict)
+    owed: tuple[Commitment, ...] = ()
+    lost: tuple[str, ...] = ()
+
+    def after(
+        self,
+        beacon: bytes,
+        commitments: Sequence[Commitment],
+        answers: Sequence[HolderAnswer],
+        missing: Sequence[tuple[str, str]],
+        members: Sequence[str],
+    ) -> StorageState:
+        """The state once a record (attempt beacon `beacon`, its storage section) is committed."""
+        holdings = dict(self.holdings)
+        for c in commitments:
+            holdings[c.artifact] = c
+        owed: list[Commitment] = []
+        lost = list(self.lost)
+        gone: dict[str, list[str]] = {}
+        for artifact, holder in missing:
+            gone.setdefault(artifact, []).append(holder)
+        proved: dict[str, list[str]] = {}
+        for a in answers:
+            proved.setdefault(a.artifact, []).append(a.holder)
+        for artifact, holders in gone.items():
+            held = holdings.get(artifact)
+            if held is None:
+                continue
+            again = rereplicate(beacon, held, holders, proved.get(artifact, []), members)
+            if again is None:
+                if artifact not in lost:
+                    lost.append(artifact)
+            else:
+                owed.append(again)
+        return StorageState(holdings, tuple(owed), tuple(lost))
+
+    def challenged(self, beacon: bytes) -> list[Challenged]:
+        return challenged_pairs(beacon, list(self.holdings.values()))
+
+
+def is_challenge_round(round_no: int, every: int) -> bool:
+    return every > 0 and round_no % every == 0

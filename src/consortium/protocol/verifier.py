@@ -24,7 +24,7 @@ from consortium.core.errors import ConsortiumError
 from consortium.core.genesis import Genesis
 from consortium.core.threshold import ThresholdError
 from consortium.privacy.errors import BudgetExceeded
-from consortium.protocol.beacon import beacon_message, value_from_partials
+from consortium.protocol.beacon import attempt_beacon, beacon_message, value_from_partials
 from consortium.protocol.privacy_round import (
     RecordParams,
     RoundPrivacy,
@@ -39,6 +39,13 @@ from consortium.protocol.secure_round import (
     params_body,
     params_from_body,
     recompute_mean_delta,
+)
+from consortium.protocol.storage import (
+    StorageState,
+    artifact_name,
+    check_answers,
+    commit_artifact,
+    is_challenge_round,
 )
 
 # Rule names (stable: tests and audit reports refer to them).
@@ -59,6 +66,9 @@ PRIVACY = "privacy-mismatch"  # the privacy spend is not what the ledger and rep
 CONSENT = "consent-mismatch"  # consent commitments or erasures of non-participants
 CONFIG = "config-mismatch"  # a run no quorum agreed to (checked where runs are read: audit)
 METRICS = "metrics-in-the-clear"  # per-node figures other than DP parameters
+STORAGE_COMMITMENT = "storage-commitment-mismatch"  # roots, sizes or holders not as recomputed
+STORAGE_PROOF = "storage-proof-invalid"  # answers and missing are not the challenges, proved
+OWN_ANSWER = "own-answer-missing"  # the voter answered its challenge, the record leaves it out
 
 #: The only per-node metrics a record may carry: DP-SGD parameters (public, and accounted).
 PUBLISHED_METRICS = frozenset({"dp"})
@@ -84,6 +94,18 @@ class OwnContribution:
     #: attempt -> commitment to what this node sent that attempt's leader (sha256 of its update
     #: in plaintext runs, of its masked input under SecAgg+).
     sent: Mapping[int, bytes] = field(default_factory=dict)
+    #: attempt -> the (artifact, holder) challenges this node answered with valid proofs to
+    #: that attempt's leader (rule own-answer-missing).
+    answered: Mapping[int, frozenset[tuple[str, str]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StorageRules:
+    """A run's replication settings and what its earlier records committed."""
+
+    replicas: int
+    challenge_every: int
+    state: StorageState = field(default_factory=StorageState)
 
 
 @dataclass(frozen=True)
@@ -108,6 +130,8 @@ class RecordContext:
     #: The voter's current attempt (None for an auditor, who checks a record after the fact).
     current_attempt: int | None = None
     own: OwnContribution | None = None
+    #: Replication with retrievability challenges; None in a run without (no storage section).
+    storage: StorageRules | None = None
 
 
 def _require(ok: bool, rule: str, message: str) -> None:
@@ -148,6 +172,7 @@ def verify_round_record(record: RoundRecord, ctx: RecordContext) -> None:
     if ctx.secure:
         _check_secure_sum(record, ctx, beacon)
     _check_privacy(record, ctx)
+    _check_storage(record, ctx, members, beacon)
 
 
 def record_beacon(record: RoundRecord, genesis: Genesis) -> bytes:
@@ -343,6 +368,88 @@ def _check_privacy(record: RoundRecord, ctx: RecordContext) -> None:
         PRIVACY,
         "the record's privacy spend is not what the ledger implies",
     )
+
+
+def _check_storage(
+    record: RoundRecord, ctx: RecordContext, members: list[str], beacon: bytes
+) -> None:
+    """The storage section: the commitments recomputed from the artifacts' bytes and the
+    beacon (and the re-commitments earlier records owe), then the challenge answers."""
+    rules, section = ctx.storage, record.storage
+    if rules is None:
+        _require(
+            section is None,
+            STORAGE_COMMITMENT,
+            "the record carries a storage section in a run without replication",
+        )
+        return
+    _require(
+        section is not None, STORAGE_COMMITMENT, "the record lacks the round's storage section"
+    )
+    assert section is not None
+    value = attempt_beacon(beacon, record.attempt)
+    made = [(artifact_name(record.model), ctx.model)]
+    if record.secagg is not None:
+        made.append((artifact_name(record.secagg.transcript), ctx.transcript))
+    expected = [
+        commit_artifact(value, cid, data, record.leader, members, rules.replicas)
+        for cid, data in made
+    ] + list(rules.state.owed)
+    got = list(section.commitments)
+    _require(
+        [c.artifact for c in got] == [c.artifact for c in expected],
+        STORAGE_COMMITMENT,
+        f"the record commits artifacts {[c.artifact for c in got]}, the round owes "
+        f"{[c.artifact for c in expected]}",
+    )
+    for g, e in zip(got, expected, strict=True):
+        _require(
+            (g.root, g.size) == (e.root, e.size),
+            STORAGE_COMMITMENT,
+            f"the committed root or size of {g.artifact} is not that of its bytes",
+        )
+        _require(
+            g.holders == e.holders,
+            STORAGE_COMMITMENT,
+            f"the holders of {g.artifact} are not the ones the beacon picks",
+        )
+    listed = {(a.artifact, a.holder) for a in section.answers}
+    own = ctx.own
+    if own is not None:
+        for artifact, holder in sorted(own.answered.get(record.attempt, ())):
+            _require(
+                (artifact, holder) in listed,
+                OWN_ANSWER,
+                f"this node answered its challenge on {artifact}, and the record "
+                + (
+                    "lists it missing" if (artifact, holder) in section.missing else "leaves it out"
+                ),
+            )
+    challenged = (
+        rules.state.challenged(value)
+        if is_challenge_round(record.round, rules.challenge_every)
+        else []
+    )
+    try:
+        check_answers(challenged, section.answers, section.missing)
+    except ConsortiumError as exc:
+        raise RecordRejected(STORAGE_PROOF, str(exc)) from exc
+
+
+def storage_after(state: StorageState, record: RoundRecord, genesis: Genesis) -> StorageState:
+    """The storage state once `record` (already verified) is committed: what the next round's
+    challenges and re-commitments are computed from, alike by voters, the node and `audit`."""
+    section = record.storage
+    if section is None:
+        return state
+    members = sorted(m.node_id for m in genesis.members)
+    # The beacon picks replacement holders only when a holder was named missing.
+    value = (
+        attempt_beacon(record_beacon(record, genesis), record.attempt)
+        if section.missing
+        else bytes(32)
+    )
+    return state.after(value, section.commitments, section.answers, section.missing, members)
 
 
 def _name(ctx: RecordContext, node_id: str) -> str:
