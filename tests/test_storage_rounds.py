@@ -279,3 +279,33 @@ def test_the_codec_round_trips_and_refuses_unknown_keys() -> None:
         StorageSection.from_body({**body, "commitments": [bad]})
     with pytest.raises(RecordFormatError, match="artifact, holder"):
         StorageSection.from_body({**body, "missing": [{"artifact": "bafy"}]})
+
+
+# -- the run configuration -----------------------------------------------------------------------
+
+
+def test_the_storage_fields_at_their_default_leave_every_run_id_unchanged() -> None:
+    from consortium.node.config import RunConfig
+
+    run = RunConfig(started=1)
+    body = run.body()
+    assert "replicas" not in body and "challenge_every" not in body
+    # The ids these configurations had before the fields existed (the commit before them).
+    assert run.run_id() == "c6218b78acfb4f8c"
+    assert RunConfig(started=1, task="a.b:c", task_hash="x").run_id() == "0b36846e4f02af9f"
+    with_storage = run.model_copy(update={"replicas": 3, "challenge_every": 2})
+    assert with_storage.body()["replicas"] == 3 and with_storage.run_id() != run.run_id()
+    assert RunConfig.from_body(with_storage.body()) == with_storage
+
+
+@pytest.mark.parametrize("replicas", [1, 2, 5])
+def test_a_run_whose_replicas_are_out_of_range_is_refused_by_name(replicas: int) -> None:
+    from consortium.node.config import RunConfig, consortium_refusals
+    from tests.machines import consortium
+
+    _, genesis = consortium(4)
+    run = RunConfig(purpose="research", replicas=replicas)
+    (why,) = consortium_refusals(run, genesis)
+    assert "[rule replicas]" in why and "between min(3, n) = 3 and n = 4" in why
+    assert consortium_refusals(run.model_copy(update={"replicas": 3}), genesis) == []
+    assert consortium_refusals(run.model_copy(update={"replicas": 0}), genesis) == []

@@ -46,7 +46,7 @@ from consortium.chain.txlog import SCHEMA as TXLOG_SCHEMA
 from consortium.consent.registry import ConsentRegistry, registry_schema
 from consortium.consent.verify import verify_registry
 from consortium.core.encoding import Domain, sha256
-from consortium.core.errors import AuditError, ConfigError, ConsortiumError
+from consortium.core.errors import AuditError, ConfigError, ConsortiumError, NotFoundError
 from consortium.core.genesis import GENESIS_FILE, Genesis
 from consortium.core.identity import PUBLIC_FILE, PublicIdentity
 from consortium.core.layout import CHAIN_DIR, CONSENT_FILE, LEDGER_FILE, STORE_DIR
@@ -71,7 +71,14 @@ from consortium.protocol.record import (
 )
 from consortium.protocol.secagg import SecAggParams
 from consortium.protocol.secure_round import Consortium, min_contributors, round_params
-from consortium.protocol.verifier import CONFIG, RecordContext, verify_round_record
+from consortium.protocol.storage import StorageState, artifact_name
+from consortium.protocol.verifier import (
+    CONFIG,
+    RecordContext,
+    StorageRules,
+    storage_after,
+    verify_round_record,
+)
 from consortium.store.blockstore import BlockStore
 from consortium.store.objects import file_cid, get_bytes, walk
 
@@ -99,6 +106,11 @@ class AuditReport:
     latest_anchored_size: int = 0
     secure_rounds: int = 0
     privacy: dict[str, dict[str, float]] = field(default_factory=dict)  # purpose -> totals
+    #: Replication: storage proofs checked, and one line per holder a challenge named missing
+    #: (it lost or withheld its copy) and per artifact no holder could prove (lost).
+    storage_proofs: int = 0
+    storage_missing: list[str] = field(default_factory=list)
+    storage_lost: list[str] = field(default_factory=list)
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -178,7 +190,13 @@ def _audit(
             for blob in ledger.raw_equivocations():
                 report.equivocations.append(blob.hex()[:32])
     with _about(STORE_DIR):
-        _check_store(directory / STORE_DIR, checked.references, report, progress)
+        _check_store(
+            directory / STORE_DIR,
+            checked.references,
+            report,
+            progress,
+            lambda cid: _holders_of(cid, checked.records, genesis),
+        )
     rounds: list[tuple[int, RoundRecord]] = []
     if checked.records:
         with _about(LEDGER_FILE):
@@ -382,6 +400,7 @@ def _check_round_records(
     runs: dict[str, RunConfig] = {}
     stopped: set[str] = set()
     spends: dict[str, list[tuple[int, Any]]] = {}
+    storage: dict[str, StorageState] = {}  # run -> what its records committed so far
     for idx, data in stored:
         entry = Entry.from_bytes(data)  # the bytes the first pass verified
         if entry.kind in (RUN_KIND, STOP_KIND):
@@ -405,10 +424,23 @@ def _check_round_records(
                     f"[rule {CONFIG}]"
                 )
             privacy = _round_privacy(genesis, run, spends)
-            context = _record_context(record, run, entry, idx, genesis, store, privacy)
+            state = storage.get(record.run, StorageState())
+            context = _record_context(record, run, entry, idx, genesis, store, privacy, state)
             verify_round_record(record, context)
+            storage[record.run] = storage_after(state, record, genesis)
         except ConsortiumError as exc:
             raise _fail(f"entry {idx}: {exc}") from exc
+        if record.storage is not None:
+            report.storage_proofs += sum(len(a.proofs) for a in record.storage.answers)
+            for artifact, holder in record.storage.missing:
+                report.storage_missing.append(
+                    f"round {record.round} (entry {idx}): {_member_name(genesis, holder)} did "
+                    f"not prove it holds {artifact}"
+                )
+            for artifact in storage[record.run].lost:
+                line = f"{artifact}: no holder proved it (lost)"
+                if line not in report.storage_lost:
+                    report.storage_lost.append(line)
         if record.privacy is not None:
             spends.setdefault(run.purpose, []).append((idx, record.privacy))
         report.secure_rounds += record.secure
@@ -474,6 +506,7 @@ def _record_context(
     genesis: Genesis,
     store: BlockStore,
     privacy: RoundPrivacy | None,
+    storage: StorageState,
 ) -> RecordContext:
     # Imported here: model arithmetic pulls in the learning stack, needed only for these records.
     from consortium.learning.adapter import flatten
@@ -488,6 +521,7 @@ def _record_context(
 
     prev, model = fetch(record.prev_model), fetch(record.model)
     transcript = fetch(record.secagg.transcript) if record.secagg is not None else b""
+    rules = StorageRules(run.replicas, run.challenge_every, storage) if run.storage else None
     model_size = int(flatten(weights_from_bytes(prev)).size)
     secure = run.secure_aggregation == "secagg+"
     consortium = Consortium(
@@ -524,7 +558,15 @@ def _record_context(
         apply_delta=add_flat_delta,
         privacy=privacy,
         colluders=consortium.f,
+        storage=rules,
     )
+
+
+def _member_name(genesis: Genesis, node_id: str) -> str:
+    for m in genesis.members:
+        if m.node_id == node_id:
+            return m.name
+    return node_id[:16]
 
 
 def _check_heads(
@@ -561,8 +603,34 @@ def _check_heads(
     report.latest_final_size = max((k[0] for k in final), default=0)
 
 
+def _holders_of(cid: str, records: list[tuple[int, bytes]], genesis: Genesis) -> list[str]:
+    """The members the round records last committed as holders of artifact `cid` (names), for
+    a folder that lacks it: with replicas < n, other members' folders hold it."""
+    try:
+        name = artifact_name(cid)
+    except ConsortiumError:
+        return []
+    holders: list[str] = []
+    for _, data in records:
+        try:
+            entry = Entry.from_bytes(data)
+            if entry.kind != ROUND_KIND:
+                continue
+            section = RoundRecord.from_entry(entry).storage
+        except ConsortiumError:
+            continue  # the record pass names it
+        for c in section.commitments if section is not None else ():
+            if c.artifact == name:
+                holders = [_member_name(genesis, h) for h in c.holders]
+    return holders
+
+
 def _check_store(
-    store_dir: Path, references: dict[str, int], report: AuditReport, progress: Progress | None
+    store_dir: Path,
+    references: dict[str, int],
+    report: AuditReport,
+    progress: Progress | None,
+    holders_of: Callable[[str], list[str]] = lambda _cid: [],
 ) -> None:
     if not references and not store_dir.exists():
         return
@@ -577,6 +645,16 @@ def _check_store(
                 if str(sub) not in reached:
                     reached.add(str(sub))
                     store.get_block(sub)  # re-hashed on read
+        except NotFoundError as exc:
+            holders = holders_of(cid)
+            if not holders:
+                raise _fail(f"CID {cid} (referenced by entry {idx}): {exc}") from exc
+            raise _fail(
+                f"CID {cid} (referenced by entry {idx}) is not in this folder; the run keeps it "
+                f"at {', '.join(holders)} (replicas < members): import one holder's copy with "
+                f"`consortium store export THEIR_DIR --car FILE` and `consortium store import "
+                f"FILE --dir {store_dir.parent}`, then audit again"
+            ) from exc
         except ConsortiumError as exc:
             raise _fail(f"CID {cid} (referenced by entry {idx}): {exc}") from exc
         if progress and n % 100 == 0:

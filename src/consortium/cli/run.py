@@ -229,6 +229,14 @@ def audit(
         console.print(f"anchors checked on {r.extra['chain']}", highlight=False)
     if r.secure_rounds:
         console.print(f"{r.secure_rounds} SecAgg+ aggregates recomputed from their transcripts")
+    if r.storage_proofs or r.storage_missing:
+        console.print(
+            f"{r.storage_proofs} storage proofs checked against the committed roots; "
+            f"{len(r.storage_missing)} challenge(s) unanswered",
+            highlight=False,
+        )
+    for line in r.storage_missing + r.storage_lost:
+        console.print(f"storage: {line}", highlight=False)
     for purpose, spent in sorted(r.privacy.items()):
         parts = ", ".join(f"{k} {v:.3g}" for k, v in sorted(spent.items()))
         console.print(f"privacy spent on purpose {purpose!r} (recomputed): {parts}")

@@ -92,12 +92,12 @@ from consortium.protocol.round import (
     Stopped,
     Train,
 )
-from consortium.protocol.storage import StorageState
+from consortium.protocol.storage import StorageState, artifact_name
 from consortium.protocol.verifier import storage_after
 from consortium.store.blockstore import BlockStore
 from consortium.store.cid import as_cid, cid_for
 from consortium.store.gateway import start_gateway
-from consortium.store.objects import get_bytes, is_complete, put_bytes, put_verified
+from consortium.store.objects import get_bytes, is_complete, put_bytes, put_verified, walk
 from consortium.store.unixfs import Profile, profile
 from consortium.transport.base import Transport
 
@@ -406,6 +406,38 @@ class Node(RunAgreement):
                 log.info("%s: re-replicating %s from %s", self.name, owed.artifact, sources[:1])
                 self._spawn(self._fetch_held(as_cid(owed.artifact), sources))
 
+    def _drop_unheld(self, latest: bytes) -> None:
+        """With replicas < n: drop the artifacts of earlier rounds this node does not hold (it
+        keeps the latest model, which it trains from, and what it holds or must re-replicate);
+        it fetched and verified them before cosigning, and their holders are challenged."""
+        assert self.run is not None
+        if not self.run.replicas:
+            return
+        me = self.identity.node_id
+        state = self.storage_state()
+        keep = {artifact_name(model_cid(latest, self.store, self.unixfs))}
+        keep |= {a for a, c in state.holdings.items() if me in c.holders}
+        keep |= {c.artifact for c in state.owed if me in c.holders}
+        drop = [a for a in state.holdings if a not in keep]
+        if not drop:
+            return
+        kept: set[str] = set()
+        for artifact in keep:
+            try:
+                kept |= {str(b) for b in walk(self.store, artifact)}
+            except ConsortiumError:
+                continue  # not here (yet): nothing of it to protect
+        for artifact in drop:
+            try:
+                blocks = list(walk(self.store, artifact))
+            except ConsortiumError:
+                continue  # already dropped
+            gone = [b for b in blocks if str(b) not in kept and self.store.has(b)]
+            for block in gone:
+                self.store.delete(block)
+            if gone:
+                log.info("%s: dropped %s (held by other members)", self.name, artifact)
+
     async def _fetch_held(self, cid: CID, sources: list[str]) -> None:
         lost = await self._fetch([cid], sources[0] if sources else None)  # repairs damage
         if lost:
@@ -568,6 +600,7 @@ class Node(RunAgreement):
         log.info("%s: round %d committed (leader %s)", self.name, c.round, c.entry.author[:16])
         if self.run.storage:
             self._rereplicate(RoundRecord.from_entry(c.entry))
+            self._drop_unheld(p.model)
         self._write_status()
         k = self.run.anchor_every
         if (

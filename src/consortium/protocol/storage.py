@@ -377,6 +377,8 @@ def rereplicate(
         return None
     holders = list(held.holders)
     for gone in missing:
+        if gone not in holders:
+            continue  # already replaced by a re-commitment in the same record
         taken = set(holders) | set(missing)
         spare = [m for m in _member_order(beacon, held.artifact, members) if m not in taken]
         holders[holders.index(gone)] = spare[0] if spare else gone
