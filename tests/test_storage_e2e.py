@@ -20,7 +20,7 @@ from consortium.node.node import Node, run_records
 from consortium.protocol.record import RoundRecord
 from consortium.protocol.round import Committed
 from consortium.protocol.storage import artifact_name
-from consortium.store.objects import get_bytes, is_complete, put_verified, walk
+from consortium.store.objects import get_bytes, is_complete, walk
 from tests.inprocess_cluster import cluster, drive, run_config, start
 
 
@@ -118,20 +118,24 @@ def test_a_folder_lacking_an_artifact_it_does_not_hold_names_its_holders(
 
 
 def test_audit_names_the_member_that_lost_data(ran: Ran, tmp_path: Path) -> None:
-    """Several members' folders as one (what `store import` of their CARs gives): it audits,
-    checking every commitment and proof, and names the holder that lost round 1's model."""
-    nodes, lost, records, _ = ran
-    folder = tmp_path / "combined"
-    shutil.copytree(nodes[0].dir, folder)
-    from consortium.store.blockstore import BlockStore
+    """What an outside auditor does with replicas < members: one member's ledger, and a CAR of
+    what each member holds (`store export --held`, `store import`); the result audits, checking
+    every commitment and proof, and names the holder that lost round 1's model."""
+    from typer.testing import CliRunner
 
-    combined = BlockStore(folder / "store")
-    for record in records:
-        cid = record.model
-        if is_complete(combined, cid):
-            continue
-        source = next(n for n in nodes if is_complete(n.store, cid))
-        put_verified(combined, get_bytes(source.store, cid), cid)
+    from consortium.cli.store import app
+
+    nodes, lost, _, _ = ran
+    folder = tmp_path / "auditor"
+    folder.mkdir()
+    shutil.copy(nodes[0].dir / "ledger.sqlite", folder / "ledger.sqlite")
+    runner = CliRunner()
+    for node in nodes:
+        car = tmp_path / f"{node.name}.car"
+        res = runner.invoke(app, ["export", str(node.dir), "--held", "--car", str(car)])
+        assert res.exit_code == 0, res.output
+        res = runner.invoke(app, ["import", str(car), "--dir", str(folder)])
+        assert res.exit_code == 0, res.output
     report = audit(folder, workers=1)
     victim = next(n for n in nodes if n.identity.node_id == lost["holder"])
     assert report.storage_proofs > 0
@@ -139,3 +143,30 @@ def test_audit_names_the_member_that_lost_data(ran: Ran, tmp_path: Path) -> None
     assert (
         victim.name in report.storage_missing[0] and lost["artifact"] in (report.storage_missing[0])
     )
+    # Without --held, a member's export refuses to leave out what it dropped, naming it.
+    res = runner.invoke(app, ["export", str(victim.dir), "--car", str(tmp_path / "x.car")])
+    assert res.exit_code != 0 and lost["artifact"] in res.output, res.output
+
+
+def test_a_restart_does_not_fetch_back_what_the_node_dropped(ran: Ran) -> None:
+    """`repair_store` on start fetches what the ledger references and the store lacks, except
+    what this member does not hold: with no peer reachable, nothing is reported lost."""
+    from consortium.core.identity import NodeIdentity
+    from consortium.node.config import load_node_config
+    from consortium.transport.inprocess import InProcessNetwork, InProcessTransport
+
+    nodes, _, records, _ = ran
+    node = nodes[0]
+    assert any(not is_complete(node.store, r.model) for r in records)  # it dropped some
+    ident = NodeIdentity.load(node.dir)
+    again = Node(
+        node.dir,
+        ident,
+        InProcessTransport(InProcessNetwork(), ident.node_id),
+        load_node_config(node.dir),
+    )
+    try:
+        assert asyncio.run(again.repair_store()) == []
+    finally:
+        again.ledger.close()
+        again._lock.release()

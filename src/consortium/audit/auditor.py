@@ -651,9 +651,9 @@ def _check_store(
                 raise _fail(f"CID {cid} (referenced by entry {idx}): {exc}") from exc
             raise _fail(
                 f"CID {cid} (referenced by entry {idx}) is not in this folder; the run keeps it "
-                f"at {', '.join(holders)} (replicas < members): import one holder's copy with "
-                f"`consortium store export THEIR_DIR --car FILE` and `consortium store import "
-                f"FILE --dir {store_dir.parent}`, then audit again"
+                f"at {', '.join(holders)} (replicas < members): import one holder's copy "
+                "with `consortium store export THEIR_DIR --held --car FILE` and "
+                f"`consortium store import FILE --dir {store_dir.parent}`, then audit again"
             ) from exc
         except ConsortiumError as exc:
             raise _fail(f"CID {cid} (referenced by entry {idx}): {exc}") from exc

@@ -44,6 +44,7 @@ from consortium.store import (
 from consortium.store.car import export_car, import_car
 from consortium.store.fetch import DEFAULT_MAX_BYTES, fetch, gateway_url
 from consortium.store.gateway import DEFAULT_HOST, DEFAULT_PORT, start_gateway
+from consortium.store.objects import is_complete
 
 app = typer.Typer(
     help="Put, get, verify, export and import content-addressed blocks.", no_args_is_help=True
@@ -143,6 +144,12 @@ def verify(directory: Path = DIR) -> None:
 def export(
     directory: Path = typer.Argument(..., help="Node or run folder (its ledger and store)."),
     car: Path = typer.Option(..., "--car", help="The CAR file to write (replaced atomically)."),
+    held: bool = typer.Option(
+        False,
+        "--held",
+        help="Only the artifacts this folder holds whole (runs with replicas < members, where "
+        "members drop what they do not hold); names the ones left out.",
+    ),
 ) -> None:
     """Write a CARv1 holding every artifact the latest final tree head references.
 
@@ -168,6 +175,8 @@ def export(
                 artifacts.setdefault(cid_key(cid), (cid, f"referenced by entry {idx}"))
     store = _store(directory, create=False)
     refs = list(artifacts.values())
+    left_out = [c for c, _ in refs if held and not is_complete(store, c)]
+    refs = [(c, where) for c, where in refs if c not in left_out]
     index = {
         "format": "consortium-car/v1",
         "consortium": digest,
@@ -182,6 +191,13 @@ def export(
         highlight=False,
         soft_wrap=True,
     )
+    if left_out:
+        console.print(
+            f"left out {len(left_out)} artifact(s) this folder does not hold: "
+            + ", ".join(str(c) for c in left_out),
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @app.command("import")

@@ -8,7 +8,9 @@ Crash consistency: the node never records a ledger entry whose artifacts (the mo
 transcripts it references) are not in its store. A commit stores them before its entry; a
 catch-up fetches and re-hashes them before it appends the entries and their heads in one
 transaction. On every start the node re-checks that its store holds everything its ledger
-references and fetches what is missing (a folder written before this rule, or damaged).
+references and fetches what is missing (a folder written before this rule, or damaged). In a run
+with `replicas` < members, a node later drops the artifacts it does not hold (`_drop_unheld`),
+and a start does not fetch those back.
 """
 
 from __future__ import annotations
@@ -698,7 +700,8 @@ class Node(RunAgreement):
             for ref in entry.references():
                 cid = as_cid(ref)  # base32, as printed everywhere else
                 wanted.setdefault(str(cid), cid)
-        missing = [cid for cid in wanted.values() if not self._holds(cid)]
+        unheld = self._unheld()  # replicas < n: what other members hold for the run
+        missing = [c for k, c in wanted.items() if not self._holds(c) and k not in unheld]
         if not missing:
             return []
         log.warning(
@@ -710,6 +713,26 @@ class Node(RunAgreement):
         for cid in lost:
             log.error("%s: no peer sent artifact %s; the folder will not audit", self.name, cid)
         return lost
+
+    def _unheld(self) -> set[str]:
+        """Artifacts of the ledger's latest run this node need not keep (a run with replicas:
+        those it does not hold, less the latest model and any it must re-replicate)."""
+        agreed, records = latest_agreed_run(enumerate(self.ledger.iter_entries()))
+        if agreed is None or not records:
+            return set()
+        try:
+            run = RunConfig.from_body(dict(agreed.config))
+            state = StorageState()
+            for record in records:
+                state = storage_after(state, record, self.genesis)
+        except ConsortiumError:
+            return set()  # fetch everything; the run itself will say what is wrong
+        if not run.replicas:
+            return set()
+        me = self.identity.node_id
+        keep = {artifact_name(records[-1].model)}
+        keep |= {c.artifact for c in state.owed if me in c.holders}
+        return {a for a, c in state.holdings.items() if me not in c.holders and a not in keep}
 
     def _holds(self, cid: CID) -> bool:
         return is_complete(self.store, cid)
