@@ -86,6 +86,7 @@ T_SECAGG_HOSTILE = "tests/test_secagg_hostile.py"
 T_DISHONEST = "tests/adversarial/test_secagg_dishonest.py"
 T_PUBLISHED = "tests/adversarial/test_secagg_published_sum.py"
 T_AGREED = "tests/adversarial/test_agreed_runs.py"
+T_STORAGE = "tests/test_storage_rounds.py"
 
 #: Test files each mutant runs, fastest first (pytest -x stops at the first failure).
 VERIFIER_TESTS = (T_VERIFIER, T_VERIFIER_RULES)
@@ -95,6 +96,10 @@ VERIFIER_EXTRA = {
     "participants-not-members": (T_MACHINE, T_AUDIT),
     "author-not-attempt-leader": (T_AUDIT,),
     "privacy-mismatch": (T_PRIVACY_AUDIT,),
+    # Replication (issue 16): a dishonest leader's storage section, and the replicas refusal.
+    "storage-commitment-mismatch": (T_STORAGE,),
+    "storage-proof-invalid": (T_STORAGE,),
+    "own-answer-missing": (T_STORAGE,),
 }
 RECORD_TESTS = (T_VERIFIER, T_VERIFIER_RULES)
 ROUND_TESTS = (T_MACHINE, T_MACHINE_RULES)
@@ -512,7 +517,8 @@ def config_mutants(tree: ast.Module) -> Iterator[Mutant]:
     if not refusals:
         raise SystemExit("mutations: no refusal found in consortium_refusals")
     for n in refusals:
-        yield _if_false(CONFIG, n, f"consortium_refusals: {_message(n.body[-1])!r}", AGREED_TESTS)
+        check = f"consortium_refusals: {_message(n.body[-1])!r}"
+        yield _if_false(CONFIG, n, check, (*AGREED_TESTS, T_STORAGE))
     for handler in ast.walk(fn):
         if isinstance(handler, ast.ExceptHandler):
             for stmt in handler.body:

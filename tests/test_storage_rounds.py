@@ -137,6 +137,23 @@ def test_a_holder_that_lost_its_copy_is_named_missing_and_replaced_next_round() 
     assert storage_after(after, third, wire.genesis).holdings[artifact] == owed
 
 
+def test_a_secure_round_commits_its_transcript_too_and_holders_prove_both() -> None:
+    wire = Wire.build(4, secure=True, seed=5, replicas=3, challenge_every=2)
+    first = _round(wire, 1)
+    assert first.storage is not None and first.secagg is not None
+    model, transcript = first.storage.commitments
+    assert model.artifact == artifact_name(first.model)
+    assert transcript.artifact == artifact_name(first.secagg.transcript)
+    assert transcript.size > 1000 and model.holders[0] == transcript.holders[0] == first.leader
+    second = _round(wire, 2, storage_after(StorageState(), first, wire.genesis))
+    assert second.storage is not None and second.storage.missing == ()
+    proved = {(a.artifact, a.holder) for a in second.storage.answers}
+    assert proved == {(c.artifact, h) for c in (model, transcript) for h in c.holders}
+    assert all(
+        len(a.proofs) == 8 for a in second.storage.answers if a.artifact == transcript.artifact
+    )
+
+
 def test_a_run_without_replication_carries_no_storage_section() -> None:
     wire = Wire.build(4, seed=5)
     assert _round(wire, 1).storage is None

@@ -136,6 +136,18 @@ def run_start(
     from_model: str | None = typer.Option(
         None, "--from-model", help="CID of a ledger model to start from (retrain after an erasure)."
     ),
+    replicas: int | None = typer.Option(
+        None,
+        min=0,
+        help="Members that hold each round's model and transcript, between min(3, n) and n; "
+        "the others drop them after the round [0: every member].",
+    ),
+    challenge_every: int | None = typer.Option(
+        None,
+        min=0,
+        help="Every k rounds, holders prove from the beacon's challenges that they still hold "
+        "the run's artifacts; one that cannot is named and replaced [0: off].",
+    ),
 ) -> None:
     """Ask every member to start a training run (from any member)."""
     from consortium.node.runner import start_run
@@ -160,6 +172,8 @@ def run_start(
         "secure_aggregation": secure_aggregation,
         "clip_norm": clip_norm,
         "initial_model": from_model,
+        "replicas": replicas,
+        "challenge_every": challenge_every,
     }
     body.update({k: v for k, v in flags.items() if v is not None})
     if round_timeout is not None:

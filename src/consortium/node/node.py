@@ -408,7 +408,7 @@ class Node(RunAgreement):
                 log.info("%s: re-replicating %s from %s", self.name, owed.artifact, sources[:1])
                 self._spawn(self._fetch_held(as_cid(owed.artifact), sources))
 
-    def _drop_unheld(self, latest: bytes) -> None:
+    def _drop_unheld(self, latest: CID) -> None:
         """With replicas < n: drop the artifacts of earlier rounds this node does not hold (it
         keeps the latest model, which it trains from, and what it holds or must re-replicate);
         it fetched and verified them before cosigning, and their holders are challenged."""
@@ -417,7 +417,7 @@ class Node(RunAgreement):
             return
         me = self.identity.node_id
         state = self.storage_state()
-        keep = {artifact_name(model_cid(latest, self.store, self.unixfs))}
+        keep = {artifact_name(latest)}
         keep |= {a for a, c in state.holdings.items() if me in c.holders}
         keep |= {c.artifact for c in state.owed if me in c.holders}
         drop = [a for a in state.holdings if a not in keep]
@@ -601,8 +601,9 @@ class Node(RunAgreement):
         self.global_model = p.model
         log.info("%s: round %d committed (leader %s)", self.name, c.round, c.entry.author[:16])
         if self.run.storage:
-            self._rereplicate(RoundRecord.from_entry(c.entry))
-            self._drop_unheld(p.model)
+            record = RoundRecord.from_entry(c.entry)
+            self._rereplicate(record)
+            self._drop_unheld(record.model)
         self._write_status()
         k = self.run.anchor_every
         if (
