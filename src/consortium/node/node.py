@@ -359,6 +359,8 @@ class Node(RunAgreement):
     def _begin(self, round_no: int, *, late: bool = False) -> None:
         """Begin round `round_no`; `late` asks the members to resend their beacon partials."""
         assert self.machine is not None
+        if self.run is not None and self.run.storage:
+            self._rereplicate()
         frontier = self.ledger.frontier()
         privacy, my_dp = self._round_privacy()
         self._execute(
@@ -392,10 +394,15 @@ class Node(RunAgreement):
         except (ConsortiumError, OSError):
             return None
 
-    def _rereplicate(self, record: RoundRecord) -> None:
+    def _rereplicate(self) -> None:
         """After a challenge round named a holder missing: if this node is the replacement the
         next round commits, fetch the artifact now from a holder that proved it (each block
-        verified against the CID), so that it holds it when challenged."""
+        verified against the CID), so that it holds it when challenged. Called as each round
+        begins, so a node that caught up on the challenge round (or restarted) fetches too."""
+        records = run_records(self.ledger)
+        if not records:
+            return
+        record = records[-1]
         if record.storage is None or not record.storage.missing:
             return
         proved: dict[str, list[str]] = {}
@@ -602,7 +609,6 @@ class Node(RunAgreement):
         log.info("%s: round %d committed (leader %s)", self.name, c.round, c.entry.author[:16])
         if self.run.storage:
             record = RoundRecord.from_entry(c.entry)
-            self._rereplicate(record)
             self._drop_unheld(record.model)
         self._write_status()
         k = self.run.anchor_every
