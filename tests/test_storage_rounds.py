@@ -326,3 +326,69 @@ def test_a_run_whose_replicas_are_out_of_range_is_refused_by_name(replicas: int)
     assert "[rule replicas]" in why and "between min(3, n) = 3 and n = 4" in why
     assert consortium_refusals(run.model_copy(update={"replicas": 3}), genesis) == []
     assert consortium_refusals(run.model_copy(update={"replicas": 0}), genesis) == []
+
+
+# -- the holders' message -------------------------------------------------------------------------
+
+
+def test_storage_answers_are_shape_checked_on_the_wire() -> None:
+    from consortium.core.encoding import encode
+    from consortium.protocol.messages import (
+        MAX_ANSWERS,
+        ProtocolError,
+        StorageAnswers,
+        decode_message,
+        encode_message,
+    )
+
+    answer = HolderAnswer("bafy", "a", (StorageProof(0, bytes(32), (bytes(32),)),))
+    msg = StorageAnswers("run", 2, 0, (answer,))
+    assert decode_message(encode_message(msg)) == msg
+    body = msg.to_body()
+
+    def wire(b: dict[str, object]) -> bytes:
+        return encode({"type": "storage", "body": b})
+
+    with pytest.raises(ProtocolError, match="at most"):
+        decode_message(wire({**body, "answers": [body["answers"][0]] * (MAX_ANSWERS + 1)}))
+    with pytest.raises(ProtocolError, match="malformed storage answer"):
+        decode_message(wire({**body, "answers": [{**body["answers"][0], "proofs": [{}]}]}))
+    with pytest.raises(ProtocolError, match="malformed storage answer"):
+        too_many = [body["answers"][0]["proofs"][0]] * 11
+        decode_message(wire({**body, "answers": [{**body["answers"][0], "proofs": too_many}]}))
+
+
+def test_the_leader_keeps_only_a_holders_own_valid_answers() -> None:
+    """A member answering for another holder, or with a proof that does not verify, is not
+    counted: that holder is listed missing unless its own valid answer arrives."""
+    from consortium.protocol.messages import StorageAnswers
+
+    wire = Wire.build(4, seed=5, replicas=3, challenge_every=2)
+    first = _round(wire, 1)
+    state = storage_after(StorageState(), first, wire.genesis)
+    leader2 = _leader_of(wire, 2)
+    assert first.storage is not None
+    holders = [h for h in first.storage.commitments[0].holders if h != leader2]
+    victim, liar = holders[0], holders[1]
+    captured: dict[str, StorageAnswers] = {}
+
+    def rewrite(sender: str, to: str, msg: object) -> list[tuple[str, object]]:
+        if isinstance(msg, StorageAnswers) and sender == victim:
+            captured[victim] = msg
+            return []  # the victim's own answer never arrives
+        if isinstance(msg, StorageAnswers) and sender == liar and victim in captured:
+            # the liar forwards the victim's (valid) answer as part of its own message
+            return [(to, replace(msg, answers=(*msg.answers, *captured[victim].answers)))]
+        return [(to, msg)]
+
+    wire.filter = rewrite  # type: ignore[assignment]
+    model = wire.committed[victim][-1].proposal.model
+    wire.committed.clear()
+    wire.begin(2, start=model, storage=state, frontier=_CHAINS[id(wire)])
+    wire.run()
+    wire.tick(6.0)
+    record = RoundRecord.from_entry(Entry.from_bytes(wire.entry_bytes(leader2)))
+    assert record.storage is not None
+    artifact = first.storage.commitments[0].artifact
+    assert (artifact, victim) in record.storage.missing
+    assert "answered a challenge it was not given" in "\n".join(wire.notes.get(leader2, []))
