@@ -36,6 +36,7 @@ from consortium.protocol.messages import (
     Propose,
     SecAgg,
     StartRun,
+    StorageAnswers,
     Update,
     Vote,
     VoteReport,
@@ -52,6 +53,7 @@ from consortium.protocol.secagg import (
     UnmaskResponse,
 )
 from consortium.protocol.secure_round import START, secagg_round_id
+from consortium.protocol.storage import HolderAnswer, StorageProof
 from consortium.store.cid import cid_for
 from consortium.transport.inprocess import InProcessNetwork, InProcessTransport
 from tests.inprocess_cluster import Clock, drive, run_config
@@ -260,6 +262,12 @@ def _templates(h: Hostile, attempt: int, to: Node) -> list[tuple[str, dict[str, 
         Vote(run, 1, 2, k32, sig),
         Commit(run, 1, proposal, {b: sig}),
         *(SecAgg(run, 1, n, body) for body in secagg),
+        StorageAnswers(
+            run,
+            1,
+            n,
+            (HolderAnswer(str(cid_for(b"x")), h.mallory, (StorageProof(0, k32, (k32,)),)),),
+        ),
     ]
     return [(m.TYPE, m.to_body()) for m in msgs]
 
