@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,8 @@ from consortium.ledger.log import Ledger, StoredTree
 from consortium.ledger.parallel import Pending, workers_for
 from consortium.ledger.stored import CHUNK, check_chunk
 from consortium.node.anchoring import CHAIN_CONFIG_FILE, ChainConfig, load_chain_config
-from consortium.node.config import RunConfig, consortium_refusals
+from consortium.node.config import RunConfig, consortium_refusals, load_node_config
+from consortium.node.evaluations import EvaluationChecker, proof_state
 from consortium.privacy.budget import Budget, recompute_totals, totals
 from consortium.protocol.privacy_round import RoundPrivacy, client_noise_multiplier
 from consortium.protocol.record import (
@@ -74,18 +76,42 @@ from consortium.protocol.secure_round import Consortium, min_contributors, round
 from consortium.protocol.storage import StorageState, artifact_name
 from consortium.protocol.verifier import (
     CONFIG,
+    ProofState,
     RecordContext,
     StorageRules,
     storage_after,
     verify_round_record,
 )
 from consortium.store.blockstore import BlockStore
+from consortium.store.cid import cid_key
 from consortium.store.objects import file_cid, get_bytes, walk
 
 Progress = Callable[[str, int, int], None]
 
 #: Kinds whose records the round verifier reads after the pass over the entries.
 _RECORD_KINDS = frozenset({ROUND_KIND, RUN_KIND, STOP_KIND})
+
+
+@dataclass(frozen=True)
+class ProvedEvaluation:
+    """One proof of evaluation `audit` re-verified: `node` (its name) proved that round
+    `round`'s model classifies `correct` of `s` of its committed test records correctly."""
+
+    node: str
+    round: int
+    s: int
+    correct: int
+    test_only: bool
+
+    def line(self) -> str:
+        from consortium.zk.srs import TEST_ONLY
+        from consortium.zk.testdata import wilson_interval
+
+        lo, hi = wilson_interval(self.correct, self.s)
+        return (
+            f"{self.node}: round {self.round}, s = {self.s}, {self.correct} correct; 95% Wilson "
+            f"interval [{lo:.3f}, {hi:.3f}]" + (f"; {TEST_ONLY}" if self.test_only else "")
+        )
 
 
 @dataclass
@@ -111,6 +137,8 @@ class AuditReport:
     storage_proofs: int = 0
     storage_missing: list[str] = field(default_factory=list)
     storage_lost: list[str] = field(default_factory=list)
+    #: Proofs of evaluation re-verified (issue 18), in ledger order.
+    evaluations: list[ProvedEvaluation] = field(default_factory=list)
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -401,6 +429,7 @@ def _check_round_records(
     stopped: set[str] = set()
     spends: dict[str, list[tuple[int, Any]]] = {}
     storage: dict[str, StorageState] = {}  # run -> what its records committed so far
+    proofs = _Proofs(store_dir.parent, genesis)
     for idx, data in stored:
         entry = Entry.from_bytes(data)  # the bytes the first pass verified
         if entry.kind in (RUN_KIND, STOP_KIND):
@@ -426,6 +455,14 @@ def _check_round_records(
             privacy = _round_privacy(genesis, run, spends)
             state = storage.get(record.run, StorageState())
             context = _record_context(record, run, entry, idx, genesis, store, privacy, state)
+            if run.proofs:
+                context = replace(
+                    context,
+                    proofs=proofs.state(run, store),
+                    artifacts={
+                        cid_key(e.proof): get_bytes(store, e.proof) for e in record.evaluations
+                    },
+                )
             verify_round_record(record, context)
             storage[record.run] = storage_after(state, record, genesis)
         except ConsortiumError as exc:
@@ -441,6 +478,14 @@ def _check_round_records(
                 line = f"{artifact}: no holder proved it (lost)"
                 if line not in report.storage_lost:
                     report.storage_lost.append(line)
+        if run.proofs:
+            proofs.add(record)
+            names = {m.node_id: m.name for m in genesis.members}
+            report.evaluations += [
+                ProvedEvaluation(names.get(e.node, e.node[:16]), e.round, e.s, e.correct,
+                                 e.test_only)
+                for e in record.evaluations
+            ]  # fmt: skip
         if record.privacy is not None:
             spends.setdefault(run.purpose, []).append((idx, record.privacy))
         report.secure_rounds += record.secure
@@ -454,6 +499,38 @@ def _check_round_records(
             raise _fail(f"privacy budget of purpose {purpose!r}: {problems[0]}")
         report.privacy[purpose] = totals([b for _, b in rows])
     return records
+
+
+class _Proofs:
+    """The proofs of evaluation of the runs audited so far: each run's records in order and
+    its checker (EZKL; keys made in a temporary folder: audit writes nothing in the folder).
+    The SRS is the folder's node.toml `[zk] srs`, checked against the run's hash."""
+
+    def __init__(self, directory: Path, genesis: Genesis) -> None:
+        self.directory, self.genesis = directory, genesis
+        self.records: dict[str, list[RoundRecord]] = {}
+        self.checkers: dict[str, EvaluationChecker] = {}
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    def state(self, run: RunConfig, store: BlockStore) -> ProofState:
+        rid = run.run_id()
+        records = self.records.setdefault(rid, [])
+        if rid not in self.checkers:
+            if self._tmp is None:
+                self._tmp = tempfile.TemporaryDirectory(prefix="consortium-audit-zk-")
+            name = ""
+            if (self.directory / PUBLIC_FILE).is_file():
+                name = PublicIdentity.load(self.directory / PUBLIC_FILE).name
+            self.checkers[rid] = EvaluationChecker(
+                run, self.genesis, store, load_node_config(self.directory), name,
+                Path(self._tmp.name) / rid,
+            )  # fmt: skip
+        checker = self.checkers[rid]
+        checker.note(records)
+        return proof_state(run, records, checker.check)
+
+    def add(self, record: RoundRecord) -> None:
+        self.records.setdefault(record.run, []).append(record)
 
 
 def _agreed_run(entry: Entry, genesis: Genesis, runs: dict[str, RunConfig]) -> None:

@@ -254,3 +254,7 @@ def audit(
     for purpose, spent in sorted(r.privacy.items()):
         parts = ", ".join(f"{k} {v:.3g}" for k, v in sorted(spent.items()))
         console.print(f"privacy spent on purpose {purpose!r} (recomputed): {parts}")
+    if r.evaluations:
+        console.print(f"{len(r.evaluations)} proofs of evaluation re-verified:", highlight=False)
+        for ev in r.evaluations:
+            console.print(f"  {ev.line()}", highlight=False, soft_wrap=True)

@@ -27,6 +27,7 @@ from consortium.ledger.entries import Entry
 from consortium.ledger.heads import Cosignature, CosignedHead, TreeHead
 from consortium.ledger.log import Ledger
 from consortium.node.config import NodeConfig, RunConfig, data_refusals, run_refusals
+from consortium.node.evaluations import member_refusals
 from consortium.protocol import agreement
 from consortium.protocol.messages import Proposal
 from consortium.protocol.record import RUN_KIND, STOP_KIND, RunRecord, StopRecord
@@ -237,6 +238,8 @@ class RunAgreement:
             out = run_refusals(run, self.genesis, self.config.policy)
             if not out:  # only a task the policy allows is imported and run
                 out = data_refusals(run, self.config.data, self.name)
+            if not out:  # proofs of evaluation: EZKL, the run's SRS, the pinned settings
+                out = member_refusals(run, self.config, self.name)
             self._checked_run = (p.root, out)
             return out
         stop = StopRecord.from_entry(entry)

@@ -89,11 +89,23 @@ class PolicyConfig(BaseModel):
     )
 
 
+class ZkConfig(BaseModel):
+    """This node's SRS for proofs of evaluation (`[zk]` in node.toml): node-local, since only
+    its hash is agreed (the run config's `srs_sha256`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    srs: str | None = Field(
+        None, description="path of the run's KZG SRS file (a ceremony's; its sha256 is agreed)"
+    )
+
+
 class NodeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     data: DataConfig = DataConfig()
     policy: PolicyConfig = PolicyConfig()
+    zk: ZkConfig = ZkConfig()
     listen: str | None = Field(None, description="host:port to bind (default: node.pub address)")
     gateway: str | None = Field(
         None,
@@ -112,6 +124,7 @@ class NodeConfig(BaseModel):
 
 #: Storage fields (issue 16) and their defaults, which `RunConfig.body` leaves out.
 _STORAGE_DEFAULTS: dict[str, Any] = {"replicas": 0, "challenge_every": 0}
+DEFAULT_PROOF_SAMPLE = 8  # records a proof of evaluation samples, unless the run says
 
 
 class RunConfig(BaseModel):
@@ -171,13 +184,30 @@ class RunConfig(BaseModel):
     challenge_every: int = Field(
         0, ge=0, description="challenge every holder's artifacts every k rounds (0: off)"
     )
+    # Proofs of evaluation (issue 18; docs/architecture.md "Proofs of evaluation"). Each is left
+    # out of `body()` at its default, so runs without proofs keep their ids.
+    prove_every: int = Field(
+        0, ge=0, description="prove the model of every k-th round (0: no proofs)"
+    )
+    proof_sample: int = Field(
+        DEFAULT_PROOF_SAMPLE, ge=1, le=1024, description="s: test records each proof samples"
+    )
+    srs_sha256: str = Field("", description="sha256 of the KZG SRS file every proof uses")
+    srs_test_only: bool = Field(
+        False, description="the SRS was generated locally: proofs are TEST ONLY, not evidence"
+    )
+    zk_settings_sha256: str = Field(
+        "", description="sha256 of the pinned EZKL circuit settings (model and s)"
+    )
 
     def body(self) -> dict[str, Any]:
         body = self.model_dump()
         if not self.task and not self.task_hash:  # configs from before the task API: same id
             del body["task"], body["task_hash"]
-        for key in _STORAGE_DEFAULTS:  # left out at their default: earlier run ids unchanged
-            if body[key] == _STORAGE_DEFAULTS[key]:
+        # Storage (issue 16) and proof (issue 18) fields are left out at their defaults, so
+        # earlier run ids are unchanged and runs without them keep their ids.
+        for key, default in {**_STORAGE_DEFAULTS, **_ZK_DEFAULTS}.items():
+            if body[key] == default:
                 del body[key]
         return body
 
@@ -185,6 +215,15 @@ class RunConfig(BaseModel):
     def storage(self) -> bool:
         """Whether rounds commit their artifacts' Merkle roots (a storage section)."""
         return bool(self.replicas or self.challenge_every)
+
+    @property
+    def proofs(self) -> bool:
+        """Proofs of evaluation are on (`prove_every` > 0)."""
+        return self.prove_every > 0
+
+    def proves(self, round_no: int) -> bool:
+        """Whether the model of `round_no` is proved: every `prove_every`-th and the last."""
+        return self.proofs and (round_no % self.prove_every == 0 or round_no == self.rounds)
 
     @property
     def task_name(self) -> str:
@@ -214,12 +253,47 @@ class RunConfig(BaseModel):
             raise ConfigError(f"invalid run config: {_first(exc)}") from exc
 
 
+_ZK_DEFAULTS: dict[str, Any] = {
+    "prove_every": 0,
+    "proof_sample": DEFAULT_PROOF_SAMPLE,
+    "srs_sha256": "",
+    "srs_test_only": False,
+    "zk_settings_sha256": "",
+}
+
+
+def _is_sha256(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def zk_config_refusals(run: RunConfig) -> list[str]:
+    """Proof fields that do not make sense together (rule `zk-config`): proofs on without the
+    agreed SRS hash or circuit settings hash, or proof fields set in a run without proofs."""
+    out = []
+    if run.proofs:
+        if not _is_sha256(run.srs_sha256):
+            out.append("prove_every > 0 needs srs_sha256, the sha256 (hex) of the run's SRS")
+        if not _is_sha256(run.zk_settings_sha256):
+            out.append(
+                "prove_every > 0 needs zk_settings_sha256, the sha256 (hex) of the pinned "
+                "circuit settings (`consortium zk settings`)"
+            )
+    else:
+        extra = [k for k, v in _ZK_DEFAULTS.items() if getattr(run, k) != v]
+        if extra:
+            out.append(f"{', '.join(extra)} set in a run without proofs (prove_every = 0)")
+    return [f"{why} [rule zk-config]" for why in out]
+
+
 def consortium_refusals(run: RunConfig, genesis: Genesis) -> list[str]:
     """The consortium's own rules for a run, which every honest member and `audit` apply."""
     try:
         purpose = genesis.purpose(run.purpose)
     except ConsortiumError as exc:
         return [str(exc)]
+    zk = zk_config_refusals(run)
+    if zk:
+        return zk
     if purpose.epsilon is not None and run.privacy.unit == "none":
         return [
             f"purpose {purpose.name!r} has a privacy budget: a run for it must use differential "

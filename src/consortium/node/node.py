@@ -50,6 +50,7 @@ from consortium.ledger.replica import verify_extension
 from consortium.node.agreement import RunAgreement
 from consortium.node.anchoring import Anchorer
 from consortium.node.config import NodeConfig, RunConfig, load_node_config, run_refusals
+from consortium.node.evaluations import ZK_DIR, EvaluationChecker, RunProver, proof_state
 from consortium.node.generator_cache import warm_generators
 from consortium.node.learner import Learner, initial_weights
 from consortium.node.lock import FolderLock
@@ -102,6 +103,7 @@ from consortium.store.gateway import start_gateway
 from consortium.store.objects import get_bytes, is_complete, put_bytes, put_verified, walk
 from consortium.store.unixfs import Profile, profile
 from consortium.transport.base import Transport
+from consortium.zk.queue import ProofQueue
 
 log = logging.getLogger("consortium.node")
 
@@ -202,6 +204,11 @@ class Node(RunAgreement):
         self._catch_up_task: asyncio.Task[Any] | None = None
         self._gateway: web.AppRunner | None = None  # the store's IPFS gateway, if configured
         self.gateway_port = 0
+        #: Proofs of evaluation of the current run (issue 18): this node's proving, in its
+        #: proof queue (started on first use), and the check of the proofs records list.
+        self.prover: RunProver | None = None
+        self.checker: EvaluationChecker | None = None
+        self._proof_queue: ProofQueue | None = None
 
     def _open_registry(self) -> ConsentRegistry | None:
         path = self.dir / CONSENT_FILE
@@ -247,6 +254,11 @@ class Node(RunAgreement):
         await self.transport.stop()
         if self._gateway is not None:
             await self._gateway.cleanup()
+        if self._proof_queue is not None:  # queued proofs are dropped; one being made finishes
+            if self.prover is not None:
+                for job in self.prover.jobs:
+                    job.cancel()
+            await asyncio.to_thread(self._proof_queue.close)
         self.ledger.close()
         if self.registry is not None:
             self.registry.close()
@@ -284,6 +296,8 @@ class Node(RunAgreement):
             assert self.learner is not None
             self.global_model = weights_to_bytes(initial_weights(run, self.learner.task))
         put_bytes(self.store, self.global_model, self.unixfs)
+        if self.prover is not None:
+            self.prover.start(self.global_model)
         self._write_status()
         self._begin(1, late=late)
 
@@ -329,6 +343,25 @@ class Node(RunAgreement):
             signed_sets={(r, a): tuple(decode(d)) for r, a, kind, d in done if kind == "set"},
             read_artifact=self._read_artifact,
         )
+        self.prover, self.checker = None, None
+        if run.proofs:
+            keys = self.dir / ZK_DIR / "keys"
+            self.checker = EvaluationChecker(
+                run, self.genesis, self.store, self.config, self.name, keys
+            )
+            if self._proof_queue is None:
+                self._proof_queue = ProofQueue()
+            self.prover = RunProver(
+                self.dir,
+                run,
+                self.config,
+                self.name,
+                self.identity.node_id,
+                self.genesis,
+                self.store,
+                self.unixfs,
+                self._proof_queue.submit,
+            )
         self.finished.clear()
 
     def _resume(self) -> None:
@@ -353,6 +386,8 @@ class Node(RunAgreement):
         if last.round >= run.rounds:
             self.finished.set()
             return
+        if self.prover is not None:
+            self.prover.start(self.global_model, records)
         log.info("%s: resuming run %s at round %d", self.name, run.run_id(), last.round + 1)
         self._begin(last.round + 1, late=True)
 
@@ -363,6 +398,11 @@ class Node(RunAgreement):
             self._rereplicate()
         frontier = self.ledger.frontier()
         privacy, my_dp = self._round_privacy()
+        proofs = None
+        if self.checker is not None and self.run is not None:
+            records = run_records(self.ledger)
+            self.checker.note(records)
+            proofs = proof_state(self.run, records, self.checker.check)
         self._execute(
             self.machine.begin(
                 round_no,
@@ -373,6 +413,7 @@ class Node(RunAgreement):
                 my_dp=my_dp,
                 ask=late,
                 storage=self.storage_state() if self.run and self.run.storage else None,
+                proofs=proofs,
             )
         )
 
@@ -560,8 +601,16 @@ class Node(RunAgreement):
             log.error("%s: local training for round %d failed: %s", self.name, round_no, exc)
             return
         if self.machine.round == round_no:
+            testdata, evaluations = self.prover.outgoing() if self.prover else (None, [])
             actions = self.machine.on_trained(
-                n, update, metrics, self.clock(), consent=consent, erasures=erasures
+                n,
+                update,
+                metrics,
+                self.clock(),
+                consent=consent,
+                erasures=erasures,
+                testdata=testdata,
+                evaluations=evaluations,
             )
             self._execute(actions)
 
@@ -600,6 +649,8 @@ class Node(RunAgreement):
         put_bytes(self.store, p.model, self.unixfs)
         if p.transcript:  # the published SecAgg+ transcript: auditors recompute the sum from it
             put_bytes(self.store, p.transcript, self.unixfs)
+        for proof in p.proofs:  # the proofs of evaluation the record lists: audit re-checks
+            put_bytes(self.store, proof, self.unixfs)
         head = CosignedHead(
             TreeHead(p.size, p.root, p.time),
             [Cosignature(node_id, sig) for node_id, sig in sorted(c.cosignatures.items())],
@@ -610,6 +661,8 @@ class Node(RunAgreement):
         if self.run.storage:
             record = RoundRecord.from_entry(c.entry)
             self._drop_unheld(record.model)
+        if self.prover is not None:
+            self.prover.on_committed(RoundRecord.from_entry(c.entry))
         self._write_status()
         k = self.run.anchor_every
         if (

@@ -14,6 +14,10 @@ from consortium.core.errors import ConsortiumError
 from consortium.protocol.storage import HolderAnswer
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: Proofs of evaluation a message may carry, and the size of one artifact (a proof of a
+#: small circuit is tens of KB, with its settings).
+MAX_PROOFS = 1024
+MAX_PROOF_BYTES = 4 * 1024 * 1024
 
 
 class ProtocolError(ConsortiumError):
@@ -59,9 +63,11 @@ class Proposal:
     time: int
     model: bytes
     transcript: bytes = b""
+    #: The artifacts of the proofs of evaluation the record lists (issue 18), in its order.
+    proofs: tuple[bytes, ...] = ()
 
     def to_body(self) -> dict[str, Any]:
-        return {
+        body = {
             "entry": self.entry,
             "size": self.size,
             "root": self.root,
@@ -69,9 +75,19 @@ class Proposal:
             "model": self.model,
             "transcript": self.transcript,
         }
+        if self.proofs:
+            body["proofs"] = list(self.proofs)
+        return body
 
     @classmethod
     def from_body(cls, b: dict[str, Any]) -> Proposal:
+        proofs = b.get("proofs", [])
+        if (
+            not isinstance(proofs, list)
+            or len(proofs) > MAX_PROOFS
+            or not all(isinstance(p, bytes) and len(p) <= MAX_PROOF_BYTES for p in proofs)
+        ):
+            raise ProtocolError(f"field 'proofs' must be at most {MAX_PROOFS} proof artifacts")
         return cls(
             _bytes(b, "entry", 4 * 1024 * 1024),
             _int(b, "size", 1),
@@ -79,6 +95,7 @@ class Proposal:
             _int(b, "time"),
             _bytes(b, "model"),
             _bytes(b, "transcript"),
+            tuple(proofs),
         )
 
 
@@ -175,9 +192,18 @@ class Update:
     report: VoteReport | None = None
     #: The survivor set this node signed earlier in the round: it joins no other sum.
     bound: tuple[str, ...] = ()
+    #: Its commitment to its test data (issue 18), until a record of the run carries it.
+    testdata: dict[str, Any] | None = None
+    #: Its finished proofs of evaluation not yet on the ledger: {evaluation, artifact} each.
+    evaluations: list[Any] = field(default_factory=list)
 
     def to_body(self) -> dict[str, Any]:
-        return {
+        zk: dict[str, Any] = {}
+        if self.testdata is not None:
+            zk["testdata"] = self.testdata
+        if self.evaluations:
+            zk["evaluations"] = list(self.evaluations)
+        return zk | {
             "run": self.run,
             "round": self.round,
             "attempt": self.attempt,
@@ -209,6 +235,24 @@ class Update:
             raise ProtocolError("field 'consent' must be a map")
         if not isinstance(erasures, list) or len(erasures) > 10_000:
             raise ProtocolError("field 'erasures' must be a list")
+        testdata = b.get("testdata")
+        if testdata is not None and not isinstance(testdata, dict):
+            raise ProtocolError("field 'testdata' must be a map")
+        evaluations = b.get("evaluations", [])
+        if (
+            not isinstance(evaluations, list)
+            or len(evaluations) > MAX_PROOFS
+            or not all(
+                isinstance(e, dict)
+                and set(e) == {"evaluation", "artifact"}
+                and isinstance(e["artifact"], bytes)
+                and len(e["artifact"]) <= MAX_PROOF_BYTES
+                for e in evaluations
+            )
+        ):
+            raise ProtocolError(
+                f"field 'evaluations' must be at most {MAX_PROOFS} {{evaluation, artifact}} maps"
+            )
         return cls(
             _str(b, "run"),
             _int(b, "round", 1),
@@ -221,6 +265,8 @@ class Update:
             erasures,
             None if report is None else VoteReport.from_body(_dict(b, "report")),
             tuple(bound),
+            testdata,
+            evaluations,
         )
 
 

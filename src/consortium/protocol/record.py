@@ -25,6 +25,10 @@ uses them:
     storage      (optional: runs with `replicas` or `challenge_every`) the Merkle roots and
                  holders of the artifacts the round made, and in a challenge round the holders'
                  proofs and who failed to answer (`protocol/storage.py`)
+    testdata     (optional) node -> {root, size, settings, srs}: a contributor's commitment to
+                 its test records for proofs of evaluation, made once per run
+    evaluations  (optional) [{node, round, proof, model, s, correct, test_only}]: proofs of
+                 evaluation of earlier rounds' models (the proof artifact is in the store)
 
 The run a record belongs to was agreed before its first round: a "run-config" entry (`RunRecord`,
 below) cosigned by a quorum, whose configuration hashes to the run id every record names.
@@ -80,6 +84,8 @@ _CORE = frozenset(
     }
 )
 _OPTIONAL = frozenset({"secagg", "privacy", "storage"})
+_OPTIONAL = frozenset({"secagg", "privacy", "testdata", "evaluations"})
+_MAX_EVALUATIONS = 10_000
 _MAX_MEMBERS = 10_000
 _MAX_METRICS = 64
 
@@ -163,6 +169,85 @@ class SecAggSection:
         return cls(params, _cid(b["transcript"], "secagg transcript"))
 
 
+def _sha256_hex(v: Any, what: str) -> str:
+    if not isinstance(v, str) or len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
+        raise _fail(f"{what} must be a sha256 in lowercase hex")
+    return v
+
+
+@dataclass(frozen=True)
+class TestDataCommitment:
+    """A node's commitment to its test records (issue 18): the Merkle root over per-record
+    KZG commitments and their number, under the run's circuit settings and SRS (their sha256).
+    Made once per run, in a record before any beacon that could sample it."""
+
+    __test__ = False  # not a pytest class
+
+    root: bytes
+    size: int
+    settings: str
+    srs: str
+
+    def to_body(self) -> dict[str, Any]:
+        return {"root": self.root, "size": self.size, "settings": self.settings, "srs": self.srs}
+
+    @classmethod
+    def from_body(cls, b: Any) -> TestDataCommitment:
+        if not isinstance(b, dict) or set(b) != {"root", "size", "settings", "srs"}:
+            raise _fail("a test-data commitment must be {root, size, settings, srs}")
+        if not isinstance(b["root"], bytes) or len(b["root"]) != 32:
+            raise _fail("a test-data root must be 32 bytes")
+        return cls(
+            b["root"],
+            _int(b, "size", 1),
+            _sha256_hex(b["settings"], "settings"),
+            _sha256_hex(b["srs"], "srs"),
+        )
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A listed proof of evaluation: `node` proved the model of round `round` (CID `model`)
+    correct on `correct` of `s` sampled committed test records; the artifact is `proof`."""
+
+    node: str
+    round: int
+    proof: CID
+    model: CID
+    s: int
+    correct: int
+    test_only: bool
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "round": self.round,
+            "proof": self.proof,
+            "model": self.model,
+            "s": self.s,
+            "correct": self.correct,
+            "test_only": self.test_only,
+        }
+
+    @classmethod
+    def from_body(cls, b: Any) -> Evaluation:
+        keys = {"node", "round", "proof", "model", "s", "correct", "test_only"}
+        if not isinstance(b, dict) or set(b) != keys:
+            raise _fail(f"an evaluation must be {{{', '.join(sorted(keys))}}}")
+        s, correct = _int(b, "s", 1), _int(b, "correct")
+        if correct > s or not isinstance(b["test_only"], bool):
+            raise _fail("an evaluation needs correct <= s and a boolean test_only")
+        return cls(
+            _str(b["node"], "an evaluation's node"),
+            _int(b, "round", 1),
+            _cid(b["proof"], "an evaluation's proof"),
+            _cid(b["model"], "an evaluation's model"),
+            s,
+            correct,
+            b["test_only"],
+        )
+
+
 @dataclass(frozen=True)
 class StorageSection:
     """Replication with retrievability challenges (docs/architecture.md): the commitments of
@@ -223,6 +308,8 @@ class RoundRecord:
     privacy: Mapping[str, Any] | None = None
     beacon: tuple[BeaconPartial, ...] = ()
     storage: StorageSection | None = None
+    testdata: Mapping[str, TestDataCommitment] = field(default_factory=dict)
+    evaluations: tuple[Evaluation, ...] = ()
     version: int = RECORD_VERSION
 
     # -- codec -----------------------------------------------------------------------------------
@@ -253,6 +340,10 @@ class RoundRecord:
             body["privacy"] = dict(self.privacy)
         if self.storage is not None:
             body["storage"] = self.storage.to_body()
+        if self.testdata:
+            body["testdata"] = {k: c.to_body() for k, c in self.testdata.items()}
+        if self.evaluations:
+            body["evaluations"] = [e.to_body() for e in self.evaluations]
         return body
 
     @classmethod
@@ -298,6 +389,19 @@ class RoundRecord:
             beacon = partials_from_body(b["beacon"], _MAX_MEMBERS)
         except ThresholdError as exc:
             raise _fail(str(exc)) from exc
+        testdata = {
+            k: TestDataCommitment.from_body(c)
+            for k, c in _by_node(b.get("testdata", {}), "testdata").items()
+        }
+        if "testdata" in b and not testdata:
+            raise _fail("'testdata' is left out when empty")
+        evaluations = b.get("evaluations", [])
+        if (
+            not isinstance(evaluations, list)
+            or len(evaluations) > _MAX_EVALUATIONS
+            or ("evaluations" in b and not evaluations)
+        ):
+            raise _fail("'evaluations' must be a non-empty list (left out when empty)")
         return cls(
             run=_str(b["run"], "run"),
             round=_int(b, "round", 1),
@@ -318,6 +422,8 @@ class RoundRecord:
             privacy=privacy,
             beacon=beacon,
             storage=None if b.get("storage") is None else StorageSection.from_body(b["storage"]),
+            testdata=testdata,
+            evaluations=tuple(Evaluation.from_body(e) for e in evaluations),
         )
 
     @classmethod

@@ -82,10 +82,12 @@ from consortium.protocol.privacy_round import (
 from consortium.protocol.randomness import Randomness
 from consortium.protocol.record import (
     Erasure,
+    Evaluation,
     RecordFormatError,
     RoundRecord,
     SecAggSection,
     StorageSection,
+    TestDataCommitment,
 )
 from consortium.protocol.schedule import leader_for
 from consortium.protocol.secagg import SecAggError, SecAggParams, SurvivorSet
@@ -113,10 +115,13 @@ from consortium.protocol.storage import (
 from consortium.protocol.verifier import (
     PUBLISHED_METRICS,
     OwnContribution,
+    ProofState,
     RecordContext,
     StorageRules,
+    verify_evaluation,
     verify_round_record,
 )
+from consortium.store.cid import cid_key
 
 #: Aggregates (node id, sample count, update bytes) into the new model's bytes. Pure compute.
 Aggregator = Callable[[Sequence[tuple[str, int, bytes]]], bytes]
@@ -348,6 +353,10 @@ class _LocalResult:
     metrics: dict[str, Any]
     consent: RoundCommitment | None = None
     erasures: tuple[Erasure, ...] = ()
+    #: Proofs of evaluation (issue 18): this node's test-data commitment and finished proofs
+    #: (with their artifacts) not yet on the ledger; they go to the leader with the update.
+    testdata: TestDataCommitment | None = None
+    evaluations: tuple[tuple[Evaluation, bytes], ...] = ()
 
 
 @dataclass
@@ -390,6 +399,8 @@ class _State:
     answered_by: dict[int, set[str]] = field(default_factory=dict)
     #: attempt -> the challenges this node answered with valid proofs (own-answer-missing).
     proved: dict[int, frozenset[tuple[str, str]]] = field(default_factory=dict)
+    #: The run's proofs of evaluation as the ledger stood when the round began (None: off).
+    proofs: ProofState | None = None
 
 
 class RoundMachine:
@@ -486,6 +497,7 @@ class RoundMachine:
         my_dp: RecordParams | None = None,
         ask: bool = False,
         storage: StorageState | None = None,
+        proofs: ProofState | None = None,
     ) -> list[Action]:
         """Start round `round_no` from global `model` on a ledger whose right edge is `frontier`;
         with `privacy`, first check this node's next spend (`my_dp`: its DP-SGD parameters).
@@ -502,6 +514,7 @@ class RoundMachine:
             model=model,
             privacy=privacy,
             storage=storage or StorageState(),
+            proofs=proofs,
         )
         if privacy is not None:
             reason = privacy.stop_reason(round_no, self.me, my_dp)
@@ -603,8 +616,11 @@ class RoundMachine:
         now: float,
         consent: dict[str, Any] | None = None,
         erasures: list[Any] | None = None,
+        testdata: TestDataCommitment | None = None,
+        evaluations: Sequence[tuple[Evaluation, bytes]] = (),
     ) -> list[Action]:
-        """Local training is done; `consent` commits to the records it used."""
+        """Local training is done; `consent` commits to the records it used; `testdata` and
+        `evaluations` (proofs with their artifacts) go to the leader with the update."""
         s = self.s
         if s.phase is not Phase.TRAINING:
             return [Note(f"round {s.round}: training finished in phase {s.phase.value}", "info")]
@@ -615,6 +631,8 @@ class RoundMachine:
             metrics,
             None if consent is None else RoundCommitment.from_body(consent),
             tuple(Erasure.from_body(e) for e in erasures or []),
+            testdata,
+            tuple(evaluations),
         )
         if self.beacon is None:
             return []  # the update goes out once the beacon names the leader
@@ -763,6 +781,7 @@ class RoundMachine:
                 Erasure.from_body(e)
         except ConsortiumError as exc:
             raise ConsortiumError(f"malformed update: {exc}") from exc
+        self._check_update_proofs(sender, msg)
         r = msg.report
         if r is not None:
             if (r.run, r.round, r.attempt, r.node) != (msg.run, msg.round, msg.attempt, sender):
@@ -772,6 +791,40 @@ class RoundMachine:
                 self._keys[sender], Domain.ROUND, body, r.signature, self._digest
             ):
                 raise ConsortiumError("vote report signature does not verify")
+
+    def _check_update_proofs(self, sender: str, msg: Update) -> None:
+        """The test-data commitment and proofs of evaluation an update carries: the leader
+        checks them as voters will before it lists them (one bad proof would otherwise cost the
+        whole attempt); an update with one that fails is refused, naming the rule."""
+        s = self.s
+        if msg.testdata is None and not msg.evaluations:
+            return
+        ps = s.proofs
+        if ps is None:
+            raise ConsortiumError("an update with proofs of evaluation in a run without them")
+        try:
+            if msg.testdata is not None:
+                c = TestDataCommitment.from_body(msg.testdata)
+                if sender in ps.committed or (c.settings, c.srs) != (ps.settings, ps.srs):
+                    raise ConsortiumError(
+                        "a test-data commitment made twice, or under other settings or SRS "
+                        "than the run's [rule testdata-invalid]"
+                    )
+            for item in msg.evaluations:
+                ev = Evaluation.from_body(item["evaluation"])
+                if ev.node != sender:
+                    raise ConsortiumError("a proof of evaluation of another node")
+                artifact = item["artifact"]
+                verify_evaluation(
+                    ev,
+                    round_no=s.round,
+                    proofs=ps,
+                    genesis=self.genesis,
+                    artifact=artifact,
+                    cid_of=self._cid_of,
+                )
+        except RecordFormatError as exc:
+            raise ConsortiumError(f"malformed update: {exc}") from exc
 
     def _maybe_propose(self, event: Event, now: float) -> list[Action]:
         s = self.s
@@ -894,6 +947,23 @@ class RoundMachine:
             privacy=privacy,
             beacon=s.beacon.partials() if s.beacon is not None else (),
             storage=self._storage_section(model, secagg, transcript),
+            testdata={
+                u: TestDataCommitment.from_body(up.testdata)
+                for u, up in ups.items()
+                if up.testdata is not None and s.proofs is not None
+            },
+            evaluations=tuple(
+                sorted(
+                    (
+                        Evaluation.from_body(e["evaluation"])
+                        for up in ups.values()
+                        for e in up.evaluations
+                    ),
+                    key=lambda e: (e.node, e.round),
+                )
+            )
+            if s.proofs is not None
+            else (),
         )
 
     def _sign_proposal(
@@ -904,7 +974,13 @@ class RoundMachine:
         entry = make_record(self._identity, "round", record.to_body(), ms, self.genesis)
         data = entry.to_bytes()
         root = s.frontier.append(data).root()
-        return Proposal(data, s.frontier.size + 1, root, ms, model, transcript)
+        held = {
+            cid_key(Evaluation.from_body(e["evaluation"]).proof): e["artifact"]
+            for up in s.updates.values()
+            for e in up.evaluations
+        }
+        proofs = tuple(held[cid_key(e.proof)] for e in record.evaluations)
+        return Proposal(data, s.frontier.size + 1, root, ms, model, transcript, proofs)
 
     def _context(self, author: str, p: Proposal, *, voting: bool) -> RecordContext:
         """What this node knows to check a proposal; `voting` adds its own contribution."""
@@ -919,6 +995,8 @@ class RoundMachine:
                 reported_params(s.local.metrics),
                 dict(s.sent),
                 dict(s.proved),
+                s.local.testdata,
+                tuple(e for e, _ in s.local.evaluations),
             )
         return RecordContext(
             genesis=self.genesis,
@@ -941,6 +1019,8 @@ class RoundMachine:
             storage=StorageRules(self.settings.replicas, self.settings.challenge_every, s.storage)
             if self.settings.storage
             else None,
+            proofs=s.proofs,
+            artifacts={cid_key(self._cid_of(a)): a for a in p.proofs},
         )
 
     def _check_proposal(self, p: Proposal, *, voting: bool = True) -> Entry:
@@ -1061,7 +1141,9 @@ class RoundMachine:
         full = Commit(self.settings.run_id, s.round, p, votes)
         # Voters already hold the model and transcript from the Propose: send them the entry,
         # head and cosignatures only (the model was ~37% of a round's bytes when re-sent).
-        light = Commit(self.settings.run_id, s.round, replace(p, model=b"", transcript=b""), votes)
+        light = Commit(
+            self.settings.run_id, s.round, replace(p, model=b"", transcript=b"", proofs=()), votes
+        )
         sends: list[Action] = [
             Send(m, light if m in votes else full) for m in self.members if m != self.me
         ]
@@ -1071,7 +1153,11 @@ class RoundMachine:
         s = self.s
         p = msg.proposal
         mine = s.accepted
-        if not p.model and mine is not None and replace(mine, model=b"", transcript=b"") == p:
+        if (
+            not p.model
+            and mine is not None
+            and replace(mine, model=b"", transcript=b"", proofs=()) == p
+        ):
             p = mine  # a light commit of the proposal this node cosigned
         head = TreeHead(p.size, p.root, p.time).body()
         valid = {
@@ -1173,6 +1259,8 @@ class RoundMachine:
             [e.to_body() for e in s.local.erasures],
             self._report(),
             self._bound_set() or (),
+            None if s.local.testdata is None else s.local.testdata.to_body(),
+            [{"evaluation": e.to_body(), "artifact": a} for e, a in s.local.evaluations],
         )
 
     def _report(self) -> VoteReport:
@@ -1570,6 +1658,11 @@ def published_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     any other figure computed from its data stay on the node (they are outside the privacy
     accounting); see docs/architecture.md, "Per-node figures that may be published"."""
     return {k: v for k, v in metrics.items() if k in PUBLISHED_METRICS}
+
+
+def _light(p: Proposal) -> Proposal:
+    """`p` without what voters already hold: the model, transcript and proof artifacts."""
+    return replace(p, model=b"", transcript=b"", proofs=())
 
 
 def _authorship(p: Proposal) -> tuple[str, int]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -31,7 +32,7 @@ from consortium.protocol.privacy_round import (
     missing_shares,
     record_params_of,
 )
-from consortium.protocol.record import Erasure, RoundRecord
+from consortium.protocol.record import Erasure, Evaluation, RoundRecord, TestDataCommitment
 from consortium.protocol.schedule import leader_for
 from consortium.protocol.secagg import SecAggParams
 from consortium.protocol.secure_round import (
@@ -47,6 +48,11 @@ from consortium.protocol.storage import (
     commit_artifact,
     is_challenge_round,
 )
+from consortium.store.cid import cid_key
+from consortium.zk import errors as zk
+
+if TYPE_CHECKING:
+    from consortium.zk.proof import EvalClaims
 
 # Rule names (stable: tests and audit reports refer to them).
 RUN = "run"  # the record is for another run, round or ledger slot
@@ -69,6 +75,9 @@ METRICS = "metrics-in-the-clear"  # per-node figures other than DP parameters
 STORAGE_COMMITMENT = "storage-commitment-mismatch"  # roots, sizes or holders not as recomputed
 STORAGE_PROOF = "storage-proof-invalid"  # answers and missing are not the challenges, proved
 OWN_ANSWER = "own-answer-missing"  # the voter answered its challenge, the record leaves it out
+TESTDATA = "testdata-invalid"  # a test-data commitment out of place (issue 18)
+EVALUATION = "evaluation-invalid"  # a listed proof of evaluation that does not verify
+OWN_PROOF = "own-proof-missing"  # the voter's proof or test-data commitment left out
 
 #: The only per-node metrics a record may carry: DP-SGD parameters (public, and accounted).
 PUBLISHED_METRICS = frozenset({"dp"})
@@ -97,6 +106,9 @@ class OwnContribution:
     #: attempt -> the (artifact, holder) challenges this node answered with valid proofs to
     #: that attempt's leader (rule own-answer-missing).
     answered: Mapping[int, frozenset[tuple[str, str]]] = field(default_factory=dict)
+    #: The test-data commitment and the proofs of evaluation this node sent with its update.
+    testdata: TestDataCommitment | None = None
+    evaluations: tuple[Evaluation, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,6 +118,32 @@ class StorageRules:
     replicas: int
     challenge_every: int
     state: StorageState = field(default_factory=StorageState)
+
+
+#: check(evaluation, the node's committed test data, the proof artifact's bytes) -> the claims
+#: the proof was verified for; raises a ZkError naming the zk rule otherwise.
+CheckEvaluation = Callable[[Evaluation, TestDataCommitment, bytes], "EvalClaims"]
+
+
+@dataclass(frozen=True)
+class ProofState:
+    """A run with proofs of evaluation (issue 18), as the ledger stands before the record:
+    the agreed proof parameters, each node's committed test data, the proofs already listed,
+    the models of the run's committed rounds, and the caller's proof check (EZKL, I/O)."""
+
+    prove_every: int
+    rounds: int
+    s: int
+    settings: str  # sha256 of the pinned circuit settings
+    srs: str  # sha256 of the agreed SRS
+    test_only: bool
+    committed: Mapping[str, tuple[int, TestDataCommitment]]  # node -> (round, commitment)
+    listed: frozenset[tuple[str, int]]  # (node, round) of proofs already on the ledger
+    models: Mapping[int, CID]  # round -> model CID of this run's committed rounds
+    check: CheckEvaluation
+
+    def proves(self, round_no: int) -> bool:
+        return round_no % self.prove_every == 0 or round_no == self.rounds
 
 
 @dataclass(frozen=True)
@@ -132,6 +170,10 @@ class RecordContext:
     own: OwnContribution | None = None
     #: Replication with retrievability challenges; None in a run without (no storage section).
     storage: StorageRules | None = None
+    #: Proofs of evaluation: None in a run without them.
+    proofs: ProofState | None = None
+    #: Proof artifacts the caller holds (a proposal's, or the store's), by CID string.
+    artifacts: Mapping[str, bytes] = field(default_factory=dict)
 
 
 def _require(ok: bool, rule: str, message: str) -> None:
@@ -173,6 +215,7 @@ def verify_round_record(record: RoundRecord, ctx: RecordContext) -> None:
         _check_secure_sum(record, ctx, beacon)
     _check_privacy(record, ctx)
     _check_storage(record, ctx, members, beacon)
+    _check_proofs(record, ctx)
 
 
 def record_beacon(record: RoundRecord, genesis: Genesis) -> bytes:
@@ -280,6 +323,124 @@ def _check_own(record: RoundRecord, own: OwnContribution) -> None:
         OWN_MISSTATED,
         "the record misstates this node's erasures",
     )
+    _require(
+        own.testdata is None or record.testdata.get(me) == own.testdata,
+        OWN_PROOF,
+        "this node sent its test-data commitment with its update, and the record leaves it out "
+        "or misstates it",
+    )
+    dropped = [e.round for e in own.evaluations if e not in record.evaluations]
+    _require(
+        not dropped,
+        OWN_PROOF,
+        f"this node sent its proof of evaluation of round(s) {dropped} with its update, and "
+        "the record leaves it out or misstates it",
+    )
+
+
+def _check_proofs(record: RoundRecord, ctx: RecordContext) -> None:
+    """The test-data commitments and proofs of evaluation a record carries (issue 18)."""
+    ps = ctx.proofs
+    if ps is None:
+        _require(not record.testdata, TESTDATA, "a test-data commitment in a run without proofs")
+        _require(not record.evaluations, EVALUATION, "proofs of evaluation in a run without proofs")
+        return
+    for node, c in record.testdata.items():
+        _require(
+            node in record.participants,
+            TESTDATA,
+            f"a test-data commitment of {_name(ctx, node)}, which did not contribute",
+        )
+        _require(
+            node not in ps.committed,
+            TESTDATA,
+            f"{_name(ctx, node)} committed to its test data before in this run (round "
+            f"{ps.committed[node][0] if node in ps.committed else 0})",
+        )
+        _require(
+            (c.settings, c.srs) == (ps.settings, ps.srs),
+            TESTDATA,
+            f"{_name(ctx, node)}'s test-data commitment is under other circuit settings or "
+            "another SRS than the run's",
+        )
+    keys = [(e.node, e.round) for e in record.evaluations]
+    _require(
+        keys == sorted(set(keys)),
+        EVALUATION,
+        "evaluations must be sorted by (node, round) and distinct",
+    )
+    for ev in record.evaluations:
+        _check_evaluation(record, ctx, ps, ev)
+
+
+def _check_evaluation(
+    record: RoundRecord, ctx: RecordContext, ps: ProofState, ev: Evaluation
+) -> None:
+    verify_evaluation(
+        ev,
+        round_no=record.round,
+        proofs=ps,
+        genesis=ctx.genesis,
+        artifact=ctx.artifacts.get(cid_key(ev.proof)),
+        cid_of=ctx.cid_of,
+    )
+
+
+def verify_evaluation(
+    ev: Evaluation,
+    *,
+    round_no: int,
+    proofs: ProofState,
+    genesis: Genesis,
+    artifact: bytes | None,
+    cid_of: Callable[[bytes], CID],
+) -> None:
+    """Refuse (`evaluation-invalid`, with the zk rule in the message) a proof of evaluation that
+    a record of round `round_no` may not list: the leader runs it on each proof it receives
+    before listing it, voters and `audit` on each listed one."""
+    ps = proofs
+    who = f"{_member_name(genesis, ev.node)}'s proof of round {ev.round}"
+
+    def bad(rule: str, message: str) -> RecordRejected:
+        return RecordRejected(EVALUATION, f"{who}: {rule}: {message}")
+
+    if ev.node not in {m.node_id for m in genesis.members}:
+        raise bad(zk.MODEL_MISMATCH, "the node is not a member")
+    if (ev.node, ev.round) in ps.listed:
+        raise bad(zk.PROOF_MALFORMED, "already listed in an earlier record of this run")
+    if not ps.proves(ev.round) or ev.round + 1 >= round_no:
+        raise bad(
+            zk.MODEL_MISMATCH,
+            f"round {ev.round}'s model is not proved in this run, or not yet: its sample comes "
+            f"from the beacon of round {ev.round + 1}, which must be on the ledger",
+        )
+    if ps.models.get(ev.round) != ev.model:
+        raise bad(zk.MODEL_MISMATCH, f"the listed model is not round {ev.round}'s model")
+    found = ps.committed.get(ev.node)
+    if found is None or found[0] > ev.round:
+        raise bad(
+            zk.COMMITMENT_MISMATCH,
+            f"the node committed no test data in this run by round {ev.round}",
+        )
+    if (ev.s, ev.test_only) != (ps.s, ps.test_only):
+        raise bad(zk.SETTINGS_MISMATCH, "a sample size or SRS label other than the run's")
+    if artifact is None or cid_of(artifact) != ev.proof:
+        raise bad(zk.PROOF_MALFORMED, f"the proof artifact {ev.proof} is not at hand")
+    try:
+        claims = ps.check(ev, found[1], artifact)
+    except ConsortiumError as exc:
+        raise RecordRejected(EVALUATION, f"{who}: {exc}") from exc
+    if claims.model != cid_key(ev.model):
+        raise bad(zk.MODEL_MISMATCH, f"the proof is for model {claims.model}")
+    if claims.correct != ev.correct:
+        raise bad(
+            zk.ACCURACY_MISMATCH,
+            f"the record lists {ev.correct} correct of {ev.s}, the proof shows {claims.correct}",
+        )
+    if claims.s != ev.s or claims.test_only != ev.test_only:
+        raise bad(zk.SETTINGS_MISMATCH, "the record misstates the proof's s or SRS label")
+    if (claims.testdata_root, claims.testdata_size) != (found[1].root, found[1].size):
+        raise bad(zk.COMMITMENT_MISMATCH, "the proof is on another test-data commitment")
 
 
 def _check_secure_sum(record: RoundRecord, ctx: RecordContext, beacon: bytes) -> None:
@@ -453,7 +614,11 @@ def storage_after(state: StorageState, record: RoundRecord, genesis: Genesis) ->
 
 
 def _name(ctx: RecordContext, node_id: str) -> str:
-    for m in ctx.genesis.members:
+    return _member_name(ctx.genesis, node_id)
+
+
+def _member_name(genesis: Genesis, node_id: str) -> str:
+    for m in genesis.members:
         if m.node_id == node_id:
             return m.name
     return node_id[:16]

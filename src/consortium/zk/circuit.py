@@ -24,6 +24,7 @@ import json
 import math
 import os
 import tempfile
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -123,10 +124,15 @@ def new_salt() -> list[int]:
     return [int.from_bytes(os.urandom(4), "big") % 2**SALT_BITS for _ in range(SALT_COLUMNS)]
 
 
+#: torch's ONNX exporter keeps global state: one export at a time per process (a node's proof
+#: queue and its voter's check, or several in-process nodes, may export at once).
+_EXPORT_LOCK = threading.Lock()
+
+
 def export_onnx(model: nn.Module, shape: Shape, path: Path) -> None:
     wrapper = EvalWrapper(copy.deepcopy(model).float().eval(), shape).eval()
     dummy = tuple(torch.zeros(1, shape.width) for _ in range(shape.s))
-    with warnings.catch_warnings():
+    with _EXPORT_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             wrapper,
