@@ -14,22 +14,54 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from consortium.audit.auditor import audit
-from consortium.core.layout import NODE_CONFIG_FILE
+from consortium.audit.auditor import _record_context, audit
+from consortium.core.genesis import GENESIS_FILE, Genesis
+from consortium.core.identity import PUBLIC_FILE, PublicIdentity
+from consortium.core.layout import LEDGER_FILE, NODE_CONFIG_FILE, STORE_DIR
 from consortium.learning.task import load_data
-from consortium.node.config import RunConfig, ZkConfig
-from consortium.node.evaluations import with_proofs, zk_settings
+from consortium.ledger.log import Ledger
+from consortium.node.config import RunConfig, ZkConfig, load_node_config, zk_config_refusals
+from consortium.node.evaluations import (
+    EvaluationChecker,
+    _model,
+    member_refusals,
+    proof_state,
+    sample_beacon,
+    with_proofs,
+    zk_settings,
+)
 from consortium.node.learner import Learner
 from consortium.node.node import Node, run_records
-from consortium.protocol.record import RoundRecord
-from consortium.zk.circuit import settings_logrows
-from consortium.zk.srs import local_test_srs
+from consortium.protocol.record import ROUND_KIND, RoundRecord
+from consortium.protocol.verifier import (
+    EVALUATION,
+    OWN_PROOF,
+    TESTDATA,
+    OwnContribution,
+    RecordContext,
+    RecordRejected,
+    verify_round_record,
+)
+from consortium.store.blockstore import BlockStore
+from consortium.store.cid import cid_key
+from consortium.store.objects import get_bytes
+from consortium.zk.circuit import (
+    keys_for,
+    new_salt,
+    record_commitment,
+    record_vector,
+    settings_logrows,
+    shape_of,
+)
+from consortium.zk.proof import EvalProof, prove, with_claims
+from consortium.zk.srs import load_srs, local_test_srs
+from consortium.zk.testdata import CommittedTestData, sample_indices
 from tests.inprocess_cluster import cluster, drive, run_config, start
 
 pytestmark = pytest.mark.slow  # keys, 3 commitments, 3 proofs, 3 x 3 checks: about a minute
@@ -134,3 +166,154 @@ def test_settings_pin_is_reproducible(ran: Ran) -> None:
     run = ran.run
     assert run.zk_settings_sha256 and run.srs_test_only
     assert json.loads(json.dumps(run.body()))["prove_every"] == 2
+
+
+# -- a dishonest leader or prover, refused by name -----------------------------------------------
+# Each test takes round 4's signed record from the run above, changes what a dishonest leader
+# (or node) would change, and runs the one verifier with the context a voter or `audit` builds.
+
+
+@dataclass
+class Voter:
+    record: RoundRecord
+    context: RecordContext
+    records: dict[int, RoundRecord]
+
+
+@pytest.fixture(scope="module")
+def voter(ran: Ran, tmp_path_factory: pytest.TempPathFactory) -> Voter:
+    directory = ran.dirs[1]
+    genesis = Genesis.load(directory / GENESIS_FILE)
+    store = BlockStore(directory / STORE_DIR, create=False)
+    with Ledger.open(directory / LEDGER_FILE, readonly=True) as ledger:
+        found = [(i, e) for i, e in enumerate(ledger.iter_entries()) if e.kind == ROUND_KIND]
+    idx, entry = next((i, e) for i, e in found if RoundRecord.from_entry(e).round == 4)
+    record = RoundRecord.from_entry(entry)
+    checker = EvaluationChecker(ran.run, genesis, store, load_node_config(directory), ran.names[1],
+                                tmp_path_factory.mktemp("keys"))  # fmt: skip
+    checker.note(ran.records)
+    prior = [r for r in ran.records if r.round < 4]
+    context = replace(
+        _record_context(record, ran.run, entry, idx, genesis, store, None),
+        proofs=proof_state(ran.run, prior, checker.check),
+        artifacts={cid_key(e.proof): get_bytes(store, e.proof) for e in record.evaluations},
+    )
+    return Voter(record, context, {r.round: r for r in ran.records})
+
+
+def _refused(v: Voter, record: RoundRecord, rule: str, context: RecordContext | None = None,
+             ) -> str:  # fmt: skip
+    with pytest.raises(RecordRejected) as info:
+        verify_round_record(record, context or v.context)
+    assert info.value.rule == rule, str(info.value)
+    return str(info.value)
+
+
+def test_the_signed_record_passes_the_voters_check(voter: Voter) -> None:
+    verify_round_record(voter.record, voter.context)
+
+
+def test_a_leader_that_drops_a_nodes_proof_is_refused_by_that_node(voter: Voter) -> None:
+    r = voter.record
+    mine = r.evaluations[0]
+    me = mine.node
+    dropped = replace(r, evaluations=tuple(e for e in r.evaluations if e != mine))
+    verify_round_record(dropped, voter.context)  # others cannot tell: the node must refuse
+    own = OwnContribution(me, r.samples[me], r.consent.get(me), tuple(r.erasures.get(me, ())),
+                          None, {}, None, (mine,))  # fmt: skip
+    text = _refused(voter, dropped, OWN_PROOF, replace(voter.context, own=own))
+    assert "round(s) [2]" in text
+    verify_round_record(r, replace(voter.context, own=own))  # listed: it cosigns
+
+
+def test_a_listed_proof_with_an_edited_accuracy_is_refused(voter: Voter) -> None:
+    r = voter.record
+    e = r.evaluations[0]
+    edited = replace(e, correct=(e.correct + 1) % (e.s + 1))
+    text = _refused(voter, replace(r, evaluations=(edited, *r.evaluations[1:])), EVALUATION)
+    assert "accuracy-mismatch" in text
+
+
+def test_a_listed_proof_for_another_models_cid_is_refused(voter: Voter) -> None:
+    r = voter.record
+    e = r.evaluations[0]
+    other = replace(e, model=voter.records[1].model)
+    text = _refused(voter, replace(r, evaluations=(other, *r.evaluations[1:])), EVALUATION)
+    assert "model-mismatch" in text
+
+
+def test_a_proof_artifact_whose_claims_were_edited_is_refused(voter: Voter) -> None:
+    """The leader re-publishes the artifact with a better count (a new CID) and lists that."""
+    r = voter.record
+    e = r.evaluations[0]
+    proof = EvalProof.from_bytes(voter.context.artifacts[cid_key(e.proof)])
+    c = proof.claims
+    lie = with_claims(proof, correct=(c.correct + 1) % (c.s + 1)).to_bytes()
+    cid = voter.context.cid_of(lie)
+    listed = replace(e, proof=cid, correct=(c.correct + 1) % (c.s + 1))
+    context = replace(voter.context, artifacts={**voter.context.artifacts, cid_key(cid): lie})
+    text = _refused(voter, replace(r, evaluations=(listed, *r.evaluations[1:])), EVALUATION,
+                    context)  # fmt: skip
+    assert "accuracy-mismatch" in text
+
+
+def test_a_proof_on_test_data_other_than_the_committed_is_refused(ran: Ran, voter: Voter) -> None:
+    """A node proves, honestly, on test records it did not commit to at run start (fresh
+    salts: another root), then lists that proof."""
+    r = voter.record
+    e = r.evaluations[0]
+    i = next(
+        k for k, d in enumerate(ran.dirs) if PublicIdentity.load(d / PUBLIC_FILE).node_id == e.node
+    )
+    directory, name = ran.dirs[i], ran.names[i]
+    config = load_node_config(directory)
+    run = ran.run
+    _, test = load_data(run.load_task(), config.data.context(name))
+    store = BlockStore(directory / STORE_DIR, create=False)
+    model = _model(run, get_bytes(store, e.model))
+    shape = shape_of(model, tuple(test.x.shape[1:]), run.proof_sample)
+    settings = zk_settings(run, test)
+    srs = load_srs(Path(str(config.zk.srs)), run.srs_sha256)
+    keys = keys_for(model, shape, settings, srs, directory / "zk" / "keys")
+    vectors = [record_vector(test.x[k], int(test.y[k]), new_salt()) for k in range(len(test))]
+    tree = CommittedTestData([record_commitment(v, keys) for v in vectors])
+    assert tree.root != r.testdata.get(e.node, voter.records[1].testdata[e.node]).root
+    beacon = sample_beacon(voter.records[3], voter.context.genesis)
+    sample = sample_indices(beacon, tree.size, run.proof_sample)
+    proof = prove(model, shape, keys, tree, [vectors[k] for k in sample.indices], sample,
+                  beacon=beacon, model_cid=cid_key(e.model)).to_bytes()  # fmt: skip
+    cid = voter.context.cid_of(proof)
+    listed = replace(e, proof=cid, correct=EvalProof.from_bytes(proof).claims.correct)
+    context = replace(voter.context, artifacts={**voter.context.artifacts, cid_key(cid): proof})
+    text = _refused(voter, replace(r, evaluations=(listed, *r.evaluations[1:])), EVALUATION,
+                    context)  # fmt: skip
+    assert "testdata-mismatch" in text
+
+
+def test_a_second_test_data_commitment_in_a_run_is_refused(voter: Voter) -> None:
+    r = voter.record
+    node = r.participants[0]
+    again = replace(r, testdata={node: voter.records[1].testdata[node]})
+    assert "committed to its test data before" in _refused(voter, again, TESTDATA)
+
+
+def test_inconsistent_proof_fields_are_refused_at_the_vote() -> None:
+    run = _base()
+    assert not zk_config_refusals(run)
+    for bad in ({"prove_every": 2}, {"prove_every": 2, "srs_sha256": "a" * 64},
+                {"proof_sample": 4}, {"srs_sha256": "a" * 64}):  # fmt: skip
+        why = zk_config_refusals(run.model_copy(update=bad))
+        assert why and all("[rule zk-config]" in w for w in why), bad
+
+
+def test_a_member_without_the_runs_srs_refuses(ran: Ran, tmp_path: Path) -> None:
+    config = load_node_config(ran.dirs[0])
+    assert member_refusals(ran.run, config, ran.names[0]) == []
+    other = tmp_path / "other.srs"
+    other.write_bytes(Path(str(config.zk.srs)).read_bytes()[:-1] + b"\x00")
+    elsewhere = config.model_copy(update={"zk": ZkConfig(srs=str(other))})
+    (why,) = member_refusals(ran.run, elsewhere, ran.names[0])
+    assert "srs-mismatch" in why and "[rule zk-srs]" in why
+    nowhere = config.model_copy(update={"zk": ZkConfig()})
+    (why,) = member_refusals(ran.run, nowhere, ran.names[0])
+    assert "srs-missing" in why
