@@ -148,6 +148,23 @@ def run_start(
         help="Every k rounds, holders prove from the beacon's challenges that they still hold "
         "the run's artifacts; one that cannot is named and replaced [0: off].",
     ),
+    prove_every: int = typer.Option(
+        0,
+        min=0,
+        help="Proofs of evaluation (pip install 'consortium[zk]'): every member proves the "
+        "model of every k-th round on a beacon-drawn sample of its committed test records; "
+        "the run pins the SRS of this node's node.toml [zk] srs and the circuit settings it "
+        "calibrates [0: off].",
+    ),
+    proof_sample: int = typer.Option(
+        8, min=1, help="s: test records each proof of evaluation samples [8]."
+    ),
+    test_srs: bool = typer.Option(
+        False,
+        "--test-srs",
+        help="The [zk] srs file was generated locally (`ezkl gen-srs`): every proof is "
+        "labelled TEST ONLY, since whoever generated it could forge proofs.",
+    ),
 ) -> None:
     """Ask every member to start a training run (from any member)."""
     from consortium.node.runner import start_run
@@ -188,6 +205,14 @@ def run_start(
     body["privacy"] = privacy
     body["started"] = int(time.time() * 1000)
     run = RunConfig.from_body(body).pinned()  # the task as installed here, or a clear error
+    if prove_every:
+        from consortium.core.identity import PUBLIC_FILE, PublicIdentity
+        from consortium.node.config import load_node_config
+        from consortium.node.evaluations import with_proofs
+
+        name = PublicIdentity.load(directory / PUBLIC_FILE).name
+        run = with_proofs(run, load_node_config(directory), name, prove_every=prove_every,
+                          sample=proof_sample, srs_test_only=test_srs)  # fmt: skip
     report = asyncio.run(start_run(directory, node_passphrase(directory), run))
     _print_report(report)
     if not report["started"]:
@@ -197,6 +222,11 @@ def run_start(
             1,
         )
     dp_text = "" if run.privacy.unit == "none" else f", {run.privacy.unit}-level DP"
+    if run.proofs:
+        dp_text += (
+            f", proofs of evaluation every {run.prove_every} rounds on s = {run.proof_sample}"
+            + (" (TEST ONLY SRS)" if run.srs_test_only else "")
+        )
     console.print(
         f"run {run.run_id()} agreed by {', '.join(report['accepted'])} and started: "
         f"{run.rounds} round{'' if run.rounds == 1 else 's'} of "

@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing
+import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from multiformats import CID
 from torch import nn
@@ -52,6 +55,7 @@ if TYPE_CHECKING:
     from consortium.zk.testdata import CommittedTestData
 
 log = logging.getLogger("consortium.node")
+T = TypeVar("T")
 
 ZK_DIR = "zk"
 
@@ -251,6 +255,85 @@ def proof_state(
     )
 
 
+_CHILD: ProcessPoolExecutor | None = None
+_CHILD_LOCK = threading.Lock()
+
+
+def in_child(fn: Callable[..., T], *args: object) -> T:
+    """Run `fn(*args)` in this process's prover child and wait for it. EZKL holds the GIL for
+    a whole proof (measured: a 5.6 s proof stalled the calling process's other threads for
+    5.6 s), so proving in a thread would stop the node's event loop, and with it its rounds'
+    deadlines; a child process does not. One child per process (spawned on first use): proofs
+    are one at a time per machine anyway (`ProverLock`)."""
+    global _CHILD
+    with _CHILD_LOCK:
+        if _CHILD is None:
+            _CHILD = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        child = _CHILD
+    try:
+        return child.submit(fn, *args).result()
+    except BrokenProcessPool as exc:
+        with _CHILD_LOCK:
+            if _CHILD is child:
+                _CHILD = None
+        raise ZkError("proof-invalid", f"the prover process died: {exc}") from exc
+
+
+def _setup_job(
+    directory: Path, run: RunConfig, config: NodeConfig, name: str, initial: bytes
+) -> _Setup:
+    """In the prover child: the pinned settings (refused if they are not the run's), the
+    circuit's keys and the commitment to this node's test records (kept in DIR/zk/)."""
+    from consortium.node.proofs import _committed
+    from consortium.zk.circuit import keys_for, settings_logrows, shape_of
+
+    test = _test_examples(run, config, name)
+    settings = zk_settings(run, test)
+    if hashlib.sha256(settings).hexdigest() != run.zk_settings_sha256:
+        raise ZkError(SETTINGS_MISMATCH, "the settings here are not the run's pinned ones")
+    model = _model(run, initial)
+    shape = shape_of(model, _feature_shape(test), run.proof_sample)
+    srs = _srs(run, config)
+    srs.check_serves(settings_logrows(settings))
+    keys = keys_for(model, shape, settings, srs, directory / ZK_DIR / "keys")
+    tree, vectors, _ = _committed(directory, keys, test)
+    commitment = TestDataCommitment(tree.root, tree.size, run.zk_settings_sha256, run.srs_sha256)
+    return _Setup(shape, keys, tree, vectors, commitment)
+
+
+def _prove_job(
+    directory: Path,
+    run: RunConfig,
+    config: NodeConfig,
+    name: str,
+    setup: _Setup,
+    weights: bytes,
+    beacon: bytes,
+    model_cid: str,
+) -> bytes:
+    """In the prover child: the proof of the model `weights` on the sample `beacon` draws from
+    the committed test records (less those whose consent was withdrawn); its artifact."""
+    from consortium.node.proofs import _withdrawn
+    from consortium.zk.proof import prove
+    from consortium.zk.testdata import sample_indices
+
+    test = _test_examples(run, config, name)
+    model = _model(run, weights)
+    withdrawn = _withdrawn(directory, run, test)
+    sample = sample_indices(beacon, setup.tree.size, run.proof_sample, withdrawn)
+    proof = prove(
+        model,
+        setup.shape,
+        setup.keys,
+        setup.tree,
+        [setup.vectors[i] for i in sample.indices],
+        sample,
+        beacon=beacon,
+        model_cid=model_cid,
+    )
+    return proof.to_bytes()
+
+
 @dataclass
 class _Setup:
     shape: Shape
@@ -288,26 +371,8 @@ class RunProver:
         resumed run), noted without proving again."""
         for r in records:
             self._note(r)
-        self.setup = self.submit(lambda: self._setup(initial))
-
-    def _setup(self, initial: bytes) -> _Setup:
-        from consortium.node.proofs import _committed
-        from consortium.zk.circuit import keys_for, settings_logrows, shape_of
-
-        test = _test_examples(self.run, self.config, self.name)
-        settings = zk_settings(self.run, test)
-        if hashlib.sha256(settings).hexdigest() != self.run.zk_settings_sha256:
-            raise ZkError(SETTINGS_MISMATCH, "the settings here are not the run's pinned ones")
-        model = _model(self.run, initial)
-        shape = shape_of(model, _feature_shape(test), self.run.proof_sample)
-        srs = _srs(self.run, self.config)
-        srs.check_serves(settings_logrows(settings))
-        keys = keys_for(model, shape, settings, srs, self.directory / ZK_DIR / "keys")
-        tree, vectors, _ = _committed(self.directory, keys, test)
-        commitment = TestDataCommitment(
-            tree.root, tree.size, self.run.zk_settings_sha256, self.run.srs_sha256
-        )
-        return _Setup(shape, keys, tree, vectors, commitment)
+        args = (self.directory, self.run, self.config, self.name, initial)
+        self.setup = self.submit(lambda: in_child(_setup_job, *args))
 
     def _ready_setup(self) -> _Setup | None:
         if self.setup is None or not self.setup.done() or self.setup.exception() is not None:
@@ -358,28 +423,17 @@ class RunProver:
             self.jobs.append(self.submit(lambda: self._prove(r, model_cid, beacon)))
 
     def _prove(self, round_no: int, model_cid: CID, beacon: bytes) -> Evaluation:
-        from consortium.node.proofs import _withdrawn
-        from consortium.zk.proof import prove
-        from consortium.zk.testdata import sample_indices
+        from consortium.zk.proof import EvalProof
 
         setup = self._ready_setup()
         if setup is None:
             raise ZkError(SETTINGS_MISMATCH, "the circuit's setup failed: no proofs this run")
-        test = _test_examples(self.run, self.config, self.name)
-        model = _model(self.run, get_bytes(self.store, model_cid))
-        withdrawn = _withdrawn(self.directory, self.run, test)
-        sample = sample_indices(beacon, setup.tree.size, self.run.proof_sample, withdrawn)
-        proof = prove(
-            model,
-            setup.shape,
-            setup.keys,
-            setup.tree,
-            [setup.vectors[i] for i in sample.indices],
-            sample,
-            beacon=beacon,
-            model_cid=cid_key(model_cid),
-        )
-        artifact = proof.to_bytes()
+        weights = get_bytes(self.store, model_cid)
+        artifact = in_child(
+            _prove_job, self.directory, self.run, self.config, self.name, setup, weights,
+            beacon, cid_key(model_cid),
+        )  # fmt: skip
+        proof = EvalProof.from_bytes(artifact)
         cid = put_bytes(self.store, artifact, self.unixfs)
         c = proof.claims
         ev = Evaluation(self.node_id, round_no, cid, model_cid, c.s, c.correct, c.test_only)

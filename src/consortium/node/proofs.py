@@ -11,9 +11,10 @@ Verify: the proof from the store; the round whose model it names, found on the l
 sample's beacon recomputed from the next round's record; the model built from the task and the
 store; then `zk.proof.verify`, which recomputes the weight commitment itself.
 
-Not yet on the ledger (slice 2, for the design owner): the test-data commitment is a local file
-made at the first proof, not a run-start ledger entry, so until then it binds nothing; and the
-SRS hash and s are options, not run-config fields.
+From a folder the test-data commitment is the local file made at the first proof (the one a
+run with proofs commits on the ledger, `node/evaluations.py`, when the settings and SRS are the
+same), and the SRS hash and s are options; in a run they are run-config fields, and records
+list the proofs (docs/architecture.md "Proofs of evaluation", "In a run").
 """
 
 from __future__ import annotations
