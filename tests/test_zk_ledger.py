@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -19,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from consortium.audit.auditor import _record_context, audit
+from consortium.cli.app import app
 from consortium.core.genesis import GENESIS_FILE, Genesis
 from consortium.core.identity import PUBLIC_FILE, PublicIdentity
 from consortium.core.layout import LEDGER_FILE, NODE_CONFIG_FILE, STORE_DIR
@@ -324,3 +327,26 @@ def test_a_member_without_the_runs_srs_refuses(ran: Ran, tmp_path: Path) -> None
     nowhere = config.model_copy(update={"zk": ZkConfig()})
     (why,) = member_refusals(ran.run, nowhere, ran.names[0])
     assert "srs-missing" in why
+    other_settings = ran.run.model_copy(update={"zk_settings_sha256": "0" * 64})
+    (why,) = member_refusals(other_settings, config, ran.names[0])
+    assert "[rule zk-settings]" in why and ran.run.zk_settings_sha256 in why
+
+
+def test_the_audit_command_lists_each_proof(ran: Ran) -> None:
+    res = CliRunner().invoke(app, ["audit", str(ran.dirs[2])])
+    out = " ".join((res.stdout + res.stderr).split())
+    assert res.exit_code == 0, out
+    assert "3 proofs of evaluation re-verified" in out
+    assert out.count("round 2, s = 2") == 3 and "Wilson interval" in out and "TEST ONLY" in out
+
+
+def test_run_start_with_proofs_but_no_srs_is_one_clear_line(ran: Ran, tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    folder.mkdir()
+    shutil.copy(ran.dirs[0] / PUBLIC_FILE, folder / PUBLIC_FILE)
+    shutil.copy(ran.dirs[0] / GENESIS_FILE, folder / GENESIS_FILE)
+    res = CliRunner().invoke(app, ["run", "start", "--dir", str(folder), "--model", "logreg",
+                                   "--prove-every", "2"])  # fmt: skip
+    out = res.stdout + res.stderr
+    assert res.exit_code != 0 and "Traceback" not in out
+    assert "srs-missing" in out and "[zk] srs" in out, out

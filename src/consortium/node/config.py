@@ -276,7 +276,7 @@ def zk_config_refusals(run: RunConfig) -> list[str]:
         if not _is_sha256(run.zk_settings_sha256):
             out.append(
                 "prove_every > 0 needs zk_settings_sha256, the sha256 (hex) of the pinned "
-                "circuit settings (`consortium zk settings`)"
+                "circuit settings (`run start --prove-every K` pins both hashes)"
             )
     else:
         extra = [k for k, v in _ZK_DEFAULTS.items() if getattr(run, k) != v]

@@ -373,6 +373,14 @@ class RunProver:
             self._note(r)
         args = (self.directory, self.run, self.config, self.name, initial)
         self.setup = self.submit(lambda: in_child(_setup_job, *args))
+        self.setup.add_done_callback(self._log_failure("setting up its proofs of evaluation"))
+
+    def _log_failure(self, what: str) -> Callable[[Future[object]], None]:
+        def done(f: Future[object]) -> None:
+            if not f.cancelled() and f.exception() is not None:
+                log.error("%s: %s failed: %s (no proof this time)", self.name, what, f.exception())
+
+        return done
 
     def _ready_setup(self) -> _Setup | None:
         if self.setup is None or not self.setup.done() or self.setup.exception() is not None:
@@ -420,7 +428,9 @@ class RunProver:
             and self.committed_round <= r
         ):
             beacon = sample_beacon(record, self.genesis)
-            self.jobs.append(self.submit(lambda: self._prove(r, model_cid, beacon)))
+            job = self.submit(lambda: self._prove(r, model_cid, beacon))
+            job.add_done_callback(self._log_failure(f"proving round {r}'s model"))
+            self.jobs.append(job)
 
     def _prove(self, round_no: int, model_cid: CID, beacon: bytes) -> Evaluation:
         from consortium.zk.proof import EvalProof
