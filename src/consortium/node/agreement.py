@@ -285,6 +285,7 @@ class RunAgreement:
             self._stopped_by_agreement(StopRecord.from_entry(entry))
             return
         refusals = run_refusals(run, self.genesis, self.config.policy)
+        refusals = refusals or member_refusals(run, self.config, self.name, settings=False)
         if not refusals:
             try:
                 self.start_run(run)

@@ -103,9 +103,13 @@ def _test_examples(run: RunConfig, config: NodeConfig, name: str) -> Examples:
     return test
 
 
-def member_refusals(run: RunConfig, config: NodeConfig, name: str) -> list[str]:
+def member_refusals(
+    run: RunConfig, config: NodeConfig, name: str, *, settings: bool = True
+) -> list[str]:
     """Why this member cannot take part in `run`'s proofs (empty: it can, or the run has none):
-    no EZKL, not the run's SRS, or circuit settings other than the pinned ones."""
+    no EZKL, not the run's SRS, or (unless `settings` is False: the quick check a member makes
+    when the run starts, after it answered the vote) circuit settings other than the pinned
+    ones. A member that cannot check proofs could not cosign records that list them."""
     if not run.proofs:
         return []
     try:
@@ -119,11 +123,13 @@ def member_refusals(run: RunConfig, config: NodeConfig, name: str) -> list[str]:
         _srs(run, config)
     except ZkError as exc:
         return [f"{exc} [rule zk-srs]"]
+    if not settings:
+        return []
     try:
-        settings = zk_settings(run, _test_examples(run, config, name))
+        pinned = zk_settings(run, _test_examples(run, config, name))
     except ConsortiumError as exc:
         return [f"cannot build the evaluation circuit: {exc} [rule zk-settings]"]
-    here = hashlib.sha256(settings).hexdigest()
+    here = hashlib.sha256(pinned).hexdigest()
     if here != run.zk_settings_sha256:
         return [
             f"the circuit settings here hash to {here}, the run pins {run.zk_settings_sha256} "

@@ -50,7 +50,13 @@ from consortium.ledger.replica import verify_extension
 from consortium.node.agreement import RunAgreement
 from consortium.node.anchoring import Anchorer
 from consortium.node.config import NodeConfig, RunConfig, load_node_config, run_refusals
-from consortium.node.evaluations import ZK_DIR, EvaluationChecker, RunProver, proof_state
+from consortium.node.evaluations import (
+    ZK_DIR,
+    EvaluationChecker,
+    RunProver,
+    member_refusals,
+    proof_state,
+)
 from consortium.node.generator_cache import warm_generators
 from consortium.node.learner import Learner, initial_weights
 from consortium.node.lock import FolderLock
@@ -375,7 +381,9 @@ class Node(RunAgreement):
             self._stopped_by_agreement(StopRecord(agreed.run, stops[agreed.run]))
             return
         run = RunConfig.from_body(dict(agreed.config))
-        if run_refusals(run, self.genesis, self.config.policy):
+        if run_refusals(run, self.genesis, self.config.policy) or member_refusals(
+            run, self.config, self.name, settings=False
+        ):
             return  # this member sits the run out
         if not records:
             self.start_run(run, late=True)  # agreed, but its first round never committed here
