@@ -810,10 +810,12 @@ class RoundMachine:
                         "a test-data commitment made twice, or under other settings or SRS "
                         "than the run's [rule testdata-invalid]"
                     )
+            rounds: set[int] = set()
             for item in msg.evaluations:
                 ev = Evaluation.from_body(item["evaluation"])
-                if ev.node != sender:
-                    raise ConsortiumError("a proof of evaluation of another node")
+                if ev.node != sender or ev.round in rounds:
+                    raise ConsortiumError("a proof of evaluation of another node, or twice")
+                rounds.add(ev.round)
                 artifact = item["artifact"]
                 verify_evaluation(
                     ev,
@@ -1141,9 +1143,7 @@ class RoundMachine:
         full = Commit(self.settings.run_id, s.round, p, votes)
         # Voters already hold the model and transcript from the Propose: send them the entry,
         # head and cosignatures only (the model was ~37% of a round's bytes when re-sent).
-        light = Commit(
-            self.settings.run_id, s.round, replace(p, model=b"", transcript=b"", proofs=()), votes
-        )
+        light = Commit(self.settings.run_id, s.round, _light(p), votes)
         sends: list[Action] = [
             Send(m, light if m in votes else full) for m in self.members if m != self.me
         ]
@@ -1153,11 +1153,7 @@ class RoundMachine:
         s = self.s
         p = msg.proposal
         mine = s.accepted
-        if (
-            not p.model
-            and mine is not None
-            and replace(mine, model=b"", transcript=b"", proofs=()) == p
-        ):
+        if not p.model and mine is not None and _light(mine) == p:
             p = mine  # a light commit of the proposal this node cosigned
         head = TreeHead(p.size, p.root, p.time).body()
         valid = {
