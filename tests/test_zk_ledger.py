@@ -42,6 +42,7 @@ from consortium.node.evaluations import (
 from consortium.node.learner import Learner
 from consortium.node.node import Node, run_records
 from consortium.protocol.record import ROUND_KIND, RoundRecord
+from consortium.protocol.storage import StorageState
 from consortium.protocol.verifier import (
     EVALUATION,
     OWN_PROOF,
@@ -204,7 +205,7 @@ def voter(ran: Ran, tmp_path_factory: pytest.TempPathFactory) -> Voter:
     checker.note(ran.records)
     prior = [r for r in ran.records if r.round < 4]
     context = replace(
-        _record_context(record, ran.run, entry, idx, genesis, store, None),
+        _record_context(record, ran.run, entry, idx, genesis, store, None, StorageState()),
         proofs=proof_state(ran.run, prior, checker.check),
         artifacts={cid_key(e.proof): get_bytes(store, e.proof) for e in record.evaluations},
     )
@@ -230,7 +231,7 @@ def test_a_leader_that_drops_a_nodes_proof_is_refused_by_that_node(voter: Voter)
     dropped = replace(r, evaluations=tuple(e for e in r.evaluations if e != mine))
     verify_round_record(dropped, voter.context)  # others cannot tell: the node must refuse
     own = OwnContribution(me, r.samples[me], r.consent.get(me), tuple(r.erasures.get(me, ())),
-                          None, {}, None, (mine,))  # fmt: skip
+                          None, {}, evaluations=(mine,))  # fmt: skip
     text = _refused(voter, dropped, OWN_PROOF, replace(voter.context, own=own))
     assert "round(s) [2]" in text
     verify_round_record(r, replace(voter.context, own=own))  # listed: it cosigns

@@ -83,8 +83,7 @@ _CORE = frozenset(
         "erasures",
     }
 )
-_OPTIONAL = frozenset({"secagg", "privacy", "storage"})
-_OPTIONAL = frozenset({"secagg", "privacy", "testdata", "evaluations"})
+_OPTIONAL = frozenset({"secagg", "privacy", "storage", "testdata", "evaluations"})
 _MAX_EVALUATIONS = 10_000
 _MAX_MEMBERS = 10_000
 _MAX_METRICS = 64
