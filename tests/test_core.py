@@ -82,7 +82,13 @@ DIGEST = bytes(range(32))
 
 
 def test_domains_split_into_consortium_bound_and_identity() -> None:
-    assert {Domain.TREE_HEAD, Domain.RECORD, Domain.ROUND, Domain.MESSAGE} <= CONSORTIUM_DOMAINS
+    assert {
+        Domain.TREE_HEAD,
+        Domain.RECORD,
+        Domain.ROUND,
+        Domain.MESSAGE,
+        Domain.STORAGE_ANSWER,
+    } <= CONSORTIUM_DOMAINS
     assert {
         Domain.GENESIS,
         Domain.TLS_BINDING,

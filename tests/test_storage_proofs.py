@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import hashlib
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from consortium.core.errors import ProofError
+from consortium.core.identity import NodeIdentity
 from consortium.ledger.merkle import EMPTY_ROOT, leaf_hash, node_hash, root_from_leaf_hashes
 from consortium.protocol.beacon import attempt_beacon
 from consortium.protocol.storage import (
     CHALLENGES,
     LEAF_SIZE,
+    AnswerScope,
     ArtifactTree,
     Challenged,
     HolderAnswer,
@@ -27,6 +30,7 @@ from consortium.protocol.storage import (
     commit,
     holders_for,
     leaf_count,
+    sign_answer,
 )
 
 BEACON = attempt_beacon(hashlib.sha256(b"round 7").digest(), 0)
@@ -170,6 +174,15 @@ def test_holders_are_the_leader_and_beacon_chosen_others() -> None:
         holders_for(BEACON, CID, "mallory", MEMBERS, 3)
 
 
+IDS = {m: NodeIdentity.generate(m, seed=f"storage-proofs/{m}".encode()) for m in MEMBERS}
+DIGEST = hashlib.sha256(b"a consortium").digest()
+
+
+def _scope(round_no: int = 7, attempt: int = 0) -> AnswerScope:
+    keys = {m: i.public_key for m, i in IDS.items()}
+    return AnswerScope(DIGEST, "run", round_no, attempt, keys)
+
+
 def _round(n_holders: int = 3) -> tuple[list[Challenged], dict[tuple[str, str], HolderAnswer]]:
     data = _data(3000, 9)
     tree = ArtifactTree(data)
@@ -177,36 +190,66 @@ def _round(n_holders: int = 3) -> tuple[list[Challenged], dict[tuple[str, str], 
     for holder in MEMBERS[:n_holders]:
         indices = tuple(challenge_indices(BEACON, CID, holder, tree.leaves))
         challenged.append(Challenged(CID, holder, tree.root, len(data), indices))
-        honest[(CID, holder)] = HolderAnswer(CID, holder, tuple(tree.prove(i) for i in indices))
+        answer = HolderAnswer(CID, holder, tuple(tree.prove(i) for i in indices))
+        honest[(CID, holder)] = sign_answer(IDS[holder], _scope(), answer, tree.root)
     return challenged, honest
 
 
 def test_honest_answers_pass_and_a_missing_holder_is_named() -> None:
     challenged, honest = _round()
-    assert check_answers(challenged, list(honest.values()), []) == []
+    assert check_answers(challenged, list(honest.values()), [], _scope()) == []
     answers = [honest[(CID, "node0")], honest[(CID, "node1")]]
-    assert check_answers(challenged, answers, [(CID, "node2")]) == [(CID, "node2")]
+    assert check_answers(challenged, answers, [(CID, "node2")], _scope()) == [(CID, "node2")]
     body = honest[(CID, "node1")].to_body()
     assert HolderAnswer.from_body(body) == honest[(CID, "node1")]
+    assert len(body["signature"]) == 64
 
 
 def test_a_leader_cannot_drop_invent_or_forge_an_answer() -> None:
     challenged, honest = _round()
     answers = list(honest.values())
     with pytest.raises(ProofError, match=r"node2 on \S+ is neither answered nor listed missing"):
-        check_answers(challenged, answers[:2], [])  # dropped
+        check_answers(challenged, answers[:2], [], _scope())  # dropped
     with pytest.raises(ProofError, match="node5 was not challenged"):
-        check_answers(challenged, answers, [(CID, "node5")])  # invented
+        check_answers(challenged, answers, [(CID, "node5")], _scope())  # invented
     with pytest.raises(ProofError, match=r"node1 on \S+ is listed twice"):
-        check_answers(challenged, answers, [(CID, "node1")])  # answered and missing
+        check_answers(challenged, answers, [(CID, "node1")], _scope())  # answered and missing
     bad = answers[1].proofs[0]
     forged = HolderAnswer(
         CID, "node1", (StorageProof(bad.index, bytes(32), bad.path), *answers[1].proofs[1:])
     )
     with pytest.raises(ProofError, match=f"node1's proof of {CID}: leaf {bad.index}"):
-        check_answers(challenged, [answers[0], forged, answers[2]], [])
+        check_answers(challenged, [answers[0], forged, answers[2]], [], _scope())
     with pytest.raises(ProofError, match="at most 10 proofs"):
-        HolderAnswer.from_body({"artifact": CID, "holder": "node1", "proofs": [{}] * 11})
+        HolderAnswer.from_body(
+            {"artifact": CID, "holder": "node1", "proofs": [{}] * 11, "signature": b""}
+        )
+
+
+def test_an_answer_not_signed_by_its_holder_for_this_round_is_refused_by_name() -> None:
+    """Valid proofs are not enough: a leader holding the artifact could make them for a holder
+    that lost it. Unsigned, signed by another member, or signed for another round or attempt:
+    refused, naming the holder."""
+    challenged, honest = _round()
+    node1 = honest[(CID, "node1")]
+    root = challenged[1].root
+    unsigned = replace(node1, signature=b"")
+    by_node0 = sign_answer(IDS["node0"], _scope(), replace(node1, signature=b""), root)
+    old_round = sign_answer(IDS["node1"], _scope(round_no=5), unsigned, root)
+    old_attempt = sign_answer(IDS["node1"], _scope(attempt=1), unsigned, root)
+    for bad in (unsigned, by_node0, old_round, old_attempt):
+        with pytest.raises(ProofError, match="not signed by node1 for round 7, attempt 0"):
+            check_answers(
+                challenged, [honest[(CID, "node0")], bad, honest[(CID, "node2")]], [], _scope()
+            )
+    other = _scope()
+    with pytest.raises(ProofError, match="not signed by node0"):  # another consortium
+        check_answers(
+            challenged,
+            list(honest.values()),
+            [],
+            AnswerScope(bytes(32), other.run, other.round, other.attempt, other.keys),
+        )
 
 
 # -- `consortium store prove|challenge` ---------------------------------------------------------

@@ -13,17 +13,23 @@ import pytest
 from consortium.ledger.entries import Entry
 from consortium.ledger.frontier import Frontier
 from consortium.protocol import verifier as v
+from consortium.protocol.beacon import attempt_beacon
 from consortium.protocol.record import RecordFormatError, RoundRecord, StorageSection
 from consortium.protocol.storage import (
+    AnswerScope,
+    ArtifactTree,
     Commitment,
     HolderAnswer,
     StorageProof,
     StorageState,
     artifact_name,
+    challenge_indices,
+    sign_answer,
 )
 from consortium.protocol.verifier import (
     RecordContext,
     RecordRejected,
+    record_beacon,
     storage_after,
     verify_round_record,
 )
@@ -170,6 +176,45 @@ def test_a_forged_proof_is_refused() -> None:
     forged = replace(first, proofs=(replace(first.proofs[0], leaf=b"\x07" * 32), *first.proofs[1:]))
     _refused(
         _section(record, answers=(forged, *rest)), ctx, v.STORAGE_PROOF, "storage-proof-invalid"
+    )
+
+
+def test_a_leader_cannot_answer_for_a_holder_that_lost_its_copy() -> None:
+    """The leader holds the artifact, so it can make valid inclusion proofs for a holder that
+    lost it. Without that holder's signature over this round's challenge the answer is refused,
+    naming the holder: unsigned, signed by the leader, or the holder's own signature from
+    another round or attempt (replayed)."""
+    wire, first, record, _ = _two_rounds(lose=True)
+    assert first.storage is not None and record.storage is not None
+    ((artifact, victim),) = record.storage.missing
+    (held,) = first.storage.commitments
+    _, ctx = _voter_context(wire, record, holder=None)
+    beacon = attempt_beacon(record_beacon(record, wire.genesis), record.attempt)
+    tree = ArtifactTree(wire.stores[record.leader][artifact])  # the leader's own copy
+    indices = challenge_indices(beacon, artifact, victim, tree.leaves)
+    fabricated = HolderAnswer(artifact, victim, tuple(tree.prove(i) for i in indices))
+    ids = {i.node_id: i for i in wire.ids}
+    digest = wire.genesis.digest()
+
+    def scope(round_no: int = record.round, attempt: int = record.attempt) -> AnswerScope:
+        return AnswerScope(digest, record.run, round_no, attempt)
+
+    forgeries = {
+        "unsigned": fabricated,
+        "signed by the leader": sign_answer(ids[record.leader], scope(), fabricated, held.root),
+        "another round": sign_answer(ids[victim], scope(round_no=4), fabricated, held.root),
+        "another attempt": sign_answer(ids[victim], scope(attempt=1), fabricated, held.root),
+    }
+    for why, forged in forgeries.items():
+        claimed = _section(record, answers=(*record.storage.answers, forged), missing=())
+        with pytest.raises(RecordRejected) as exc:
+            verify_round_record(claimed, ctx)
+        assert exc.value.rule == v.STORAGE_PROOF, why
+        assert f"not signed by {victim} for round 2, attempt 0" in str(exc.value), why
+    # The same answer signed by the holder for this round passes: only the signature is at fault.
+    honest = sign_answer(ids[victim], scope(), fabricated, held.root)
+    verify_round_record(
+        _section(record, answers=(*record.storage.answers, honest), missing=()), ctx
     )
 
 

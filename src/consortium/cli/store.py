@@ -362,7 +362,12 @@ def _answer(path: Path) -> HolderAnswer:
             for p in body["proofs"]
         ]
         return HolderAnswer.from_body(
-            {"artifact": body["artifact"], "holder": body["holder"], "proofs": proofs}
+            {
+                "artifact": body["artifact"],
+                "holder": body["holder"],
+                "proofs": proofs,
+                "signature": bytes.fromhex(body.get("signature", "")),
+            }
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ProofError(f"{path} is not an answer printed by `store prove` ({exc})") from None

@@ -46,6 +46,7 @@ class Domain(enum.Enum):
     CHAIN_ACCOUNT = "chain-account"
     BOX_KEY = "box-key"
     BEACON_DEALING = "beacon-dealing"
+    STORAGE_ANSWER = "storage-answer"
 
 
 #: Domains of statements about an identity itself, made before (or to define) any consortium: the

@@ -103,14 +103,17 @@ from consortium.protocol.secure_round import (
 )
 from consortium.protocol.secure_round import min_contributors as rule_min_contributors
 from consortium.protocol.storage import (
+    AnswerScope,
     Challenged,
     HolderAnswer,
     StorageState,
     answer_challenge,
     artifact_name,
     check_answer,
+    check_answer_signature,
     commit_artifact,
     is_challenge_round,
+    sign_answer,
 )
 from consortium.protocol.verifier import (
     PUBLISHED_METRICS,
@@ -1283,6 +1286,10 @@ class RoundMachine:
             s.challenges[attempt] = s.storage.challenged(attempt_beacon(self.beacon, attempt))
         return s.challenges[attempt]
 
+    def _scope(self, attempt: int) -> AnswerScope:
+        """What a holder's signed answer in `attempt` is bound to (`protocol/storage.py`)."""
+        return AnswerScope(self._digest, self.settings.run_id, self.s.round, attempt, self._keys)
+
     def _answer_challenges(self) -> list[Action]:
         """As a holder: prove this attempt's challenges from this node's own copies, to the
         attempt's leader (also when it can prove none: then the leader need not wait for it)."""
@@ -1300,7 +1307,7 @@ class RoundMachine:
                     Note(f"round {s.round}: this node cannot prove {c.artifact}: its copy is lost")
                 )
             else:
-                answers.append(answer)
+                answers.append(sign_answer(self._identity, self._scope(s.attempt), answer, c.root))
         s.proved[s.attempt] = frozenset((a.artifact, a.holder) for a in answers)
         msg = StorageAnswers(self.settings.run_id, s.round, s.attempt, tuple(answers))
         if self.leader() == self.me:
@@ -1336,6 +1343,7 @@ class RoundMachine:
                 continue
             try:
                 check_answer(c.root, c.size, c.indices, a.proofs)
+                check_answer_signature(self._scope(msg.attempt), a, c.root)
             except ConsortiumError as exc:
                 notes.append(Note(f"{self._name(sender)}'s proof of {a.artifact}: {exc}"))
                 continue

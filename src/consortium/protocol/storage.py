@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from consortium.core.errors import ProofError
+from consortium.core.encoding import Domain, digest
+from consortium.core.errors import ProofError, SignatureError
+from consortium.core.identity import SIGNATURE_BYTES, NodeIdentity, verify_signature
 from consortium.ledger.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
@@ -183,29 +185,92 @@ def holders_for(
 
 @dataclass(frozen=True)
 class HolderAnswer:
-    """One holder's proofs for one artifact, one per challenged leaf, in challenge order."""
+    """One holder's proofs for one artifact, one per challenged leaf, in challenge order, and the
+    holder's Ed25519 signature over them (`answer_statement`): the record shows who proved what,
+    not only the leader's word. `store prove` prints an unsigned one (signature empty)."""
 
     artifact: str
     holder: str
     proofs: tuple[StorageProof, ...]
+    signature: bytes = b""
 
     def to_body(self) -> dict[str, Any]:
         return {
             "artifact": self.artifact,
             "holder": self.holder,
             "proofs": [p.to_body() for p in self.proofs],
+            "signature": self.signature,
         }
 
     @classmethod
     def from_body(cls, body: Any) -> HolderAnswer:
-        if not isinstance(body, dict) or set(body) != {"artifact", "holder", "proofs"}:
-            raise ProofError("a holder's answer is {artifact, holder, proofs}")
+        keys = {"artifact", "holder", "proofs", "signature"}
+        if not isinstance(body, dict) or set(body) != keys:
+            raise ProofError("a holder's answer is {artifact, holder, proofs, signature}")
         artifact, holder, proofs = body["artifact"], body["holder"], body["proofs"]
+        signature = body["signature"]
         if not isinstance(artifact, str) or not isinstance(holder, str):
             raise ProofError("a holder's answer names its artifact and holder as text")
         if not isinstance(proofs, list) or len(proofs) > MAX_CHALLENGES:
             raise ProofError(f"a holder's answer holds at most {MAX_CHALLENGES} proofs")
-        return cls(artifact, holder, tuple(StorageProof.from_body(p) for p in proofs))
+        if not isinstance(signature, bytes) or len(signature) not in (0, SIGNATURE_BYTES):
+            raise ProofError(f"a holder's answer is signed with {SIGNATURE_BYTES} bytes (or not)")
+        return cls(artifact, holder, tuple(StorageProof.from_body(p) for p in proofs), signature)
+
+
+@dataclass(frozen=True)
+class AnswerScope:
+    """What a holder's signature on its answer is bound to besides the answer itself: the
+    consortium (genesis digest), the run, the round and the attempt whose beacon drew the
+    challenge; and, to check signatures, the members' public keys."""
+
+    consortium: bytes
+    run: str
+    round: int
+    attempt: int
+    keys: Mapping[str, bytes] = field(default_factory=dict)
+
+
+def answer_statement(scope: AnswerScope, answer: HolderAnswer, root: bytes) -> dict[str, Any]:
+    """What a holder signs (domain `storage-answer`, bound to the genesis digest): run, round,
+    attempt, holder, artifact CID, the committed root and the digest of its proofs."""
+    return {
+        "run": scope.run,
+        "round": scope.round,
+        "attempt": scope.attempt,
+        "holder": answer.holder,
+        "artifact": answer.artifact,
+        "root": root,
+        "proofs": digest([p.to_body() for p in answer.proofs]),
+    }
+
+
+def sign_answer(
+    identity: NodeIdentity, scope: AnswerScope, answer: HolderAnswer, root: bytes
+) -> HolderAnswer:
+    """`answer` signed by its holder (`identity`)."""
+    body = answer_statement(scope, answer, root)
+    return replace(answer, signature=identity.sign(Domain.STORAGE_ANSWER, body, scope.consortium))
+
+
+def check_answer_signature(scope: AnswerScope, answer: HolderAnswer, root: bytes) -> None:
+    """ProofError naming the holder unless `answer` carries its holder's signature over this
+    consortium, run, round, attempt, artifact, root and proofs."""
+    key = scope.keys.get(answer.holder)
+    if key is None:
+        raise ProofError(f"{answer.holder} is not a member, so it cannot answer a challenge")
+    try:
+        verify_signature(
+            key,
+            Domain.STORAGE_ANSWER,
+            answer_statement(scope, answer, root),
+            answer.signature,
+            scope.consortium,
+        )
+    except SignatureError:
+        raise ProofError(
+            f"not signed by {answer.holder} for round {scope.round}, attempt {scope.attempt}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -224,11 +289,13 @@ def check_answers(
     challenged: Sequence[Challenged],
     answers: Sequence[HolderAnswer],
     missing: Sequence[tuple[str, str]],
+    scope: AnswerScope,
 ) -> list[tuple[str, str]]:
     """The verifier rule `storage-proof-invalid`, pure: every challenged (artifact, holder) pair
-    is answered or listed missing, exactly once, nothing else is, and every answer proves every
-    challenged leaf. Returns the (artifact, holder) pairs listed missing: the holders to name and
-    re-replicate from. ProofError naming the pair otherwise."""
+    is answered or listed missing, exactly once, nothing else is, every answer proves every
+    challenged leaf and carries its holder's signature (`scope`: this round). Returns the
+    (artifact, holder) pairs listed missing: the holders to name and re-replicate from.
+    ProofError naming the pair otherwise."""
     wanted = {(c.artifact, c.holder): c for c in challenged}
     seen: set[tuple[str, str]] = set()
     for pair in [*((a.artifact, a.holder) for a in answers), *missing]:
@@ -247,6 +314,7 @@ def check_answers(
         c = wanted[(answer.artifact, answer.holder)]
         try:
             check_answer(c.root, c.size, c.indices, answer.proofs)
+            check_answer_signature(scope, answer, c.root)
         except ProofError as exc:
             raise ProofError(
                 f"storage-proof-invalid: {answer.holder}'s proof of {answer.artifact}: {exc}"

@@ -42,6 +42,7 @@ from consortium.protocol.secure_round import (
     recompute_mean_delta,
 )
 from consortium.protocol.storage import (
+    AnswerScope,
     StorageState,
     artifact_name,
     check_answers,
@@ -591,8 +592,15 @@ def _check_storage(
         if is_challenge_round(record.round, rules.challenge_every)
         else []
     )
+    scope = AnswerScope(
+        ctx.genesis.digest(),
+        record.run,
+        record.round,
+        record.attempt,
+        {m.node_id: m.public_key for m in ctx.genesis.members},
+    )
     try:
-        check_answers(challenged, section.answers, section.missing)
+        check_answers(challenged, section.answers, section.missing, scope)
     except ConsortiumError as exc:
         raise RecordRejected(STORAGE_PROOF, str(exc)) from exc
 
