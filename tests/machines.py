@@ -113,6 +113,7 @@ class Wire:
         signed_sets: dict[str, dict[tuple[int, int], tuple[str, ...]]] | None = None,
         replicas: int = 0,
         challenge_every: int = 0,
+        challenge_artifacts: int = 8,
     ) -> Wire:
         ids, genesis = consortium(n)
         settings = RoundSettings(
@@ -126,6 +127,7 @@ class Wire:
             model_size=MODEL_SIZE,
             replicas=replicas,
             challenge_every=challenge_every,
+            challenge_artifacts=challenge_artifacts,
         )
         stores: dict[str, dict[str, bytes]] = {i.node_id: {} for i in ids}
         machines = {

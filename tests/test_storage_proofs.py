@@ -21,15 +21,18 @@ from consortium.protocol.storage import (
     AnswerScope,
     ArtifactTree,
     Challenged,
+    Commitment,
     HolderAnswer,
     StorageProof,
     challenge_indices,
+    challenged_pairs,
     check_answer,
     check_answers,
     check_proof,
     commit,
     holders_for,
     leaf_count,
+    sample_artifacts,
     sign_answer,
 )
 
@@ -181,6 +184,22 @@ DIGEST = hashlib.sha256(b"a consortium").digest()
 def _scope(round_no: int = 7, attempt: int = 0) -> AnswerScope:
     keys = {m: i.public_key for m, i in IDS.items()}
     return AnswerScope(DIGEST, "run", round_no, attempt, keys)
+
+
+def test_a_challenge_round_samples_at_most_k_artifacts_from_its_beacon() -> None:
+    artifacts = [f"bafy{i}" for i in range(50)]
+    drawn = sample_artifacts(BEACON, artifacts, 8)
+    assert len(drawn) == 8 and drawn <= set(artifacts)
+    assert drawn == sample_artifacts(BEACON, list(reversed(artifacts)), 8)  # order-free
+    assert sample_artifacts(BEACON, artifacts[:5], 8) == set(artifacts[:5])  # fewer: all
+    beacons = [attempt_beacon(bytes([r]) * 32, 0) for r in range(40)]
+    seen = set().union(*(sample_artifacts(b, artifacts, 8) for b in beacons))
+    assert seen == set(artifacts)  # over rounds, every artifact is drawn
+    commitments = [Commitment(a, 64, bytes(32), ("node0", "node1", "node2")) for a in artifacts]
+    pairs = challenged_pairs(BEACON, commitments, artifacts=8)
+    assert len(pairs) == 24 and {c.artifact for c in pairs} == drawn
+    with pytest.raises(ProofError, match="challenge_artifacts = 0"):
+        sample_artifacts(BEACON, artifacts, 0)
 
 
 def _round(n_holders: int = 3) -> tuple[list[Challenged], dict[tuple[str, str], HolderAnswer]]:

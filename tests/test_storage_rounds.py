@@ -24,6 +24,7 @@ from consortium.protocol.storage import (
     StorageState,
     artifact_name,
     challenge_indices,
+    sample_artifacts,
     sign_answer,
 )
 from consortium.protocol.verifier import (
@@ -304,6 +305,28 @@ def test_a_pair_never_challenged_is_refused() -> None:
     _refused(_section(r1, answers=(answer,)), ctx1, v.STORAGE_PROOF, "was not challenged")
 
 
+def test_a_challenge_round_challenges_at_most_challenge_artifacts_drawn_from_its_beacon() -> None:
+    """With challenge_artifacts = 1, round 4 challenges one of the three models earlier rounds
+    committed (at each of its holders): the one its attempt beacon draws, recomputed by every
+    voter; a record that also lists a holder of an artifact not drawn is refused."""
+    wire = Wire.build(4, seed=5, replicas=3, challenge_every=2, challenge_artifacts=1)
+    state = StorageState()
+    for round_no in (1, 2, 3):
+        record = _round(wire, round_no, state)
+        state = storage_after(state, record, wire.genesis)
+    assert len(state.holdings) == 3
+    fourth = _round(wire, 4, state)
+    assert fourth.storage is not None and fourth.storage.missing == ()
+    beacon = attempt_beacon(record_beacon(fourth, wire.genesis), fourth.attempt)
+    (drawn,) = sample_artifacts(beacon, list(state.holdings), 1)
+    assert {a.artifact for a in fourth.storage.answers} == {drawn}
+    assert sorted(a.holder for a in fourth.storage.answers) == sorted(state.holdings[drawn].holders)
+    _, ctx = _voter_context(wire, fourth, holder=None)
+    undrawn = next(c for a, c in state.holdings.items() if a != drawn)
+    listed = _section(fourth, missing=((undrawn.artifact, undrawn.holders[0]),))
+    _refused(listed, ctx, v.STORAGE_PROOF, "was not challenged")
+
+
 def test_a_challenge_neither_answered_nor_missing_is_refused() -> None:
     wire, _, record, _ = _two_rounds()
     _, ctx = _voter_context(wire, record, holder=None)
@@ -352,6 +375,7 @@ def test_the_storage_fields_at_their_default_leave_every_run_id_unchanged() -> N
     run = RunConfig(started=1)
     body = run.body()
     assert "replicas" not in body and "challenge_every" not in body
+    assert "challenge_artifacts" not in body
     # The ids these configurations had before the fields existed (the commit before them).
     assert run.run_id() == "c6218b78acfb4f8c"
     assert RunConfig(started=1, task="a.b:c", task_hash="x").run_id() == "0b36846e4f02af9f"

@@ -598,7 +598,11 @@ def _record_context(
 
     prev, model = fetch(record.prev_model), fetch(record.model)
     transcript = fetch(record.secagg.transcript) if record.secagg is not None else b""
-    rules = StorageRules(run.replicas, run.challenge_every, storage) if run.storage else None
+    rules = (
+        StorageRules(run.replicas, run.challenge_every, storage, run.challenge_artifacts)
+        if run.storage
+        else None
+    )
     model_size = int(flatten(weights_from_bytes(prev)).size)
     secure = run.secure_aggregation == "secagg+"
     consortium = Consortium(

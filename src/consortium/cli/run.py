@@ -19,6 +19,7 @@ from consortium.cli.identity import node_passphrase
 from consortium.core.errors import ConfigError
 from consortium.core.genesis import GENESIS_FILE, Genesis
 from consortium.node.config import RunConfig
+from consortium.protocol.storage import CHALLENGE_ARTIFACTS, MAX_CHALLENGE_ARTIFACTS
 
 run_app = typer.Typer(help="Start and inspect training runs.", no_args_is_help=True)
 
@@ -148,6 +149,13 @@ def run_start(
         help="Every k rounds, holders prove from the beacon's challenges that they still hold "
         "the run's artifacts; one that cannot is named and replaced [0: off].",
     ),
+    challenge_artifacts: int | None = typer.Option(
+        None,
+        min=1,
+        max=MAX_CHALLENGE_ARTIFACTS,
+        help="Artifacts a challenge round challenges at most, drawn from its beacon (each at "
+        f"every holder): bounds the record [{CHALLENGE_ARTIFACTS}].",
+    ),
     prove_every: int = typer.Option(
         0,
         min=0,
@@ -191,6 +199,7 @@ def run_start(
         "initial_model": from_model,
         "replicas": replicas,
         "challenge_every": challenge_every,
+        "challenge_artifacts": challenge_artifacts,
     }
     body.update({k: v for k, v in flags.items() if v is not None})
     if round_timeout is not None:

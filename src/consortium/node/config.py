@@ -27,6 +27,7 @@ from consortium.learning.task import (
 )
 from consortium.privacy.config import PrivacyConfig
 from consortium.privacy.dpsgd import dpsgd_problems
+from consortium.protocol.storage import CHALLENGE_ARTIFACTS, MAX_CHALLENGE_ARTIFACTS
 
 
 class DataConfig(BaseModel):
@@ -123,7 +124,11 @@ class NodeConfig(BaseModel):
 
 
 #: Storage fields (issue 16) and their defaults, which `RunConfig.body` leaves out.
-_STORAGE_DEFAULTS: dict[str, Any] = {"replicas": 0, "challenge_every": 0}
+_STORAGE_DEFAULTS: dict[str, Any] = {
+    "replicas": 0,
+    "challenge_every": 0,
+    "challenge_artifacts": CHALLENGE_ARTIFACTS,
+}
 DEFAULT_PROOF_SAMPLE = 8  # records a proof of evaluation samples, unless the run says
 
 
@@ -183,6 +188,14 @@ class RunConfig(BaseModel):
     )
     challenge_every: int = Field(
         0, ge=0, description="challenge every holder's artifacts every k rounds (0: off)"
+    )
+    challenge_artifacts: int = Field(
+        CHALLENGE_ARTIFACTS,
+        ge=1,
+        le=MAX_CHALLENGE_ARTIFACTS,
+        description="artifacts a challenge round challenges at most (at each holder), drawn "
+        "from its beacon: bounds the record; each artifact is drawn with probability "
+        "challenge_artifacts / (artifacts of the run) per challenge round",
     )
     # Proofs of evaluation (issue 18; docs/architecture.md "Proofs of evaluation"). Each is left
     # out of `body()` at its default, so runs without proofs keep their ids.

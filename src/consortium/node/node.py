@@ -325,6 +325,7 @@ class Node(RunAgreement):
             corrupt_fraction=run.secagg_corrupt_fraction,
             replicas=run.replicas,
             challenge_every=run.challenge_every,
+            challenge_artifacts=run.challenge_artifacts,
         )
         self._storage = (0, StorageState())
         if settings.secure:

@@ -103,6 +103,7 @@ from consortium.protocol.secure_round import (
 )
 from consortium.protocol.secure_round import min_contributors as rule_min_contributors
 from consortium.protocol.storage import (
+    CHALLENGE_ARTIFACTS,
     AnswerScope,
     Challenged,
     HolderAnswer,
@@ -313,6 +314,8 @@ class RoundSettings:
     #: either set: records carry a storage section (docs/architecture.md, "Replication").
     replicas: int = 0
     challenge_every: int = 0
+    #: Artifacts a challenge round challenges at most, drawn from its beacon.
+    challenge_artifacts: int = CHALLENGE_ARTIFACTS
     #: Number of model parameters (the secure vector has one more word: the weight).
     model_size: int = 0
     #: Honest inputs every secure sum must hold even if f members collude.
@@ -1021,7 +1024,12 @@ class RoundMachine:
             colluders=self._secagg.f,
             current_attempt=s.attempt if voting else None,
             own=own,
-            storage=StorageRules(self.settings.replicas, self.settings.challenge_every, s.storage)
+            storage=StorageRules(
+                self.settings.replicas,
+                self.settings.challenge_every,
+                s.storage,
+                self.settings.challenge_artifacts,
+            )
             if self.settings.storage
             else None,
             proofs=s.proofs,
@@ -1283,7 +1291,9 @@ class RoundMachine:
             return []
         if attempt not in s.challenges:
             assert self.beacon is not None
-            s.challenges[attempt] = s.storage.challenged(attempt_beacon(self.beacon, attempt))
+            s.challenges[attempt] = s.storage.challenged(
+                attempt_beacon(self.beacon, attempt), st.challenge_artifacts
+            )
         return s.challenges[attempt]
 
     def _scope(self, attempt: int) -> AnswerScope:

@@ -35,6 +35,10 @@ LEAF_SIZE = 32
 #: Leaf indices challenged per artifact per holder in a challenge period (the design allows 5-10).
 CHALLENGES = 8
 MIN_CHALLENGES, MAX_CHALLENGES = 5, 10
+#: Artifacts a challenge round challenges at most (run-config `challenge_artifacts`): drawn from
+#: the round's beacon, so a challenge record stays bounded however long the run.
+CHALLENGE_ARTIFACTS = 8
+MAX_CHALLENGE_ARTIFACTS = 1000
 #: Deepest path we accept: a tree of 2**48 leaves is 8 PiB of artifact.
 MAX_PATH = 48
 _TAG = b"consortium/storage-challenge/v1"
@@ -401,12 +405,32 @@ def commit_artifact(
     )
 
 
+def sample_artifacts(beacon: bytes, artifacts: Sequence[str], count: int) -> set[str]:
+    """The at most `count` of `artifacts` a challenge round challenges: the first `count` in the
+    order sha256(tag | "sample" | beacon | artifact), `beacon` being the attempt beacon of the
+    challenging round (no member can steer it or know it before the round)."""
+    if not 1 <= count <= MAX_CHALLENGE_ARTIFACTS:
+        raise ProofError(
+            f"challenge_artifacts = {count}: between 1 and {MAX_CHALLENGE_ARTIFACTS} per round"
+        )
+    order = sorted(
+        artifacts,
+        key=lambda a: hashlib.sha256(_TAG + b"|sample|" + beacon + b"|" + a.encode()).digest(),
+    )
+    return set(order[:count])
+
+
 def challenged_pairs(
-    beacon: bytes, holdings: Sequence[Commitment], k: int = CHALLENGES
+    beacon: bytes,
+    holdings: Sequence[Commitment],
+    k: int = CHALLENGES,
+    artifacts: int = CHALLENGE_ARTIFACTS,
 ) -> list[Challenged]:
-    """Every (artifact, holder) a challenge round challenges: each artifact earlier rounds
-    committed, at each of its holders, with k leaf indices drawn from `beacon` (the attempt
-    beacon of the challenging round)."""
+    """Every (artifact, holder) a challenge round challenges: at most `artifacts` of the
+    artifacts earlier rounds committed (`sample_artifacts`), each at each of its holders, with
+    k leaf indices drawn from `beacon` (the attempt beacon of the challenging round); in the
+    order the artifacts were committed."""
+    drawn = sample_artifacts(beacon, [c.artifact for c in holdings], artifacts)
     return [
         Challenged(
             c.artifact,
@@ -416,6 +440,7 @@ def challenged_pairs(
             tuple(challenge_indices(beacon, c.artifact, holder, leaf_count(c.size), k)),
         )
         for c in holdings
+        if c.artifact in drawn
         for holder in c.holders
     ]
 
@@ -495,8 +520,10 @@ class StorageState:
                 owed.append(again)
         return StorageState(holdings, tuple(owed), tuple(lost))
 
-    def challenged(self, beacon: bytes) -> list[Challenged]:
-        return challenged_pairs(beacon, list(self.holdings.values()))
+    def challenged(self, beacon: bytes, artifacts: int) -> list[Challenged]:
+        """What a challenge round (attempt beacon `beacon`) challenges: at most `artifacts`
+        artifacts (the run's `challenge_artifacts`), each at every holder."""
+        return challenged_pairs(beacon, list(self.holdings.values()), artifacts=artifacts)
 
 
 def is_challenge_round(round_no: int, every: int) -> bool:

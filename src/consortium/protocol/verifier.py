@@ -42,6 +42,7 @@ from consortium.protocol.secure_round import (
     recompute_mean_delta,
 )
 from consortium.protocol.storage import (
+    CHALLENGE_ARTIFACTS,
     AnswerScope,
     StorageState,
     artifact_name,
@@ -119,6 +120,8 @@ class StorageRules:
     replicas: int
     challenge_every: int
     state: StorageState = field(default_factory=StorageState)
+    #: Artifacts a challenge round challenges at most (drawn from its beacon).
+    challenge_artifacts: int = CHALLENGE_ARTIFACTS
 
 
 #: check(evaluation, the node's committed test data, the proof artifact's bytes) -> the claims
@@ -588,7 +591,7 @@ def _check_storage(
                 ),
             )
     challenged = (
-        rules.state.challenged(value)
+        rules.state.challenged(value, rules.challenge_artifacts)
         if is_challenge_round(record.round, rules.challenge_every)
         else []
     )
