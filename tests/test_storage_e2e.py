@@ -170,3 +170,35 @@ def test_a_restart_does_not_fetch_back_what_the_node_dropped(ran: Ran) -> None:
     finally:
         again.ledger.close()
         again._lock.release()
+
+
+def test_run_status_shows_each_holders_last_challenge_result(ran: Ran) -> None:
+    """`consortium run status` (table and --json): round 4 named the victim missing on round 1's
+    model; every other holder it challenged proved what it was asked."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from consortium.cli.app import app
+    from consortium.node.run_status import read_run_status
+
+    nodes, lost, records, _ = ran
+    status = read_run_status(nodes[0].dir)
+    views = {v.holder: v for v in status.challenges}
+    victim = views[lost["holder"]]
+    assert (victim.round, victim.result, victim.missing) == (4, "missing", (lost["artifact"],))
+    r4 = records[3].storage
+    assert r4 is not None
+    assert {h for h, v in views.items() if v.result == "proved"} == {
+        a.holder for a in r4.answers
+    } - {lost["holder"]}
+    assert all(v.round == 4 for v in views.values())
+    runner = CliRunner()
+    res = runner.invoke(app, ["run", "status", str(nodes[0].dir)], env={"COLUMNS": "400"})
+    assert res.exit_code == 0, res.output
+    name = status.name(lost["holder"])
+    assert f"{name} missing {lost['artifact']}" in res.output, res.output
+    res = runner.invoke(app, ["run", "status", str(nodes[0].dir), "--json"])
+    assert res.exit_code == 0, res.output
+    shown = {c["holder"]["name"]: c for c in json.loads(res.output)["challenges"]}
+    assert shown[name]["result"] == "missing" and shown[name]["missing"] == [lost["artifact"]]

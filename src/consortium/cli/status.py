@@ -78,6 +78,22 @@ def round_line(s: RunStatus, r: RoundView) -> str:
     )
 
 
+def challenges_summary(s: RunStatus) -> str:
+    """Per holder, its last challenge result: proved, or the artifacts it was named missing on."""
+    if not s.challenges:
+        every = s.config.challenge_every
+        return f"none yet (every {every} rounds, at most {s.config.challenge_artifacts} artifacts)"
+    parts = []
+    for v in sorted(s.challenges, key=lambda v: s.name(v.holder)):
+        if v.missing:
+            lost = ", ".join(v.missing)
+            also = f", proved {len(v.proved)}" if v.proved else ""
+            parts.append(f"{s.name(v.holder)} missing {lost}{also} (round {v.round})")
+        else:
+            parts.append(f"{s.name(v.holder)} proved {len(v.proved)} (round {v.round})")
+    return "; ".join(parts)
+
+
 def status_table(s: RunStatus) -> Table:
     """Every value is plain text (never markup): names and reasons come from the folder."""
     table = Table.grid(padding=(0, 2))
@@ -109,6 +125,8 @@ def status_table(s: RunStatus) -> Table:
     row(
         "privacy", "no differential privacy" if s.privacy is None else privacy_summary(s, s.privacy)
     )
+    if s.config.challenge_every:
+        row("challenges", challenges_summary(s))
     row("accuracy", ACCURACY_NOT_PUBLISHED)
     row("state", state_text(s))
     if s.node_note:

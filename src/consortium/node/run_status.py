@@ -16,6 +16,9 @@ What it shows, and where each figure comes from:
   (`privacy_history` of every round charged to the purpose, in every run), as recorded;
 - state: finished (every round committed), stopped by the members (a `run-stop` entry), or
   stopped on this node (a budget stop or an error, from `status.json`), else running;
+- challenges (runs with `challenge_every`): per holder, its result in the last challenge round
+  that challenged it, from that round's storage section (artifacts proved, artifacts named
+  missing);
 - accuracy: never a node's own figure (see "Decided once" in docs/architecture.md); no
   evaluation of the global model is on the ledger yet, so none is published.
 """
@@ -25,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -72,6 +75,46 @@ class RoundView:
 
 
 @dataclass(frozen=True)
+class ChallengeView:
+    """A holder's result in the last challenge round that challenged it (docs/architecture.md,
+    "Replication with retrievability challenges"): the artifacts it proved (signed answers)
+    and those the record names it missing on."""
+
+    holder: str  # node id
+    round: int
+    proved: tuple[str, ...]
+    missing: tuple[str, ...]
+
+    @property
+    def result(self) -> Literal["proved", "missing"]:
+        return "missing" if self.missing else "proved"
+
+
+def challenge_results(records: Iterable[RoundRecord]) -> tuple[ChallengeView, ...]:
+    """Per holder, in member-id order, its result in the last of `records` (a run's round
+    records, in order) that challenged it."""
+    last: dict[str, ChallengeView] = {}
+    for r in records:
+        section = r.storage
+        if section is None or not (section.answers or section.missing):
+            continue
+        proved: dict[str, list[str]] = {}
+        missing: dict[str, list[str]] = {}
+        for a in section.answers:
+            proved.setdefault(a.holder, []).append(a.artifact)
+        for artifact, holder in section.missing:
+            missing.setdefault(holder, []).append(artifact)
+        for holder in proved.keys() | missing.keys():
+            last[holder] = ChallengeView(
+                holder,
+                r.round,
+                tuple(proved.get(holder, ())),
+                tuple(missing.get(holder, ())),
+            )
+    return tuple(last[h] for h in sorted(last))
+
+
+@dataclass(frozen=True)
 class PrivacyView:
     """The purpose's budget and what its rounds spent so far, as the round records say."""
 
@@ -109,6 +152,7 @@ class RunStatus:
     node_stop: str = ""  # why this folder's node stopped or sits the run out (status.json)
     node_finished: bool = False  # status.json: this node is done with the run
     next_run: tuple[str, int] | None = None  # (id, ledger index) of a run agreed after this one
+    challenges: tuple[ChallengeView, ...] = ()  # per holder, its last challenge result
 
     def name(self, node_id: str) -> str:
         return self.members.get(node_id, node_id[:16])
@@ -185,6 +229,7 @@ class RunStatus:
             "rounds": {"committed": self.committed, "target": self.target},
             "latest_round": None,
             "privacy": None,
+            "challenges": None,
             "accuracy": None,
             "accuracy_note": ACCURACY_NOT_PUBLISHED,
             "state": self.state,
@@ -202,6 +247,17 @@ class RunStatus:
                 "time": latest.time,
                 "epsilon": _finite(latest.epsilon),
             }
+        if c.challenge_every:
+            out["challenges"] = [
+                {
+                    "holder": self._member(v.holder),
+                    "round": v.round,
+                    "result": v.result,
+                    "proved": list(v.proved),
+                    "missing": list(v.missing),
+                }
+                for v in self.challenges
+            ]
         p = self.privacy
         if p is not None:
             out["privacy"] = {
@@ -366,6 +422,7 @@ class FolderReader:
             end = self._runs[at + 1][0]
             next_run = (self._runs[at + 1][1].run, end)
         config = RunConfig.from_body(dict(record.config))
+        mine = [r for _, r, _ in self._rounds if r.run == record.run]
         rounds = tuple(
             RoundView(
                 r.round,
@@ -398,6 +455,7 @@ class FolderReader:
             node_stop=node_stop,
             node_finished=node_finished,
             next_run=next_run,
+            challenges=challenge_results(mine),
         )
 
     def _privacy(self, genesis: Genesis, config: RunConfig, end: int) -> PrivacyView | None:
