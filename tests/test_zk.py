@@ -5,6 +5,7 @@ Each refusal test names the rule it expects, so removing that check makes it fai
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from consortium.zk.circuit import (
 )
 from consortium.zk.errors import ZkError
 from consortium.zk.proof import EvalProof, prove, verify, with_claims
+from consortium.zk.queue import ProverLock
 from consortium.zk.srs import Srs, file_sha256, load_srs, local_test_srs
 from consortium.zk.testdata import (
     CommittedTestData,
@@ -135,10 +137,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     vectors = [record_vector(x[i], int(y[i]), new_salt()) for i in range(10)]
     tree = CommittedTestData([record_commitment(v, keys) for v in vectors])
     sample = sample_indices(BEACON, tree.size, shape.s)
-    proof = prove(
-        model, shape, keys, tree, [vectors[i] for i in sample.indices], sample,
-        beacon=BEACON, model_cid="bafkmodel",
-    )  # fmt: skip
+    with ProverLock().hold():  # one proof at a time on the machine
+        proof = prove(
+            model, shape, keys, tree, [vectors[i] for i in sample.indices], sample,
+            beacon=BEACON, model_cid="bafkmodel",
+        )  # fmt: skip
     return World(model, shape, keys, srs, tree, vectors, proof, root / "keys")
 
 
@@ -243,30 +246,77 @@ def test_other_settings_srs_or_a_corrupted_file_are_refused(world: World) -> Non
         _verify(world, bytes(data[:100]))
 
 
-def _solcjs() -> Path | None:
-    import os
+def _solcjs() -> Path:
+    from consortium.zk.evm import find_solcjs
 
-    root = Path(__file__).resolve().parents[1]
-    for p in (os.environ.get("CONSORTIUM_SOLCJS"), root / ".tmp/solcjs/node_modules/.bin/solcjs"):
-        if p and Path(p).is_file():
-            return Path(p)
-    return None
+    try:
+        return find_solcjs()
+    except ZkError:
+        pytest.skip("npm solc not installed: make solcjs (npm install solc@0.8.37 in .tmp/solcjs)")
+
+
+def _on_chain(
+    world: World, proof: EvalProof, model: nn.Module | None = None, **kw: object
+) -> object:
+    from consortium.zk.evm import check_on_chain
+
+    args: dict[str, object] = {
+        "model": model or world.model, "shape": world.shape, "keys": world.keys,
+        "testdata": (world.tree.root, world.tree.size), "cache": world.cache / "evm",
+        "solcjs": _solcjs(),
+    }  # fmt: skip
+    args.update(kw)
+    return check_on_chain(proof, **args)  # type: ignore[arg-type]
 
 
 @pytest.mark.slow
-def test_the_evm_verifier_compiled_offline_accepts_the_proof_on_the_embedded_chain(
-    world: World, tmp_path: Path
-) -> None:
-    from consortium.zk.evm import check_on_chain, compile_verifier, render_verifier
+def test_on_chain_a_valid_proof_passes_the_verifier_and_the_binding(world: World) -> None:
+    from consortium.zk.evm import ChainCheck
 
-    solcjs = _solcjs()
-    if solcjs is None:
-        pytest.skip("npm solc not installed: npm install --prefix .tmp/solcjs solc@0.8.37")
-    contract = compile_verifier(render_verifier(world.keys, tmp_path / "Verifier.sol"), solcjs)
-    good = check_on_chain(contract, world.proof.proof)
-    assert good.ok and good.verify_gas > 100_000
-    import json
+    done = _on_chain(world, world.proof)
+    assert isinstance(done, ChainCheck)
+    assert done.verify_gas > 100_000 and done.deploy_gas > 1_000_000
+    again = _on_chain(world, EvalProof.from_bytes(world.proof.to_bytes()))
+    assert isinstance(again, ChainCheck) and again.wrapper == done.wrapper  # deployed once
 
+
+@pytest.mark.slow
+def test_on_chain_a_flipped_bit_is_refused(world: World) -> None:
     body = json.loads(world.proof.proof)
-    body["instances"][0][0] = (world.proof.claims.correct + 1).to_bytes(32, "little").hex()
-    assert not check_on_chain(contract, json.dumps(body).encode()).ok
+    body["proof"][len(body["proof"]) - 40] ^= 1  # past the commitments: EZKL's verifier refuses
+    body["hex_proof"] = "0x" + bytes(body["proof"]).hex()
+    flipped = replace(world.proof, proof=json.dumps(body).encode())
+    with pytest.raises(ZkError, match=E.PROOF_INVALID):
+        _on_chain(world, flipped)
+
+
+@pytest.mark.slow
+def test_on_chain_a_valid_proof_of_other_weights_is_refused_by_the_binding(world: World) -> None:
+    # The proof is valid (EZKL's verifier alone accepts it), but for this model's weights: checked
+    # as a proof of another model (another weight commitment), the wrapper refuses it by name.
+    with pytest.raises(ZkError, match=E.WEIGHTS_MISMATCH):
+        _on_chain(world, world.proof, model=_logreg(1, 5))
+
+
+@pytest.mark.slow
+def test_on_chain_records_not_under_the_committed_root_are_refused(world: World) -> None:
+    # A valid proof presented against another committed test set (its root carried in the claims
+    # and given as the committed one): the proof's record commitments are not its leaves.
+    other = CommittedTestData([hashlib.sha256(bytes([i])).digest() for i in range(10)])
+    moved = with_claims(
+        world.proof,
+        testdata_root=other.root,
+        paths=tuple(tuple(other.path(i)) for i in world.proof.claims.indices),
+    )
+    with pytest.raises(ZkError, match=E.RECORD_NOT_COMMITTED):
+        _on_chain(world, moved, testdata=(other.root, other.size))
+    with pytest.raises(ZkError, match=E.COMMITMENT_MISMATCH):  # off chain: not the committed one
+        _on_chain(world, moved)
+
+
+@pytest.mark.slow
+def test_on_chain_another_count_is_refused(world: World) -> None:
+    c = world.proof.claims
+    lying = with_claims(world.proof, correct=(c.correct + 1) % (c.s + 1))
+    with pytest.raises(ZkError, match=E.ACCURACY_MISMATCH):
+        _on_chain(world, lying)

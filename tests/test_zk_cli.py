@@ -121,3 +121,16 @@ def test_withdrawn_records_are_left_out_and_counted(folder: Path, proved: str) -
     assert first in done.claims.withdrawn and first not in done.claims.indices
     code, text = cli("zk", "verify", str(folder), done.cid, "--test-srs")
     assert code == 0 and f"withdrawn and skipped: {len(done.claims.withdrawn)}" in text, text
+
+
+def test_verify_onchain_checks_the_proof_on_the_embedded_chain(folder: Path, proved: str) -> None:
+    from consortium.zk.errors import ZkError
+    from consortium.zk.evm import find_solcjs
+
+    try:
+        find_solcjs()
+    except ZkError:
+        pytest.skip("npm solc not installed: make solcjs (npm install solc@0.8.37 in .tmp/solcjs)")
+    code, text = cli("zk", "verify", str(folder), proved, "--test-srs", "--onchain")
+    assert code == 0, text
+    assert "OK on chain (embedded py-evm): EvalProofCheck 0x" in text and "TEST ONLY" in text

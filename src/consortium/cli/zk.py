@@ -8,12 +8,12 @@ import typer
 
 from consortium.cli.common import console, handle_errors
 from consortium.node.proofs import (
-    DEFAULT_SAMPLE,
     SrsChoice,
     interval_text,
     prove_round,
     verify_proof,
 )
+from consortium.zk import DEFAULT_SAMPLE
 
 zk_app = typer.Typer(
     help="Zero-knowledge proofs of evaluation (EZKL): prove a committed model's accuracy on a "
@@ -85,14 +85,30 @@ def verify_cmd(
     srs: Path | None = _SRS,
     srs_sha256: str | None = _SRS_SHA,
     test_srs: bool = _TEST_SRS,
+    onchain: bool = typer.Option(
+        False,
+        "--onchain",
+        help="Also check the proof on the embedded EVM chain: EZKL's verifier contract behind a "
+        "wrapper that binds the recomputed weight commitment and the committed test-data root "
+        "(needs solc-js: make solcjs, or CONSORTIUM_SOLCJS).",
+    ),
 ) -> None:
     """Check a proof of evaluation against the model its round committed on the ledger.
 
     The weight commitment is recomputed from that model, the sample from the next round's
     beacon, each record's inclusion under the committed root checked; exit 1 naming the rule
-    a refused proof breaks."""
-    done = verify_proof(directory, proof_cid, srs=SrsChoice(srs, srs_sha256, test_srs))
+    a refused proof breaks. With --onchain, the same proof is then checked by contracts on the
+    embedded chain (compiled offline once per circuit and SRS, into DIR/zk/evm)."""
+    done = verify_proof(
+        directory, proof_cid, srs=SrsChoice(srs, srs_sha256, test_srs), onchain=onchain
+    )
     c = done.claims
     _say(f"OK: proof {proof_cid} of model {c.model} ({done.found.describe()})")
     _say(interval_text(c))
+    if done.chain is not None:
+        _say(
+            f"OK on chain (embedded py-evm): EvalProofCheck {done.chain.wrapper} over EZKL's "
+            f"verifier {done.chain.verifier} accepted it ({done.chain.verify_gas:,} gas; "
+            f"deployment {done.chain.deploy_gas:,} gas, once per circuit and SRS)"
+        )
     _say(f"SRS {done.srs.label}")

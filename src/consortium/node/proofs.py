@@ -41,6 +41,7 @@ from consortium.protocol.verifier import record_beacon
 from consortium.store.blockstore import BlockStore
 from consortium.store.cid import as_cid, cid_key
 from consortium.store.objects import get_bytes, put_bytes
+from consortium.zk import DEFAULT_SAMPLE
 from consortium.zk.circuit import (
     Keys,
     Shape,
@@ -55,13 +56,13 @@ from consortium.zk.circuit import (
     shape_of,
 )
 from consortium.zk.errors import MODEL_MISMATCH, SAMPLE_MISMATCH, ZkError
+from consortium.zk.evm import ChainCheck, check_on_chain
 from consortium.zk.proof import EvalClaims, EvalProof, prove, verify
 from consortium.zk.queue import ProverLock
 from consortium.zk.srs import Srs, file_sha256, load_srs, local_test_srs
 from consortium.zk.testdata import CommittedTestData, sample_indices, wilson_interval
 
 ZK_DIR = "zk"
-DEFAULT_SAMPLE = 8
 
 
 @dataclass(frozen=True)
@@ -241,9 +242,16 @@ class Verified:
     claims: EvalClaims
     found: ModelRound
     srs: Srs
+    chain: ChainCheck | None = None  # with onchain: the embedded chain's acceptance
 
 
-def verify_proof(directory: Path, proof_cid: str, *, srs: SrsChoice) -> Verified:
+def verify_proof(
+    directory: Path, proof_cid: str, *, srs: SrsChoice, onchain: bool = False
+) -> Verified:
+    """Check the proof at `proof_cid` in DIR's store against the model its round committed;
+    with `onchain`, then also on the embedded chain (`zk.evm.check_on_chain`: EZKL's verifier
+    contract behind the wrapper that binds the recomputed weight commitment and the committed
+    test-data root; contracts compiled once per circuit and SRS into DIR/zk/evm)."""
     directory = Path(directory)
     data = get_bytes(BlockStore(directory / STORE_DIR, create=False), proof_cid)
     proof = EvalProof.from_bytes(data)
@@ -257,7 +265,13 @@ def verify_proof(directory: Path, proof_cid: str, *, srs: SrsChoice) -> Verified
     keys = keys_for(model, shape, proof.settings, chosen, directory / ZK_DIR / "keys")
     claims = verify(proof, model=model, model_cid=found.cid, shape=shape, keys=keys,
                     beacon=beacon)  # fmt: skip
-    return Verified(claims, found, chosen)
+    chain = None
+    if onchain:
+        # Until the run-start entry exists, the committed root is the one the proof names.
+        chain = check_on_chain(proof, model=model, shape=shape, keys=keys,
+                               testdata=(claims.testdata_root, claims.testdata_size),
+                               cache=directory / ZK_DIR / "evm")  # fmt: skip
+    return Verified(claims, found, chosen, chain)
 
 
 def interval_text(claims: EvalClaims) -> str:

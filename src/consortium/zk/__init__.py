@@ -14,3 +14,8 @@ stated number of correct predictions.
 `ezkl` and `onnx` are the optional extra `zk` (`pip install consortium[zk]`); importing this
 package does not need them, building or checking a proof does and says what to install.
 """
+
+#: The default sample size s (records per proof; `RunConfig.proof_sample`'s default): the largest
+#: power of two whose digits-MLP proof takes at most 60 s on 2 cores (`consortium bench zk`,
+#: README "Proofs of evaluation"). Its worst-case 95% Wilson half-width: `testdata.half_width`.
+DEFAULT_SAMPLE = 8

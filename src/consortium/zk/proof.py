@@ -204,6 +204,15 @@ def _commitments(section: Any, what: str) -> tuple[bytes, ...]:
         raise ZkError(PROOF_INVALID, f"EZKL's witness has no {what} commitments") from exc
 
 
+def weight_commitments(model: nn.Module, shape: Shape, keys: Keys) -> tuple[bytes, ...]:
+    """The commitment(s) to `model`'s quantized weights, as a verifier recomputes them: EZKL's
+    witness of the circuit of that model (on zero records) under the pinned settings."""
+    with tempfile.TemporaryDirectory(prefix="consortium-zk-") as name:
+        zeros = [[0.0] * shape.width for _ in range(shape.s)]
+        witness = _witness(model, shape, keys, zeros, Path(name))
+        return _commitments(witness.get("processed_params"), "weight")
+
+
 def prove(
     model: nn.Module,
     shape: Shape,

@@ -122,3 +122,10 @@ def wilson_interval(correct: int, s: int, z: float = 1.96) -> tuple[float, float
     centre = (p + z * z / (2 * s)) / denom
     half = z * math.sqrt(p * (1 - p) / s + z * z / (4 * s * s)) / denom
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def half_width(s: int, correct: int | None = None, z: float = 1.96) -> float:
+    """Half the width of the 95% Wilson interval at s: for `correct` when given, else the
+    widest over every possible count (near s/2), what s guarantees before the proof is made."""
+    counts = range(s + 1) if correct is None else [correct]
+    return max((hi - lo) / 2 for lo, hi in (wilson_interval(c, s, z) for c in counts))
