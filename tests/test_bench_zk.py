@@ -28,3 +28,9 @@ def test_one_case_measures_every_column_in_a_child() -> None:
     for key, _, _ in zk.COLUMNS:
         assert key in row
     assert row["peak_mib"] > 50 and row["proof_bytes"] > 1000 and 0 <= row["correct"] <= 1
+
+
+@pytest.mark.slow
+def test_a_circuit_above_max_logrows_is_calibrated_but_not_set_up() -> None:
+    row = zk.run_case("digits/logreg", 1, max_logrows=8)
+    assert "not set up" in row["error"] and "2^11 > 2^8" in row["error"], row

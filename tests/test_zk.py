@@ -33,6 +33,7 @@ from consortium.zk.srs import Srs, file_sha256, load_srs, local_test_srs
 from consortium.zk.testdata import (
     CommittedTestData,
     check_included,
+    half_width,
     sample_indices,
     wilson_interval,
 )
@@ -71,6 +72,10 @@ def test_inclusion_ties_each_record_to_the_committed_root() -> None:
 
 
 def test_wilson_interval() -> None:
+    assert half_width(8) == max(
+        (hi - lo) / 2 for lo, hi in (wilson_interval(c, 8) for c in range(9))
+    )
+    assert half_width(8, 8) < half_width(8, 4) == half_width(8) and half_width(32) < half_width(8)
     lo, hi = wilson_interval(8, 8)
     assert hi == 1.0 and 0.6 < lo < 0.7
     lo, hi = wilson_interval(45, 50)
