@@ -38,6 +38,10 @@ MAX_LOGROWS = 17
 class TooLarge(Exception):
     """A circuit above --max-logrows: calibrated, not set up."""
 
+    def __init__(self, rows: int, logrows: int, most: int) -> None:
+        super().__init__(f"2^{logrows} > 2^{most} rows (--max-logrows)")
+        self.rows, self.logrows = rows, logrows
+
 
 def measure_one(case: str, s: int, work: Path, max_logrows: int = MAX_LOGROWS) -> dict[str, Any]:
     """One case, in this process (the child)."""
@@ -70,9 +74,7 @@ def measure_one(case: str, s: int, work: Path, max_logrows: int = MAX_LOGROWS) -
     info = json.loads(settings)
     out["rows"], out["logrows"] = int(info["num_rows"]), settings_logrows(settings)
     if out["logrows"] > max_logrows:
-        raise TooLarge(
-            f"{out['rows']:,} rows: 2^{out['logrows']} > 2^{max_logrows} (--max-logrows)"
-        )
+        raise TooLarge(out["rows"], out["logrows"], max_logrows)
     with ProverLock().hold():  # setup and proving: one at a time per machine (memory)
         t = time.perf_counter()
         srs = local_test_srs(work / "srs", out["logrows"])
@@ -132,6 +134,7 @@ def run_case(case: str, s: int, max_logrows: int = MAX_LOGROWS) -> dict[str, Any
 COLUMNS = [
     ("case", "case", "{}"),
     ("s", "s", "{}"),
+    ("rows", "rows", "{:,}"),
     ("logrows", "logrows", "{}"),
     ("settings_s", "settings s", "{:.1f}"),
     ("setup_s", "setup s", "{:.1f}"),
@@ -152,7 +155,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['case']} | {r['s']} | not run: {r['error']} |")
+            size = f"{r['rows']:,} | {r['logrows']}" if "rows" in r else " | "
+            lines.append(f"| {r['case']} | {r['s']} | {size} | not run: {r['error']} |")
             continue
         lines.append("| " + " | ".join(f.format(r[k]) for k, _, f in COLUMNS) + " |")
     lines.append("")
@@ -167,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             out = measure_one(case, s, work, most)
         except TooLarge as exc:
-            out = {"case": case, "s": s, "error": f"not set up: {exc}"}
+            out = {"case": case, "s": s, "rows": exc.rows, "logrows": exc.logrows,
+                   "error": f"not set up: {exc}"}  # fmt: skip
         (work / "result.json").write_text(json.dumps(out))
         return 0
     parser = argparse.ArgumentParser(
