@@ -274,6 +274,17 @@ def _on_chain(
     return check_on_chain(proof, **args)  # type: ignore[arg-type]
 
 
+def test_the_on_chain_check_without_solcjs_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from consortium.zk.evm import SOLCJS_ENV, find_solcjs
+
+    monkeypatch.setenv(SOLCJS_ENV, str(tmp_path / "no-solcjs"))
+    with pytest.raises(ZkError, match=E.NOT_INSTALLED) as info:
+        find_solcjs(tmp_path)
+    assert "make solcjs" in str(info.value)
+
+
 @pytest.mark.slow
 def test_on_chain_a_valid_proof_passes_the_verifier_and_the_binding(world: World) -> None:
     from consortium.zk.evm import ChainCheck
