@@ -331,6 +331,37 @@ def test_on_chain_records_not_under_the_committed_root_are_refused(world: World)
 
 
 @pytest.mark.slow
+def test_on_chain_a_caller_cannot_skip_a_check_by_giving_fewer_commitments(world: World) -> None:
+    # The wrapper fixes the circuit's s and weight columns: with no weight commitment or no
+    # positions given, it checks nothing of them, so it refuses the call instead.
+    from consortium.zk.evm import (
+        compiled_for,
+        embedded_chain,
+        evaluation_calldata,
+        evm_proof,
+        refusal,
+    )
+    from consortium.zk.proof import weight_commitments
+
+    assert isinstance(_on_chain(world, world.proof), object)  # deployed
+    weights = weight_commitments(world.model, world.shape, world.keys)
+    chain = embedded_chain()
+    compiled = compiled_for(world.keys, world.cache / "evm", _solcjs())
+    _, wrapper, _ = chain.deploy(compiled, world.shape.s, len(weights))
+    proof, instances = evm_proof(world.proof.proof)
+    c = world.proof.claims
+    for lie in (
+        evaluation_calldata(proof, instances, (), c),
+        evaluation_calldata(proof, instances, weights, replace(c, indices=(), paths=())),
+    ):
+        result, revert, _ = chain.call(wrapper, lie)
+        assert result is None
+        assert refusal(revert).rule == E.PROOF_MALFORMED
+    result, _, _ = chain.call(wrapper, evaluation_calldata(proof, instances, weights, c))
+    assert result is not None and int.from_bytes(result[-32:], "big") == 1
+
+
+@pytest.mark.slow
 def test_on_chain_another_count_is_refused(world: World) -> None:
     c = world.proof.claims
     lying = with_claims(world.proof, correct=(c.correct + 1) % (c.s + 1))

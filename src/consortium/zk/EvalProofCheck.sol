@@ -25,6 +25,8 @@ interface IHalo2Verifier {
 
 contract EvalProofCheck {
     address public immutable verifier;
+    uint256 public immutable records; // s: the circuit's record commitments, first in the proof
+    uint256 public immutable weightColumns; // then its weight commitments
 
     error ProofMalformed();
     error WeightCommitmentMismatch(uint256 column);
@@ -32,8 +34,12 @@ contract EvalProofCheck {
     error AccuracyMismatch(uint256 stated, uint256 claimed);
     error ProofInvalid();
 
-    constructor(address verifier_) {
+    // One per circuit (its verifier, s and weight columns): a caller cannot skip a check by
+    // giving fewer commitments or positions than the proof carries.
+    constructor(address verifier_, uint256 records_, uint256 weightColumns_) {
         verifier = verifier_;
+        records = records_;
+        weightColumns = weightColumns_;
     }
 
     function compressed(bytes calldata proof, uint256 point) public pure returns (bytes32) {
@@ -92,8 +98,9 @@ contract EvalProofCheck {
         uint256 correct
     ) external returns (bool) {
         if (
-            paths.length != indices.length || instances.length != 1
-                || proof.length < 64 * (indices.length + weights.length)
+            indices.length != records || weights.length != weightColumns
+                || paths.length != records || instances.length != 1
+                || proof.length < 64 * (records + weightColumns)
         ) {
             revert ProofMalformed();
         }

@@ -13,10 +13,11 @@ first, in sample order, then the weights'), refuses a weight commitment other th
 given (`weight-commitment-mismatch`; recomputed off chain from the model at the CID, see
 `check_on_chain`), a record commitment that is not the leaf at its sampled position under the
 committed test-data root (`record-not-committed`, RFC 9162 inclusion checked on chain), and a
-public output other than the claimed count (`accuracy-mismatch`), then calls the verifier
-(`proof-invalid` when it refuses). What stays off chain: recomputing the weight commitment (a
-KZG commitment to the quantized weights), and that the positions are the beacon's draw
-(`proof.verify` checks both).
+public output other than the claimed count (`accuracy-mismatch`), and a call with other
+counts of commitments than the circuit's (`proof-malformed`: its constructor fixes s and the
+weight columns), then calls the verifier (`proof-invalid` when it refuses). What stays off
+chain: recomputing the weight commitment (a KZG commitment to the quantized weights), and that
+the positions are the beacon's draw (`proof.verify` checks both).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import json
 import os
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -49,7 +51,7 @@ from consortium.zk.errors import (
     ZkError,
     require_ezkl,
 )
-from consortium.zk.proof import EvalProof, weight_commitments
+from consortium.zk.proof import EvalClaims, EvalProof, weight_commitments
 
 GAS_LIMIT = 30_000_000
 SOLC_VERSION = "0.8.37"
@@ -151,16 +153,18 @@ def compile_wrapper(solcjs: Path) -> Contract:
 class Compiled:
     """The verifier of one circuit under one SRS, and the wrapper, ready to deploy."""
 
-    key: str  # sha256 over (vk, settings, SRS): one verifier per circuit and SRS
+    key: str  # sha256 over (vk, settings, SRS, wrapper source, solc): one per circuit and SRS
     verifier: Contract
     wrapper: Contract
 
 
 def compiled_for(keys: Keys, cache: Path, solcjs: Path | None = None) -> Compiled:
     """The compiled contracts for `keys`, rendered and compiled once, cached in `cache`."""
+    wrapper_source = resources.files("consortium.zk").joinpath(f"{WRAPPER}.sol").read_bytes()
     key = hashlib.sha256(
         keys.vk.read_bytes() + keys.settings.read_bytes() + keys.srs.sha256.encode()
-    ).hexdigest()
+        + wrapper_source + SOLC_VERSION.encode()
+    ).hexdigest()  # fmt: skip
     path = Path(cache) / f"evm-{key[:32]}.json"
     if path.is_file():
         try:
@@ -201,13 +205,15 @@ class EmbeddedChain:
             raise ZkError(PROOF_INVALID, "the verifier contract could not be deployed")
         return str(receipt.contractAddress), int(receipt.gasUsed)
 
-    def deploy(self, compiled: Compiled) -> tuple[str, str, int]:
-        """(verifier address, wrapper address, deployment gas), deploying once per key."""
-        if compiled.key not in self.deployed:
+    def deploy(self, compiled: Compiled, records: int, weights: int) -> tuple[str, str, int]:
+        """(verifier address, wrapper address, deployment gas), deploying once per circuit: the
+        wrapper fixes the circuit's number of record and weight commitments."""
+        key = f"{compiled.key}/{records}/{weights}"
+        if key not in self.deployed:
             verifier, gas = self._deploy(compiled.verifier)
-            wrapper, gas2 = self._deploy(compiled.wrapper, verifier)
-            self.deployed[compiled.key] = (verifier, wrapper, gas + gas2)
-        return self.deployed[compiled.key]
+            wrapper, gas2 = self._deploy(compiled.wrapper, verifier, records, weights)
+            self.deployed[key] = (verifier, wrapper, gas + gas2)
+        return self.deployed[key]
 
     def call(self, to: str, data: bytes) -> tuple[bytes | None, bytes, int]:
         """eth_call: (return data, or None on a revert; the revert data; gas)."""
@@ -299,36 +305,62 @@ def check_on_chain(
     c = proof.claims
     if testdata is not None and (c.testdata_root, c.testdata_size) != testdata:
         raise ZkError(COMMITMENT_MISMATCH, "the proof is on another test-data commitment")
-    ezkl = require_ezkl()
+    require_ezkl()
     weights = weight_commitments(model, shape, keys)
     chain = chain or embedded_chain()
-    verifier, wrapper, deploy_gas = chain.deploy(compiled_for(keys, cache, solcjs))
+    compiled = compiled_for(keys, cache, solcjs)
+    verifier, wrapper, deploy_gas = chain.deploy(compiled, shape.s, len(weights))
+    proof_bytes, instances = evm_proof(proof.proof)
+    data = evaluation_calldata(proof_bytes, instances, weights, c)
+    result, revert, gas = chain.call(wrapper, data)
+    if result is None:
+        raise refusal(revert)
+    if int.from_bytes(result[-32:], "big") != 1:
+        raise ZkError(PROOF_INVALID, "the on-chain check did not return true")
+    return ChainCheck(verifier, wrapper, deploy_gas, gas)
+
+
+def evm_proof(proof_json: bytes) -> tuple[bytes, list[int]]:
+    """EZKL's proof as the EVM verifier takes it: (proof bytes, public instances)."""
+    ezkl = require_ezkl()
     with tempfile.TemporaryDirectory(prefix="consortium-evm-") as tmp:
-        (Path(tmp) / "proof.json").write_bytes(proof.proof)
+        (Path(tmp) / "proof.json").write_bytes(proof_json)
         try:
             calldata = bytes(ezkl.encode_evm_calldata(str(Path(tmp) / "proof.json"),
                                                       str(Path(tmp) / "calldata.bin")))  # fmt: skip
         except (RuntimeError, ValueError) as exc:
             raise ZkError(PROOF_MALFORMED, f"EZKL could not encode the proof: {exc}") from exc
     from eth_abi.abi import decode as abi_decode
-    from eth_abi.abi import encode as abi_encode
 
     try:
         proof_bytes, instances = abi_decode(["bytes", "uint256[]"], calldata[4:])
     except Exception as exc:
         raise ZkError(PROOF_MALFORMED, f"EZKL's calldata is not (bytes, uint256[]): {exc}") from exc
-    if list(instances) != [_instance(proof.proof)]:
+    if list(instances) != [_instance(proof_json)]:
         raise ZkError(PROOF_MALFORMED, "EZKL's calldata and proof disagree on the public output")
-    args = [proof_bytes, list(instances), list(weights), c.testdata_root, c.testdata_size,
-            list(c.indices), [list(p) for p in c.paths], c.correct]  # fmt: skip
-    types = ["bytes", "uint256[]", "bytes32[]", "bytes32", "uint256", "uint256[]", "bytes32[][]",
-             "uint256"]  # fmt: skip
-    selector = keccak(text=f"verifyEvaluation({','.join(types)})")[:4]
-    result, revert, gas = chain.call(wrapper, selector + abi_encode(types, args))
-    if result is None:
-        sig, rule = _SELECTORS.get(revert[:4], ("", PROOF_INVALID))
-        detail = f" ({sig.split('(')[0]})" if sig else ""
-        raise ZkError(rule, f"the on-chain check refused the proof{detail}")
-    if int.from_bytes(result[-32:], "big") != 1:
-        raise ZkError(PROOF_INVALID, "the on-chain check did not return true")
-    return ChainCheck(verifier, wrapper, deploy_gas, gas)
+    return bytes(proof_bytes), [int(v) for v in instances]
+
+
+VERIFY_TYPES = ["bytes", "uint256[]", "bytes32[]", "bytes32", "uint256", "uint256[]",
+                "bytes32[][]", "uint256"]  # fmt: skip
+
+
+def evaluation_calldata(
+    proof: bytes, instances: Sequence[int], weights: Sequence[bytes], claims: EvalClaims
+) -> bytes:
+    """The call `verifyEvaluation(proof, instances, weights, root, size, indices, paths,
+    correct)`, with the test-data root, positions, paths and count from `claims`."""
+    from eth_abi.abi import encode as abi_encode
+
+    args = [proof, list(instances), list(weights), claims.testdata_root, claims.testdata_size,
+            list(claims.indices), [list(p) for p in claims.paths], claims.correct]  # fmt: skip
+    selector = keccak(text=f"verifyEvaluation({','.join(VERIFY_TYPES)})")[:4]
+    return selector + abi_encode(VERIFY_TYPES, args)
+
+
+def refusal(revert: bytes) -> ZkError:
+    """The ZkError for the wrapper's revert data, naming its rule (an unknown revert, e.g. out
+    of gas, is `proof-invalid`)."""
+    sig, rule = _SELECTORS.get(revert[:4], ("", PROOF_INVALID))
+    detail = f" ({sig.split('(')[0]})" if sig else ""
+    return ZkError(rule, f"the on-chain check refused the proof{detail}")
