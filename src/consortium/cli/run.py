@@ -20,6 +20,7 @@ from consortium.core.errors import ConfigError
 from consortium.core.genesis import GENESIS_FILE, Genesis
 from consortium.node.config import RunConfig
 from consortium.protocol.storage import CHALLENGE_ARTIFACTS, MAX_CHALLENGE_ARTIFACTS
+from consortium.zk import DEFAULT_SAMPLE
 
 run_app = typer.Typer(help="Start and inspect training runs.", no_args_is_help=True)
 
@@ -165,7 +166,10 @@ def run_start(
         "calibrates [0: off].",
     ),
     proof_sample: int = typer.Option(
-        8, min=1, help="s: test records each proof of evaluation samples [8]."
+        DEFAULT_SAMPLE,
+        min=1,
+        help=f"s: test records each proof of evaluation samples [{DEFAULT_SAMPLE}: the largest "
+        "whose digits-MLP proof takes at most 60 s on 2 cores].",
     ),
     test_srs: bool = typer.Option(
         False,

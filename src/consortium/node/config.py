@@ -28,6 +28,7 @@ from consortium.learning.task import (
 from consortium.privacy.config import PrivacyConfig
 from consortium.privacy.dpsgd import dpsgd_problems
 from consortium.protocol.storage import CHALLENGE_ARTIFACTS, MAX_CHALLENGE_ARTIFACTS
+from consortium.zk import DEFAULT_SAMPLE  # records a proof of evaluation samples
 
 
 class DataConfig(BaseModel):
@@ -129,7 +130,6 @@ _STORAGE_DEFAULTS: dict[str, Any] = {
     "challenge_every": 0,
     "challenge_artifacts": CHALLENGE_ARTIFACTS,
 }
-DEFAULT_PROOF_SAMPLE = 8  # records a proof of evaluation samples, unless the run says
 
 
 class RunConfig(BaseModel):
@@ -203,7 +203,7 @@ class RunConfig(BaseModel):
         0, ge=0, description="prove the model of every k-th round (0: no proofs)"
     )
     proof_sample: int = Field(
-        DEFAULT_PROOF_SAMPLE, ge=1, le=1024, description="s: test records each proof samples"
+        DEFAULT_SAMPLE, ge=1, le=1024, description="s: test records each proof samples"
     )
     srs_sha256: str = Field("", description="sha256 of the KZG SRS file every proof uses")
     srs_test_only: bool = Field(
@@ -268,7 +268,7 @@ class RunConfig(BaseModel):
 
 _ZK_DEFAULTS: dict[str, Any] = {
     "prove_every": 0,
-    "proof_sample": DEFAULT_PROOF_SAMPLE,
+    "proof_sample": DEFAULT_SAMPLE,
     "srs_sha256": "",
     "srs_test_only": False,
     "zk_settings_sha256": "",
