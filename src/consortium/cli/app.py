@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from consortium.cli import demo, identity, report, run, status, ui
+from consortium.cli import demo, identity, report, run, simulate, status, ui
 from consortium.cli.audit_privacy import audit_app
 from consortium.cli.bench import bench_app
 from consortium.cli.chain import chain_app
@@ -31,6 +31,7 @@ app.add_typer(run.run_app, name="run")
 app.add_typer(store_app, name="store", help="Put, get and verify content-addressed artifacts.")
 app.add_typer(audit_app(run.audit), name="audit")
 app.command("demo")(demo.demo)
+app.command("simulate", help=simulate.HELP)(simulate.simulate)
 app.command("report")(report.report)
 app.command("ui")(ui.ui)
 app.add_typer(bench_app, name="bench")

@@ -1,0 +1,178 @@
+"""The Ray backend of `consortium simulate`: many members per Ray actor, one actor per core.
+
+An actor process costs a few hundred MB, so one actor per member does not fit a large
+simulation in memory; each `RayHost` actor instead runs a `SimHost` (the real `Node`s of its
+share of the member folders on the actor's asyncio loop). Its `RayNetwork` delivers a request
+for a member of the same actor in process and sends one for a member of another actor through
+Ray: an actor method call (`deliver`) on the host that holds the member, which delivers it
+there and returns the reply. Errors cross as (kind, text) pairs and are raised again as the
+transport's own `PeerRefused` / `TransportError`, so a node sees exactly the in-process (and
+gRPC) error contract. Bytes are counted by the sender's network as in process; `remote_bytes`
+says how many of them crossed between actors.
+
+Ray (the `ray` extra) is imported here only; the rest of consortium never needs it. The member
+folders must be readable by every actor at the same path: on one machine (the default, a local
+Ray started and shut down by the command) they are; joining a cluster with `--address` needs
+that path on a shared filesystem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+from consortium.core.errors import ConfigError, PeerRefused, TransportError
+from consortium.node.simulate import SEED, Backend, CountingNetwork, SimHost
+from consortium.transport.inprocess import InProcessNetwork
+
+#: Headroom over a request's own timeout for the hop through Ray.
+HOP_SLACK = 5.0
+#: Ray's shared-memory object store: messages over 100 KiB go through it. Small, since nothing
+#: is kept in it; Ray's minimum is 75 MiB.
+OBJECT_STORE_BYTES = 200 * 1024 * 1024
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(
+            "the Ray backend needs Ray: pip install 'consortium[ray]' (ray==2.55.1)"
+        ) from None
+    return ray
+
+
+class RayNetwork(CountingNetwork):
+    """A CountingNetwork whose members on other actors are reached through Ray."""
+
+    def __init__(self) -> None:
+        super().__init__(seed=SEED)
+        self.routes: dict[str, Any] = {}  # member id -> actor handle of the host holding it
+        self.remote_bytes = 0
+
+    async def _route(
+        self, sender: str, peer: str, method: str, payload: bytes, timeout: float
+    ) -> bytes:
+        if peer in self._handlers:
+            return await super()._route(sender, peer, method, payload, timeout)
+        actor = self.routes.get(peer)
+        if actor is None:
+            raise TransportError(f"{peer} is unreachable")
+        self.remote_bytes += len(payload)
+        try:
+            async with asyncio.timeout(timeout + HOP_SLACK):
+                kind, value = await actor.deliver.remote(sender, peer, method, payload, timeout)
+        except TimeoutError:
+            raise TransportError(f"{peer} did not answer {method!r} within {timeout:g} s") from None
+        except Exception as exc:  # the actor died or Ray failed: the peer is unreachable
+            raise TransportError(f"{peer} is unreachable: {type(exc).__name__}") from None
+        if kind == "ok":
+            self.remote_bytes += len(value)
+            return bytes(value)
+        if kind == "refused":
+            raise PeerRefused(value)
+        raise TransportError(value)
+
+
+class RayHost:
+    """A Ray actor's body: a SimHost over a RayNetwork (`RayBackend` makes it remote)."""
+
+    def __init__(self, dirs: list[str]) -> None:
+        self.network = RayNetwork()
+        self.host = SimHost([Path(d) for d in dirs], self.network)
+
+    def member_ids(self) -> list[str]:
+        return self.host.member_ids()
+
+    def set_routes(self, routes: dict[str, Any]) -> None:
+        self.network.routes = routes
+
+    async def deliver(
+        self, sender: str, peer: str, method: str, payload: bytes, timeout: float
+    ) -> tuple[str, Any]:
+        """A request from a member on another actor to `peer` here: ("ok", reply) or the
+        error's kind and text."""
+        try:
+            reply = await InProcessNetwork._deliver(
+                self.network, sender, peer, method, payload, timeout
+            )
+        except PeerRefused as exc:
+            return "refused", str(exc)
+        except TransportError as exc:
+            return "error", str(exc)
+        return "ok", reply
+
+    async def start(self) -> None:
+        await self.host.start()
+
+    async def propose(self, run: dict[str, Any]) -> dict[str, Any]:
+        return await self.host.propose(run)
+
+    def rounds_done(self) -> int:
+        return self.host.rounds_done()
+
+    def finished(self) -> bool:
+        return self.host.finished()
+
+    def latencies(self) -> dict[int, float]:
+        return self.host.latencies()
+
+    def report(self) -> Any:
+        return self.host.report()
+
+    async def stop(self) -> None:
+        await self.host.stop()
+
+
+class RayBackend(Backend):
+    """One RayHost actor per part of the members; starts a local Ray (one CPU per actor) or
+    joins the cluster at `address`, and always shuts its own connection down on close."""
+
+    def __init__(self, actors: int, address: str | None = None) -> None:
+        self.ray = import_ray()
+        self.address = address
+        self.actors = actors
+        self._handles: list[Any] = []
+
+    async def open(self, dirs: list[list[Path]]) -> None:
+        ray = self.ray
+        # Ray 2.55 warns at every start that a later version will stop overriding the
+        # accelerator variables; we use no accelerator, so take the future behaviour now.
+        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+        if self.address:
+            ray.init(address=self.address, logging_level="ERROR", log_to_driver=False)
+        else:
+            ray.init(
+                num_cpus=len(dirs),
+                include_dashboard=False,
+                object_store_memory=OBJECT_STORE_BYTES,
+                logging_level="ERROR",
+                log_to_driver=False,
+            )
+        actor = ray.remote(num_cpus=1, max_concurrency=100_000)(RayHost)
+        self._handles = [actor.remote([str(d) for d in part]) for part in dirs]
+        self.hosts = len(self._handles)
+        ids = await asyncio.gather(*(h.member_ids.remote() for h in self._handles))
+        routes = {m: h for h, members in zip(self._handles, ids, strict=True) for m in members}
+        await asyncio.gather(*(h.set_routes.remote(routes) for h in self._handles))
+
+    async def call(self, i: int, method: str, *args: Any) -> Any:
+        return await getattr(self._handles[i], method).remote(*args)
+
+    async def close(self) -> None:
+        ray = self.ray
+        try:
+            if self._handles:
+                stops = [h.stop.remote() for h in self._handles]
+                try:
+                    async with asyncio.timeout(60):
+                        await asyncio.gather(*stops, return_exceptions=True)
+                except TimeoutError:
+                    pass
+            for h in self._handles:
+                ray.kill(h)
+        finally:
+            self._handles = []
+            ray.shutdown()
