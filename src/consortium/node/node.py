@@ -129,8 +129,7 @@ def run_records(ledger: Ledger) -> list[RoundRecord]:
 
 def open_node_state(directory: Path) -> tuple[Genesis, Ledger, BlockStore]:
     """Open (creating on first start) this node's ledger and store."""
-    genesis = Genesis.load(directory / GENESIS_FILE)
-    genesis.verify()
+    genesis = Genesis.load_verified(directory / GENESIS_FILE)
     path = directory / LEDGER_FILE
     ledger = Ledger.open(path) if path.exists() else Ledger.create(path, genesis)
     if ledger.genesis().digest() != genesis.digest():

@@ -1,0 +1,162 @@
+"""`consortium simulate`: the in-process backend end to end, its refusals, committee figures;
+the Ray backend (slow) with two actors, leaving no Ray process behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from consortium.cli.app import app
+from consortium.core.genesis import GENESIS_FILE, Genesis
+from consortium.node.node import run_records
+from consortium.node.simulate import InProcessBackend, SimSettings, simulate_async
+from consortium.protocol.committee import committee_for, committee_unsafe_probability
+
+runner = CliRunner()
+
+
+def test_simulate_in_process_runs_every_round_through_the_cli(tmp_path: Path) -> None:
+    res = runner.invoke(
+        app, ["simulate", "--members", "4", "--rounds", "2", "--d", "8", "--dir", str(tmp_path)]
+    )
+    assert res.exit_code == 0, res.output
+    assert "2 of 2" in res.output  # rounds committed
+    assert "members / s" in res.output and "rounds / hour" in res.output
+    # Real member folders: each ledger holds the run's two round records, the same on all.
+    dirs = sorted(p for p in tmp_path.iterdir() if (p / GENESIS_FILE).exists())
+    assert len(dirs) == 4
+    assert len(Genesis.load(dirs[0] / GENESIS_FILE).members) == 4
+
+
+def test_simulate_async_reports_bytes_rounds_and_one_ledger(tmp_path: Path) -> None:
+    s = SimSettings(members=4, rounds=2, d=4)
+    result = asyncio.run(simulate_async(s, tmp_path, InProcessBackend()))
+    assert result.rounds_done == 2 and not result.notes
+    assert len({root for h in result.hosts for root in h.roots}) == 1
+    assert result.bytes_per_member_round > 0
+    assert sorted(result.latencies) == [1, 2]
+    from consortium.ledger.log import Ledger
+
+    with Ledger.open(tmp_path / "node0" / "ledger.sqlite", readonly=True) as ledger:
+        records = run_records(ledger)
+    assert [r.round for r in records] == [1, 2]
+    assert all(len(r.participants) == 4 for r in records)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--backend", "mpi"], "--backend must be inprocess or ray"),
+        (["--address", "auto"], "use it with --backend ray"),
+        (["--members", "2"], "at least 3"),
+        (["--members", "400"], "--corrupt-fraction"),
+        (["--corrupt-fraction", "0.4"], "below 1/3"),
+        (["--members", "10", "--per-round", "4"], "committees drawn from the beacon"),
+    ],
+)
+def test_simulate_refuses_a_mistake_in_one_line(args: list[str], message: str) -> None:
+    res = runner.invoke(app, ["simulate", *args])
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+    assert "Traceback" not in res.output
+
+
+def test_simulate_help_explains_the_backends() -> None:
+    res = runner.invoke(app, ["simulate", "--help"])
+    assert res.exit_code == 0
+    assert "--backend" in res.output and "--address" in res.output and "Ray" in res.output
+
+
+def test_the_committee_tail_figures_of_the_issue() -> None:
+    # A third dishonest in 1000: a committee of 100 holds more than 33 about half the time.
+    assert 0.4 < committee_unsafe_probability(1000, 100, 333) < 0.6
+    # About 10 % dishonest keeps a committee of 100 safe near 2^-40.
+    assert committee_unsafe_probability(1000, 100, 100) < 2**-38
+    # The whole consortium as its committee: safe when fewer than a third are dishonest.
+    assert committee_unsafe_probability(100, 100, 33) == 0.0
+    assert committee_unsafe_probability(100, 100, 34) == 1.0
+
+
+def test_a_committee_is_a_pure_function_of_the_beacon_and_attempt() -> None:
+    members = [f"m{i:03d}" for i in range(50)]
+    a = committee_for(b"\1" * 32, 0, members, 10)
+    assert a == committee_for(b"\1" * 32, 0, list(reversed(members)), 10)
+    assert len(a) == 10 and set(a) <= set(members) and a == sorted(a)
+    assert a != committee_for(b"\1" * 32, 1, members, 10)
+    assert a != committee_for(b"\2" * 32, 0, members, 10)
+    with pytest.raises(ValueError):
+        committee_for(b"\1" * 32, 0, members, 51)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Live processes below `pid` (from /proc), zombies left out."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] == "Z":
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return state[state.rindex(")") + 2] != "Z"
+
+
+@pytest.mark.slow
+def test_ray_backend_with_two_actors_leaves_no_ray_process(tmp_path: Path) -> None:
+    import ray
+
+    from consortium.node.ray_host import RayBackend
+
+    before = set(_descendants(os.getpid()))
+    s = SimSettings(members=6, rounds=2, d=8, backend="ray", actors=2)
+    result = asyncio.run(simulate_async(s, tmp_path, RayBackend(2)))
+    assert result.rounds_done == 2 and not result.notes
+    actors = {h.pid for h in result.hosts}
+    assert len(actors) == 2 and os.getpid() not in actors
+    assert result.remote_bytes > 0  # members on the two actors talked through Ray
+    assert len({root for h in result.hosts for root in h.roots}) == 1
+    assert not ray.is_initialized()
+    # Ray's daemons were this process's children and the actors their workers: all gone (Ray
+    # stops them as it shuts down; wait for the kernel to reap them, whatever the load).
+    for _ in range(600):
+        left = (set(_descendants(os.getpid())) - before) | {p for p in actors if _alive(p)}
+        if not left:
+            break
+        time.sleep(0.1)
+    assert not left, f"processes left behind: {left}"
+
+
+def test_a_manifest_verified_once_per_process_still_refuses_other_bytes(tmp_path: Path) -> None:
+    from consortium.core.errors import GenesisError
+    from consortium.node.sim import create_consortium
+
+    d = create_consortium(tmp_path, 3, consent=False)[0]
+    path = d / GENESIS_FILE
+    good = Genesis.load_verified(path)  # verified, and its bytes remembered
+    assert Genesis.load_verified(path).digest() == good.digest()
+    text = path.read_text()
+    path.write_text(text.replace('"quorum": 2', '"quorum": 3'))  # the members signed quorum 2
+    with pytest.raises(GenesisError, match="invalid signature"):
+        Genesis.load_verified(path)
