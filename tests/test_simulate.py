@@ -160,3 +160,20 @@ def test_a_manifest_verified_once_per_process_still_refuses_other_bytes(tmp_path
     path.write_text(text.replace('"quorum": 2', '"quorum": 3'))  # the members signed quorum 2
     with pytest.raises(GenesisError, match="invalid signature"):
         Genesis.load_verified(path)
+
+
+def test_entry_zero_verified_once_per_process_still_refuses_other_bytes(tmp_path: Path) -> None:
+    from consortium.core.errors import LedgerError
+    from consortium.ledger.entries import Entry, genesis_entry, genesis_from_bytes
+    from consortium.node.sim import create_consortium
+
+    d = create_consortium(tmp_path, 3, consent=False)[0]
+    genesis = Genesis.load(d / GENESIS_FILE)
+    data = genesis_entry(genesis).data
+    assert genesis_from_bytes(data).digest() == genesis.digest()
+    assert genesis_from_bytes(data).digest() == genesis.digest()  # from the cache
+    entry = Entry.from_bytes(data)
+    body = dict(entry.body, quorum=3)  # what the members did not sign
+    forged = Entry(entry.kind, entry.author, body, dict(entry.signatures), entry.time).data
+    with pytest.raises(LedgerError, match="not a valid genesis manifest"):
+        genesis_from_bytes(forged)
