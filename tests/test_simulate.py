@@ -82,15 +82,15 @@ def test_the_committee_tail_figures_of_the_issue() -> None:
     assert committee_unsafe_probability(100, 100, 34) == 1.0
 
 
-def test_a_committee_is_a_pure_function_of_the_beacon_and_attempt() -> None:
+def test_a_committee_is_a_pure_function_of_the_round_beacon() -> None:
     members = [f"m{i:03d}" for i in range(50)]
-    a = committee_for(b"\1" * 32, 0, members, 10)
-    assert a == committee_for(b"\1" * 32, 0, list(reversed(members)), 10)
+    a = committee_for(b"\1" * 32, members, 10)
+    assert a == committee_for(b"\1" * 32, list(reversed(members)), 10)
     assert len(a) == 10 and set(a) <= set(members) and a == sorted(a)
-    assert a != committee_for(b"\1" * 32, 1, members, 10)
-    assert a != committee_for(b"\2" * 32, 0, members, 10)
+    assert a != committee_for(b"\2" * 32, members, 10)
+    assert committee_for(b"\1" * 32, members, 50) == sorted(members)
     with pytest.raises(ValueError):
-        committee_for(b"\1" * 32, 0, members, 51)
+        committee_for(b"\1" * 32, members, 51)
 
 
 def _descendants(pid: int) -> list[int]:
