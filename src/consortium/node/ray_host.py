@@ -142,7 +142,10 @@ class RayBackend(Backend):
         # accelerator variables; we use no accelerator, so take the future behaviour now.
         os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
         if self.address:
-            ray.init(address=self.address, logging_level="ERROR", log_to_driver=False)
+            try:
+                ray.init(address=self.address, logging_level="ERROR", log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise ConfigError(f"cannot join the Ray cluster at {self.address}: {exc}") from None
         else:
             ray.init(
                 num_cpus=len(dirs),
@@ -163,6 +166,8 @@ class RayBackend(Backend):
 
     async def close(self) -> None:
         ray = self.ray
+        if not ray.is_initialized():
+            return
         try:
             if self._handles:
                 stops = [h.stop.remote() for h in self._handles]

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from consortium.core.errors import ConsortiumError
 from consortium.core.genesis import GENESIS_FILE, Genesis
 from consortium.core.identity import NodeIdentity
 from consortium.core.layout import LEDGER_FILE
@@ -351,8 +352,8 @@ async def simulate_async(
     parts = max(1, min(s.members, s.actors or 1))
     chunks = [dirs[i::parts] for i in range(parts)]
     t = time.perf_counter()
-    await backend.open(chunks)
     try:
+        await backend.open(chunks)
         progress("starting nodes", 0, backend.hosts)
         for i in range(backend.hosts):
             await backend.call(i, "start")
@@ -361,7 +362,7 @@ async def simulate_async(
         t = time.perf_counter()
         report = await backend.call(0, "propose", run_config(s).model_dump())
         if not report["started"]:
-            raise RuntimeError(f"the members did not agree to the run: {report}")
+            raise ConsortiumError(f"the members did not agree to the run: {report}")
         deadline = time.monotonic() + s.run_timeout
         while True:
             done = [await backend.call(i, "rounds_done") for i in range(backend.hosts)]
