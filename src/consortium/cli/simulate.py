@@ -41,7 +41,8 @@ It prints members per second (members whose update entered a round, per second o
 round), rounds per hour, the peak memory of the driver and the actors (the sum of each
 process's peak RSS), bytes per member and round, and, for --per-round K below MEMBERS, the
 probability that a committee of K drawn from MEMBERS with the assumed corrupt fraction holds
-more than a third dishonest members (hypergeometric tail).
+more than a third dishonest members (hypergeometric tail; with every member contributing, the
+same figure for the whole consortium, 0 while the assumed dishonest are fewer than a third).
 
 The genesis ceremony (every member deals its share of the beacon key: the manifest grows as
 MEMBERS², 3 MB at 100) is part of the set-up and timed apart."""
@@ -101,8 +102,9 @@ def simulate(
         int | None,
         typer.Option(
             "--per-round",
-            help="contributors per round (default: every member); below --members it is a "
-            "committee drawn from the round's beacon (see docs/architecture.md)",
+            help="contributors per round (default: every member); below --members, a "
+            "committee drawn from the round's beacon: designed (docs/architecture.md), not yet "
+            "in the round machine, so refused after printing the committee's risk",
         ),
     ] = None,
     rounds: Annotated[int, typer.Option(help="rounds to run", min=1)] = 3,
@@ -142,9 +144,9 @@ def simulate(
     k = per_round if per_round is not None else members
     if not 1 <= k <= members:
         raise ConfigError(f"--per-round must be between 1 and --members ({members})")
+    for line in committee_lines(members, k, corrupt_fraction or 1 / 3):
+        console.print(line)
     if k < members:
-        for line in committee_lines(members, k, corrupt_fraction or 1 / 3):
-            console.print(line)
         raise ConfigError(
             f"--per-round {k} below --members {members}: committees drawn from the beacon are "
             "designed (docs/architecture.md, 'Committees') but the round machine does not draw "
