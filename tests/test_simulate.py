@@ -66,6 +66,24 @@ def test_simulate_refuses_a_mistake_in_one_line(args: list[str], message: str) -
     assert "Traceback" not in res.output
 
 
+def test_an_unreachable_ray_cluster_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    res = runner.invoke(
+        app,
+        [
+            *("simulate", "--backend", "ray", "--members", "3", "--rounds", "1"),
+            *("--address", f"127.0.0.1:{port}", "--dir", str(tmp_path)),
+        ],
+    )
+    assert res.exit_code == 2, res.output
+    assert f"cannot reach the Ray cluster at 127.0.0.1:{port}" in res.output
+    assert "Traceback" not in res.output
+
+
 def test_simulate_help_explains_the_backends() -> None:
     res = runner.invoke(app, ["simulate", "--help"])
     assert res.exit_code == 0

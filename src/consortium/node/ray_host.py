@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,20 @@ def import_ray() -> Any:
             "the Ray backend needs Ray: pip install 'consortium[ray]' (ray==2.55.1)"
         ) from None
     return ray
+
+
+def reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuse at once a cluster address (HOST:PORT; `auto` and `ray://` are left to Ray) whose
+    port does not answer: Ray itself retries for minutes before it gives up."""
+    if address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"--address must be HOST:PORT (or auto), not {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the Ray cluster at {address}: {exc}") from None
 
 
 class RayNetwork(CountingNetwork):
@@ -142,12 +157,14 @@ class RayBackend(Backend):
         # accelerator variables; we use no accelerator, so take the future behaviour now.
         os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
         if self.address:
+            reachable(self.address)
             try:
                 ray.init(address=self.address, logging_level="ERROR", log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise ConfigError(f"cannot join the Ray cluster at {self.address}: {exc}") from None
         else:
             ray.init(
+                address="local",  # a new local Ray, even where `ray start` left an address
                 num_cpus=len(dirs),
                 include_dashboard=False,
                 object_store_memory=OBJECT_STORE_BYTES,

@@ -374,6 +374,11 @@ async def simulate_async(
                 result.notes.append(f"run unfinished after {s.run_timeout:g} s (--run-timeout)")
                 break
             await asyncio.sleep(0.5)
+        progress(
+            "rounds",
+            min([await backend.call(i, "rounds_done") for i in range(backend.hosts)]),
+            s.rounds,
+        )
         result.run_s = time.perf_counter() - t
         result.hosts = [await backend.call(i, "report") for i in range(backend.hosts)]
         result.latencies = await backend.call(0, "latencies")
