@@ -29,11 +29,10 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +45,7 @@ from consortium.learning.serialize import weights_from_bytes
 from consortium.node.config import RunConfig, load_node_config
 from consortium.node.node import Node, run_records
 from consortium.node.sim import create_consortium
-from consortium.protocol.round import Committed
+from consortium.node.simulate import TimedNode as TimedNode  # also bench.round_e2e's
 from consortium.store.objects import get_bytes
 from consortium.transport.base import DEFAULT_TIMEOUT, Handler
 from consortium.transport.inprocess import InProcessNetwork, InProcessTransport
@@ -105,27 +104,6 @@ class CountingTransport:
         reply = await self.inner.request(peer, method, payload, timeout)
         self.counter.add(self.node_id, peer, len(reply))
         return reply
-
-
-class TimedNode(Node):
-    """A Node that notes when each round begins and commits (perf_counter seconds), and calls
-    `on_commit(round)` (if set) as it commits one."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.begun: dict[int, float] = {}
-        self.committed: dict[int, float] = {}
-        self.on_commit: Callable[[int], None] | None = None
-
-    def _begin(self, round_no: int, *, late: bool = False) -> None:
-        self.begun[round_no] = time.perf_counter()
-        super()._begin(round_no, late=late)
-
-    def _commit(self, c: Committed) -> None:
-        self.committed[c.round] = time.perf_counter()
-        if self.on_commit is not None:
-            self.on_commit(c.round)
-        super()._commit(c)  # appends, then begins the next round
 
 
 @dataclass
