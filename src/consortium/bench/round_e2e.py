@@ -209,7 +209,7 @@ class Row:
         floor = 8 * self.d
         member = mb(self.member_bytes)
         if self.member_bytes is not None and floor:
-            member += f" ({self.member_bytes / floor:.0f}x)"
+            member += f" ({self.member_bytes / floor:.1f}x)"
         ver = "-"
         if self.ed25519 is not None:
             ver = f"{self.ed25519:.0f} ({self.ed25519 / self.n:.0f} per member)"
