@@ -81,8 +81,9 @@ def test_every_import_is_a_declared_dependency() -> None:
     assert not undeclared, f"imported but not in pyproject's dependencies: {undeclared}"
     # Optional only where the code importing it degrades without it (bench privacy's PNG; the
     # Parquet and image loaders, which say what to install).
-    # Proofs of evaluation (`zk`: ezkl, and onnx, which torch's ONNX export needs).
-    assert declared_optional == {"matplotlib", "pyarrow", "pillow", "ezkl", "onnx"}
+    # Proofs of evaluation (`zk`: ezkl, and onnx, which torch's ONNX export needs); Ray for
+    # `simulate --backend ray` (`ray`: it says what to install).
+    assert declared_optional == {"matplotlib", "pyarrow", "pillow", "ezkl", "onnx", "ray"}
 
 
 def test_every_declared_dependency_is_imported() -> None:
