@@ -87,6 +87,7 @@ T_DISHONEST = "tests/adversarial/test_secagg_dishonest.py"
 T_PUBLISHED = "tests/adversarial/test_secagg_published_sum.py"
 T_AGREED = "tests/adversarial/test_agreed_runs.py"
 T_STORAGE = "tests/test_storage_rounds.py"
+T_COMMITTEE = "tests/test_committees.py"
 
 #: Test files each mutant runs, fastest first (pytest -x stops at the first failure).
 VERIFIER_TESTS = (T_VERIFIER, T_VERIFIER_RULES)
@@ -100,6 +101,8 @@ VERIFIER_EXTRA = {
     "storage-commitment-mismatch": (T_STORAGE,),
     "storage-proof-invalid": (T_STORAGE,),
     "own-answer-missing": (T_STORAGE,),
+    # Committees (issue 15): a dishonest leader's contributors outside the beacon's committee.
+    "participants-not-committee": (T_COMMITTEE,),
 }
 RECORD_TESTS = (T_VERIFIER, T_VERIFIER_RULES)
 ROUND_TESTS = (T_MACHINE, T_MACHINE_RULES)

@@ -114,12 +114,15 @@ class Wire:
         replicas: int = 0,
         challenge_every: int = 0,
         challenge_artifacts: int = 8,
+        committee: int = 0,
+        corrupt_fraction: float | None = None,
+        min_updates: int = 1,
     ) -> Wire:
         ids, genesis = consortium(n)
         settings = RoundSettings(
             run_id=RUN,
             config=CONFIG,
-            min_updates=1,
+            min_updates=min_updates,
             collect_timeout=5.0,
             round_timeout=20.0,
             secure=secure,
@@ -128,6 +131,8 @@ class Wire:
             replicas=replicas,
             challenge_every=challenge_every,
             challenge_artifacts=challenge_artifacts,
+            committee=committee,
+            corrupt_fraction=corrupt_fraction,
         )
         stores: dict[str, dict[str, bytes]] = {i.node_id: {} for i in ids}
         machines = {

@@ -605,8 +605,12 @@ def _record_context(
     )
     model_size = int(flatten(weights_from_bytes(prev)).size)
     secure = run.secure_aggregation == "secagg+"
-    consortium = Consortium(
-        len(genesis.members), genesis.quorum, run.min_honest, run.secagg_corrupt_fraction
+    consortium = Consortium.sized(
+        len(genesis.members),
+        genesis.quorum,
+        run.min_honest,
+        run.secagg_corrupt_fraction,
+        run.committee_size,
     )
 
     def secagg_params(beacon: bytes, attempt: int, parts: list[str]) -> SecAggParams:
@@ -640,6 +644,7 @@ def _record_context(
         privacy=privacy,
         colluders=consortium.f,
         storage=rules,
+        committee=run.committee_size,
     )
 
 

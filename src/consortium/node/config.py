@@ -212,6 +212,13 @@ class RunConfig(BaseModel):
     zk_settings_sha256: str = Field(
         "", description="sha256 of the pinned EZKL circuit settings (model and s)"
     )
+    # Committees (issue 15; docs/architecture.md "Committees"): left out of `body()` at 0.
+    committee_size: int = Field(
+        0,
+        ge=0,
+        description="K: each round's contributors are a committee of K members drawn from its "
+        "beacon (0: every member); every member still cosigns",
+    )
 
     def body(self) -> dict[str, Any]:
         body = self.model_dump()
@@ -219,7 +226,7 @@ class RunConfig(BaseModel):
             del body["task"], body["task_hash"]
         # Storage (issue 16) and proof (issue 18) fields are left out at their defaults, so
         # earlier run ids are unchanged and runs without them keep their ids.
-        for key, default in {**_STORAGE_DEFAULTS, **_ZK_DEFAULTS}.items():
+        for key, default in {**_STORAGE_DEFAULTS, **_ZK_DEFAULTS, **_COMMITTEE_DEFAULTS}.items():
             if body[key] == default:
                 del body[key]
         return body
@@ -275,6 +282,34 @@ _ZK_DEFAULTS: dict[str, Any] = {
 }
 
 
+#: Committee fields (issue 15) and their defaults, which `RunConfig.body` leaves out.
+_COMMITTEE_DEFAULTS: dict[str, Any] = {"committee_size": 0}
+
+
+def committee_refusals(run: RunConfig, members: int) -> list[str]:
+    """A committee size that does not fit the consortium or the run (rule `committee-config`):
+    K must be below the number of members (0: every member) and hold the run's minimum of
+    contributors; SecAgg+ within a committee is sized for a stated corrupt fraction, and DP is
+    refused (a committee drawn from the public beacon is public: no amplification by sampling,
+    and the accounting of members outside a round's committee is not built)."""
+    k = run.committee_size
+    if not k:
+        return []
+    out = []
+    if not 4 <= k < members:
+        out.append(f"committee_size = {k}: between 4 and the {members} members less one (0: all)")
+    elif run.min_updates > k:
+        out.append(f"min_updates = {run.min_updates} is more than the committee of {k}")
+    if run.secure_aggregation == "secagg+" and run.secagg_corrupt_fraction is None:
+        out.append(
+            "committee_size needs secagg_corrupt_fraction: a committee's safety rests on the "
+            "stated corrupt fraction of all members"
+        )
+    if run.privacy.unit != "none":
+        out.append("differential privacy is not supported with committees (committee_size > 0)")
+    return [f"{why} [rule committee-config]" for why in out]
+
+
 def _is_sha256(value: str) -> bool:
     return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
@@ -313,6 +348,9 @@ def consortium_refusals(run: RunConfig, genesis: Genesis) -> list[str]:
             "privacy, so that every round is charged [rule budget-bypass]"
         ]
     n = len(genesis.members)
+    committee = committee_refusals(run, n)
+    if committee:
+        return committee
     if run.replicas and not min(3, n) <= run.replicas <= n:
         return [
             f"replicas = {run.replicas}: each artifact is held by between min(3, n) = "

@@ -325,6 +325,7 @@ class Node(RunAgreement):
             replicas=run.replicas,
             challenge_every=run.challenge_every,
             challenge_artifacts=run.challenge_artifacts,
+            committee=run.committee_size,
         )
         self._storage = (0, StorageState())
         if settings.secure:

@@ -15,8 +15,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from scipy.stats import hypergeom  # the exact tail, as protocol.secagg.sizing
-
 from consortium.protocol.beacon import attempt_beacon
 
 _TAG = b"consortium/v1/committee|"
@@ -37,5 +35,7 @@ def committee_unsafe_probability(members: int, k: int, dishonest: int) -> float:
     more than floor((k - 1) / 3) dishonest members]: the hypergeometric upper tail."""
     if not 0 <= dishonest <= members or not 1 <= k <= members:
         raise ValueError("need 0 <= dishonest <= members and 1 <= k <= members")
+    from scipy.stats import hypergeom  # the exact tail; imported here: verifiers need only the draw
+
     limit = (k - 1) // 3
     return float(hypergeom.sf(limit, members, dishonest, k))

@@ -29,6 +29,9 @@ uses them:
                  its test records for proofs of evaluation, made once per run
     evaluations  (optional) [{node, round, proof, model, s, correct, test_only}]: proofs of
                  evaluation of earlier rounds' models (the proof artifact is in the store)
+    committee    (optional: runs with `committee_size`) K, the size of the round's committee,
+                 which every reader recomputes from the beacon (`protocol/committee.py`);
+                 participants are within it and dropouts are the rest of it
 
 The run a record belongs to was agreed before its first round: a "run-config" entry (`RunRecord`,
 below) cosigned by a quorum, whose configuration hashes to the run id every record names.
@@ -83,7 +86,7 @@ _CORE = frozenset(
         "erasures",
     }
 )
-_OPTIONAL = frozenset({"secagg", "privacy", "storage", "testdata", "evaluations"})
+_OPTIONAL = frozenset({"secagg", "privacy", "storage", "testdata", "evaluations", "committee"})
 _MAX_EVALUATIONS = 10_000
 _MAX_MEMBERS = 10_000
 _MAX_METRICS = 64
@@ -309,6 +312,8 @@ class RoundRecord:
     storage: StorageSection | None = None
     testdata: Mapping[str, TestDataCommitment] = field(default_factory=dict)
     evaluations: tuple[Evaluation, ...] = ()
+    #: K of a run with committees (0: every member contributes; the section is left out).
+    committee: int = 0
     version: int = RECORD_VERSION
 
     # -- codec -----------------------------------------------------------------------------------
@@ -343,6 +348,8 @@ class RoundRecord:
             body["testdata"] = {k: c.to_body() for k, c in self.testdata.items()}
         if self.evaluations:
             body["evaluations"] = [e.to_body() for e in self.evaluations]
+        if self.committee:
+            body["committee"] = self.committee
         return body
 
     @classmethod
@@ -401,6 +408,7 @@ class RoundRecord:
             or ("evaluations" in b and not evaluations)
         ):
             raise _fail("'evaluations' must be a non-empty list (left out when empty)")
+        committee = _int(b, "committee", 1) if "committee" in b else 0
         return cls(
             run=_str(b["run"], "run"),
             round=_int(b, "round", 1),
@@ -423,6 +431,7 @@ class RoundRecord:
             storage=None if b.get("storage") is None else StorageSection.from_body(b["storage"]),
             testdata=testdata,
             evaluations=tuple(Evaluation.from_body(e) for e in evaluations),
+            committee=committee,
         )
 
     @classmethod

@@ -96,6 +96,7 @@ from consortium.protocol.secure_round import (
     Consortium,
     LeaderAggregation,
     ParticipantAggregation,
+    max_faulty,
     params_body,
     recompute_mean_delta,
     round_params,
@@ -122,6 +123,7 @@ from consortium.protocol.verifier import (
     ProofState,
     RecordContext,
     StorageRules,
+    round_committee,
     verify_evaluation,
     verify_round_record,
 )
@@ -325,6 +327,9 @@ class RoundSettings:
     #: Seconds after beginning a round without its beacon before asking members for partials
     #: (a node that restarted mid-round missed them), and again after as long each time.
     beacon_ask_after: float = 2.0
+    #: K: each round's contributors (and leaders) are a committee of K members drawn from its
+    #: beacon (0: every member). Every member still checks and cosigns.
+    committee: int = 0
 
     @property
     def storage(self) -> bool:
@@ -407,6 +412,9 @@ class _State:
     proved: dict[int, frozenset[tuple[str, str]]] = field(default_factory=dict)
     #: The run's proofs of evaluation as the ledger stood when the round began (None: off).
     proofs: ProofState | None = None
+    #: Who may contribute to and lead this round (its committee, or every member), once the
+    #: beacon is known.
+    committee: tuple[str, ...] = ()
 
 
 class RoundMachine:
@@ -445,9 +453,14 @@ class RoundMachine:
         self._statement: tuple[object, bytes] = (None, b"")
         self._voted: dict[int, CastVote] = dict(votes or {})
         self._signed_sets: dict[tuple[int, int], tuple[str, ...]] = dict(signed_sets or {})
-        self._secagg = Consortium(
-            len(self.members), genesis.quorum, settings.min_honest, settings.corrupt_fraction
+        self._secagg = Consortium.sized(
+            len(self.members),
+            genesis.quorum,
+            settings.min_honest,
+            settings.corrupt_fraction,
+            settings.committee,
         )
+        self._faulty = max_faulty(len(self.members))  # colluders among the cosigners
         self.s = _State()
         self._from = Phase.DONE  # the phase the event being handled started in
         self._share: SecretShare | None = None  # this node's beacon key share, derived once
@@ -476,7 +489,18 @@ class RoundMachine:
         value = self.beacon
         if value is None:
             raise ConsortiumError(f"round {self.s.round}: the beacon is not known yet")
-        return leader_for(value, self.s.round, a, self.members)
+        return leader_for(value, self.s.round, a, self.committee())
+
+    def committee(self) -> tuple[str, ...]:
+        """This round's committee (every member without committees): who contributes and
+        leads, drawn from the beacon alone, fixed over the round's attempts."""
+        s = self.s
+        if not s.committee:
+            value = self.beacon
+            if value is None:
+                raise ConsortiumError(f"round {s.round}: the beacon is not known yet")
+            s.committee = tuple(round_committee(value, self.members, self.settings.committee))
+        return s.committee
 
     def note_vote(self, size: int, root: bytes, author: str) -> None:
         """This node cosigned `root` at `size` outside a round (an agreed run-stop): never
@@ -527,7 +551,9 @@ class RoundMachine:
             if reason is not None:
                 self._goto(Event.BEGIN, Phase.DONE)
                 return [Stopped(reason)]
-        actions: list[Action] = [Train(round_no), *self._begin_beacon(now, ask)]
+        # With committees, only the committee trains: known once the beacon is.
+        train = [] if self.settings.committee else [Train(round_no)]
+        actions: list[Action] = [*train, *self._begin_beacon(now, ask)]
         for sender, share in early_beacon.items():
             actions += self.on_message(sender, share, now)
         for sender, upd in early.items():
@@ -590,6 +616,8 @@ class RoundMachine:
         s = self.s
         s.attempt_started = now  # attempt 0's deadline counts from when its leader is known
         actions: list[Action] = self._answer_challenges()
+        if self.settings.committee and self.me in self.committee() and s.phase is Phase.TRAINING:
+            actions.append(Train(s.round))  # once: the beacon is made once per round
         if s.phase is Phase.TRAINING and s.local is not None:
             actions += self._after_training(Event.BEACON, now)
         held, s.held = s.held, []
@@ -759,6 +787,11 @@ class RoundMachine:
             )
         if msg.attempt < s.attempt:
             return [Note(f"stale update from {self._name(sender)} (attempt {msg.attempt})", "info")]
+        if sender not in self.committee():
+            raise ConsortiumError(
+                f"an update from outside round {s.round}'s committee "
+                "[rule participants-not-committee]"
+            )
         self._check_update(sender, msg)
         actions: list[Action] = []
         if msg.attempt > s.attempt:  # the sender timed out before us: follow it
@@ -840,7 +873,7 @@ class RoundMachine:
             return []
         if s.phase is not Phase.COLLECTING:
             self._goto(event, Phase.COLLECTING)
-        everyone = len(s.updates) == len(self.members) and self._answers_in()
+        everyone = len(s.updates) == len(self.committee()) and self._answers_in()
         waited = now >= s.attempt_started + self.settings.collect_timeout
         bound = self._reported_bound(waited) if self.settings.secure else None
         if bound is not None:
@@ -934,7 +967,7 @@ class RoundMachine:
             leader=self.me,
             slot=s.frontier.size,  # the ledger index this record takes: unique across runs
             participants=parts,
-            dropouts=tuple(m for m in self.members if m not in parts),
+            dropouts=tuple(m for m in self.committee() if m not in parts),
             samples=samples,
             updates=updates,
             metrics={u: up.metrics for u, up in ups.items()},
@@ -972,6 +1005,7 @@ class RoundMachine:
             )
             if s.proofs is not None
             else (),
+            committee=self.settings.committee,
         )
 
     def _sign_proposal(
@@ -1034,6 +1068,7 @@ class RoundMachine:
             else None,
             proofs=s.proofs,
             artifacts={cid_key(self._cid_of(a)): a for a in p.proofs},
+            committee=self.settings.committee,
         )
 
     def _check_proposal(self, p: Proposal, *, voting: bool = True) -> Entry:
@@ -1125,7 +1160,7 @@ class RoundMachine:
             if r.root and r.node not in proven:
                 counts[r.root] = counts.get(r.root, 0) + 1
         unknown = len(self.members) - len(reporters - proven)
-        liars = max(0, self._secagg.f - len(proven))
+        liars = max(0, self._faulty - len(proven))
         counts.setdefault(prior.root, 0)
         for root, n in counts.items():
             if root != p.root and n + unknown + liars >= self.genesis.quorum:

@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from consortium.core.encoding import Domain, decode, signing_payload
 from consortium.core.errors import ConfigError, ConsortiumError
-from consortium.core.genesis import Genesis
+from consortium.core.genesis import Genesis, quorum_for
 from consortium.ledger.entries import check_payload
 from consortium.privacy.client_dp import ClientNoisePlan
 from consortium.privacy.noise import add_to_words, node_noise_share
@@ -103,6 +103,22 @@ class Consortium:
     @property
     def floor(self) -> int:
         return contributor_floor(self.members, self.quorum, self.min_honest)
+
+    @classmethod
+    def sized(
+        cls,
+        members: int,
+        quorum: int,
+        min_honest: int,
+        corrupt_fraction: float | None,
+        committee: int = 0,
+    ) -> Consortium:
+        """The run's SecAgg+ sizing: among all `members` (genesis quorum), or with committees
+        among the `committee` members of a round, with a committee's own two-thirds quorum and
+        f = its largest minority below a third (docs/architecture.md, "Committees")."""
+        if committee:
+            return cls(committee, quorum_for(committee), min_honest, corrupt_fraction)
+        return cls(members, quorum, min_honest, corrupt_fraction)
 
 
 def make_params(

@@ -26,6 +26,7 @@ from consortium.core.genesis import Genesis
 from consortium.core.threshold import ThresholdError
 from consortium.privacy.errors import BudgetExceeded
 from consortium.protocol.beacon import attempt_beacon, beacon_message, value_from_partials
+from consortium.protocol.committee import committee_for
 from consortium.protocol.privacy_round import (
     RecordParams,
     RoundPrivacy,
@@ -80,6 +81,7 @@ OWN_ANSWER = "own-answer-missing"  # the voter answered its challenge, the recor
 TESTDATA = "testdata-invalid"  # a test-data commitment out of place (issue 18)
 EVALUATION = "evaluation-invalid"  # a listed proof of evaluation that does not verify
 OWN_PROOF = "own-proof-missing"  # the voter's proof or test-data commitment left out
+COMMITTEE = "participants-not-committee"  # contributors outside the beacon's committee
 
 #: The only per-node metrics a record may carry: DP-SGD parameters (public, and accounted).
 PUBLISHED_METRICS = frozenset({"dp"})
@@ -178,6 +180,8 @@ class RecordContext:
     proofs: ProofState | None = None
     #: Proof artifacts the caller holds (a proposal's, or the store's), by CID string.
     artifacts: Mapping[str, bytes] = field(default_factory=dict)
+    #: K, the run's committee size (0: every member contributes to every round).
+    committee: int = 0
 
 
 def _require(ok: bool, rule: str, message: str) -> None:
@@ -195,8 +199,15 @@ def verify_round_record(record: RoundRecord, ctx: RecordContext) -> None:
         f"expected run {ctx.run_id!r} round {ctx.round} slot {ctx.slot}",
     )
     beacon = record_beacon(record, ctx.genesis)
-    _check_leader(record, ctx, members, beacon)
-    _check_participants(record, ctx, members)
+    _require(
+        record.committee == ctx.committee,
+        COMMITTEE,
+        f"the record states a committee of {record.committee or 'every member'}, the run's is "
+        f"{ctx.committee or 'every member'}",
+    )
+    committee = round_committee(beacon, members, ctx.committee)
+    _check_leader(record, ctx, committee, beacon)
+    _check_participants(record, ctx, members, committee)
     if ctx.own is not None:
         _check_own(record, ctx.own)
     _require(
@@ -234,8 +245,14 @@ def record_beacon(record: RoundRecord, genesis: Genesis) -> bytes:
         raise RecordRejected(BEACON, f"the record's beacon does not verify: {exc}") from exc
 
 
+def round_committee(beacon: bytes, members: list[str], k: int) -> list[str]:
+    """The members who may contribute to (and lead) the round whose beacon is `beacon`: the
+    committee of `k` drawn from it, or every member when `k` is 0."""
+    return committee_for(beacon, members, k) if k else list(members)
+
+
 def _check_leader(
-    record: RoundRecord, ctx: RecordContext, members: list[str], beacon: bytes
+    record: RoundRecord, ctx: RecordContext, committee: list[str], beacon: bytes
 ) -> None:
     if ctx.current_attempt is not None:
         _require(
@@ -244,7 +261,7 @@ def _check_leader(
             f"the record is for attempt {record.attempt}, this node is at attempt "
             f"{ctx.current_attempt}",
         )
-    leader = leader_for(beacon, record.round, record.attempt, members)
+    leader = leader_for(beacon, record.round, record.attempt, committee)
     # A re-proposed record keeps its author: it must be the leader of the attempt it names,
     # which for a re-proposal is an earlier attempt of this round.
     _require(
@@ -255,7 +272,9 @@ def _check_leader(
     )
 
 
-def _check_participants(record: RoundRecord, ctx: RecordContext, members: list[str]) -> None:
+def _check_participants(
+    record: RoundRecord, ctx: RecordContext, members: list[str], committee: list[str]
+) -> None:
     parts = set(record.participants)
     outsiders = sorted(parts - set(members))
     _require(
@@ -263,11 +282,25 @@ def _check_participants(record: RoundRecord, ctx: RecordContext, members: list[s
         MEMBERS,
         f"participants {', '.join(p[:16] for p in outsiders)} are not consortium members",
     )
-    _require(
-        list(record.dropouts) == [m for m in members if m not in parts],
-        MEMBERS,
-        "dropouts are not exactly the members that did not contribute",
-    )
+    if ctx.committee:
+        strangers = sorted(parts - set(committee))
+        _require(
+            not strangers,
+            COMMITTEE,
+            f"participants {', '.join(_name(ctx, p) for p in strangers)} are not in the "
+            f"committee of {ctx.committee} that round {record.round}'s beacon draws",
+        )
+        _require(
+            list(record.dropouts) == [m for m in committee if m not in parts],
+            COMMITTEE,
+            "dropouts are not exactly the committee members that did not contribute",
+        )
+    else:
+        _require(
+            list(record.dropouts) == [m for m in members if m not in parts],
+            MEMBERS,
+            "dropouts are not exactly the members that did not contribute",
+        )
     _require(
         len(parts) >= ctx.min_contributors,
         CONTRIBUTORS,
