@@ -48,6 +48,25 @@ def test_simulate_async_reports_bytes_rounds_and_one_ledger(tmp_path: Path) -> N
     assert all(len(r.participants) == 4 for r in records)
 
 
+def test_simulate_with_committees_records_the_beacons_committee(tmp_path: Path) -> None:
+    from consortium.ledger.log import Ledger
+    from consortium.protocol.verifier import record_beacon
+
+    s = SimSettings(members=7, rounds=2, d=4, per_round=4, corrupt_fraction=0.1)
+    result = asyncio.run(simulate_async(s, tmp_path, InProcessBackend()))
+    assert result.rounds_done == 2 and not result.notes, result.notes
+    assert len({root for h in result.hosts for root in h.roots}) == 1
+    genesis = Genesis.load(tmp_path / "node0" / GENESIS_FILE)
+    members = sorted(m.node_id for m in genesis.members)
+    with Ledger.open(tmp_path / "node0" / "ledger.sqlite", readonly=True) as ledger:
+        records = run_records(ledger)
+    for r in records:
+        committee = committee_for(record_beacon(r, genesis), members, 4)
+        assert r.committee == 4 and list(r.participants) == committee and r.dropouts == ()
+    res = runner.invoke(app, ["audit", str(tmp_path / "node3")])
+    assert res.exit_code == 0, res.output
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -56,7 +75,8 @@ def test_simulate_async_reports_bytes_rounds_and_one_ledger(tmp_path: Path) -> N
         (["--members", "2"], "at least 3"),
         (["--members", "400"], "--corrupt-fraction"),
         (["--corrupt-fraction", "0.4"], "below 1/3"),
-        (["--members", "10", "--per-round", "4"], "committees drawn from the beacon"),
+        (["--members", "10", "--per-round", "4"], "state the corrupt fraction"),
+        (["--members", "10", "--per-round", "3", "--corrupt-fraction", "0.1"], "at least 4"),
     ],
 )
 def test_simulate_refuses_a_mistake_in_one_line(args: list[str], message: str) -> None:
@@ -148,7 +168,10 @@ def test_ray_backend_with_two_actors_leaves_no_ray_process(tmp_path: Path) -> No
     from consortium.node.ray_host import RayBackend
 
     before = set(_descendants(os.getpid()))
-    s = SimSettings(members=6, rounds=2, d=8, backend="ray", actors=2)
+    # With committees (4 of 6 contribute each round; all 6, on both actors, cosign).
+    s = SimSettings(
+        members=6, rounds=2, d=8, backend="ray", actors=2, per_round=4, corrupt_fraction=0.1
+    )
     result = asyncio.run(simulate_async(s, tmp_path, RayBackend(2)))
     assert result.rounds_done == 2 and not result.notes
     actors = {h.pid for h in result.hosts}

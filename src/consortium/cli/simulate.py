@@ -102,9 +102,10 @@ def simulate(
         int | None,
         typer.Option(
             "--per-round",
-            help="contributors per round (default: every member); below --members, a "
-            "committee drawn from the round's beacon: designed (docs/architecture.md), not yet "
-            "in the round machine, so refused after printing the committee's risk",
+            help="contributors per round (default: every member); below --members, each "
+            "round's contributors (and leaders) are a committee of K drawn from its beacon, "
+            "SecAgg+ runs among them and every member still checks and cosigns; needs "
+            "--corrupt-fraction (docs/architecture.md, 'Committees')",
         ),
     ] = None,
     rounds: Annotated[int, typer.Option(help="rounds to run", min=1)] = 3,
@@ -145,13 +146,14 @@ def simulate(
     if not 1 <= k <= members:
         raise ConfigError(f"--per-round must be between 1 and --members ({members})")
     for line in committee_lines(members, k, corrupt_fraction or 1 / 3):
-        console.print(line)
-    if k < members:
+        console.print(line, markup=False)  # "P[...]" is not markup
+    if k < members and corrupt_fraction is None:
         raise ConfigError(
-            f"--per-round {k} below --members {members}: committees drawn from the beacon are "
-            "designed (docs/architecture.md, 'Committees') but the round machine does not draw "
-            "them yet; run with --per-round equal to --members"
+            f"--per-round {k} below --members {members} draws committees: state the corrupt "
+            "fraction their safety rests on with --corrupt-fraction (e.g. 0.1)"
         )
+    if k < 4 < members:
+        raise ConfigError(f"--per-round {k}: a committee needs at least 4 members")
     if members > 300 and corrupt_fraction is None:
         raise ConfigError(
             "above 300 members SecAgg+ needs a stated --corrupt-fraction (a sparse graph)"
@@ -176,6 +178,11 @@ def simulate(
         f"{rounds} rounds, d = {d}, backend {backend}"
         + (f", {n_actors} actors" if backend == "ray" else "")
     )
+    if k < members:
+        console.print(
+            f"committees: each round's {k} contributors (and its leaders) drawn from its "
+            f"beacon; SecAgg+ among them; all {members} members check and cosign"
+        )
     root = directory or Path(tempfile.mkdtemp(prefix="consortium-sim-"))
     try:
         result = _run(settings, root)

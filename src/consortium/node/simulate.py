@@ -180,7 +180,8 @@ class SimHost:
             pid=os.getpid(),
             peak_rss=peak_rss_bytes(),
             failovers=sum(1 for r in records if r.attempt > 0),
-            short_rounds=[r.round for r in records if len(r.participants) < n],
+            # Fewer contributors than the round's contributors could be (every member, or K).
+            short_rounds=[r.round for r in records if len(r.participants) < (r.committee or n)],
         )
 
     async def stop(self) -> None:
@@ -239,9 +240,11 @@ class SimResult:
 
     @property
     def members_per_s(self) -> float:
-        """Member-rounds per second: members whose update entered a round, per second of a
-        (median, warm) round."""
-        return self.settings.members / self.round_s if self.round_s > 0 else float("nan")
+        """Member-rounds per second: members whose update entered a round (every member, or
+        the committee of --per-round), per second of a (median, warm) round."""
+        s = self.settings
+        contributors = s.per_round or s.members
+        return contributors / self.round_s if self.round_s > 0 else float("nan")
 
     @property
     def peak_memory(self) -> int:
@@ -282,6 +285,8 @@ def run_config(s: SimSettings) -> RunConfig:
         task=fixed_task(s.d),
         seed=SEED,
         min_updates=s.per_round or s.members,
+        # Committees: each round's K contributors drawn from its beacon (0: every member).
+        committee_size=s.per_round if s.per_round and s.per_round < s.members else 0,
         collect_timeout=s.collect_timeout,
         round_timeout=s.round_timeout,
         secagg_corrupt_fraction=s.corrupt_fraction,
@@ -392,6 +397,6 @@ async def simulate_async(
         result.notes.append(f"{result.hosts[0].failovers} round(s) needed a failover")
     if result.hosts and result.hosts[0].short_rounds:
         result.notes.append(
-            f"rounds {result.hosts[0].short_rounds} committed without every member's update"
+            f"rounds {result.hosts[0].short_rounds} committed without every contributor's update"
         )
     return result
