@@ -195,3 +195,18 @@ def test_committee_size_keeps_run_ids_at_its_default_and_is_refused_when_it_does
     ):
         (line,) = consortium_refusals(bad, g)
         assert why in line and "[rule committee-config]" in line
+
+
+def test_a_dead_committee_leader_fails_over_to_the_next_committee_member() -> None:
+    wire = Wire.build(N, committee=K)
+    wire.begin()
+    committee = _committee(wire)
+    m = next(iter(wire.machines.values()))
+    dead = m.leader(0)
+    wire.down.add(dead)
+    wire.settle()
+    live = next(n for n in wire.machines if n != dead)
+    record = _record(wire, live)
+    assert record.attempt >= 1 and record.leader in committee and record.leader != dead
+    assert record.participants == tuple(c for c in committee if c != dead)
+    assert record.dropouts == (dead,)  # the rest of the committee; members outside are neither
