@@ -188,8 +188,10 @@ def test_committee_size_keeps_run_ids_at_its_default_and_is_refused_when_it_does
     too_big = base.model_copy(update={"committee_size": N})
     no_fraction = run.model_copy(update={"secagg_corrupt_fraction": None})
     dp = run.model_copy(update={"privacy": PrivacyConfig(unit="client", noise_multiplier=1.0)})
+    thin = run.model_copy(update={"min_honest": 4})  # f = 1 of 4, + 4 honest > 4
     for bad, why in (
         (too_big, "between 4 and"),
+        (thin, "cannot hold its SecAgg+ floor"),
         (no_fraction, "needs secagg_corrupt_fraction"),
         (dp, "differential privacy is not supported with committees"),
     ):

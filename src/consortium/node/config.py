@@ -300,6 +300,11 @@ def committee_refusals(run: RunConfig, members: int) -> list[str]:
         out.append(f"committee_size = {k}: between 4 and the {members} members less one (0: all)")
     elif run.min_updates > k:
         out.append(f"min_updates = {run.min_updates} is more than the committee of {k}")
+    elif run.secure_aggregation == "secagg+" and (f := (k - 1) // 3) + run.min_honest > k:
+        out.append(
+            f"a committee of {k} cannot hold its SecAgg+ floor: f = {f} colluders + min_honest "
+            f"= {run.min_honest} honest inputs"
+        )
     if run.secure_aggregation == "secagg+" and run.secagg_corrupt_fraction is None:
         out.append(
             "committee_size needs secagg_corrupt_fraction: a committee's safety rests on the "
