@@ -2,7 +2,9 @@
 train logistic regression on digits for 4 rounds with prove_every = 2, s = 2 and one TEST ONLY
 SRS; each commits to its test data in round 1's record, proves round 2's model (sampled from
 round 3's beacon) in its proof queue, and round 4's record lists the three proofs, which every
-voter verified before cosigning and `audit` re-verifies.
+voter verified before cosigning and `audit` re-verifies. After round 4, the last, the nodes prove
+the final model on the sample drawn from "round 5"'s beacon (partials released once round 4 is
+final) and a quorum cosigns the run-final entry that lists the three proofs.
 
 Training waits for the node's proof queue to be idle (a slow trainer), so which record lists a
 proof does not depend on how fast the machine proves: the run is deterministic."""
@@ -22,7 +24,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from consortium.audit.auditor import _record_context, audit
+from consortium.audit.auditor import _record_context, audit, check_onchain
 from consortium.cli.app import app
 from consortium.core.genesis import GENESIS_FILE, Genesis
 from consortium.core.identity import PUBLIC_FILE, PublicIdentity
@@ -41,15 +43,24 @@ from consortium.node.evaluations import (
 )
 from consortium.node.learner import Learner
 from consortium.node.node import Node, run_records
-from consortium.protocol.record import ROUND_KIND, RoundRecord
+from consortium.protocol.record import (
+    FINAL_KIND,
+    ROUND_KIND,
+    Evaluation,
+    FinalRecord,
+    RoundRecord,
+)
 from consortium.protocol.storage import StorageState
 from consortium.protocol.verifier import (
+    BEACON,
     EVALUATION,
     OWN_PROOF,
     TESTDATA,
     OwnContribution,
+    ProofState,
     RecordContext,
     RecordRejected,
+    verify_final_record,
     verify_round_record,
 )
 from consortium.store.blockstore import BlockStore
@@ -63,6 +74,8 @@ from consortium.zk.circuit import (
     settings_logrows,
     shape_of,
 )
+from consortium.zk.errors import ZkError
+from consortium.zk.evm import SOLCJS_ENV
 from consortium.zk.proof import EvalProof, prove, with_claims
 from consortium.zk.queue import LOCK_ENV
 from consortium.zk.srs import load_srs, local_test_srs
@@ -95,6 +108,12 @@ class Ran:
     names: list[str]
     records: list[RoundRecord]
     run: RunConfig
+    final: FinalRecord
+
+
+def _final_of(ledger: Ledger) -> FinalRecord | None:
+    found = [FinalRecord.from_entry(e) for e in ledger.iter_entries() if e.kind == FINAL_KIND]
+    return found[-1] if found else None
 
 
 @pytest.fixture(scope="module")
@@ -129,9 +148,15 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ran]:
             )  # fmt: skip
             await start(nodes, run)
             await drive(nodes, net, clock, limit=600)
+            end = asyncio.get_running_loop().time() + 600  # then the run-final entry
+            while not all(_final_of(n.ledger) for n in nodes):
+                assert asyncio.get_running_loop().time() < end, "no run-final entry"
+                await asyncio.sleep(0.1)
+            final = _final_of(nodes[0].ledger)
+            assert final is not None
             out.append(
                 Ran([n.dir for n in nodes], [n.name for n in nodes],
-                    run_records(nodes[0].ledger), run)
+                    run_records(nodes[0].ledger), run, final)
             )  # fmt: skip
         finally:
             for n in nodes:
@@ -164,12 +189,28 @@ def test_the_records_carry_commitments_then_proofs(ran: Ran) -> None:
         assert 0 <= e.correct <= 2
 
 
+def test_the_final_model_is_proved_in_the_run_final_entry(ran: Ran) -> None:
+    final, last = ran.final, ran.records[-1]
+    assert (final.run, final.round) == (ran.run.run_id(), 4) and last.round == 4
+    assert len(final.evaluations) == 3 and len(final.beacon) >= 1
+    assert [e.node for e in final.evaluations] == sorted(last.participants)
+    for e in final.evaluations:
+        assert e.round == 4 and e.model == last.model and e.s == 2 and e.test_only
+
+
 def test_audit_re_verifies_every_proof(ran: Ran) -> None:
     report = audit(ran.dirs[1])
-    assert len(report.evaluations) == 3
+    assert len(report.evaluations) == 6
     lines = [ev.line() for ev in report.evaluations]
-    assert all("round 2, s = 2" in line and "Wilson" in line and "TEST ONLY" in line
+    assert all("s = 2" in line and "Wilson" in line and "TEST ONLY" in line
                for line in lines), lines  # fmt: skip
+    assert sum("round 2, s = 2" in line for line in lines) == 3
+    assert sum("round 4 (the final model), s = 2" in line for line in lines) == 3
+    finals = [ev for ev in report.evaluations if ev.final]
+    assert {ev.model for ev in finals} == {cid_key(ran.records[-1].model)}
+    assert all(ev.testdata == (ran.records[0].testdata[e.node].root,
+                               ran.records[0].testdata[e.node].size)
+               for ev, e in zip(finals, ran.final.evaluations, strict=True))  # fmt: skip
 
 
 def test_settings_pin_is_reproducible(ran: Ran) -> None:
@@ -301,6 +342,93 @@ def test_a_proof_on_test_data_other_than_the_committed_is_refused(ran: Ran, vote
     assert "testdata-mismatch" in text
 
 
+# -- the run-final entry: a dishonest proposer, refused by name ---------------------------------
+
+
+@dataclass
+class FinalVoter:
+    record: FinalRecord
+    state: ProofState
+    artifacts: dict[str, bytes]
+    genesis: Genesis
+    cid_of: Any
+
+
+@pytest.fixture(scope="module")
+def final_voter(ran: Ran, voter: Voter, tmp_path_factory: pytest.TempPathFactory) -> FinalVoter:
+    directory = ran.dirs[1]
+    store = BlockStore(directory / STORE_DIR, create=False)
+    checker = EvaluationChecker(ran.run, voter.context.genesis, store,
+                                load_node_config(directory), ran.names[1],
+                                tmp_path_factory.mktemp("fkeys"))  # fmt: skip
+    checker.note(ran.records)
+    checker.note_final(ran.final)
+    artifacts = {cid_key(e.proof): get_bytes(store, e.proof) for e in ran.final.evaluations}
+    state = proof_state(ran.run, ran.records, checker.check)
+    return FinalVoter(ran.final, state, artifacts, voter.context.genesis, voter.context.cid_of)
+
+
+def _final_check(v: FinalVoter, record: FinalRecord, own: tuple[Evaluation, ...] | None = None,
+                 artifacts: dict[str, bytes] | None = None) -> None:  # fmt: skip
+    verify_final_record(record, run_id=v.record.run, proofs=v.state, genesis=v.genesis,
+                        artifacts=v.artifacts if artifacts is None else artifacts,
+                        cid_of=v.cid_of, own=own)  # fmt: skip
+
+
+def _final_refused(v: FinalVoter, record: FinalRecord, rule: str, **kw: Any) -> str:
+    with pytest.raises(RecordRejected) as info:
+        _final_check(v, record, **kw)
+    assert info.value.rule == rule, str(info.value)
+    return str(info.value)
+
+
+def test_the_run_final_entry_passes_the_voters_check(final_voter: FinalVoter) -> None:
+    v = final_voter
+    for mine in v.record.evaluations:  # each node, with its own proof listed, cosigns
+        _final_check(v, v.record, own=(mine,))
+
+
+def test_a_proposer_that_drops_a_nodes_final_proof_is_refused_by_that_node(
+    final_voter: FinalVoter,
+) -> None:
+    v = final_voter
+    mine = v.record.evaluations[1]
+    dropped = replace(v.record, evaluations=tuple(e for e in v.record.evaluations if e != mine))
+    _final_check(v, dropped)  # the others cannot tell: the node itself must refuse
+    text = _final_refused(v, dropped, OWN_PROOF, own=(mine,))
+    assert "final model (round 4)" in text
+
+
+def test_a_final_proof_with_an_edited_accuracy_is_refused(final_voter: FinalVoter) -> None:
+    v = final_voter
+    e = v.record.evaluations[0]
+    edited = replace(e, correct=(e.correct + 1) % (e.s + 1))
+    record = replace(v.record, evaluations=(edited, *v.record.evaluations[1:]))
+    assert "accuracy-mismatch" in _final_refused(v, record, EVALUATION)
+
+
+def test_a_final_proof_of_an_earlier_model_is_refused(ran: Ran, final_voter: FinalVoter) -> None:
+    """The proposer lists, as proof of the final model, a node's proof of round 2's model."""
+    v = final_voter
+    old = next(e for r in ran.records for e in r.evaluations)
+    mine = next(e for e in v.record.evaluations if e.node == old.node)
+    others = tuple(e for e in v.record.evaluations if e.node != old.node)
+    record = replace(v.record, evaluations=tuple(sorted((old, *others), key=lambda e: e.node)))
+    assert "not of the final model" in _final_refused(v, record, EVALUATION)
+    swapped = replace(mine, model=old.model)  # round 4's proof listed as of round 2's model
+    record = replace(v.record, evaluations=tuple(sorted((swapped, *others), key=lambda e: e.node)))
+    assert "model-mismatch" in _final_refused(v, record, EVALUATION)
+
+
+def test_a_run_final_entry_with_another_rounds_beacon_is_refused(
+    ran: Ran, final_voter: FinalVoter
+) -> None:
+    """Partials of round 4 (on the ledger before the last round was final) are not round 5's."""
+    v = final_voter
+    record = replace(v.record, beacon=ran.records[-1].beacon)
+    assert "run-final beacon does not verify" in _final_refused(v, record, BEACON)
+
+
 def test_a_second_test_data_commitment_in_a_run_is_refused(voter: Voter) -> None:
     r = voter.record
     node = r.participants[0]
@@ -337,8 +465,9 @@ def test_the_audit_command_lists_each_proof(ran: Ran) -> None:
     res = CliRunner().invoke(app, ["audit", str(ran.dirs[2])])
     out = " ".join((res.stdout + res.stderr).split())
     assert res.exit_code == 0, out
-    assert "3 proofs of evaluation re-verified" in out
+    assert "6 proofs of evaluation re-verified" in out
     assert out.count("round 2, s = 2") == 3 and "Wilson interval" in out and "TEST ONLY" in out
+    assert out.count("round 4 (the final model), s = 2") == 3
 
 
 def test_run_start_with_proofs_but_no_srs_is_one_clear_line(ran: Ran, tmp_path: Path) -> None:
@@ -351,3 +480,53 @@ def test_run_start_with_proofs_but_no_srs_is_one_clear_line(ran: Ran, tmp_path: 
     out = res.stdout + res.stderr
     assert res.exit_code != 0 and "Traceback" not in out
     assert "srs-missing" in out and "[zk] srs" in out, out
+
+
+# -- audit --onchain ------------------------------------------------------------------------------
+
+
+def _solcjs() -> Path:
+    from consortium.zk.evm import find_solcjs
+
+    try:
+        return find_solcjs()
+    except ZkError:
+        pytest.skip("npm solc not installed: make solcjs (npm install solc@0.8.37 in .tmp/solcjs)")
+
+
+def test_audit_onchain_accepts_every_listed_proof(ran: Ran) -> None:
+    solcjs = _solcjs()
+    res = CliRunner().invoke(app, ["audit", str(ran.dirs[0]), "--onchain"],
+                             env={SOLCJS_ENV: str(solcjs)})  # fmt: skip
+    out = " ".join((res.stdout + res.stderr).split())
+    assert res.exit_code == 0, out
+    assert out.count("on chain: accepted (") == 6 and "gas)" in out
+    assert out.count("round 4 (the final model): on chain: accepted") == 3
+    assert "6 proofs of evaluation accepted on chain" in out
+
+
+def test_audit_onchain_refuses_a_proof_whose_listed_model_is_swapped(ran: Ran) -> None:
+    """The final model's proof, listed as a proof of round 2's model: the weight commitment
+    recomputed from the model at the listed CID is not the one the proof opens."""
+    solcjs = _solcjs()
+    report = audit(ran.dirs[0])
+    final = next(ev for ev in report.evaluations if ev.final)
+    swapped = replace(final, model=cid_key(ran.records[1].model))
+    good, bad = check_onchain(ran.dirs[0], [final, swapped], solcjs=solcjs)
+    assert good.gas is not None and "accepted" in good.line()
+    assert bad.gas is None and "weight-commitment-mismatch" in bad.refusal, bad.refusal
+    assert "on chain: REFUSED" in bad.line()
+
+
+def test_audit_onchain_without_solcjs_is_one_clear_line(
+    ran: Ran, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from consortium.zk import evm
+
+    real = evm.find_solcjs
+    monkeypatch.setattr(evm, "find_solcjs", lambda root=None: real(tmp_path))
+    res = CliRunner().invoke(app, ["audit", str(ran.dirs[0]), "--onchain"],
+                             env={SOLCJS_ENV: str(tmp_path / "none")})  # fmt: skip
+    out = res.stdout + res.stderr
+    assert res.exit_code != 0 and "Traceback" not in out
+    assert "make solcjs" in out and len(out.strip().splitlines()) == 1, out

@@ -64,12 +64,16 @@ from consortium.node.evaluations import EvaluationChecker, proof_state
 from consortium.privacy.budget import Budget, recompute_totals, totals
 from consortium.protocol.privacy_round import RoundPrivacy, client_noise_multiplier
 from consortium.protocol.record import (
+    FINAL_KIND,
     ROUND_KIND,
     RUN_KIND,
     STOP_KIND,
+    Evaluation,
+    FinalRecord,
     RoundRecord,
     RunRecord,
     StopRecord,
+    run_configs,
 )
 from consortium.protocol.secagg import SecAggParams
 from consortium.protocol.secure_round import Consortium, min_contributors, round_params
@@ -80,6 +84,7 @@ from consortium.protocol.verifier import (
     RecordContext,
     StorageRules,
     storage_after,
+    verify_final_record,
     verify_round_record,
 )
 from consortium.store.blockstore import BlockStore
@@ -89,7 +94,7 @@ from consortium.store.objects import file_cid, get_bytes, walk
 Progress = Callable[[str, int, int], None]
 
 #: Kinds whose records the round verifier reads after the pass over the entries.
-_RECORD_KINDS = frozenset({ROUND_KIND, RUN_KIND, STOP_KIND})
+_RECORD_KINDS = frozenset({ROUND_KIND, RUN_KIND, STOP_KIND, FINAL_KIND})
 
 
 @dataclass(frozen=True)
@@ -102,14 +107,23 @@ class ProvedEvaluation:
     s: int
     correct: int
     test_only: bool
+    #: A proof of the final model, listed in the run-final entry.
+    final: bool = False
+    #: What `audit --onchain` needs: the run, the listed proof and model, the node's committed
+    #: test-data root and size (from the record's `testdata` section).
+    run: str = ""
+    proof: str = ""
+    model: str = ""
+    testdata: tuple[bytes, int] = (b"", 0)
 
     def line(self) -> str:
         from consortium.zk.srs import TEST_ONLY
         from consortium.zk.testdata import wilson_interval
 
         lo, hi = wilson_interval(self.correct, self.s)
+        what = f"round {self.round}" + (" (the final model)" if self.final else "")
         return (
-            f"{self.node}: round {self.round}, s = {self.s}, {self.correct} correct; 95% Wilson "
+            f"{self.node}: {what}, s = {self.s}, {self.correct} correct; 95% Wilson "
             f"interval [{lo:.3f}, {hi:.3f}]" + (f"; {TEST_ONLY}" if self.test_only else "")
         )
 
@@ -430,8 +444,44 @@ def _check_round_records(
     spends: dict[str, list[tuple[int, Any]]] = {}
     storage: dict[str, StorageState] = {}  # run -> what its records committed so far
     proofs = _Proofs(store_dir.parent, genesis)
+    names = {m.node_id: m.name for m in genesis.members}
+
+    def proved(run: RunConfig, e: Evaluation, final: bool = False) -> ProvedEvaluation:
+        root, size = b"", 0
+        for r in proofs.records.get(run.run_id(), []):
+            if e.node in r.testdata:
+                root, size = r.testdata[e.node].root, r.testdata[e.node].size
+                break
+        return ProvedEvaluation(
+            names.get(e.node, e.node[:16]), e.round, e.s, e.correct, e.test_only, final,
+            run.run_id(), cid_key(e.proof), cid_key(e.model), (root, size),
+        )  # fmt: skip
+
+    finals: set[str] = set()
     for idx, data in stored:
         entry = Entry.from_bytes(data)  # the bytes the first pass verified
+        if entry.kind == FINAL_KIND:
+            try:
+                store = store or BlockStore(store_dir, create=False)
+                final = FinalRecord.from_entry(entry)
+                run = _run_of_final(final, runs, finals)
+                proof_state_ = proofs.state(run, store)
+                proofs.checkers[final.run].note_final(final)
+                verify_final_record(
+                    final,
+                    run_id=final.run,
+                    proofs=proof_state_,
+                    genesis=genesis,
+                    artifacts={
+                        cid_key(e.proof): get_bytes(store, e.proof) for e in final.evaluations
+                    },
+                    cid_of=lambda data: file_cid(data, genesis.unixfs_profile),
+                )
+            except ConsortiumError as exc:
+                raise _fail(f"entry {idx}: {exc}") from exc
+            finals.add(final.run)
+            report.evaluations += [proved(run, e, final=True) for e in final.evaluations]
+            continue
         if entry.kind in (RUN_KIND, STOP_KIND):
             try:
                 if entry.kind == RUN_KIND:
@@ -480,12 +530,7 @@ def _check_round_records(
                     report.storage_lost.append(line)
         if run.proofs:
             proofs.add(record)
-            names = {m.node_id: m.name for m in genesis.members}
-            report.evaluations += [
-                ProvedEvaluation(names.get(e.node, e.node[:16]), e.round, e.s, e.correct,
-                                 e.test_only)
-                for e in record.evaluations
-            ]  # fmt: skip
+            report.evaluations += [proved(run, e) for e in record.evaluations]
         if record.privacy is not None:
             spends.setdefault(run.purpose, []).append((idx, record.privacy))
         report.secure_rounds += record.secure
@@ -550,6 +595,19 @@ def _run_of_stop(entry: Entry, runs: dict[str, RunConfig]) -> str:
     if stop.run not in runs:
         raise ConsortiumError(f"a stop of run {stop.run}, which no run-config entry agreed")
     return stop.run
+
+
+def _run_of_final(final: FinalRecord, runs: dict[str, RunConfig], done: set[str]) -> RunConfig:
+    """The run a run-final entry closes: agreed, with proofs, not closed before."""
+    run = runs.get(final.run)
+    if run is None or not run.proofs:
+        raise ConsortiumError(
+            f"a run-final entry of run {final.run}, which no run-config entry with proofs of "
+            f"evaluation agreed [rule {CONFIG}]"
+        )
+    if final.run in done:
+        raise ConsortiumError(f"a second run-final entry of run {final.run} [rule {CONFIG}]")
+    return run
 
 
 def _run_of(record: RoundRecord, runs: dict[str, RunConfig]) -> RunConfig:
@@ -752,3 +810,64 @@ def _check_store(
     if found.stray:
         raise _fail(f"store: stray file {found.stray[0]}")
     report.blocks = found.checked
+
+
+@dataclass(frozen=True)
+class OnChainCheck:
+    """One listed proof checked by `audit --onchain`: accepted (`gas` of the verifyEvaluation
+    call) or refused (`refusal`, naming the rule)."""
+
+    evaluation: ProvedEvaluation
+    gas: int | None
+    refusal: str = ""
+
+    def line(self) -> str:
+        ev = self.evaluation
+        what = f"{ev.node}: round {ev.round}" + (" (the final model)" if ev.final else "")
+        if self.gas is not None:
+            return f"{what}: on chain: accepted ({self.gas:,} gas)"
+        return f"{what}: on chain: REFUSED: {self.refusal}"
+
+
+def check_onchain(
+    directory: Path, evaluations: list[ProvedEvaluation], *, solcjs: Path | None = None
+) -> list[OnChainCheck]:
+    """Check every proof `audit` re-verified on this process's embedded chain
+    (`zk.evm.check_on_chain`: EZKL's verifier contract behind the wrapper that binds the weight
+    commitment, recomputed here from the model at the listed CID, and the node's committed
+    test-data root and size, from the record's `testdata` section). Contracts are compiled once
+    per run's circuit and SRS, in a temporary folder (audit writes nothing in the folder). A
+    ZkError (`not-installed`) if solc-js is missing; each proof's refusal is reported, not
+    raised."""
+    from consortium.zk.evm import find_solcjs
+
+    solcjs = solcjs or find_solcjs()
+    directory = Path(directory)
+    genesis = Genesis.load(directory / GENESIS_FILE)
+    store = BlockStore(directory / STORE_DIR, create=False)
+    with Ledger.open(directory / LEDGER_FILE, readonly=True) as ledger:
+        agreed = run_configs(enumerate(ledger.iter_entries()))
+    runs = {r.run: RunConfig.from_body(dict(r.config)) for _, r in agreed}
+    config = load_node_config(directory)
+    name = ""
+    if (directory / PUBLIC_FILE).is_file():
+        name = PublicIdentity.load(directory / PUBLIC_FILE).name
+    out: list[OnChainCheck] = []
+    with tempfile.TemporaryDirectory(prefix="consortium-audit-evm-") as tmp:
+        checkers: dict[str, EvaluationChecker] = {}
+        for ev in evaluations:
+            try:
+                if ev.run not in runs:
+                    raise ConsortiumError(f"no run-config entry of run {ev.run}")
+                checker = checkers.get(ev.run)
+                if checker is None:
+                    keys = Path(tmp) / ev.run / "keys"
+                    checker = EvaluationChecker(runs[ev.run], genesis, store, config, name, keys)
+                    checkers[ev.run] = checker
+                found = checker.on_chain(
+                    ev.proof, ev.model, ev.testdata, Path(tmp) / ev.run / "evm", solcjs
+                )
+                out.append(OnChainCheck(ev, found.verify_gas))
+            except ConsortiumError as exc:
+                out.append(OnChainCheck(ev, None, str(exc)))
+    return out

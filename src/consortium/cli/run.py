@@ -268,11 +268,24 @@ def audit(
     contract: str | None = typer.Option(
         None, help="Address of the consortium's anchor contract (default: DIR/chain.toml)."
     ),
+    onchain: bool = typer.Option(
+        False,
+        "--onchain",
+        help="Also check every listed proof of evaluation on an embedded EVM chain: EZKL's "
+        "verifier contract behind a wrapper bound to the model at the listed CID and the "
+        "node's committed test data (needs solc-js: make solcjs, or CONSORTIUM_SOLCJS).",
+    ),
 ) -> None:
     """Re-verify everything: genesis, signatures, Merkle root, cosigned heads, every artifact,
-    and the anchored heads (on the shared chain of DIR/chain.toml or --chain-url/--contract, else
-    the folder's embedded chain)."""
+    the proofs of evaluation (with --onchain, on chain too), and the anchored heads (on the
+    shared chain of DIR/chain.toml or --chain-url/--contract, else the folder's embedded
+    chain)."""
     t0 = time.perf_counter()
+    solcjs = None
+    if onchain:  # missing solc-js: one line before the long audit
+        from consortium.zk.evm import find_solcjs
+
+        solcjs = find_solcjs()
     r = audit_folder(directory, chain_url=chain_url, contract=contract)
     kinds = ", ".join(f"{v} {k}" for k, v in sorted(r.kinds.items()))
     console.print(
@@ -301,3 +314,18 @@ def audit(
         console.print(f"{len(r.evaluations)} proofs of evaluation re-verified:", highlight=False)
         for ev in r.evaluations:
             console.print(f"  {ev.line()}", highlight=False, soft_wrap=True)
+    if onchain:
+        from consortium.audit.auditor import check_onchain
+
+        checks = check_onchain(directory, r.evaluations, solcjs=solcjs)
+        for c in checks:
+            console.print(f"  {c.line()}", highlight=False, soft_wrap=True)
+        refused = [c for c in checks if c.gas is None]
+        if refused:
+            fail(f"audit failed: {len(refused)} of {len(checks)} proofs refused on chain", 1)
+        console.print(
+            f"{len(checks)} proofs of evaluation accepted on chain"
+            if checks
+            else "no proofs of evaluation to check on chain",
+            highlight=False,
+        )

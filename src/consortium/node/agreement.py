@@ -1,11 +1,21 @@
-"""Agreeing on runs: the node's side of `protocol/agreement.py` (run-config and run-stop entries
-that a quorum cosigns before they take effect).
+"""Agreeing on runs: the node's side of `protocol/agreement.py` (run-config, run-stop and
+run-final entries that a quorum cosigns before they take effect).
 
 `run start`/`run stop` ask a member's own node to propose; it asks every member in two phases,
 *check* (would you accept? nothing signed, nothing locked) and, if a quorum would, *vote* (cosign
 the head "ledger + entry", persisted first), then commits with the cosignatures. Each member
 answers by the consortium's rules and its own `[policy]` (`run_refusals`), and signs a refusal it
 gives, so that signed refusals can release votes on a proposal that can no longer pass.
+
+The run-final entry (issue 18: the proofs of the final model) is proposed by no operator: after a
+run's last round R, each node collects t partials of "round R + 1"'s beacon (members answer
+`final-partial` only once round R is final on their ledger), proves the final model on the sample
+that beacon draws, in its proof queue, and sends the proof to every member (`final-proof`). The
+leader of attempt a of round R + 1 (the beacon's order) proposes, once it holds a proof from every
+node that committed to its test data (or after the round timeout), a run-final entry with the
+partials and the proofs it verified; if no run-final entry is on the ledger a round timeout later,
+attempt a + 1's leader does. A voter whose own proof is left out (or still being made) refuses
+(`own-proof-missing`), as in rounds.
 
 A mixin of `Node`: it uses the node's identity, genesis, ledger, transport and run state, and
 calls back into the node to start or stop a run.
@@ -16,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from consortium.core.encoding import Domain, decode, encode
 from consortium.core.errors import ConfigError, ConsortiumError, PeerRefused, TransportError
@@ -27,17 +37,48 @@ from consortium.ledger.entries import Entry
 from consortium.ledger.heads import Cosignature, CosignedHead, TreeHead
 from consortium.ledger.log import Ledger
 from consortium.node.config import NodeConfig, RunConfig, data_refusals, run_refusals
-from consortium.node.evaluations import member_refusals
+from consortium.node.evaluations import member_refusals, proof_state
 from consortium.protocol import agreement
+from consortium.protocol.beacon import (
+    BeaconCollector,
+    BeaconPartial,
+    attempt_beacon,
+    beacon_message,
+    make_partial,
+)
 from consortium.protocol.messages import Proposal
-from consortium.protocol.record import RUN_KIND, STOP_KIND, RunRecord, StopRecord
+from consortium.protocol.record import (
+    FINAL_KIND,
+    RUN_KIND,
+    STOP_KIND,
+    Evaluation,
+    FinalRecord,
+    RoundRecord,
+    RunRecord,
+    StopRecord,
+    latest_agreed_run,
+)
 from consortium.protocol.round import RoundMachine
+from consortium.protocol.schedule import leader_for
 from consortium.protocol.secure_round import max_faulty
+from consortium.protocol.verifier import (
+    OWN_PROOF,
+    RecordRejected,
+    verify_evaluation,
+    verify_final_record,
+)
+from consortium.store.blockstore import BlockStore
+from consortium.store.cid import cid_key
+from consortium.store.objects import put_bytes
+from consortium.store.unixfs import Profile
 from consortium.transport.base import Transport
+
+if TYPE_CHECKING:
+    from consortium.node.evaluations import EvaluationChecker, RunProver
 
 log = logging.getLogger("consortium.node")
 
-AGREED_KINDS = (RUN_KIND, STOP_KIND)
+AGREED_KINDS = (RUN_KIND, STOP_KIND, FINAL_KIND)
 
 
 class RunAgreement:
@@ -56,6 +97,13 @@ class RunAgreement:
     run: RunConfig | None
     stopped: str
     finished: asyncio.Event
+    store: BlockStore
+    unixfs: Profile
+    prover: RunProver | None
+    checker: EvaluationChecker | None
+    #: The proofs of the final model received (node -> (evaluation, artifact)), for the
+    #: run-final entry; reset per run.
+    _final_proofs: dict[str, tuple[Evaluation, bytes]]
 
     def start_run(self, run: RunConfig, *, late: bool = False) -> None:
         raise NotImplementedError
@@ -87,7 +135,9 @@ class RunAgreement:
         report["run"] = self.run.run_id()
         return report
 
-    async def _agree(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _agree(
+        self, kind: str, body: dict[str, Any], proofs: tuple[bytes, ...] = ()
+    ) -> dict[str, Any]:
         """Get a `kind` entry cosigned by a quorum and committed on every member.
 
         Two phases, so that a proposal some members refuse by policy locks nobody's vote:
@@ -101,6 +151,7 @@ class RunAgreement:
             kind,
             body,
             int(self.clock() * 1000),
+            proofs,
         )
         names = {m.node_id: m.name for m in self.genesis.members}
         refused: dict[str, str] = {}
@@ -194,7 +245,8 @@ class RunAgreement:
         if method == "run-check":
             try:
                 entry = agreement.check(p, self.genesis, self.ledger.frontier(), AGREED_KINDS)
-                await asyncio.to_thread(self._refusals, p, entry)
+                if entry.kind == RUN_KIND:  # a run-final's check reads the ledger: not a thread
+                    await asyncio.to_thread(self._refusals, p, entry)
             except ConsortiumError:
                 pass  # `_vote_run` meets it again and answers with it
         return self._vote_run(p, dry_run=method == "run-check")
@@ -242,6 +294,8 @@ class RunAgreement:
                 out = member_refusals(run, self.config, self.name)
             self._checked_run = (p.root, out)
             return out
+        if entry.kind == FINAL_KIND:
+            return self._final_refusals(p, FinalRecord.from_entry(entry))
         stop = StopRecord.from_entry(entry)
         if self.run is None or self.run.run_id() != stop.run or self.finished.is_set():
             return [f"run {stop.run} is not in progress on this node"]
@@ -276,11 +330,25 @@ class RunAgreement:
         entry = agreement.check(p, self.genesis, self.ledger.frontier(), AGREED_KINDS)
         agreement.valid_cosignatures(p, self.genesis, cosignatures)
         run = self._agreed_config(entry) if entry.kind == RUN_KIND else None
+        final = FinalRecord.from_entry(entry) if entry.kind == FINAL_KIND else None
+        for proof in p.proofs if final is not None else ():  # artifacts before the entry
+            put_bytes(self.store, proof, self.unixfs)
         head = CosignedHead(
             TreeHead(p.size, p.root, p.time),
             [Cosignature(node_id, sig) for node_id, sig in sorted(cosignatures.items())],
         )
         self.ledger.append_many([entry], heads=[head], expect_size=p.size - 1)  # all or nothing
+        if final is not None:
+            if self.prover is not None:
+                self.prover.note_final(final)
+            log.info(
+                "%s: the proofs of run %s's final model are on the ledger (%d)",
+                self.name,
+                final.run,
+                len(final.evaluations),
+            )
+            self._write_status()
+            return
         if run is None:
             self._stopped_by_agreement(StopRecord.from_entry(entry))
             return
@@ -295,3 +363,202 @@ class RunAgreement:
         self.stopped = "sitting this run out: " + "; ".join(refusals)
         log.error("%s: %s", self.name, self.stopped)
         self._write_status()
+
+    # -- the run-final entry: proofs of the final model (issue 18) ------------------------------
+
+    def _final_on_ledger(self, run_id: str) -> FinalRecord | None:
+        for entry in self.ledger.iter_entries():
+            if entry.kind == FINAL_KIND:
+                final = FinalRecord.from_entry(entry)
+                if final.run == run_id:
+                    return final
+        return None
+
+    def _last_round_final(self, run_id: str) -> int | None:
+        """The last round of run `run_id` if it is on this ledger (final), else None."""
+        entries = list(enumerate(self.ledger.iter_entries()))
+        agreed, records = latest_agreed_run(entries)
+        if agreed is None or agreed.run != run_id or self.run is None:
+            return None
+        if not records or records[-1].round < self.run.rounds:
+            return None
+        return records[-1].round
+
+    def _final_message(self, run_id: str, last: int) -> bytes:
+        return beacon_message(self.genesis.digest(), run_id, last + 1)
+
+    def answer_final_partial(self, payload: bytes) -> bytes:
+        """This member's partial of "round R + 1"'s beacon (R: the run's last round), released
+        only once round R is final here, as it would release it on beginning round R + 1."""
+        body = decode(payload)
+        if not isinstance(body, dict) or not isinstance(body.get("run"), str):
+            raise ConfigError("malformed final-partial request")
+        last = self._last_round_final(body["run"])
+        if last is None or self.run is None or not self.run.proofs:
+            raise ConfigError("the run's last round is not final on this node")
+        message = self._final_message(body["run"], last)
+        mine = make_partial(self.genesis.secret_share(self.identity), message)
+        return encode(mine.to_body())
+
+    def receive_final_proof(self, sender: str, payload: bytes) -> None:
+        """A member's proof of the final model, for the run-final entry (checked when listed)."""
+        body = decode(payload)
+        if not isinstance(body, dict) or not isinstance(body.get("artifact"), bytes):
+            raise ConfigError("malformed final-proof")
+        ev = Evaluation.from_body(body.get("evaluation"))
+        if ev.node != sender:
+            raise ConfigError("a member sends only its own proof of the final model")
+        if self.run is not None and self.run.proofs and ev.round == self.run.rounds:
+            self._final_proofs[sender] = (ev, body["artifact"])  # checked before it is listed
+
+    async def _final_partials(self, run_id: str, last: int) -> tuple[BeaconPartial, ...]:
+        """t partials of round `last` + 1's beacon: this node's, then the members' answers."""
+        members = sorted(m.node_id for m in self.genesis.members)
+        collector = BeaconCollector(
+            self.genesis.group_key(), members, self._final_message(run_id, last)
+        )
+        collector.add(make_partial(self.genesis.secret_share(self.identity), collector.message))
+        ask = encode({"run": run_id, "round": last})
+        while collector.value is None:
+            todo = [p for p in self.peers if not collector.has(p)]
+            answers = await asyncio.gather(
+                *(self.transport.request(p, "final-partial", ask, 10.0) for p in todo),
+                return_exceptions=True,
+            )
+            for peer, answer in zip(todo, answers, strict=True):
+                if isinstance(answer, bytes):
+                    try:
+                        partial = BeaconPartial.from_body(decode(answer))
+                        if partial.member == peer:
+                            collector.add(partial)
+                    except ConsortiumError as exc:
+                        log.warning("%s: a bad final beacon partial from %s: %s", self.name,
+                                    peer[:16], exc)  # fmt: skip
+            if collector.value is None:
+                await asyncio.sleep(0.2)
+        return collector.partials()
+
+    async def finalize_run(self) -> None:
+        """After the last round of a run with proofs: prove the final model and get the
+        run-final entry cosigned (see the module docstring)."""
+        run, prover = self.run, self.prover
+        if run is None or prover is None or not run.proofs:
+            return
+        rid, last = run.run_id(), run.rounds
+        if self._final_on_ledger(rid) is not None:
+            return
+        partials = await self._final_partials(rid, last)
+        members = sorted(m.node_id for m in self.genesis.members)
+        value = BeaconCollector(self.genesis.group_key(), members, self._final_message(rid, last))
+        for partial in partials:
+            value.add(partial)
+        assert value.value is not None
+        beacon = attempt_beacon(value.value, 0)
+        if prover.can_prove(last):
+            try:
+                ev = await asyncio.wrap_future(prover.prove_final(beacon))
+                assert isinstance(ev, Evaluation)
+                artifact = prover.ready[last][1]
+                self._final_proofs[self.identity.node_id] = (ev, artifact)
+                note = encode({"evaluation": ev.to_body(), "artifact": artifact})
+                await asyncio.gather(
+                    *(self._send(peer, note, "final-proof") for peer in self.peers),
+                    return_exceptions=True,
+                )
+            except (ConsortiumError, KeyError) as exc:
+                log.error("%s: no proof of the final model: %s", self.name, exc)
+        wait = max(float(run.round_timeout), 1.0)
+        for attempt in range(len(members)):
+            if self._final_on_ledger(rid) is not None:
+                return
+            leader = leader_for(beacon, last + 1, attempt, members)
+            if leader == self.identity.node_id and await self._propose_final(
+                rid, last, partials, wait
+            ):
+                return
+            waited = 0.0
+            while waited < wait and self._final_on_ledger(rid) is None:
+                await asyncio.sleep(0.2)
+                waited += 0.2
+        if self._final_on_ledger(rid) is None:
+            log.error("%s: no run-final entry for run %s: no proposal reached quorum",
+                      self.name, rid)  # fmt: skip
+
+    async def _propose_final(
+        self, rid: str, last: int, partials: tuple[BeaconPartial, ...], wait: float
+    ) -> bool:
+        """As attempt's leader: wait for a proof from every node that committed to its test
+        data (at most `wait` seconds), list those that verify, propose the run-final entry."""
+        assert self.run is not None and self.checker is not None
+        records = [r for r in _records(self.ledger) if r.run == rid]
+        committed = {n for r in records for n in r.testdata}
+        waited = 0.0
+        while waited < wait and not committed <= set(self._final_proofs):
+            await asyncio.sleep(0.2)
+            waited += 0.2
+        self.checker.note(records)
+        self.checker.note_final(FinalRecord(rid, last, partials, ()))
+        state = proof_state(self.run, records, self.checker.check)
+        listed: list[tuple[Evaluation, bytes]] = []
+        for node in sorted(self._final_proofs):
+            ev, artifact = self._final_proofs[node]
+            try:
+                if ev.round != last:
+                    raise RecordRejected(OWN_PROOF, "not a proof of the final model")
+                verify_evaluation(
+                    ev,
+                    round_no=last + 2,
+                    proofs=state,
+                    genesis=self.genesis,
+                    artifact=artifact,
+                    cid_of=self._cid_of,
+                )
+                listed.append((ev, artifact))
+            except ConsortiumError as exc:  # one bad proof must not sink the entry
+                log.warning("%s: a proof of the final model left out: %s", self.name, exc)
+        body = FinalRecord(rid, last, partials, tuple(e for e, _ in listed)).to_body()
+        report = await self._agree(FINAL_KIND, body, tuple(a for _, a in listed))
+        if not report["agreed"]:
+            log.warning("%s: the run-final entry was not agreed: %s", self.name,
+                        report["refused"] or report["unreachable"])  # fmt: skip
+        return bool(report["agreed"])
+
+    def _cid_of(self, data: bytes) -> Any:
+        raise NotImplementedError
+
+    def _final_refusals(self, p: Proposal, record: FinalRecord) -> list[str]:
+        """Why this member refuses a proposed run-final entry (empty: it accepts): the shared
+        `verify_final_record`, with this node's own proof of the final model."""
+        run = self.run
+        if run is None or run.run_id() != record.run or not run.proofs or self.checker is None:
+            return [f"run {record.run} with proofs is not this node's current run"]
+        if self._final_on_ledger(record.run) is not None:
+            return [f"run {record.run}'s final proofs are on the ledger already"]
+        records = [r for r in _records(self.ledger) if r.run == record.run]
+        self.checker.note(records)
+        self.checker.note_final(record)
+        own: tuple[Evaluation, ...] = ()
+        if self.prover is not None:
+            own, pending = self.prover.own_final()
+            mine = [e for e in record.evaluations if e.node == self.identity.node_id]
+            if pending and not mine:
+                return [
+                    f"this node's proof of the final model is still being made [rule {OWN_PROOF}]"
+                ]
+        try:
+            verify_final_record(
+                record,
+                run_id=run.run_id(),
+                proofs=proof_state(run, records, self.checker.check),
+                genesis=self.genesis,
+                artifacts={cid_key(self._cid_of(a)): a for a in p.proofs},
+                cid_of=self._cid_of,
+                own=own,
+            )
+        except RecordRejected as exc:
+            return [str(exc)]
+        return []
+
+
+def _records(ledger: Ledger) -> list[RoundRecord]:
+    return latest_agreed_run(enumerate(ledger.iter_entries()))[1]

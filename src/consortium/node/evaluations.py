@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import multiprocessing
@@ -40,8 +41,14 @@ from consortium.learning.serialize import weights_from_bytes
 from consortium.learning.task import Examples, build_model, load_data
 from consortium.node.config import NodeConfig, RunConfig
 from consortium.protocol.beacon import attempt_beacon
-from consortium.protocol.record import Evaluation, RoundRecord, TestDataCommitment
-from consortium.protocol.verifier import CheckEvaluation, ProofState, record_beacon
+from consortium.protocol.record import Evaluation, FinalRecord, RoundRecord, TestDataCommitment
+from consortium.protocol.verifier import (
+    CheckEvaluation,
+    ProofState,
+    RecordRejected,
+    final_beacon,
+    record_beacon,
+)
 from consortium.store.blockstore import BlockStore
 from consortium.store.cid import cid_key
 from consortium.store.objects import get_bytes, put_bytes
@@ -50,6 +57,7 @@ from consortium.zk.errors import SAMPLE_MISMATCH, SETTINGS_MISMATCH, ZkError
 
 if TYPE_CHECKING:
     from consortium.zk.circuit import Keys, Shape
+    from consortium.zk.evm import ChainCheck
     from consortium.zk.proof import EvalClaims
     from consortium.zk.srs import Srs
     from consortium.zk.testdata import CommittedTestData
@@ -188,6 +196,8 @@ class EvaluationChecker:
         self.run, self.genesis, self.store = run, genesis, store
         self.config, self.name, self.keys_cache = config, name, keys_cache
         self.records: dict[int, RoundRecord] = {}
+        #: round R + 1 -> its beacon, from a run-final record's partials (R the last round).
+        self.final: dict[int, bytes] = {}
         self._done: dict[tuple[str, str, bytes], EvalClaims] = {}
         self._shape: tuple[int, ...] | None = None
 
@@ -195,6 +205,13 @@ class EvaluationChecker:
         for r in records:
             if r.run == self.run.run_id():
                 self.records[r.round] = r
+
+    def note_final(self, record: FinalRecord) -> None:
+        """The beacon a run-final record's partials make (after the run's last round, no
+        round record carries it); nothing if they do not verify (the verifier refuses it)."""
+        if record.run == self.run.run_id():
+            with contextlib.suppress(RecordRejected):
+                self.final[record.round + 1] = final_beacon(record, self.genesis)
 
     def feature_shape(self) -> tuple[int, ...]:
         """The records' feature shape, from this folder's test data (the task's data)."""
@@ -211,8 +228,9 @@ class EvaluationChecker:
             return self._done[key]
         proof = EvalProof.from_bytes(artifact)
         after = self.records.get(ev.round + 1)
-        if after is None:
-            raise ZkError(SAMPLE_MISMATCH, f"round {ev.round + 1} is not on the ledger")
+        beacon = sample_beacon(after, self.genesis) if after else self.final.get(ev.round + 1)
+        if beacon is None:
+            raise ZkError(SAMPLE_MISMATCH, f"round {ev.round + 1}'s beacon is not on the ledger")
         if hashlib.sha256(proof.settings).hexdigest() != self.run.zk_settings_sha256:
             raise ZkError(SETTINGS_MISMATCH, "the proof's circuit settings are not the run's")
         model = _model(self.run, get_bytes(self.store, ev.model))
@@ -227,10 +245,37 @@ class EvaluationChecker:
             shape=shape,
             keys=keys,
             testdata=(committed.root, committed.size),
-            beacon=sample_beacon(after, self.genesis),
+            beacon=beacon,
         )
         self._done[key] = claims
         return claims
+
+    def on_chain(
+        self,
+        proof_cid: CID | str,
+        model_cid: CID | str,
+        testdata: tuple[bytes, int],
+        cache: Path,
+        solcjs: Path | None = None,
+    ) -> ChainCheck:
+        """Check the proof at `proof_cid` on this process's embedded chain
+        (`zk.evm.check_on_chain`), bound to the model at `model_cid` (its weight commitment
+        recomputed here) and the node's committed test data `testdata` (root, size)."""
+        from consortium.zk.circuit import keys_for, settings_logrows, shape_of
+        from consortium.zk.evm import check_on_chain
+        from consortium.zk.proof import EvalProof
+
+        artifact = get_bytes(self.store, proof_cid)
+        proof = EvalProof.from_bytes(artifact)
+        if hashlib.sha256(proof.settings).hexdigest() != self.run.zk_settings_sha256:
+            raise ZkError(SETTINGS_MISMATCH, "the proof's circuit settings are not the run's")
+        model = _model(self.run, get_bytes(self.store, model_cid))
+        shape = shape_of(model, self.feature_shape(), self.run.proof_sample)
+        srs = _srs(self.run, self.config)
+        srs.check_serves(settings_logrows(proof.settings))
+        keys = keys_for(model, shape, proof.settings, srs, self.keys_cache)
+        return check_on_chain(proof, model=model, shape=shape, keys=keys, testdata=testdata,
+                              cache=cache, solcjs=solcjs)  # fmt: skip
 
 
 def proof_state(
@@ -371,6 +416,8 @@ class RunProver:
     jobs: list[Future[object]] = field(default_factory=list)
     ready: dict[int, tuple[Evaluation, bytes]] = field(default_factory=dict)
     listed: set[int] = field(default_factory=set)
+    #: The proof of the final model (after the last round: run-final entry), once queued.
+    final: Future[object] | None = None
 
     def start(self, initial: bytes, records: Iterable[RoundRecord] = ()) -> None:
         """Set up (keys, commitment) in the queue; `records`: the run's committed ones (a
@@ -437,6 +484,38 @@ class RunProver:
             job = self.submit(lambda: self._prove(r, model_cid, beacon))
             job.add_done_callback(self._log_failure(f"proving round {r}'s model"))
             self.jobs.append(job)
+
+    def can_prove(self, round_no: int) -> bool:
+        """Whether this node proves round `round_no`'s model: it committed to its test data
+        by then, and the round is on its ledger."""
+        c = self.committed_round
+        return c is not None and c <= round_no and round_no in self.models
+
+    def prove_final(self, beacon: bytes) -> Future[object]:
+        """Queue the proof of the final model (round R = the run's last), sampled from
+        `beacon` (round R + 1's, made of the members' partials after round R); the Future's
+        result is the `Evaluation` (artifact in `ready`)."""
+        last = self.run.rounds
+        model_cid = self.models[last]
+        self.final = self.submit(lambda: self._prove(last, model_cid, beacon))
+        self.final.add_done_callback(self._log_failure("proving the final model"))
+        return self.final
+
+    def own_final(self) -> tuple[tuple[Evaluation, ...], bool]:
+        """This node's proof of the final model as a voter on a run-final record sees it:
+        (the finished proof, if any, not yet listed; whether it is still being made)."""
+        last = self.run.rounds
+        if last in self.listed:
+            return (), False
+        pending = self.final is not None and not self.final.done()
+        return ((self.ready[last][0],) if last in self.ready else ()), pending
+
+    def note_final(self, record: FinalRecord) -> None:
+        """A committed run-final record: what it lists of ours is done."""
+        for e in record.evaluations:
+            if e.node == self.node_id and record.run == self.run.run_id():
+                self.listed.add(e.round)
+                self.ready.pop(e.round, None)
 
     def _prove(self, round_no: int, model_cid: CID, beacon: bytes) -> Evaluation:
         from consortium.zk.proof import EvalProof

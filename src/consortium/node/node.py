@@ -78,6 +78,7 @@ from consortium.protocol.privacy_round import (
 from consortium.protocol.randomness import Randomness
 from consortium.protocol.record import (
     ROUND_KIND,
+    Evaluation,
     RoundRecord,
     StopRecord,
     latest_agreed_run,
@@ -214,6 +215,7 @@ class Node(RunAgreement):
         self.prover: RunProver | None = None
         self.checker: EvaluationChecker | None = None
         self._proof_queue: ProofQueue | None = None
+        self._final_proofs: dict[str, tuple[Evaluation, bytes]] = {}
 
     def _open_registry(self) -> ConsentRegistry | None:
         path = self.dir / CONSENT_FILE
@@ -351,6 +353,7 @@ class Node(RunAgreement):
             read_artifact=self._read_artifact,
         )
         self.prover, self.checker = None, None
+        self._final_proofs = {}
         if run.proofs:
             keys = self.dir / ZK_DIR / "keys"
             self.checker = EvaluationChecker(
@@ -394,6 +397,9 @@ class Node(RunAgreement):
         self.global_model = get_bytes(self.store, last.model)
         if last.round >= run.rounds:
             self.finished.set()
+            if self.prover is not None and self._final_on_ledger(run.run_id()) is None:
+                self.prover.start(self.global_model, records)  # then the final model's proof
+                self._spawn(self.finalize_run())
             return
         if self.prover is not None:
             self.prover.start(self.global_model, records)
@@ -584,6 +590,9 @@ class Node(RunAgreement):
                 self.finished.set()
                 self._write_status()
 
+    def _cid_of(self, data: bytes) -> CID:
+        return model_cid(data, self.store, self.unixfs)
+
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
@@ -685,6 +694,8 @@ class Node(RunAgreement):
         if c.round >= self.run.rounds:
             self.finished.set()
             self._write_status()
+            if self.prover is not None:  # the proofs of the final model: a run-final entry
+                self._spawn(self.finalize_run())
         else:
             self._begin(c.round + 1)
 
@@ -854,6 +865,11 @@ class Node(RunAgreement):
         if method in ("run-check", "run-vote"):
             proposal = Proposal.from_body(decode(payload))
             return await self.answer_run(proposal, method)
+        if method == "final-partial":
+            return self.answer_final_partial(payload)
+        if method == "final-proof":
+            self.receive_final_proof(sender, payload)
+            return b""
         if method == "run-abandon":
             self._abandon_run(payload)
             return b""

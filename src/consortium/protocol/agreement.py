@@ -33,10 +33,14 @@ def propose(
     kind: str,
     body: dict[str, Any],
     time_ms: int,
+    proofs: tuple[bytes, ...] = (),
 ) -> Proposal:
+    """`proofs`: artifacts the entry lists that voters need to check it (a run-final entry's
+    proofs of evaluation); they travel with the proposal and its commit."""
     entry = make_record(identity, kind, body, time_ms, genesis)
     data = entry.to_bytes()
-    return Proposal(data, frontier.size + 1, frontier.append(data).root(), time_ms, b"")
+    root = frontier.append(data).root()
+    return Proposal(data, frontier.size + 1, root, time_ms, b"", proofs=proofs)
 
 
 def check(p: Proposal, genesis: Genesis, frontier: Frontier, kinds: tuple[str, ...]) -> Entry:

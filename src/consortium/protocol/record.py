@@ -563,3 +563,56 @@ def stopped_runs(entries: Any) -> dict[str, str]:
         s.run: s.reason
         for s in (StopRecord.from_entry(e) for _, e in entries if e.kind == STOP_KIND)
     }
+
+
+FINAL_KIND = "run-final"
+
+
+@dataclass(frozen=True)
+class FinalRecord:
+    """The body of a "run-final" entry (issue 18): after a run's last round `round` (R), the
+    t beacon partials of "round R + 1" (`beacon`: the beacon the final model's sample is drawn
+    from, which honest members release only once round R is final) and the nodes' proofs of
+    the final model (`evaluations`, each of round R). A quorum cosigns it, as a run-stop."""
+
+    run: str
+    round: int
+    beacon: tuple[BeaconPartial, ...]
+    evaluations: tuple[Evaluation, ...]
+    version: int = RUN_RECORD_VERSION
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "v": self.version,
+            "run": self.run,
+            "round": self.round,
+            "beacon": partials_body(self.beacon),
+            "evaluations": [e.to_body() for e in self.evaluations],
+        }
+
+    @classmethod
+    def from_body(cls, b: Any) -> FinalRecord:
+        keys = {"v", "run", "round", "beacon", "evaluations"}
+        if not isinstance(b, dict) or set(b) != keys or b["v"] != RUN_RECORD_VERSION:
+            raise RecordFormatError(
+                "malformed run-final record: need exactly v (1), run, round, beacon, evaluations"
+            )
+        evaluations = b["evaluations"]
+        if not isinstance(evaluations, list) or len(evaluations) > _MAX_EVALUATIONS:
+            raise RecordFormatError("malformed run-final record: evaluations must be a list")
+        try:
+            beacon = partials_from_body(b["beacon"], _MAX_MEMBERS)
+        except ConsortiumError as exc:
+            raise RecordFormatError(f"malformed run-final record: {exc}") from exc
+        return cls(
+            _str(b["run"], "run"),
+            _int(b, "round", 1),
+            beacon,
+            tuple(Evaluation.from_body(e) for e in evaluations),
+        )
+
+    @classmethod
+    def from_entry(cls, entry: Entry) -> FinalRecord:
+        if entry.kind != FINAL_KIND:
+            raise RecordFormatError(f"entry is a {entry.kind!r}, not a run-final record")
+        return cls.from_body(entry.body)

@@ -33,7 +33,13 @@ from consortium.protocol.privacy_round import (
     missing_shares,
     record_params_of,
 )
-from consortium.protocol.record import Erasure, Evaluation, RoundRecord, TestDataCommitment
+from consortium.protocol.record import (
+    Erasure,
+    Evaluation,
+    FinalRecord,
+    RoundRecord,
+    TestDataCommitment,
+)
 from consortium.protocol.schedule import leader_for
 from consortium.protocol.secagg import SecAggParams
 from consortium.protocol.secure_round import (
@@ -478,6 +484,69 @@ def verify_evaluation(
         raise bad(zk.SETTINGS_MISMATCH, "the record misstates the proof's s or SRS label")
     if (claims.testdata_root, claims.testdata_size) != (found[1].root, found[1].size):
         raise bad(zk.COMMITMENT_MISMATCH, "the proof is on another test-data commitment")
+
+
+def final_beacon(record: FinalRecord, genesis: Genesis) -> bytes:
+    """The beacon the final model's sample is drawn from: "round R + 1"'s value (R the run's
+    last round), from the t partials a run-final record carries, each checked, taken at
+    attempt 0 (no attempt of round R + 1 ever runs)."""
+    members = sorted(m.node_id for m in genesis.members)
+    message = beacon_message(genesis.digest(), record.run, record.round + 1)
+    try:
+        value = value_from_partials(genesis.group_key(), members, message, record.beacon)
+    except ThresholdError as exc:
+        raise RecordRejected(BEACON, f"the run-final beacon does not verify: {exc}") from exc
+    return attempt_beacon(value, 0)
+
+
+def verify_final_record(
+    record: FinalRecord,
+    *,
+    run_id: str,
+    proofs: ProofState,
+    genesis: Genesis,
+    artifacts: Mapping[str, bytes],
+    cid_of: Callable[[bytes], CID],
+    own: tuple[Evaluation, ...] | None = None,
+) -> None:
+    """Refuse, naming the rule, a run-final record (the proofs of a run's final model, issue
+    18): for this run, after its last round (whose model the proofs must be of), with t valid
+    partials of round R + 1's beacon, its proofs sorted by node, each passing
+    `verify_evaluation` as in a round record. `own`: the voter's own proofs of the final model
+    (sent, or being made): a record that leaves one out is refused (`own-proof-missing`), so no
+    proposer can drop a node's proof. Voters run it before cosigning, `audit` on the entry."""
+    last = proofs.rounds
+    _require(
+        record.run == run_id and record.round == last and last in proofs.models,
+        RUN,
+        f"a run-final record for run {record.run!r} round {record.round}: expected run "
+        f"{run_id!r} after its last round {last}, committed",
+    )
+    final_beacon(record, genesis)
+    if own is not None:
+        dropped = [e.round for e in own if e not in record.evaluations]
+        _require(
+            not dropped,
+            OWN_PROOF,
+            f"this node's proof of the final model (round {last}) is left out or misstated",
+        )
+    keys = [e.node for e in record.evaluations]
+    _require(keys == sorted(set(keys)), EVALUATION, "evaluations must be sorted by node, distinct")
+    for ev in record.evaluations:
+        _require(
+            ev.round == last,
+            EVALUATION,
+            f"a run-final record lists a proof of round {ev.round}, not of the final model "
+            f"(round {last})",
+        )
+        verify_evaluation(
+            ev,
+            round_no=last + 2,
+            proofs=proofs,
+            genesis=genesis,
+            artifact=artifacts.get(cid_key(ev.proof)),
+            cid_of=cid_of,
+        )
 
 
 def _check_secure_sum(record: RoundRecord, ctx: RecordContext, beacon: bytes) -> None:
