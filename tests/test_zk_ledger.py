@@ -17,6 +17,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from consortium.node.evaluations import (
 )
 from consortium.node.learner import Learner
 from consortium.node.node import Node, run_records
+from consortium.protocol.messages import Proposal
 from consortium.protocol.record import (
     FINAL_KIND,
     ROUND_KIND,
@@ -82,7 +84,7 @@ from consortium.zk.srs import load_srs, local_test_srs
 from consortium.zk.testdata import CommittedTestData, sample_indices
 from tests.inprocess_cluster import cluster, drive, run_config, start
 
-pytestmark = pytest.mark.slow  # keys, 3 commitments, 3 proofs, 3 x 3 checks: about a minute
+pytestmark = pytest.mark.slow  # keys, commitments, 6 proofs and their checks: 1.5 min (+3 on chain)
 
 
 def _base() -> RunConfig:
@@ -109,6 +111,42 @@ class Ran:
     records: list[RoundRecord]
     run: RunConfig
     final: FinalRecord
+    #: A live node's answers to run-final proposals (see `_node_votes`).
+    votes: dict[str, list[str]]
+
+
+def _node_votes(node: Node, final: FinalRecord) -> dict[str, list[str]]:
+    """What `node` (still running) answers to run-final proposals, as before the entry was
+    agreed: its proof of the final model finished but not yet listed (or still being made),
+    and no run-final entry on its ledger yet."""
+    store = node.store
+    arts = {cid_key(e.proof): get_bytes(store, e.proof) for e in final.evaluations}
+    mine = next(e for e in final.evaluations if e.node == node.identity.node_id)
+    others = tuple(e for e in final.evaluations if e != mine)
+
+    def proposal(evs: tuple[Evaluation, ...]) -> Proposal:
+        return Proposal(b"", 1, b"", 0, b"", proofs=tuple(arts[cid_key(e.proof)] for e in evs))
+
+    prover = node.prover
+    assert prover is not None
+    saved = (set(prover.listed), dict(prover.ready), prover.final)
+    node._final_on_ledger = lambda run_id: None  # type: ignore[method-assign]
+    try:
+        prover.listed.discard(final.round)
+        prover.ready[final.round] = (mine, arts[cid_key(mine.proof)])
+        votes = {
+            "full": node._final_refusals(proposal(final.evaluations), final),
+            "dropped": node._final_refusals(proposal(others), replace(final, evaluations=others)),
+        }
+        prover.ready.pop(final.round)
+        prover.final = Future()  # still being made
+        votes["pending"] = node._final_refusals(
+            proposal(others), replace(final, evaluations=others)
+        )
+    finally:
+        del node._final_on_ledger
+        prover.listed, prover.ready, prover.final = saved
+    return votes
 
 
 def _final_of(ledger: Ledger) -> FinalRecord | None:
@@ -154,9 +192,10 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ran]:
                 await asyncio.sleep(0.1)
             final = _final_of(nodes[0].ledger)
             assert final is not None
+            votes = _node_votes(nodes[1], final)
             out.append(
                 Ran([n.dir for n in nodes], [n.name for n in nodes],
-                    run_records(nodes[0].ledger), run, final)
+                    run_records(nodes[0].ledger), run, final, votes)
             )  # fmt: skip
         finally:
             for n in nodes:
@@ -397,6 +436,28 @@ def test_a_proposer_that_drops_a_nodes_final_proof_is_refused_by_that_node(
     _final_check(v, dropped)  # the others cannot tell: the node itself must refuse
     text = _final_refused(v, dropped, OWN_PROOF, own=(mine,))
     assert "final model (round 4)" in text
+
+
+def test_a_live_node_refuses_a_run_final_entry_without_its_proof(ran: Ran) -> None:
+    """The node's own vote (`RunAgreement._final_refusals`), during the run: it accepts the
+    entry with its proof, and refuses it by name with its proof left out, whether the proof was
+    finished or still being made."""
+    assert ran.votes["full"] == []
+    (why,) = ran.votes["dropped"]
+    assert f"[rule {OWN_PROOF}]" in why and "final model (round 4)" in why
+    (why,) = ran.votes["pending"]
+    assert f"[rule {OWN_PROOF}]" in why and "still being made" in why
+
+
+def test_zk_verify_checks_a_final_model_proof(ran: Ran) -> None:
+    """`zk verify` finds the final model's sample beacon in the run-final entry."""
+    e = ran.final.evaluations[0]
+    srs = load_node_config(ran.dirs[0]).zk.srs
+    args = ["zk", "verify", str(ran.dirs[0]), cid_key(e.proof), "--srs", str(srs)]
+    res = CliRunner().invoke(app, [*args, "--srs-sha256", ran.run.srs_sha256])
+    out = " ".join((res.stdout + res.stderr).split())
+    assert res.exit_code == 0, out
+    assert f"OK: proof {cid_key(e.proof)}" in out and f"{e.correct} of 2" in out
 
 
 def test_a_final_proof_with_an_edited_accuracy_is_refused(final_voter: FinalVoter) -> None:

@@ -419,6 +419,7 @@ class RunAgreement:
         )
         collector.add(make_partial(self.genesis.secret_share(self.identity), collector.message))
         ask = encode({"run": run_id, "round": last})
+        pause = 0.2  # members that have not committed round `last` yet refuse: ask again later
         while collector.value is None:
             todo = [p for p in self.peers if not collector.has(p)]
             answers = await asyncio.gather(
@@ -435,7 +436,8 @@ class RunAgreement:
                         log.warning("%s: a bad final beacon partial from %s: %s", self.name,
                                     peer[:16], exc)  # fmt: skip
             if collector.value is None:
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
         return collector.partials()
 
     async def finalize_run(self) -> None:

@@ -31,13 +31,14 @@ from consortium.core.errors import ConfigError, ConsortiumError
 from consortium.core.files import atomic_write
 from consortium.core.genesis import GENESIS_FILE, Genesis
 from consortium.core.identity import PUBLIC_FILE, PublicIdentity
-from consortium.core.layout import CONSENT_FILE, STORE_DIR
+from consortium.core.layout import CONSENT_FILE, LEDGER_FILE, STORE_DIR
 from consortium.learning.task import Examples, load_data
+from consortium.ledger.log import Ledger
 from consortium.node.config import RunConfig, load_node_config
 from consortium.node.models import ModelRound, _read_ledger, find_round, round_model
 from consortium.protocol.beacon import attempt_beacon
-from consortium.protocol.record import RoundRecord
-from consortium.protocol.verifier import record_beacon
+from consortium.protocol.record import FINAL_KIND, FinalRecord, RoundRecord
+from consortium.protocol.verifier import final_beacon, record_beacon
 from consortium.store.blockstore import BlockStore
 from consortium.store.cid import as_cid, cid_key
 from consortium.store.objects import get_bytes, put_bytes
@@ -133,11 +134,26 @@ def _next_round(directory: Path, record: RoundRecord) -> RoundRecord | None:
     return later[0] if later else None
 
 
+def _final_of(directory: Path, record: RoundRecord) -> FinalRecord | None:
+    """The run-final entry that follows `record`, the last round of its run, if any."""
+    with Ledger.open(directory / LEDGER_FILE, readonly=True) as ledger:
+        for entry in ledger.iter_entries():
+            if entry.kind == FINAL_KIND:
+                final = FinalRecord.from_entry(entry)
+                if (final.run, final.round) == (record.run, record.round):
+                    return final
+    return None
+
+
 def sample_beacon(directory: Path, record: RoundRecord) -> bytes:
     """The beacon the sample for `record`'s model comes from: that of the round after it (the
-    attempt that committed), recomputed from the partials its record carries."""
+    attempt that committed), recomputed from the partials its record carries; for a run's last
+    round, "round R + 1"'s from the partials of the run-final entry."""
     after = _next_round(directory, record)
     if after is None:
+        final = _final_of(directory, record)
+        if final is not None:
+            return final_beacon(final, Genesis.load(directory / GENESIS_FILE))
         raise ZkError(
             SAMPLE_MISMATCH,
             f"round {record.round + 1} of run {record.run} has not committed yet: the sample for "
