@@ -478,10 +478,9 @@ class RunAgreement:
                 rid, last, partials, wait
             ):
                 return
-            waited = 0.0
-            while waited < wait and self._final_on_ledger(rid) is None:
+            until = self.clock() + wait  # the node's clock: injected in tests
+            while self.clock() < until and self._final_on_ledger(rid) is None:
                 await asyncio.sleep(0.2)
-                waited += 0.2
         if self._final_on_ledger(rid) is None:
             log.error("%s: no run-final entry for run %s: no proposal reached quorum",
                       self.name, rid)  # fmt: skip
@@ -490,14 +489,14 @@ class RunAgreement:
         self, rid: str, last: int, partials: tuple[BeaconPartial, ...], wait: float
     ) -> bool:
         """As attempt's leader: wait for a proof from every node that committed to its test
-        data (at most `wait` seconds), list those that verify, propose the run-final entry."""
+        data (at most `wait` seconds of the node's clock), list those that verify, propose the
+        run-final entry."""
         assert self.run is not None and self.checker is not None
         records = [r for r in _records(self.ledger) if r.run == rid]
         committed = {n for r in records for n in r.testdata}
-        waited = 0.0
-        while waited < wait and not committed <= set(self._final_proofs):
+        until = self.clock() + wait
+        while self.clock() < until and not committed <= set(self._final_proofs):
             await asyncio.sleep(0.2)
-            waited += 0.2
         self.checker.note(records)
         self.checker.note_final(FinalRecord(rid, last, partials, ()))
         state = proof_state(self.run, records, self.checker.check)
