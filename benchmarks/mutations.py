@@ -14,7 +14,9 @@ unchecked):
 
 - `protocol/verifier.py`: every `_require(cond, RULE, msg)` call (cond -> `True`), and every
   `raise RecordRejected(RULE, ...) from exc` in an exception handler (-> a bare `raise`: the
-  underlying error escapes without the rule's name);
+  underlying error escapes without the rule's name); the proofs-of-evaluation rules (issue 18:
+  `testdata-invalid`, `evaluation-invalid`, `own-proof-missing`, and every rule of the run-final
+  entry's `verify_final_record` and `final_beacon`) also run `tests/test_zk_ledger.py` (slow);
 - `protocol/record.py`, `RoundRecord.from_body`: every `if ...: raise _fail(...)` (test ->
   `False`) and every `raise _fail(...)` in an exception handler (-> `raise`);
 - `protocol/round.py`, `RoundMachine`: the transition-table refusal in `on_message`, the
@@ -88,6 +90,7 @@ T_PUBLISHED = "tests/adversarial/test_secagg_published_sum.py"
 T_AGREED = "tests/adversarial/test_agreed_runs.py"
 T_STORAGE = "tests/test_storage_rounds.py"
 T_COMMITTEE = "tests/test_committees.py"
+T_ZK = "tests/test_zk_ledger.py"  # slow: a 3-node run with proofs (issue 18)
 
 #: Test files each mutant runs, fastest first (pytest -x stops at the first failure).
 VERIFIER_TESTS = (T_VERIFIER, T_VERIFIER_RULES)
@@ -103,7 +106,13 @@ VERIFIER_EXTRA = {
     "own-answer-missing": (T_STORAGE,),
     # Committees (issue 15): a dishonest leader's contributors outside the beacon's committee.
     "participants-not-committee": (T_COMMITTEE,),
+    # Proofs of evaluation (issue 18): a dishonest leader, prover or run-final proposer.
+    "testdata-invalid": (T_ZK,),
+    "evaluation-invalid": (T_ZK,),
+    "own-proof-missing": (T_ZK,),
 }
+#: Verifier functions whose every rule only the proofs-of-evaluation tests exercise.
+VERIFIER_ZK_FUNCTIONS = {"verify_final_record", "final_beacon"}
 RECORD_TESTS = (T_VERIFIER, T_VERIFIER_RULES)
 ROUND_TESTS = (T_MACHINE, T_MACHINE_RULES)
 #: The round machine's SecAgg+ checks (issue 11): the dishonest-leader tests run them.
@@ -277,8 +286,11 @@ def verifier_mutants(tree: ast.Module) -> Iterator[Mutant]:
             raise SystemExit(f"mutations: verifier.py:{arg.lineno}: rule is not a constant")
         return rules[arg.id]
 
-    def tests(rule: str) -> tuple[str, ...]:
-        return VERIFIER_TESTS[:1] + VERIFIER_EXTRA.get(rule, ()) + VERIFIER_TESTS[1:]
+    def tests(rule: str, fn: str = "") -> tuple[str, ...]:
+        extra = VERIFIER_EXTRA.get(rule, ())
+        if fn in VERIFIER_ZK_FUNCTIONS and T_ZK not in extra:
+            extra = (*extra, T_ZK)
+        return VERIFIER_TESTS[:1] + extra + VERIFIER_TESTS[1:]
 
     for fn in tree.body:
         if not isinstance(fn, ast.FunctionDef) or fn.name == "_require":
@@ -290,7 +302,14 @@ def verifier_mutants(tree: ast.Module) -> Iterator[Mutant]:
                 start, end = _span(node.args[0])
                 check = f"{fn.name}: _require({rule}) {_message(node.args[2])!r}"
                 yield Mutant(
-                    VERIFIER, node.lineno, check, start, end, "True", "cond -> True", tests(rule)
+                    VERIFIER,
+                    node.lineno,
+                    check,
+                    start,
+                    end,
+                    "True",
+                    "cond -> True",
+                    tests(rule, fn.name),
                 )
             elif (
                 isinstance(node, ast.Raise)
@@ -304,7 +323,7 @@ def verifier_mutants(tree: ast.Module) -> Iterator[Mutant]:
                     )
                 rule = rule_of(node.exc.args[0])
                 check = f"{fn.name}: raise RecordRejected({rule}) from exc"
-                yield _reraise(VERIFIER, node, check, tests(rule))
+                yield _reraise(VERIFIER, node, check, tests(rule, fn.name))
 
 
 # -- protocol/record.py ---------------------------------------------------------------------------

@@ -57,6 +57,7 @@ from consortium.protocol.verifier import (
     BEACON,
     EVALUATION,
     OWN_PROOF,
+    RUN,
     TESTDATA,
     OwnContribution,
     ProofState,
@@ -458,6 +459,18 @@ def test_zk_verify_checks_a_final_model_proof(ran: Ran) -> None:
     out = " ".join((res.stdout + res.stderr).split())
     assert res.exit_code == 0, out
     assert f"OK: proof {cid_key(e.proof)}" in out and f"{e.correct} of 2" in out
+
+
+def test_a_run_final_entry_for_another_round_or_run_is_refused(final_voter: FinalVoter) -> None:
+    v = final_voter
+    assert "after its last round 4" in _final_refused(v, replace(v.record, round=3), RUN)
+    assert "after its last round 4" in _final_refused(v, replace(v.record, run="0" * 16), RUN)
+
+
+def test_run_final_proofs_out_of_order_are_refused(final_voter: FinalVoter) -> None:
+    v = final_voter
+    record = replace(v.record, evaluations=tuple(reversed(v.record.evaluations)))
+    assert "sorted by node" in _final_refused(v, record, EVALUATION)
 
 
 def test_a_final_proof_with_an_edited_accuracy_is_refused(final_voter: FinalVoter) -> None:
