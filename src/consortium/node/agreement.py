@@ -421,6 +421,8 @@ class RunAgreement:
         ask = encode({"run": run_id, "round": last})
         pause = 0.2  # members that have not committed round `last` yet refuse: ask again later
         while collector.value is None:
+            if self.run is None or self.run.run_id() != run_id:
+                return ()  # another run started here meanwhile
             todo = [p for p in self.peers if not collector.has(p)]
             answers = await asyncio.gather(
                 *(self.transport.request(p, "final-partial", ask, 10.0) for p in todo),
@@ -442,7 +444,14 @@ class RunAgreement:
 
     async def finalize_run(self) -> None:
         """After the last round of a run with proofs: prove the final model and get the
-        run-final entry cosigned (see the module docstring)."""
+        run-final entry cosigned (see the module docstring). Problems are logged: this runs
+        as a task of its own."""
+        try:
+            await self._finalize_run()
+        except ConsortiumError as exc:
+            log.error("%s: the proofs of the final model: %s", self.name, exc)
+
+    async def _finalize_run(self) -> None:
         run, prover = self.run, self.prover
         if run is None or prover is None or not run.proofs:
             return
@@ -450,6 +459,8 @@ class RunAgreement:
         if self._final_on_ledger(rid) is not None:
             return
         partials = await self._final_partials(rid, last)
+        if not partials:
+            return
         members = sorted(m.node_id for m in self.genesis.members)
         value = BeaconCollector(self.genesis.group_key(), members, self._final_message(rid, last))
         for partial in partials:
