@@ -79,6 +79,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("consortium.node")
 
 AGREED_KINDS = (RUN_KIND, STOP_KIND, FINAL_KIND)
+#: Proposals of one entry when rounds keep committing under it, and the pause before the next
+#: (times the try): time for the round's commit to reach this node.
+AGREE_TRIES = 3
+AGREE_RETRY_DELAY = 0.2
 
 
 class RunAgreement:
@@ -136,6 +140,24 @@ class RunAgreement:
         return report
 
     async def _agree(
+        self, kind: str, body: dict[str, Any], proofs: tuple[bytes, ...] = ()
+    ) -> dict[str, Any]:
+        """`_agree_at_head`, proposed again (at most `AGREE_TRIES` times in all) when it failed
+        only because a round committed meanwhile: this ledger grew during the attempt, or a
+        member refused the head as not its ledger plus the entry (it is ahead; the round's
+        commit reaches this node shortly). A `run stop` during a run races the rounds."""
+        for attempt in range(AGREE_TRIES):
+            size = self.ledger.size
+            report = await self._agree_at_head(kind, body, proofs)
+            stale = self.ledger.size != size or any(
+                agreement.STALE_HEAD in reason for reason in report["refused"].values()
+            )
+            if report["agreed"] or not stale or attempt == AGREE_TRIES - 1:
+                return report
+            await asyncio.sleep(AGREE_RETRY_DELAY * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    async def _agree_at_head(
         self, kind: str, body: dict[str, Any], proofs: tuple[bytes, ...] = ()
     ) -> dict[str, Any]:
         """Get a `kind` entry cosigned by a quorum and committed on every member.

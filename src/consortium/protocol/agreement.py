@@ -21,6 +21,10 @@ from consortium.ledger.frontier import Frontier
 from consortium.ledger.heads import TreeHead
 from consortium.protocol.messages import Proposal
 
+#: A refusal that says only that the proposer's ledger and the member's differ in size: a round
+#: committed while the entry was proposed. The proposer may propose again at the new size.
+STALE_HEAD = "the proposed head is not this ledger"
+
 
 class AgreementRefused(ConsortiumError):
     """A member refuses a proposed entry; the message says why."""
@@ -54,9 +58,7 @@ def check(p: Proposal, genesis: Genesis, frontier: Frontier, kinds: tuple[str, .
     if entry.kind not in kinds:
         raise AgreementRefused(f"the proposed entry is a {entry.kind!r}, not one of {kinds}")
     if p.size != frontier.size + 1 or p.root != frontier.append(p.entry).root():
-        raise AgreementRefused(
-            f"the proposed head is not this ledger (size {frontier.size}) plus the entry"
-        )
+        raise AgreementRefused(f"{STALE_HEAD} (size {frontier.size}) plus the entry")
     return entry
 
 
