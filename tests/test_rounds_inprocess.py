@@ -10,7 +10,7 @@ import pytest
 from consortium.core.identity import NodeIdentity
 from consortium.core.layout import LEDGER_FILE
 from consortium.ledger.log import Ledger
-from consortium.node.node import Node, run_records
+from consortium.node.node import Node, RunIndex, run_records
 from consortium.protocol.messages import StartRun
 from consortium.protocol.record import RoundRecord
 from consortium.protocol.round import Phase
@@ -30,7 +30,11 @@ async def _train_once(root: Path, seed: int) -> tuple[bytes, list[RoundRecord]]:
         await drive(nodes, net, clock)
         assert clock.now == began, "a deadline passed: the entry times would differ"
         assert len(_roots(nodes)) == 1, "replicas disagree"
-        return nodes[0].ledger.root(), run_records(nodes[0].ledger)
+        records = run_records(nodes[0].ledger)
+        # Each node's index, read incrementally at every commit, gives the full re-read's answer.
+        assert all(n._runs.records() == records for n in nodes)
+        assert RunIndex(nodes[0].ledger).records() == records
+        return nodes[0].ledger.root(), records
     finally:
         for n in nodes:
             await n.stop()

@@ -78,8 +78,10 @@ from consortium.protocol.privacy_round import (
 from consortium.protocol.randomness import Randomness
 from consortium.protocol.record import (
     ROUND_KIND,
+    RUN_KIND,
     Evaluation,
     RoundRecord,
+    RunRecord,
     StopRecord,
     latest_agreed_run,
     privacy_history,
@@ -126,6 +128,36 @@ def model_cid(data: bytes, store: BlockStore, prof: Profile) -> CID:
 def run_records(ledger: Ledger) -> list[RoundRecord]:
     """Round records of the latest agreed run on this ledger, in order."""
     return latest_agreed_run(enumerate(ledger.iter_entries()))[1]
+
+
+class RunIndex:
+    """`run_records` of one node's ledger, kept up to date by reading only the entries appended
+    since the last call (the ledger is append-only). A node asks at every commit and round start;
+    re-reading and decoding the whole ledger each time cost a node O(ledger) per round (at 50
+    members, 3.6 s of a 3-round bench run). Same answer as `run_records`: the records whose run
+    is that of the last run-config entry, in ledger order."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+        self._reset()
+
+    def _reset(self) -> None:
+        self._size = 0
+        self._run: str | None = None
+        self._by_run: dict[str, list[RoundRecord]] = {}
+
+    def records(self) -> list[RoundRecord]:
+        size = self._ledger.size
+        if size < self._size:  # not this index's ledger any more: start over
+            self._reset()
+        for entry in self._ledger.iter_entries(self._size, size):
+            if entry.kind == RUN_KIND:
+                self._run = RunRecord.from_entry(entry).run
+            elif entry.kind == ROUND_KIND:
+                r = RoundRecord.from_entry(entry)
+                self._by_run.setdefault(r.run, []).append(r)
+        self._size = size
+        return [] if self._run is None else list(self._by_run.get(self._run, []))
 
 
 def open_node_state(directory: Path) -> tuple[Genesis, Ledger, BlockStore]:
@@ -183,6 +215,7 @@ class Node(RunAgreement):
         self._lock = FolderLock.acquire(self.dir)  # before any write: one writer per folder
         try:
             self.genesis, self.ledger, self.store = open_node_state(self.dir)
+            self._runs = RunIndex(self.ledger)
             self.registry = self._open_registry()
         except BaseException:
             self._lock.release()
@@ -415,7 +448,7 @@ class Node(RunAgreement):
         privacy, my_dp = self._round_privacy()
         proofs = None
         if self.checker is not None and self.run is not None:
-            records = run_records(self.ledger)
+            records = self._runs.records()
             self.checker.note(records)
             proofs = proof_state(self.run, records, self.checker.check)
         self._execute(
@@ -436,7 +469,7 @@ class Node(RunAgreement):
 
     def storage_state(self) -> StorageState:
         """What this run's round records committed so far (folded once per record)."""
-        records = run_records(self.ledger)
+        records = self._runs.records()
         done, state = self._storage
         for record in records[done:]:
             state = storage_after(state, record, self.genesis)
@@ -455,7 +488,7 @@ class Node(RunAgreement):
         next round commits, fetch the artifact now from a holder that proved it (each block
         verified against the CID), so that it holds it when challenged. Called as each round
         begins, so a node that caught up on the challenge round (or restarted) fetches too."""
-        records = run_records(self.ledger)
+        records = self._runs.records()
         if not records:
             return
         record = records[-1]
@@ -716,7 +749,7 @@ class Node(RunAgreement):
                     self._want_catch_up()
 
     def _write_status(self) -> None:
-        records = run_records(self.ledger)
+        records = self._runs.records()
         status = {
             "node": self.name,
             "size": self.ledger.size,
