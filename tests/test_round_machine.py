@@ -6,9 +6,26 @@ from dataclasses import replace
 
 from consortium.core.encoding import Domain
 from consortium.ledger.entries import Entry, make_record
-from consortium.protocol.messages import Message, Proposal, Propose, Vote, VoteReport
+from consortium.ledger.heads import TreeHead
+from consortium.protocol.messages import (
+    Commit,
+    Message,
+    Proposal,
+    Propose,
+    Update,
+    Vote,
+    VoteReport,
+)
 from consortium.protocol.record import RoundRecord
-from consortium.protocol.round import TRANSITIONS, CastVote, Event, PersistVote, Phase, Send
+from consortium.protocol.round import (
+    TRANSITIONS,
+    CastVote,
+    Committed,
+    Event,
+    PersistVote,
+    Phase,
+    Send,
+)
 from tests.machines import RUN, Wire, all_notes, cid_of, model
 
 
@@ -88,6 +105,34 @@ def test_fake_participants_are_refused_even_from_the_attempts_leader() -> None:
     actions = wire.machines[victim].on_message(mallory, Propose(RUN, 1, 0, p), wire.now)
     assert not any(isinstance(a, Send) for a in actions)
     assert "rule participants-not-members" in actions[0].text  # type: ignore[union-attr]
+
+
+def test_a_commit_is_checked_again_unless_it_is_the_proposal_this_voter_checked() -> None:
+    """A voter skips re-checking a commit of exactly the bytes it checked before cosigning; a
+    commit of any other proposal, even with a quorum of valid cosignatures, is checked in full."""
+    wire = Wire.build(4)
+    wire.begin()
+    wire.deliver(Update)
+    wire.deliver(Propose)  # every voter checked the proposal; the votes stay queued
+    m0 = next(iter(wire.machines.values()))
+    leader = m0.leader(0)
+    voter = next(n for n in wire.machines if n != leader)
+    machine = wire.machines[voter]
+    checked = machine.s.accepted
+    assert checked is not None and machine.s.checked is not None
+    forged = _forged(wire, leader, 0, tuple(sorted((leader, "fake-a", "fake-b"))))
+
+    def cosigned(p: Proposal) -> dict[str, bytes]:
+        head = TreeHead(p.size, p.root, p.time)
+        return {i.node_id: head.sign(i, wire.genesis).signature for i in wire.ids}
+
+    (note,) = machine.on_message(leader, Commit(RUN, 1, forged, cosigned(forged)), wire.now)
+    assert "refused commit" in note.text  # type: ignore[union-attr]
+    assert "rule participants-not-members" in note.text  # type: ignore[union-attr]
+    assert machine.phase is not Phase.DONE
+    actions = machine.on_message(leader, Commit(RUN, 1, checked, cosigned(checked)), wire.now)
+    (done,) = [a for a in actions if isinstance(a, Committed)]
+    assert done.entry == Entry.from_bytes(checked.entry) and machine.phase is Phase.DONE
 
 
 def test_an_event_in_the_wrong_phase_is_refused_and_names_the_sender() -> None:
