@@ -235,6 +235,28 @@ def test_a_record_whose_beacon_partials_do_not_verify_is_refused_by_name() -> No
         record_beacon(short, wire.genesis)
 
 
+def test_partials_a_voter_verified_are_skipped_only_for_the_same_bytes_and_message() -> None:
+    """A voter hands the verifier the partials its own collector verified; a record's partial is
+    spared the check only when it is exactly one of them, on the record's own message."""
+    wire = Wire.build(4)
+    wire.begin()
+    wire.settle()
+    record = RoundRecord.from_entry(Entry.from_bytes(wire.entry_bytes(next(iter(wire.machines)))))
+    message = beacon_message(wire.genesis.digest(), record.run, record.round)
+    known = frozenset(record.beacon)
+    assert record_beacon(record, wire.genesis, (message, known)) == record_beacon(
+        record, wire.genesis
+    )
+    bad = record.beacon[0]
+    forged = BeaconPartial(bad.member, record.beacon[1].sigma, bad.proof)
+    tampered = dataclasses.replace(record, beacon=(forged, *record.beacon[1:]))
+    with pytest.raises(RecordRejected, match="proof does not verify"):
+        record_beacon(tampered, wire.genesis, (message, known))  # not the bytes verified
+    other = beacon_message(wire.genesis.digest(), record.run, record.round + 1)
+    with pytest.raises(RecordRejected, match="proof does not verify"):
+        record_beacon(tampered, wire.genesis, (other, known | {forged}))  # another message's
+
+
 def test_a_late_member_asks_for_partials_and_a_proposal_can_make_the_beacon() -> None:
     wire = Wire.build(4)
     late = wire.by_name("m3")

@@ -21,7 +21,7 @@ broadcasts this node's partial when a round begins and adds the partials it rece
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,10 +89,19 @@ def make_partial(share: SecretShare, message: bytes) -> BeaconPartial:
 class BeaconCollector:
     """Partials for one message, checked as they arrive, until `threshold` make the value."""
 
-    def __init__(self, group: GroupKey, members: Sequence[str], message: bytes) -> None:
+    def __init__(
+        self,
+        group: GroupKey,
+        members: Sequence[str],
+        message: bytes,
+        checked: Collection[BeaconPartial] = (),
+    ) -> None:
+        """`checked`: partials on this same `message` the caller already verified (its own
+        collector's, `checked()`); one of exactly these bytes is not verified again."""
         self._group = group
         self._members = sorted(members)
         self.message = message
+        self._checked = checked
         self._partials: dict[str, BeaconPartial] = {}
         self.value: bytes | None = None
 
@@ -107,12 +116,18 @@ class BeaconCollector:
         y = self._group.verification.get(p.member)
         if y is None:
             raise ThresholdError(f"{p.member} is not a member")
-        verify_partial(y, self.message, p.sigma, p.proof)
+        if p not in self._checked:
+            verify_partial(y, self.message, p.sigma, p.proof)
         self._partials[p.member] = p
         if len(self._partials) < self._group.threshold:
             return False
         self.value = beacon_value(self._combine(self.partials()))
         return True
+
+    def checked(self) -> frozenset[BeaconPartial]:
+        """Every partial this collector verified (and kept), exact bytes: what a voter hands
+        `value_from_partials` for the record of this message."""
+        return frozenset(self._partials.values())
 
     def partials(self) -> tuple[BeaconPartial, ...]:
         """Exactly `threshold` partials (the first by member id): what a record carries."""
@@ -127,15 +142,20 @@ class BeaconCollector:
 
 
 def value_from_partials(
-    group: GroupKey, members: Sequence[str], message: bytes, partials: Sequence[BeaconPartial]
+    group: GroupKey,
+    members: Sequence[str],
+    message: bytes,
+    partials: Sequence[BeaconPartial],
+    checked: Collection[BeaconPartial] = (),
 ) -> bytes:
     """The beacon a record's partials prove: exactly `threshold` distinct members' partials, each
-    verified. Raises ThresholdError naming what is wrong."""
+    verified (unless the caller already verified exactly that partial on `message`: `checked`).
+    Raises ThresholdError naming what is wrong."""
     if len(partials) != group.threshold:
         raise ThresholdError(f"{len(partials)} beacon partials, expected {group.threshold}")
     if len({p.member for p in partials}) != len(partials):
         raise ThresholdError("a member's beacon partial appears twice")
-    collector = BeaconCollector(group, members, message)
+    collector = BeaconCollector(group, members, message, checked)
     for p in partials:
         try:
             collector.add(p)

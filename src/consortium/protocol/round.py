@@ -1072,6 +1072,7 @@ class RoundMachine:
             proofs=s.proofs,
             artifacts={cid_key(self._cid_of(a)): a for a in p.proofs},
             committee=self.settings.committee,
+            beacon_checked=None if s.beacon is None else (s.beacon.message, s.beacon.checked()),
         )
 
     def _check_proposal(self, p: Proposal, *, voting: bool = True) -> Entry:

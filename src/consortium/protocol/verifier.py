@@ -25,7 +25,12 @@ from consortium.core.errors import ConsortiumError
 from consortium.core.genesis import Genesis
 from consortium.core.threshold import ThresholdError
 from consortium.privacy.errors import BudgetExceeded
-from consortium.protocol.beacon import attempt_beacon, beacon_message, value_from_partials
+from consortium.protocol.beacon import (
+    BeaconPartial,
+    attempt_beacon,
+    beacon_message,
+    value_from_partials,
+)
 from consortium.protocol.committee import committee_for
 from consortium.protocol.privacy_round import (
     RecordParams,
@@ -188,6 +193,9 @@ class RecordContext:
     artifacts: Mapping[str, bytes] = field(default_factory=dict)
     #: K, the run's committee size (0: every member contributes to every round).
     committee: int = 0
+    #: (beacon message, partials on it) the caller already verified (a voter's own collector):
+    #: a record's partial equal to one of them, for the same message, is not verified again.
+    beacon_checked: tuple[bytes, frozenset[BeaconPartial]] | None = None
 
 
 def _require(ok: bool, rule: str, message: str) -> None:
@@ -204,7 +212,7 @@ def verify_round_record(record: RoundRecord, ctx: RecordContext) -> None:
         f"the record is for run {record.run!r} round {record.round} slot {record.slot}, "
         f"expected run {ctx.run_id!r} round {ctx.round} slot {ctx.slot}",
     )
-    beacon = record_beacon(record, ctx.genesis)
+    beacon = record_beacon(record, ctx.genesis, ctx.beacon_checked)
     _require(
         record.committee == ctx.committee,
         COMMITTEE,
@@ -239,14 +247,20 @@ def verify_round_record(record: RoundRecord, ctx: RecordContext) -> None:
     _check_proofs(record, ctx)
 
 
-def record_beacon(record: RoundRecord, genesis: Genesis) -> bytes:
+def record_beacon(
+    record: RoundRecord,
+    genesis: Genesis,
+    checked: tuple[bytes, frozenset[BeaconPartial]] | None = None,
+) -> bytes:
     """The round's beacon, from the t partials the record carries, each checked against its
     member's verification key; any t valid partials give the same value, so the leader cannot
-    choose it by choosing which partials to include."""
+    choose it by choosing which partials to include. `checked`: (message, partials) the caller
+    verified already; used only when it is this record's message."""
     members = sorted(m.node_id for m in genesis.members)
     message = beacon_message(genesis.digest(), record.run, record.round)
+    known = checked[1] if checked is not None and checked[0] == message else frozenset()
     try:
-        return value_from_partials(genesis.group_key(), members, message, record.beacon)
+        return value_from_partials(genesis.group_key(), members, message, record.beacon, known)
     except ThresholdError as exc:
         raise RecordRejected(BEACON, f"the record's beacon does not verify: {exc}") from exc
 
