@@ -255,6 +255,10 @@ class PersistSurvivorSet:
 
 @dataclass(frozen=True)
 class Committed:
+    """A round is final here. The machine verified `entry`'s signature (or signed it itself) and
+    every one of `cosignatures` on the proposal's tree head, so the node appends them to its
+    ledger without verifying the same bytes again."""
+
     round: int
     proposal: Proposal
     entry: Entry
