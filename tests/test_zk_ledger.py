@@ -517,6 +517,12 @@ def test_inconsistent_proof_fields_are_refused_at_the_vote() -> None:
                 {"proof_sample": 4}, {"srs_sha256": "a" * 64}):  # fmt: skip
         why = zk_config_refusals(run.model_copy(update=bad))
         assert why and all("[rule zk-config]" in w for w in why), bad
+    proving = run.model_copy(
+        update={"prove_every": 2, "srs_sha256": "a" * 64, "zk_settings_sha256": "b" * 64}
+    )
+    assert not zk_config_refusals(proving)
+    why = zk_config_refusals(proving.model_copy(update={"replicas": 3}))
+    assert len(why) == 1 and "replicas" in why[0] and "[rule zk-config]" in why[0]
 
 
 def test_a_member_without_the_runs_srs_refuses(ran: Ran, tmp_path: Path) -> None:

@@ -321,7 +321,8 @@ def _is_sha256(value: str) -> bool:
 
 def zk_config_refusals(run: RunConfig) -> list[str]:
     """Proof fields that do not make sense together (rule `zk-config`): proofs on without the
-    agreed SRS hash or circuit settings hash, or proof fields set in a run without proofs."""
+    agreed SRS hash or circuit settings hash, or with replicas (members would drop the models
+    they prove and check), or proof fields set in a run without proofs."""
     out = []
     if run.proofs:
         if not _is_sha256(run.srs_sha256):
@@ -330,6 +331,13 @@ def zk_config_refusals(run: RunConfig) -> list[str]:
             out.append(
                 "prove_every > 0 needs zk_settings_sha256, the sha256 (hex) of the pinned "
                 "circuit settings (`run start --prove-every K` pins both hashes)"
+            )
+        if run.replicas:
+            # A member that does not hold round r's model drops it when round r + 1 commits,
+            # then could neither prove it nor check the proofs listed of it.
+            out.append(
+                "prove_every > 0 with replicas > 0: every member must keep the models it proves "
+                "and checks; use replicas = 0 (every member holds every model)"
             )
     else:
         extra = [k for k, v in _ZK_DEFAULTS.items() if getattr(run, k) != v]
