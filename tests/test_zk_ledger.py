@@ -63,6 +63,7 @@ from consortium.protocol.verifier import (
     ProofState,
     RecordContext,
     RecordRejected,
+    check_proof_artifacts,
     verify_final_record,
     verify_round_record,
 )
@@ -299,6 +300,18 @@ def _refused(v: Voter, record: RoundRecord, rule: str, context: RecordContext | 
         verify_round_record(record, context or v.context)
     assert info.value.rule == rule, str(info.value)
     return str(info.value)
+
+
+def test_a_proposal_carries_exactly_the_listed_proof_artifacts(voter: Voter) -> None:
+    """Every member stores a proposal's proof artifacts with the entry: a leader may not ride
+    anything else along (junk in every store) nor leave a listed proof out."""
+    r, ctx = voter.record, voter.context
+    listed = [ctx.artifacts[cid_key(e.proof)] for e in r.evaluations]
+    assert listed
+    check_proof_artifacts(listed, r.evaluations, ctx.cid_of)
+    for carried in ([*listed, b"junk"], listed[:-1], [*reversed(listed), b"x"]):
+        with pytest.raises(RecordRejected, match=rf"proof artifact.*\[rule {EVALUATION}\]"):
+            check_proof_artifacts(carried, r.evaluations, ctx.cid_of)
 
 
 def test_the_signed_record_passes_the_voters_check(voter: Voter) -> None:

@@ -64,6 +64,7 @@ from consortium.protocol.secure_round import max_faulty
 from consortium.protocol.verifier import (
     OWN_PROOF,
     RecordRejected,
+    check_proof_artifacts,
     verify_evaluation,
     verify_final_record,
 )
@@ -353,8 +354,10 @@ class RunAgreement:
         agreement.valid_cosignatures(p, self.genesis, cosignatures)
         run = self._agreed_config(entry) if entry.kind == RUN_KIND else None
         final = FinalRecord.from_entry(entry) if entry.kind == FINAL_KIND else None
-        for proof in p.proofs if final is not None else ():  # artifacts before the entry
-            put_bytes(self.store, proof, self.unixfs)
+        listed = {cid_key(e.proof) for e in final.evaluations} if final is not None else set()
+        for proof in p.proofs:  # the listed artifacts before the entry (nothing else rides along)
+            if cid_key(self._cid_of(proof)) in listed:
+                put_bytes(self.store, proof, self.unixfs)
         head = CosignedHead(
             TreeHead(p.size, p.root, p.time),
             [Cosignature(node_id, sig) for node_id, sig in sorted(cosignatures.items())],
@@ -580,6 +583,7 @@ class RunAgreement:
                     f"this node's proof of the final model is still being made [rule {OWN_PROOF}]"
                 ]
         try:
+            check_proof_artifacts(p.proofs, record.evaluations, self._cid_of)
             verify_final_record(
                 record,
                 run_id=run.run_id(),

@@ -123,6 +123,7 @@ from consortium.protocol.verifier import (
     ProofState,
     RecordContext,
     StorageRules,
+    check_proof_artifacts,
     round_committee,
     verify_evaluation,
     verify_round_record,
@@ -1090,6 +1091,7 @@ class RoundMachine:
             raise ConsortiumError(f"proposed entry: {exc}") from exc
         if p.size != s.frontier.size + 1 or p.root != s.frontier.append(p.entry).root():
             raise ConsortiumError("proposed tree head is not this ledger plus the entry")
+        check_proof_artifacts(p.proofs, record.evaluations, self._cid_of)
         verify_round_record(record, self._context(entry.author, p, voting=voting))
         if voting:
             s.checked = (p, entry)

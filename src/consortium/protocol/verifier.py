@@ -12,7 +12,7 @@ tests, logs and audit reports say which rule a record broke, not only that it fa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -511,6 +511,22 @@ def final_beacon(record: FinalRecord, genesis: Genesis) -> bytes:
     except ThresholdError as exc:
         raise RecordRejected(BEACON, f"the run-final beacon does not verify: {exc}") from exc
     return attempt_beacon(value, 0)
+
+
+def check_proof_artifacts(
+    artifacts: Sequence[bytes], evaluations: Sequence[Evaluation], cid_of: Callable[[bytes], CID]
+) -> None:
+    """The proof artifacts a proposal carries are exactly the listed proofs, in order: every
+    member stores them with the entry, so a leader may not ride anything else along (or leave
+    a listed one out). Raises RecordRejected (`evaluation-invalid`)."""
+    carried = [cid_key(cid_of(a)) for a in artifacts]
+    listed = [cid_key(e.proof) for e in evaluations]
+    _require(
+        carried == listed,
+        EVALUATION,
+        f"the proposal carries {len(carried)} proof artifact(s) that are not exactly the "
+        f"{len(listed)} listed proof(s)",
+    )
 
 
 def verify_final_record(
