@@ -623,3 +623,14 @@ def test_audit_onchain_without_solcjs_is_one_clear_line(
     out = res.stdout + res.stderr
     assert res.exit_code != 0 and "Traceback" not in out
     assert "make solcjs" in out and len(out.strip().splitlines()) == 1, out
+
+
+def test_an_oversized_final_proof_is_refused_before_it_is_kept() -> None:
+    from consortium.core.encoding import encode
+    from consortium.core.errors import ConfigError
+    from consortium.node.agreement import RunAgreement
+    from consortium.protocol.messages import MAX_PROOF_BYTES
+
+    payload = encode({"artifact": b"x" * (MAX_PROOF_BYTES + 1), "evaluation": {}})
+    with pytest.raises(ConfigError, match="at most"):
+        RunAgreement.receive_final_proof(object(), "node1", payload)  # type: ignore[arg-type]

@@ -46,7 +46,7 @@ from consortium.protocol.beacon import (
     beacon_message,
     make_partial,
 )
-from consortium.protocol.messages import Proposal
+from consortium.protocol.messages import MAX_PROOF_BYTES, Proposal
 from consortium.protocol.record import (
     FINAL_KIND,
     RUN_KIND,
@@ -430,6 +430,8 @@ class RunAgreement:
         body = decode(payload)
         if not isinstance(body, dict) or not isinstance(body.get("artifact"), bytes):
             raise ConfigError("malformed final-proof")
+        if len(body["artifact"]) > MAX_PROOF_BYTES:
+            raise ConfigError(f"a final proof is at most {MAX_PROOF_BYTES} bytes")
         ev = Evaluation.from_body(body.get("evaluation"))
         if ev.node != sender:
             raise ConfigError("a member sends only its own proof of the final model")

@@ -198,7 +198,7 @@ class EvaluationChecker:
         self.records: dict[int, RoundRecord] = {}
         #: round R + 1 -> its beacon, from a run-final record's partials (R the last round).
         self.final: dict[int, bytes] = {}
-        self._done: dict[tuple[str, str, bytes], EvalClaims] = {}
+        self._done: dict[tuple[str, str, bytes, int], EvalClaims] = {}
         self._shape: tuple[int, ...] | None = None
 
     def note(self, records: Iterable[RoundRecord]) -> None:
@@ -223,7 +223,9 @@ class EvaluationChecker:
         from consortium.zk.circuit import keys_for, settings_logrows, shape_of
         from consortium.zk.proof import EvalProof, verify
 
-        key = (cid_key(ev.proof), cid_key(ev.model), committed.root)
+        # The round fixes the sampling beacon: the same proof listed for another round of the
+        # same model must be checked against that round's beacon, not answered from here.
+        key = (cid_key(ev.proof), cid_key(ev.model), committed.root, ev.round)
         if key in self._done:
             return self._done[key]
         proof = EvalProof.from_bytes(artifact)
