@@ -71,10 +71,17 @@ class VectorOps:
         return (g + delta).astype(np.float32).tobytes()
 
 
-def consortium(n: int) -> tuple[list[NodeIdentity], Genesis]:
+def consortium(n: int, beacon_group: int = 0) -> tuple[list[NodeIdentity], Genesis]:
+    """n members; `beacon_group` > 0 names the first that many (by name) the beacon group."""
     ids = [NodeIdentity.generate(f"m{i}", seed=b"machines/%d" % i) for i in range(n)]
+    group = [i.node_id for i in ids[:beacon_group]] if beacon_group else None
     genesis = Genesis.ceremony(
-        "machines", ids, [Purpose("research")], 1, random=seeded_bytes(b"machines/%d" % n)
+        "machines",
+        ids,
+        [Purpose("research")],
+        1,
+        random=seeded_bytes(b"machines/%d" % n),
+        beacon_members=group,
     )
     return ids, genesis
 
@@ -117,8 +124,9 @@ class Wire:
         committee: int = 0,
         corrupt_fraction: float | None = None,
         min_updates: int = 1,
+        beacon_group: int = 0,
     ) -> Wire:
-        ids, genesis = consortium(n)
+        ids, genesis = consortium(n, beacon_group)
         settings = RoundSettings(
             run_id=RUN,
             config=CONFIG,

@@ -49,30 +49,30 @@ def _ceremony(n: int) -> tuple[list[NodeIdentity], Genesis]:
 
 def test_any_threshold_of_partials_gives_one_value_and_fewer_give_none() -> None:
     ids, g = _ceremony(7)
-    group, members = g.group_key(), g.member_ids()
+    group = g.group_key()
     assert group.threshold == 3  # f = 2 colluders among 7 cannot make it alone
     message = beacon_message(g.digest(), RUN, 4)
     partials = [make_partial(g.secret_share(i), message) for i in ids]
     values = {
-        value_from_partials(group, members, message, subset)
+        value_from_partials(group, message, subset)
         for subset in (partials[:3], partials[4:], [partials[6], partials[0], partials[3]])
     }
     assert len(values) == 1  # the leader cannot grind over which partials it includes
-    short = BeaconCollector(group, members, message)
+    short = BeaconCollector(group, message)
     for p in partials[:2]:
         short.add(p)
     assert short.value is None
     other = beacon_message(g.digest(), RUN, 5)
     others = [make_partial(g.secret_share(i), other) for i in ids[:3]]
-    assert value_from_partials(group, members, other, others) not in values
+    assert value_from_partials(group, other, others) not in values
 
 
 def test_a_partial_for_another_message_or_member_is_refused() -> None:
     ids, g = _ceremony(4)
-    group, members = g.group_key(), g.member_ids()
+    group = g.group_key()
     message = beacon_message(g.digest(), RUN, 1)
     mine = make_partial(g.secret_share(ids[0]), message)
-    collector = BeaconCollector(group, members, message)
+    collector = BeaconCollector(group, message)
     # Another round's partial, or the right point under another member's name, do not verify.
     stale = make_partial(g.secret_share(ids[0]), beacon_message(g.digest(), RUN, 2))
     with pytest.raises(th.ThresholdError, match="proof does not verify"):
@@ -82,8 +82,8 @@ def test_a_partial_for_another_message_or_member_is_refused() -> None:
     # Exactly t distinct members' partials make a record's beacon.
     p1 = make_partial(g.secret_share(ids[1]), message)
     with pytest.raises(th.ThresholdError, match="appears twice"):
-        value_from_partials(group, members, message, [mine, mine])
-    assert value_from_partials(group, members, message, [mine, p1])
+        value_from_partials(group, message, [mine, mine])
+    assert value_from_partials(group, message, [mine, p1])
 
 
 def test_genesis_signing_checks_every_share_and_names_a_bad_dealer() -> None:

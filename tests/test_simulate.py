@@ -67,9 +67,31 @@ def test_simulate_with_committees_records_the_beacons_committee(tmp_path: Path) 
     assert res.exit_code == 0, res.output
 
 
+def test_simulate_with_a_beacon_group_audits(tmp_path: Path) -> None:
+    """Four of seven members make every beacon; the records carry only their partials, and an
+    outside audit of a member outside the group accepts the run."""
+    from consortium.ledger.log import Ledger
+
+    s = SimSettings(members=7, rounds=2, d=4, per_round=4, corrupt_fraction=0.1, beacon_group=4)
+    result = asyncio.run(simulate_async(s, tmp_path, InProcessBackend()))
+    assert result.rounds_done == 2 and not result.notes, result.notes
+    genesis = Genesis.load(tmp_path / "node0" / GENESIS_FILE)
+    group = set(genesis.beacon_ids())
+    assert len(group) == 4 and sorted(genesis.dealings) == sorted(group)
+    outsider = next(m for m in genesis.members if m.node_id not in group)
+    with Ledger.open(tmp_path / outsider.name / "ledger.sqlite", readonly=True) as ledger:
+        records = run_records(ledger)
+    assert [r.round for r in records] == [1, 2]
+    assert all({p.member for p in r.beacon} <= group for r in records)
+    res = runner.invoke(app, ["audit", str(tmp_path / outsider.name)])
+    assert res.exit_code == 0, res.output
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (["--members", "10", "--beacon-group", "3"], "--beacon-group must be 0 or between 4"),
+        (["--members", "10", "--beacon-group", "11"], "--beacon-group must be 0 or between 4"),
         (["--backend", "mpi"], "--backend must be inprocess or ray"),
         (["--address", "auto"], "use it with --backend ray"),
         (["--members", "2"], "at least 3"),

@@ -54,13 +54,12 @@ def measure(n: int, repeat: int) -> dict[str, Any]:
     partial_ms = _median_ms(lambda: make_partial(share, message), repeat)
     shares = [g.secret_share(i) for i in ids[: group.threshold]]
     partials = [make_partial(s, message) for s in shares]
-    members = g.member_ids()
 
     def check_one() -> None:
-        BeaconCollector(group, members, message).add(partials[0])
+        BeaconCollector(group, message).add(partials[0])
 
     def combine_all() -> None:
-        c = BeaconCollector(group, members, message)
+        c = BeaconCollector(group, message)
         for p in partials:
             c.add(p)
         assert c.value is not None

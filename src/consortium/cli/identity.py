@@ -200,6 +200,14 @@ def genesis_create(
         help=f"How the store cuts files into blocks, so their CIDs: {', '.join(UNIXFS_PROFILES)} "
         "(unixfs-v0-2015 gives the Qm… CIDs of kubo's default `ipfs add`).",
     ),
+    beacon_member: list[str] = typer.Option(
+        [],
+        "--beacon-member",
+        help="A member (by name) of the beacon group, who deals the beacon key and makes each "
+        "round's beacon (repeat; at least 4; default every member). A large consortium names "
+        "a smaller group so the ceremony and each round's partials do not grow with it; the "
+        "beacon is then unpredictable while at most a third of the group is dishonest.",
+    ),
 ) -> None:
     """Write an unsigned genesis manifest listing the members and purposes."""
     if out.exists():
@@ -207,6 +215,10 @@ def genesis_create(
     if not purpose and purposes_file is None:
         fail("declare at least one purpose (--purpose NAME or --purposes FILE)", 2)
     members = [PublicIdentity.load(p) for p in member]
+    by_name = {m.name: m.node_id for m in members}
+    unknown = [b for b in beacon_member if b not in by_name]
+    if unknown:
+        fail(f"--beacon-member {unknown[0]!r} is not one of the --member names", 2)
     g = Genesis.create(
         consortium,
         members,
@@ -215,11 +227,18 @@ def genesis_create(
         int(time.time()),
         quorum,
         unixfs_profile=unixfs_profile,
+        beacon_members=[by_name[b] for b in beacon_member] or None,
     )
     g.save(out)
+    dealers = (
+        "each member"
+        if not g.beacon_members
+        else f"each of the {len(g.beacon_members)} members of the beacon group"
+    )
     console.print(
         f"wrote {out}: {len(members)} members, quorum {g.quorum}; "
-        "each member now runs `consortium genesis deal`, then each runs `consortium genesis sign`"
+        f"{dealers} now runs `consortium genesis deal`, then each member runs "
+        "`consortium genesis sign`"
     )
 
 
@@ -240,7 +259,8 @@ def genesis_deal(
     ),
 ) -> None:
     """Add this node's share of the beacon's key setup: commitments and one encrypted share per
-    member. Every member deals before anyone signs."""
+    member of the beacon group (every member, unless the manifest names a group). Every dealer
+    deals before anyone signs."""
     path, g, ident = _manifest_and_identity(directory, manifest)
     g.deal(ident)
     g.save(path)
@@ -250,7 +270,8 @@ def genesis_deal(
         + (
             f"still to deal: {', '.join(missing)}"
             if missing
-            else "every member has dealt: each now runs `consortium genesis sign`"
+            else ("every member" if not g.beacon_members else "the beacon group")
+            + " has dealt: each member now runs `consortium genesis sign`"
         )
     )
 

@@ -44,8 +44,16 @@ probability that a committee of K drawn from MEMBERS with the assumed corrupt fr
 more than a third dishonest members (hypergeometric tail; with every member contributing, the
 same figure for the whole consortium, 0 while the assumed dishonest are fewer than a third).
 
-The genesis ceremony (every member deals its share of the beacon key: the manifest grows as
-MEMBERS², 3 MB at 100) is part of the set-up and timed apart."""
+The genesis ceremony (the beacon group deals the beacon key: its part of the manifest grows as
+the group's size squared, 3 MB for a group of 100) is part of the set-up and timed apart. Above
+100 members the beacon group defaults to 64 members (`--beacon-group`), so neither the ceremony
+nor each round's beacon partials grow with MEMBERS; the beacon is then unpredictable while at
+most a third of the group is dishonest, and the command prints the chance that a group drawn
+with the assumed corrupt fraction breaks that (docs/architecture.md, "The beacon group")."""
+
+#: `--beacon-group` above this many members when not given.
+AUTO_GROUP_ABOVE = 100
+AUTO_GROUP = 64
 
 
 def _mb(x: float) -> str:
@@ -54,16 +62,20 @@ def _mb(x: float) -> str:
     return f"{x / 1e6:,.1f} MB" if x >= 1e6 else f"{x / 1e3:,.1f} kB"
 
 
-def committee_lines(members: int, per_round: int, corrupt: float) -> list[str]:
-    """What the committee assumption means for (N, K, f), in words."""
+def committee_lines(
+    members: int, per_round: int, corrupt: float, beacon_group: int = 0
+) -> list[str]:
+    """What the committee (and beacon group) assumption means for (N, K, f), in words."""
     bad = math.floor(corrupt * members)
-    limit = (per_round - 1) // 3
-    p = committee_unsafe_probability(members, per_round, bad)
-    bits = "" if p <= 0 else f" (2^{math.log2(p):.1f})"
-    return [
-        f"assumed corrupt fraction f = {corrupt:g}: {bad} of {members} members dishonest",
-        f"P[a committee of {per_round} holds more than {limit} dishonest] = {p:.3g}{bits}",
-    ]
+    lines = [f"assumed corrupt fraction f = {corrupt:g}: {bad} of {members} members dishonest"]
+    for what, k in (("a committee", per_round), ("the beacon group", beacon_group)):
+        if what == "the beacon group" and not 0 < k < members:
+            continue
+        limit = (k - 1) // 3
+        p = committee_unsafe_probability(members, k, bad)
+        bits = "" if p <= 0 else f" (2^{math.log2(p):.1f})"
+        lines.append(f"P[{what} of {k} holds more than {limit} dishonest] = {p:.3g}{bits}")
+    return lines
 
 
 def print_result(r: SimResult) -> None:
@@ -74,6 +86,7 @@ def print_result(r: SimResult) -> None:
     rows = [
         ("members", f"{s.members}"),
         ("per round", f"{s.per_round or s.members}"),
+        ("beacon group", f"{s.beacon_group or s.members}"),
         ("hosts (actors)", f"{len(r.hosts)}"),
         ("d (fixed-vector task)", f"{s.d}"),
         ("rounds committed", f"{r.rounds_done} of {s.rounds}"),
@@ -125,6 +138,16 @@ def simulate(
             "default: a dishonest third, the complete graph"
         ),
     ] = None,
+    beacon_group: Annotated[
+        int | None,
+        typer.Option(
+            "--beacon-group",
+            help="members who run the beacon's DKG and make each round's beacon (the genesis "
+            f"manifest names them); default every member up to {AUTO_GROUP_ABOVE} members, "
+            f"{AUTO_GROUP} above; 0: every member",
+            min=0,
+        ),
+    ] = None,
     round_timeout: Annotated[float, typer.Option(help="seconds before an attempt fails over")] = (
         600.0
     ),
@@ -145,7 +168,14 @@ def simulate(
     k = per_round if per_round is not None else members
     if not 1 <= k <= members:
         raise ConfigError(f"--per-round must be between 1 and --members ({members})")
-    for line in committee_lines(members, k, corrupt_fraction or 1 / 3):
+    group = beacon_group
+    if group is None:
+        group = AUTO_GROUP if members > AUTO_GROUP_ABOVE else 0
+    if 0 < group < 4 or group > members:
+        raise ConfigError(f"--beacon-group must be 0 or between 4 and --members ({members})")
+    if group == members:
+        group = 0
+    for line in committee_lines(members, k, corrupt_fraction or 1 / 3, group):
         console.print(line, markup=False)  # "P[...]" is not markup
     if k < members and corrupt_fraction is None:
         raise ConfigError(
@@ -168,6 +198,7 @@ def simulate(
         actors=n_actors if backend == "ray" else 1,
         address=address,
         corrupt_fraction=corrupt_fraction,
+        beacon_group=group,
         collect_timeout=round_timeout / 4,
         round_timeout=round_timeout,
         run_timeout=run_timeout,
@@ -182,6 +213,11 @@ def simulate(
         console.print(
             f"committees: each round's {k} contributors (and its leaders) drawn from its "
             f"beacon; SecAgg+ among them; all {members} members check and cosign"
+        )
+    if group:
+        console.print(
+            f"beacon group: {group} of the {members} members deal the beacon key and make each "
+            f"round's beacon ({(group - 1) // 3 + 1} partials)"
         )
     root = directory or Path(tempfile.mkdtemp(prefix="consortium-sim-"))
     try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import operator
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,6 +73,29 @@ def _check_profile(name: str) -> None:
 def quorum_for(n: int) -> int:
     """Cosignatures needed for finality: ceil(2n/3)."""
     return math.ceil(2 * n / 3)
+
+
+#: The smallest beacon group a manifest may name: below four the threshold is one, so a single
+#: member of the group could compute (and so predict) every beacon alone.
+MIN_BEACON_GROUP = 4
+
+
+def _beacon_group(ids: list[str], members: list[str]) -> tuple[str, ...]:
+    """A named beacon group, checked: distinct members, sorted, at least MIN_BEACON_GROUP (or
+    every member of a smaller consortium)."""
+    if len(set(ids)) != len(ids):
+        raise GenesisError("the beacon group names a member twice")
+    known = set(members)
+    strangers = [i for i in ids if i not in known]
+    if strangers:
+        raise GenesisError(f"the beacon group names {strangers[0]}, which is not a member")
+    if len(ids) < min(MIN_BEACON_GROUP, len(members)):
+        raise GenesisError(
+            f"a beacon group of {len(ids)} is too small: at least {MIN_BEACON_GROUP} members "
+            "(below that one member of it can compute every beacon alone)"
+        )
+    # The whole membership is the default, written as no group (so its digest is the old one).
+    return tuple(sorted(ids)) if len(ids) < len(members) else ()
 
 
 def beacon_threshold(n: int, quorum: int) -> int:
@@ -199,10 +223,18 @@ class Genesis:
     dealings: dict[str, SignedDealing] = field(default_factory=dict)
     #: How the store cuts files (models, transcripts) into blocks, so how their CIDs come out.
     unixfs_profile: str = DEFAULT_UNIXFS_PROFILE
+    #: The beacon group: the members (node ids, sorted) who run the DKG and whose partials make
+    #: the beacon. Empty: every member (left out of the body, so older manifests keep their
+    #: digest). A large consortium names a smaller group so that its ceremony and each round's
+    #: partials do not grow with the membership (docs/architecture.md, "The beacon group").
+    beacon_members: tuple[str, ...] = ()
     #: (the objects the body was built from, its digest); see `digest`.
     _digest_cache: tuple[tuple[object, ...], bytes] | None = field(
         default=None, init=False, repr=False, compare=False
     )
+    _index_cache: (
+        tuple[list[PublicIdentity], tuple[PublicIdentity, ...], dict[str, PublicIdentity]] | None
+    ) = field(default=None, init=False, repr=False, compare=False)
 
     # -- construction ----------------------------------------------------------------------------
 
@@ -215,6 +247,7 @@ class Genesis:
         created: int,
         quorum: int | None = None,
         unixfs_profile: str = DEFAULT_UNIXFS_PROFILE,
+        beacon_members: list[str] | None = None,
     ) -> Genesis:
         if not members:
             raise GenesisError("a consortium needs at least one member")
@@ -237,9 +270,12 @@ class Genesis:
         if not 1 <= q <= len(members):
             raise GenesisError(f"quorum {q} must be between 1 and {len(members)}")
         _check_profile(unixfs_profile)
-        return cls(
+        g = cls(
             consortium, list(members), q, list(purposes), created, unixfs_profile=unixfs_profile
         )
+        if beacon_members:
+            g.beacon_members = _beacon_group(beacon_members, g.member_ids())
+        return g
 
     @classmethod
     def ceremony(
@@ -251,9 +287,10 @@ class Genesis:
         quorum: int | None = None,
         random: Callable[[int], bytes] = os.urandom,
         unixfs_profile: str = DEFAULT_UNIXFS_PROFILE,
+        beacon_members: list[str] | None = None,
     ) -> Genesis:
-        """The whole ceremony (create, every member deals, every member signs) where one process
-        holds every member's keys: simulations and tests only."""
+        """The whole ceremony (create, the beacon group deals, every member signs) where one
+        process holds every member's keys: simulations and tests only."""
         g = cls.create(
             consortium,
             [i.public() for i in identities],
@@ -261,9 +298,11 @@ class Genesis:
             created,
             quorum,
             unixfs_profile=unixfs_profile,
+            beacon_members=beacon_members,
         )
         for ident in identities:
-            g.deal(ident, random)
+            if g.in_beacon_group(ident.node_id):
+                g.deal(ident, random)
         for ident in identities:
             g.sign(ident)
         return g
@@ -295,6 +334,7 @@ class Genesis:
             "unixfs_profile": self.unixfs_profile,
             "beacon": {
                 "threshold": self.threshold,
+                **({"members": list(self.beacon_members)} if self.beacon_members else {}),
                 "dealings": [
                     {**_dealing_body(sd.dealing), "signature": sd.signature}
                     for _, sd in sorted(self.dealings.items())
@@ -304,8 +344,12 @@ class Genesis:
 
     @property
     def threshold(self) -> int:
-        """Partials needed for a beacon (`beacon_threshold`)."""
-        return beacon_threshold(len(self.members), self.quorum)
+        """Partials needed for a beacon (`beacon_threshold`, over the beacon group: with a named
+        group of g members, one more than the largest number below a third of g)."""
+        if not self.beacon_members:
+            return beacon_threshold(len(self.members), self.quorum)
+        g = len(self.beacon_members)
+        return beacon_threshold(g, quorum_for(g))
 
     def digest(self) -> bytes:
         """SHA-256 of the canonical body: the consortium's identity, which every signature over
@@ -321,6 +365,7 @@ class Genesis:
             self.created,
             self.quorum,
             self.unixfs_profile,
+            self.beacon_members,
             *self.members,
             _SPLIT,
             *self.purposes,
@@ -339,10 +384,25 @@ class Genesis:
         return value
 
     def member(self, node_id: str) -> PublicIdentity:
-        for m in self.members:
-            if m.node_id == node_id:
-                return m
-        raise GenesisError(f"{node_id} is not a member of this consortium")
+        m = self._by_id().get(node_id)
+        if m is None:
+            raise GenesisError(f"{node_id} is not a member of this consortium")
+        return m
+
+    def _by_id(self) -> dict[str, PublicIdentity]:
+        """Members by node id, rebuilt only when `members` changed: a 1000-member consortium's
+        nodes look members up for every signature they check."""
+        cached = self._index_cache
+        if (
+            cached is not None
+            and cached[0] is self.members
+            and len(cached[1]) == len(self.members)
+            and all(map(operator.is_, cached[1], self.members))
+        ):
+            return cached[2]
+        index = {m.node_id: m for m in self.members}
+        self._index_cache = (self.members, tuple(self.members), index)
+        return index
 
     def member_by_name(self, name: str) -> PublicIdentity:
         for m in self.members:
@@ -351,7 +411,7 @@ class Genesis:
         raise GenesisError(f"no member named {name!r}")
 
     def is_member(self, node_id: str) -> bool:
-        return any(m.node_id == node_id for m in self.members)
+        return node_id in self._by_id()
 
     def purpose(self, name: str) -> Purpose:
         for p in self.purposes:
@@ -365,12 +425,22 @@ class Genesis:
     def member_ids(self) -> list[str]:
         return sorted(m.node_id for m in self.members)
 
+    def beacon_ids(self) -> list[str]:
+        """The beacon group's node ids, sorted: the dealers, share holders and partial makers."""
+        return list(self.beacon_members) if self.beacon_members else self.member_ids()
+
+    def in_beacon_group(self, node_id: str) -> bool:
+        if self.beacon_members:
+            return node_id in self.beacon_members
+        return self.is_member(node_id)
+
     def dealing_statement(self, d: Dealing) -> dict[str, Any]:
-        """What a dealer signs: its dealing, bound to this manifest's members and threshold."""
+        """What a dealer signs: its dealing, bound to this manifest's beacon group and
+        threshold."""
         return {
             "consortium": self.consortium,
             "created": self.created,
-            "members": self.member_ids(),
+            "members": self.beacon_ids(),
             "threshold": self.threshold,
             "dealing": _dealing_body(d),
         }
@@ -386,21 +456,30 @@ class Genesis:
                 "members have already signed this manifest: a dealing now would void their "
                 "signatures; every member deals before anyone signs"
             )
+        if not self.in_beacon_group(identity.node_id):
+            raise GenesisError(
+                f"{identity.name} is not in this manifest's beacon group: only its members deal"
+            )
         if identity.node_id in self.dealings:
             raise GenesisError(f"{identity.name} has already dealt")
-        no_box = [m.name for m in self.members if len(m.box_key) != 32]
+        group = [self.member(i) for i in self.beacon_ids()]
+        no_box = [m.name for m in group if len(m.box_key) != 32]
         if no_box:
             raise GenesisError(
                 f"no box key in the node.pub of {', '.join(no_box)}: they must re-export node.pub "
                 "with this version (`consortium node init` writes it)"
             )
-        boxes = {m.node_id: m.box_key for m in self.members}
+        boxes = {m.node_id: m.box_key for m in group}
         d = deal(identity.node_id, boxes, self.threshold, random)
         signature = identity.sign(Domain.BEACON_DEALING, self.dealing_statement(d))
         self.dealings[identity.node_id] = SignedDealing(d, signature)
 
     def missing_dealings(self) -> list[str]:
-        return [m.name for m in self.members if m.node_id not in self.dealings]
+        return [
+            m.name
+            for m in self.members
+            if self.in_beacon_group(m.node_id) and m.node_id not in self.dealings
+        ]
 
     def _check_dealings(self) -> None:
         """Every member dealt once, signed its dealing, and the dealing is well formed."""
@@ -409,10 +488,12 @@ class Genesis:
             raise GenesisError(
                 f"beacon dealings missing from {', '.join(missing)} (`consortium genesis deal`)"
             )
-        ids = self.member_ids()
+        ids = self.beacon_ids()
         for dealer, sd in self.dealings.items():
-            if not self.is_member(dealer) or sd.dealing.dealer != dealer:
-                raise GenesisError(f"beacon dealing from {dealer}, which is not a member")
+            if not self.in_beacon_group(dealer) or sd.dealing.dealer != dealer:
+                raise GenesisError(
+                    f"beacon dealing from {dealer}, which is not in the beacon group"
+                )
             m = self.member(dealer)
             try:
                 verify_signature(
@@ -431,7 +512,11 @@ class Genesis:
         """This member's share of the beacon's key: the sum of the shares dealt to it, each
         checked against its dealer's commitments (a bad one is a GenesisError naming the dealer)."""
         self._check_dealings()
-        ids = self.member_ids()
+        if not self.in_beacon_group(identity.node_id):
+            raise GenesisError(
+                f"{identity.name} is not in the beacon group: it holds no share of the beacon key"
+            )
+        ids = self.beacon_ids()
         box = identity.box_private_key()
         total = 0
         for dealer, sd in sorted(self.dealings.items()):
@@ -459,7 +544,10 @@ class Genesis:
             raise GenesisError(
                 f"{identity.name} ({identity.node_id}) is not listed in this manifest"
             )
-        self.secret_share(identity)
+        if self.in_beacon_group(identity.node_id):
+            self.secret_share(identity)
+        else:
+            self._check_dealings()
         self.signatures[identity.node_id] = identity.sign(Domain.GENESIS, self.body())
 
     def verify(self) -> None:
@@ -501,6 +589,7 @@ class Genesis:
             "unixfs_profile": self.unixfs_profile,
             "beacon": {
                 "threshold": self.threshold,
+                **({"members": list(self.beacon_members)} if self.beacon_members else {}),
                 "dealings": [
                     {
                         "dealer": d.dealing.dealer,
@@ -551,7 +640,7 @@ class Genesis:
             if not isinstance(profile, str):
                 raise GenesisError("unixfs_profile must be a string")
             _check_profile(profile)
-            return cls(
+            g = cls(
                 str(data["consortium"]),
                 members,
                 int(data["quorum"]),
@@ -561,6 +650,12 @@ class Genesis:
                 dealings,
                 unixfs_profile=profile,
             )
+            group = data.get("beacon", {}).get("members")
+            if group is not None:
+                if not isinstance(group, list) or not group:
+                    raise GenesisError("beacon members must be a non-empty list of node ids")
+                g.beacon_members = _beacon_group([str(x) for x in group], g.member_ids())
+            return g
         except GenesisError:
             raise
         except (KeyError, TypeError, ValueError, IdentityError) as exc:
@@ -592,7 +687,8 @@ class Genesis:
             ]
             purposes = [Purpose.from_body(p) for p in _field(body, "purposes", list)]
             dealings = {}
-            for d in _field(_field(body, "beacon", dict), "dealings", list):
+            beacon = _field(body, "beacon", dict)
+            for d in _field(beacon, "dealings", list):
                 dealing = _dealing_from_body(d)
                 dealings[dealing.dealer] = SignedDealing(dealing, _field(d, "signature", bytes))
             g = cls(
@@ -605,6 +701,11 @@ class Genesis:
                 dealings,
                 unixfs_profile=profile,
             )
+            if "members" in beacon:
+                group = _field(beacon, "members", list)
+                if not all(isinstance(x, str) for x in group):
+                    raise GenesisError("malformed genesis body: beacon members must be node ids")
+                g.beacon_members = _beacon_group(group, g.member_ids())
             canonical = g.body() == body
         except IdentityError as exc:  # e.g. a public key of the wrong length
             raise GenesisError(f"malformed genesis body: {exc}") from exc
@@ -665,7 +766,7 @@ def _group_key(digest: bytes, g: Genesis) -> GroupKey:
     key = _GROUP_KEYS.get(digest)
     if key is None:
         key = GroupKey.from_dealings(
-            [sd.dealing for _, sd in sorted(g.dealings.items())], g.member_ids(), g.threshold
+            [sd.dealing for _, sd in sorted(g.dealings.items())], g.beacon_ids(), g.threshold
         )
         _GROUP_KEYS[digest] = key
     return key

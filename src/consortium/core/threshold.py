@@ -250,6 +250,11 @@ class GroupKey:
     threshold: int
     verification: Mapping[str, bytes]  # node id -> Y_i (compressed)
 
+    @property
+    def members(self) -> list[str]:
+        """The key holders (the beacon group), sorted: their Lagrange indices are 1..n here."""
+        return sorted(self.verification)
+
     @classmethod
     def from_dealings(cls, dealings: Sequence[Dealing], members: Sequence[str], t: int) -> GroupKey:
         # Sum the commitments coefficient-wise first: n·t additions and t multiplications per

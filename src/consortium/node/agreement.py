@@ -421,6 +421,8 @@ class RunAgreement:
         last = self._last_round_final(body["run"])
         if last is None or self.run is None or not self.run.proofs:
             raise ConfigError("the run's last round is not final on this node")
+        if not self.genesis.in_beacon_group(self.identity.node_id):
+            raise ConfigError("this node is not in the beacon group: it has no partial")
         message = self._final_message(body["run"], last)
         mine = make_partial(self.genesis.secret_share(self.identity), message)
         return encode(mine.to_body())
@@ -440,17 +442,17 @@ class RunAgreement:
 
     async def _final_partials(self, run_id: str, last: int) -> tuple[BeaconPartial, ...]:
         """t partials of round `last` + 1's beacon: this node's, then the members' answers."""
-        members = sorted(m.node_id for m in self.genesis.members)
-        collector = BeaconCollector(
-            self.genesis.group_key(), members, self._final_message(run_id, last)
-        )
-        collector.add(make_partial(self.genesis.secret_share(self.identity), collector.message))
+        collector = BeaconCollector(self.genesis.group_key(), self._final_message(run_id, last))
+        if self.genesis.in_beacon_group(self.identity.node_id):
+            share = self.genesis.secret_share(self.identity)
+            collector.add(make_partial(share, collector.message))
+        group = set(self.genesis.beacon_ids())
         ask = encode({"run": run_id, "round": last})
         pause = 0.2  # members that have not committed round `last` yet refuse: ask again later
         while collector.value is None:
             if self.run is None or self.run.run_id() != run_id:
                 return ()  # another run started here meanwhile
-            todo = [p for p in self.peers if not collector.has(p)]
+            todo = [p for p in self.peers if p in group and not collector.has(p)]
             answers = await asyncio.gather(
                 *(self.transport.request(p, "final-partial", ask, 10.0) for p in todo),
                 return_exceptions=True,
@@ -488,8 +490,7 @@ class RunAgreement:
         partials = await self._final_partials(rid, last)
         if not partials:
             return
-        members = sorted(m.node_id for m in self.genesis.members)
-        value = BeaconCollector(self.genesis.group_key(), members, self._final_message(rid, last))
+        value = BeaconCollector(self.genesis.group_key(), self._final_message(rid, last))
         for partial in partials:
             value.add(partial)
         assert value.value is not None
@@ -508,6 +509,7 @@ class RunAgreement:
             except (ConsortiumError, KeyError) as exc:
                 log.error("%s: no proof of the final model: %s", self.name, exc)
         wait = max(float(run.round_timeout), 1.0)
+        members = self.genesis.member_ids()
         for attempt in range(len(members)):
             if self._final_on_ledger(rid) is not None:
                 return

@@ -6,6 +6,7 @@ Each member gets its own folder (keys, genesis, node.toml, ledger, store) and it
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -42,8 +43,9 @@ def free_ports(n: int) -> list[int]:
 
 
 def member_shares(dirs: list[Path], genesis: Genesis) -> list[SecretShare]:
-    """Every member's beacon key share, from folders on this disk (simulations only)."""
-    return [genesis.secret_share(NodeIdentity.load(d)) for d in dirs]
+    """The beacon group's key shares, from member folders on this disk (simulations only)."""
+    ids = [NodeIdentity.load(d) for d in dirs]
+    return [genesis.secret_share(i) for i in ids if genesis.in_beacon_group(i.node_id)]
 
 
 def scheduled_leader(
@@ -54,7 +56,7 @@ def scheduled_leader(
     members = genesis.member_ids()
     message = beacon_message(genesis.digest(), run_id, round_no)
     partials = [make_partial(s, message) for s in shares[: genesis.threshold]]
-    value = value_from_partials(genesis.group_key(), members, message, partials)
+    value = value_from_partials(genesis.group_key(), message, partials)
     return leader_for(value, round_no, attempt, members)
 
 
@@ -72,8 +74,11 @@ def create_consortium(
     consent: bool = True,
     allow_plaintext: bool = False,
     unixfs_profile: str = DEFAULT_UNIXFS_PROFILE,
+    beacon_group: int = 0,
 ) -> list[Path]:
     """Create n member folders under root with a fully signed genesis and per-node data shards.
+
+    `beacon_group`: the beacon group's size (`beacon_group_of`; 0: every member).
 
     With `consent`, every record of a node's shard gets a synthetic data subject who consents to
     the purpose (`synthetic_subject`); otherwise the nodes are configured with consent = "off".
@@ -102,6 +107,7 @@ def create_consortium(
         created,
         random=random,
         unixfs_profile=unixfs_profile,
+        beacon_members=beacon_group_of([i.node_id for i in ids], beacon_group),
     )
     genesis.verify()
     dirs = []
@@ -128,6 +134,16 @@ def create_consortium(
             with ConsentRegistry(d / CONSENT_FILE) as registry:
                 registry.grant_many(rows)
     return dirs
+
+
+def beacon_group_of(node_ids: list[str], size: int) -> list[str] | None:
+    """A simulation's beacon group of `size` members (None: every member): the first by
+    SHA-256 of their node ids, so a fixed, arbitrary pick that no index favours. A real
+    consortium names its group in `genesis create --beacon-member`."""
+    if size <= 0 or size >= len(node_ids):
+        return None
+    ranked = sorted(node_ids, key=lambda i: hashlib.sha256(b"beacon-group|" + i.encode()).digest())
+    return sorted(ranked[:size])
 
 
 def synthetic_subject(node: int, record_id: int) -> str:

@@ -203,6 +203,7 @@ class SimSettings:
     actors: int = 0  # Ray: actors (0: one per core)
     address: str | None = None  # Ray: join this cluster instead of starting one
     corrupt_fraction: float | None = None  # SecAgg+ sparse graph (needed above 300 members)
+    beacon_group: int = 0  # members who make the beacon (0: every member)
     collect_timeout: float = 120.0
     round_timeout: float = 600.0
     run_timeout: float = 3600.0
@@ -350,7 +351,9 @@ async def simulate_async(
     result = SimResult(s)
     t = time.perf_counter()
     progress("genesis ceremony", 0, 1)
-    dirs = create_consortium(root, s.members, partition="iid", seed=SEED, consent=False)
+    dirs = create_consortium(
+        root, s.members, partition="iid", seed=SEED, consent=False, beacon_group=s.beacon_group
+    )
     seed_ledgers(dirs)
     result.setup_s = time.perf_counter() - t
     progress("genesis ceremony", 1, 1)

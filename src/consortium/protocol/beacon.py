@@ -92,14 +92,14 @@ class BeaconCollector:
     def __init__(
         self,
         group: GroupKey,
-        members: Sequence[str],
         message: bytes,
         checked: Collection[BeaconPartial] = (),
     ) -> None:
         """`checked`: partials on this same `message` the caller already verified (its own
-        collector's, `checked()`); one of exactly these bytes is not verified again."""
+        collector's, `checked()`); one of exactly these bytes is not verified again. Only the
+        beacon group's members (`group.members`) have partials."""
         self._group = group
-        self._members = sorted(members)
+        self._members = group.members
         self.message = message
         self._checked = checked
         self._partials: dict[str, BeaconPartial] = {}
@@ -115,7 +115,7 @@ class BeaconCollector:
             return False
         y = self._group.verification.get(p.member)
         if y is None:
-            raise ThresholdError(f"{p.member} is not a member")
+            raise ThresholdError(f"{p.member} is not in the beacon group")
         if p not in self._checked:
             verify_partial(y, self.message, p.sigma, p.proof)
         self._partials[p.member] = p
@@ -143,7 +143,6 @@ class BeaconCollector:
 
 def value_from_partials(
     group: GroupKey,
-    members: Sequence[str],
     message: bytes,
     partials: Sequence[BeaconPartial],
     checked: Collection[BeaconPartial] = (),
@@ -155,7 +154,7 @@ def value_from_partials(
         raise ThresholdError(f"{len(partials)} beacon partials, expected {group.threshold}")
     if len({p.member for p in partials}) != len(partials):
         raise ThresholdError("a member's beacon partial appears twice")
-    collector = BeaconCollector(group, members, message, checked)
+    collector = BeaconCollector(group, message, checked)
     for p in partials:
         try:
             collector.add(p)

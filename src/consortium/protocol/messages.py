@@ -383,7 +383,8 @@ class SecAgg:
 @dataclass(frozen=True)
 class BeaconShare:
     """A member's partial of a round's beacon (`protocol/beacon.py`), broadcast when it begins the
-    round. `ask`: the sender is still missing partials; members answer with theirs."""
+    round. `ask`: the sender is still missing partials; members answer with theirs. A member
+    outside the beacon group has no partial: it only asks, with empty `sigma` and `proof`."""
 
     TYPE: ClassVar[str] = "beacon"
     run: str
@@ -407,8 +408,11 @@ class BeaconShare:
         if not isinstance(ask, bool):
             raise ProtocolError("field 'ask' must be a boolean")
         sigma, proof = _bytes(b, "sigma", 33), _bytes(b, "proof", 64)
-        if len(sigma) != 33 or len(proof) != 64:
-            raise ProtocolError("a beacon share is a 33-byte point and a 64-byte proof")
+        bare = ask and not sigma and not proof  # a request from outside the beacon group
+        if not bare and (len(sigma) != 33 or len(proof) != 64):
+            raise ProtocolError(
+                "a beacon share is a 33-byte point and a 64-byte proof (or, asking, neither)"
+            )
         return cls(_str(b, "run"), _int(b, "round", 1), sigma, proof, ask)
 
 

@@ -472,6 +472,7 @@ class RoundMachine:
         self.s = _State()
         self._from = Phase.DONE  # the phase the event being handled started in
         self._share: SecretShare | None = None  # this node's beacon key share, derived once
+        self._in_beacon_group = genesis.in_beacon_group(self.me)
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -570,23 +571,31 @@ class RoundMachine:
 
     # -- the beacon -----------------------------------------------------------------------------
 
-    def _my_partial(self) -> BeaconPartial:
+    def _my_partial(self) -> BeaconPartial | None:
+        """This node's partial of the round's beacon; None outside the beacon group."""
         s = self.s
         assert s.beacon is not None
+        if not self._in_beacon_group:
+            return None
         if self._share is None:
             self._share = self.genesis.secret_share(self._identity)
         return make_partial(self._share, s.beacon.message)
 
-    def _share_message(self, mine: BeaconPartial, ask: bool = False) -> BeaconShare:
+    def _share_message(self, mine: BeaconPartial | None, ask: bool = False) -> BeaconShare:
+        """This node's partial, or (outside the beacon group) a bare request for partials."""
+        if mine is None:
+            return BeaconShare(self.settings.run_id, self.s.round, b"", b"", True)
         return BeaconShare(self.settings.run_id, self.s.round, mine.sigma, mine.proof, ask)
 
     def _begin_beacon(self, now: float, ask: bool) -> list[Action]:
         """Start collecting this round's partials with this node's own; broadcast it."""
         s = self.s
         message = beacon_message(self._digest, self.settings.run_id, s.round)
-        s.beacon = BeaconCollector(self.genesis.group_key(), self.members, message)
+        s.beacon = BeaconCollector(self.genesis.group_key(), message)
         s.beacon_asked = now
         mine = self._my_partial()
+        if mine is None:  # outside the beacon group: the group's partials will come
+            return [Broadcast(self._share_message(None))] if ask else []
         s.beacon.add(mine)
         share = self._share_message(mine, ask)
         actions: list[Action] = [Broadcast(share)]
@@ -601,11 +610,16 @@ class RoundMachine:
         first_ask = msg.ask and sender != self.me and sender not in s.answered
         if first_ask:
             s.answered.add(sender)  # answered once per member and round: no ping-pong
-            actions.append(Send(sender, self._share_message(self._my_partial())))
-        try:
-            made = s.beacon.add(BeaconPartial(sender, msg.sigma, msg.proof))
-        except ThresholdError as exc:
-            raise ConsortiumError(f"invalid beacon partial: {exc}") from exc
+            mine = self._my_partial()
+            if mine is not None:  # outside the beacon group there is nothing to answer with
+                actions.append(Send(sender, self._share_message(mine)))
+        if not msg.sigma:  # a bare request, from outside the beacon group
+            made = False
+        else:
+            try:
+                made = s.beacon.add(BeaconPartial(sender, msg.sigma, msg.proof))
+            except ThresholdError as exc:
+                raise ConsortiumError(f"invalid beacon partial: {exc}") from exc
         if made:
             actions += self._beacon_known(now)
         elif (

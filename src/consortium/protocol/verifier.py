@@ -256,11 +256,10 @@ def record_beacon(
     member's verification key; any t valid partials give the same value, so the leader cannot
     choose it by choosing which partials to include. `checked`: (message, partials) the caller
     verified already; used only when it is this record's message."""
-    members = sorted(m.node_id for m in genesis.members)
     message = beacon_message(genesis.digest(), record.run, record.round)
     known = checked[1] if checked is not None and checked[0] == message else frozenset()
     try:
-        return value_from_partials(genesis.group_key(), members, message, record.beacon, known)
+        return value_from_partials(genesis.group_key(), message, record.beacon, known)
     except ThresholdError as exc:
         raise RecordRejected(BEACON, f"the record's beacon does not verify: {exc}") from exc
 
@@ -504,10 +503,9 @@ def final_beacon(record: FinalRecord, genesis: Genesis) -> bytes:
     """The beacon the final model's sample is drawn from: "round R + 1"'s value (R the run's
     last round), from the t partials a run-final record carries, each checked, taken at
     attempt 0 (no attempt of round R + 1 ever runs)."""
-    members = sorted(m.node_id for m in genesis.members)
     message = beacon_message(genesis.digest(), record.run, record.round + 1)
     try:
-        value = value_from_partials(genesis.group_key(), members, message, record.beacon)
+        value = value_from_partials(genesis.group_key(), message, record.beacon)
     except ThresholdError as exc:
         raise RecordRejected(BEACON, f"the run-final beacon does not verify: {exc}") from exc
     return attempt_beacon(value, 0)
