@@ -232,6 +232,9 @@ class Genesis:
     _digest_cache: tuple[tuple[object, ...], bytes] | None = field(
         default=None, init=False, repr=False, compare=False
     )
+    _payload_cache: tuple[bytes, bytes] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
     _index_cache: (
         tuple[list[PublicIdentity], tuple[PublicIdentity, ...], dict[str, PublicIdentity]] | None
     ) = field(default=None, init=False, repr=False, compare=False)
@@ -482,7 +485,15 @@ class Genesis:
         ]
 
     def _check_dealings(self) -> None:
-        """Every member dealt once, signed its dealing, and the dealing is well formed."""
+        """Every member of the beacon group dealt once, signed its dealing, and the dealing is
+        well formed. Once per digest and process (the digest covers every dealing and its
+        signature): a simulation's ceremony checks them for each of its members."""
+        if self.digest() in _CHECKED_DEALINGS:
+            return
+        self._check_dealings_now()
+        _CHECKED_DEALINGS.add(self.digest())
+
+    def _check_dealings_now(self) -> None:
         missing = self.missing_dealings()
         if missing:
             raise GenesisError(
@@ -548,12 +559,40 @@ class Genesis:
             self.secret_share(identity)
         else:
             self._check_dealings()
-        self.signatures[identity.node_id] = identity.sign(Domain.GENESIS, self.body())
+        self.signatures[identity.node_id] = identity.sign_payload(self.signing_payload())
+
+    def clone(self) -> Genesis:
+        """A copy whose lists and maps are its own (the members, purposes and dealings in them
+        are immutable, so shared), keeping the cached digest: parsing a 1000-member manifest
+        again for every member a simulation host runs would cost O(n) each."""
+        copy = Genesis(
+            self.consortium,
+            list(self.members),
+            self.quorum,
+            list(self.purposes),
+            self.created,
+            dict(self.signatures),
+            dict(self.dealings),
+            self.unixfs_profile,
+            self.beacon_members,
+        )
+        copy._digest_cache = self._digest_cache  # valid: its key holds these very objects
+        copy._payload_cache = self._payload_cache
+        return copy
+
+    def signing_payload(self) -> bytes:
+        """What every member signs: the body's signing payload, encoded once per digest (every
+        member signs the same body, which holds every dealing)."""
+        cached = self._payload_cache
+        d = self.digest()
+        if cached is None or cached[0] != d:
+            cached = (d, signing_payload(Domain.GENESIS, self.body()))
+            self._payload_cache = cached
+        return cached[1]
 
     def verify(self) -> None:
         """Raise GenesisError naming the first member whose signature is missing or invalid."""
-        # Every member signs the same body (it holds every dealing: O(n²) bytes): encode it once.
-        payload = signing_payload(Domain.GENESIS, self.body())
+        payload = self.signing_payload()
         for sid in self.signatures:
             if not self.is_member(sid):
                 raise GenesisError(f"signature from {sid}, which is not a member")
@@ -733,8 +772,9 @@ class Genesis:
     def load_verified(cls, path: Path) -> Genesis:
         """`load` and `verify`, verifying any given file content once per process: a
         simulation host runs many members whose manifests are the same bytes (O(n²) of them:
-        checking one takes seconds at n = 100). Each call parses a fresh object; the cache
-        holds only the SHA-256 of bytes that verified."""
+        checking one takes seconds at n = 100). Bytes parsed and verified before come back as
+        a `clone` of that manifest (a fresh object: nothing one caller changes reaches
+        another)."""
         path = Path(path)
         if path.is_dir():
             path = path / GENESIS_FILE
@@ -744,19 +784,24 @@ class Genesis:
             raise GenesisError(f"genesis manifest not found: {path}") from exc
         except OSError as exc:
             raise GenesisError(f"cannot read genesis manifest {path}: {exc}") from exc
+        key = hashlib.sha256(raw).digest()
+        known = _VERIFIED_FILES.get(key)
+        if known is not None:
+            return known.clone()
         try:
             genesis = cls.from_json(json.loads(raw))
         except ValueError as exc:
             raise GenesisError(f"cannot read genesis manifest {path}: {exc}") from exc
-        key = hashlib.sha256(raw).digest()
-        if key not in _VERIFIED_FILES:
-            genesis.verify()
-            _VERIFIED_FILES.add(key)
+        genesis.verify()
+        _VERIFIED_FILES[key] = genesis.clone()
         return genesis
 
 
-#: SHA-256 of manifest files that verified in this process (`Genesis.load_verified`).
-_VERIFIED_FILES: set[bytes] = set()
+#: SHA-256 of manifest files that verified in this process (`Genesis.load_verified`), and the
+#: manifest each parsed to (handed out as `clone`s).
+_VERIFIED_FILES: dict[bytes, Genesis] = {}
+#: Digests of manifests whose dealings were checked in this process (`_check_dealings`).
+_CHECKED_DEALINGS: set[bytes] = set()
 _GROUP_KEYS: dict[bytes, GroupKey] = {}
 
 

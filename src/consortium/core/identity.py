@@ -14,6 +14,7 @@ import ipaddress
 import json
 import logging
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,30 @@ def is_valid_signature(
     except SignatureError:
         return False
     return True
+
+
+def valid_signatures(
+    keys: Mapping[str, bytes],
+    domain: Domain,
+    obj: Any,
+    signatures: Mapping[str, bytes],
+    consortium: bytes = b"",
+) -> dict[str, bytes]:
+    """The signatures on `obj` (signer -> signature) that verify under the signer's key in
+    `keys`; signers without a key are dropped. The statement is encoded once for all of them
+    (a quorum of a 1000-member consortium cosigns one head)."""
+    payload = signing_payload(domain, obj, consortium)
+    valid = {}
+    for signer, signature in signatures.items():
+        key = keys.get(signer)
+        if key is None:
+            continue
+        try:
+            verify_payload(key, domain, payload, signature)
+        except SignatureError:
+            continue
+        valid[signer] = signature
+    return valid
 
 
 @dataclass(frozen=True)
@@ -270,6 +295,10 @@ class NodeIdentity:
     def sign(self, domain: Domain, obj: Any, consortium: bytes = b"") -> bytes:
         """Sign `obj` in `domain`; consortium-bound domains need the genesis digest."""
         return self._signing_key.sign(signing_payload(domain, obj, consortium))
+
+    def sign_payload(self, payload: bytes) -> bytes:
+        """Sign a payload `signing_payload` already built (one statement many members sign)."""
+        return self._signing_key.sign(payload)
 
     def public(self) -> PublicIdentity:
         unbound = PublicIdentity(self.name, self.public_key, self.address, self.tls_cert_pem, b"")

@@ -330,19 +330,21 @@ def genesis_from_entry(entry: Entry) -> Genesis:
 
 def genesis_from_bytes(data: bytes) -> Genesis:
     """The manifest from the stored bytes of entry 0; every refusal names entry 0. Bytes that
-    verified once are not verified again in this process (a simulation host opens the same
-    entry 0 for each of its many members: seconds each at n = 100)."""
+    verified once are neither decoded nor verified again in this process (a simulation host
+    opens the same entry 0 for each of its many members: seconds each at n = 100)."""
+    key = hashlib.sha256(data).digest()
+    known = _VERIFIED_GENESIS.get(key)
+    if known is not None:
+        return known.clone()
     try:
         entry = Entry.from_bytes(data)
     except LedgerError as exc:
         raise LedgerError(f"entry 0 is not a valid genesis manifest: {exc}") from exc
-    key = hashlib.sha256(data).digest()
-    if key in _VERIFIED_GENESIS:
-        return Genesis.from_body(entry.body, dict(entry.signatures))
     genesis = genesis_from_entry(entry)
-    _VERIFIED_GENESIS.add(key)
+    _VERIFIED_GENESIS[key] = genesis.clone()
     return genesis
 
 
-#: SHA-256 of entry-0 bytes that verified in this process (`genesis_from_bytes`).
-_VERIFIED_GENESIS: set[bytes] = set()
+#: SHA-256 of entry-0 bytes that verified in this process (`genesis_from_bytes`), and the
+#: manifest each gave (handed out as clones: a fresh object per caller).
+_VERIFIED_GENESIS: dict[bytes, Genesis] = {}

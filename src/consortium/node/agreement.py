@@ -351,7 +351,7 @@ class RunAgreement:
         run-config starts the run (unless this member's policy refuses it: then it sits the run
         out), a run-stop stops it."""
         entry = agreement.check(p, self.genesis, self.ledger.frontier(), AGREED_KINDS)
-        agreement.valid_cosignatures(p, self.genesis, cosignatures)
+        cosignatures = agreement.valid_cosignatures(p, self.genesis, cosignatures)
         run = self._agreed_config(entry) if entry.kind == RUN_KIND else None
         final = FinalRecord.from_entry(entry) if entry.kind == FINAL_KIND else None
         listed = {cid_key(e.proof) for e in final.evaluations} if final is not None else set()
@@ -362,7 +362,8 @@ class RunAgreement:
             TreeHead(p.size, p.root, p.time),
             [Cosignature(node_id, sig) for node_id, sig in sorted(cosignatures.items())],
         )
-        self.ledger.append_many([entry], heads=[head], expect_size=p.size - 1)  # all or nothing
+        # All or nothing; the entry's signature and these cosignatures were just verified.
+        self.ledger.append_many([entry], heads=[head], expect_size=p.size - 1, verify=False)
         if final is not None:
             if self.prover is not None:
                 self.prover.note_final(final)

@@ -86,11 +86,17 @@ def decode(data: bytes, rng: random.Random | None = None) -> list[G1Point]:
     return points
 
 
+#: Cache folders this process warmed, and for how many generators.
+_WARMED: dict[Path, int] = {}
+
+
 def warm_generators(words: int, cache_dir: Path | None = None) -> None:
     """Make `commitment.generators(words)` cheap in this process: adopt the cached points,
     derive any missing ones, and save the longer list for the next process. A cache that cannot
     be read or written only costs the derivation; it never fails the caller."""
     folder = cache_dir or default_cache_dir()
+    if _WARMED.get(folder, 0) >= words and commitment.derived() >= words:
+        return  # done in this process already (a simulation host starts many nodes)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         lock_fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
@@ -114,5 +120,7 @@ def warm_generators(words: int, cache_dir: Path | None = None) -> None:
                 atomic_write(path, encode(points))
             except (OSError, ConsortiumError) as exc:
                 log.info("could not save the generator cache %s: %s", path, exc)
+                return
+        _WARMED[folder] = len(points)
     finally:
         os.close(lock_fd)  # drops the flock

@@ -15,7 +15,7 @@ from typing import Any
 from consortium.core.encoding import Domain
 from consortium.core.errors import ConsortiumError
 from consortium.core.genesis import Genesis
-from consortium.core.identity import NodeIdentity, is_valid_signature
+from consortium.core.identity import NodeIdentity, valid_signatures
 from consortium.ledger.entries import Entry, make_record
 from consortium.ledger.frontier import Frontier
 from consortium.ledger.heads import TreeHead
@@ -84,11 +84,7 @@ def abandoned(p: Proposal, genesis: Genesis, refusals: Mapping[str, bytes], coll
     refusers lie (a refusal and a cosignature of one head are evidence against their signer)."""
     keys = {m.node_id: m.public_key for m in genesis.members}
     statement, digest = refusal_statement(p), genesis.digest()
-    valid = [
-        n
-        for n, s in refusals.items()
-        if n in keys and is_valid_signature(keys[n], Domain.MESSAGE, statement, s, digest)
-    ]
+    valid = valid_signatures(keys, Domain.MESSAGE, statement, refusals, digest)
     return len(genesis.members) - len(valid) + colluders < genesis.quorum
 
 
@@ -98,12 +94,7 @@ def valid_cosignatures(
     """The cosignatures of the proposed head that verify; AgreementRefused below quorum."""
     keys = {m.node_id: m.public_key for m in genesis.members}
     head = TreeHead(p.size, p.root, p.time).body()
-    digest = genesis.digest()
-    valid = {
-        n: s
-        for n, s in cosignatures.items()
-        if n in keys and is_valid_signature(keys[n], Domain.TREE_HEAD, head, s, digest)
-    }
+    valid = valid_signatures(keys, Domain.TREE_HEAD, head, cosignatures, genesis.digest())
     if len(valid) < genesis.quorum:
         raise AgreementRefused(f"{len(valid)} valid cosignatures, the quorum is {genesis.quorum}")
     return valid

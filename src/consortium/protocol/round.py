@@ -47,7 +47,7 @@ from consortium.consent.commitments import RoundCommitment
 from consortium.core.encoding import Domain, encode, signing_payload
 from consortium.core.errors import ConsortiumError
 from consortium.core.genesis import Genesis
-from consortium.core.identity import NodeIdentity, is_valid_signature
+from consortium.core.identity import NodeIdentity, is_valid_signature, valid_signatures
 from consortium.core.threshold import SecretShare, ThresholdError
 from consortium.ledger.entries import Entry, check_payload, make_record
 from consortium.ledger.frontier import Frontier
@@ -1228,12 +1228,7 @@ class RoundMachine:
         if not p.model and mine is not None and _light(mine) == p:
             p = mine  # a light commit of the proposal this node cosigned
         head = TreeHead(p.size, p.root, p.time).body()
-        valid = {
-            nid: sig
-            for nid, sig in msg.cosignatures.items()
-            if nid in self._keys
-            and is_valid_signature(self._keys[nid], Domain.TREE_HEAD, head, sig, self._digest)
-        }
+        valid = valid_signatures(self._keys, Domain.TREE_HEAD, head, msg.cosignatures, self._digest)
         if len(valid) < self.genesis.quorum:
             raise ConsortiumError(
                 f"commit has {len(valid)} valid cosignatures, quorum is {self.genesis.quorum}"

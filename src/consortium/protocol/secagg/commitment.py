@@ -70,6 +70,12 @@ def generators(d: int) -> list[G1Point]:
         return _generators[:d]
 
 
+def derived() -> int:
+    """How many generators this process holds already."""
+    with _lock:
+        return len(_generators)
+
+
 def adopt_generators(points: Sequence[G1Point]) -> None:
     """Take G_0 .. G_{m-1} from a trusted cache (`node.generator_cache` checks it) if that is
     more than this process has derived."""

@@ -12,6 +12,7 @@ the round id seeds), so both counts are hypergeometric.
 
 from __future__ import annotations
 
+import functools
 import math
 
 from scipy.stats import hypergeom  # the exact tails; a Chernoff bound would oversize k
@@ -19,6 +20,7 @@ from scipy.stats import hypergeom  # the exact tails; a Chernoff bound would ove
 from consortium.core.errors import ConfigError
 
 
+@functools.lru_cache(maxsize=256)  # pure, and costly (scipy tails): asked per member and round
 def sparse_degree_and_threshold(
     n: int, corrupt_fraction: float, dropout_fraction: float, bits: int = 40
 ) -> tuple[int, int]:
