@@ -20,7 +20,7 @@ from consortium.cli.app import app
 from consortium.core.encoding import encode
 from consortium.core.errors import AuditError, StoreError
 from consortium.ledger.log import Ledger
-from consortium.node.node import run_records
+from consortium.protocol.record import run_records
 from consortium.store import (
     PROFILES,
     BlockStore,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from consortium.node.node import run_records
+from consortium.protocol.record import run_records
 from consortium.protocol.round import Phase
 from tests.inprocess_cluster import cluster, drive, run_config, start
 

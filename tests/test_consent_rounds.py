@@ -7,9 +7,9 @@ import asyncio
 from pathlib import Path
 
 from consortium.consent import check_receipt, receipt_from_registry, roots_from_records
-from consortium.node.node import Node, run_records
+from consortium.node.node import Node
 from consortium.node.sim import synthetic_subject
-from consortium.protocol.record import Erasure
+from consortium.protocol.record import Erasure, run_records
 from tests.inprocess_cluster import cluster, drive, run_config, start
 
 

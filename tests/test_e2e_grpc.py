@@ -21,10 +21,9 @@ from consortium.learning import build_model, evaluate, load_dataset, set_weights
 from consortium.learning.serialize import weights_from_bytes
 from consortium.ledger.log import Ledger
 from consortium.node.config import RunConfig
-from consortium.node.node import run_records
 from consortium.node.runner import start_run
 from consortium.node.sim import Cluster, create_consortium, member_shares, scheduled_leader
-from consortium.protocol.record import RoundRecord
+from consortium.protocol.record import RoundRecord, run_records
 from consortium.store.blockstore import BlockStore
 from consortium.store.objects import get_bytes
 

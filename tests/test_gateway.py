@@ -27,7 +27,7 @@ from consortium.cli.app import app as cli
 from consortium.core.encoding import encode
 from consortium.core.errors import ConfigError, StoreError
 from consortium.node.config import load_node_config
-from consortium.node.node import run_records
+from consortium.protocol.record import run_records
 from consortium.store import BlockStore, file_cid, get_bytes, iter_blocks, put_bytes, put_object
 from consortium.store.car import car_header, car_section, read_car
 from consortium.store.fetch import fetch

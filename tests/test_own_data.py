@@ -36,10 +36,9 @@ from consortium.core.identity import PublicIdentity
 from consortium.core.layout import CONSENT_FILE, LEDGER_FILE, NODE_CONFIG_FILE, STATUS_FILE
 from consortium.ledger.log import Ledger
 from consortium.node.config import RunConfig
-from consortium.node.node import run_records
 from consortium.node.runner import start_run
 from consortium.node.sim import Cluster, create_consortium
-from consortium.protocol.record import RoundRecord
+from consortium.protocol.record import RoundRecord, run_records
 from tests.inprocess_cluster import drive, run_config, start_nodes
 
 runner = CliRunner()

@@ -13,7 +13,7 @@ from consortium.audit import audit
 from consortium.core.errors import AuditError
 from consortium.core.genesis import Purpose
 from consortium.ledger.entries import Entry
-from consortium.node.node import run_records
+from consortium.protocol.record import run_records
 from tests.inprocess_cluster import cluster, drive, run_config, start
 from tests.records import forge_folder
 

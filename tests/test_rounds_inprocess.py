@@ -10,9 +10,9 @@ import pytest
 from consortium.core.identity import NodeIdentity
 from consortium.core.layout import LEDGER_FILE
 from consortium.ledger.log import Ledger
-from consortium.node.node import Node, RunIndex, run_records
+from consortium.node.node import Node
 from consortium.protocol.messages import StartRun
-from consortium.protocol.record import RoundRecord
+from consortium.protocol.record import RoundRecord, RunIndex, run_records
 from consortium.protocol.round import Phase
 from consortium.transport.inprocess import InProcessTransport
 from tests.inprocess_cluster import cluster, drive, run_config, start

@@ -12,9 +12,9 @@ from consortium.audit import audit
 from consortium.core.encoding import decode
 from consortium.learning import build_model, evaluate, load_dataset, set_weights
 from consortium.learning.serialize import weights_from_bytes
-from consortium.node.node import Node, run_records
+from consortium.node.node import Node
 from consortium.protocol.messages import SecAgg
-from consortium.protocol.record import RoundRecord
+from consortium.protocol.record import RoundRecord, run_records
 from consortium.protocol.round import Action, Committed, Send
 from consortium.protocol.secagg import Transcript, UnmaskRequest
 from consortium.protocol.verifier import SUM

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from consortium.cli.app import app
 from consortium.core.genesis import GENESIS_FILE, Genesis
-from consortium.node.node import run_records
 from consortium.node.simulate import InProcessBackend, SimSettings, simulate_async
 from consortium.protocol.committee import committee_for, committee_unsafe_probability
+from consortium.protocol.record import run_records
 
 runner = CliRunner()
 

@@ -16,8 +16,8 @@ import pytest
 
 from consortium.audit.auditor import audit
 from consortium.core.errors import AuditError
-from consortium.node.node import Node, run_records
-from consortium.protocol.record import RoundRecord
+from consortium.node.node import Node
+from consortium.protocol.record import RoundRecord, run_records
 from consortium.protocol.round import Committed
 from consortium.protocol.storage import artifact_name
 from consortium.store.objects import get_bytes, is_complete, walk

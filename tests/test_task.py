@@ -33,8 +33,8 @@ from consortium.learning.task import (
 )
 from consortium.learning.task import build_model as build_task_model
 from consortium.node.config import RunConfig, task_refusals
-from consortium.node.node import run_records
 from consortium.privacy.config import PrivacyConfig
+from consortium.protocol.record import run_records
 from consortium.store.objects import get_bytes
 from tests.inprocess_cluster import cluster, drive, run_config, start
 from tests.task_site import task_site, write_task_package

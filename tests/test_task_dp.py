@@ -20,9 +20,9 @@ from consortium.core.errors import ConfigError
 from consortium.learning.train import TrainConfig
 from consortium.node.config import DataConfig, RunConfig, task_refusals
 from consortium.node.learner import Learner
-from consortium.node.node import run_records
 from consortium.privacy.config import PrivacyConfig
 from consortium.privacy.dpsgd import dpsgd_problems, train_local_dp
+from consortium.protocol.record import run_records
 from tests.inprocess_cluster import cluster, drive, run_config, start
 from tests.task_site import task_site, write_task_package
 

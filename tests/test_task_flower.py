@@ -30,8 +30,8 @@ from consortium.learning.task import (
 from consortium.learning.train import TrainConfig
 from consortium.node.config import DataConfig, RunConfig, task_refusals
 from consortium.node.learner import Learner
-from consortium.node.node import run_records
 from consortium.privacy.config import PrivacyConfig
+from consortium.protocol.record import run_records
 from consortium.protocol.round import published_metrics
 from consortium.store.objects import get_bytes
 from tests.inprocess_cluster import cluster, drive, run_config, start

@@ -43,7 +43,7 @@ from consortium.node.evaluations import (
     zk_settings,
 )
 from consortium.node.learner import Learner
-from consortium.node.node import Node, run_records
+from consortium.node.node import Node
 from consortium.protocol.messages import Proposal
 from consortium.protocol.record import (
     FINAL_KIND,
@@ -51,6 +51,7 @@ from consortium.protocol.record import (
     Evaluation,
     FinalRecord,
     RoundRecord,
+    run_records,
 )
 from consortium.protocol.storage import StorageState
 from consortium.protocol.verifier import (

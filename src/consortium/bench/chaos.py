@@ -66,10 +66,9 @@ from consortium.learning import build_model, evaluate, load_dataset, set_weights
 from consortium.learning.serialize import weights_from_bytes
 from consortium.ledger.log import Ledger
 from consortium.node.config import RunConfig
-from consortium.node.node import run_records
 from consortium.node.runner import start_run
 from consortium.node.sim import Cluster, create_consortium, member_shares, scheduled_leader
-from consortium.protocol.record import ROUND_KIND, RUN_KIND, RoundRecord
+from consortium.protocol.record import ROUND_KIND, RUN_KIND, RoundRecord, run_records
 from consortium.protocol.schedule import leader_for
 from consortium.protocol.secure_round import Consortium
 from consortium.protocol.verifier import record_beacon

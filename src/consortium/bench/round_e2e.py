@@ -79,11 +79,10 @@ from consortium.core.layout import LEDGER_FILE
 from consortium.ledger import entries, parallel
 from consortium.ledger.log import Ledger
 from consortium.node.config import RunConfig
-from consortium.node.node import run_records
 from consortium.node.runner import start_run
 from consortium.node.sim import Cluster, create_consortium
 from consortium.protocol import beacon
-from consortium.protocol.record import ROUND_KIND
+from consortium.protocol.record import ROUND_KIND, run_records
 from consortium.protocol.secure_round import Consortium, make_params
 
 REPO = Path(__file__).resolve().parents[3]

@@ -43,9 +43,10 @@ from consortium.learning.central import train_centralized
 from consortium.learning.datasets import FASHION_MNIST_DIR, Dataset, read_idx
 from consortium.learning.serialize import weights_from_bytes
 from consortium.node.config import RunConfig, load_node_config
-from consortium.node.node import Node, run_records
+from consortium.node.node import Node
 from consortium.node.sim import create_consortium
 from consortium.node.simulate import TimedNode as TimedNode  # also bench.round_e2e's
+from consortium.protocol.record import run_records
 from consortium.store.objects import get_bytes
 from consortium.transport.base import DEFAULT_TIMEOUT, Handler
 from consortium.transport.inprocess import InProcessNetwork, InProcessTransport

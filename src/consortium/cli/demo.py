@@ -37,12 +37,11 @@ from consortium.learning.task import (
 from consortium.learning.task import build_model as build_task_model
 from consortium.ledger.log import Ledger
 from consortium.node.config import RunConfig
-from consortium.node.node import run_records
 from consortium.node.runner import report_lines, start_run
 from consortium.node.sim import Cluster, create_consortium
 from consortium.privacy.budget import totals
 from consortium.privacy.config import PrivacyConfig
-from consortium.protocol.record import RoundRecord
+from consortium.protocol.record import RoundRecord, run_records
 from consortium.store.blockstore import BlockStore
 from consortium.store.objects import get_bytes
 

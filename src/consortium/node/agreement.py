@@ -53,10 +53,10 @@ from consortium.protocol.record import (
     STOP_KIND,
     Evaluation,
     FinalRecord,
-    RoundRecord,
     RunRecord,
     StopRecord,
     latest_agreed_run,
+    run_records,
 )
 from consortium.protocol.round import RoundMachine
 from consortium.protocol.schedule import leader_for
@@ -533,7 +533,7 @@ class RunAgreement:
         data (at most `wait` seconds of the node's clock), list those that verify, propose the
         run-final entry."""
         assert self.run is not None and self.checker is not None
-        records = [r for r in _records(self.ledger) if r.run == rid]
+        records = [r for r in run_records(self.ledger) if r.run == rid]
         committed = {n for r in records for n in r.testdata}
         until = self.clock() + wait
         while self.clock() < until and not committed <= set(self._final_proofs):
@@ -576,7 +576,7 @@ class RunAgreement:
             return [f"run {record.run} with proofs is not this node's current run"]
         if self._final_on_ledger(record.run) is not None:
             return [f"run {record.run}'s final proofs are on the ledger already"]
-        records = [r for r in _records(self.ledger) if r.run == record.run]
+        records = [r for r in run_records(self.ledger) if r.run == record.run]
         self.checker.note(records)
         self.checker.note_final(record)
         own: tuple[Evaluation, ...] = ()
@@ -601,7 +601,3 @@ class RunAgreement:
         except RecordRejected as exc:
             return [str(exc)]
         return []
-
-
-def _records(ledger: Ledger) -> list[RoundRecord]:
-    return latest_agreed_run(enumerate(ledger.iter_entries()))[1]

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from multiformats import CID
 
@@ -57,6 +57,9 @@ from consortium.ledger.entries import Entry
 from consortium.privacy.budget import spend_purpose
 from consortium.protocol.beacon import BeaconPartial, partials_body, partials_from_body
 from consortium.protocol.storage import MAX_ENTRIES, Commitment, HolderAnswer
+
+if TYPE_CHECKING:
+    from consortium.ledger.log import Ledger
 
 #: 2: the beacon's partials (version 1 scheduled from the ledger root, which leaders could grind).
 RECORD_VERSION = 2
@@ -555,6 +558,42 @@ def latest_agreed_run(entries: Any) -> tuple[RunRecord | None, list[RoundRecord]
         return None, []
     run = runs[-1][1]
     return run, [r for _, r in round_records(pairs) if r.run == run.run]
+
+
+def run_records(ledger: Ledger) -> list[RoundRecord]:
+    """Round records of the latest agreed run on this ledger, in order (the caller's ledger,
+    read as `latest_agreed_run` reads its entries: this module never opens one)."""
+    return latest_agreed_run(enumerate(ledger.iter_entries()))[1]
+
+
+class RunIndex:
+    """`run_records` of one node's ledger, kept up to date by reading only the entries appended
+    since the last call (the ledger is append-only). A node asks at every commit and round start;
+    re-reading and decoding the whole ledger each time cost a node O(ledger) per round (at 50
+    members, 3.6 s of a 3-round bench run). Same answer as `run_records`: the records whose run
+    is that of the last run-config entry, in ledger order."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+        self._reset()
+
+    def _reset(self) -> None:
+        self._size = 0
+        self._run: str | None = None
+        self._by_run: dict[str, list[RoundRecord]] = {}
+
+    def records(self) -> list[RoundRecord]:
+        size = self._ledger.size
+        if size < self._size:  # not this index's ledger any more: start over
+            self._reset()
+        for entry in self._ledger.iter_entries(self._size, size):
+            if entry.kind == RUN_KIND:
+                self._run = RunRecord.from_entry(entry).run
+            elif entry.kind == ROUND_KIND:
+                r = RoundRecord.from_entry(entry)
+                self._by_run.setdefault(r.run, []).append(r)
+        self._size = size
+        return [] if self._run is None else list(self._by_run.get(self._run, []))
 
 
 def stopped_runs(entries: Any) -> dict[str, str]:
