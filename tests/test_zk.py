@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -283,6 +284,16 @@ def test_the_on_chain_check_without_solcjs_says_how_to_install_it(
     with pytest.raises(ZkError, match=E.NOT_INSTALLED) as info:
         find_solcjs(tmp_path)
     assert "make solcjs" in str(info.value)
+
+
+@pytest.mark.parametrize("module", ["ezkl", "onnx"])
+def test_without_the_zk_extra_a_proof_says_how_to_install_it(
+    module: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # `import` fails as if not installed
+    with pytest.raises(ZkError, match=E.NOT_INSTALLED) as info:
+        {"ezkl": E.require_ezkl, "onnx": E.require_onnx}[module]()
+    assert f"need {module}: pip install 'consortium[zk]'" in str(info.value)
 
 
 @pytest.mark.slow

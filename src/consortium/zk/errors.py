@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from consortium.core.errors import ConsortiumError
@@ -28,23 +29,22 @@ class ZkError(ConsortiumError):
         self.rule = rule
 
 
+def require(module: str) -> Any:
+    """The optional module `module` of the `zk` extra, or one clear error saying how to install
+    it (a user without the extra gets that line, not an ImportError's traceback)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ZkError(
+            NOT_INSTALLED, f"proofs of evaluation need {module}: pip install 'consortium[zk]'"
+        ) from exc
+
+
 def require_ezkl() -> Any:
     """The `ezkl` module, or one clear error saying how to install it."""
-    try:
-        import ezkl
-    except ImportError as exc:  # pragma: no cover - the dev environment has it
-        raise ZkError(
-            NOT_INSTALLED, "proofs of evaluation need ezkl: pip install 'consortium[zk]'"
-        ) from exc
-    return ezkl
+    return require("ezkl")
 
 
 def require_onnx() -> Any:
     """The `onnx` module (torch's ONNX export needs it too), or one clear error."""
-    try:
-        import onnx
-    except ImportError as exc:  # pragma: no cover - the dev environment has it
-        raise ZkError(
-            NOT_INSTALLED, "proofs of evaluation need onnx: pip install 'consortium[zk]'"
-        ) from exc
-    return onnx
+    return require("onnx")
