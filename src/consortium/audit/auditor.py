@@ -83,6 +83,7 @@ from consortium.protocol.verifier import (
     ProofState,
     RecordContext,
     StorageRules,
+    member_name,
     storage_after,
     verify_final_record,
     verify_round_record,
@@ -521,7 +522,7 @@ def _check_round_records(
             report.storage_proofs += sum(len(a.proofs) for a in record.storage.answers)
             for artifact, holder in record.storage.missing:
                 report.storage_missing.append(
-                    f"round {record.round} (entry {idx}): {_member_name(genesis, holder)} did "
+                    f"round {record.round} (entry {idx}): {member_name(genesis, holder)} did "
                     f"not prove it holds {artifact}"
                 )
             for artifact in storage[record.run].lost:
@@ -706,13 +707,6 @@ def _record_context(
     )
 
 
-def _member_name(genesis: Genesis, node_id: str) -> str:
-    for m in genesis.members:
-        if m.node_id == node_id:
-            return m.name
-    return node_id[:16]
-
-
 def _check_heads(
     ledger: Ledger, genesis: Genesis, roots: dict[int, bytes], report: AuditReport
 ) -> None:
@@ -765,7 +759,7 @@ def _holders_of(cid: str, records: list[tuple[int, bytes]], genesis: Genesis) ->
             continue  # the record pass names it
         for c in section.commitments if section is not None else ():
             if c.artifact == name:
-                holders = [_member_name(genesis, h) for h in c.holders]
+                holders = [member_name(genesis, h) for h in c.holders]
     return holders
 
 

@@ -455,7 +455,7 @@ def verify_evaluation(
     a record of round `round_no` may not list: the leader runs it on each proof it receives
     before listing it, voters and `audit` on each listed one."""
     ps = proofs
-    who = f"{_member_name(genesis, ev.node)}'s proof of round {ev.round}"
+    who = f"{member_name(genesis, ev.node)}'s proof of round {ev.round}"
 
     def bad(rule: str, message: str) -> RecordRejected:
         return RecordRejected(EVALUATION, f"{who}: {rule}: {message}")
@@ -755,10 +755,12 @@ def storage_after(state: StorageState, record: RoundRecord, genesis: Genesis) ->
 
 
 def _name(ctx: RecordContext, node_id: str) -> str:
-    return _member_name(ctx.genesis, node_id)
+    return member_name(ctx.genesis, node_id)
 
 
-def _member_name(genesis: Genesis, node_id: str) -> str:
+def member_name(genesis: Genesis, node_id: str) -> str:
+    """The genesis name of member `node_id` (what refusals and reports show), else the first 16
+    characters of the id."""
     for m in genesis.members:
         if m.node_id == node_id:
             return m.name
