@@ -1,4 +1,5 @@
-"""Shared by tests: well-formed round-record bodies for ledgers built by hand."""
+"""Shared by tests: well-formed round-record bodies for ledgers built by hand, and the round
+records of a node folder's ledger."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from consortium.core.identity import NodeIdentity
+from consortium.core.layout import LEDGER_FILE
 from consortium.ledger.entries import Entry, make_record
 from consortium.ledger.log import Ledger
-from consortium.protocol.record import RoundRecord
+from consortium.protocol.record import RoundRecord, round_records
 from consortium.store.cid import cid_for
 
 
@@ -61,3 +63,9 @@ def forge_folder(folder: Path, out: Path, rewrite: Rewrite) -> Path:
                 author, body = new
                 forged.append(make_record(ids[author], e.kind, body, e.time, genesis))
     return out
+
+
+def ledger_records(folder: Path) -> list[RoundRecord]:
+    """Every round record on the ledger of node folder `folder` (of every run), in order."""
+    with Ledger.open(folder / LEDGER_FILE, readonly=True) as ledger:
+        return [r for _, r in round_records(enumerate(ledger.iter_entries()))]

@@ -17,9 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
-from consortium.cli.app import app
 from consortium.consent import erase_subject
 from consortium.consent.erasure import checkpoint_for
 from consortium.core.genesis import GENESIS_FILE, Genesis
@@ -30,27 +28,12 @@ from consortium.ledger.log import Ledger
 from consortium.node.config import load_node_config
 from consortium.node.node import Node
 from consortium.node.sim import create_consortium, synthetic_subject
-from consortium.protocol.record import RoundRecord, round_records
+from consortium.protocol.record import RoundRecord
 from consortium.store.cid import cid_key
 from consortium.store.objects import file_cid
+from tests.cli_support import cli, words
 from tests.inprocess_cluster import cluster, drive, run_config, start
-
-runner = CliRunner()
-
-
-def cli(*args: str) -> tuple[int, str, str]:
-    res = runner.invoke(app, list(args))
-    assert "Traceback" not in res.stdout + res.stderr
-    return res.exit_code, res.stdout, res.stderr
-
-
-def words(text: str) -> str:
-    return " ".join(text.split())
-
-
-def records(folder: Path) -> list[RoundRecord]:
-    with Ledger.open(folder / LEDGER_FILE, readonly=True) as ledger:
-        return [r for _, r in round_records(enumerate(ledger.iter_entries()))]
+from tests.records import ledger_records
 
 
 async def _stop(nodes: list[Node]) -> None:
@@ -74,7 +57,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]
             subject = synthetic_subject(1, int(node1.learner.record_ids[0]))
             clock.now += 1.0
             er = erase_subject(node1.registry, subject, at=clock.now)
-            old = [r for r in records(node1.dir) if r.run == a.run_id()]
+            old = [r for r in ledger_records(node1.dir) if r.run == a.run_id()]
             checkpoint, redo = checkpoint_for(er, [r.ref() for r in old])
             assert checkpoint == old[0].prev_model and redo == 2  # used since round 1
             b = run_config(redo, 0).model_copy(
@@ -82,7 +65,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]
             )
             await start(nodes, b)
             await drive(nodes, net, clock)
-            b_rounds = [r for r in records(node1.dir) if r.run == b.run_id()]
+            b_rounds = [r for r in ledger_records(node1.dir) if r.run == b.run_id()]
             c = run_config(1, 0).model_copy(
                 update={"initial_model": str(b_rounds[1].prev_model), "started": 3}
             )
@@ -103,7 +86,9 @@ def folder(runs: dict[str, object]) -> Path:
 
 
 def the_round(runs: dict[str, object], run: str, round_no: int) -> RoundRecord:
-    return next(r for r in records(folder(runs)) if r.run == runs[run] and r.round == round_no)
+    return next(
+        r for r in ledger_records(folder(runs)) if r.run == runs[run] and r.round == round_no
+    )
 
 
 def test_export_writes_the_ledgers_model_which_load_state_dict_accepts(

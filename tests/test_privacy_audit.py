@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from consortium.audit.privacy.membership import (
     MembershipAudit,
@@ -22,25 +21,18 @@ from consortium.audit.privacy.membership import (
     audit_membership,
 )
 from consortium.audit.privacy.views import views
-from consortium.cli.app import app
 from consortium.core.genesis import Purpose
 from consortium.ui.privacy import page, summary
 from consortium.ui.report import render
+from tests.cli_support import cli
 from tests.inprocess_cluster import cluster, drive, run_config, start
 from tests.test_ui_report import external_references
 
-runner = CliRunner()
 #: Record-level DP-SGD on each node; the purpose's budget leaves room for the first run only
 #: (3 rounds at z = 1 spend about 6.3; a round at z = 0.5 would pass 7).
 DP = {"unit": "record", "noise_multiplier": 1.0, "clip_norm": 1.0}
 LESS_NOISE = {**DP, "noise_multiplier": 0.5}
 BUDGET = Purpose("research", 7.0, 1e-5)
-
-
-def cli(*args: str) -> tuple[int, str, str]:
-    res = runner.invoke(app, list(args))
-    assert "Traceback" not in res.stdout + res.stderr
-    return res.exit_code, res.stdout, res.stderr
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -10,28 +10,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from consortium.cli.app import app
 from consortium.consent import Receipt
 from consortium.consent.commitments import roots_from_records
-from consortium.core.layout import LEDGER_FILE
-from consortium.ledger import Ledger
-from consortium.protocol.record import RoundRecord, round_records
 from consortium.ui import report as renderer
 from consortium.ui.overview import read_overview
 from consortium.ui.report import Page, ReceiptChecker, Section
 from consortium.ui.run_report import roots_export
+from tests.cli_support import cli_line
+from tests.records import ledger_records
 from tests.ui_folder import ROUNDS, WITHDRAWN, make_run_folder, write_receipt
-
-runner = CliRunner()
-
-
-def cli(*args: str) -> tuple[int, str]:
-    res = runner.invoke(app, list(args))
-    out = res.stdout + res.stderr
-    assert "Traceback" not in out
-    return res.exit_code, " ".join(out.split())
 
 
 @pytest.fixture(scope="module")
@@ -39,17 +27,12 @@ def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield make_run_folder(tmp_path_factory.mktemp("report") / "run")
 
 
-def _records(node: Path) -> list[RoundRecord]:
-    with Ledger.open(node / LEDGER_FILE, readonly=True) as ledger:
-        return [r for _, r in round_records(enumerate(ledger.iter_entries()))]
-
-
 def test_report_shows_the_run_as_the_ledger_records_it(run_folder: Path, tmp_path: Path) -> None:
     out, js = tmp_path / "report.html", tmp_path / "art30.json"
-    code, text = cli("report", str(run_folder), "--out", str(out), "--json", str(js))
+    code, text = cli_line("report", str(run_folder), "--out", str(out), "--json", str(js))
     assert code == 0, text
     html = out.read_text()
-    records = _records(run_folder / "node0")
+    records = ledger_records(run_folder / "node0")
     assert len(records) == ROUNDS
     for r in records:
         assert r.secagg is not None and str(r.secagg.transcript) in html  # transcript CIDs
@@ -77,7 +60,9 @@ def test_report_shows_the_run_as_the_ledger_records_it(run_folder: Path, tmp_pat
 
 def test_report_never_holds_keys_or_salts(run_folder: Path, tmp_path: Path) -> None:
     out, page = tmp_path / "r.html", tmp_path / "receipts.html"
-    assert cli("report", str(run_folder), "--out", str(out), "--receipt-page", str(page))[0] == 0
+    assert (
+        cli_line("report", str(run_folder), "--out", str(out), "--receipt-page", str(page))[0] == 0
+    )
     receipt = Receipt.loads(write_receipt(run_folder / "node0", tmp_path / "receipt.json"))
     written = out.read_text() + page.read_text()
     for salt in receipt.salts.values():
@@ -90,13 +75,13 @@ def test_report_never_holds_keys_or_salts(run_folder: Path, tmp_path: Path) -> N
 
 def test_receipt_page_exports_the_ledgers_consent_roots(run_folder: Path, tmp_path: Path) -> None:
     page = tmp_path / "receipts.html"
-    assert cli("report", str(run_folder), "--out", str(tmp_path / "r.html"), "--no-audit",
-               "--receipt-page", str(page))[0] == 0  # fmt: skip
+    assert cli_line("report", str(run_folder), "--out", str(tmp_path / "r.html"), "--no-audit",
+                    "--receipt-page", str(page))[0] == 0  # fmt: skip
     html = page.read_text()
     data = re.search(r'id="ledger-export">(.*?)</script>', html, re.S)
     assert data is not None
     export = json.loads(data.group(1))
-    records = _records(run_folder / "node0")
+    records = ledger_records(run_folder / "node0")
     for node in export["members"]:
         published = roots_from_records([(r.slot, r.consent) for r in records], node)
         assert {int(k): v["root"] for k, v in export["roots"][node].items()} == {
@@ -120,11 +105,13 @@ def test_export_is_what_the_overview_read(run_folder: Path) -> None:
 
 
 def test_bad_input_is_one_line(run_folder: Path, tmp_path: Path) -> None:
-    code, text = cli("report", str(tmp_path), "--out", str(tmp_path / "r.html"))
+    code, text = cli_line("report", str(tmp_path), "--out", str(tmp_path / "r.html"))
     assert code == 2 and "is not a node folder" in text
     existing = tmp_path / "exists.html"
     existing.write_text("keep me")
-    code, text = cli("report", str(run_folder), "--out", str(existing))
+    code, text = cli_line("report", str(run_folder), "--out", str(existing))
     assert code == 2 and "--force" in text and existing.read_text() == "keep me"
-    code, text = cli("report", str(run_folder), "--out", str(tmp_path / "x.html"), "--run", "nope")
+    code, text = cli_line(
+        "report", str(run_folder), "--out", str(tmp_path / "x.html"), "--run", "nope"
+    )
     assert code == 1 and "no run nope" in text

@@ -17,10 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
 from consortium.cli import status as status_cli
-from consortium.cli.app import app
 from consortium.core.genesis import Purpose
 from consortium.core.identity import NodeIdentity
 from consortium.core.layout import LEDGER_FILE
@@ -29,27 +27,12 @@ from consortium.node.config import PolicyConfig
 from consortium.node.node import Node
 from consortium.node.run_status import FolderReader, RunStatus, read_run_status
 from consortium.privacy.budget import totals
-from consortium.protocol.record import RoundRecord, privacy_history, round_records
+from consortium.protocol.record import privacy_history
+from tests.cli_support import cli, words
 from tests.inprocess_cluster import cluster, drive, run_config, start
+from tests.records import ledger_records
 
-runner = CliRunner()
 DP = {"unit": "record", "noise_multiplier": 1.5, "clip_norm": 1.0}
-
-
-def cli(*args: str) -> tuple[int, str, str]:
-    res = runner.invoke(app, list(args))
-    assert "Traceback" not in res.stdout + res.stderr
-    return res.exit_code, res.stdout, res.stderr
-
-
-def words(text: str) -> str:
-    """`text` with rich's line wrapping undone (whitespace runs as one space)."""
-    return " ".join(text.split())
-
-
-def ledger_records(folder: Path) -> list[RoundRecord]:
-    with Ledger.open(folder / LEDGER_FILE, readonly=True) as ledger:
-        return [r for _, r in round_records(enumerate(ledger.iter_entries()))]
 
 
 async def _stop_all(nodes: list[Node]) -> None:

@@ -11,25 +11,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from consortium.cli.app import app
 from consortium.core.layout import STORE_DIR
 from consortium.store.blockstore import BlockStore
 from consortium.store.objects import put_bytes
 from consortium.zk.proof import EvalProof, with_claims
+from tests.cli_support import cli_line
 from tests.inprocess_cluster import cluster, drive, run_config, start
 
 pytestmark = pytest.mark.slow  # a run, a circuit's keys and one proof: about a minute
-
-runner = CliRunner()
-
-
-def cli(*args: str) -> tuple[int, str]:
-    res = runner.invoke(app, list(args))
-    out = res.stdout + res.stderr
-    assert "Traceback" not in out
-    return res.exit_code, " ".join(out.split())
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +43,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def proved(folder: Path) -> str:
-    code, text = cli("zk", "prove", str(folder), "--round", "1", "--sample", "2", "--test-srs")
+    code, text = cli_line("zk", "prove", str(folder), "--round", "1", "--sample", "2", "--test-srs")
     assert code == 0, text
     assert "committed" in text and "TEST ONLY" in text
     assert re.search(r"\d of 2 sampled records correct .*95% Wilson interval", text), text
@@ -63,7 +53,7 @@ def proved(folder: Path) -> str:
 
 
 def test_a_node_proves_and_anyone_with_the_ledger_verifies(folder: Path, proved: str) -> None:
-    code, text = cli("zk", "verify", str(folder), proved, "--test-srs")
+    code, text = cli_line("zk", "verify", str(folder), proved, "--test-srs")
     assert code == 0, text
     assert text.startswith(f"OK: proof {proved} of model") and "round 1 of run" in text
     assert "TEST ONLY" in text
@@ -77,23 +67,23 @@ def test_a_proof_with_another_accuracy_is_refused_by_name(folder: Path, proved: 
     c = proof.claims
     lie = with_claims(proof, correct=(c.correct + 1) % (c.s + 1))
     cid = put_bytes(store, lie.to_bytes())
-    code, text = cli("zk", "verify", str(folder), str(cid), "--test-srs")
+    code, text = cli_line("zk", "verify", str(folder), str(cid), "--test-srs")
     assert code == 1 and "accuracy-mismatch" in text, text
 
 
 def test_bad_input_is_one_line(folder: Path) -> None:
     # The last round has no later beacon yet.
-    code, text = cli("zk", "prove", str(folder), "--round", "2", "--sample", "2", "--test-srs")
+    code, text = cli_line("zk", "prove", str(folder), "--round", "2", "--sample", "2", "--test-srs")
     assert code == 1 and "round 3" in text and "has not committed yet" in text, text
-    code, text = cli("zk", "prove", str(folder), "--round", "1", "--sample", "2")
+    code, text = cli_line("zk", "prove", str(folder), "--round", "1", "--sample", "2")
     assert code == 2 and "--test-srs" in text, text
-    code, text = cli(
+    code, text = cli_line(
         "zk", "prove", str(folder), "--round", "1", "--srs", str(folder / "nope"),
         "--srs-sha256", "0" * 64,
     )  # fmt: skip
     assert code == 1 and "srs-missing" in text, text
     cid = put_bytes(BlockStore(folder / STORE_DIR), b"not a proof")
-    code, text = cli("zk", "verify", str(folder), str(cid), "--test-srs")
+    code, text = cli_line("zk", "verify", str(folder), str(cid), "--test-srs")
     assert code == 1 and "proof-malformed" in text, text
 
 
@@ -119,7 +109,7 @@ def test_withdrawn_records_are_left_out_and_counted(folder: Path, proved: str) -
         erase_subject(registry, subject, at=11.0)
     done = prove_round(folder, 1, srs=SrsChoice(test=True), s=2)
     assert first in done.claims.withdrawn and first not in done.claims.indices
-    code, text = cli("zk", "verify", str(folder), done.cid, "--test-srs")
+    code, text = cli_line("zk", "verify", str(folder), done.cid, "--test-srs")
     assert code == 0 and f"withdrawn and skipped: {len(done.claims.withdrawn)}" in text, text
 
 
@@ -131,6 +121,6 @@ def test_verify_onchain_checks_the_proof_on_the_embedded_chain(folder: Path, pro
         find_solcjs()
     except ZkError:
         pytest.skip("npm solc not installed: make solcjs (npm install solc@0.8.37 in .tmp/solcjs)")
-    code, text = cli("zk", "verify", str(folder), proved, "--test-srs", "--onchain")
+    code, text = cli_line("zk", "verify", str(folder), proved, "--test-srs", "--onchain")
     assert code == 0, text
     assert "OK on chain (embedded py-evm): EvalProofCheck 0x" in text and "TEST ONLY" in text
