@@ -87,9 +87,6 @@ from consortium.protocol.record import (
     round_records,
     stopped_runs,
 )
-
-# Re-exported: node/simulate.py imports it from here (new code imports protocol.record's).
-from consortium.protocol.record import run_records as run_records
 from consortium.protocol.requests import ArtifactRequest, SyncRequest
 from consortium.protocol.round import (
     Action,

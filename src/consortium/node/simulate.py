@@ -32,7 +32,8 @@ from consortium.core.identity import NodeIdentity
 from consortium.core.layout import LEDGER_FILE
 from consortium.ledger.log import Ledger
 from consortium.node.config import RunConfig, load_node_config
-from consortium.node.node import Node, run_records
+from consortium.node.node import Node
+from consortium.protocol.record import run_records
 from consortium.protocol.round import Committed
 from consortium.transport.inprocess import InProcessNetwork, InProcessTransport
 
