@@ -314,6 +314,32 @@ def test_a_run_commit_without_a_quorum_of_valid_cosignatures_is_refused(tmp_path
     asyncio.run(go())
 
 
+def test_a_forged_cosignature_beside_a_quorum_is_dropped_not_stored(tmp_path: Path) -> None:
+    """A quorum of valid cosignatures commits the run; a forged one sent beside them (n3's name
+    on n0's signature) is left out of what the member stores, so its ledger still verifies."""
+
+    async def go() -> None:
+        nodes, _, _ = await cluster(tmp_path, 4, seed=70, consent=False)
+        try:
+            n0, target, n2, n3 = nodes
+            p = _run_proposal(n0, target, run_config(1, 0))
+            valid = {n.identity.node_id: decode(n._vote_run(p))["sig"] for n in (n0, target, n2)}
+            forged = {**valid, n3.identity.node_id: valid[n0.identity.node_id]}
+            commit = encode({"proposal": p.to_body(), "cosignatures": forged})
+            await target._handle(n0.identity.node_id, "run-commit", commit)
+            assert target.ledger.size == 2
+            stored = target.ledger.cosigned_head(target.ledger.head(p.time))
+            signers = {c.node_id for c in stored.cosignatures}
+            assert n3.identity.node_id not in signers and len(signers) >= 3
+            for c in stored.cosignatures:  # every stored cosignature verifies
+                stored.head.check_signature(target.genesis, c.node_id, c.signature)
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    asyncio.run(go())
+
+
 def test_a_member_running_a_run_votes_for_no_other(tmp_path: Path) -> None:
     async def go() -> None:
         nodes, _, _ = await cluster(tmp_path, 3, seed=70, consent=False)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import os
 import re
 import struct
 from collections.abc import Callable, Mapping
@@ -377,11 +378,10 @@ def source_files(module: str) -> tuple[Path, list[Path]]:
         if len(roots) != 1:
             raise TaskError(f"{top!r} is a namespace package spread over {len(roots)} folders")
         root = roots[0]  # paths are hashed relative to its parent: they start with its name
-        files = [
-            p
-            for p in root.rglob("*")
-            if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")
-        ]
+        files = []
+        for folder, dirs, names in os.walk(root):  # os.walk: a member checks this at every vote
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            files += [Path(folder, n) for n in names if not n.endswith((".pyc", ".pyo"))]
         return root.parent, files
     origin = Path(str(spec.origin))
     return origin.parent, [origin]
