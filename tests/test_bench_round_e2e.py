@@ -60,3 +60,13 @@ def test_round_e2e_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         assert int(cells[9].split()[0]) > 0  # signatures were verified, and counted
     assert "Flower not run (--no-flower)" in table
     assert "replicas disagree" not in table and "unfinished" not in table
+    floor = next(ln for ln in table.splitlines() if "floor: one contributor's commitment" in ln)
+    assert "an MSM of length 50" in floor and "the 4 contributors' commitments" in floor
+
+
+def test_the_floor_names_the_target_it_misses() -> None:
+    script = load_script("round-e2e")
+    flower = script.Row("Flower 1.41 SecAgg+, Ray simulation", 100, "shares 15, t 8", 14, 8)
+    flower.latencies = [0.3, 0.3]
+    lines = script.floor_lines([flower], 100, 50)
+    assert lines[1].startswith("3x faster than Flower (shares 15, t 8, 0.30 s) asks for 0.10 s")

@@ -752,8 +752,12 @@ class Genesis:
             raise GenesisError("genesis body is not in canonical form")
         return g
 
+    def file_bytes(self) -> bytes:
+        """What `save` writes (genesis.json): the same bytes can go to many folders."""
+        return json.dumps(self.to_json(), indent=2).encode()
+
     def save(self, path: Path) -> None:
-        atomic_write(Path(path), json.dumps(self.to_json(), indent=2).encode())
+        atomic_write(Path(path), self.file_bytes())
 
     @classmethod
     def load(cls, path: Path) -> Genesis:

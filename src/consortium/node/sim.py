@@ -19,6 +19,7 @@ from pathlib import Path
 from consortium.chain.accounts import derive_account
 from consortium.consent.registry import ConsentRegistry, GrantRow
 from consortium.core.errors import ConsortiumError
+from consortium.core.files import atomic_write
 from consortium.core.genesis import DEFAULT_UNIXFS_PROFILE, GENESIS_FILE, Genesis, Purpose
 from consortium.core.identity import NodeIdentity
 from consortium.core.layout import CONSENT_FILE, NODE_CONFIG_FILE, STATUS_FILE
@@ -111,10 +112,11 @@ def create_consortium(
     )
     genesis.verify()
     dirs = []
+    manifest = genesis.file_bytes()  # once: it is O(n) bytes and every folder gets a copy
     for i, ident in enumerate(ids):
         d = root / ident.name
         ident.save(d)
-        genesis.save(d / GENESIS_FILE)
+        atomic_write(d / GENESIS_FILE, manifest)
         dd = f'data_dir = "{data_dir}"\n' if data_dir else ""
         (d / NODE_CONFIG_FILE).write_text(
             ("" if consent else 'consent = "off"\n') + "[data]\n"
