@@ -224,3 +224,20 @@ def test_the_group_from_the_command_line(tmp_path: Path) -> None:
     res = runner.invoke(app, ["genesis", "verify", str(manifest)])
     assert res.exit_code == 0 and "genesis OK" in res.output
     assert len(Genesis.load(manifest).beacon_ids()) == 4
+
+
+def test_an_outsider_asks_only_the_group_and_a_member_makes_its_partial_once() -> None:
+    wire = Wire.build(7, beacon_group=4)
+    group = wire.genesis.beacon_ids()
+    outsider = next(n for n in wire.machines if n not in group)
+    m = wire.machines[outsider]
+    begun = m.begin(1, wire.frontier, 0.0, model=model([0] * 8))
+    assert not [a for a in begun if isinstance(a, Send | Broadcast)]  # no partial to send
+    asks = [a for a in m.tick(10.0) if isinstance(a, Send | Broadcast)]
+    assert asks and all(isinstance(a, Send) and a.to in group for a in asks)
+    assert {a.to for a in asks if isinstance(a, Send)} == set(group)
+    assert all(isinstance(a.message, BeaconShare) and not a.message.sigma for a in asks)
+    member = wire.machines[group[0]]
+    member.begin(1, wire.frontier, 0.0, model=model([0] * 8))
+    first = member._my_partial()
+    assert first is not None and member._my_partial() is first  # made once per message

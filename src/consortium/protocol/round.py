@@ -472,6 +472,7 @@ class RoundMachine:
         self.s = _State()
         self._from = Phase.DONE  # the phase the event being handled started in
         self._share: SecretShare | None = None  # this node's beacon key share, derived once
+        self._partial: tuple[bytes, BeaconPartial] | None = None  # (message, this node's)
         self._in_beacon_group = genesis.in_beacon_group(self.me)
 
     # -- queries -------------------------------------------------------------------------------
@@ -572,14 +573,24 @@ class RoundMachine:
     # -- the beacon -----------------------------------------------------------------------------
 
     def _my_partial(self) -> BeaconPartial | None:
-        """This node's partial of the round's beacon; None outside the beacon group."""
+        """This node's partial of the round's beacon (made once per message: members ask for
+        it); None outside the beacon group."""
         s = self.s
         assert s.beacon is not None
         if not self._in_beacon_group:
             return None
+        if self._partial is not None and self._partial[0] == s.beacon.message:
+            return self._partial[1]
         if self._share is None:
             self._share = self.genesis.secret_share(self._identity)
-        return make_partial(self._share, s.beacon.message)
+        mine = make_partial(self._share, s.beacon.message)
+        self._partial = (s.beacon.message, mine)
+        return mine
+
+    def _bare_ask(self) -> list[Action]:
+        """Outside the beacon group: ask the group's members (only they have partials)."""
+        ask = self._share_message(None)
+        return [Send(m, ask) for m in self.genesis.beacon_ids() if m != self.me]
 
     def _share_message(self, mine: BeaconPartial | None, ask: bool = False) -> BeaconShare:
         """This node's partial, or (outside the beacon group) a bare request for partials."""
@@ -595,7 +606,7 @@ class RoundMachine:
         s.beacon_asked = now
         mine = self._my_partial()
         if mine is None:  # outside the beacon group: the group's partials will come
-            return [Broadcast(self._share_message(None))] if ask else []
+            return self._bare_ask() if ask else []
         s.beacon.add(mine)
         share = self._share_message(mine, ask)
         actions: list[Action] = [Broadcast(share)]
@@ -794,8 +805,10 @@ class RoundMachine:
         if s.beacon is None or now < s.beacon_asked + self.settings.beacon_ask_after:
             return []
         s.beacon_asked = now
-        ask = self._share_message(self._my_partial(), ask=True)
-        return [Broadcast(ask)]
+        mine = self._my_partial()
+        if mine is None:
+            return self._bare_ask()
+        return [Broadcast(self._share_message(mine, ask=True))]
 
     # -- handlers -------------------------------------------------------------------------------
 
