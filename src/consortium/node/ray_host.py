@@ -59,13 +59,25 @@ def reachable(address: str, timeout: float = 5.0) -> None:
         raise ConfigError(f"cannot reach the Ray cluster at {address}: {exc}") from None
 
 
+#: One request to a member of another actor: (sender, peer, method, payload, timeout).
+Request = tuple[str, str, str, bytes, float]
+
+
 class RayNetwork(CountingNetwork):
-    """A CountingNetwork whose members on other actors are reached through Ray."""
+    """A CountingNetwork whose members on other actors are reached through Ray.
+
+    Requests for one actor are batched: those made in one turn of this actor's event loop (a
+    broadcast makes hundreds at once) go in one actor call (`deliver_many`), whose answer holds
+    every reply. One actor call per message left a backlog of more than 10,000 calls at one
+    actor at 100 members; at 1000 a broadcast alone is 999 messages."""
 
     def __init__(self) -> None:
         super().__init__(seed=SEED)
         self.routes: dict[str, Any] = {}  # member id -> actor handle of the host holding it
         self.remote_bytes = 0
+        self.actor_calls = 0
+        #: per actor (by id): the requests waiting for this turn's batch, with their futures.
+        self._outbox: dict[int, list[tuple[Request, asyncio.Future[tuple[str, Any]]]]] = {}
 
     async def _route(
         self, sender: str, peer: str, method: str, payload: bytes, timeout: float
@@ -76,9 +88,15 @@ class RayNetwork(CountingNetwork):
         if actor is None:
             raise TransportError(f"{peer} is unreachable")
         self.remote_bytes += len(payload)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[str, Any]] = loop.create_future()
+        queue = self._outbox.setdefault(id(actor), [])
+        if not queue:  # the first of this turn: send the batch once the turn's requests are in
+            loop.call_soon(self._flush, actor)
+        queue.append(((sender, peer, method, payload, timeout), future))
         try:
             async with asyncio.timeout(timeout + HOP_SLACK):
-                kind, value = await actor.deliver.remote(sender, peer, method, payload, timeout)
+                kind, value = await asyncio.shield(future)
         except TimeoutError:
             raise TransportError(f"{peer} did not answer {method!r} within {timeout:g} s") from None
         except Exception as exc:  # the actor died or Ray failed: the peer is unreachable
@@ -89,6 +107,26 @@ class RayNetwork(CountingNetwork):
         if kind == "refused":
             raise PeerRefused(value)
         raise TransportError(value)
+
+    def _flush(self, actor: Any) -> None:
+        batch = self._outbox.pop(id(actor), [])
+        if batch:
+            self.actor_calls += 1
+            asyncio.get_running_loop().create_task(self._send_batch(actor, batch))
+
+    async def _send_batch(
+        self, actor: Any, batch: list[tuple[Request, asyncio.Future[tuple[str, Any]]]]
+    ) -> None:
+        try:
+            replies = await actor.deliver_many.remote([request for request, _ in batch])
+        except Exception as exc:  # the actor died or Ray failed: every peer of it is unreachable
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(TransportError(f"unreachable: {type(exc).__name__}"))
+            return
+        for (_, future), reply in zip(batch, replies, strict=True):
+            if not future.done():
+                future.set_result(reply)
 
 
 class RayHost:
@@ -118,6 +156,11 @@ class RayHost:
         except TransportError as exc:
             return "error", str(exc)
         return "ok", reply
+
+    async def deliver_many(self, requests: list[Request]) -> list[tuple[str, Any]]:
+        """A batch of requests from members on another actor (`RayNetwork`), delivered here
+        concurrently; each reply as `deliver` gives it, in order."""
+        return list(await asyncio.gather(*(self.deliver(*r) for r in requests)))
 
     async def start(self) -> None:
         await self.host.start()
