@@ -134,6 +134,10 @@ def open_node_state(directory: Path) -> tuple[Genesis, Ledger, BlockStore]:
     return genesis, ledger, BlockStore(directory / STORE_DIR)
 
 
+#: Sync requests a catch-up has in flight at once.
+CATCH_UP_FANOUT = 32
+
+
 class _Snapshot:
     """A peer's ledger as one sync reply, seen through the replica's LedgerSource protocol."""
 
@@ -733,17 +737,46 @@ class Node(RunAgreement):
         and only then are the entries and their heads appended, in one transaction. Returns the
         number of entries appended."""
         async with self._catch_up_lock:  # one at a time: they would fetch the same artifacts
+            # Ask every peer at once (a start-up or a dead peer no longer costs one round trip
+            # or one timeout per peer), then apply the answers one by one, in peer order; an
+            # answer that predates an entry appended meanwhile is asked for again.
+            start = self.ledger.size
+            fanout = asyncio.Semaphore(CATCH_UP_FANOUT)
+
+            async def ask(peer: str) -> bytes | None:
+                async with fanout:
+                    return await self._sync_from(peer, start)
+
+            answers = await asyncio.gather(*(ask(p) for p in self.peers))
             appended = 0
-            for peer in self.peers:
-                appended += await self._catch_up_from(peer)
+            for peer, raw in zip(self.peers, answers, strict=True):
+                if raw is None:
+                    continue
+                if self.ledger.size == start:
+                    appended += await self._apply_sync(peer, raw, start)
+                else:
+                    appended += await self._catch_up_from(peer)
             if appended:
                 log.info("%s: caught up %d entries", self.name, appended)
             return appended
 
+    async def _sync_from(self, peer: str, start: int) -> bytes | None:
+        """A peer's sync answer from ledger size `start`, or None (logged) if it sent none."""
+        try:
+            return await self.transport.request(peer, "sync", encode({"from": start}), 10.0)
+        except ConsortiumError as exc:
+            log.info("%s: catch-up from %s failed: %s", self.name, peer[:16], exc)
+            return None
+
     async def _catch_up_from(self, peer: str) -> int:
         start = self.ledger.size
+        raw = await self._sync_from(peer, start)
+        return 0 if raw is None else await self._apply_sync(peer, raw, start)
+
+    async def _apply_sync(self, peer: str, raw: bytes, start: int) -> int:
+        """Verify a peer's sync answer against this ledger, fetch the artifacts its entries
+        reference, and append them (one transaction); the number of entries appended."""
         try:
-            raw = await self.transport.request(peer, "sync", encode({"from": start}), 10.0)
             ext = verify_extension(self.ledger, _Snapshot(decode(raw), start))
         except (ConsortiumError, KeyError, TypeError, ValueError) as exc:
             log.info("%s: catch-up from %s failed: %s", self.name, peer[:16], exc)

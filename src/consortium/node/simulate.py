@@ -364,9 +364,15 @@ async def simulate_async(
     try:
         await backend.open(chunks)
         progress("starting nodes", 0, backend.hosts)
-        for i in range(backend.hosts):
+        started = 0
+
+        async def start(i: int) -> None:  # hosts start side by side (one actor per core)
+            nonlocal started
             await backend.call(i, "start")
-            progress("starting nodes", i + 1, backend.hosts)
+            started += 1
+            progress("starting nodes", started, backend.hosts)
+
+        await asyncio.gather(*(start(i) for i in range(backend.hosts)))
         result.start_s = time.perf_counter() - t
         t = time.perf_counter()
         report = await backend.call(0, "propose", run_config(s).model_dump())
