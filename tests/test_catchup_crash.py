@@ -26,6 +26,7 @@ import pytest
 from multiformats import CID
 
 from consortium.audit import audit
+from consortium.core.errors import TransportError
 from consortium.core.genesis import GENESIS_FILE, Genesis
 from consortium.core.identity import NodeIdentity
 from consortium.core.layout import LEDGER_FILE, STORE_DIR
@@ -290,5 +291,46 @@ def test_start_fetches_what_the_ledger_references_and_reports_what_no_peer_has(
         assert f"no peer sent artifact {big}" in caplog.text
         for n in (peer, victim):
             await n.stop()
+
+    asyncio.run(main())
+
+
+def test_a_catch_up_asks_its_peers_at_once_and_a_dead_one_costs_nothing_more(
+    tmp_path: Path,
+) -> None:
+    """Every peer's sync request is in flight before any answer is used: a start-up does not
+    wait for peers one after another (nor for one timeout per dead peer in turn)."""
+    from tests.inprocess_cluster import cluster
+
+    async def main() -> None:
+        nodes, _, _ = await cluster(tmp_path, 5, seed=71, consent=False)
+        try:
+            me = nodes[0]
+            real = me.transport.request
+            in_flight = 0
+            most = 0
+            answered: list[str] = []
+
+            async def counting(peer: str, method: str, payload: bytes, timeout: float) -> bytes:
+                nonlocal in_flight, most
+                if method != "sync":
+                    return await real(peer, method, payload, timeout)
+                in_flight += 1
+                most = max(most, in_flight)
+                await asyncio.sleep(0)  # let the others start before any answer
+                try:
+                    if peer == nodes[4].identity.node_id:
+                        raise TransportError(f"{peer} is unreachable")  # a dead peer
+                    return await real(peer, method, payload, timeout)
+                finally:
+                    in_flight -= 1
+                    answered.append(peer)
+
+            me.transport.request = counting  # type: ignore[method-assign]
+            assert await me.catch_up() == 0  # nothing to catch up: every ledger is genesis
+            assert most == 4 and len(answered) == 4  # all four asked at once
+        finally:
+            for n in nodes:
+                await n.stop()
 
     asyncio.run(main())
