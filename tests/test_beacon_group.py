@@ -223,6 +223,8 @@ def test_the_group_from_the_command_line(tmp_path: Path) -> None:
         assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["genesis", "verify", str(manifest)])
     assert res.exit_code == 0 and "genesis OK" in res.output
+    said = " ".join(res.output.split())
+    assert "beacon group: 4 of 5 members (" in said and "2 partials make a beacon" in said
     assert len(Genesis.load(manifest).beacon_ids()) == 4
 
 

@@ -307,3 +307,9 @@ def genesis_verify(
         f"genesis OK: consortium {g.consortium!r}, {len(g.members)} members, quorum {g.quorum}, "
         f"purposes {', '.join(p.name for p in g.purposes)}, digest {g.digest().hex()[:16]}…"
     )
+    if g.beacon_members:
+        names = ", ".join(g.member(i).name for i in g.beacon_ids())
+        console.print(
+            f"beacon group: {len(g.beacon_members)} of {len(g.members)} members ({names}); "
+            f"{g.threshold} partials make a beacon"
+        )
