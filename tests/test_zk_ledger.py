@@ -543,7 +543,8 @@ def test_a_member_without_the_runs_srs_refuses(ran: Ran, tmp_path: Path) -> None
     config = load_node_config(ran.dirs[0])
     assert member_refusals(ran.run, config, ran.names[0]) == []
     other = tmp_path / "other.srs"
-    other.write_bytes(Path(str(config.zk.srs)).read_bytes()[:-1] + b"\x00")
+    data = Path(str(config.zk.srs)).read_bytes()
+    other.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # another SRS: its last byte differs
     elsewhere = config.model_copy(update={"zk": ZkConfig(srs=str(other))})
     (why,) = member_refusals(ran.run, elsewhere, ran.names[0])
     assert "srs-mismatch" in why and "[rule zk-srs]" in why
